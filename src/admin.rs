@@ -1,0 +1,307 @@
+//! The admin API: probes, the worker-count contract, metrics. Served by the
+//! manager on its own port, apart from the workers' listeners, so it
+//! answers while every worker is busy or dead. Reads come from the latest
+//! snapshot; changes go to the supervision loop as commands and are answered
+//! by it, so the loop stays the only owner of worker state.
+
+pub mod metrics;
+pub mod openapi;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{ALLOW, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::Serialize;
+use subtle::ConstantTimeEq;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot, watch};
+use tower::ServiceBuilder;
+use tracing::{debug, warn};
+
+use crate::contract::{ErrorDoc, ProbeDoc, ScaleRequest};
+use crate::manager::{Command, ScaleError, Snapshot};
+use metrics::Metrics;
+
+/// How long a mutation or liveness ping may wait for the loop.
+const LOOP_TIMEOUT: Duration = Duration::from_secs(2);
+const MAX_BODY: usize = 64 * 1024;
+
+pub struct AdminState {
+    pub snapshot: watch::Receiver<Arc<Snapshot>>,
+    pub commands: mpsc::Sender<Command>,
+    /// `None`: mutations are refused.
+    pub token: Option<Vec<u8>>,
+    pub metrics: Arc<Metrics>,
+}
+
+type Resp = Response<Full<Bytes>>;
+
+/// Accepts admin connections until the task is dropped.
+pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                warn!(error = %e, "admin accept");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let state = state.clone();
+        let service = ServiceBuilder::new()
+            .concurrency_limit(16)
+            .service_fn(move |req| handle(state.clone(), req));
+        tokio::spawn(async move {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(
+                    TokioIo::new(stream),
+                    hyper_util::service::TowerToHyperService::new(service),
+                );
+            if let Err(e) = conn.await {
+                debug!(%peer, error = %e, "admin connection");
+            }
+        });
+    }
+}
+
+fn json<T: Serialize>(status: StatusCode, body: &T) -> Resp {
+    let text = serde_json::to_vec_pretty(body).unwrap_or_default();
+    Response::builder()
+        .status(status)
+        .header(CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(text)))
+        .unwrap_or_default()
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Resp {
+    json(
+        status,
+        &ErrorDoc {
+            error: message.into(),
+            limited_by: None,
+            limit: None,
+        },
+    )
+}
+
+async fn handle(state: Arc<AdminState>, req: Request<Incoming>) -> Result<Resp, Infallible> {
+    let path = req.uri().path().trim_end_matches('/').to_string();
+    let method = req.method().clone();
+    let resp = match (path.as_str(), &method) {
+        ("/livez", &Method::GET) => livez(&state).await,
+        ("/readyz", &Method::GET) => readyz(&state),
+        ("/workers", &Method::GET) => json(StatusCode::OK, &state.snapshot.borrow().doc),
+        ("/workers", &Method::PUT) => scale(&state, req).await,
+        ("/workers/restart", &Method::POST) => restart(&state, req).await,
+        ("/metrics", &Method::GET) => {
+            let doc = state.snapshot.borrow().doc.clone();
+            Response::builder()
+                .header(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")
+                .body(Full::new(Bytes::from(state.metrics.render(&doc))))
+                .unwrap_or_default()
+        }
+        ("/openapi.json", &Method::GET) => Response::builder()
+            .header(CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from_static(openapi::SPEC.as_bytes())))
+            .unwrap_or_default(),
+        (p, _) => match openapi::allowed_methods(p) {
+            Some(allow) => {
+                let mut r = error(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    format!("{method} is not allowed on {p}"),
+                );
+                if let Ok(v) = allow.parse() {
+                    r.headers_mut().insert(ALLOW, v);
+                }
+                r
+            }
+            None => error(StatusCode::NOT_FOUND, format!("no such path: {p}")),
+        },
+    };
+    Ok(resp)
+}
+
+async fn livez(state: &AdminState) -> Resp {
+    let (tx, rx) = oneshot::channel();
+    let answered = state
+        .commands
+        .send(Command::Ping { reply: tx })
+        .await
+        .is_ok()
+        && tokio::time::timeout(LOOP_TIMEOUT, rx)
+            .await
+            .is_ok_and(|r| r.is_ok());
+    if answered {
+        json(
+            StatusCode::OK,
+            &ProbeDoc {
+                ok: true,
+                reason: "supervision loop alive".into(),
+            },
+        )
+    } else {
+        json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &ProbeDoc {
+                ok: false,
+                reason: "supervision loop not answering".into(),
+            },
+        )
+    }
+}
+
+/// Why the pod should or should not get traffic now.
+pub fn readiness(s: &Snapshot) -> Result<String, String> {
+    let doc = &s.doc;
+    if doc.shutting_down {
+        return Err("shutting down".into());
+    }
+    if doc.ready < s.min_ready {
+        if s.failures > 0 {
+            return Err(format!(
+                "crash loop: {} of {} workers ready, {} failed starts in a row",
+                doc.ready, s.min_ready, s.failures
+            ));
+        }
+        return Err(format!(
+            "booting: {} of {} workers ready",
+            doc.ready, s.min_ready
+        ));
+    }
+    Ok(format!("{} of {} workers ready", doc.ready, doc.desired))
+}
+
+fn readyz(state: &AdminState) -> Resp {
+    match readiness(&state.snapshot.borrow()) {
+        Ok(reason) => json(StatusCode::OK, &ProbeDoc { ok: true, reason }),
+        Err(reason) => json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &ProbeDoc { ok: false, reason },
+        ),
+    }
+}
+
+/// Checks the bearer token; `Err` is the answer to send.
+#[allow(
+    clippy::result_large_err,
+    reason = "the error is the reply, built once per request"
+)]
+fn authorize(state: &AdminState, req: &Request<Incoming>) -> Result<(), Resp> {
+    let Some(token) = &state.token else {
+        return Err(error(
+            StatusCode::FORBIDDEN,
+            "changes are disabled: start corral with --admin-token-file",
+        ));
+    };
+    let presented = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match presented {
+        Some(p) if bool::from(p.as_bytes().ct_eq(token)) => Ok(()),
+        _ => {
+            let mut r = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+            r.headers_mut().insert(
+                WWW_AUTHENTICATE,
+                hyper::header::HeaderValue::from_static("Bearer"),
+            );
+            Err(r)
+        }
+    }
+}
+
+#[allow(
+    clippy::result_large_err,
+    reason = "the error is the reply, built once per request"
+)]
+async fn read_body(req: Request<Incoming>) -> Result<Bytes, Resp> {
+    match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(b) => Ok(b.to_bytes()),
+        Err(_) => Err(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("body larger than {MAX_BODY} bytes, or unreadable"),
+        )),
+    }
+}
+
+async fn ask(
+    state: &AdminState,
+    make: impl FnOnce(oneshot::Sender<Result<(), ScaleError>>) -> Command,
+) -> Resp {
+    let mut changes = state.snapshot.clone();
+    changes.mark_unchanged();
+    let (tx, rx) = oneshot::channel();
+    if state.commands.send(make(tx)).await.is_err() {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the supervision loop has stopped",
+        );
+    }
+    match tokio::time::timeout(LOOP_TIMEOUT, rx).await {
+        Ok(Ok(Ok(()))) => {
+            // The loop publishes right after it handles a command.
+            let _ = tokio::time::timeout(LOOP_TIMEOUT, changes.changed()).await;
+            json(StatusCode::OK, &state.snapshot.borrow().doc)
+        }
+        Ok(Ok(Err(ScaleError::ShuttingDown))) => {
+            error(StatusCode::CONFLICT, "the manager is shutting down")
+        }
+        Ok(Ok(Err(e @ ScaleError::Limited { by, limit, .. }))) => json(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &ErrorDoc {
+                error: e.to_string(),
+                limited_by: Some(by),
+                limit: Some(limit),
+            },
+        ),
+        _ => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the supervision loop did not answer",
+        ),
+    }
+}
+
+async fn scale(state: &AdminState, req: Request<Incoming>) -> Resp {
+    if let Err(r) = authorize(state, &req) {
+        return r;
+    }
+    let body = match read_body(req).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let request: ScaleRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) if e.classify() == serde_json::error::Category::Data => {
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("expected {{\"desired\": <whole number or null>}}: {e}"),
+            );
+        }
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("body is not JSON: {e}")),
+    };
+    ask(state, |reply| Command::Scale {
+        desired: request.desired,
+        reply,
+    })
+    .await
+}
+
+async fn restart(state: &AdminState, req: Request<Incoming>) -> Resp {
+    if let Err(r) = authorize(state, &req) {
+        return r;
+    }
+    if let Err(r) = read_body(req).await {
+        return r;
+    }
+    ask(state, |reply| Command::Restart { reply }).await
+}

@@ -1,0 +1,153 @@
+//! The manager's Prometheus registry. Counters of events (starts, exits)
+//! are bumped by the supervision loop as they happen; everything else is
+//! read from the latest snapshot at scrape time, so a scrape never waits on
+//! the loop and never shows a half-updated table.
+
+use prometheus::{
+    CounterVec, Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::contract::{ExitReason, WorkerState, WorkersDoc};
+
+pub struct Metrics {
+    registry: Registry,
+    starts: IntCounter,
+    exits: IntCounterVec,
+    workers: IntGaugeVec,
+    desired: IntGauge,
+    cpu: CounterVec,
+    rss: IntGaugeVec,
+    queue: IntGaugeVec,
+    cgroup_memory_limit: IntGauge,
+}
+
+impl Metrics {
+    pub fn new() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new_custom(Some("corral".into()), None)?;
+        let starts = IntCounter::new("worker_starts_total", "Worker processes started.")?;
+        let exits = IntCounterVec::new(
+            Opts::new(
+                "worker_exits_total",
+                "Worker processes that ended, by reason.",
+            ),
+            &["reason"],
+        )?;
+        let workers = IntGaugeVec::new(
+            Opts::new("workers", "Worker processes by state."),
+            &["state"],
+        )?;
+        let desired = IntGauge::new(
+            "workers_desired",
+            "The worker count the manager drives towards.",
+        )?;
+        let cpu = CounterVec::new(
+            Opts::new(
+                "worker_cpu_seconds_total",
+                "CPU time of each worker process.",
+            ),
+            &["worker"],
+        )?;
+        let rss = IntGaugeVec::new(
+            Opts::new(
+                "worker_resident_memory_bytes",
+                "Resident memory of each worker process.",
+            ),
+            &["worker"],
+        )?;
+        let queue = IntGaugeVec::new(
+            Opts::new(
+                "listen_queue_length",
+                "Connections waiting in a listener's accept queue.",
+            ),
+            &["listener"],
+        )?;
+        let cgroup_memory_limit = IntGauge::new(
+            "corral_cgroup_memory_limit_bytes",
+            "Memory limit of the manager's cgroup (absent without one).",
+        )?;
+        let build_info =
+            IntGaugeVec::new(Opts::new("build_info", "corral's version."), &["version"])?;
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        for reason in ExitReason::ALL {
+            exits.with_label_values(&[reason.as_str()]);
+        }
+        registry.register(Box::new(starts.clone()))?;
+        registry.register(Box::new(exits.clone()))?;
+        registry.register(Box::new(workers.clone()))?;
+        registry.register(Box::new(desired.clone()))?;
+        registry.register(Box::new(cpu.clone()))?;
+        registry.register(Box::new(rss.clone()))?;
+        registry.register(Box::new(queue.clone()))?;
+        registry.register(Box::new(build_info))?;
+        let process = prometheus::process_collector::ProcessCollector::for_self();
+        Registry::register(&registry, Box::new(process))?;
+        Ok(Metrics {
+            registry,
+            starts,
+            exits,
+            workers,
+            desired,
+            cpu,
+            rss,
+            queue,
+            cgroup_memory_limit,
+        })
+    }
+
+    pub fn worker_started(&self) {
+        self.starts.inc();
+    }
+
+    pub fn worker_exited(&self, reason: ExitReason) {
+        self.exits.with_label_values(&[reason.as_str()]).inc();
+    }
+
+    /// Renders the text exposition format from the registry and `doc`.
+    pub fn render(&self, doc: &WorkersDoc) -> String {
+        for (state, name) in [
+            (WorkerState::Starting, "starting"),
+            (WorkerState::Ready, "ready"),
+            (WorkerState::Draining, "draining"),
+        ] {
+            let n = doc.workers.iter().filter(|w| w.state == state).count();
+            self.workers.with_label_values(&[name]).set(n as i64);
+        }
+        self.desired.set(i64::from(doc.desired));
+        // Per-worker series follow the live workers: a replaced worker's
+        // series ends, a new one starts from zero (a counter reset).
+        self.cpu.reset();
+        self.rss.reset();
+        for w in &doc.workers {
+            let id = w.id.to_string();
+            self.cpu
+                .with_label_values(&[id.as_str()])
+                .inc_by(w.cpu_seconds);
+            self.rss
+                .with_label_values(&[id.as_str()])
+                .set(w.rss_bytes as i64);
+        }
+        self.queue.reset();
+        for l in &doc.listeners {
+            if let Some(q) = l.queue_length {
+                self.queue
+                    .with_label_values(&[l.address.as_str()])
+                    .set(i64::from(q));
+            }
+        }
+        let mut families = self.registry.gather();
+        if let Some(limit) = doc.cgroup.memory_limit_bytes {
+            self.cgroup_memory_limit.set(limit as i64);
+            families.extend(prometheus::core::Collector::collect(
+                &self.cgroup_memory_limit,
+            ));
+            families.sort_by(|a, b| a.name().cmp(b.name()));
+        }
+        let mut out = Vec::new();
+        // Encoding into a Vec cannot fail for well-formed families.
+        let _ = TextEncoder::new().encode(&families, &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}

@@ -1,0 +1,188 @@
+//! The admin API's JSON documents. The manager writes them and every client
+//! (the `corral status` CLI, the operator) reads them through these types
+//! only, so a change here is a change of the contract: bump [`VERSION`]
+//! when a field changes meaning or goes away.
+
+use serde::{Deserialize, Serialize};
+
+/// Version of the `/workers` document.
+pub const VERSION: u32 = 1;
+
+/// `GET /workers`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkersDoc {
+    pub version: u32,
+    /// The count the manager is driving towards.
+    pub desired: u32,
+    /// The configured count, which `{"desired": null}` returns to.
+    pub configured: u32,
+    /// The count set at runtime (signal or API), if one is in force.
+    pub requested: Option<u32>,
+    /// Worker processes alive, draining ones included.
+    pub running: u32,
+    pub ready: u32,
+    pub shutting_down: bool,
+    pub generation: u64,
+    pub limits: Limits,
+    /// The last request that a limit cut down, if any.
+    pub last_limited: Option<Limited>,
+    /// Mean CPU use per active worker over the last window, in cores.
+    pub cpu_utilisation: f64,
+    pub workers: Vec<WorkerDoc>,
+    pub listeners: Vec<ListenerDoc>,
+    pub cgroup: CgroupDoc,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Limits {
+    pub min: u32,
+    pub max: u32,
+    /// Workers the memory limit holds at the measured per-worker memory.
+    pub memory_cap: Option<u32>,
+    pub memory_limit_bytes: Option<u64>,
+    /// Where the memory limit comes from: `cgroup` or `flag`.
+    pub memory_limit_source: Option<String>,
+    /// The largest resident memory of a running worker.
+    pub per_worker_memory_bytes: Option<u64>,
+}
+
+/// Why a requested worker count was not applied as asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitReason {
+    MinWorkers,
+    MaxWorkers,
+    MemoryGuard,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Limited {
+    pub requested: u32,
+    pub applied: u32,
+    pub by: LimitReason,
+    /// Unix time, seconds.
+    pub at: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkerState {
+    Starting,
+    Ready,
+    Draining,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerDoc {
+    /// Stable slot number, also the worker's `CORRAL_WORKER_ID`.
+    pub id: u32,
+    pub pid: i32,
+    pub state: WorkerState,
+    pub generation: u64,
+    /// Unix time, seconds.
+    pub started_at: f64,
+    /// Times this slot's worker was replaced after it died unasked.
+    pub restarts: u32,
+    pub cpu_seconds: f64,
+    /// CPU use over the last window, in cores.
+    pub cpu_utilisation: f64,
+    pub rss_bytes: u64,
+    /// The last `STATUS=` the worker sent.
+    pub status: Option<String>,
+    /// How the previous worker in this slot ended.
+    pub last_exit: Option<ExitDoc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExitDoc {
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+    pub reason: ExitReason,
+    /// Unix time, seconds.
+    pub at: f64,
+}
+
+/// Why a worker ended; also the `reason` label of `corral_worker_exits_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExitReason {
+    /// Stopped by corral (scale-down, restart, shutdown) and exited.
+    Drained,
+    /// Died without being asked.
+    Crashed,
+    /// Missed its watchdog heartbeat.
+    Watchdog,
+    /// Did not become ready within the boot timeout.
+    BootTimeout,
+    /// Did not finish within the graceful timeout and was killed.
+    Killed,
+}
+
+impl ExitReason {
+    pub const ALL: [ExitReason; 5] = [
+        ExitReason::Drained,
+        ExitReason::Crashed,
+        ExitReason::Watchdog,
+        ExitReason::BootTimeout,
+        ExitReason::Killed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExitReason::Drained => "drained",
+            ExitReason::Crashed => "crashed",
+            ExitReason::Watchdog => "watchdog",
+            ExitReason::BootTimeout => "boot_timeout",
+            ExitReason::Killed => "killed",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ListenerDoc {
+    pub address: String,
+    /// Connections waiting in the accept queue now (TCP only).
+    pub queue_length: Option<u32>,
+    /// The largest queue seen over the last window.
+    pub queue_max_window: Option<u32>,
+    pub backlog: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CgroupDoc {
+    /// CPUs the quota allows, fractional.
+    pub cpu_quota_cores: Option<f64>,
+    pub memory_limit_bytes: Option<u64>,
+    pub memory_usage_bytes: Option<u64>,
+}
+
+/// `PUT /workers`. `desired: null` returns to the configured count.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScaleRequest {
+    /// Required; `null` is how a client says "back to the default".
+    #[serde(deserialize_with = "nullable")]
+    pub desired: Option<u32>,
+}
+
+fn nullable<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    Option::<u32>::deserialize(d)
+}
+
+/// The body of every non-2xx answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorDoc {
+    pub error: String,
+    /// For 422: the limit that refused the request.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub limited_by: Option<LimitReason>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub limit: Option<u32>,
+}
+
+/// `GET /readyz` and `GET /livez`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProbeDoc {
+    pub ok: bool,
+    pub reason: String,
+}

@@ -1,0 +1,24 @@
+//! corral: a process manager for HTTP workers in Kubernetes pods.
+//!
+//! The map, one line per module:
+//! - [`cli`]: the command line of the one `corral` binary (clap types only).
+//! - [`config`]: flags, `CORRAL_*` environment and YAML file merged and validated (pure).
+//! - [`units`]: the value types config is written in (durations, byte sizes, bind addresses).
+//! - [`contract`]: the admin API's JSON documents, shared by the manager and its clients.
+//! - [`manager`]: the supervisor that binds listeners and keeps workers running.
+//! - [`admin`]: the manager's HTTP control and observation surface.
+//! - [`run`]: `corral run`: config, admin API and manager wired together.
+//! - [`worker`]: the built-in tokio/hyper worker (`corral worker`).
+//! - [`client`]: `corral status`, `corral scale`, `corral restart` against a running manager.
+//! - [`telemetry`]: tracing setup, text or JSON.
+
+pub mod admin;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod contract;
+pub mod manager;
+pub mod run;
+pub mod telemetry;
+pub mod units;
+pub mod worker;

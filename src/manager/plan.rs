@@ -1,0 +1,236 @@
+//! Pure supervision decisions. Given what is known about the workers and
+//! the clock's reading, say what to do next: start workers, mark silent ones
+//! ready, drain the surplus, abort hung ones, kill the ones past their
+//! deadline. No I/O and no clock reads here; the manager calls [`decide`]
+//! after every event and carries out the actions.
+
+use std::time::{Duration, Instant};
+
+use crate::config::Readiness;
+use crate::contract::{ExitReason, LimitReason, WorkerState};
+
+/// What the planner knows about one worker.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerFacts {
+    pub id: u32,
+    pub generation: u64,
+    pub state: WorkerState,
+    pub started: Instant,
+    /// The last WATCHDOG=1, once the worker has sent one.
+    pub last_heartbeat: Option<Instant>,
+    /// Set once corral asked the worker to stop: when it must be gone by.
+    pub kill_deadline: Option<Instant>,
+    pub killed: bool,
+    /// Recent CPU use in cores: the idlest worker is drained first.
+    pub cpu_recent: f64,
+}
+
+/// The timing rules the planner applies.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    pub readiness: Readiness,
+    pub boot_grace: Duration,
+    pub boot_timeout: Duration,
+    pub watchdog: Option<Duration>,
+    pub max_surge: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct View<'a> {
+    /// Workers wanted, already bounded by [`effective_desired`].
+    pub desired: u32,
+    pub generation: u64,
+    /// No new workers during shutdown or while a restart backoff runs.
+    pub may_spawn: bool,
+    pub workers: &'a [WorkerFacts],
+    pub policy: &'a Policy,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Spawn,
+    MarkReady(u32),
+    /// Ask the worker to finish its requests and exit.
+    Drain(u32),
+    /// The worker is hung: SIGABRT now, SIGKILL if still there shortly after.
+    Abort(u32, ExitReason),
+    /// Past its deadline: SIGKILL its process group.
+    Kill(u32),
+}
+
+/// One pass over the workers.
+pub fn decide(view: &View<'_>, now: Instant) -> Vec<Action> {
+    let mut actions = Vec::new();
+    let policy = view.policy;
+
+    for w in view.workers {
+        match (w.state, w.kill_deadline) {
+            (WorkerState::Draining, Some(deadline)) if now >= deadline && !w.killed => {
+                actions.push(Action::Kill(w.id));
+            }
+            (WorkerState::Starting, None) => {
+                let age = now.saturating_duration_since(w.started);
+                if policy.readiness == Readiness::Auto && age >= policy.boot_grace {
+                    actions.push(Action::MarkReady(w.id));
+                } else if age >= policy.boot_timeout {
+                    actions.push(Action::Abort(w.id, ExitReason::BootTimeout));
+                }
+            }
+            (WorkerState::Ready, None) => {
+                if let (Some(limit), Some(beat)) = (policy.watchdog, w.last_heartbeat)
+                    && now.saturating_duration_since(beat) >= limit
+                {
+                    actions.push(Action::Abort(w.id, ExitReason::Watchdog));
+                }
+            }
+            _ => {}
+        }
+    }
+    let gone: Vec<u32> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Abort(id, _) => Some(*id),
+            _ => None,
+        })
+        .collect();
+    let newly_ready: Vec<u32> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::MarkReady(id) => Some(*id),
+            _ => None,
+        })
+        .collect();
+
+    // Workers still counted as capacity: not draining, not being aborted.
+    let active: Vec<&WorkerFacts> = view
+        .workers
+        .iter()
+        .filter(|w| w.state != WorkerState::Draining && !gone.contains(&w.id))
+        .collect();
+    let is_ready = |w: &WorkerFacts| w.state == WorkerState::Ready || newly_ready.contains(&w.id);
+    let current = active
+        .iter()
+        .filter(|w| w.generation >= view.generation)
+        .count() as u32;
+    let active_count = active.len() as u32;
+
+    // Start: enough current-generation workers, with at most `max_surge`
+    // extra while old ones still hold the fort.
+    if view.may_spawn {
+        let wanted = view.desired.saturating_sub(current);
+        let room = (view.desired + policy.max_surge).saturating_sub(active_count);
+        let spawn = wanted.min(room);
+        actions.extend((0..spawn).map(|_| Action::Spawn));
+    }
+
+    // Drain: old generations first, then the surplus of the current one,
+    // never taking ready capacity below what is desired.
+    let mut surplus = active_count.saturating_sub(view.desired);
+    let mut current_surplus = current.saturating_sub(view.desired);
+    let mut ready = active.iter().filter(|w| is_ready(w)).count() as u32;
+    for w in drain_order(&active, view.generation, &is_ready) {
+        if surplus == 0 {
+            break;
+        }
+        let old = w.generation < view.generation;
+        if !old && current_surplus == 0 {
+            continue;
+        }
+        if is_ready(w) {
+            if ready <= view.desired {
+                continue;
+            }
+            ready -= 1;
+        }
+        if !old {
+            current_surplus -= 1;
+        }
+        surplus -= 1;
+        actions.push(Action::Drain(w.id));
+    }
+    actions
+}
+
+/// Who goes first when workers must drain: old generations before the
+/// current one, workers still booting before ready ones (they serve
+/// nothing yet), then the idlest, then the youngest.
+fn drain_order<'a>(
+    active: &[&'a WorkerFacts],
+    generation: u64,
+    is_ready: &dyn Fn(&WorkerFacts) -> bool,
+) -> Vec<&'a WorkerFacts> {
+    let mut order: Vec<&WorkerFacts> = active.to_vec();
+    order.sort_by(|a, b| {
+        (a.generation >= generation)
+            .cmp(&(b.generation >= generation))
+            .then(is_ready(a).cmp(&is_ready(b)))
+            .then(a.cpu_recent.total_cmp(&b.cpu_recent))
+            .then(b.started.cmp(&a.started))
+    });
+    order
+}
+
+/// Delay before the next start after `failures` crashes in a row.
+pub fn backoff(failures: u32, max: Duration) -> Duration {
+    if failures == 0 {
+        return Duration::ZERO;
+    }
+    let base = Duration::from_millis(100);
+    let factor = 1u32 << (failures - 1).min(16);
+    base.saturating_mul(factor).min(max)
+}
+
+/// The bounds a requested worker count must respect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    pub min: u32,
+    pub max: u32,
+    /// Workers the memory limit holds, once a worker's size is known.
+    pub memory_cap: Option<u32>,
+}
+
+/// Checks a requested count: `Err` names the limit that refuses it and the
+/// count that limit allows.
+pub fn check_request(
+    requested: u32,
+    current: u32,
+    bounds: &Bounds,
+) -> Result<u32, (LimitReason, u32)> {
+    if requested < bounds.min {
+        return Err((LimitReason::MinWorkers, bounds.min));
+    }
+    if requested > bounds.max {
+        return Err((LimitReason::MaxWorkers, bounds.max));
+    }
+    match bounds.memory_cap {
+        // Only growth is refused: a guard that killed running workers
+        // would turn a memory estimate into an outage.
+        Some(cap) if requested > current && requested > cap => {
+            Err((LimitReason::MemoryGuard, cap.max(current).max(bounds.min)))
+        }
+        _ => Ok(requested),
+    }
+}
+
+/// The count to drive towards: the request, unless the memory guard holds
+/// it at what is running (or the cap, whichever is more).
+pub fn effective_desired(desired: u32, active: u32, bounds: &Bounds) -> u32 {
+    match bounds.memory_cap {
+        Some(cap) if desired > cap => desired.min(cap.max(active)).max(bounds.min),
+        _ => desired,
+    }
+}
+
+/// How many workers fit in `limit` bytes, keeping `headroom` of it free,
+/// once the manager's own memory is paid.
+pub fn memory_cap(limit: u64, headroom: f64, manager_rss: u64, per_worker: u64) -> Option<u32> {
+    if per_worker == 0 {
+        return None;
+    }
+    let usable = (limit as f64 * (1.0 - headroom)) as u64;
+    let room = usable.saturating_sub(manager_rss);
+    Some(u32::try_from(room / per_worker).unwrap_or(u32::MAX))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,260 @@
+use super::*;
+
+fn policy() -> Policy {
+    Policy {
+        readiness: Readiness::Notify,
+        boot_grace: Duration::from_secs(1),
+        boot_timeout: Duration::from_secs(10),
+        watchdog: Some(Duration::from_secs(5)),
+        max_surge: 1,
+    }
+}
+
+fn worker(id: u32, generation: u64, state: WorkerState, t0: Instant) -> WorkerFacts {
+    WorkerFacts {
+        id,
+        generation,
+        state,
+        started: t0,
+        last_heartbeat: None,
+        kill_deadline: None,
+        killed: false,
+        cpu_recent: 0.0,
+    }
+}
+
+fn run(desired: u32, generation: u64, workers: &[WorkerFacts], now: Instant) -> Vec<Action> {
+    let p = policy();
+    decide(
+        &View {
+            desired,
+            generation,
+            may_spawn: true,
+            workers,
+            policy: &p,
+        },
+        now,
+    )
+}
+
+fn spawns(actions: &[Action]) -> usize {
+    actions.iter().filter(|a| **a == Action::Spawn).count()
+}
+
+fn drains(actions: &[Action]) -> Vec<u32> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Drain(id) => Some(*id),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn starts_the_desired_count() {
+    let t0 = Instant::now();
+    assert_eq!(spawns(&run(3, 1, &[], t0)), 3);
+    let ws = [worker(1, 1, WorkerState::Ready, t0)];
+    assert_eq!(spawns(&run(3, 1, &ws, t0)), 2);
+}
+
+#[test]
+fn no_spawn_while_backing_off() {
+    let t0 = Instant::now();
+    let p = policy();
+    let view = View {
+        desired: 2,
+        generation: 1,
+        may_spawn: false,
+        workers: &[],
+        policy: &p,
+    };
+    assert!(decide(&view, t0).is_empty());
+}
+
+#[test]
+fn rolling_restart_surges_before_draining() {
+    let t0 = Instant::now();
+    let mut ws = vec![
+        worker(1, 1, WorkerState::Ready, t0),
+        worker(2, 1, WorkerState::Ready, t0),
+    ];
+    // Generation 2 wanted: one new worker, nothing drained yet.
+    let a = run(2, 2, &ws, t0);
+    assert_eq!(spawns(&a), 1);
+    assert!(drains(&a).is_empty());
+    // The new one boots: still nothing drained.
+    ws.push(worker(3, 2, WorkerState::Starting, t0));
+    let a = run(2, 2, &ws, t0);
+    assert_eq!(spawns(&a), 0);
+    assert!(drains(&a).is_empty());
+    // The new one is ready: one old one drains, no more spawns until it has.
+    ws[2].state = WorkerState::Ready;
+    let a = run(2, 2, &ws, t0);
+    assert_eq!(drains(&a).len(), 1);
+    assert_eq!(spawns(&a), 0);
+    // That one is draining: the next new worker starts.
+    let drained = drains(&a)[0];
+    ws.iter_mut().find(|w| w.id == drained).unwrap().state = WorkerState::Draining;
+    let a = run(2, 2, &ws, t0);
+    assert_eq!(spawns(&a), 1);
+    assert!(drains(&a).is_empty());
+}
+
+#[test]
+fn a_crash_looping_new_generation_never_drains_the_old() {
+    let t0 = Instant::now();
+    let ws = [
+        worker(1, 1, WorkerState::Ready, t0),
+        worker(2, 1, WorkerState::Ready, t0),
+        worker(3, 2, WorkerState::Starting, t0),
+    ];
+    assert!(drains(&run(2, 2, &ws, t0)).is_empty());
+}
+
+#[test]
+fn old_workers_still_booting_drain_first() {
+    let t0 = Instant::now();
+    let ws = [
+        worker(1, 1, WorkerState::Ready, t0),
+        worker(2, 1, WorkerState::Starting, t0),
+        worker(3, 2, WorkerState::Ready, t0),
+    ];
+    assert_eq!(drains(&run(2, 2, &ws, t0)), vec![2]);
+}
+
+#[test]
+fn scale_down_drains_the_idlest() {
+    let t0 = Instant::now();
+    let mut ws = vec![
+        worker(1, 1, WorkerState::Ready, t0),
+        worker(2, 1, WorkerState::Ready, t0),
+        worker(3, 1, WorkerState::Ready, t0),
+    ];
+    ws[0].cpu_recent = 0.9;
+    ws[1].cpu_recent = 0.1;
+    ws[2].cpu_recent = 0.5;
+    assert_eq!(drains(&run(2, 1, &ws, t0)), vec![2]);
+    assert_eq!(drains(&run(1, 1, &ws, t0)), vec![2, 3]);
+}
+
+#[test]
+fn scale_down_prefers_workers_still_booting() {
+    let t0 = Instant::now();
+    let ws = [
+        worker(1, 1, WorkerState::Ready, t0),
+        worker(2, 1, WorkerState::Starting, t0),
+    ];
+    assert_eq!(drains(&run(1, 1, &ws, t0)), vec![2]);
+}
+
+#[test]
+fn silent_workers_become_ready_after_the_grace_in_auto_mode() {
+    let t0 = Instant::now();
+    let p = Policy {
+        readiness: Readiness::Auto,
+        ..policy()
+    };
+    let ws = [worker(1, 1, WorkerState::Starting, t0)];
+    let view = View {
+        desired: 1,
+        generation: 1,
+        may_spawn: true,
+        workers: &ws,
+        policy: &p,
+    };
+    assert!(decide(&view, t0 + Duration::from_millis(500)).is_empty());
+    assert_eq!(
+        decide(&view, t0 + Duration::from_secs(1)),
+        vec![Action::MarkReady(1)]
+    );
+}
+
+#[test]
+fn notify_mode_aborts_workers_that_never_say_ready() {
+    let t0 = Instant::now();
+    let ws = [worker(1, 1, WorkerState::Starting, t0)];
+    assert!(run(1, 1, &ws, t0 + Duration::from_secs(9)).is_empty());
+    let a = run(1, 1, &ws, t0 + Duration::from_secs(10));
+    assert_eq!(
+        a,
+        vec![Action::Abort(1, ExitReason::BootTimeout), Action::Spawn]
+    );
+}
+
+#[test]
+fn watchdog_aborts_only_workers_that_beat_once() {
+    let t0 = Instant::now();
+    let mut ws = vec![worker(1, 1, WorkerState::Ready, t0)];
+    let later = t0 + Duration::from_secs(60);
+    assert!(run(1, 1, &ws, later).is_empty());
+    ws[0].last_heartbeat = Some(t0 + Duration::from_secs(56));
+    assert!(run(1, 1, &ws, later).is_empty());
+    ws[0].last_heartbeat = Some(t0 + Duration::from_secs(55));
+    assert_eq!(
+        run(1, 1, &ws, later),
+        vec![Action::Abort(1, ExitReason::Watchdog), Action::Spawn]
+    );
+}
+
+#[test]
+fn draining_workers_are_killed_once_past_their_deadline() {
+    let t0 = Instant::now();
+    let mut ws = vec![worker(1, 1, WorkerState::Draining, t0)];
+    ws[0].kill_deadline = Some(t0 + Duration::from_secs(30));
+    assert!(!run(0, 1, &ws, t0 + Duration::from_secs(29)).contains(&Action::Kill(1)));
+    assert!(run(0, 1, &ws, t0 + Duration::from_secs(30)).contains(&Action::Kill(1)));
+    ws[0].killed = true;
+    assert!(!run(0, 1, &ws, t0 + Duration::from_secs(31)).contains(&Action::Kill(1)));
+}
+
+#[test]
+fn backoff_doubles_up_to_the_cap() {
+    let max = Duration::from_secs(30);
+    assert_eq!(backoff(0, max), Duration::ZERO);
+    assert_eq!(backoff(1, max), Duration::from_millis(100));
+    assert_eq!(backoff(2, max), Duration::from_millis(200));
+    assert_eq!(backoff(5, max), Duration::from_millis(1600));
+    assert_eq!(backoff(40, max), max);
+}
+
+#[test]
+fn requests_are_checked_against_every_bound() {
+    let b = Bounds {
+        min: 2,
+        max: 10,
+        memory_cap: Some(6),
+    };
+    assert_eq!(check_request(4, 3, &b), Ok(4));
+    assert_eq!(check_request(1, 3, &b), Err((LimitReason::MinWorkers, 2)));
+    assert_eq!(check_request(11, 3, &b), Err((LimitReason::MaxWorkers, 10)));
+    assert_eq!(check_request(7, 3, &b), Err((LimitReason::MemoryGuard, 6)));
+    // Shrinking is allowed even above the cap.
+    assert_eq!(check_request(7, 8, &b), Ok(7));
+}
+
+#[test]
+fn memory_guard_holds_growth_but_never_shrinks() {
+    let b = Bounds {
+        min: 1,
+        max: 10,
+        memory_cap: Some(4),
+    };
+    assert_eq!(effective_desired(8, 2, &b), 4);
+    assert_eq!(effective_desired(8, 6, &b), 6);
+    assert_eq!(effective_desired(3, 6, &b), 3);
+    let unknown = Bounds {
+        memory_cap: None,
+        ..b
+    };
+    assert_eq!(effective_desired(8, 2, &unknown), 8);
+}
+
+#[test]
+fn memory_cap_keeps_headroom_and_pays_for_the_manager() {
+    let mib = 1 << 20;
+    assert_eq!(memory_cap(1000 * mib, 0.1, 0, 100 * mib), Some(9));
+    assert_eq!(memory_cap(1000 * mib, 0.1, 50 * mib, 100 * mib), Some(8));
+    assert_eq!(memory_cap(1000 * mib, 0.1, 0, 0), None);
+}

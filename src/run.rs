@@ -1,0 +1,167 @@
+//! `corral run`: resolve and check the whole configuration, bind the admin
+//! port and the listeners, then hand over to the supervision loop. Every
+//! error before the loop starts exits with status 2 and starts nothing.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, watch};
+use tracing::{error, info};
+
+use crate::admin::{self, AdminState, metrics::Metrics};
+use crate::cli::RunArgs;
+use crate::config::{Config, Host, Settings};
+use crate::manager::reexec::HandOff;
+use crate::manager::{Manager, Snapshot, Startup, probe};
+use crate::telemetry;
+
+/// A failure before the supervision loop runs: the exit status and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct RunError {
+    pub code: i32,
+    pub message: String,
+}
+
+fn usage(message: impl ToString) -> RunError {
+    RunError {
+        code: 2,
+        message: message.to_string(),
+    }
+}
+
+/// Facts about this machine and process that defaults depend on.
+fn host() -> Host {
+    let machine = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+    let quota = probe::CgroupPaths::detect().and_then(|p| p.read().cpu_quota_cores);
+    let activated = std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok())
+        .is_some_and(|p| p == std::process::id())
+        && std::env::var(crate::manager::reexec::STATE_ENV).is_err();
+    let count: i32 = std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    Host {
+        cpus: probe::cpus_allowed(quota, machine),
+        web_concurrency: std::env::var("WEB_CONCURRENCY").ok(),
+        in_kubernetes: std::env::var_os("KUBERNETES_SERVICE_HOST").is_some(),
+        listen_fds: if activated {
+            (3..3 + count).collect()
+        } else {
+            Vec::new()
+        },
+    }
+}
+
+pub fn main(args: RunArgs) -> Result<i32, RunError> {
+    let file = match &args.config {
+        Some(path) => Settings::load(path).map_err(usage)?,
+        None => Settings::default(),
+    };
+    let host = host();
+    let config = Config::resolve(args.settings.clone(), file, &host).map_err(usage)?;
+    if let Some(cmd) = &config.command
+        && crate::manager::spawn::resolve_program(&cmd[0], std::env::var_os("PATH").as_deref())
+            .is_none()
+    {
+        return Err(usage(format!(
+            "invalid value for `command`: `{}` not found in PATH",
+            cmd[0]
+        )));
+    }
+    let token = match &config.admin_token_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                usage(format!(
+                    "invalid value for `admin-token-file`: {}: {e}",
+                    path.display()
+                ))
+            })?;
+            let token = text.trim().as_bytes().to_vec();
+            if token.len() < 16 {
+                return Err(usage(
+                    "invalid value for `admin-token-file`: the token needs at least 16 characters",
+                ));
+            }
+            Some(token)
+        }
+        None => None,
+    };
+    if args.print_config {
+        let yaml = serde_saphyr::to_string(&config.to_settings()).map_err(usage)?;
+        print!("{yaml}");
+        return Ok(0);
+    }
+    if args.check_config {
+        return Ok(0);
+    }
+    telemetry::init(config.log_format, &config.log_level);
+    let handoff = HandOff::from_env().transpose().map_err(usage)?;
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| RunError {
+            code: 1,
+            message: e.to_string(),
+        })?;
+    runtime.block_on(serve(args, config, host, token, handoff))
+}
+
+async fn serve(
+    args: RunArgs,
+    config: Config,
+    host: Host,
+    token: Option<Vec<u8>>,
+    handoff: Option<HandOff>,
+) -> Result<i32, RunError> {
+    let admin_listener = match &handoff {
+        Some(h) => {
+            // SAFETY: the previous image handed this descriptor over, once.
+            let std = std::net::TcpListener::from(unsafe { OwnedFd::from_raw_fd(h.admin_fd) });
+            std.set_nonblocking(true).map_err(usage)?;
+            tokio::net::TcpListener::from_std(std).map_err(usage)?
+        }
+        None => tokio::net::TcpListener::bind(config.admin_bind)
+            .await
+            .map_err(|e| {
+                usage(format!(
+                    "cannot bind admin address {}: {e}",
+                    config.admin_bind
+                ))
+            })?,
+    };
+    let admin_fd = admin_listener.as_raw_fd();
+    let metrics = Arc::new(Metrics::new().map_err(|e| RunError {
+        code: 1,
+        message: e.to_string(),
+    })?);
+    let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(Snapshot::empty(&config)));
+    let admin_addr = admin_listener.local_addr().map_err(usage)?;
+    let startup = Startup {
+        cli: args.settings,
+        config_path: args.config,
+        host,
+        config,
+        handoff,
+    };
+    let manager = Manager::new(startup, admin_fd, metrics.clone(), snapshot_tx).map_err(usage)?;
+    // Orphans of workers come to us to be reaped, as they would to PID 1.
+    if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+        error!(error = %e, "cannot become a subreaper");
+    }
+    let (commands_tx, commands_rx) = mpsc::channel(16);
+    let state = Arc::new(AdminState {
+        snapshot: snapshot_rx,
+        commands: commands_tx,
+        token,
+        metrics,
+    });
+    info!(admin = %admin_addr, version = env!("CARGO_PKG_VERSION"), "corral manager starting");
+    let admin = tokio::spawn(admin::serve(admin_listener, state));
+    let code = manager.run(commands_rx).await;
+    admin.abort();
+    Ok(code)
+}

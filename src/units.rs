@@ -1,0 +1,275 @@
+//! Value types that configuration is written in: durations (`30`, `30s`,
+//! `500ms`, `2m`), byte sizes (`512Mi`, `1G`, `1048576`) and bind addresses
+//! (`host:port`, `[::]:port`, `unix:/path`, `fd://N`). Each parses the same
+//! way from a flag, an environment variable and the YAML file, so an error
+//! reads the same wherever the value came from.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A duration written in seconds, optionally with a unit suffix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Secs(pub Duration);
+
+impl FromStr for Secs {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let (number, scale) = if let Some(n) = s.strip_suffix("ms") {
+            (n, 0.001)
+        } else if let Some(n) = s.strip_suffix('s') {
+            (n, 1.0)
+        } else if let Some(n) = s.strip_suffix('m') {
+            (n, 60.0)
+        } else if let Some(n) = s.strip_suffix('h') {
+            (n, 3600.0)
+        } else {
+            (s, 1.0)
+        };
+        let value: f64 = number
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{s}` is not a duration (examples: 30, 30s, 500ms, 2m)"))?;
+        if !value.is_finite() || value < 0.0 {
+            return Err(format!("`{s}` must be a non-negative duration"));
+        }
+        Ok(Secs(Duration::from_secs_f64(value * scale)))
+    }
+}
+
+impl fmt::Display for Secs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0.as_millis();
+        if ms.is_multiple_of(1000) {
+            write!(f, "{}s", ms / 1000)
+        } else {
+            write!(f, "{ms}ms")
+        }
+    }
+}
+
+/// A byte count with an optional binary (`Ki`, `Mi`, `Gi`) or decimal (`k`,
+/// `M`, `G`) suffix, as Kubernetes writes memory quantities.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+impl FromStr for ByteSize {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let suffixes: [(&str, u64); 8] = [
+            ("Ki", 1 << 10),
+            ("Mi", 1 << 20),
+            ("Gi", 1 << 30),
+            ("Ti", 1 << 40),
+            ("k", 1_000),
+            ("M", 1_000_000),
+            ("G", 1_000_000_000),
+            ("T", 1_000_000_000_000),
+        ];
+        let (number, scale) = suffixes
+            .iter()
+            .find_map(|(suffix, scale)| s.strip_suffix(suffix).map(|n| (n, *scale)))
+            .unwrap_or((s.strip_suffix('B').unwrap_or(s), 1));
+        let value: u64 = number
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{s}` is not a byte size (examples: 536870912, 512Mi, 1G)"))?;
+        value
+            .checked_mul(scale)
+            .map(ByteSize)
+            .ok_or_else(|| format!("`{s}` is too large"))
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// Where a listener comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum BindAddr {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+    /// A socket corral itself inherited at this descriptor number.
+    Fd(i32),
+}
+
+impl FromStr for BindAddr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        if let Some(path) = s.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err("`unix:` needs a path, as in unix:/run/app.sock".into());
+            }
+            return Ok(BindAddr::Unix(PathBuf::from(path)));
+        }
+        if let Some(fd) = s.strip_prefix("fd://") {
+            let fd: i32 = fd
+                .parse()
+                .map_err(|_| format!("`{s}`: fd:// takes a descriptor number, as in fd://3"))?;
+            if fd < 3 {
+                return Err(format!("`{s}`: descriptors 0-2 are stdio, not sockets"));
+            }
+            return Ok(BindAddr::Fd(fd));
+        }
+        // Gunicorn accepts a bare port and `:port`; both mean every address.
+        let normalised = if s.parse::<u16>().is_ok() {
+            format!("0.0.0.0:{s}")
+        } else if let Some(port) = s.strip_prefix(':') {
+            format!("0.0.0.0:{port}")
+        } else if let Some(port) = s.strip_prefix("localhost:") {
+            format!("127.0.0.1:{port}")
+        } else {
+            s.to_string()
+        };
+        normalised.parse::<SocketAddr>().map(BindAddr::Tcp).map_err(|_| {
+            format!("`{s}` is not an address (examples: 0.0.0.0:8000, [::]:8000, unix:/run/app.sock, fd://3)")
+        })
+    }
+}
+
+impl fmt::Display for BindAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BindAddr::Tcp(addr) => write!(f, "{addr}"),
+            BindAddr::Unix(path) => write!(f, "unix:{}", path.display()),
+            BindAddr::Fd(fd) => write!(f, "fd://{fd}"),
+        }
+    }
+}
+
+/// A Unix file mode written in octal (`660`, `0o660`, `0660`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mode(pub u32);
+
+impl FromStr for Mode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let digits = s.trim().trim_start_matches("0o");
+        match u32::from_str_radix(digits, 8) {
+            Ok(mode) if mode <= 0o777 => Ok(Mode(mode)),
+            _ => Err(format!("`{s}` is not an octal file mode (example: 660)")),
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:o}", self.0)
+    }
+}
+
+/// YAML writes these either as numbers (`workers: 4`, `timeout: 30`) or
+/// strings (`timeout: 30s`); both go through `FromStr` so the rules match
+/// the flags exactly.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Scalar {
+    Int(u64),
+    Float(f64),
+    Text(String),
+}
+
+impl Scalar {
+    fn text(self) -> String {
+        match self {
+            Scalar::Int(n) => n.to_string(),
+            Scalar::Float(x) => x.to_string(),
+            Scalar::Text(s) => s,
+        }
+    }
+}
+
+macro_rules! serde_via_str {
+    ($($ty:ty),*) => {$(
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                Scalar::deserialize(d)?.text().parse().map_err(serde::de::Error::custom)
+            }
+        }
+        impl Serialize for $ty {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+    )*};
+}
+
+serde_via_str!(Secs, ByteSize, BindAddr, Mode);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!("30".parse::<Secs>().unwrap().0, Duration::from_secs(30));
+        assert_eq!(
+            "1.5".parse::<Secs>().unwrap().0,
+            Duration::from_millis(1500)
+        );
+        assert_eq!(
+            "500ms".parse::<Secs>().unwrap().0,
+            Duration::from_millis(500)
+        );
+        assert_eq!("2m".parse::<Secs>().unwrap().0, Duration::from_secs(120));
+        assert!("-1".parse::<Secs>().is_err());
+        assert!("soon".parse::<Secs>().is_err());
+        assert_eq!(Secs(Duration::from_millis(1500)).to_string(), "1500ms");
+        assert_eq!(Secs(Duration::from_secs(3)).to_string(), "3s");
+    }
+
+    #[test]
+    fn byte_sizes() {
+        assert_eq!("512Mi".parse::<ByteSize>().unwrap().0, 512 << 20);
+        assert_eq!("1G".parse::<ByteSize>().unwrap().0, 1_000_000_000);
+        assert_eq!("1024".parse::<ByteSize>().unwrap().0, 1024);
+        assert!("-5Mi".parse::<ByteSize>().is_err());
+        assert!("lots".parse::<ByteSize>().is_err());
+    }
+
+    #[test]
+    fn bind_addresses() {
+        assert_eq!(
+            "0.0.0.0:8000".parse::<BindAddr>().unwrap(),
+            BindAddr::Tcp("0.0.0.0:8000".parse().unwrap())
+        );
+        assert_eq!(
+            "[::]:80".parse::<BindAddr>().unwrap(),
+            BindAddr::Tcp("[::]:80".parse().unwrap())
+        );
+        assert_eq!(
+            "8000".parse::<BindAddr>().unwrap(),
+            BindAddr::Tcp("0.0.0.0:8000".parse().unwrap())
+        );
+        assert_eq!(
+            "unix:/tmp/a.sock".parse::<BindAddr>().unwrap(),
+            BindAddr::Unix("/tmp/a.sock".into())
+        );
+        assert_eq!("fd://3".parse::<BindAddr>().unwrap(), BindAddr::Fd(3));
+        assert!("fd://1".parse::<BindAddr>().is_err());
+        assert!("unix:".parse::<BindAddr>().is_err());
+        assert!("example.com:80".parse::<BindAddr>().is_err());
+        assert!("1.2.3.4:99999".parse::<BindAddr>().is_err());
+    }
+
+    #[test]
+    fn modes() {
+        assert_eq!("660".parse::<Mode>().unwrap().0, 0o660);
+        assert_eq!("0o600".parse::<Mode>().unwrap().0, 0o600);
+        assert!("999".parse::<Mode>().is_err());
+    }
+}

@@ -1,0 +1,11 @@
+from django.urls import path
+
+from . import views
+
+urlpatterns = [
+    path("", views.index),
+    path("healthz", views.healthz),
+    path("delay/<int:ms>", views.delay),
+    path("cpu/<int:ms>", views.cpu),
+    path("pid", views.pid),
+]
