@@ -29,8 +29,19 @@ pub struct WorkersDoc {
     /// Mean CPU use per active worker over the last window, in cores.
     pub cpu_utilisation: f64,
     pub workers: Vec<WorkerDoc>,
+    /// The last workers to end, newest first (at most 16).
+    pub recent_exits: Vec<RecentExit>,
     pub listeners: Vec<ListenerDoc>,
     pub cgroup: CgroupDoc,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecentExit {
+    pub id: u32,
+    pub pid: i32,
+    pub generation: u64,
+    #[serde(flatten)]
+    pub exit: ExitDoc,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

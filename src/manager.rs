@@ -28,8 +28,8 @@ use tracing::{debug, error, info, warn};
 use crate::admin::metrics::Metrics;
 use crate::config::{Config, Host, Settings};
 use crate::contract::{
-    CgroupDoc, ExitDoc, ExitReason, LimitReason, Limited, Limits, ListenerDoc, VERSION, WorkerDoc,
-    WorkerState, WorkersDoc,
+    CgroupDoc, ExitDoc, ExitReason, LimitReason, Limited, Limits, ListenerDoc, RecentExit, VERSION,
+    WorkerDoc, WorkerState, WorkersDoc,
 };
 use listener::{Inherited, Listener};
 use notify::{Message, NotifySocket};
@@ -98,6 +98,7 @@ impl Snapshot {
                 last_limited: None,
                 cpu_utilisation: 0.0,
                 workers: Vec::new(),
+                recent_exits: Vec::new(),
                 listeners: Vec::new(),
                 cgroup: CgroupDoc::default(),
             },
@@ -170,6 +171,7 @@ pub struct Manager {
     queue_samples: Vec<VecDeque<(Instant, u32)>>,
     workers: Vec<Worker>,
     slots: BTreeMap<u32, SlotHistory>,
+    recent_exits: VecDeque<RecentExit>,
     generation: u64,
     requested: Option<u32>,
     failures: u32,
@@ -265,6 +267,7 @@ impl Manager {
             manager_rss: probe::self_rss().unwrap_or(0),
             workers: Vec::new(),
             slots: BTreeMap::new(),
+            recent_exits: VecDeque::new(),
             generation: 1,
             requested: None,
             failures: 0,
@@ -707,13 +710,21 @@ impl Manager {
         let _ = killpg(pid, Sig::SIGKILL);
         let reason = w.stop_reason.unwrap_or(ExitReason::Crashed);
         let now = Instant::now();
-        let slot = self.slots.entry(w.facts.id).or_default();
-        slot.last_exit = Some(ExitDoc {
+        let exit = ExitDoc {
             code,
             signal,
             reason,
             at: unix_now(),
+        };
+        self.recent_exits.push_front(RecentExit {
+            id: w.facts.id,
+            pid: pid.as_raw(),
+            generation: w.facts.generation,
+            exit: exit.clone(),
         });
+        self.recent_exits.truncate(RECENT_EXITS);
+        let slot = self.slots.entry(w.facts.id).or_default();
+        slot.last_exit = Some(exit);
         self.metrics.worker_exited(reason);
         if reason == ExitReason::Drained {
             info!(
@@ -1036,6 +1047,7 @@ impl Manager {
                     }
                 })
                 .collect(),
+            recent_exits: self.recent_exits.iter().cloned().collect(),
             listeners: self
                 .listeners
                 .iter()
@@ -1056,6 +1068,8 @@ impl Manager {
     }
 }
 
+/// How many ended workers `/workers` remembers.
+const RECENT_EXITS: usize = 16;
 /// How far back the listen-queue maximum looks.
 const QUEUE_WINDOW: Duration = Duration::from_secs(10);
 /// CPU utilisation is measured over this many one-second samples.

@@ -10,13 +10,15 @@ mod app;
 pub mod sd_notify;
 
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use socket2::Socket;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinSet;
 use tracing::{info, warn};
 
 use crate::cli::WorkerArgs;
@@ -96,7 +98,8 @@ async fn serve(args: WorkerArgs) -> Result<(), WorkerError> {
     let mut int = signal(SignalKind::interrupt())?;
     let mut quit = signal(SignalKind::quit())?;
     let mut usr1 = signal(SignalKind::user_defined1())?;
-    let graceful = GracefulShutdown::new();
+    let (drain_tx, drain_rx) = watch::channel(false);
+    let mut connections = JoinSet::new();
     let (conn_tx, mut conn_rx) = tokio::sync::mpsc::unbounded_channel::<Conn>();
     let acceptors: Vec<_> = listeners
         .into_iter()
@@ -120,30 +123,12 @@ async fn serve(args: WorkerArgs) -> Result<(), WorkerError> {
     }
     info!(pid = std::process::id(), "built-in worker serving");
 
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30));
-    let serve_conn = |conn: Conn| match conn {
-        Conn::Tcp(s) => {
-            let c = graceful.watch(
-                http.serve_connection(TokioIo::new(s), hyper::service::service_fn(app::handle)),
-            );
-            tokio::spawn(async move {
-                let _ = c.await;
-            });
-        }
-        Conn::Unix(s) => {
-            let c = graceful.watch(
-                http.serve_connection(TokioIo::new(s), hyper::service::service_fn(app::handle)),
-            );
-            tokio::spawn(async move {
-                let _ = c.await;
-            });
-        }
-    };
     loop {
         tokio::select! {
-            Some(conn) = conn_rx.recv() => serve_conn(conn),
+            Some(conn) = conn_rx.recv() => {
+                connections.spawn(serve_connection(conn, drain_rx.clone()));
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = quit.recv() => {
@@ -161,13 +146,60 @@ async fn serve(args: WorkerArgs) -> Result<(), WorkerError> {
     }
     conn_rx.close();
     while let Ok(conn) = conn_rx.try_recv() {
-        serve_conn(conn);
+        connections.spawn(serve_connection(conn, drain_rx.clone()));
     }
     notifier.send("STOPPING=1\nSTATUS=draining");
-    info!("draining in-flight requests");
-    graceful.shutdown().await;
+    info!(
+        connections = connections.len(),
+        "draining in-flight requests"
+    );
+    let _ = drain_tx.send(true);
+    while connections.join_next().await.is_some() {}
     info!("drained; exiting");
     Ok(())
+}
+
+/// How long a connection accepted just before the drain may take to send
+/// its first request: its client did nothing wrong and deserves an answer.
+const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
+
+/// Serves one connection; once draining, finishes the request in flight
+/// (or the first one, if it is still arriving) and closes.
+async fn serve_connection(conn: Conn, mut drain: watch::Receiver<bool>) {
+    match conn {
+        Conn::Tcp(s) => serve_io(TokioIo::new(s), &mut drain).await,
+        Conn::Unix(s) => serve_io(TokioIo::new(s), &mut drain).await,
+    }
+}
+
+async fn serve_io<I>(io: I, drain: &mut watch::Receiver<bool>)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    // Holds a permit once any request has arrived on this connection.
+    let requested = Arc::new(Notify::new());
+    let service = {
+        let requested = requested.clone();
+        hyper::service::service_fn(move |req| {
+            requested.notify_one();
+            app::handle(req)
+        })
+    };
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30));
+    let conn = http.serve_connection(io, service);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => return,
+        _ = drain.wait_for(|d| *d) => {}
+    }
+    tokio::select! {
+        _ = conn.as_mut() => return,
+        _ = tokio::time::timeout(FIRST_REQUEST_GRACE, requested.notified()) => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    let _ = conn.await;
 }
 
 enum Conn {

@@ -62,7 +62,7 @@ pub const SPEC: &str = r##"{
       },
       "Workers": {
         "type": "object",
-        "required": ["version", "desired", "configured", "running", "ready", "shutting_down", "generation", "limits", "cpu_utilisation", "workers", "listeners", "cgroup"],
+        "required": ["version", "desired", "configured", "running", "ready", "shutting_down", "generation", "limits", "cpu_utilisation", "workers", "recent_exits", "listeners", "cgroup"],
         "properties": {
           "version": {"type": "integer"}, "desired": {"type": "integer"},
           "configured": {"type": "integer"}, "requested": {"type": "integer", "nullable": true},
@@ -88,6 +88,15 @@ pub const SPEC: &str = r##"{
           },
           "cpu_utilisation": {"type": "number"},
           "workers": {"type": "array", "items": {"$ref": "#/components/schemas/Worker"}},
+          "recent_exits": {"type": "array", "items": {
+            "type": "object", "required": ["id", "pid", "generation", "reason", "at"],
+            "properties": {
+              "id": {"type": "integer"}, "pid": {"type": "integer"}, "generation": {"type": "integer"},
+              "code": {"type": "integer", "nullable": true}, "signal": {"type": "integer", "nullable": true},
+              "reason": {"type": "string", "enum": ["drained", "crashed", "watchdog", "boot_timeout", "killed"]},
+              "at": {"type": "number"}
+            }
+          }},
           "listeners": {
             "type": "array",
             "items": {

@@ -280,7 +280,8 @@ mod tests {
             resolve_program("/bin/sh", None),
             Some(PathBuf::from("/bin/sh"))
         );
-        let plain = std::env::temp_dir().join(format!("corral-not-executable-{}", std::process::id()));
+        let plain =
+            std::env::temp_dir().join(format!("corral-not-executable-{}", std::process::id()));
         std::fs::write(&plain, "data").unwrap();
         let found = resolve_program(plain.to_str().unwrap(), None);
         std::fs::remove_file(&plain).unwrap();

@@ -1,0 +1,391 @@
+//! The manager driven as a user would: the real binary, real workers (the
+//! built-in one and Uvicorn serving Django), real signals, and a load
+//! generator counting every failed request.
+
+mod support;
+
+use std::time::Duration;
+
+use corral::contract::{ExitReason, WorkerState};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use support::*;
+
+const SETTLE: Duration = Duration::from_secs(40);
+
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Builtin,
+    Django,
+}
+
+fn start(kind: Kind, args: &[&str]) -> Corral {
+    let b = corral().args(args);
+    let c = match kind {
+        Kind::Builtin => b.start(),
+        Kind::Django => b.django().start(),
+    };
+    c
+}
+
+fn pids(doc: &corral::contract::WorkersDoc) -> Vec<i32> {
+    doc.workers.iter().map(|w| w.pid).collect()
+}
+
+#[test]
+fn builtin_worker_serves_out_of_the_box() {
+    let c = corral().args(&["-w", "2"]).start();
+    c.wait_settled(2, SETTLE);
+    let (status, body) = get(c.http, "/").unwrap();
+    assert_eq!(status, 200);
+    assert!(body.contains("corral built-in worker"), "{body}");
+    assert_eq!(get(c.http, "/healthz").unwrap(), (200, "ok\n".into()));
+    assert_eq!(
+        get(c.http, "/delay/20").unwrap(),
+        (200, "slept 20ms\n".into())
+    );
+    assert_eq!(get(c.http, "/cpu/5").unwrap(), (200, "burned 5ms\n".into()));
+    assert_eq!(get(c.http, "/status/418").unwrap().0, 418);
+    assert_eq!(get(c.http, "/delay/soon").unwrap().0, 400);
+    let echoed = request(c.http, "POST", "/echo", &[], "hello corral").unwrap();
+    assert_eq!(echoed, (200, "hello corral".into()));
+    // Every worker sees its listener through LISTEN_FDS and said READY=1.
+    let doc = c.workers().unwrap();
+    assert!(
+        doc.workers
+            .iter()
+            .all(|w| w.status.as_deref() == Some("serving")),
+        "{doc:#?}"
+    );
+}
+
+#[test]
+fn django_is_served_by_uvicorn_on_the_inherited_fd() {
+    let c = start(Kind::Django, &["-w", "2"]);
+    c.wait_settled(2, SETTLE);
+    assert_eq!(
+        get(c.http, "/").unwrap(),
+        (200, "hello from django\n".into())
+    );
+    assert_eq!(
+        get(c.http, "/delay/20").unwrap(),
+        (200, "slept 20ms".into())
+    );
+    // Both workers serve: over a few requests, both pids answer.
+    let doc = c.workers().unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..60 {
+        let (_, pid) = get(c.http, "/pid").unwrap();
+        seen.insert(pid.trim().parse::<i32>().unwrap());
+        if seen.len() == 2 {
+            break;
+        }
+    }
+    assert!(
+        seen.iter().all(|p| pids(&doc).contains(p)),
+        "{seen:?} vs {doc:#?}"
+    );
+}
+
+fn rolling_restart_drops_nothing(kind: Kind) {
+    let _heavy = heavy();
+    let c = start(kind, &["-w", "2"]);
+    let before = c.wait_settled(2, SETTLE);
+    let load = Load::start(c.http, "/", 4, Duration::from_secs(120));
+    load.wait_progress(50, Duration::from_secs(10));
+    for generation in [2, 3] {
+        c.signal(Signal::SIGHUP);
+        c.wait_for("the new generation to settle", SETTLE, |d| {
+            d.generation == generation
+                && d.ready == 2
+                && d.running == 2
+                && d.workers.iter().all(|w| w.generation == generation)
+        });
+        load.wait_progress(50, Duration::from_secs(10));
+    }
+    let report = load.stop();
+    let after = c.workers().unwrap();
+    assert_eq!(report.failed, 0, "{kind:?}: {report:?}\n{}", c.log());
+    assert!(report.ok > 100, "{report:?}");
+    assert!(
+        pids(&after).iter().all(|p| !pids(&before).contains(p)),
+        "workers were not replaced"
+    );
+}
+
+#[test]
+fn hup_rolls_builtin_workers_without_a_failed_request() {
+    rolling_restart_drops_nothing(Kind::Builtin);
+}
+
+#[test]
+fn hup_rolls_uvicorn_workers_without_a_failed_request() {
+    rolling_restart_drops_nothing(Kind::Django);
+}
+
+fn scale_down_drops_nothing(kind: Kind) {
+    let _heavy = heavy();
+    let c = start(kind, &["-w", "3"]);
+    c.wait_settled(3, SETTLE);
+    let load = Load::start(c.http, "/", 4, Duration::from_secs(120));
+    load.wait_progress(50, Duration::from_secs(10));
+    c.signal(Signal::SIGTTOU);
+    c.wait_settled(2, SETTLE);
+    load.wait_progress(50, Duration::from_secs(10));
+    c.signal(Signal::SIGTTOU);
+    let doc = c.wait_settled(1, SETTLE);
+    assert_eq!(doc.requested, Some(1));
+    load.wait_progress(50, Duration::from_secs(10));
+    c.signal(Signal::SIGTTIN);
+    c.wait_settled(2, SETTLE);
+    load.wait_progress(50, Duration::from_secs(10));
+    let report = load.stop();
+    assert_eq!(report.failed, 0, "{kind:?}: {report:?}\n{}", c.log());
+}
+
+#[test]
+fn ttou_scales_builtin_workers_down_without_a_failed_request() {
+    scale_down_drops_nothing(Kind::Builtin);
+}
+
+#[test]
+fn ttou_scales_uvicorn_workers_down_without_a_failed_request() {
+    scale_down_drops_nothing(Kind::Django);
+}
+
+fn term_finishes_in_flight_requests(kind: Kind) {
+    let _heavy = heavy();
+    let mut c = start(
+        kind,
+        &[
+            "-w",
+            "2",
+            "--shutdown-delay",
+            "1500ms",
+            "--graceful-timeout",
+            "20s",
+        ],
+    );
+    c.wait_settled(2, SETTLE);
+    let load = Load::start(c.http, "/", 4, Duration::from_secs(60));
+    load.wait_progress(50, Duration::from_secs(10));
+    let slow: Vec<_> = (0..3)
+        .map(|_| in_background(c.http, "/delay/3000"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    c.signal(Signal::SIGTERM);
+    // Not ready at once, while still serving through the delay.
+    let deadline = std::time::Instant::now() + Duration::from_millis(500);
+    loop {
+        let (status, body) = get(c.admin, "/readyz").unwrap();
+        if status == 503 {
+            assert!(body.contains("shutting down"), "{body}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "readyz still 200 after TERM"
+        );
+    }
+    load.wait_progress(20, Duration::from_secs(5));
+    // Kubernetes stops routing during the delay: so does the load.
+    let report = load.stop();
+    for s in slow {
+        let (status, body) = s.join().unwrap().unwrap();
+        assert_eq!(status, 200, "{body}");
+    }
+    let status = c.wait_exit(Duration::from_secs(30));
+    assert!(status.success(), "{status:?}\n{}", c.log());
+    assert_eq!(report.failed, 0, "{kind:?}: {report:?}\n{}", c.log());
+    // Listeners are closed: late clients are refused, not queued.
+    assert!(get(c.http, "/").is_err());
+}
+
+#[test]
+fn term_drains_builtin_workers_gracefully() {
+    term_finishes_in_flight_requests(Kind::Builtin);
+}
+
+#[test]
+fn term_drains_uvicorn_workers_gracefully() {
+    term_finishes_in_flight_requests(Kind::Django);
+}
+
+#[test]
+fn a_killed_worker_is_replaced_and_the_manager_carries_on() {
+    let mut c = corral().args(&["-w", "2"]).start();
+    let before = c.wait_settled(2, SETTLE);
+    let victim = before.workers[0].clone();
+    kill(Pid::from_raw(victim.pid), Signal::SIGKILL).unwrap();
+    let after = c.wait_for("a replacement", SETTLE, |d| {
+        d.ready == 2 && d.running == 2 && !pids(d).contains(&victim.pid)
+    });
+    let slot = after.workers.iter().find(|w| w.id == victim.id).unwrap();
+    assert_eq!(slot.restarts, 1);
+    let exit = slot.last_exit.as_ref().unwrap();
+    assert_eq!(exit.reason, ExitReason::Crashed);
+    assert_eq!(exit.signal, Some(9));
+    assert!(c.is_running());
+    assert_eq!(get(c.http, "/healthz").unwrap().0, 200);
+}
+
+#[test]
+fn a_command_that_never_boots_makes_corral_exit_nonzero() {
+    let mut c = corral()
+        .args(&[
+            "-w",
+            "2",
+            "--readiness",
+            "auto",
+            "--boot-grace",
+            "2s",
+            "--max-boot-failures",
+            "4",
+        ])
+        .command(&["sh", "-c", "exit 3"])
+        .start();
+    let status = c.wait_exit(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(1), "{}", c.log());
+    let log = c.log();
+    assert!(log.contains("restart_in_ms"), "{log}");
+    assert!(log.contains("boots keep failing"), "{log}");
+}
+
+#[test]
+fn a_crash_loop_after_ready_keeps_the_manager_up_and_shows_in_readiness() {
+    let dir = std::env::temp_dir().join(format!("corral-crashloop-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let flag = dir.join("broken");
+    let script = format!("test -e {} && exit 4; exec sleep 600", flag.display());
+    let mut c = corral()
+        .args(&[
+            "-w",
+            "1",
+            "--readiness",
+            "auto",
+            "--boot-grace",
+            "300ms",
+            "--restart-backoff-max",
+            "1s",
+        ])
+        .command(&["sh", "-c", &script])
+        .start();
+    let first = c.wait_settled(1, SETTLE);
+    assert_eq!(get(c.admin, "/readyz").unwrap().0, 200);
+    std::fs::write(&flag, "").unwrap();
+    kill(Pid::from_raw(first.workers[0].pid), Signal::SIGKILL).unwrap();
+    // Crashes pile up; the manager stays and says why it is not ready.
+    let deadline = std::time::Instant::now() + SETTLE;
+    loop {
+        let (status, body) = get(c.admin, "/readyz").unwrap();
+        if status == 503 && body.contains("crash loop") && body.contains("4 failed starts") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no crash loop shown: {status} {body}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(c.is_running());
+    let (_, metrics) = get(c.admin, "/metrics").unwrap();
+    let crashed: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("corral_worker_exits_total{reason=\"crashed\"} "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(crashed >= 4.0, "{metrics}");
+    // Fixed: the next restart comes within the capped backoff.
+    std::fs::remove_file(&flag).unwrap();
+    c.wait_settled(1, SETTLE);
+    assert_eq!(get(c.admin, "/readyz").unwrap().0, 200);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_worker_that_stops_its_heartbeat_is_replaced() {
+    let c = corral().args(&["-w", "1", "--timeout", "1s"]).start();
+    let before = c.wait_settled(1, SETTLE);
+    let hung = before.workers[0].pid;
+    // Burning CPU on its only thread, the worker misses its heartbeats.
+    let _stuck = in_background(c.http, "/cpu/15000");
+    let after = c.wait_for("the hung worker to be replaced", SETTLE, |d| {
+        d.ready == 1 && !pids(d).contains(&hung)
+    });
+    let after = c.wait_for("the hung worker's exit", SETTLE, |d| {
+        d.recent_exits.iter().any(|e| e.pid == hung)
+    });
+    let exit = after.recent_exits.iter().find(|e| e.pid == hung).unwrap();
+    assert_eq!(exit.exit.reason, ExitReason::Watchdog, "{after:#?}");
+    assert_eq!(exit.exit.signal, Some(Signal::SIGABRT as i32), "{after:#?}");
+    assert_eq!(get(c.http, "/healthz").unwrap().0, 200);
+}
+
+fn orphans_are_reaped(wrapper: &[&str]) {
+    let mut c = corral()
+        .wrapped(wrapper)
+        .args(&["-w", "1", "--readiness", "auto", "--boot-grace", "200ms"])
+        .command(&["sh", "-c", "(sleep 1 &); exec sleep 600"])
+        .start();
+    c.wait_settled(1, SETTLE);
+    let manager = if wrapper.is_empty() {
+        c.pid().as_raw()
+    } else {
+        // unshare --fork: corral is unshare's only child.
+        children_of(c.pid().as_raw())[0].0
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    // The orphaned `sleep 1` comes to the manager...
+    while children_of(manager).len() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the orphan never reached the manager"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // ...and once it exits, it is reaped rather than left a zombie.
+    std::thread::sleep(Duration::from_millis(1500));
+    let kids = children_of(manager);
+    assert_eq!(kids.len(), 1, "{kids:?}");
+    assert!(kids.iter().all(|(_, state)| *state != 'Z'), "{kids:?}");
+    kill(Pid::from_raw(manager), Signal::SIGTERM).unwrap();
+    assert!(
+        c.wait_exit(Duration::from_secs(20)).success(),
+        "{}",
+        c.log()
+    );
+}
+
+#[test]
+fn orphans_are_reaped_as_a_subreaper() {
+    orphans_are_reaped(&[]);
+}
+
+#[test]
+fn orphans_are_reaped_as_pid_1() {
+    orphans_are_reaped(&["unshare", "--pid", "--fork", "--mount-proc"]);
+}
+
+#[test]
+fn usr2_reexecs_in_place_without_a_failed_request() {
+    let _heavy = heavy();
+    let mut c = corral().args(&["-w", "2"]).start();
+    let before = c.wait_settled(2, SETTLE);
+    let load = Load::start(c.http, "/", 4, Duration::from_secs(120));
+    load.wait_progress(50, Duration::from_secs(10));
+    c.signal(Signal::SIGUSR2);
+    let after = c.wait_for("the re-executed manager's workers", SETTLE, |d| {
+        d.generation == before.generation + 1
+            && d.ready == 2
+            && d.running == 2
+            && d.workers.iter().all(|w| w.generation == d.generation)
+    });
+    load.wait_progress(50, Duration::from_secs(10));
+    let report = load.stop();
+    assert!(c.is_running(), "the manager's pid must survive the re-exec");
+    assert!(c.log().contains("re-exec: adopted workers"), "{}", c.log());
+    assert_eq!(report.failed, 0, "{report:?}\n{}", c.log());
+    assert!(pids(&after).iter().all(|p| !pids(&before).contains(p)));
+    assert!(after.workers.iter().all(|w| w.state == WorkerState::Ready));
+}

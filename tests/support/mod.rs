@@ -1,0 +1,460 @@
+//! Test support: start the real `corral` binary in its own process group
+//! (killed on drop, so a failing test leaves nothing behind), talk HTTP to
+//! it over loopback, and generate bounded load that counts every failure.
+
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different part of the support module"
+)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use corral::contract::WorkersDoc;
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::unistd::Pid;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_corral");
+
+/// Tests that run load take turns: on a two-core machine, two load
+/// generators at once would measure each other.
+pub fn heavy() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The venv with Django and Uvicorn that `.ci/test` prepares.
+pub fn venv() -> PathBuf {
+    let path = std::env::var_os("CORRAL_TEST_VENV")
+        .map(PathBuf::from)
+        .expect("CORRAL_TEST_VENV is not set: run the tests with .ci/test, which builds the Python venv");
+    assert!(
+        path.join("bin/uvicorn").exists(),
+        "no uvicorn in {}",
+        path.display()
+    );
+    path
+}
+
+pub fn django_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/django_app")
+}
+
+/// The worker command for Uvicorn serving the test Django project.
+pub fn uvicorn_command() -> Vec<String> {
+    let uvicorn = venv().join("bin/uvicorn");
+    vec![
+        uvicorn.display().to_string(),
+        "--fd".into(),
+        "{fd}".into(),
+        "--no-access-log".into(),
+        "--log-level".into(),
+        "warning".into(),
+        "mysite.asgi:application".into(),
+    ]
+}
+
+pub struct Corral {
+    pub child: Child,
+    pub http: SocketAddr,
+    pub admin: SocketAddr,
+    pub log_path: PathBuf,
+    dir: PathBuf,
+    exited: Option<ExitStatus>,
+}
+
+pub struct Builder {
+    args: Vec<String>,
+    command: Vec<String>,
+    env: Vec<(String, String)>,
+    cwd: Option<PathBuf>,
+    wrapper: Vec<String>,
+    bind: bool,
+}
+
+pub fn corral() -> Builder {
+    Builder {
+        args: Vec::new(),
+        command: Vec::new(),
+        env: Vec::new(),
+        cwd: None,
+        wrapper: Vec::new(),
+        bind: true,
+    }
+}
+
+impl Builder {
+    pub fn args(mut self, args: &[&str]) -> Self {
+        self.args.extend(args.iter().map(|s| s.to_string()));
+        self
+    }
+
+    pub fn command<S: AsRef<str>>(mut self, cmd: &[S]) -> Self {
+        self.command = cmd.iter().map(|s| s.as_ref().to_string()).collect();
+        self
+    }
+
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.into(), v.into()));
+        self
+    }
+
+    pub fn cwd(mut self, dir: PathBuf) -> Self {
+        self.cwd = Some(dir);
+        self
+    }
+
+    /// Runs corral under another program (e.g. `unshare --pid --fork`).
+    pub fn wrapped(mut self, wrapper: &[&str]) -> Self {
+        self.wrapper = wrapper.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
+    /// Leaves `--bind` to the caller (or to inherited sockets); `http` is
+    /// then whatever the caller says it is.
+    pub fn without_bind(mut self) -> Self {
+        self.bind = false;
+        self
+    }
+
+    /// Uvicorn serving Django, from the test project's directory.
+    pub fn django(self) -> Self {
+        let cmd = uvicorn_command();
+        self.cwd(django_dir()).command(&cmd)
+    }
+
+    pub fn start(self) -> Corral {
+        let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let dir = std::env::temp_dir().join(format!(
+            "corral-test-{}-{}",
+            std::process::id(),
+            admin.port()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log_path = dir.join("corral.log");
+        let log = std::fs::File::create(&log_path).unwrap();
+        let mut argv: Vec<String> = self.wrapper.clone();
+        argv.push(BIN.into());
+        argv.push("run".into());
+        if self.bind {
+            argv.extend(["--bind".into(), http.to_string()]);
+        }
+        argv.extend(["--admin-bind".into(), admin.to_string()]);
+        argv.extend(self.args.clone());
+        if !self.command.is_empty() {
+            argv.push("--".into());
+            argv.extend(self.command.clone());
+        }
+        let mut cmd = Command::new(&argv[0]);
+        cmd.args(&argv[1..])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .process_group(0)
+            .env("CORRAL_LOG_LEVEL", "debug");
+        if let Some(cwd) = &self.cwd {
+            cmd.current_dir(cwd);
+        }
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("start corral");
+        Corral {
+            child,
+            http,
+            admin,
+            log_path,
+            dir,
+            exited: None,
+        }
+    }
+}
+
+impl Corral {
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.id() as i32)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn signal(&self, sig: Signal) {
+        kill(self.pid(), sig).unwrap();
+    }
+
+    pub fn workers(&self) -> Option<WorkersDoc> {
+        let (status, body) = get(self.admin, "/workers").ok()?;
+        (status == 200).then(|| serde_json::from_str(&body).unwrap())
+    }
+
+    /// Polls /workers until `cond` holds; panics with the log after `limit`.
+    pub fn wait_for(
+        &self,
+        what: &str,
+        limit: Duration,
+        cond: impl Fn(&WorkersDoc) -> bool,
+    ) -> WorkersDoc {
+        let deadline = Instant::now() + limit;
+        let mut last = None;
+        while Instant::now() < deadline {
+            if let Some(doc) = self.workers() {
+                if cond(&doc) {
+                    return doc;
+                }
+                last = Some(doc);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "timed out waiting for {what}; last /workers: {last:#?}\n--- log ---\n{}",
+            self.log()
+        );
+    }
+
+    /// Waits until `n` workers of the current generation are ready and no other worker runs.
+    pub fn wait_settled(&self, n: u32, limit: Duration) -> WorkersDoc {
+        self.wait_for(&format!("{n} ready workers"), limit, |d| {
+            d.ready == n && d.running == n && d.workers.iter().all(|w| w.generation == d.generation)
+        })
+    }
+
+    pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        if let Some(s) = self.exited {
+            return s;
+        }
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                self.exited = Some(s);
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "corral did not exit within {limit:?}\n--- log ---\n{}",
+            self.log()
+        );
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.exited.is_none() && self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Corral {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "--- corral log ({}) ---\n{}",
+                self.log_path.display(),
+                self.log()
+            );
+        }
+        let _ = killpg(self.pid(), Signal::SIGKILL);
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// One request on a fresh connection; returns status and body.
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req += &format!("{k}: {v}\r\n");
+    }
+    req += "\r\n";
+    req += body;
+    s.write_all(req.as_bytes())?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("no status line in {text:?}")))?;
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    Ok((
+        status,
+        if chunked {
+            dechunk(body)
+        } else {
+            body.to_string()
+        },
+    ))
+}
+
+/// Decodes a chunked body (Uvicorn streams Django's responses that way).
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = rest[n..].strip_prefix("\r\n").unwrap_or(&rest[n..]);
+    }
+    out
+}
+
+pub fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    request(addr, "GET", path, &[], "")
+}
+
+/// Polls until a GET answers 200.
+pub fn wait_http(addr: SocketAddr, path: &str, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if matches!(get(addr, path), Ok((200, _))) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{addr}{path} did not answer 200 within {limit:?}");
+}
+
+#[derive(Debug, Default)]
+pub struct Report {
+    pub ok: u64,
+    pub failed: u64,
+    pub errors: Vec<String>,
+}
+
+/// Closed-loop load: `conns` threads, each sending one request per fresh
+/// connection until stopped or `limit` passes.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    threads: Vec<JoinHandle<(u64, Vec<String>)>>,
+}
+
+impl Load {
+    pub fn start(addr: SocketAddr, path: &str, conns: usize, limit: Duration) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let deadline = Instant::now() + limit;
+        let threads = (0..conns)
+            .map(|_| {
+                let stop = stop.clone();
+                let ok = ok.clone();
+                let path = path.to_string();
+                std::thread::spawn(move || {
+                    let mut failed = 0;
+                    let mut errors = Vec::new();
+                    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                        match get(addr, &path) {
+                            Ok((200, _)) => {
+                                ok.fetch_add(1, Ordering::Relaxed);
+                            }
+                            other => {
+                                failed += 1;
+                                if errors.len() < 5 {
+                                    errors.push(format!("{other:?}"));
+                                }
+                            }
+                        }
+                    }
+                    (failed, errors)
+                })
+            })
+            .collect();
+        Load { stop, ok, threads }
+    }
+
+    pub fn ok_so_far(&self) -> u64 {
+        self.ok.load(Ordering::Relaxed)
+    }
+
+    /// Waits until at least `n` more requests succeeded (the load is flowing).
+    pub fn wait_progress(&self, n: u64, limit: Duration) {
+        let start = self.ok_so_far();
+        let deadline = Instant::now() + limit;
+        while self.ok_so_far() < start + n {
+            assert!(Instant::now() < deadline, "load made no progress");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn stop(self) -> Report {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut report = Report {
+            ok: 0,
+            failed: 0,
+            errors: Vec::new(),
+        };
+        for t in self.threads {
+            let (failed, errors) = t.join().unwrap();
+            report.failed += failed;
+            report.errors.extend(errors);
+        }
+        report.ok = self.ok.load(Ordering::Relaxed);
+        report
+    }
+}
+
+/// A request in a thread, for slow requests that must survive a shutdown.
+pub fn in_background(addr: SocketAddr, path: &str) -> JoinHandle<std::io::Result<(u16, String)>> {
+    let path = path.to_string();
+    std::thread::spawn(move || get(addr, &path))
+}
+
+/// Processes whose parent is `ppid`, with their state letter.
+pub fn children_of(ppid: i32) -> Vec<(i32, char)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
+            continue;
+        };
+        let mut f = rest.split_whitespace();
+        let state = f.next().and_then(|s| s.chars().next()).unwrap_or('?');
+        if f.next().and_then(|p| p.parse::<i32>().ok()) == Some(ppid) {
+            out.push((pid, state));
+        }
+    }
+    out
+}
