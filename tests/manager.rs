@@ -21,11 +21,10 @@ enum Kind {
 
 fn start(kind: Kind, args: &[&str]) -> Corral {
     let b = corral().args(args);
-    let c = match kind {
+    match kind {
         Kind::Builtin => b.start(),
         Kind::Django => b.django().start(),
-    };
-    c
+    }
 }
 
 fn pids(doc: &corral::contract::WorkersDoc) -> Vec<i32> {
@@ -310,7 +309,7 @@ fn a_worker_that_stops_its_heartbeat_is_replaced() {
     let hung = before.workers[0].pid;
     // Burning CPU on its only thread, the worker misses its heartbeats.
     let _stuck = in_background(c.http, "/cpu/15000");
-    let after = c.wait_for("the hung worker to be replaced", SETTLE, |d| {
+    c.wait_for("the hung worker to be replaced", SETTLE, |d| {
         d.ready == 1 && !pids(d).contains(&hung)
     });
     let after = c.wait_for("the hung worker's exit", SETTLE, |d| {
