@@ -11,7 +11,11 @@ fn main() -> ExitCode {
     let result: Result<i32, (i32, String)> = match cli.command {
         Command::Run(args) => corral::run::main(*args).map_err(|e| (e.code, e.message)),
         Command::Worker(args) => {
-            corral::telemetry::init(corral::config::LogFormat::Text, "info");
+            let format = match std::env::var("CORRAL_LOG_FORMAT").as_deref() {
+                Ok("json") => corral::config::LogFormat::Json,
+                _ => corral::config::LogFormat::Text,
+            };
+            corral::telemetry::init(format, "info");
             corral::worker::main(args)
                 .map(|()| 0)
                 .map_err(|e| (2, e.to_string()))

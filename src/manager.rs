@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, info, warn};
 
 use crate::admin::metrics::Metrics;
-use crate::config::{Config, Host, Settings};
+use crate::config::{Config, Host, LogFormat, Settings};
 use crate::contract::{
     CgroupDoc, ExitDoc, ExitReason, LimitReason, Limited, Limits, ListenerDoc, RecentExit, VERSION,
     WorkerDoc, WorkerState, WorkersDoc,
@@ -776,6 +776,14 @@ impl Manager {
             ("NOTIFY_SOCKET", self.notify.address.clone()),
             ("CORRAL_WORKER_ID", id.to_string()),
             ("CORRAL_WORKER_GENERATION", self.generation.to_string()),
+            (
+                "CORRAL_LOG_FORMAT",
+                match self.config.log_format {
+                    LogFormat::Text => "text",
+                    LogFormat::Json => "json",
+                }
+                .to_string(),
+            ),
         ];
         if let Some(t) = self.config.timeout {
             extra.push(("WATCHDOG_USEC", t.as_micros().to_string()));
