@@ -279,7 +279,13 @@ async fn scale(state: &AdminState, req: Request<Incoming>) -> Resp {
         Ok(b) => b,
         Err(r) => return r,
     };
-    let request: ScaleRequest = match serde_json::from_slice(&body) {
+    // Through a JSON object first: serde would also read the struct from
+    // an array (`[3]`), which the API does not promise.
+    let parsed = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&body)
+        .and_then(|object| {
+            serde_json::from_value::<ScaleRequest>(serde_json::Value::Object(object))
+        });
+    let request = match parsed {
         Ok(r) => r,
         Err(e) if e.classify() == serde_json::error::Category::Data => {
             return error(

@@ -32,7 +32,7 @@ fn usage(message: impl ToString) -> RunError {
 
 /// Facts about this machine and process that defaults depend on.
 fn host() -> Host {
-    let machine = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+    let machine = probe::machine_cpus();
     let quota = probe::CgroupPaths::detect().and_then(|p| p.read().cpu_quota_cores);
     let activated = std::env::var("LISTEN_PID")
         .ok()

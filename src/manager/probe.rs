@@ -194,6 +194,19 @@ pub fn parse_limit(text: &str) -> Option<u64> {
     (n < 1 << 60).then_some(n)
 }
 
+/// CPUs this process may run on (its affinity mask), before any quota.
+/// Not `available_parallelism`, which already rounds the quota down.
+pub fn machine_cpus() -> u32 {
+    // SAFETY: cpu_set_t is plain data; sched_getaffinity writes at most its size.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) == 0 {
+            return libc::CPU_COUNT(&set).max(1) as u32;
+        }
+        libc::sysconf(libc::_SC_NPROCESSORS_ONLN).max(1) as u32
+    }
+}
+
 /// Whole CPUs a quota allows, rounded up; the machine's count without one.
 pub fn cpus_allowed(quota: Option<f64>, machine: u32) -> u32 {
     match quota {

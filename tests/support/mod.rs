@@ -168,6 +168,8 @@ impl Builder {
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .process_group(0)
+            .env_remove("WEB_CONCURRENCY")
+            .env_remove("KUBERNETES_SERVICE_HOST")
             .env("CORRAL_LOG_LEVEL", "debug");
         if let Some(cwd) = &self.cwd {
             cmd.current_dir(cwd);
@@ -299,7 +301,12 @@ pub fn request(
     req += body;
     s.write_all(req.as_bytes())?;
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
+    if let Err(e) = s.read_to_end(&mut raw) {
+        if e.kind() == std::io::ErrorKind::ConnectionReset && raw.is_empty() {
+            return Err(std::io::Error::new(e.kind(), UNANSWERED));
+        }
+        return Err(e);
+    }
     let text = String::from_utf8_lossy(&raw).into_owned();
     let status = text
         .split(' ')
@@ -336,6 +343,10 @@ fn dechunk(mut body: &str) -> String {
     out
 }
 
+/// The error text of a connection reset before a single response byte:
+/// the server accepted the connection and closed it with the request unread.
+pub const UNANSWERED: &str = "reset before any response byte";
+
 pub fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     request(addr, "GET", path, &[], "")
 }
@@ -355,7 +366,10 @@ pub fn wait_http(addr: SocketAddr, path: &str, limit: Duration) {
 #[derive(Debug, Default)]
 pub struct Report {
     pub ok: u64,
+    /// Every failure but the ones counted in `unanswered`.
     pub failed: u64,
+    /// Connections reset with the request unread (see [`UNANSWERED`]).
+    pub unanswered: u64,
     pub errors: Vec<String>,
 }
 
@@ -364,7 +378,7 @@ pub struct Report {
 pub struct Load {
     stop: Arc<AtomicBool>,
     ok: Arc<AtomicU64>,
-    threads: Vec<JoinHandle<(u64, Vec<String>)>>,
+    threads: Vec<JoinHandle<(u64, u64, Vec<String>)>>,
 }
 
 impl Load {
@@ -379,11 +393,18 @@ impl Load {
                 let path = path.to_string();
                 std::thread::spawn(move || {
                     let mut failed = 0;
+                    let mut unanswered = 0;
                     let mut errors = Vec::new();
                     while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
                         match get(addr, &path) {
                             Ok((200, _)) => {
                                 ok.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(e) if e.to_string() == UNANSWERED => {
+                                unanswered += 1;
+                                if errors.len() < 5 {
+                                    errors.push(e.to_string());
+                                }
                             }
                             other => {
                                 failed += 1;
@@ -393,7 +414,7 @@ impl Load {
                             }
                         }
                     }
-                    (failed, errors)
+                    (failed, unanswered, errors)
                 })
             })
             .collect();
@@ -416,14 +437,11 @@ impl Load {
 
     pub fn stop(self) -> Report {
         self.stop.store(true, Ordering::Relaxed);
-        let mut report = Report {
-            ok: 0,
-            failed: 0,
-            errors: Vec::new(),
-        };
+        let mut report = Report::default();
         for t in self.threads {
-            let (failed, errors) = t.join().unwrap();
+            let (failed, unanswered, errors) = t.join().unwrap();
             report.failed += failed;
+            report.unanswered += unanswered;
             report.errors.extend(errors);
         }
         report.ok = self.ok.load(Ordering::Relaxed);
