@@ -31,6 +31,57 @@ pub enum Command {
     Scale(ScaleArgs),
     /// Roll every worker of a running manager, new before old.
     Restart(ClientArgs),
+    /// Run the WorkerAutoscaler operator (Kubernetes controller).
+    Operator(OperatorArgs),
+    /// Print the WorkerAutoscaler CustomResourceDefinition as YAML.
+    Crd,
+}
+
+#[derive(Debug, Args)]
+pub struct OperatorArgs {
+    /// Address of the operator's /livez, /readyz and /metrics.
+    #[arg(
+        long,
+        env = "CORRAL_OPERATOR_METRICS_BIND",
+        default_value = "0.0.0.0:8080"
+    )]
+    pub metrics_bind: SocketAddr,
+
+    /// Watch only this namespace [default: all].
+    #[arg(long, env = "CORRAL_OPERATOR_NAMESPACE")]
+    pub namespace: Option<String>,
+
+    /// Name of the Lease used for leader election.
+    #[arg(
+        long,
+        env = "CORRAL_OPERATOR_LEASE_NAME",
+        default_value = "corral-operator"
+    )]
+    pub lease_name: String,
+
+    /// Namespace of the Lease (the operator's own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub lease_namespace: String,
+
+    /// This replica's name in the Lease [default: host name and pid].
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+
+    /// How long a Lease holds without renewal.
+    #[arg(long, default_value_t = 15)]
+    pub lease_duration_seconds: u64,
+
+    /// How long before expiry the holder renews.
+    #[arg(long, default_value_t = 5)]
+    pub lease_grace_seconds: u64,
+
+    /// Log format [default: text].
+    #[arg(long, env = "CORRAL_LOG_FORMAT")]
+    pub log_format: Option<crate::config::LogFormat>,
+
+    /// Log filter, as RUST_LOG.
+    #[arg(long, env = "CORRAL_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
 }
 
 #[derive(Debug, Args)]

@@ -6,24 +6,18 @@ use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::{Method, Request, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper::{Method, StatusCode};
 
 use crate::cli::{ClientArgs, ScaleArgs, StatusArgs};
 use crate::contract::{ErrorDoc, ScaleRequest, WorkersDoc};
+use crate::http;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot reach {admin}: {source}")]
-    Connect {
-        admin: String,
-        source: std::io::Error,
-    },
-    #[error("{0}")]
-    Http(#[from] hyper::Error),
-    #[error("{0}")]
-    Build(#[from] hyper::http::Error),
+    #[error("cannot start: {0}")]
+    Runtime(#[from] std::io::Error),
+    #[error(transparent)]
+    Http(#[from] http::HttpError),
     #[error("token file {path}: {source}")]
     Token {
         path: String,
@@ -35,8 +29,6 @@ pub enum ClientError {
     Decode(#[from] serde_json::Error),
     #[error("`{0}` is not a worker count (a whole number, or `default`)")]
     BadCount(String),
-    #[error("no answer from {0} within 10s")]
-    Timeout(String),
 }
 
 fn token(args: &ClientArgs) -> Result<Option<String>, ClientError> {
@@ -65,42 +57,24 @@ async fn call(
     let admin = args
         .admin
         .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .to_string();
-    let work = async {
-        let stream = tokio::net::TcpStream::connect(&admin)
-            .await
-            .map_err(|source| ClientError::Connect {
-                admin: admin.clone(),
-                source,
-            })?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(conn);
-        let mut req = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", admin.as_str())
-            .header("content-type", "application/json");
-        if let Some(t) = token(args)? {
-            req = req.header("authorization", format!("Bearer {t}"));
-        }
-        let resp = sender
-            .send_request(req.body(Full::new(Bytes::from(body.unwrap_or_default())))?)
-            .await?;
-        let status = resp.status();
-        let bytes = resp.into_body().collect().await?.to_bytes();
-        if !status.is_success() {
-            let message = serde_json::from_slice::<ErrorDoc>(&bytes)
-                .map(|e| e.error)
-                .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
-            return Err(ClientError::Refused { status, message });
-        }
-        Ok(bytes)
-    };
-    tokio::time::timeout(Duration::from_secs(10), work)
-        .await
-        .map_err(|_| ClientError::Timeout(admin.clone()))?
+        .trim_end_matches('/');
+    let token = token(args)?;
+    let (status, bytes) = http::request(
+        admin,
+        method,
+        path,
+        token.as_deref(),
+        body,
+        Duration::from_secs(10),
+    )
+    .await?;
+    if !status.is_success() {
+        let message = serde_json::from_slice::<ErrorDoc>(&bytes)
+            .map(|e| e.error)
+            .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
+        return Err(ClientError::Refused { status, message });
+    }
+    Ok(bytes)
 }
 
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
@@ -110,10 +84,7 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 pub fn status(args: StatusArgs) -> Result<(), ClientError> {
-    let rt = runtime().map_err(|source| ClientError::Connect {
-        admin: args.client.admin.clone(),
-        source,
-    })?;
+    let rt = runtime()?;
     let bytes = rt.block_on(call(&args.client, Method::GET, "/workers", None))?;
     if args.json {
         println!("{}", String::from_utf8_lossy(&bytes));
@@ -211,10 +182,7 @@ pub fn scale(args: ScaleArgs) -> Result<(), ClientError> {
         ),
     };
     let body = serde_json::to_string(&ScaleRequest { desired })?;
-    let rt = runtime().map_err(|source| ClientError::Connect {
-        admin: args.client.admin.clone(),
-        source,
-    })?;
+    let rt = runtime()?;
     let bytes = rt.block_on(call(&args.client, Method::PUT, "/workers", Some(body)))?;
     let doc: WorkersDoc = serde_json::from_slice(&bytes)?;
     println!("desired {} (configured {})", doc.desired, doc.configured);
@@ -222,10 +190,7 @@ pub fn scale(args: ScaleArgs) -> Result<(), ClientError> {
 }
 
 pub fn restart(args: ClientArgs) -> Result<(), ClientError> {
-    let rt = runtime().map_err(|source| ClientError::Connect {
-        admin: args.admin.clone(),
-        source,
-    })?;
+    let rt = runtime()?;
     let bytes = rt.block_on(call(&args, Method::POST, "/workers/restart", None))?;
     let doc: WorkersDoc = serde_json::from_slice(&bytes)?;
     println!("rolling restart to generation {}", doc.generation);

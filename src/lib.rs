@@ -9,6 +9,8 @@
 //! - [`admin`]: the manager's HTTP control and observation surface.
 //! - [`run`]: `corral run`: config, admin API and manager wired together.
 //! - [`worker`]: the built-in tokio/hyper worker (`corral worker`).
+//! - [`http`]: the small HTTP client the CLI and the operator share.
+//! - [`operator`]: `corral operator`, the WorkerAutoscaler controller.
 //! - [`client`]: `corral status`, `corral scale`, `corral restart` against a running manager.
 //! - [`telemetry`]: tracing setup, text or JSON.
 
@@ -17,7 +19,9 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod contract;
+pub mod http;
 pub mod manager;
+pub mod operator;
 pub mod run;
 pub mod telemetry;
 pub mod units;

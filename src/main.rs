@@ -29,6 +29,17 @@ fn main() -> ExitCode {
         Command::Restart(args) => corral::client::restart(args)
             .map(|()| 0)
             .map_err(|e| (1, e.to_string())),
+        Command::Operator(args) => corral::operator::main(args)
+            .map(|()| 0)
+            .map_err(|e| match e {
+                corral::operator::OperatorError::Usage(_)
+                | corral::operator::OperatorError::Bind { .. } => (2, e.to_string()),
+                _ => (1, e.to_string()),
+            }),
+        Command::Crd => {
+            print!("{}", corral::operator::crd_yaml());
+            Ok(0)
+        }
     };
     match result {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),

@@ -1,0 +1,204 @@
+#!/usr/bin/env bash
+# Build (once, cached outside the checkout) a real kube-apiserver from Debian's
+# `kubernetes` source package, make sure etcd is installed, and print the
+# absolute path of the kube-apiserver binary as the only line on stdout.
+#
+#   APISERVER=$(bash .ci/kube-apiserver.sh)
+#
+# Everything comes from Debian bookworm: golang-1.19-go, etcd-server, the
+# kubernetes source package (v1.20.x, Go dependencies vendored) and reflect2
+# 1.0.2, which replaces the vendored 1.0.1 (that one makes the server die with
+# "fatal error: fault" in map iteration when built with Go >= 1.18).
+#
+# Cache: ${CORRAL_KUBE_CACHE:-/var/cache/corral/kube}/v<upstream version>/
+#   kube-apiserver        the binary
+#   *.log                 logs of the last build (tail printed on failure)
+# A cold build takes 10-20 minutes on 2 cores; afterwards this is a no-op.
+# Progress goes to stderr. Needs root (or sudo) only to install packages.
+set -euo pipefail
+
+cache_root="${CORRAL_KUBE_CACHE:-/var/cache/corral/kube}"
+go_bin=/usr/lib/go-1.19/bin
+reflect2_src=/usr/share/gocode/src/github.com/modern-go/reflect2
+packages=(golang-1.19-go rsync etcd-server golang-github-modern-go-reflect2-dev make)
+src_list=/etc/apt/sources.list.d/corral-debian-src.sources
+
+log() { echo "kube-apiserver: $*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+as_root() {
+    if [[ $EUID -eq 0 ]]; then "$@"
+    elif command -v sudo >/dev/null; then sudo "$@"
+    else die "need root to run: $*"
+    fi
+}
+
+apt_updated=0
+apt_update() {
+    if [[ $apt_updated -eq 0 ]]; then
+        log "apt-get update"
+        as_root apt-get update -qq >&2
+        apt_updated=1
+    fi
+}
+
+installed() {
+    dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'
+}
+
+# --- deb-src entry (needed to learn the version and fetch the source) -------
+have_deb_src() {
+    grep -rqsE '^(deb-src[[:space:]]|Types:.*deb-src)' \
+        /etc/apt/sources.list /etc/apt/sources.list.d/ 2>/dev/null
+}
+if ! have_deb_src; then
+    log "adding deb-src entry $src_list"
+    mirror="$(grep -rhsE '^URIs:.*debian/?$' /etc/apt/sources.list.d/*.sources 2>/dev/null | head -n1 | awk '{print $2}')"
+    mirror="${mirror:-http://deb.debian.org/debian}"
+    as_root tee "$src_list" >/dev/null <<EOF
+Types: deb-src
+URIs: $mirror
+Suites: bookworm
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+EOF
+    apt_update
+fi
+
+# --- packages ----------------------------------------------------------------
+missing=()
+for p in "${packages[@]}"; do installed "$p" || missing+=("$p"); done
+if [[ ${#missing[@]} -gt 0 ]]; then
+    apt_update
+    log "installing ${missing[*]}"
+    as_root env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+fi
+command -v etcd >/dev/null || die "etcd not found after installing etcd-server"
+[[ -x $go_bin/go ]] || die "$go_bin/go missing"
+[[ -d $reflect2_src ]] || die "$reflect2_src missing"
+
+# --- which version does Debian ship? ----------------------------------------
+src_version() {
+    apt-cache showsrc kubernetes 2>/dev/null | awk '/^Version:/ {print $2}' |
+        sort -V | tail -n1
+}
+deb_version="$(src_version)"
+if [[ -z $deb_version ]]; then
+    apt_update
+    deb_version="$(src_version)"
+fi
+[[ -n $deb_version ]] || die "apt-cache showsrc kubernetes found nothing"
+# 1.20.5+really1.20.2-1.1+deb12u1 -> 1.20.2
+upstream="${deb_version%-*}"
+upstream="${upstream#*:}"
+upstream="${upstream##*+really}"
+version="v$upstream"
+cache="$cache_root/$version"
+bin="$cache/kube-apiserver"
+
+if [[ -x $bin ]]; then
+    log "cached: $bin"
+    echo "$bin"
+    exit 0
+fi
+
+# --- build -------------------------------------------------------------------
+mkdir -p "$cache"
+# One build at a time; a second caller waits and then finds the binary.
+exec 9>"$cache/.lock"
+if ! flock -n 9; then
+    log "another build is running, waiting for it"
+    flock 9
+fi
+if [[ -x $bin ]]; then
+    log "cached: $bin"
+    echo "$bin"
+    exit 0
+fi
+
+log "building kube-apiserver $version (Debian $deb_version) in $cache; takes 10-20 min"
+start=$SECONDS
+work="$cache/work"
+rm -rf "$work"
+mkdir -p "$work"
+current_log=""
+
+built=0
+on_exit() {
+    local rc=$?
+    [[ $built -eq 1 ]] && return 0
+    if [[ -n $current_log && -f $current_log ]]; then
+        log "FAILED (exit $rc); last lines of $current_log:"
+        tail -n 40 "$current_log" >&2
+    else
+        log "FAILED (exit $rc)"
+    fi
+    log "source tree kept in $work"
+}
+trap on_exit EXIT
+
+# step NAME CMD...: run CMD with output into $cache/NAME.log
+step() {
+    local name="$1"; shift
+    current_log="$cache/$name.log"
+    log "step $name (log: $current_log)"
+    "$@" >"$current_log" 2>&1
+}
+
+fetch_source() {
+    cd "$work"
+    # -o APT::Sandbox::User=root: avoids the _apt "permission denied" warning.
+    apt-get source -o APT::Sandbox::User=root "kubernetes=$deb_version"
+}
+step source fetch_source
+src="$(find "$work" -mindepth 1 -maxdepth 1 -type d -name 'kubernetes-*' | head -n1)"
+[[ -n $src && -f $src/cmd/kube-apiserver/apiserver.go ]] || die "no source tree in $work"
+
+log "replacing vendored reflect2 with Debian's copy ($reflect2_src)"
+rm -rf "$src/vendor/github.com/modern-go/reflect2"
+cp -rL "$reflect2_src" "$src/vendor/github.com/modern-go/reflect2"
+
+export PATH="$go_bin:$PATH"
+export HOME="$work/home"
+export GOCACHE="$cache_root/.gocache"   # kept across failed attempts; removed on success
+export GOFLAGS=""
+export CGO_ENABLED=0
+mkdir -p "$HOME"
+unset GOROOT GOPATH GO111MODULE
+
+gen_files() {
+    cd "$src"
+    make generated_files
+}
+step generated gen_files
+[[ -d $src/pkg/generated/openapi ]] || die "make generated_files did not create pkg/generated/openapi"
+
+build_apiserver() {
+    export GOPATH="$work/gopath" GO111MODULE=off
+    mkdir -p "$GOPATH/src/k8s.io"
+    ln -sfn "$src" "$GOPATH/src/k8s.io/kubernetes"
+    # Logical (not physical) cd: go must see the GOPATH path of the package.
+    cd "$GOPATH/src/k8s.io/kubernetes"
+    local pkg=k8s.io/kubernetes/vendor/k8s.io ldflags="-s -w" kv
+    local major="${upstream%%.*}" minor="${upstream#*.}"
+    minor="${minor%%.*}"
+    for kv in "gitVersion=$version" "gitMajor=$major" "gitMinor=$minor" \
+        "gitTreeState=clean" "buildDate=$(date -u +%Y-%m-%dT%H:%M:%SZ)"; do
+        ldflags+=" -X $pkg/component-base/version.$kv -X $pkg/client-go/pkg/version.$kv"
+    done
+    go version
+    go build -v -ldflags "$ldflags" -o "$work/kube-apiserver" ./cmd/kube-apiserver
+    "$work/kube-apiserver" --version
+}
+step build build_apiserver
+
+mv -f "$work/kube-apiserver" "$bin.tmp"
+mv -f "$bin.tmp" "$bin"
+echo "$deb_version" >"$cache/debian-version"
+built=1
+trap - EXIT
+log "built in $((SECONDS - start))s: $("$bin" --version)"
+log "removing $work and the go build cache"
+rm -rf "$work" "$GOCACHE"
+echo "$bin"

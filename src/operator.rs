@@ -1,0 +1,278 @@
+//! `corral operator`: the WorkerAutoscaler controller. This module wires
+//! the parts together: the Kubernetes client, leader election on a Lease
+//! (so two replicas are safe: only the holder runs the controller), the
+//! kube-runtime Controller (autoscalers, and the pods they select), and
+//! the operator's own /livez, /readyz and /metrics.
+
+pub mod crd;
+pub mod decide;
+pub mod metrics;
+pub mod pods;
+pub mod reconcile;
+pub mod spec;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use k8s_openapi::api::core::v1::Pod;
+use kube::core::SelectorExt;
+use kube::runtime::controller::Controller;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Api, Client, CustomResourceExt, ResourceExt};
+use kube_lease_manager::LeaseManagerBuilder;
+use tracing::{debug, info, warn};
+
+use crate::cli::OperatorArgs;
+use crate::config::LogFormat;
+use crd::WorkerAutoscaler;
+use metrics::OperatorMetrics;
+use reconcile::Context;
+
+#[derive(Debug, thiserror::Error)]
+pub enum OperatorError {
+    #[error("kubernetes client: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("kubeconfig: {0}")]
+    Config(#[from] kube::config::InferConfigError),
+    #[error("leader election: {0}")]
+    Lease(#[from] kube_lease_manager::LeaseManagerError),
+    #[error("cannot bind {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("bad argument: {0}")]
+    Usage(String),
+}
+
+/// The CRD as YAML, for `corral crd` and manifests/crd.yaml.
+pub fn crd_yaml() -> String {
+    let crd = WorkerAutoscaler::crd();
+    serde_saphyr::to_string(&crd).unwrap_or_default()
+}
+
+struct Health {
+    /// The API server answered at start-up.
+    connected: AtomicBool,
+    /// This replica holds the lease and runs the controller.
+    leading: AtomicBool,
+}
+
+pub fn main(args: OperatorArgs) -> Result<(), OperatorError> {
+    if args.lease_grace_seconds >= args.lease_duration_seconds || args.lease_grace_seconds == 0 {
+        return Err(OperatorError::Usage(
+            "--lease-grace-seconds must be above 0 and below --lease-duration-seconds".into(),
+        ));
+    }
+    crate::telemetry::init(args.log_format.unwrap_or(LogFormat::Text), &args.log_level);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(run(args))
+}
+
+async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
+    let metrics = Arc::new(OperatorMetrics::new()?);
+    let health = Arc::new(Health {
+        connected: AtomicBool::new(false),
+        leading: AtomicBool::new(false),
+    });
+    let listener = tokio::net::TcpListener::bind(args.metrics_bind)
+        .await
+        .map_err(|source| OperatorError::Bind {
+            addr: args.metrics_bind,
+            source,
+        })?;
+    tokio::spawn(serve_http(listener, health.clone(), metrics.clone()));
+
+    let config = kube::Config::infer().await?;
+    let client = Client::try_from(config)?;
+    let version = client.apiserver_version().await?;
+    health.connected.store(true, Ordering::Relaxed);
+    let identity = args.identity.clone().unwrap_or_else(|| {
+        format!(
+            "{}-{}",
+            std::fs::read_to_string("/etc/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| "corral".into()),
+            std::process::id()
+        )
+    });
+    info!(server = %version.git_version, %identity, "operator starting");
+
+    let lease = LeaseManagerBuilder::new(client.clone(), &args.lease_name)
+        .with_namespace(&args.lease_namespace)
+        .with_identity(&identity)
+        .with_duration(args.lease_duration_seconds)
+        .with_grace(args.lease_grace_seconds)
+        .build()
+        .await?;
+    let (mut leader, lease_task) = lease.watch().await;
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "corral-operator".into(),
+            instance: Some(identity.clone()),
+        },
+    );
+    let ctx = Arc::new(Context::new(client.clone(), recorder, metrics.clone()));
+    let mut shutdown = std::pin::pin!(shutdown_signal());
+
+    loop {
+        if !*leader.borrow_and_update() {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                changed = leader.changed() => {
+                    if changed.is_err() {
+                        warn!("leader election stopped");
+                        break;
+                    }
+                    continue;
+                }
+            }
+        }
+        info!(%identity, "leading: starting the controller");
+        health.leading.store(true, Ordering::Relaxed);
+        let controller = run_controller(client.clone(), ctx.clone(), args.namespace.as_deref());
+        let lost = async {
+            loop {
+                if leader.changed().await.is_err() || !*leader.borrow_and_update() {
+                    return;
+                }
+            }
+        };
+        tokio::select! {
+            _ = controller => warn!("controller stopped"),
+            _ = lost => warn!("lost the lease: stopping the controller"),
+            _ = &mut shutdown => {
+                health.leading.store(false, Ordering::Relaxed);
+                break;
+            }
+        }
+        health.leading.store(false, Ordering::Relaxed);
+    }
+    info!("shutting down: releasing the lease");
+    drop(leader);
+    match tokio::time::timeout(Duration::from_secs(5), lease_task).await {
+        Ok(Ok(Err(e))) => warn!(error = %e, "lease release"),
+        Err(_) => warn!("lease release timed out"),
+        _ => {}
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+/// Runs the controller until its streams end.
+async fn run_controller(client: Client, ctx: Arc<Context>, namespace: Option<&str>) {
+    let (autoscalers, pods): (Api<WorkerAutoscaler>, Api<Pod>) = match namespace {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client, ns),
+        ),
+        None => (Api::all(client.clone()), Api::all(client)),
+    };
+    let controller = Controller::new(autoscalers, watcher::Config::default());
+    let store = controller.store();
+    controller
+        .watches(pods, watcher::Config::default(), move |pod: Pod| {
+            let labels = reconcile::labels(&pod);
+            let ns = pod.namespace();
+            store
+                .state()
+                .into_iter()
+                .filter(|wa| wa.namespace() == ns)
+                .filter(|wa| {
+                    kube::core::Selector::try_from(wa.spec.selector.clone())
+                        .is_ok_and(|s| !s.selects_all() && s.matches(&labels))
+                })
+                .map(|wa| ObjectRef::from_obj(&*wa))
+                .collect::<Vec<_>>()
+        })
+        .run(reconcile::reconcile, reconcile::error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((object, _)) => debug!(autoscaler = %object.name, "reconciled"),
+                Err(e) => warn!(error = %e, "reconcile"),
+            }
+        })
+        .await;
+}
+
+async fn serve_http(
+    listener: tokio::net::TcpListener,
+    health: Arc<Health>,
+    metrics: Arc<OperatorMetrics>,
+) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let health = health.clone();
+        let metrics = metrics.clone();
+        let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+            let health = health.clone();
+            let metrics = metrics.clone();
+            async move { Ok::<_, Infallible>(route(req.uri().path(), &health, &metrics)) }
+        });
+        tokio::spawn(async move {
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn route(path: &str, health: &Health, metrics: &OperatorMetrics) -> Response<Full<Bytes>> {
+    let text = |status: StatusCode, body: String| {
+        Response::builder()
+            .status(status)
+            .body(Full::new(Bytes::from(body)))
+            .unwrap_or_default()
+    };
+    match path {
+        "/livez" => text(StatusCode::OK, "ok\n".into()),
+        "/readyz" if health.connected.load(Ordering::Relaxed) => {
+            let role = if health.leading.load(Ordering::Relaxed) {
+                "leader"
+            } else {
+                "standby"
+            };
+            text(StatusCode::OK, format!("ready ({role})\n"))
+        }
+        "/readyz" => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not connected to the API server\n".into(),
+        ),
+        "/metrics" => text(StatusCode::OK, metrics.render()),
+        _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
+    }
+}

@@ -1,0 +1,601 @@
+//! One reconcile pass over a WorkerAutoscaler: check the spec, read every
+//! selected pod's manager (and Prometheus), decide, PUT the changes, and
+//! write status, conditions and Events. Deletion hands the pods back to
+//! their configured default (finalizer).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::join_all;
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::{Api, Client, Resource, ResourceExt};
+use tracing::{info, warn};
+
+use super::crd::{PodScaleStatus, WorkerAutoscaler, WorkerAutoscalerStatus};
+use super::decide::{self, History, PodInput};
+use super::metrics::OperatorMetrics;
+use super::pods::{self, PodError};
+use super::spec::{self, MetricPlan, Plan};
+
+pub const FINALIZER: &str = "corral.dev/release-workers";
+const MANAGER: &str = "corral-operator";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    #[error("the object has no namespace")]
+    NoNamespace,
+}
+
+/// Per pod, what the operator remembers between passes.
+#[derive(Debug, Clone)]
+struct PodMemory {
+    history: History,
+    last_scale: Option<String>,
+}
+
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub metrics: Arc<OperatorMetrics>,
+    memory: Mutex<HashMap<String, PodMemory>>,
+}
+
+impl Context {
+    pub fn new(client: Client, recorder: Recorder, metrics: Arc<OperatorMetrics>) -> Context {
+        Context {
+            client,
+            recorder,
+            metrics,
+            memory: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+fn now_secs() -> f64 {
+    Timestamp::now().as_millisecond() as f64 / 1000.0
+}
+
+/// Entry point for the controller: times the pass and counts its result.
+pub async fn reconcile(wa: Arc<WorkerAutoscaler>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let timer = ctx.metrics.duration.start_timer();
+    let ns = wa.namespace().ok_or(Error::NoNamespace)?;
+    let api: Api<WorkerAutoscaler> = Api::namespaced(ctx.client.clone(), &ns);
+    let result = finalizer(&api, FINALIZER, wa, |event| async {
+        match event {
+            Finalizer::Apply(wa) => apply(&wa, &ctx).await,
+            Finalizer::Cleanup(wa) => release(&wa, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    timer.observe_duration();
+    let label = if result.is_ok() { "ok" } else { "error" };
+    ctx.metrics
+        .reconciliations
+        .with_label_values(&[label])
+        .inc();
+    result
+}
+
+pub fn error_policy(wa: Arc<WorkerAutoscaler>, error: &Error, _ctx: Arc<Context>) -> Action {
+    warn!(autoscaler = %wa.name_any(), %error, "reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(10))
+}
+
+/// What one pod yielded this pass.
+struct PodOutcome {
+    status: PodScaleStatus,
+    desired: Option<u32>,
+    first_metric: Option<f64>,
+    reachable: bool,
+    unauthorized: bool,
+    limited: bool,
+}
+
+async fn apply(wa: &WorkerAutoscaler, ctx: &Context) -> Result<Action, Error> {
+    let ns = wa.namespace().ok_or(Error::NoNamespace)?;
+    let name = wa.name_any();
+    let previous = wa.status.clone().unwrap_or_default();
+    let plan = match spec::plan(&wa.spec) {
+        Ok(plan) => plan,
+        Err(message) => {
+            warn!(autoscaler = %name, %message, "invalid spec");
+            let status = WorkerAutoscalerStatus {
+                observed_generation: wa.metadata.generation,
+                conditions: vec![
+                    condition(&previous, "InvalidSpec", true, "InvalidSpec", &message, wa),
+                    condition(
+                        &previous,
+                        "Ready",
+                        false,
+                        "InvalidSpec",
+                        "the spec is invalid",
+                        wa,
+                    ),
+                    condition(
+                        &previous,
+                        "ScalingActive",
+                        false,
+                        "InvalidSpec",
+                        "no pod is touched",
+                        wa,
+                    ),
+                ],
+                ..previous.clone()
+            };
+            if !condition_is(&previous, "InvalidSpec", "True", wa.metadata.generation) {
+                publish(ctx, wa, EventType::Warning, "InvalidSpec", &message).await;
+            }
+            write_status(ctx, wa, status).await?;
+            return Ok(Action::await_change());
+        }
+    };
+
+    let token = match &wa.spec.token_secret_ref {
+        None => Ok(None),
+        Some(r) => {
+            let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+            match secrets.get_opt(&r.name).await? {
+                None => Err(format!("secret {} not found", r.name)),
+                Some(s) => s
+                    .data
+                    .and_then(|d| d.get(&r.key).cloned())
+                    .map(|b| Some(String::from_utf8_lossy(&b.0).trim().to_string()))
+                    .ok_or_else(|| format!("secret {} has no key {}", r.name, r.key)),
+            }
+        }
+    };
+
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let selected = pods
+        .list(&ListParams::default().labels(&plan.selector.to_string()))
+        .await?;
+    let uid = wa.uid().unwrap_or_default();
+    let now = now_secs();
+    let token_value = token.as_ref().ok().cloned().flatten();
+    let outcomes = join_all(selected.items.iter().map(|pod| {
+        scale_pod(
+            ctx,
+            wa,
+            &plan,
+            pod,
+            &uid,
+            token_value.as_deref(),
+            token.is_err(),
+            now,
+        )
+    }))
+    .await;
+
+    let reachable = outcomes.iter().filter(|o| o.reachable).count();
+    let workers: u32 = outcomes.iter().filter_map(|o| o.desired).sum();
+    let unauthorized = outcomes.iter().any(|o| o.unauthorized);
+    let limited: Vec<&PodOutcome> = outcomes.iter().filter(|o| o.limited).collect();
+    let values: Vec<f64> = outcomes.iter().filter_map(|o| o.first_metric).collect();
+    let utilisation = (!values.is_empty()).then(|| {
+        let mean = values.iter().sum::<f64>() / values.len() as f64;
+        match &plan.metrics[0] {
+            MetricPlan::Cpu { target } => format!("{:.0}%/{:.0}%", mean * 100.0, target * 100.0),
+            MetricPlan::Queue { target } | MetricPlan::Prometheus { target, .. } => {
+                format!("{mean:.1}/{target}")
+            }
+        }
+    });
+
+    let (active, active_reason, active_message) = if plan.paused {
+        (
+            false,
+            "Paused",
+            "spec.paused is set: observing only".to_string(),
+        )
+    } else if let Err(e) = &token {
+        (false, "TokenUnavailable", e.clone())
+    } else if unauthorized {
+        (
+            false,
+            "Unauthorized",
+            "a pod's manager refused the token: check tokenSecretRef".to_string(),
+        )
+    } else if selected.items.is_empty() {
+        (false, "NoPods", "the selector matches no pod".to_string())
+    } else if reachable == 0 {
+        (
+            false,
+            "PodsUnreachable",
+            "no selected pod's admin API answered".to_string(),
+        )
+    } else {
+        (
+            true,
+            "Scaling",
+            format!("{reachable} of {} pods measured", selected.items.len()),
+        )
+    };
+    let (limited_now, limited_message) = match limited.first() {
+        Some(o) => (
+            true,
+            format!(
+                "{} pod(s) held back, e.g. {} by {}",
+                limited.len(),
+                o.status.name,
+                o.status.limited_by.as_deref().unwrap_or("-")
+            ),
+        ),
+        None => (false, "no pod is held back".to_string()),
+    };
+    let status = WorkerAutoscalerStatus {
+        observed_generation: wa.metadata.generation,
+        pods: selected.items.len() as u32,
+        workers,
+        utilisation,
+        pod_status: outcomes.into_iter().map(|o| o.status).collect(),
+        conditions: vec![
+            condition(
+                &previous,
+                "Ready",
+                reachable > 0,
+                if reachable > 0 {
+                    "PodsMeasured"
+                } else {
+                    "NoPodMeasured"
+                },
+                &format!("{reachable} of {} pods reachable", selected.items.len()),
+                wa,
+            ),
+            condition(
+                &previous,
+                "ScalingActive",
+                active,
+                active_reason,
+                &active_message,
+                wa,
+            ),
+            condition(
+                &previous,
+                "ScalingLimited",
+                limited_now,
+                if limited_now { "Limited" } else { "NotLimited" },
+                &limited_message,
+                wa,
+            ),
+            condition(
+                &previous,
+                "InvalidSpec",
+                false,
+                "Valid",
+                "the spec is valid",
+                wa,
+            ),
+        ],
+    };
+    if !active
+        && !plan.paused
+        && !condition_is(&previous, "ScalingActive", "False", wa.metadata.generation)
+        && active_reason != "NoPods"
+    {
+        publish(ctx, wa, EventType::Warning, active_reason, &active_message).await;
+    }
+    write_status(ctx, wa, status).await?;
+    Ok(Action::requeue(Duration::from_secs(u64::from(
+        plan.poll_seconds,
+    ))))
+}
+
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one pod's pass needs the whole pass's context"
+)]
+async fn scale_pod(
+    ctx: &Context,
+    wa: &WorkerAutoscaler,
+    plan: &Plan,
+    pod: &Pod,
+    uid: &str,
+    token: Option<&str>,
+    token_missing: bool,
+    now: f64,
+) -> PodOutcome {
+    let pod_name = pod.name_any();
+    let mut outcome = PodOutcome {
+        status: PodScaleStatus {
+            name: pod_name.clone(),
+            current: None,
+            desired: None,
+            limited_by: None,
+            last_scale_time: None,
+            message: None,
+        },
+        desired: None,
+        first_metric: None,
+        reachable: false,
+        unauthorized: false,
+        limited: false,
+    };
+    let Some(ip) = pod_ready_ip(pod) else {
+        outcome.status.message = Some("not running and ready: skipped".into());
+        return outcome;
+    };
+    let addr = if ip.contains(':') {
+        format!("[{ip}]:{}", plan.admin_port)
+    } else {
+        format!("{ip}:{}", plan.admin_port)
+    };
+    let doc = match pods::workers(&addr).await {
+        Ok(doc) => doc,
+        Err(e) => {
+            outcome.status.message = Some(format!("unreachable: {e}"));
+            return outcome;
+        }
+    };
+    outcome.reachable = true;
+    let current = doc.desired;
+    outcome.status.current = Some(current);
+    let namespace = wa.namespace().unwrap_or_default();
+    let mut values = Vec::new();
+    for m in &plan.metrics {
+        let value = match m {
+            MetricPlan::Cpu { .. } => Some(doc.cpu_utilisation),
+            MetricPlan::Queue { .. } => Some(
+                doc.listeners
+                    .iter()
+                    .filter_map(|l| l.queue_max_window)
+                    .max()
+                    .unwrap_or(0) as f64,
+            ),
+            MetricPlan::Prometheus { server, query, .. } => {
+                let q = spec::render_query(query, &pod_name, &namespace);
+                match pods::prometheus(server, &q).await {
+                    Ok(v) => v,
+                    Err(e) => {
+                        outcome.status.message = Some(format!("prometheus: {e}"));
+                        None
+                    }
+                }
+            }
+        };
+        values.push((m.metric(), value));
+    }
+    outcome.first_metric = values.first().and_then(|v| v.1);
+    // The manager's own bounds narrow the autoscaler's, so a PUT is never
+    // refused for a count the manager cannot take.
+    let min = plan.min.max(doc.limits.min).min(doc.limits.max);
+    let max = plan.max.min(doc.limits.max).max(min);
+    let input = PodInput {
+        current,
+        min,
+        max,
+        memory_cap: doc.limits.memory_cap,
+        values,
+    };
+    let key = format!("{uid}/{pod_name}");
+    let mut memory = ctx
+        .memory
+        .lock()
+        .map(|m| m.get(&key).cloned())
+        .unwrap_or(None)
+        .unwrap_or_else(|| PodMemory {
+            history: History::starting_at(current, now, plan.behavior.down.window),
+            last_scale: None,
+        });
+    let Some(decision) = decide::decide(&input, &memory.history, &plan.behavior, now) else {
+        outcome.status.message = Some("no metric could be read".into());
+        outcome.status.desired = Some(current);
+        outcome.desired = Some(current);
+        return outcome;
+    };
+    outcome.status.limited_by = decision.limited_by.map(|l| l.as_str().to_string());
+    outcome.limited = decision.limited_by.is_some();
+    let mut change = 0i64;
+    if decision.desired != current && !plan.paused && !token_missing {
+        match pods::set_desired(&addr, token, Some(decision.desired)).await {
+            Ok(()) => {
+                change = i64::from(decision.desired) - i64::from(current);
+                let direction = if change > 0 { "up" } else { "down" };
+                ctx.metrics
+                    .scale_events
+                    .with_label_values(&[direction])
+                    .inc();
+                memory.last_scale = Some(Timestamp::now().to_string());
+                let note = format!(
+                    "pod {pod_name}: {current} -> {} workers{}",
+                    decision.desired,
+                    decision
+                        .limited_by
+                        .map(|l| format!(" (limited by {})", l.as_str()))
+                        .unwrap_or_default()
+                );
+                info!(autoscaler = %wa.name_any(), pod = %pod_name, from = current, to = decision.desired, "scaled");
+                let reason = if change > 0 { "ScaledUp" } else { "ScaledDown" };
+                publish(ctx, wa, EventType::Normal, reason, &note).await;
+            }
+            Err(PodError::Unauthorized { .. }) => {
+                outcome.unauthorized = true;
+                outcome.status.message = Some("the manager refused the token".into());
+            }
+            Err(e) => outcome.status.message = Some(format!("scale refused: {e}")),
+        }
+    }
+    let applied = if change != 0 {
+        decision.desired
+    } else {
+        current
+    };
+    outcome.status.desired = Some(decision.desired);
+    outcome.desired = Some(applied);
+    outcome.status.last_scale_time = memory.last_scale.clone();
+    memory
+        .history
+        .record(now, decision.recommendation, change, history_keep(plan));
+    if let Ok(mut m) = ctx.memory.lock() {
+        m.insert(key, memory);
+    }
+    outcome
+}
+
+/// How much history the longest window or period needs.
+fn history_keep(plan: &Plan) -> f64 {
+    let b = &plan.behavior;
+    let periods =
+        b.up.policies
+            .iter()
+            .chain(&b.down.policies)
+            .map(|p| p.period);
+    f64::from(
+        periods
+            .chain([b.up.window, b.down.window])
+            .max()
+            .unwrap_or(0)
+            + 1,
+    )
+}
+
+/// The pod's IP, when it is Running and Ready.
+fn pod_ready_ip(pod: &Pod) -> Option<String> {
+    let status = pod.status.as_ref()?;
+    if status.phase.as_deref() != Some("Running") {
+        return None;
+    }
+    let ready = status
+        .conditions
+        .as_ref()?
+        .iter()
+        .any(|c| c.type_ == "Ready" && c.status == "True");
+    if !ready || pod.metadata.deletion_timestamp.is_some() {
+        return None;
+    }
+    status.pod_ip.clone()
+}
+
+/// On deletion: every selected pod goes back to its configured count.
+async fn release(wa: &WorkerAutoscaler, ctx: &Context) -> Result<Action, Error> {
+    let ns = wa.namespace().ok_or(Error::NoNamespace)?;
+    let Ok(plan) = spec::plan(&wa.spec) else {
+        return Ok(Action::await_change());
+    };
+    let token = match &wa.spec.token_secret_ref {
+        Some(r) => Api::<Secret>::namespaced(ctx.client.clone(), &ns)
+            .get_opt(&r.name)
+            .await?
+            .and_then(|s| s.data)
+            .and_then(|d| {
+                d.get(&r.key)
+                    .map(|b| String::from_utf8_lossy(&b.0).trim().to_string())
+            }),
+        None => None,
+    };
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let selected = pods
+        .list(&ListParams::default().labels(&plan.selector.to_string()))
+        .await?;
+    for pod in &selected.items {
+        let Some(ip) = pod_ready_ip(pod) else {
+            continue;
+        };
+        let addr = format!("{ip}:{}", plan.admin_port);
+        match pods::set_desired(&addr, token.as_deref(), None).await {
+            Ok(()) => {
+                info!(autoscaler = %wa.name_any(), pod = %pod.name_any(), "returned to its default worker count")
+            }
+            Err(e) => {
+                warn!(autoscaler = %wa.name_any(), pod = %pod.name_any(), error = %e, "could not release")
+            }
+        }
+    }
+    if let (Some(uid), Ok(mut m)) = (wa.uid(), ctx.memory.lock()) {
+        m.retain(|k, _| !k.starts_with(&format!("{uid}/")));
+    }
+    Ok(Action::await_change())
+}
+
+fn condition_is(
+    status: &WorkerAutoscalerStatus,
+    type_: &str,
+    value: &str,
+    generation: Option<i64>,
+) -> bool {
+    status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == type_ && c.status == value && c.observed_generation == generation)
+}
+
+/// A condition, keeping the previous transition time when the status holds.
+fn condition(
+    previous: &WorkerAutoscalerStatus,
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: &str,
+    wa: &WorkerAutoscaler,
+) -> Condition {
+    let status = if status { "True" } else { "False" }.to_string();
+    let since = previous
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| Time(Timestamp::now()));
+    Condition {
+        type_: type_.to_string(),
+        status,
+        reason: reason.to_string(),
+        message: message.to_string(),
+        last_transition_time: since,
+        observed_generation: wa.metadata.generation,
+    }
+}
+
+async fn write_status(
+    ctx: &Context,
+    wa: &WorkerAutoscaler,
+    status: WorkerAutoscalerStatus,
+) -> Result<(), Error> {
+    if wa.status.as_ref() == Some(&status) {
+        return Ok(());
+    }
+    let api: Api<WorkerAutoscaler> = Api::namespaced(
+        ctx.client.clone(),
+        &wa.namespace().ok_or(Error::NoNamespace)?,
+    );
+    let patch = serde_json::json!({
+        "apiVersion": WorkerAutoscaler::api_version(&()),
+        "kind": WorkerAutoscaler::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        &wa.name_any(),
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn publish(ctx: &Context, wa: &WorkerAutoscaler, type_: EventType, reason: &str, note: &str) {
+    let event = Event {
+        type_,
+        reason: reason.to_string(),
+        note: Some(note.chars().take(1000).collect()),
+        action: "Scale".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &wa.object_ref(&())).await {
+        warn!(error = %e, "cannot record event");
+    }
+}
+
+/// Labels of a pod, for mapping pod changes to the autoscalers selecting it.
+pub fn labels(pod: &Pod) -> BTreeMap<String, String> {
+    pod.metadata.labels.clone().unwrap_or_default()
+}

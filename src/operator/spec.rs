@@ -1,0 +1,285 @@
+//! From a WorkerAutoscaler spec to the plan the reconciler follows: every
+//! rule the API server's schema cannot express (min <= max, a known metric
+//! type, a Prometheus address that parses) is checked here, and a failure is
+//! what the InvalidSpec condition says. Pure.
+
+use kube::core::Selector;
+
+use super::crd::{PolicyType, ScalingRules, SelectPolicy, WorkerAutoscalerSpec};
+use super::decide::{self, Behavior, Metric, Policy, PolicyKind, Rules, Select};
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum MetricPlan {
+    Cpu {
+        target: f64,
+    },
+    Queue {
+        target: f64,
+    },
+    Prometheus {
+        server: PromServer,
+        query: String,
+        target: f64,
+    },
+}
+
+impl MetricPlan {
+    pub fn metric(&self) -> Metric {
+        match self {
+            MetricPlan::Cpu { target } => Metric::Cpu { target: *target },
+            MetricPlan::Queue { target } => Metric::Queue { target: *target },
+            MetricPlan::Prometheus { target, .. } => Metric::Prometheus { target: *target },
+        }
+    }
+}
+
+/// Where a Prometheus server answers: `host:port` and a path prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PromServer {
+    pub authority: String,
+    pub prefix: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    pub selector: Selector,
+    pub admin_port: u16,
+    pub min: u32,
+    pub max: u32,
+    pub metrics: Vec<MetricPlan>,
+    pub behavior: Behavior,
+    pub poll_seconds: u32,
+    pub paused: bool,
+}
+
+fn parse_server(address: &str) -> Result<PromServer, String> {
+    let rest = address
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("prometheus address `{address}` must start with http://"))?;
+    let (authority, prefix) = match rest.find('/') {
+        Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
+        None => (rest, ""),
+    };
+    if authority.is_empty() {
+        return Err(format!("prometheus address `{address}` has no host"));
+    }
+    let authority = if authority.contains(':') {
+        authority.to_string()
+    } else {
+        format!("{authority}:80")
+    };
+    Ok(PromServer {
+        authority,
+        prefix: prefix.to_string(),
+    })
+}
+
+fn rules(spec: Option<&ScalingRules>, default: Rules) -> Result<Rules, String> {
+    let Some(spec) = spec else { return Ok(default) };
+    let policies = if spec.policies.is_empty() {
+        default.policies
+    } else {
+        spec.policies
+            .iter()
+            .map(|p| {
+                if p.value == 0 || p.period_seconds == 0 {
+                    return Err(
+                        "scaling policies need value and periodSeconds of at least 1".to_string(),
+                    );
+                }
+                Ok(Policy {
+                    kind: match p.policy_type {
+                        PolicyType::Workers => PolicyKind::Workers,
+                        PolicyType::Percent => PolicyKind::Percent,
+                    },
+                    value: p.value,
+                    period: p.period_seconds,
+                })
+            })
+            .collect::<Result<_, _>>()?
+    };
+    Ok(Rules {
+        window: spec.stabilization_window_seconds.unwrap_or(default.window),
+        select: match spec.select_policy {
+            None | Some(SelectPolicy::Max) => Select::Max,
+            Some(SelectPolicy::Min) => Select::Min,
+            Some(SelectPolicy::Disabled) => Select::Disabled,
+        },
+        policies,
+    })
+}
+
+/// Checks a spec completely; the error names what is wrong.
+pub fn plan(spec: &WorkerAutoscalerSpec) -> Result<Plan, String> {
+    if spec.min_workers < 1 {
+        return Err("minWorkers must be at least 1".into());
+    }
+    if spec.min_workers > spec.max_workers {
+        return Err(format!(
+            "minWorkers ({}) is above maxWorkers ({})",
+            spec.min_workers, spec.max_workers
+        ));
+    }
+    if spec.admin_port == 0 {
+        return Err("adminPort must be 1-65535".into());
+    }
+    let selector =
+        Selector::try_from(spec.selector.clone()).map_err(|e| format!("selector: {e}"))?;
+    if selector.selects_all() {
+        return Err("selector is empty: it would select every pod in the namespace".into());
+    }
+    let mut metrics = Vec::new();
+    for (i, m) in spec.metrics.iter().enumerate() {
+        let target = |what: &str| {
+            m.target
+                .filter(|t| t.is_finite() && *t >= 0.0)
+                .ok_or_else(|| format!("metrics[{i}]: type {what} needs a target of 0 or more"))
+        };
+        metrics.push(match m.metric_type.as_str() {
+            "CPU" => {
+                let t = target("CPU")?;
+                if t == 0.0 {
+                    return Err(format!("metrics[{i}]: a CPU target must be above 0"));
+                }
+                MetricPlan::Cpu { target: t }
+            }
+            "QueueLength" => MetricPlan::Queue {
+                target: target("QueueLength")?,
+            },
+            "Prometheus" => {
+                let p = m.prometheus.as_ref().ok_or_else(|| {
+                    format!("metrics[{i}]: type Prometheus needs a `prometheus` block")
+                })?;
+                if p.query.trim().is_empty() {
+                    return Err(format!("metrics[{i}]: the Prometheus query is empty"));
+                }
+                if !p.target.is_finite() || p.target <= 0.0 {
+                    return Err(format!("metrics[{i}]: a Prometheus target must be above 0"));
+                }
+                MetricPlan::Prometheus {
+                    server: parse_server(&p.address).map_err(|e| format!("metrics[{i}]: {e}"))?,
+                    query: p.query.clone(),
+                    target: p.target,
+                }
+            }
+            other => {
+                return Err(format!(
+                    "metrics[{i}]: unknown type `{other}` (expected CPU, QueueLength or Prometheus)"
+                ));
+            }
+        });
+    }
+    if metrics.is_empty() {
+        metrics.push(MetricPlan::Cpu { target: 0.7 });
+    }
+    let defaults = decide::Behavior::default();
+    let behavior = Behavior {
+        up: rules(spec.behavior.scale_up.as_ref(), defaults.up)?,
+        down: rules(spec.behavior.scale_down.as_ref(), defaults.down)?,
+    };
+    Ok(Plan {
+        selector,
+        admin_port: spec.admin_port,
+        min: spec.min_workers,
+        max: spec.max_workers,
+        metrics,
+        behavior,
+        poll_seconds: spec.poll_interval_seconds.max(1),
+        paused: spec.paused,
+    })
+}
+
+/// Fills `{{pod}}` and `{{namespace}}` in a query.
+pub fn render_query(query: &str, pod: &str, namespace: &str) -> String {
+    query
+        .replace("{{pod}}", pod)
+        .replace("{{namespace}}", namespace)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::operator::crd::{MetricSpec, PrometheusMetric};
+
+    fn spec(yaml: &str) -> WorkerAutoscalerSpec {
+        serde_saphyr::from_str(yaml).unwrap()
+    }
+
+    const BASE: &str = "selector: {matchLabels: {app: web}}\nminWorkers: 2\nmaxWorkers: 12\n";
+
+    #[test]
+    fn a_minimal_spec_scales_on_cpu() {
+        let p = plan(&spec(BASE)).unwrap();
+        assert_eq!(p.metrics, vec![MetricPlan::Cpu { target: 0.7 }]);
+        assert_eq!(
+            (p.admin_port, p.poll_seconds, p.min, p.max),
+            (9000, 5, 2, 12)
+        );
+        assert_eq!(p.selector.to_string(), "app=web");
+        assert_eq!(p.behavior, Behavior::default());
+    }
+
+    #[test]
+    fn the_design_example_is_valid() {
+        let text = format!(
+            "{BASE}adminPort: 9000\ntokenSecretRef: {{name: web-corral, key: token}}\n\
+             metrics:\n  - {{type: CPU, target: 0.7}}\n  - {{type: QueueLength, target: 0}}\n  \
+             - {{type: Prometheus, prometheus: {{address: 'http://prometheus:9090', query: 'sum(x{{pod=\"{{{{pod}}}}\"}})', target: 20}}}}\n\
+             behavior:\n  scaleUp: {{stabilizationWindowSeconds: 0, policies: [{{type: Workers, value: 4, periodSeconds: 15}}]}}\n  \
+             scaleDown: {{stabilizationWindowSeconds: 120, policies: [{{type: Percent, value: 50, periodSeconds: 60}}]}}\n"
+        );
+        let p = plan(&spec(&text)).unwrap();
+        assert_eq!(p.metrics.len(), 3);
+        assert!(
+            matches!(&p.metrics[2], MetricPlan::Prometheus { server, .. } if server.authority == "prometheus:9090")
+        );
+        assert_eq!(p.behavior.down.window, 120);
+        assert_eq!(p.behavior.up.policies.len(), 1);
+    }
+
+    #[test]
+    fn invalid_specs_say_why() {
+        let mut s = spec(BASE);
+        s.min_workers = 13;
+        assert!(plan(&s).unwrap_err().contains("above maxWorkers"));
+        let mut s = spec(BASE);
+        s.metrics = vec![MetricSpec {
+            metric_type: "Memory".into(),
+            target: Some(1.0),
+            prometheus: None,
+        }];
+        assert!(plan(&s).unwrap_err().contains("unknown type `Memory`"));
+        let mut s = spec(BASE);
+        s.metrics = vec![MetricSpec {
+            metric_type: "Prometheus".into(),
+            target: None,
+            prometheus: Some(PrometheusMetric {
+                address: "prometheus:9090".into(),
+                query: "up".into(),
+                target: 1.0,
+            }),
+        }];
+        assert!(plan(&s).unwrap_err().contains("http://"));
+        let s = spec("selector: {}\nminWorkers: 1\nmaxWorkers: 2\n");
+        assert!(plan(&s).unwrap_err().contains("selector is empty"));
+        let mut s = spec(BASE);
+        s.metrics = vec![MetricSpec {
+            metric_type: "CPU".into(),
+            target: None,
+            prometheus: None,
+        }];
+        assert!(plan(&s).unwrap_err().contains("needs a target"));
+    }
+
+    #[test]
+    fn queries_are_templated() {
+        assert_eq!(
+            render_query(
+                r#"rate(x{pod="{{pod}}",ns="{{namespace}}"}[1m])"#,
+                "web-1",
+                "prod"
+            ),
+            r#"rate(x{pod="web-1",ns="prod"}[1m])"#
+        );
+    }
+}
