@@ -6,11 +6,18 @@
 #   APISERVER=$(bash .ci/kube-apiserver.sh)
 #
 # Everything comes from Debian bookworm: golang-1.19-go, etcd-server, the
-# kubernetes source package (v1.20.x, Go dependencies vendored) and reflect2
-# 1.0.2, which replaces the vendored 1.0.1 (that one makes the server die with
-# "fatal error: fault" in map iteration when built with Go >= 1.18).
+# kubernetes source package (v1.20.x, Go dependencies vendored), and two
+# Debian Go libraries that replace their vendored copies, both unsafe-pointer
+# code that is broken with Go >= 1.18:
+#   reflect2 1.0.2 (vendored 1.0.1 makes the server die with "fatal error:
+#     fault" in map iteration);
+#   json-iterator 1.1.12 (with vendored 1.1.10 the decoded objects are
+#     nondeterministically corrupted, e.g. server-side apply of a CRD fails with
+#     "per-version schemas may not all be set to identical values").
 #
-# Cache: ${CORRAL_KUBE_CACHE:-/var/cache/corral/kube}/v<upstream version>/
+# Cache: ${CORRAL_KUBE_CACHE:-/var/cache/corral/kube}/v<upstream version>-<recipe>/
+# (<recipe> names the replaced libraries, e.g. reflect2-1.0.2-jsoniter-1.1.12,
+# so a change of recipe never reuses a binary built by an older one)
 #   kube-apiserver        the binary
 #   *.log                 logs of the last build (tail printed on failure)
 # A cold build takes 10-20 minutes on 2 cores; afterwards this is a no-op.
@@ -19,8 +26,14 @@ set -euo pipefail
 
 cache_root="${CORRAL_KUBE_CACHE:-/var/cache/corral/kube}"
 go_bin=/usr/lib/go-1.19/bin
-reflect2_src=/usr/share/gocode/src/github.com/modern-go/reflect2
-packages=(golang-1.19-go rsync etcd-server golang-github-modern-go-reflect2-dev make)
+gocode=/usr/share/gocode/src
+# Vendored libraries replaced by Debian's: "short name|import path|package"
+replace=(
+    "reflect2|github.com/modern-go/reflect2|golang-github-modern-go-reflect2-dev"
+    "jsoniter|github.com/json-iterator/go|golang-github-json-iterator-go-dev"
+)
+packages=(golang-1.19-go rsync etcd-server make)
+for r in "${replace[@]}"; do packages+=("${r##*|}"); done
 src_list=/etc/apt/sources.list.d/corral-debian-src.sources
 
 log() { echo "kube-apiserver: $*" >&2; }
@@ -76,7 +89,14 @@ if [[ ${#missing[@]} -gt 0 ]]; then
 fi
 command -v etcd >/dev/null || die "etcd not found after installing etcd-server"
 [[ -x $go_bin/go ]] || die "$go_bin/go missing"
-[[ -d $reflect2_src ]] || die "$reflect2_src missing"
+recipe=""   # e.g. reflect2-1.0.2-jsoniter-1.1.12 (upstream versions)
+for r in "${replace[@]}"; do
+    IFS='|' read -r name imp pkg <<<"$r"
+    [[ -d $gocode/$imp ]] || die "$gocode/$imp missing"
+    v="$(dpkg-query -W -f='${Version}' "$pkg")"
+    v="${v%-*}"; v="${v#*:}"
+    recipe+="${recipe:+-}$name-$v"
+done
 
 # --- which version does Debian ship? ----------------------------------------
 src_version() {
@@ -94,7 +114,7 @@ upstream="${deb_version%-*}"
 upstream="${upstream#*:}"
 upstream="${upstream##*+really}"
 version="v$upstream"
-cache="$cache_root/$version"
+cache="$cache_root/$version-$recipe"
 bin="$cache/kube-apiserver"
 
 if [[ -x $bin ]]; then
@@ -155,9 +175,19 @@ step source fetch_source
 src="$(find "$work" -mindepth 1 -maxdepth 1 -type d -name 'kubernetes-*' | head -n1)"
 [[ -n $src && -f $src/cmd/kube-apiserver/apiserver.go ]] || die "no source tree in $work"
 
-log "replacing vendored reflect2 with Debian's copy ($reflect2_src)"
-rm -rf "$src/vendor/github.com/modern-go/reflect2"
-cp -rL "$reflect2_src" "$src/vendor/github.com/modern-go/reflect2"
+# Only the package's own files: no tests, no go.mod, no sub-packages (the
+# vendor tree has none of them either; vendor/modules.txt is left as is, the
+# build below is in GOPATH mode and does not read it).
+for r in "${replace[@]}"; do
+    IFS='|' read -r _ imp _ <<<"$r"
+    dst="$src/vendor/$imp"
+    [[ -d $dst ]] || die "no vendored $imp in the source tree"
+    log "replacing vendored $imp with Debian's copy ($gocode/$imp)"
+    rm -rf "$dst"
+    mkdir -p "$dst"
+    find -L "$gocode/$imp" -maxdepth 1 -type f \( -name '*.go' -o -name '*.s' \
+        -o -name 'LICENSE*' \) ! -name '*_test.go' -exec cp -L -t "$dst" {} +
+done
 
 export PATH="$go_bin:$PATH"
 export HOME="$work/home"

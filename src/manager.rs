@@ -178,6 +178,7 @@ pub struct Manager {
     next_spawn_at: Instant,
     ever_ready: bool,
     shutdown: Option<Shutdown>,
+    reexec_pending: bool,
     last_limited: Option<Limited>,
     metrics: Arc<Metrics>,
     snapshot: watch::Sender<Arc<Snapshot>>,
@@ -274,6 +275,7 @@ impl Manager {
             next_spawn_at: now,
             ever_ready: false,
             shutdown: None,
+            reexec_pending: false,
             last_limited: None,
             metrics,
             snapshot,
@@ -377,7 +379,10 @@ impl Manager {
                     let _ = kill(w.pid, Sig::SIGUSR1);
                 }
             }
-            Signal::Usr2 => self.reexec(),
+            Signal::Usr2 => {
+                info!("USR2: re-exec as soon as no worker is draining");
+                self.reexec_pending = true;
+            }
         }
     }
 
@@ -637,11 +642,21 @@ impl Manager {
         );
     }
 
-    fn reexec(&mut self) {
-        if self.shutdown.is_some() {
-            warn!("USR2 ignored during shutdown");
+    /// Re-execs once no worker is draining: a draining worker cannot be
+    /// handed over (the next image would not know to wait for it).
+    fn reexec_when_quiet(&mut self) {
+        if !self.reexec_pending || self.shutdown.is_some() {
+            self.reexec_pending = false;
             return;
         }
+        if self
+            .workers
+            .iter()
+            .any(|w| w.facts.state == WorkerState::Draining)
+        {
+            return;
+        }
+        self.reexec_pending = false;
         let handoff = HandOff {
             listener_fds: self.listeners.iter().map(Listener::fd).collect(),
             notify_fd: self.notify_fd(),
@@ -652,7 +667,6 @@ impl Manager {
             workers: self
                 .workers
                 .iter()
-                .filter(|w| w.facts.state != WorkerState::Draining)
                 .map(|w| reexec::HandedWorker {
                     pid: w.pid.as_raw(),
                     id: w.facts.id,
@@ -663,16 +677,6 @@ impl Manager {
                 })
                 .collect(),
         };
-        // Draining workers cannot be handed over: they would linger
-        // unsupervised. Wait until they are gone.
-        if self
-            .workers
-            .iter()
-            .any(|w| w.facts.state == WorkerState::Draining)
-        {
-            warn!("USR2 postponed: workers are still draining; send it again shortly");
-            return;
-        }
         info!(exe = %self.exe.display(), "USR2: re-executing");
         let err = reexec::exec(&self.exe, &self.argv, self.base_env.clone(), &handoff);
         error!(error = %err, "re-exec failed; carrying on");
@@ -933,6 +937,7 @@ impl Manager {
             }
         }
         self.publish();
+        self.reexec_when_quiet();
         if stopping && self.workers.is_empty() {
             info!("all workers gone; exiting");
             return Some(0);

@@ -369,10 +369,15 @@ fn orphans_are_reaped(wrapper: &[&str]) {
         std::thread::sleep(Duration::from_millis(10));
     }
     // ...and once it exits, it is reaped rather than left a zombie.
-    std::thread::sleep(Duration::from_millis(1500));
-    let kids = children_of(manager);
-    assert_eq!(kids.len(), 1, "{kids:?}");
-    assert!(kids.iter().all(|(_, state)| *state != 'Z'), "{kids:?}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let kids = children_of(manager);
+        if kids.len() == 1 && kids.iter().all(|(_, state)| *state != 'Z') {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "not reaped: {kids:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     kill(Pid::from_raw(manager), Signal::SIGTERM).unwrap();
     assert!(
         c.wait_exit(Duration::from_secs(20)).success(),
@@ -412,4 +417,35 @@ fn usr2_reexecs_in_place_without_a_failed_request() {
     assert_nothing_lost(Kind::Builtin, &report, 0, &c.log());
     assert!(pids(&after).iter().all(|p| !pids(&before).contains(p)));
     assert!(after.workers.iter().all(|w| w.state == WorkerState::Ready));
+}
+
+#[test]
+fn usr2_during_a_drain_waits_for_it_then_reexecs() {
+    let mut c = corral().args(&["-w", "2"]).start();
+    c.wait_settled(2, SETTLE);
+    let slow: Vec<_> = (0..4)
+        .map(|_| in_background(c.http, "/delay/2500"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    c.signal(Signal::SIGTTOU);
+    c.wait_for("a draining worker", SETTLE, |d| {
+        d.workers.iter().any(|w| w.state == WorkerState::Draining)
+    });
+    c.signal(Signal::SIGUSR2);
+    let doc = c.wait_for("the re-exec after the drain", SETTLE, |d| {
+        d.generation == 2
+            && d.ready == 1
+            && d.running == 1
+            && d.workers.iter().all(|w| w.generation == 2)
+    });
+    assert_eq!(
+        doc.requested,
+        Some(1),
+        "the runtime count crosses the re-exec"
+    );
+    for s in slow {
+        assert_eq!(s.join().unwrap().unwrap().0, 200);
+    }
+    assert!(c.is_running());
+    assert!(c.log().contains("re-exec: adopted workers"), "{}", c.log());
 }

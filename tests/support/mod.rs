@@ -21,6 +21,8 @@ use corral::contract::WorkersDoc;
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 
+pub mod cluster;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_corral");
 
 /// Tests that run load take turns: on a two-core machine, two load
@@ -86,6 +88,8 @@ pub struct Builder {
     cwd: Option<PathBuf>,
     wrapper: Vec<String>,
     bind: bool,
+    host: String,
+    admin_port: Option<u16>,
 }
 
 pub fn corral() -> Builder {
@@ -96,6 +100,8 @@ pub fn corral() -> Builder {
         cwd: None,
         wrapper: Vec::new(),
         bind: true,
+        host: "127.0.0.1".into(),
+        admin_port: None,
     }
 }
 
@@ -133,6 +139,13 @@ impl Builder {
         self
     }
 
+    /// Listens on `host` (e.g. 127.0.0.2, as a pod IP) with the admin API on `admin_port`.
+    pub fn at(mut self, host: &str, admin_port: u16) -> Self {
+        self.host = host.into();
+        self.admin_port = Some(admin_port);
+        self
+    }
+
     /// Uvicorn serving Django, from the test project's directory.
     pub fn django(self) -> Self {
         let cmd = uvicorn_command();
@@ -140,11 +153,18 @@ impl Builder {
     }
 
     pub fn start(self) -> Corral {
-        let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let http: SocketAddr = format!("{}:{}", self.host, free_port()).parse().unwrap();
+        let admin: SocketAddr = format!(
+            "{}:{}",
+            self.host,
+            self.admin_port.unwrap_or_else(free_port)
+        )
+        .parse()
+        .unwrap();
         let dir = std::env::temp_dir().join(format!(
-            "corral-test-{}-{}",
+            "corral-test-{}-{}-{}",
             std::process::id(),
+            admin.ip(),
             admin.port()
         ));
         std::fs::create_dir_all(&dir).unwrap();
