@@ -6,18 +6,21 @@
 #   APISERVER=$(bash .ci/kube-apiserver.sh)
 #
 # Everything comes from Debian bookworm: golang-1.19-go, etcd-server, the
-# kubernetes source package (v1.20.x, Go dependencies vendored), and two
-# Debian Go libraries that replace their vendored copies, both unsafe-pointer
-# code that is broken with Go >= 1.18:
-#   reflect2 1.0.2 (vendored 1.0.1 makes the server die with "fatal error:
-#     fault" in map iteration);
-#   json-iterator 1.1.12 (with vendored 1.1.10 the decoded objects are
-#     nondeterministically corrupted, e.g. server-side apply of a CRD fails with
-#     "per-version schemas may not all be set to identical values").
+# kubernetes source package (v1.20.x, Go dependencies vendored), with two
+# changes:
+#   reflect2 1.0.2 from Debian replaces the vendored 1.0.1 (that one makes the
+#     server die with "fatal error: fault" in map iteration when built with
+#     Go >= 1.18);
+#   upstream fix pr104990 (the v1.20 backport of kubernetes#104969, released in
+#     v1.20.11) is applied: without it a CRD whose schema has a literal null
+#     (e.g. `enum: [A, B, null]`, as schemars writes for Option<enum>) is
+#     rejected with "per-version schemas may not all be set to identical
+#     values" (and sometimes "spec.preserveUnknownFields: Invalid value: true"),
+#     because the conversion error is swallowed half-way.
 #
 # Cache: ${CORRAL_KUBE_CACHE:-/var/cache/corral/kube}/v<upstream version>-<recipe>/
-# (<recipe> names the replaced libraries, e.g. reflect2-1.0.2-jsoniter-1.1.12,
-# so a change of recipe never reuses a binary built by an older one)
+# (<recipe> names the replaced libraries and applied fixes, e.g.
+# reflect2-1.0.2-pr104990, so a new recipe never reuses an older binary)
 #   kube-apiserver        the binary
 #   *.log                 logs of the last build (tail printed on failure)
 # A cold build takes 10-20 minutes on 2 cores; afterwards this is a no-op.
@@ -30,9 +33,10 @@ gocode=/usr/share/gocode/src
 # Vendored libraries replaced by Debian's: "short name|import path|package"
 replace=(
     "reflect2|github.com/modern-go/reflect2|golang-github-modern-go-reflect2-dev"
-    "jsoniter|github.com/json-iterator/go|golang-github-json-iterator-go-dev"
 )
-packages=(golang-1.19-go rsync etcd-server make)
+# Source fixes (functions below), applied in this order with patch -p1
+fixes=(pr104990)
+packages=(golang-1.19-go rsync etcd-server make patch)
 for r in "${replace[@]}"; do packages+=("${r##*|}"); done
 src_list=/etc/apt/sources.list.d/corral-debian-src.sources
 
@@ -89,7 +93,7 @@ if [[ ${#missing[@]} -gt 0 ]]; then
 fi
 command -v etcd >/dev/null || die "etcd not found after installing etcd-server"
 [[ -x $go_bin/go ]] || die "$go_bin/go missing"
-recipe=""   # e.g. reflect2-1.0.2-jsoniter-1.1.12 (upstream versions)
+recipe=""   # e.g. reflect2-1.0.2-pr104990
 for r in "${replace[@]}"; do
     IFS='|' read -r name imp pkg <<<"$r"
     [[ -d $gocode/$imp ]] || die "$gocode/$imp missing"
@@ -97,6 +101,7 @@ for r in "${replace[@]}"; do
     v="${v%-*}"; v="${v#*:}"
     recipe+="${recipe:+-}$name-$v"
 done
+for f in "${fixes[@]}"; do recipe+="${recipe:+-}$f"; done
 
 # --- which version does Debian ship? ----------------------------------------
 src_version() {
@@ -187,6 +192,128 @@ for r in "${replace[@]}"; do
     mkdir -p "$dst"
     find -L "$gocode/$imp" -maxdepth 1 -type f \( -name '*.go' -o -name '*.s' \
         -o -name 'LICENSE*' \) ! -name '*_test.go' -exec cp -L -t "$dst" {} +
+done
+
+# kubernetes#104969 "Fix conversion of literal null JSON values", as
+# cherry-picked to release-1.20 (#104990): a literal null in a CRD schema
+# (enum/default/example) made the v1 -> internal conversion fail, and
+# Convert_v1_CustomResourceDefinitionSpec_To_apiextensions_... swallowed that
+# error, leaving a half-converted spec that validation then rejects.
+pr104990() {
+    cat <<'PATCH'
+--- a/staging/src/k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1/conversion.go
++++ b/staging/src/k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1/conversion.go
+@@ -17,6 +17,8 @@
+ package v1
+ 
+ import (
++	"bytes"
++
+ 	"k8s.io/apiextensions-apiserver/pkg/apis/apiextensions"
+ 	apiequality "k8s.io/apimachinery/pkg/api/equality"
+ 	"k8s.io/apimachinery/pkg/conversion"
+@@ -36,24 +38,33 @@
+ 	return nil
+ }
+ 
++var nullLiteral = []byte(`null`)
++
+ func Convert_apiextensions_JSON_To_v1_JSON(in *apiextensions.JSON, out *JSON, s conversion.Scope) error {
+ 	raw, err := json.Marshal(*in)
+ 	if err != nil {
+ 		return err
+ 	}
+-	out.Raw = raw
++	if len(raw) == 0 || bytes.Equal(raw, nullLiteral) {
++		// match JSON#UnmarshalJSON treatment of literal nulls
++		out.Raw = nil
++	} else {
++		out.Raw = raw
++	}
+ 	return nil
+ }
+ 
+ func Convert_v1_JSON_To_apiextensions_JSON(in *JSON, out *apiextensions.JSON, s conversion.Scope) error {
+ 	if in != nil {
+ 		var i interface{}
+-		if err := json.Unmarshal(in.Raw, &i); err != nil {
+-			return err
++		if len(in.Raw) > 0 && !bytes.Equal(in.Raw, nullLiteral) {
++			if err := json.Unmarshal(in.Raw, &i); err != nil {
++				return err
++			}
+ 		}
+ 		*out = i
+ 	} else {
+-		out = nil
++		*out = nil
+ 	}
+ 	return nil
+ }
+@@ -103,7 +114,7 @@
+ 
+ func Convert_v1_CustomResourceDefinitionSpec_To_apiextensions_CustomResourceDefinitionSpec(in *CustomResourceDefinitionSpec, out *apiextensions.CustomResourceDefinitionSpec, s conversion.Scope) error {
+ 	if err := autoConvert_v1_CustomResourceDefinitionSpec_To_apiextensions_CustomResourceDefinitionSpec(in, out, s); err != nil {
+-		return nil
++		return err
+ 	}
+ 
+ 	if len(out.Versions) == 0 {
+--- a/staging/src/k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1beta1/conversion.go
++++ b/staging/src/k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1beta1/conversion.go
+@@ -17,6 +17,8 @@
+ package v1beta1
+ 
+ import (
++	"bytes"
++
+ 	"k8s.io/apimachinery/pkg/conversion"
+ 	"k8s.io/apimachinery/pkg/util/json"
+ 
+@@ -36,24 +38,33 @@
+ 	return nil
+ }
+ 
++var nullLiteral = []byte(`null`)
++
+ func Convert_apiextensions_JSON_To_v1beta1_JSON(in *apiextensions.JSON, out *JSON, s conversion.Scope) error {
+ 	raw, err := json.Marshal(*in)
+ 	if err != nil {
+ 		return err
+ 	}
+-	out.Raw = raw
++	if len(raw) == 0 || bytes.Equal(raw, nullLiteral) {
++		// match JSON#UnmarshalJSON treatment of literal nulls
++		out.Raw = nil
++	} else {
++		out.Raw = raw
++	}
+ 	return nil
+ }
+ 
+ func Convert_v1beta1_JSON_To_apiextensions_JSON(in *JSON, out *apiextensions.JSON, s conversion.Scope) error {
+ 	if in != nil {
+ 		var i interface{}
+-		if err := json.Unmarshal(in.Raw, &i); err != nil {
+-			return err
++		if len(in.Raw) > 0 && !bytes.Equal(in.Raw, nullLiteral) {
++			if err := json.Unmarshal(in.Raw, &i); err != nil {
++				return err
++			}
+ 		}
+ 		*out = i
+ 	} else {
+-		out = nil
++		*out = nil
+ 	}
+ 	return nil
+ }
+PATCH
+}
+for f in "${fixes[@]}"; do
+    log "applying source fix $f"
+    "$f" | patch -p1 -d "$src" --forward --no-backup-if-mismatch -s >&2 ||
+        die "fix $f does not apply"
 done
 
 export PATH="$go_bin:$PATH"

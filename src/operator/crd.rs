@@ -139,16 +139,19 @@ pub struct ScalingRules {
 
     /// Which policy applies when several do: Max (the one allowing the most
     /// change), Min, or Disabled (no change in this direction).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub select_policy: Option<SelectPolicy>,
+    // Not an Option: a nullable enum puts `null` among the enum values,
+    // which Kubernetes 1.20.0-1.20.10 cannot convert (kubernetes#104969).
+    #[serde(default)]
+    pub select_policy: SelectPolicy,
 
     /// Limits on how much may change per period.
     #[serde(default)]
     pub policies: Vec<ScalingPolicy>,
 }
 
-#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
 pub enum SelectPolicy {
+    #[default]
     Max,
     Min,
     Disabled,

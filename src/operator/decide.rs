@@ -168,8 +168,7 @@ pub struct Decision {
     pub limited_by: Option<Limit>,
 }
 
-/// One metric's proposal, or None when its value is unknown or it has no
-/// opinion (an empty queue).
+/// One metric's proposal, or None when its value is unknown.
 pub fn propose(metric: Metric, value: f64, current: u32) -> Option<u32> {
     let current_f = f64::from(current.max(1));
     if !value.is_finite() || value < 0.0 {
@@ -177,8 +176,13 @@ pub fn propose(metric: Metric, value: f64, current: u32) -> Option<u32> {
     }
     let target = match metric {
         Metric::Queue { target } if target <= 0.0 => {
-            // Target 0: every waiting connection wants a worker of its own.
-            return (value > 0.0).then(|| current.saturating_add(value.ceil() as u32));
+            // Target 0: every waiting connection wants a worker of its own;
+            // an empty queue asks for as few workers as the bounds allow.
+            return Some(if value > 0.0 {
+                current.saturating_add(value.ceil() as u32)
+            } else {
+                0
+            });
         }
         Metric::Cpu { target } | Metric::Queue { target } | Metric::Prometheus { target } => target,
     };

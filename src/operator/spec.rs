@@ -101,9 +101,9 @@ fn rules(spec: Option<&ScalingRules>, default: Rules) -> Result<Rules, String> {
     Ok(Rules {
         window: spec.stabilization_window_seconds.unwrap_or(default.window),
         select: match spec.select_policy {
-            None | Some(SelectPolicy::Max) => Select::Max,
-            Some(SelectPolicy::Min) => Select::Min,
-            Some(SelectPolicy::Disabled) => Select::Disabled,
+            SelectPolicy::Max => Select::Max,
+            SelectPolicy::Min => Select::Min,
+            SelectPolicy::Disabled => Select::Disabled,
         },
         policies,
     })

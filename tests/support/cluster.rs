@@ -296,12 +296,6 @@ pub fn client(url: &str, token: &str) -> Client {
 
 /// Server-side applies every document of a multi-document YAML text.
 pub async fn apply_yaml(client: &Client, yaml: &str) {
-    if let Err(e) = try_apply_yaml(client, yaml).await {
-        panic!("{e}");
-    }
-}
-
-async fn try_apply_yaml(client: &Client, yaml: &str) -> Result<(), String> {
     let discovery = Discovery::new(client.clone()).run().await.unwrap();
     let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(yaml).unwrap();
     for doc in docs.into_iter().filter(|d| d.is_object()) {
@@ -325,26 +319,18 @@ async fn try_apply_yaml(client: &Client, yaml: &str) -> Result<(), String> {
             &Patch::Apply(&obj),
         )
         .await
-        .map_err(|e| format!("apply {} {}: {e}", gvk.kind, obj.name_any()))?;
+        .unwrap_or_else(|e| panic!("apply {} {}: {e}", gvk.kind, obj.name_any()));
     }
-    Ok(())
 }
 
 /// Installs the CRD and the operator's RBAC from manifests/, once per server.
 pub async fn install(client: &Client) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let crd = std::fs::read_to_string(root.join("manifests/crd.yaml")).unwrap();
-    // This v1.20 build refuses some CRDs for its first half minute or so,
-    // with a spurious "per-version schemas may not all be set to identical
-    // values"; the same request passes once the server has settled.
-    let deadline = Instant::now() + Duration::from_secs(180);
-    while let Err(e) = try_apply_yaml(client, &crd).await {
-        assert!(
-            e.contains("per-version schemas") && Instant::now() < deadline,
-            "{e}"
-        );
-        tokio::time::sleep(Duration::from_secs(2)).await;
-    }
+    apply_yaml(
+        client,
+        &std::fs::read_to_string(root.join("manifests/crd.yaml")).unwrap(),
+    )
+    .await;
     // The CRD needs a moment before its kind is served.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {

@@ -48,7 +48,7 @@ fn proposals_follow_the_hpa_formula() {
 fn a_zero_queue_target_adds_a_worker_per_waiting_connection() {
     let q = Metric::Queue { target: 0.0 };
     assert_eq!(propose(q, 3.0, 2), Some(5));
-    assert_eq!(propose(q, 0.0, 2), None);
+    assert_eq!(propose(q, 0.0, 2), Some(0));
     assert_eq!(propose(Metric::Queue { target: 5.0 }, 10.0, 2), Some(4));
 }
 

@@ -1,0 +1,660 @@
+//! `corral operator` against a real kube-apiserver (with etcd), running as
+//! a real process with the ServiceAccount token the manifests' RBAC binds,
+//! sizing real `corral run` managers that listen on 127.0.0.x as pod IPs.
+
+mod support;
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use corral::contract::WorkersDoc;
+use corral::operator::crd::WorkerAutoscaler;
+use k8s_openapi::api::events::v1::Event;
+use kube::Client;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::json;
+use support::cluster::{self as k, Cluster, Operator};
+use support::*;
+
+const TOKEN: &str = "operator-test-token-0123456789";
+const WAIT: Duration = Duration::from_secs(90);
+
+struct Env {
+    admin: Client,
+    kubeconfig: PathBuf,
+    ns: String,
+    token_file: PathBuf,
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.token_file);
+    }
+}
+
+/// A namespace on the shared server, the CRD and RBAC installed, a token
+/// for the operator's ServiceAccount, and the admin token Secret.
+async fn setup(name: &str) -> Env {
+    let shared = k::shared();
+    let admin = k::client(&shared.url, &shared.admin_token);
+    static INSTALLED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    INSTALLED.get_or_init(|| k::install(&admin)).await;
+    let ns = format!("t-{name}");
+    k::namespace(&admin, &ns).await;
+    k::token_secret(&admin, &ns, "web-corral", TOKEN).await;
+    let token = k::operator_token(&admin).await;
+    let kubeconfig = shared.kubeconfig(&format!("operator-{name}"), &token);
+    let token_file =
+        std::env::temp_dir().join(format!("corral-optoken-{}-{name}", std::process::id()));
+    std::fs::write(&token_file, TOKEN).unwrap();
+    Env {
+        admin,
+        kubeconfig,
+        ns,
+        token_file,
+    }
+}
+
+fn manager(env: &Env, ip: &str, port: u16, args: &[&str]) -> Corral {
+    let c = corral()
+        .at(ip, port)
+        .args(&["--admin-token-file", env.token_file.to_str().unwrap()])
+        .args(args)
+        .start();
+    c.wait_for("the manager to serve", WAIT, |d| d.ready >= 1);
+    c
+}
+
+/// One manager at `ip` (one worker, at most six) and its Ready pod `name`.
+async fn one_pod(env: &Env, ip: &str, name: &str) -> (Corral, u16) {
+    let port = free_port();
+    let m = manager(env, ip, port, &["-w", "1", "--max-workers", "6"]);
+    k::ready_pod(&env.admin, &env.ns, name, web(), ip).await;
+    (m, port)
+}
+
+async fn autoscaler(env: &Env, name: &str, spec: serde_json::Value) -> Api<WorkerAutoscaler> {
+    let api: Api<WorkerAutoscaler> = Api::namespaced(env.admin.clone(), &env.ns);
+    let wa: WorkerAutoscaler = serde_json::from_value(json!({
+        "apiVersion": "corral.dev/v1alpha1",
+        "kind": "WorkerAutoscaler",
+        "metadata": {"name": name},
+        "spec": spec,
+    }))
+    .unwrap();
+    api.create(&PostParams::default(), &wa).await.unwrap();
+    api
+}
+
+/// Polls until `cond` holds on the manager's document.
+async fn until_workers(c: &Corral, what: &str, cond: impl Fn(&WorkersDoc) -> bool) -> WorkersDoc {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(doc) = c.workers()
+            && cond(&doc)
+        {
+            return doc;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {:#?}",
+            c.workers()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn until_status(
+    api: &Api<WorkerAutoscaler>,
+    name: &str,
+    what: &str,
+    cond: impl Fn(&WorkerAutoscaler) -> bool,
+) -> WorkerAutoscaler {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let wa = api.get(name).await.unwrap();
+        if cond(&wa) {
+            return wa;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {:#?}",
+            wa.status
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn condition(wa: &WorkerAutoscaler, type_: &str) -> Option<(String, String, String)> {
+    wa.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+/// An autoscaler spec for the `app: web` pods on `port`, with the test
+/// token and a one-second poll, plus `fields`.
+fn spec(port: u16, fields: serde_json::Value) -> serde_json::Value {
+    let mut spec = json!({
+        "selector": {"matchLabels": {"app": "web"}},
+        "adminPort": port,
+        "tokenSecretRef": {"name": "web-corral", "key": "token"},
+        "pollIntervalSeconds": 1,
+    });
+    for (k, v) in fields.as_object().unwrap() {
+        spec[k] = v.clone();
+    }
+    spec
+}
+
+fn web() -> serde_json::Value {
+    json!({"app": "web"})
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cpu_load_scales_pods_up_and_back_down() {
+    let env = setup("cpu").await;
+    let port = free_port();
+    let a = manager(&env, "127.0.0.2", port, &["-w", "1", "--max-workers", "4"]);
+    let b = manager(&env, "127.0.0.3", port, &["-w", "1", "--max-workers", "4"]);
+    k::ready_pod(&env.admin, &env.ns, "web-a", web(), "127.0.0.2").await;
+    k::ready_pod(&env.admin, &env.ns, "web-b", web(), "127.0.0.3").await;
+    let api = autoscaler(
+        &env,
+        "web",
+        spec(
+            port,
+            json!({
+            "minWorkers": 1,
+            "maxWorkers": 3,
+            "metrics": [{"type": "CPU", "target": 0.3}],
+            "behavior": {
+                "scaleUp": {"stabilizationWindowSeconds": 0, "policies": [{"type": "Workers", "value": 2, "periodSeconds": 1}]},
+                "scaleDown": {"stabilizationWindowSeconds": 8, "policies": [{"type": "Percent", "value": 100, "periodSeconds": 1}]}
+            }
+        })),
+    )
+    .await;
+    let op = Operator::start(&env.kubeconfig, &env.ns, "op-cpu", "lease-cpu", &[]);
+    let load_a = Load::start(a.http, "/cpu/300", 2, Duration::from_secs(120));
+    let load_b = Load::start(b.http, "/cpu/300", 2, Duration::from_secs(120));
+    until_workers(&a, "pod a to scale up", |d| d.desired >= 2).await;
+    until_workers(&b, "pod b to scale up", |d| d.desired >= 2).await;
+    let wa = until_status(&api, "web", "status of both pods", |wa| {
+        wa.status
+            .as_ref()
+            .is_some_and(|s| s.pods == 2 && s.workers >= 4)
+    })
+    .await;
+    assert_eq!(
+        condition(&wa, "ScalingActive").unwrap().0,
+        "True",
+        "{:#?}",
+        wa.status
+    );
+    assert_eq!(condition(&wa, "InvalidSpec").unwrap().0, "False");
+    assert!(wa.status.as_ref().unwrap().utilisation.is_some());
+    let events: Api<Event> = Api::namespaced(env.admin.clone(), &env.ns);
+    let scaled_up = events.list(&ListParams::default()).await.unwrap();
+    assert!(
+        scaled_up
+            .items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("ScaledUp")),
+        "{:#?}",
+        scaled_up.items
+    );
+    let report_a = load_a.stop();
+    let report_b = load_b.stop();
+    assert_eq!(
+        report_a.failed + report_b.failed,
+        0,
+        "{report_a:?} {report_b:?}"
+    );
+    until_workers(&a, "pod a to scale down", |d| d.desired == 1).await;
+    until_workers(&b, "pod b to scale down", |d| d.desired == 1).await;
+    let (_, metrics) = get(op.metrics, "/metrics").unwrap();
+    assert!(
+        metric(
+            &metrics,
+            "corral_operator_scale_events_total{direction=\"up\"}"
+        ) >= 2.0,
+        "{metrics}"
+    );
+    assert!(
+        metric(
+            &metrics,
+            "corral_operator_scale_events_total{direction=\"down\"}"
+        ) >= 2.0,
+        "{metrics}"
+    );
+    assert!(
+        metric(
+            &metrics,
+            "corral_operator_reconciliations_total{result=\"ok\"}"
+        ) >= 1.0,
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saturated_listen_queue_scales_up() {
+    let env = setup("queue").await;
+    let (m, port) = one_pod(&env, "127.0.0.4", "web-q").await;
+    let worker = Pid::from_raw(m.workers().unwrap().workers[0].pid);
+    kill(worker, Signal::SIGSTOP).unwrap();
+    let mut clients: Vec<TcpStream> = (0..3)
+        .map(|_| {
+            let mut s = TcpStream::connect(m.http).unwrap();
+            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            s
+        })
+        .collect();
+    let _api = autoscaler(
+        &env,
+        "web",
+        spec(
+            port,
+            json!({
+                "minWorkers": 1,
+                "maxWorkers": 4,
+                "metrics": [{"type": "QueueLength", "target": 0}]
+            }),
+        ),
+    )
+    .await;
+    let _op = Operator::start(&env.kubeconfig, &env.ns, "op-queue", "lease-queue", &[]);
+    let doc = until_workers(&m, "a scale-up from the queue", |d| d.desired >= 2).await;
+    assert!(doc.desired <= 4);
+    // The new workers take the queued connections.
+    for s in &mut clients {
+        let mut out = String::new();
+        std::io::Read::read_to_string(s, &mut out).unwrap();
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    }
+    kill(worker, Signal::SIGCONT).unwrap();
+}
+
+struct Prometheus {
+    child: std::process::Child,
+    addr: std::net::SocketAddr,
+    dir: PathBuf,
+}
+
+impl Prometheus {
+    fn start(target: std::net::SocketAddr, pod: &str) -> Prometheus {
+        let dir = std::env::temp_dir().join(format!(
+            "corral-prom-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nscrape_configs:\n  - job_name: corral\n    \
+                 static_configs:\n      - targets: ['{target}']\n        labels: {{pod: {pod}}}\n"
+            ),
+        )
+        .unwrap();
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
+        use std::os::unix::process::CommandExt;
+        let child = std::process::Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address={addr}"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .expect("prometheus (Debian package) is installed by .ci/test");
+        wait_http(addr, "/-/ready", WAIT);
+        Prometheus { child, addr, dir }
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::killpg(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL);
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prometheus_query_drives_scaling() {
+    let env = setup("prom").await;
+    let (m, port) = one_pod(&env, "127.0.0.5", "web-p").await;
+    let prom = Prometheus::start(m.admin, "web-p");
+    // Ten times the pod's own count against a target of 5: it doubles
+    // until maxWorkers holds it.
+    let api = autoscaler(
+        &env,
+        "web",
+        spec(
+            port,
+            json!({
+                "minWorkers": 1,
+                "maxWorkers": 3,
+                "metrics": [{"type": "Prometheus", "prometheus": {
+                    "address": format!("http://{}", prom.addr),
+                    "query": "max(corral_workers_desired{pod=\"{{pod}}\"}) * 10",
+                    "target": 5
+                }}]
+            }),
+        ),
+    )
+    .await;
+    let _op = Operator::start(&env.kubeconfig, &env.ns, "op-prom", "lease-prom", &[]);
+    until_workers(&m, "the Prometheus-driven scale-up", |d| d.desired == 3).await;
+    until_status(&api, "web", "maxWorkers to show as the limit", |wa| {
+        wa.status.as_ref().is_some_and(|s| {
+            s.pod_status
+                .iter()
+                .any(|p| p.limited_by.as_deref() == Some("maxWorkers"))
+        })
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_specs_get_a_condition_and_touch_no_pod() {
+    let env = setup("invalid").await;
+    let (m, port) = one_pod(&env, "127.0.0.6", "web-i").await;
+    let api = autoscaler(
+        &env,
+        "backwards",
+        spec(
+            port,
+            json!({
+                "minWorkers": 5,
+                "maxWorkers": 2
+            }),
+        ),
+    )
+    .await;
+    autoscaler(
+        &env,
+        "unknown-metric",
+        spec(
+            port,
+            json!({
+                "minWorkers": 3,
+                "maxWorkers": 4,
+                "metrics": [{"type": "Memory", "target": 1}]
+            }),
+        ),
+    )
+    .await;
+    let _op = Operator::start(&env.kubeconfig, &env.ns, "op-invalid", "lease-invalid", &[]);
+    for (name, words) in [
+        ("backwards", "above maxWorkers"),
+        ("unknown-metric", "unknown type `Memory`"),
+    ] {
+        let wa = until_status(&api, name, "InvalidSpec", |wa| {
+            condition(wa, "InvalidSpec").is_some_and(|c| c.0 == "True")
+        })
+        .await;
+        let (_, reason, message) = condition(&wa, "InvalidSpec").unwrap();
+        assert_eq!(reason, "InvalidSpec");
+        assert!(message.contains(words), "{message}");
+    }
+    // A valid autoscaler would have set 3 workers by now; nothing touched it.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let doc = m.workers().unwrap();
+    assert_eq!((doc.desired, doc.requested), (1, None));
+    // The schema itself refuses what it can express.
+    let refused: Result<WorkerAutoscaler, _> = serde_json::from_value(json!({
+        "apiVersion": "corral.dev/v1alpha1", "kind": "WorkerAutoscaler",
+        "metadata": {"name": "zero"},
+        "spec": {"selector": {"matchLabels": {"app": "web"}}, "minWorkers": 0, "maxWorkers": 2}
+    }));
+    let err = api
+        .create(&PostParams::default(), &refused.unwrap())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("minWorkers"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_pods_and_wrong_tokens_are_reported_not_hammered() {
+    let env = setup("broken").await;
+    let (m, port) = one_pod(&env, "127.0.0.7", "web-ok").await;
+    k::ready_pod(&env.admin, &env.ns, "web-gone", web(), "127.0.0.8").await;
+    k::token_secret(&env.admin, &env.ns, "wrong", "not-the-token-at-all-000").await;
+    let api = autoscaler(
+        &env,
+        "web",
+        json!({
+            "selector": {"matchLabels": {"app": "web"}},
+            "adminPort": port,
+            "tokenSecretRef": {"name": "wrong", "key": "token"},
+            "minWorkers": 2,
+            "maxWorkers": 4
+        }),
+    )
+    .await;
+    let op = Operator::start(&env.kubeconfig, &env.ns, "op-broken", "lease-broken", &[]);
+    let wa = until_status(&api, "web", "the token to be reported", |wa| {
+        condition(wa, "ScalingActive").is_some_and(|c| c.1 == "Unauthorized")
+    })
+    .await;
+    let status = wa.status.unwrap();
+    let gone = status
+        .pod_status
+        .iter()
+        .find(|p| p.name == "web-gone")
+        .unwrap();
+    assert!(
+        gone.message
+            .as_deref()
+            .unwrap_or("")
+            .contains("unreachable"),
+        "{gone:?}"
+    );
+    let ok = status
+        .pod_status
+        .iter()
+        .find(|p| p.name == "web-ok")
+        .unwrap();
+    assert_eq!(ok.current, Some(1));
+    // Refused, reported, and retried at the poll interval, not in a loop.
+    let count = || {
+        metric(
+            &get(op.metrics, "/metrics").unwrap().1,
+            "corral_operator_reconciliations_total{result=\"ok\"}",
+        )
+    };
+    let before = count();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let after = count();
+    assert!(
+        after - before <= 12.0,
+        "{before} -> {after} reconciles in 5s"
+    );
+    assert_eq!(m.workers().unwrap().desired, 1);
+    let events: Api<Event> = Api::namespaced(env.admin.clone(), &env.ns);
+    let list = events.list(&ListParams::default()).await.unwrap();
+    assert!(
+        list.items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("Unauthorized")),
+        "{:#?}",
+        list.items
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_the_autoscaler_returns_pods_to_their_default() {
+    let env = setup("delete").await;
+    let (m, port) = one_pod(&env, "127.0.0.9", "web-d").await;
+    let api = autoscaler(
+        &env,
+        "web",
+        spec(
+            port,
+            json!({
+                "minWorkers": 3,
+                "maxWorkers": 4
+            }),
+        ),
+    )
+    .await;
+    let _op = Operator::start(&env.kubeconfig, &env.ns, "op-delete", "lease-delete", &[]);
+    until_workers(&m, "minWorkers to apply", |d| {
+        d.desired == 3 && d.requested == Some(3)
+    })
+    .await;
+    api.delete("web", &DeleteParams::default()).await.unwrap();
+    until_workers(&m, "the configured default", |d| {
+        d.desired == 1 && d.requested.is_none()
+    })
+    .await;
+    let deadline = Instant::now() + WAIT;
+    while api.get_opt("web").await.unwrap().is_some() {
+        assert!(Instant::now() < deadline, "the finalizer was never removed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn set_min(api: &Api<WorkerAutoscaler>, name: &str, min: u32) {
+    let patch = json!({"spec": {"minWorkers": min}});
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_only_the_leader_acts_and_a_kill_hands_over() {
+    let env = setup("leader").await;
+    let (m, port) = one_pod(&env, "127.0.0.10", "web-l").await;
+    let lease_args = [
+        "--lease-duration-seconds",
+        "4",
+        "--lease-grace-seconds",
+        "1",
+    ];
+    let mut ops = [
+        Operator::start(
+            &env.kubeconfig,
+            &env.ns,
+            "op-a",
+            "lease-leader",
+            &lease_args,
+        ),
+        Operator::start(
+            &env.kubeconfig,
+            &env.ns,
+            "op-b",
+            "lease-leader",
+            &lease_args,
+        ),
+    ];
+    let api = autoscaler(
+        &env,
+        "web",
+        spec(
+            port,
+            json!({
+                "minWorkers": 2,
+                "maxWorkers": 6
+            }),
+        ),
+    )
+    .await;
+    until_workers(&m, "the leader's change", |d| d.desired == 2).await;
+    let roles: Vec<String> = ops
+        .iter()
+        .map(|o| get(o.metrics, "/readyz").unwrap().1)
+        .collect();
+    let leaders = roles.iter().filter(|r| r.contains("leader")).count();
+    assert_eq!(leaders, 1, "{roles:?}");
+    let leader = roles.iter().position(|r| r.contains("leader")).unwrap();
+    let other = 1 - leader;
+    assert!(
+        ops[other].log().contains("standby") || !ops[other].log().contains("leading"),
+        "{}",
+        ops[other].log()
+    );
+    ops[leader].kill();
+    set_min(&api, "web", 3).await;
+    until_workers(&m, "the new leader's change", |d| d.desired == 3).await;
+    assert!(
+        get(ops[other].metrics, "/readyz")
+            .unwrap()
+            .1
+            .contains("leader")
+    );
+    assert!(ops[other].is_running());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_recovers_from_an_api_server_restart() {
+    let mut cluster = Cluster::start();
+    let admin = cluster.admin().await;
+    k::install(&admin).await;
+    let ns = "t-restart";
+    k::namespace(&admin, ns).await;
+    k::token_secret(&admin, ns, "web-corral", TOKEN).await;
+    let token = k::operator_token(&admin).await;
+    let kubeconfig = cluster.kubeconfig("operator-restart", &token);
+    let token_file =
+        std::env::temp_dir().join(format!("corral-optoken-{}-restart", std::process::id()));
+    std::fs::write(&token_file, TOKEN).unwrap();
+    let port = free_port();
+    let m = corral()
+        .at("127.0.0.11", port)
+        .args(&[
+            "-w",
+            "1",
+            "--max-workers",
+            "6",
+            "--admin-token-file",
+            token_file.to_str().unwrap(),
+        ])
+        .start();
+    m.wait_for("the manager", WAIT, |d| d.ready >= 1);
+    k::ready_pod(&admin, ns, "web-r", web(), "127.0.0.11").await;
+    let api: Api<WorkerAutoscaler> = Api::namespaced(admin.clone(), ns);
+    let wa: WorkerAutoscaler = serde_json::from_value(json!({
+        "apiVersion": "corral.dev/v1alpha1", "kind": "WorkerAutoscaler",
+        "metadata": {"name": "web"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "web"}},
+            "adminPort": port,
+            "tokenSecretRef": {"name": "web-corral", "key": "token"},
+            "minWorkers": 2, "maxWorkers": 6, "pollIntervalSeconds": 1
+        }
+    }))
+    .unwrap();
+    api.create(&PostParams::default(), &wa).await.unwrap();
+    let mut op = Operator::start(&kubeconfig, ns, "op-restart", "lease-restart", &[]);
+    until_workers(&m, "the first change", |d| d.desired == 2).await;
+    cluster.restart_apiserver(Duration::from_secs(3));
+    let admin = cluster.admin().await;
+    let api: Api<WorkerAutoscaler> = Api::namespaced(admin, ns);
+    set_min(&api, "web", 3).await;
+    until_workers(&m, "a change after the restart", |d| d.desired == 3).await;
+    assert!(op.is_running(), "{}", op.log());
+    let _ = std::fs::remove_file(&token_file);
+    drop(op);
+    drop(m);
+}
