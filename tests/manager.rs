@@ -456,3 +456,100 @@ fn usr2_during_a_drain_waits_for_it_then_reexecs() {
     assert!(c.is_running());
     assert!(c.log().contains("re-exec: adopted workers"), "{}", c.log());
 }
+
+#[test]
+fn a_worker_s_own_children_die_with_it() {
+    let c = corral()
+        .args(&["-w", "1", "--readiness", "auto", "--boot-grace", "200ms"])
+        .command(&["sh", "-c", "sleep 600 & exec sleep 601"])
+        .start();
+    let doc = c.wait_settled(1, SETTLE);
+    let worker = doc.workers[0].pid;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let child = loop {
+        if let Some((pid, _)) = children_of(worker).first() {
+            break *pid;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the worker's child never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    kill(Pid::from_raw(worker), Signal::SIGKILL).unwrap();
+    c.wait_for("the replacement", SETTLE, |d| {
+        d.ready == 1 && d.workers[0].pid != worker
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while std::path::Path::new(&format!("/proc/{child}")).exists()
+        && std::fs::read_to_string(format!("/proc/{child}/stat")).is_ok_and(|s| !s.contains(") Z "))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the dead worker's child {child} lives on"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_notify_worker_that_never_says_ready_is_replaced_after_the_boot_timeout() {
+    let c = corral()
+        .args(&[
+            "-w",
+            "1",
+            "--readiness",
+            "notify",
+            "--boot-timeout",
+            "1s",
+            "--max-boot-failures",
+            "100",
+        ])
+        .command(&["sleep", "600"])
+        .start();
+    let doc = c.wait_for("a boot timeout", SETTLE, |d| {
+        d.recent_exits
+            .iter()
+            .any(|e| e.exit.reason == ExitReason::BootTimeout)
+    });
+    assert_eq!(doc.ready, 0);
+    assert_eq!(get(c.admin, "/readyz").unwrap().0, 503);
+}
+
+#[test]
+fn int_is_a_quick_shutdown() {
+    let mut c = corral()
+        .args(&["-w", "2", "--graceful-timeout", "30s"])
+        .start();
+    c.wait_settled(2, SETTLE);
+    let slow = in_background(c.http, "/delay/20000");
+    std::thread::sleep(Duration::from_millis(300));
+    let t0 = std::time::Instant::now();
+    c.signal(Signal::SIGINT);
+    assert!(
+        c.wait_exit(Duration::from_secs(10)).success(),
+        "{}",
+        c.log()
+    );
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "quick shutdown took {:?}",
+        t0.elapsed()
+    );
+    assert!(
+        slow.join().unwrap().is_err(),
+        "a quick shutdown does not wait for requests"
+    );
+}
+
+#[test]
+fn usr1_is_passed_to_every_worker() {
+    let c = corral().args(&["-w", "2"]).start();
+    c.wait_settled(2, SETTLE);
+    c.signal(Signal::SIGUSR1);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while c.log().matches("USR1: logs go to stderr").count() < 2 {
+        assert!(std::time::Instant::now() < deadline, "{}", c.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -213,3 +213,35 @@ impl Drop for Listener {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tcp_listeners_get_nodelay_and_the_backlog() {
+        let binds = ["127.0.0.1:0".parse::<BindAddr>().unwrap()];
+        let listeners = open_all(&binds, 77, 0o660, &mut Inherited::default()).unwrap();
+        let l = &listeners[0];
+        assert!(l.is_tcp);
+        assert!(l.socket.tcp_nodelay().unwrap(), "TCP_NODELAY must be set");
+        assert!(l.socket.is_listener().unwrap());
+        assert!(l.name.starts_with("127.0.0.1:"));
+        let queue = crate::manager::probe::listen_queue(l.fd()).unwrap();
+        assert_eq!(queue.backlog, 77);
+    }
+
+    #[test]
+    fn an_inherited_socket_is_adopted_by_address() {
+        let original = bind_tcp("127.0.0.1:0".parse().unwrap(), 16).unwrap();
+        let addr = original.local_addr().unwrap().as_socket().unwrap();
+        let fd = std::os::fd::IntoRawFd::into_raw_fd(original);
+        let mut inherited = Inherited::from_fds(&[fd]).unwrap();
+        let listeners = open_all(&[BindAddr::Tcp(addr)], 2048, 0o660, &mut inherited).unwrap();
+        assert_eq!(
+            listeners[0].fd(),
+            fd,
+            "the inherited socket is reused, not a new one bound"
+        );
+    }
+}
