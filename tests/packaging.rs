@@ -40,12 +40,3 @@ fn manifests_crd_yaml_is_what_corral_crd_prints() {
     // (kubernetes#104969): the CRD would be refused there.
     assert!(!printed.contains("- null"), "an enum lists null");
 }
-
-#[test]
-fn zz_dump() {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/manifests/crd.yaml"))
-        .unwrap();
-    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text).unwrap();
-    let obj: kube::api::DynamicObject = serde_json::from_value(docs[0].clone()).unwrap();
-    std::fs::write("/tmp/rust-body.json", serde_json::to_vec(&obj).unwrap()).unwrap();
-}

@@ -326,11 +326,7 @@ async fn scale_pod(
         outcome.status.message = Some("not running and ready: skipped".into());
         return outcome;
     };
-    let addr = if ip.contains(':') {
-        format!("[{ip}]:{}", plan.admin_port)
-    } else {
-        format!("{ip}:{}", plan.admin_port)
-    };
+    let addr = admin_addr(&ip, plan.admin_port);
     let doc = match pods::workers(&addr).await {
         Ok(doc) => doc,
         Err(e) => {
@@ -460,6 +456,15 @@ fn history_keep(plan: &Plan) -> f64 {
     )
 }
 
+/// `host:port` of a pod's admin API; IPv6 pod IPs need brackets.
+fn admin_addr(ip: &str, port: u16) -> String {
+    if ip.contains(':') {
+        format!("[{ip}]:{port}")
+    } else {
+        format!("{ip}:{port}")
+    }
+}
+
 /// The pod's IP, when it is Running and Ready.
 fn pod_ready_ip(pod: &Pod) -> Option<String> {
     let status = pod.status.as_ref()?;
@@ -502,7 +507,7 @@ async fn release(wa: &WorkerAutoscaler, ctx: &Context) -> Result<Action, Error> 
         let Some(ip) = pod_ready_ip(pod) else {
             continue;
         };
-        let addr = format!("{ip}:{}", plan.admin_port);
+        let addr = admin_addr(&ip, plan.admin_port);
         match pods::set_desired(&addr, token.as_deref(), None).await {
             Ok(()) => {
                 info!(autoscaler = %wa.name_any(), pod = %pod.name_any(), "returned to its default worker count")
