@@ -658,3 +658,65 @@ async fn the_operator_recovers_from_an_api_server_restart() {
     drop(op);
     drop(m);
 }
+
+/// kubectl from .ci/test's tools, against the shared server as admin.
+fn kubectl_dry_run(kubeconfig: &std::path::Path, input: &[u8]) -> (bool, String) {
+    use std::io::Write as _;
+    let tools = PathBuf::from(
+        std::env::var_os("CORRAL_K8S_TOOLS").expect("CORRAL_K8S_TOOLS: run .ci/test"),
+    );
+    let mut child = std::process::Command::new(tools.join("kubectl"))
+        .args(["apply", "--dry-run=server", "-f", "-"])
+        .env("KUBECONFIG", kubeconfig)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chart_render_and_the_manifests_are_accepted_by_the_api_server() {
+    let _env = setup("dryrun").await;
+    let shared = k::shared();
+    let kubeconfig = shared.kubeconfig("admin-dryrun", &shared.admin_token);
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let tools = PathBuf::from(
+        std::env::var_os("CORRAL_K8S_TOOLS").expect("CORRAL_K8S_TOOLS: run .ci/test"),
+    );
+    let render = std::process::Command::new(tools.join("helm"))
+        .args([
+            "template",
+            "corral",
+            "charts/corral",
+            "--namespace",
+            "corral-system",
+            "--kube-version",
+            "1.20.0",
+        ])
+        .current_dir(root)
+        .output()
+        .unwrap();
+    assert!(
+        render.status.success(),
+        "{}",
+        String::from_utf8_lossy(&render.stderr)
+    );
+    let (ok, text) = kubectl_dry_run(&kubeconfig, &render.stdout);
+    assert!(
+        ok && text.contains("deployment.apps/corral created (server dry run)"),
+        "{text}"
+    );
+    for file in ["manifests/crd.yaml", "manifests/operator.yaml"] {
+        let (ok, text) = kubectl_dry_run(&kubeconfig, &std::fs::read(root.join(file)).unwrap());
+        assert!(ok, "{file}: {text}");
+    }
+}
