@@ -659,7 +659,7 @@ impl Manager {
         self.reexec_pending = false;
         let handoff = HandOff {
             listener_fds: self.listeners.iter().map(Listener::fd).collect(),
-            notify_fd: self.notify_fd(),
+            notify_fd: self.notify.raw_fd(),
             notify_address: self.notify.address.clone(),
             admin_fd: self.admin_fd,
             generation: self.generation,
@@ -680,10 +680,6 @@ impl Manager {
         info!(exe = %self.exe.display(), "USR2: re-executing");
         let err = reexec::exec(&self.exe, &self.argv, self.base_env.clone(), &handoff);
         error!(error = %err, "re-exec failed; carrying on");
-    }
-
-    fn notify_fd(&self) -> RawFd {
-        self.notify.raw_fd()
     }
 
     /// Collects every child that ended: workers and, as PID 1 or subreaper,

@@ -5,8 +5,7 @@
 
 mod support;
 
-use std::io::Write;
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -373,14 +372,7 @@ fn the_listen_queue_is_measured_while_workers_cannot_accept() {
     let doc = c.wait_settled(1, SETTLE);
     let worker = Pid::from_raw(doc.workers[0].pid);
     kill(worker, Signal::SIGSTOP).unwrap();
-    let mut clients: Vec<TcpStream> = (0..5)
-        .map(|_| {
-            let mut s = TcpStream::connect(c.http).unwrap();
-            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                .unwrap();
-            s
-        })
-        .collect();
+    let mut clients = queued_requests(c.http, 5);
     let queued = c.wait_for("a queue of 5", SETTLE, |d| {
         d.listeners[0].queue_length == Some(5)
     });
@@ -392,11 +384,7 @@ fn the_listen_queue_is_measured_while_workers_cannot_accept() {
     c.wait_for("the queue to drain", SETTLE, |d| {
         d.listeners[0].queue_length == Some(0)
     });
-    for s in &mut clients {
-        let mut out = String::new();
-        std::io::Read::read_to_string(s, &mut out).unwrap();
-        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
-    }
+    assert_answered(&mut clients);
 }
 
 #[test]
@@ -425,43 +413,11 @@ fn metrics_pass_promtool_and_name_what_design_promises() {
     ] {
         assert!(metrics.contains(name), "{name} missing:\n{metrics}");
     }
-    let mut promtool = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .output_with_stdin(metrics.as_bytes());
-    let out = promtool.wait_output();
-    assert!(
-        out.status.success(),
-        "promtool: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    let (ok, report) = run_with_stdin(
+        Command::new("promtool").args(["check", "metrics"]),
+        metrics.as_bytes(),
     );
-}
-
-/// `Command` with stdin fed from a buffer.
-trait WithStdin {
-    fn output_with_stdin(&mut self, input: &[u8]) -> Running;
-}
-
-struct Running(std::process::Child);
-
-impl WithStdin for Command {
-    fn output_with_stdin(&mut self, input: &[u8]) -> Running {
-        let mut child = self
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("promtool is installed by .ci/test (Debian package prometheus)");
-        child.stdin.take().unwrap().write_all(input).unwrap();
-        Running(child)
-    }
-}
-
-impl Running {
-    fn wait_output(&mut self) -> std::process::Output {
-        let child = std::mem::replace(&mut self.0, Command::new("true").spawn().unwrap());
-        child.wait_with_output().unwrap()
-    }
+    assert!(ok, "promtool: {report}");
 }
 
 #[test]

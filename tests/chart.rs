@@ -5,24 +5,17 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-use support::BIN;
+use support::{BIN, k8s_tool};
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn helm() -> PathBuf {
-    let dir = std::env::var_os("CORRAL_K8S_TOOLS")
-        .map(PathBuf::from)
-        .expect("CORRAL_K8S_TOOLS is not set: run the tests with .ci/test, which installs helm");
-    dir.join("helm")
-}
-
 fn run_helm(args: &[&str]) -> (bool, String) {
-    let out = Command::new(helm())
+    let out = Command::new(k8s_tool("helm"))
         .args(args)
         .current_dir(root())
         .output()

@@ -431,12 +431,15 @@ fn usr2_during_a_drain_waits_for_it_then_reexecs() {
         d.workers.iter().any(|w| w.state == WorkerState::Draining)
     });
     c.signal(Signal::SIGUSR2);
-    std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(
-        c.workers().unwrap().generation,
-        1,
-        "re-exec must wait for the drain"
+    wait_text(
+        "USR2 to be taken",
+        SETTLE,
+        "USR2: re-exec as soon as",
+        || c.log(),
     );
+    let doc = c.workers().unwrap();
+    assert_eq!(doc.generation, 1, "re-exec must wait for the drain");
+    assert!(doc.workers.iter().any(|w| w.state == WorkerState::Draining));
     for w in &before.workers {
         kill(Pid::from_raw(w.pid), Signal::SIGCONT).unwrap();
     }

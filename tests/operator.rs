@@ -4,8 +4,6 @@
 
 mod support;
 
-use std::io::Write;
-use std::net::TcpStream;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -43,11 +41,17 @@ async fn setup(name: &str) -> Env {
     let admin = k::client(&shared.url, &shared.admin_token);
     static INSTALLED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
     INSTALLED.get_or_init(|| k::install(&admin)).await;
+    prepare(admin, name, |user, token| shared.kubeconfig(user, token)).await
+}
+
+/// The namespace, Secret, operator token and token file of one test, on
+/// the server `admin` talks to.
+async fn prepare(admin: Client, name: &str, kubeconfig: impl Fn(&str, &str) -> PathBuf) -> Env {
     let ns = format!("t-{name}");
     k::namespace(&admin, &ns).await;
     k::token_secret(&admin, &ns, "web-corral", TOKEN).await;
     let token = k::operator_token(&admin).await;
-    let kubeconfig = shared.kubeconfig(&format!("operator-{name}"), &token);
+    let kubeconfig = kubeconfig(&format!("operator-{name}"), &token);
     let token_file =
         std::env::temp_dir().join(format!("corral-optoken-{}-{name}", std::process::id()));
     std::fs::write(&token_file, TOKEN).unwrap();
@@ -255,14 +259,7 @@ async fn a_saturated_listen_queue_scales_up() {
     let (m, port) = one_pod(&env, "127.0.0.4", "web-q").await;
     let worker = Pid::from_raw(m.workers().unwrap().workers[0].pid);
     kill(worker, Signal::SIGSTOP).unwrap();
-    let mut clients: Vec<TcpStream> = (0..3)
-        .map(|_| {
-            let mut s = TcpStream::connect(m.http).unwrap();
-            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                .unwrap();
-            s
-        })
-        .collect();
+    let mut clients = queued_requests(m.http, 3);
     let _api = autoscaler(
         &env,
         "web",
@@ -280,11 +277,7 @@ async fn a_saturated_listen_queue_scales_up() {
     let doc = until_workers(&m, "a scale-up from the queue", |d| d.desired >= 2).await;
     assert!(doc.desired <= 4);
     // The new workers take the queued connections.
-    for s in &mut clients {
-        let mut out = String::new();
-        std::io::Read::read_to_string(s, &mut out).unwrap();
-        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
-    }
+    assert_answered(&mut clients);
     kill(worker, Signal::SIGCONT).unwrap();
 }
 
@@ -611,76 +604,34 @@ async fn the_operator_recovers_from_an_api_server_restart() {
     let mut cluster = Cluster::start();
     let admin = cluster.admin().await;
     k::install(&admin).await;
-    let ns = "t-restart";
-    k::namespace(&admin, ns).await;
-    k::token_secret(&admin, ns, "web-corral", TOKEN).await;
-    let token = k::operator_token(&admin).await;
-    let kubeconfig = cluster.kubeconfig("operator-restart", &token);
-    let token_file =
-        std::env::temp_dir().join(format!("corral-optoken-{}-restart", std::process::id()));
-    std::fs::write(&token_file, TOKEN).unwrap();
-    let port = free_port();
-    let m = corral()
-        .at("127.0.0.11", port)
-        .args(&[
-            "-w",
-            "1",
-            "--max-workers",
-            "6",
-            "--admin-token-file",
-            token_file.to_str().unwrap(),
-        ])
-        .start();
-    m.wait_for("the manager", WAIT, |d| d.ready >= 1);
-    k::ready_pod(&admin, ns, "web-r", web(), "127.0.0.11").await;
-    let api: Api<WorkerAutoscaler> = Api::namespaced(admin.clone(), ns);
-    let wa: WorkerAutoscaler = serde_json::from_value(json!({
-        "apiVersion": "corral.dev/v1alpha1", "kind": "WorkerAutoscaler",
-        "metadata": {"name": "web"},
-        "spec": {
-            "selector": {"matchLabels": {"app": "web"}},
-            "adminPort": port,
-            "tokenSecretRef": {"name": "web-corral", "key": "token"},
-            "minWorkers": 2, "maxWorkers": 6, "pollIntervalSeconds": 1
-        }
-    }))
-    .unwrap();
-    api.create(&PostParams::default(), &wa).await.unwrap();
-    let mut op = Operator::start(&kubeconfig, ns, "op-restart", "lease-restart", &[]);
+    let env = prepare(admin, "restart", |user, token| {
+        cluster.kubeconfig(user, token)
+    })
+    .await;
+    let (m, port) = one_pod(&env, "127.0.0.11", "web-r").await;
+    autoscaler(
+        &env,
+        "web",
+        spec(port, json!({"minWorkers": 2, "maxWorkers": 6})),
+    )
+    .await;
+    let mut op = Operator::start(&env.kubeconfig, &env.ns, "op-restart", "lease-restart", &[]);
     until_workers(&m, "the first change", |d| d.desired == 2).await;
     cluster.restart_apiserver(Duration::from_secs(3));
-    let admin = cluster.admin().await;
-    let api: Api<WorkerAutoscaler> = Api::namespaced(admin, ns);
+    let api: Api<WorkerAutoscaler> = Api::namespaced(cluster.admin().await, &env.ns);
     set_min(&api, "web", 3).await;
     until_workers(&m, "a change after the restart", |d| d.desired == 3).await;
     assert!(op.is_running(), "{}", op.log());
-    let _ = std::fs::remove_file(&token_file);
-    drop(op);
-    drop(m);
 }
 
-/// kubectl from .ci/test's tools, against the shared server as admin.
+/// `kubectl apply --dry-run=server` of `input` against the server of `kubeconfig`.
 fn kubectl_dry_run(kubeconfig: &std::path::Path, input: &[u8]) -> (bool, String) {
-    use std::io::Write as _;
-    let tools = PathBuf::from(
-        std::env::var_os("CORRAL_K8S_TOOLS").expect("CORRAL_K8S_TOOLS: run .ci/test"),
-    );
-    let mut child = std::process::Command::new(tools.join("kubectl"))
-        .args(["apply", "--dry-run=server", "-f", "-"])
-        .env("KUBECONFIG", kubeconfig)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(input).unwrap();
-    let out = child.wait_with_output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    run_with_stdin(
+        std::process::Command::new(k8s_tool("kubectl"))
+            .args(["apply", "--dry-run=server", "-f", "-"])
+            .env("KUBECONFIG", kubeconfig),
+        input,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -689,10 +640,7 @@ async fn the_chart_render_and_the_manifests_are_accepted_by_the_api_server() {
     let shared = k::shared();
     let kubeconfig = shared.kubeconfig("admin-dryrun", &shared.admin_token);
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let tools = PathBuf::from(
-        std::env::var_os("CORRAL_K8S_TOOLS").expect("CORRAL_K8S_TOOLS: run .ci/test"),
-    );
-    let render = std::process::Command::new(tools.join("helm"))
+    let render = std::process::Command::new(k8s_tool("helm"))
         .args([
             "template",
             "corral",

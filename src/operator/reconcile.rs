@@ -142,25 +142,8 @@ async fn apply(wa: &WorkerAutoscaler, ctx: &Context) -> Result<Action, Error> {
         }
     };
 
-    let token = match &wa.spec.token_secret_ref {
-        None => Ok(None),
-        Some(r) => {
-            let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-            match secrets.get_opt(&r.name).await? {
-                None => Err(format!("secret {} not found", r.name)),
-                Some(s) => s
-                    .data
-                    .and_then(|d| d.get(&r.key).cloned())
-                    .map(|b| Some(String::from_utf8_lossy(&b.0).trim().to_string()))
-                    .ok_or_else(|| format!("secret {} has no key {}", r.name, r.key)),
-            }
-        }
-    };
-
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let selected = pods
-        .list(&ListParams::default().labels(&plan.selector.to_string()))
-        .await?;
+    let token = read_token(ctx, wa, &ns).await?;
+    let selected = selected_pods(ctx, &ns, &plan).await?;
     let uid = wa.uid().unwrap_or_default();
     let now = now_secs();
     let token_value = token.as_ref().ok().cloned().flatten();
@@ -482,27 +465,49 @@ fn pod_ready_ip(pod: &Pod) -> Option<String> {
     status.pod_ip.clone()
 }
 
+/// The admin token from `tokenSecretRef`: `Ok(None)` without a reference,
+/// `Err` (the condition message) when the Secret or its key is missing.
+async fn read_token(
+    ctx: &Context,
+    wa: &WorkerAutoscaler,
+    ns: &str,
+) -> Result<Result<Option<String>, String>, Error> {
+    let Some(r) = &wa.spec.token_secret_ref else {
+        return Ok(Ok(None));
+    };
+    let secret = Api::<Secret>::namespaced(ctx.client.clone(), ns)
+        .get_opt(&r.name)
+        .await?;
+    Ok(match secret {
+        None => Err(format!("secret {} not found", r.name)),
+        Some(s) => s
+            .data
+            .and_then(|d| d.get(&r.key).cloned())
+            .map(|b| Some(String::from_utf8_lossy(&b.0).trim().to_string()))
+            .ok_or_else(|| format!("secret {} has no key {}", r.name, r.key)),
+    })
+}
+
+async fn selected_pods(
+    ctx: &Context,
+    ns: &str,
+    plan: &Plan,
+) -> Result<kube::core::ObjectList<Pod>, Error> {
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    Ok(pods
+        .list(&ListParams::default().labels(&plan.selector.to_string()))
+        .await?)
+}
+
 /// On deletion: every selected pod goes back to its configured count.
 async fn release(wa: &WorkerAutoscaler, ctx: &Context) -> Result<Action, Error> {
     let ns = wa.namespace().ok_or(Error::NoNamespace)?;
     let Ok(plan) = spec::plan(&wa.spec) else {
         return Ok(Action::await_change());
     };
-    let token = match &wa.spec.token_secret_ref {
-        Some(r) => Api::<Secret>::namespaced(ctx.client.clone(), &ns)
-            .get_opt(&r.name)
-            .await?
-            .and_then(|s| s.data)
-            .and_then(|d| {
-                d.get(&r.key)
-                    .map(|b| String::from_utf8_lossy(&b.0).trim().to_string())
-            }),
-        None => None,
-    };
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let selected = pods
-        .list(&ListParams::default().labels(&plan.selector.to_string()))
-        .await?;
+    // Without a usable token the managers refuse, and say so in the log.
+    let token = read_token(ctx, wa, &ns).await?.ok().flatten();
+    let selected = selected_pods(ctx, &ns, &plan).await?;
     for pod in &selected.items {
         let Some(ip) = pod_ready_ip(pod) else {
             continue;

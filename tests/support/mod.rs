@@ -475,6 +475,68 @@ pub fn in_background(addr: SocketAddr, path: &str) -> JoinHandle<std::io::Result
     std::thread::spawn(move || get(addr, &path))
 }
 
+/// `n` requests written on fresh connections and not yet answered: with
+/// the workers stopped, they wait in the listen queue.
+pub fn queued_requests(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
+    (0..n)
+        .map(|_| {
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            s
+        })
+        .collect()
+}
+
+/// Reads every connection to its end and checks each was answered 200.
+pub fn assert_answered(clients: &mut [TcpStream]) {
+    for s in clients {
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    }
+}
+
+/// A binary from the helm/kubectl directory .ci/test prepares.
+pub fn k8s_tool(name: &str) -> PathBuf {
+    let dir = std::env::var_os("CORRAL_K8S_TOOLS")
+        .map(PathBuf::from)
+        .expect("CORRAL_K8S_TOOLS is not set: run the tests with .ci/test, which installs helm and kubectl");
+    dir.join(name)
+}
+
+/// Runs `cmd` with `input` on its standard input; returns success and
+/// stdout followed by stderr.
+pub fn run_with_stdin(cmd: &mut Command, input: &[u8]) -> (bool, String) {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {cmd:?}: {e}"));
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// Polls until `text()` contains `needle`.
+pub fn wait_text(what: &str, limit: Duration, needle: &str, text: impl Fn() -> String) {
+    let deadline = Instant::now() + limit;
+    while !text().contains(needle) {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}:\n{}",
+            text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Processes whose parent is `ppid`, with their state letter.
 pub fn children_of(ppid: i32) -> Vec<(i32, char)> {
     let mut out = Vec::new();
