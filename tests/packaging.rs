@@ -1,10 +1,12 @@
-//! What users apply: the generated CRD must be the one in manifests/.
+//! What users apply and build: the generated CRD must be the one in
+//! manifests/, and the Dockerfiles are checked against the binary.
 
 mod support;
 
+use std::path::Path;
 use std::process::Command;
 
-use support::BIN;
+use support::{BIN, venv};
 
 #[test]
 fn manifests_crd_yaml_is_what_corral_crd_prints() {
@@ -41,48 +43,77 @@ fn manifests_crd_yaml_is_what_corral_crd_prints() {
     assert!(!printed.contains("- null"), "an enum lists null");
 }
 
+/// A Dockerfile's instructions, comments and blank lines dropped.
+struct Dockerfile(Vec<String>);
+
+impl Dockerfile {
+    fn read(path: &str) -> Dockerfile {
+        let text =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(path)).unwrap();
+        Dockerfile(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(String::from)
+                .collect(),
+        )
+    }
+
+    /// The stages' names (`FROM image AS name`), in order.
+    fn stages(&self) -> Vec<&str> {
+        self.0
+            .iter()
+            .filter(|l| l.starts_with("FROM "))
+            .map(|l| l.rsplit(' ').next().unwrap())
+            .collect()
+    }
+
+    /// The instructions of the last stage, the image that ships.
+    fn runtime(&self) -> &[String] {
+        let last = self.0.iter().rposition(|l| l.starts_with("FROM ")).unwrap();
+        &self.0[last..]
+    }
+
+    fn value(&self, key: &str) -> &str {
+        self.runtime()
+            .iter()
+            .find_map(|l| l.strip_prefix(key))
+            .unwrap_or_else(|| panic!("no {key}"))
+            .trim()
+    }
+
+    fn exec_form(&self, key: &str) -> Vec<String> {
+        serde_json::from_str(self.value(key))
+            .unwrap_or_else(|e| panic!("{key} is not exec form: {e}"))
+    }
+
+    fn assert_non_root(&self) {
+        let user = self.value("USER ");
+        let uid = user.split(':').next().unwrap();
+        assert!(uid != "root" && uid != "0", "runs as {user}");
+    }
+
+    fn copies_corral_from(&self, stage: &str) -> bool {
+        self.runtime().iter().any(|l| {
+            l.starts_with(&format!("COPY --from={stage} /usr/local/bin/corral "))
+                || (l.starts_with(&format!("COPY --from={stage} "))
+                    && l.ends_with("/usr/local/bin/corral"))
+        })
+    }
+}
+
 /// No Docker engine here, so the Dockerfile is checked statically: two
 /// stages, a non-root runtime holding /usr/local/bin/corral, `corral` as
 /// the entrypoint, and a default command the binary really accepts.
 #[test]
 fn the_dockerfile_builds_a_non_root_image_whose_command_the_binary_accepts() {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Dockerfile")).unwrap();
-    let lines: Vec<&str> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .collect();
-    let stages: Vec<usize> = lines
-        .iter()
-        .enumerate()
-        .filter(|(_, l)| l.starts_with("FROM "))
-        .map(|(i, _)| i)
-        .collect();
+    let file = Dockerfile::read("Dockerfile");
+    let stages = file.stages();
     assert!(stages.len() >= 2, "multi-stage: {stages:?}");
-    let build_stage = lines[stages[0]].rsplit(' ').next().unwrap();
-    let runtime = &lines[*stages.last().unwrap()..];
-    assert!(
-        runtime
-            .iter()
-            .any(|l| l.starts_with(&format!("COPY --from={build_stage} "))
-                && l.ends_with("/usr/local/bin/corral")),
-        "{runtime:?}"
-    );
-    let user = runtime
-        .iter()
-        .find_map(|l| l.strip_prefix("USER "))
-        .expect("a USER in the runtime stage");
-    let uid = user.split(':').next().unwrap();
-    assert!(uid != "root" && uid != "0", "runs as {user}");
-    let exec_form = |key: &str| -> Vec<String> {
-        let raw = runtime
-            .iter()
-            .find_map(|l| l.strip_prefix(key))
-            .unwrap_or_else(|| panic!("no {key}"));
-        serde_json::from_str(raw.trim()).unwrap_or_else(|e| panic!("{key} is not exec form: {e}"))
-    };
-    assert_eq!(exec_form("ENTRYPOINT "), vec!["corral"]);
-    let mut cmd = exec_form("CMD ");
+    assert!(file.copies_corral_from(stages[0]), "{:?}", file.runtime());
+    file.assert_non_root();
+    assert_eq!(file.exec_form("ENTRYPOINT "), vec!["corral"]);
+    let mut cmd = file.exec_form("CMD ");
     cmd.push("--check-config".into());
     let out = Command::new(BIN).args(&cmd).output().unwrap();
     assert!(
@@ -97,10 +128,7 @@ fn the_dockerfile_builds_a_non_root_image_whose_command_the_binary_accepts() {
         .output()
         .unwrap();
     let config = String::from_utf8(printed.stdout).unwrap();
-    let expose = runtime
-        .iter()
-        .find_map(|l| l.strip_prefix("EXPOSE "))
-        .unwrap();
+    let expose = file.value("EXPOSE ");
     for port in ["8000", "9000"] {
         assert!(expose.split(' ').any(|p| p == port), "EXPOSE {expose}");
         assert!(config.contains(&format!(":{port}")), "{config}");
@@ -115,4 +143,50 @@ fn the_dockerfile_builds_a_non_root_image_whose_command_the_binary_accepts() {
     let ignore =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/.dockerignore")).unwrap();
     assert!(ignore.lines().any(|l| l.trim() == "target/"));
+}
+
+/// The Django example's image: corral copied from corral's own image (of
+/// the chart's version) to where that image keeps it, a non-root user, and
+/// `corral run` in front of Uvicorn as a command the binary accepts.
+#[test]
+fn the_django_example_dockerfile_copies_corral_in_and_runs_it() {
+    let file = Dockerfile::read("manifests/examples/django/Dockerfile");
+    let stages = file.stages();
+    assert_eq!(stages.len(), 2, "{stages:?}");
+    assert!(file.copies_corral_from(stages[0]), "{:?}", file.runtime());
+    let chart = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/corral/Chart.yaml"),
+    )
+    .unwrap();
+    let app_version = chart
+        .lines()
+        .find_map(|l| l.strip_prefix("appVersion: "))
+        .unwrap()
+        .trim_matches('"');
+    assert!(
+        file.0
+            .contains(&format!("ARG CORRAL_IMAGE=corral:{app_version}")),
+        "the example should copy corral from the image of this version"
+    );
+    file.assert_non_root();
+    let entrypoint = file.exec_form("ENTRYPOINT ");
+    assert_eq!(entrypoint, vec!["corral", "run"]);
+    let mut args = vec!["run".to_string(), "--check-config".into()];
+    args.extend(file.exec_form("CMD "));
+    assert!(args.contains(&"{fd}".to_string()), "{args:?}");
+    let path = format!(
+        "{}:{}",
+        venv().join("bin").display(),
+        std::env::var("PATH").unwrap()
+    );
+    let out = Command::new(BIN)
+        .args(&args)
+        .env("PATH", path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "`corral {args:?}`: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

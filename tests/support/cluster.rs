@@ -351,7 +351,12 @@ pub async fn install(client: &Client) {
 /// A token for the operator's ServiceAccount, bound by the manifests' RBAC
 /// and nothing else.
 pub async fn operator_token(client: &Client) -> String {
-    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), "corral-system");
+    service_account_token(client, "corral-system", "corral").await
+}
+
+/// A token for ServiceAccount `ns/name`, as the kubelet would mount it.
+pub async fn service_account_token(client: &Client, ns: &str, name: &str) -> String {
+    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
     let request = TokenRequest {
         spec: TokenRequestSpec {
             audiences: Some(vec!["https://kubernetes.default.svc".into()]),
@@ -362,7 +367,7 @@ pub async fn operator_token(client: &Client) -> String {
         ..Default::default()
     };
     let answer: TokenRequest = sas
-        .create_token_request("corral-operator", &PostParams::default(), &request)
+        .create_token_request(name, &PostParams::default(), &request)
         .await
         .unwrap();
     answer
@@ -396,12 +401,26 @@ pub async fn token_secret(client: &Client, ns: &str, name: &str, token: &str) {
 
 /// A Pod object whose status says Running and Ready at `ip`.
 pub async fn ready_pod(client: &Client, ns: &str, name: &str, labels: serde_json::Value, ip: &str) {
-    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let pod: Pod = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": name, "labels": labels},
+    let template = serde_json::json!({
+        "metadata": {"labels": labels},
         "spec": {"containers": [{"name": "app", "image": "corral:test"}]},
-    }))
-    .unwrap();
+    });
+    ready_pod_from(client, ns, name, &template, ip).await;
+}
+
+/// The Pod a Deployment's `template` would give, Running and Ready at `ip`
+/// (there is no kubelet to do it).
+pub async fn ready_pod_from(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    template: &serde_json::Value,
+    ip: &str,
+) {
+    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let mut pod = template.clone();
+    pod["metadata"]["name"] = name.into();
+    let pod: Pod = serde_json::from_value(pod).unwrap();
     api.create(&PostParams::default(), &pod).await.unwrap();
     let status = serde_json::json!({"status": {
         "phase": "Running",
@@ -430,27 +449,42 @@ impl Operator {
         extra: &[&str],
     ) -> Operator {
         let metrics: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut args: Vec<String> = [
+            "operator",
+            "--metrics-bind",
+            &metrics.to_string(),
+            "--namespace",
+            namespace,
+            "--lease-namespace",
+            "corral-system",
+            "--lease-name",
+            lease,
+            "--identity",
+            identity,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let env = vec![("CORRAL_LOG_LEVEL".into(), "info,corral=debug".into())];
+        Operator::spawn(kubeconfig, identity, &args, &env, metrics)
+    }
+
+    /// `corral ARGS` with exactly `env` besides KUBECONFIG, serving its
+    /// metrics on `metrics` (which ARGS must say).
+    pub fn spawn(
+        kubeconfig: &Path,
+        identity: &str,
+        args: &[String],
+        env: &[(String, String)],
+        metrics: std::net::SocketAddr,
+    ) -> Operator {
         let log = kubeconfig.with_extension(format!("{identity}.log"));
         let file = std::fs::File::create(&log).unwrap();
         let child = Command::new(BIN)
-            .args([
-                "operator",
-                "--metrics-bind",
-                &metrics.to_string(),
-                "--namespace",
-                namespace,
-            ])
-            .args([
-                "--lease-namespace",
-                "corral-system",
-                "--lease-name",
-                lease,
-                "--identity",
-                identity,
-            ])
-            .args(extra)
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .env("KUBECONFIG", kubeconfig)
-            .env("CORRAL_LOG_LEVEL", "info,corral=debug")
             .stdin(Stdio::null())
             .stdout(file.try_clone().unwrap())
             .stderr(file)

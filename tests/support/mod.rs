@@ -505,6 +505,20 @@ pub fn k8s_tool(name: &str) -> PathBuf {
     dir.join(name)
 }
 
+/// Checks Prometheus Operator resources against that project's schemas
+/// (the npm models .ci/test installs): the test API server has no
+/// monitoring.coreos.com CRDs to dry-run them against.
+pub fn validate_monitors(docs: &[serde_json::Value]) -> (bool, String) {
+    let models = std::env::var_os("CORRAL_MONITORING_MODELS").expect(
+        "CORRAL_MONITORING_MODELS is not set: run the tests with .ci/test, which installs the models",
+    );
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/validate-monitors.mjs");
+    run_with_stdin(
+        Command::new("node").arg(script).arg(models),
+        serde_json::to_string(docs).unwrap().as_bytes(),
+    )
+}
+
 /// Runs `cmd` with `input` on its standard input; returns success and
 /// stdout followed by stderr.
 pub fn run_with_stdin(cmd: &mut Command, input: &[u8]) -> (bool, String) {

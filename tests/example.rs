@@ -1,0 +1,223 @@
+//! What a user installs, end to end on a fresh kube-apiserver: the
+//! operator from manifests/operator.yaml (the chart's default render) run
+//! with its Deployment's own arguments, environment and ServiceAccount
+//! token, and the Django example of manifests/examples/django created for
+//! real, its pod served by a real `corral run` with the example's own
+//! arguments in front of Uvicorn and Django.
+
+mod support;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use corral::operator::crd::WorkerAutoscaler;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use serde_json::{Value, json};
+use support::cluster::{self as k, Cluster, Operator};
+use support::*;
+
+const WAIT: Duration = Duration::from_secs(90);
+const POD_IP: &str = "127.0.0.21";
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn docs(path: &str) -> Vec<Value> {
+    let text = std::fs::read_to_string(root().join(path)).unwrap();
+    let docs: Vec<Value> = serde_saphyr::from_multiple(&text).unwrap();
+    docs.into_iter().filter(Value::is_object).collect()
+}
+
+fn the(docs: &[Value], kind: &str) -> Value {
+    let found: Vec<&Value> = docs.iter().filter(|d| d["kind"] == kind).collect();
+    assert_eq!(found.len(), 1, "one {kind}");
+    found[0].clone()
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The container's environment as the kubelet would set it, for the pod
+/// `pod` in `namespace`.
+fn container_env(container: &Value, pod: &str, namespace: &str) -> Vec<(String, String)> {
+    container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let name = e["name"].as_str().unwrap().to_string();
+            let value = match e["valueFrom"]["fieldRef"]["fieldPath"].as_str() {
+                Some("metadata.name") => pod.to_string(),
+                Some("metadata.namespace") => namespace.to_string(),
+                Some(other) => panic!("unhandled fieldRef {other}"),
+                None => e["value"].as_str().unwrap().to_string(),
+            };
+            (name, value)
+        })
+        .collect()
+}
+
+async fn until<T>(what: &str, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_as_deployed_reconciles_the_django_example() {
+    let cluster = Cluster::start();
+    let admin = cluster.admin().await;
+    k::install(&admin).await;
+
+    // The operator, as its Deployment would run it.
+    let operator_docs = docs("manifests/operator.yaml");
+    let deployment = the(&operator_docs, "Deployment");
+    let namespace = deployment["metadata"]["namespace"].as_str().unwrap();
+    let pod = &deployment["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    let sa = pod["serviceAccountName"].as_str().unwrap();
+    let token = k::service_account_token(&admin, namespace, sa).await;
+    let kubeconfig = cluster.kubeconfig("operator-example", &token);
+    let metrics: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    // Only the metrics port moves, so parallel tests cannot collide on 8080.
+    let args: Vec<String> = strings(&container["args"])
+        .into_iter()
+        .map(|a| match a.strip_prefix("--metrics-bind=") {
+            Some(_) => format!("--metrics-bind={metrics}"),
+            None => a,
+        })
+        .collect();
+    let env = container_env(container, "corral-5d9c7b-x2x4q", namespace);
+    let operator = Operator::spawn(&kubeconfig, "deployed", &args, &env, metrics);
+
+    // The example, created for real (its PodMonitor needs the Prometheus
+    // Operator's CRDs, which this server lacks: tests/chart.rs checks it).
+    let mut example = Vec::new();
+    for file in [
+        "secret.yaml",
+        "deployment.yaml",
+        "service.yaml",
+        "workerautoscaler.yaml",
+    ] {
+        example.extend(docs(&format!("manifests/examples/django/{file}")));
+    }
+    let yaml = example
+        .iter()
+        .map(|d| serde_json::to_string(d).unwrap())
+        .collect::<Vec<_>>()
+        .join("\n---\n");
+    k::apply_yaml(&admin, &yaml).await;
+
+    // Its pod: the Deployment's template at a loopback address, served by
+    // corral with the container's own arguments; only the addresses (the
+    // pod IP) and the token file's path (a Secret volume) are local.
+    let app = the(&example, "Deployment");
+    let template = &app["spec"]["template"];
+    let app_container = &template["spec"]["containers"][0];
+    let token_value = the(&example, "Secret")["stringData"]["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let token_file = std::env::temp_dir().join(format!("corral-example-{}", std::process::id()));
+    std::fs::write(&token_file, &token_value).unwrap();
+    let all = strings(&app_container["args"]);
+    let split = all.iter().position(|a| a == "--").unwrap();
+    let mut flags = Vec::new();
+    for a in &all[..split] {
+        if a.starts_with("--bind=") || a.starts_with("--admin-bind=") {
+            continue;
+        }
+        match a.strip_prefix("--admin-token-file=") {
+            Some(_) => flags.push(format!("--admin-token-file={}", token_file.display())),
+            None => flags.push(a.clone()),
+        }
+    }
+    let admin_port = app_container["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "admin")
+        .unwrap()["containerPort"]
+        .as_u64()
+        .unwrap() as u16;
+    let path = format!(
+        "{}:{}",
+        venv().join("bin").display(),
+        std::env::var("PATH").unwrap()
+    );
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let manager = corral()
+        .at(POD_IP, admin_port)
+        .args(&flags)
+        .command(&all[split + 1..])
+        .cwd(django_dir())
+        .env("PATH", &path)
+        .start();
+    manager.wait_for("Django to serve", WAIT, |d| d.ready >= 1);
+    k::ready_pod_from(&admin, "default", "mysite-6f7d9-abcde", template, POD_IP).await;
+
+    // The operator reads the pod through the token Secret and reports it.
+    let api: Api<WorkerAutoscaler> = Api::namespaced(admin.clone(), "default");
+    let wa = the(&example, "WorkerAutoscaler");
+    let name = wa["metadata"]["name"].as_str().unwrap().to_string();
+    let min = wa["spec"]["minWorkers"].as_u64().unwrap() as u32;
+    until(
+        "the autoscaler's status to list the pod and be Ready",
+        async || {
+            let wa = api.get(&name).await.ok()?;
+            let status = wa.status?;
+            let ready = status
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True");
+            let pod = status
+                .pod_status
+                .iter()
+                .find(|p| p.name == "mysite-6f7d9-abcde")?;
+            (ready && pod.current? >= min).then_some(())
+        },
+    )
+    .await;
+    let doc = manager.wait_for("the minimum", WAIT, |d| d.desired >= min && d.ready >= min);
+    assert!(doc.desired >= min, "{doc:?}");
+
+    // A change of the spec reaches the pod's workers (PUT with the token).
+    api.patch(
+        &name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"minWorkers": min + 1}})),
+    )
+    .await
+    .unwrap();
+    manager.wait_for("one more Django worker", WAIT, |d| {
+        d.desired == min + 1 && d.ready == min + 1
+    });
+    let (status, body) = get(manager.http, "/").unwrap();
+    assert_eq!((status, body.as_str()), (200, "hello from django\n"));
+
+    // Deleting the autoscaler hands the pod back to its default and lets
+    // the finalizer go.
+    api.delete(&name, &DeleteParams::default()).await.unwrap();
+    until("the autoscaler to be gone", async || {
+        api.get_opt(&name).await.unwrap().is_none().then_some(())
+    })
+    .await;
+    manager.wait_for("the default count", WAIT, |d| d.desired != min + 1);
+    assert!(
+        !operator.log().contains("Forbidden"),
+        "the chart's RBAC is missing a permission:\n{}",
+        operator.log()
+    );
+    let _ = std::fs::remove_file(&token_file);
+}
