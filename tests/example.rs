@@ -14,10 +14,13 @@ use corral::operator::crd::WorkerAutoscaler;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use serde_json::{Value, json};
 use support::cluster::{self as k, Cluster, Operator};
+use support::prometheus::Prometheus;
 use support::*;
 
 const WAIT: Duration = Duration::from_secs(90);
 const POD_IP: &str = "127.0.0.21";
+const APP_POD: &str = "mysite-6f7d9-abcde";
+const OPERATOR_POD: &str = "corral-5d9c7b-x2x4q";
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -98,7 +101,7 @@ async fn the_operator_as_deployed_reconciles_the_django_example() {
             None => a,
         })
         .collect();
-    let env = container_env(container, "corral-5d9c7b-x2x4q", namespace);
+    let env = container_env(container, OPERATOR_POD, namespace);
     let operator = Operator::spawn(&kubeconfig, "deployed", &args, &env, metrics);
 
     // The example, created for real (its PodMonitor needs the Prometheus
@@ -165,7 +168,13 @@ async fn the_operator_as_deployed_reconciles_the_django_example() {
         .env("PATH", &path)
         .start();
     manager.wait_for("Django to serve", WAIT, |d| d.ready >= 1);
-    k::ready_pod_from(&admin, "default", "mysite-6f7d9-abcde", template, POD_IP).await;
+    k::ready_pod_from(&admin, "default", APP_POD, template, POD_IP).await;
+    // Prometheus scrapes both as the chart's PodMonitor and ServiceMonitor
+    // would, labelling each series with its pod.
+    let prometheus = Prometheus::start(&[
+        (manager.admin, &[("namespace", "default"), ("pod", APP_POD)]),
+        (metrics, &[("namespace", namespace), ("pod", OPERATOR_POD)]),
+    ]);
 
     // The operator reads the pod through the token Secret and reports it.
     let api: Api<WorkerAutoscaler> = Api::namespaced(admin.clone(), "default");
@@ -181,10 +190,7 @@ async fn the_operator_as_deployed_reconciles_the_django_example() {
                 .conditions
                 .iter()
                 .any(|c| c.type_ == "Ready" && c.status == "True");
-            let pod = status
-                .pod_status
-                .iter()
-                .find(|p| p.name == "mysite-6f7d9-abcde")?;
+            let pod = status.pod_status.iter().find(|p| p.name == APP_POD)?;
             (ready && pod.current? >= min).then_some(())
         },
     )
@@ -206,6 +212,8 @@ async fn the_operator_as_deployed_reconciles_the_django_example() {
     let (status, body) = get(manager.http, "/").unwrap();
     assert_eq!((status, body.as_str()), (200, "hello from django\n"));
 
+    dashboard_queries_answer(&prometheus).await;
+
     // Deleting the autoscaler hands the pod back to its default and lets
     // the finalizer go.
     api.delete(&name, &DeleteParams::default()).await.unwrap();
@@ -220,4 +228,55 @@ async fn the_operator_as_deployed_reconciles_the_django_example() {
         operator.log()
     );
     let _ = std::fs::remove_file(&token_file);
+}
+
+/// Every query of the chart's Grafana dashboard (its variables set to All)
+/// runs against what the example's manager and the operator exported, and
+/// every one has data but the cgroup memory limit: this host sets none.
+async fn dashboard_queries_answer(prometheus: &Prometheus) {
+    let text =
+        std::fs::read_to_string(root().join("charts/corral/dashboards/corral.json")).unwrap();
+    let dashboard: Value = serde_json::from_str(&text).unwrap();
+    let mut queries = Vec::new();
+    let mut panels: Vec<&Value> = dashboard["panels"].as_array().unwrap().iter().collect();
+    while let Some(panel) = panels.pop() {
+        if let Some(inner) = panel["panels"].as_array() {
+            panels.extend(inner);
+        }
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"]
+                .as_str()
+                .unwrap()
+                .replace("$namespace", ".*")
+                .replace("$pod", ".*")
+                .replace("$__rate_interval", "10s");
+            queries.push(expr);
+        }
+    }
+    assert!(queries.len() >= 10, "{queries:?}");
+    let mut empty = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        empty.clear();
+        for expr in &queries {
+            let has_data = prometheus
+                .query(expr)
+                .iter()
+                .any(|r| r["value"][1].as_str().is_some_and(|v| v != "NaN"));
+            if !has_data {
+                empty.push(expr.clone());
+            }
+        }
+        let unset = |e: &String| e.contains("corral_cgroup_memory_limit_bytes");
+        if empty.iter().all(unset) || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert!(
+        empty
+            .iter()
+            .all(|e| e.contains("corral_cgroup_memory_limit_bytes")),
+        "queries without data: {empty:#?}"
+    );
 }

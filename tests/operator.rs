@@ -16,6 +16,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::json;
 use support::cluster::{self as k, Cluster, Operator};
+use support::prometheus::Prometheus;
 use support::*;
 
 const TOKEN: &str = "operator-test-token-0123456789";
@@ -281,62 +282,11 @@ async fn a_saturated_listen_queue_scales_up() {
     kill(worker, Signal::SIGCONT).unwrap();
 }
 
-struct Prometheus {
-    child: std::process::Child,
-    addr: std::net::SocketAddr,
-    dir: PathBuf,
-}
-
-impl Prometheus {
-    fn start(target: std::net::SocketAddr, pod: &str) -> Prometheus {
-        let dir = std::env::temp_dir().join(format!(
-            "corral-prom-{}-{}",
-            std::process::id(),
-            free_port()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let config = dir.join("prometheus.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nscrape_configs:\n  - job_name: corral\n    \
-                 static_configs:\n      - targets: ['{target}']\n        labels: {{pod: {pod}}}\n"
-            ),
-        )
-        .unwrap();
-        let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
-        use std::os::unix::process::CommandExt;
-        let child = std::process::Command::new("prometheus")
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("data").display()
-            ))
-            .arg(format!("--web.listen-address={addr}"))
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .process_group(0)
-            .spawn()
-            .expect("prometheus (Debian package) is installed by .ci/test");
-        wait_http(addr, "/-/ready", WAIT);
-        Prometheus { child, addr, dir }
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::killpg(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL);
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_prometheus_query_drives_scaling() {
     let env = setup("prom").await;
     let (m, port) = one_pod(&env, "127.0.0.5", "web-p").await;
-    let prom = Prometheus::start(m.admin, "web-p");
+    let prom = Prometheus::start(&[(m.admin, &[("pod", "web-p")])]);
     // Ten times the pod's own count against a target of 5: it doubles
     // until maxWorkers holds it.
     let api = autoscaler(

@@ -22,6 +22,7 @@ use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 
 pub mod cluster;
+pub mod prometheus;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_corral");
 

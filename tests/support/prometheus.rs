@@ -1,0 +1,82 @@
+//! A real Prometheus server (Debian's package) scraping given targets every
+//! second, each with the labels a PodMonitor would add; killed on drop.
+
+use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+
+use super::{free_port, get, wait_http};
+
+pub struct Prometheus {
+    child: Child,
+    pub addr: SocketAddr,
+    dir: PathBuf,
+}
+
+impl Prometheus {
+    pub fn start(targets: &[(SocketAddr, &[(&str, &str)])]) -> Prometheus {
+        let dir = std::env::temp_dir().join(format!(
+            "corral-prom-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut config = String::from(
+            "global: {scrape_interval: 1s, evaluation_interval: 1s}\n\
+             scrape_configs:\n  - job_name: corral\n    static_configs:\n",
+        );
+        for (target, labels) in targets {
+            let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+            config += &format!(
+                "      - targets: ['{target}']\n        labels: {{{}}}\n",
+                labels.join(", ")
+            );
+        }
+        let file = dir.join("prometheus.yml");
+        std::fs::write(&file, config).unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", file.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address={addr}"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .expect("prometheus (Debian package) is installed by .ci/test");
+        wait_http(addr, "/-/ready", Duration::from_secs(90));
+        Prometheus { child, addr, dir }
+    }
+
+    /// An instant query's `data.result`; panics on an error answer.
+    pub fn query(&self, promql: &str) -> Vec<serde_json::Value> {
+        let path = format!(
+            "/api/v1/query?query={}",
+            corral::http::encode_query_value(promql)
+        );
+        let (status, body) = get(self.addr, &path).unwrap();
+        let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert!(
+            status == 200 && answer["status"] == "success",
+            "{promql}: {status} {body}"
+        );
+        answer["data"]["result"].as_array().unwrap().clone()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = killpg(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL);
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
