@@ -255,6 +255,10 @@ fn route(path: &str, health: &Health, metrics: &OperatorMetrics) -> Response<Ful
     let text = |status: StatusCode, body: String| {
         Response::builder()
             .status(status)
+            .header(
+                hyper::header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )
             .body(Full::new(Bytes::from(body)))
             .unwrap_or_default()
     };

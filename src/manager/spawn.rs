@@ -234,13 +234,17 @@ unsafe fn child(
 }
 
 /// Builds a worker's environment: the manager's own, minus what the manager
-/// owns, plus the worker's listener and notify settings.
+/// owns or sets itself (so a variable never appears twice, where libc's
+/// getenv would take the manager's), plus the worker's settings.
 pub fn worker_env(
     base: impl Iterator<Item = (OsString, OsString)>,
     extra: Vec<(&'static str, String)>,
 ) -> Vec<(OsString, OsString)> {
     let mut env: Vec<(OsString, OsString)> = base
-        .filter(|(k, _)| !MANAGED_ENV.iter().any(|m| OsStr::new(m) == k))
+        .filter(|(k, _)| {
+            !MANAGED_ENV.iter().any(|m| OsStr::new(m) == k)
+                && !extra.iter().any(|(e, _)| OsStr::new(e) == k)
+        })
         .collect();
     env.extend(
         extra
@@ -289,18 +293,26 @@ mod tests {
     }
 
     #[test]
-    fn managed_variables_are_not_passed_through() {
+    fn managed_and_overridden_variables_are_not_passed_through() {
         let base = vec![
             (OsString::from("PATH"), OsString::from("/bin")),
             (OsString::from("LISTEN_FDS"), OsString::from("9")),
             (OsString::from("NOTIFY_SOCKET"), OsString::from("/run/x")),
+            (OsString::from("CORRAL_LOG_FORMAT"), OsString::from("text")),
         ];
-        let env = worker_env(base.into_iter(), vec![("LISTEN_FDS", "1".into())]);
+        let env = worker_env(
+            base.into_iter(),
+            vec![
+                ("LISTEN_FDS", "1".into()),
+                ("CORRAL_LOG_FORMAT", "json".into()),
+            ],
+        );
         assert_eq!(
             env,
             vec![
                 (OsString::from("PATH"), OsString::from("/bin")),
                 (OsString::from("LISTEN_FDS"), OsString::from("1")),
+                (OsString::from("CORRAL_LOG_FORMAT"), OsString::from("json")),
             ]
         );
     }
