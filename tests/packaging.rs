@@ -190,3 +190,33 @@ fn the_django_example_dockerfile_copies_corral_in_and_runs_it() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// hadolint (from PyPI, installed by .ci/test) on both Dockerfiles, at its
+/// strictest threshold.
+#[test]
+fn hadolint_finds_nothing_in_the_dockerfiles() {
+    let hadolint = std::env::var_os("CORRAL_HADOLINT")
+        .expect("CORRAL_HADOLINT is not set: run the tests with .ci/test, which installs hadolint");
+    let lint = |args: &[&str], stdin: &[u8]| {
+        support::run_with_stdin(
+            Command::new(&hadolint)
+                .args(["--failure-threshold", "info"])
+                .args(args)
+                .current_dir(env!("CARGO_MANIFEST_DIR")),
+            stdin,
+        )
+    };
+    for file in ["Dockerfile", "manifests/examples/django/Dockerfile"] {
+        let (ok, text) = lint(&[file], b"");
+        assert!(ok, "{file}: {text}");
+    }
+    // It does report: an unpinned base image and apt without versions.
+    let (ok, text) = lint(
+        &["-"],
+        b"FROM debian\nRUN apt-get update && apt-get install -y curl\n",
+    );
+    assert!(
+        !ok && text.contains("DL3006") && text.contains("DL3008"),
+        "{text}"
+    );
+}
