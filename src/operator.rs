@@ -26,8 +26,8 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::core::SelectorExt;
 use kube::runtime::controller::Controller;
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{Predicate, WatchStreamExt, predicates, watcher};
 use kube::{Api, Client, CustomResourceExt, ResourceExt};
 use kube_lease_manager::LeaseManagerBuilder;
 use tracing::{debug, info, warn};
@@ -199,7 +199,21 @@ async fn run_controller(client: Client, ctx: Arc<Context>, namespace: Option<&st
         ),
         None => (Api::all(client.clone()), Api::all(client)),
     };
-    let controller = Controller::new(autoscalers, watcher::Config::default());
+    // Only spec changes (and deletion, which bumps the generation) and
+    // finalizer changes (the finalizer helper waits for its own to land)
+    // start a pass; the pass's own status writes do not, or the utilisation
+    // it reports would re-trigger it at once. Passes repeat on their own
+    // every pollIntervalSeconds, and pod changes still start one.
+    let (reader, writer) = reflector::store();
+    let changed = watcher(autoscalers, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(
+            predicates::generation.combine(predicates::finalizers),
+            Default::default(),
+        );
+    let controller = Controller::for_stream(changed, reader);
     let store = controller.store();
     controller
         .watches(pods, watcher::Config::default(), move |pod: Pod| {

@@ -213,6 +213,7 @@ async fn the_operator_as_deployed_reconciles_the_django_example() {
     assert_eq!((status, body.as_str()), (200, "hello from django\n"));
 
     dashboard_queries_answer(&prometheus).await;
+    passes_follow_the_poll_interval(metrics, &wa, manager.http).await;
 
     // Deleting the autoscaler hands the pod back to its default and lets
     // the finalizer go.
@@ -278,5 +279,34 @@ async fn dashboard_queries_answer(prometheus: &Prometheus) {
             .iter()
             .all(|e| e.contains("corral_cgroup_memory_limit_bytes")),
         "queries without data: {empty:#?}"
+    );
+}
+
+/// Under load, when the utilisation in the status changes at every pass,
+/// the operator still passes once per pollIntervalSeconds: its own status
+/// writes do not start more passes.
+async fn passes_follow_the_poll_interval(
+    metrics: std::net::SocketAddr,
+    wa: &Value,
+    app: std::net::SocketAddr,
+) {
+    let passes = || {
+        let (_, text) = get(metrics, "/metrics").unwrap();
+        text.lines()
+            .filter(|l| l.starts_with("corral_operator_reconciliations_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    let poll = wa["spec"]["pollIntervalSeconds"].as_u64().unwrap();
+    let load = Load::start(app, "/cpu/20", 2, Duration::from_secs(3 * poll));
+    tokio::time::sleep(Duration::from_secs(poll)).await;
+    let before = passes();
+    tokio::time::sleep(Duration::from_secs(2 * poll)).await;
+    let made = passes() - before;
+    load.stop();
+    assert!(
+        (1.0..=3.0).contains(&made),
+        "{made} passes in {}s at a {poll}s poll interval",
+        2 * poll
     );
 }

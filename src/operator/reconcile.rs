@@ -135,7 +135,7 @@ async fn apply(wa: &WorkerAutoscaler, ctx: &Context) -> Result<Action, Error> {
                 ..previous.clone()
             };
             if !condition_is(&previous, "InvalidSpec", "True", wa.metadata.generation) {
-                publish(ctx, wa, EventType::Warning, "InvalidSpec", &message).await;
+                publish(ctx, wa, None, EventType::Warning, "InvalidSpec", &message).await;
             }
             write_status(ctx, wa, status).await?;
             return Ok(Action::await_change());
@@ -267,7 +267,15 @@ async fn apply(wa: &WorkerAutoscaler, ctx: &Context) -> Result<Action, Error> {
         && !condition_is(&previous, "ScalingActive", "False", wa.metadata.generation)
         && active_reason != "NoPods"
     {
-        publish(ctx, wa, EventType::Warning, active_reason, &active_message).await;
+        publish(
+            ctx,
+            wa,
+            None,
+            EventType::Warning,
+            active_reason,
+            &active_message,
+        )
+        .await;
     }
     write_status(ctx, wa, status).await?;
     Ok(Action::requeue(Duration::from_secs(u64::from(
@@ -396,7 +404,7 @@ async fn scale_pod(
                 );
                 info!(autoscaler = %wa.name_any(), pod = %pod_name, from = current, to = decision.desired, "scaled");
                 let reason = if change > 0 { "ScaledUp" } else { "ScaledDown" };
-                publish(ctx, wa, EventType::Normal, reason, &note).await;
+                publish(ctx, wa, Some(pod), EventType::Normal, reason, &note).await;
             }
             Err(PodError::Unauthorized { .. }) => {
                 outcome.unauthorized = true;
@@ -592,13 +600,22 @@ async fn write_status(
     Ok(())
 }
 
-async fn publish(ctx: &Context, wa: &WorkerAutoscaler, type_: EventType, reason: &str, note: &str) {
+/// Records an Event about `wa`, related to `pod` when it concerns one, so
+/// that Kubernetes' aggregation of repeated Events keeps pods apart.
+async fn publish(
+    ctx: &Context,
+    wa: &WorkerAutoscaler,
+    pod: Option<&Pod>,
+    type_: EventType,
+    reason: &str,
+    note: &str,
+) {
     let event = Event {
         type_,
         reason: reason.to_string(),
         note: Some(note.chars().take(1000).collect()),
         action: "Scale".into(),
-        secondary: None,
+        secondary: pod.map(|p| p.object_ref(&())),
     };
     if let Err(e) = ctx.recorder.publish(&event, &wa.object_ref(&())).await {
         warn!(error = %e, "cannot record event");

@@ -96,13 +96,39 @@ pub async fn handle(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Inf
     Ok(resp)
 }
 
-/// Keeps this thread busy, as a CPU-bound request in a sync worker would.
+/// Keeps this thread busy for `d` of its own CPU time, as a CPU-bound
+/// request in a sync worker would: on a contended machine it takes longer
+/// but costs the same, so a load of /cpu requests has a known CPU cost.
+/// (Wall time, should the thread clock ever be unavailable.)
 fn burn(d: Duration) {
-    let start = Instant::now();
+    let thread_cpu = || {
+        nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
+            .ok()
+            .map(Duration::from)
+    };
+    let (wall, cpu) = (Instant::now(), thread_cpu());
+    let spent = || match (cpu, thread_cpu()) {
+        (Some(start), Some(now)) => now.saturating_sub(start),
+        _ => wall.elapsed(),
+    };
     let mut x: u64 = 1;
-    while start.elapsed() < d {
+    while spent() < d {
         for _ in 0..10_000 {
             x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::time::{ClockId, clock_gettime};
+
+    #[test]
+    fn burn_spends_its_duration_in_cpu_time_not_wall_time() {
+        let cpu = || Duration::from(clock_gettime(ClockId::CLOCK_THREAD_CPUTIME_ID).unwrap());
+        let before = cpu();
+        burn(Duration::from_millis(30));
+        assert!(cpu() - before >= Duration::from_millis(30));
     }
 }
