@@ -1,0 +1,400 @@
+"""From raw measurements to the summary, the markdown table and the chart.
+
+`summarize()` reduces the raw results (rounds, samples, repetitions) to one
+number per stack and figure, with its ratio to the reference stack
+(Gunicorn + UvicornWorker) and each target judged met or MISSED.
+`markdown()` renders that as the table printed and written to results.md;
+`chart()` draws results.png.
+"""
+
+import statistics
+
+REF = "gunicorn"
+CORRAL = "corral"
+SCENARIOS = [
+    ("hup", "rolling restart (HUP) x{hups}"),
+    ("scale_down", "scale down {n1} -> {n} x{reps}"),
+    ("sigkill", "SIGKILL of one worker x{reps}"),
+    ("term", "TERM, {slow} slow requests in flight"),
+]
+
+
+def median(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def mean(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.fmean(xs) if xs else None
+
+
+def ratio(a, b):
+    return a / b if a is not None and b else None
+
+
+def busiest(cpu):
+    """The busiest worker's share of all workers' CPU (1/N = even)."""
+    return max(cpu) / sum(cpu) if cpu and sum(cpu) > 0 else None
+
+
+def failures(counts):
+    return sum(v for k, v in counts.items() if k != "ok")
+
+
+def summarize(raw, stacks, cfg):
+    """One row per stack per figure, errors collected, targets judged."""
+    errors = []
+    s = {"stacks": {}, "errors": errors}
+    for st in stacks:
+        row = {"label": st.label}
+        tp = raw["throughput"].get(st.key, {})
+        row["fig1"] = {}
+        idle, under, starts = [], [], []
+        for app, rounds in tp.items():
+            ok = [r for r in rounds if "wrk" in r]
+            for r in rounds:
+                if "error" in r:
+                    errors.append(f"figure 1 {st.label} {app}: {r['error']}")
+            if ok:
+                row["fig1"][app] = {
+                    "rps": mean(r["wrk"]["rps"] for r in ok),
+                    "p50_ms": mean(r["wrk"]["p50_ms"] for r in ok),
+                    "p99_ms": mean(r["wrk"]["p99_ms"] for r in ok),
+                    "errors": sum(r["wrk"]["errors"] + r["wrk"]["non_2xx"] for r in ok),
+                    "busiest_worker_share": mean(busiest(r.get("under_load", {}).get("workers_cpu_s")) for r in ok),
+                    "rounds": len(ok),
+                }
+            for r in rounds:
+                if "idle" in r:
+                    idle.append(r["idle"])
+                if "under_load" in r and app in ("django", "builtin") and "manager_cpu_percent" in r["under_load"]:
+                    under.append(r["under_load"])
+                if "startup" in r and app in ("django", "builtin"):
+                    starts.append(r["startup"])
+        if idle:
+            row["fig2"] = {
+                "manager_rss_kib": median(i["manager_rss_kib"] for i in idle),
+                "manager_idle_cpu_percent": median(i["manager_idle_cpu_percent"] for i in idle),
+                "workers_rss_kib": median(i["workers_rss_kib"] for i in idle),
+                "manager_cpu_under_load_percent": median(u["manager_cpu_percent"] for u in under),
+                "manager_peak_rss_under_load_kib": max((u["manager_peak_rss_kib"] for u in under), default=None),
+            }
+        else:
+            errors.append(f"figure 2 {st.label}: no idle measurement")
+        lc = raw["lifecycle"].get(st.key, {})
+        if "startup" in lc:
+            starts.append(lc["startup"])
+        for extra in raw["startup_extra"].get(st.key, []):
+            if "error" in extra:
+                errors.append(f"figure 3 {st.label}: {extra['error']}")
+            else:
+                starts.append(extra)
+        if starts:
+            row["fig3"] = {
+                "first_200_s": median(x["first_200_s"] for x in starts),
+                "spawned_s": median(x["spawned_s"] for x in starts),
+                "accepting_s": median(x["accepting_s"] for x in starts),
+                "manager_share": median(x["manager_share"] for x in starts),
+                "samples": len(starts),
+            }
+        else:
+            errors.append(f"figure 3 {st.label}: no start-up sample")
+        if "error" in lc:
+            errors.append(f"figures 4-5 {st.label}: {lc['error']}")
+        up = lc.get("scale_up", {})
+        if "seconds" in up:
+            row["fig4"] = {"seconds": median(up["seconds"]), "samples": len(up["seconds"]),
+                           "api_ready_seconds": median(up.get("api_ready_seconds", []))}
+        elif lc:
+            errors.append(f"figure 4 {st.label}: {up.get('error', 'not run')}")
+        row["fig5"] = {}
+        for key, _ in SCENARIOS:
+            sc = lc.get(key, {})
+            if "counts" in sc:
+                row["fig5"][key] = {"failed": failures(sc["counts"]), "total": sum(sc["counts"].values()),
+                                    "kinds": {k: v for k, v in sc["counts"].items() if k != "ok"}}
+                if key == "term":
+                    row["fig5"][key]["exit_s"] = sc.get("exit_s")
+            elif lc:
+                errors.append(f"figure 5 {st.label} {key}: {sc.get('error', 'not run')}")
+        s["stacks"][st.key] = row
+    judge(s)
+    return s
+
+
+def judge(s):
+    """Ratios to the reference and the issue's targets."""
+    ref, cor = s["stacks"].get(REF, {}), s["stacks"].get(CORRAL, {})
+    targets = []
+    for app in ("hello", "django"):
+        r = ratio(cor.get("fig1", {}).get(app, {}).get("rps"), ref.get("fig1", {}).get(app, {}).get("rps"))
+        targets.append({"figure": 1, "what": f"corral + uvicorn throughput >= 1.0x gunicorn ({app})",
+                        "value": r, "met": None if r is None else r >= 1.0})
+    r = ratio(cor.get("fig2", {}).get("manager_rss_kib"), ref.get("fig2", {}).get("manager_rss_kib"))
+    targets.append({"figure": 2, "what": "corral manager RSS <= 1/4 of the gunicorn master",
+                    "value": r, "met": None if r is None else r <= 0.25})
+    for key, _ in SCENARIOS:
+        g = ref.get("fig5", {}).get(key)
+        c = cor.get("fig5", {}).get(key)
+        if g is None or c is None:
+            met = None
+        elif g["failed"] == 0:
+            met = "n/a"  # the target applies where gunicorn drops requests
+        else:
+            met = c["failed"] == 0
+        targets.append({"figure": 5, "what": f"zero failed where gunicorn drops any: {key}",
+                        "value": None if c is None else c["failed"], "met": met})
+    s["targets"] = targets
+
+
+def verdict(met):
+    return {True: "met", False: "MISSED", None: "not measured", "n/a": "n/a: gunicorn dropped none"}[met]
+
+
+def fmt(x, spec=".0f", none="-"):
+    return none if x is None else format(x, spec)
+
+
+def xr(x):
+    return "-" if x is None else f"{x:.2f}x"
+
+
+def markdown(s, raw, cfg, machine, stacks):
+    ref = s["stacks"].get(REF, {})
+    L = []
+    add = L.append
+    add(f"# corral benchmark\n")
+    add(f"{machine['date']}, {machine['cpu_model']} x {machine['cpus']} CPUs, Linux {machine['kernel']}, "
+        f"Python {machine['python']}; {cfg.workers} workers in every stack; wall time {fmt(raw.get('wall_s'), '.0f')} s"
+        f"{' (SMOKE RUN: tiny durations, numbers meaningless)' if cfg.smoke else ''}.\n")
+    add("Versions: " + "; ".join(f"{st.label}: {machine['versions'].get(st.key, '?')}" for st in stacks) + ".\n")
+    add("Ratios are to the reference, gunicorn + UvicornWorker. The load generator runs on the same "
+        f"{machine['cpus']} CPUs as the servers, identically for every stack.\n")
+    targets = {(t["figure"], t["what"]): t for t in s["targets"]}
+
+    add(f"## Figure 1: throughput and latency\n")
+    add(f"wrk -t{cfg.wrk_threads} -c{cfg.connections} --latency, keep-alive, GET /, {cfg.duration} s per run after "
+        f"{cfg.warmup} s warm-up, mean of {max(cfg.rounds, 1)} round(s) (stacks in alternating order), each on a fresh start. "
+        "The built-in worker serves its own app (the floor: no Python), shown under hello. "
+        "\"Busiest worker\" is that worker's share of the workers' CPU during the run "
+        f"({100 / cfg.workers:.0f} % = connections spread evenly).\n")
+    add("| stack | app | req/s | vs gunicorn | p50 ms | p99 ms | errors | busiest worker |")
+    add("|---|---|---:|---:|---:|---:|---:|---:|")
+    for app in ("hello", "django"):
+        for key, row in s["stacks"].items():
+            f1 = row.get("fig1", {}).get("builtin" if key == "builtin" and app == "hello" else app)
+            if f1 is None:
+                continue
+            r = ratio(f1["rps"], ref.get("fig1", {}).get(app, {}).get("rps"))
+            add(f"| {row['label']} | {app} | {fmt(f1['rps'])} | {xr(r)} | {fmt(f1['p50_ms'], '.2f')} | "
+                f"{fmt(f1['p99_ms'], '.2f')} | {f1['errors']} | "
+                f"{fmt(None if f1['busiest_worker_share'] is None else f1['busiest_worker_share'] * 100)} % |")
+    for t in s["targets"]:
+        if t["figure"] == 1:
+            add(f"\nTarget: {t['what']}: {xr(t['value'])}, **{verdict(t['met'])}**")
+    add("")
+
+    add("## Figure 2: manager footprint\n")
+    add(f"The supervising process alone (gunicorn master, uvicorn's supervisor, corral), Django app: "
+        f"resident memory after start-up, CPU over {cfg.idle} s idle, CPU and peak memory during the Django "
+        "wrk run. Workers' memory for context.\n")
+    add("| stack | manager RSS MiB | vs gunicorn | idle CPU % | CPU under load % | peak RSS under load MiB | workers RSS MiB |")
+    add("|---|---:|---:|---:|---:|---:|---:|")
+    for key, row in s["stacks"].items():
+        f2 = row.get("fig2")
+        if not f2:
+            continue
+        r = ratio(f2["manager_rss_kib"], ref.get("fig2", {}).get("manager_rss_kib"))
+        mib = lambda k: None if f2.get(k) is None else f2[k] / 1024
+        add(f"| {row['label']} | {fmt(mib('manager_rss_kib'), '.1f')} | {xr(r)} | "
+            f"{fmt(f2['manager_idle_cpu_percent'], '.2f')} | {fmt(f2['manager_cpu_under_load_percent'], '.2f')} | "
+            f"{fmt(mib('manager_peak_rss_under_load_kib'), '.1f')} | {fmt(mib('workers_rss_kib'), '.1f')} |")
+    t = targets[(2, "corral manager RSS <= 1/4 of the gunicorn master")]
+    add(f"\nTarget: {t['what']}: {xr(t['value'])}, **{verdict(t['met'])}**\n")
+
+    add("## Figure 3: start to first 200\n")
+    add("From spawning the manager to the first 200 on /healthz (Django), median of the samples. The "
+        "manager's own start-up ends when it spawns its first worker (seen in /proc): its share of the "
+        "whole is that over the time to the first 200. \"Port accepting\" is the first TCP connect that "
+        "succeeds; corral and gunicorn listen before starting workers, uvicorn --workers only binds in "
+        "the supervisor and its workers call listen().\n")
+    add("| stack | first 200 ms | vs gunicorn | first worker spawned ms | manager share | port accepting ms | samples |")
+    add("|---|---:|---:|---:|---:|---:|---:|")
+    for key, row in s["stacks"].items():
+        f3 = row.get("fig3")
+        if not f3:
+            continue
+        r = ratio(f3["first_200_s"], ref.get("fig3", {}).get("first_200_s"))
+        add(f"| {row['label']} | {fmt(f3['first_200_s'] * 1000)} | {xr(r)} | {fmt(f3['spawned_s'] * 1000, '.1f')} | "
+            f"{f3['manager_share'] * 100:.1f} % | {fmt(None if f3['accepting_s'] is None else f3['accepting_s'] * 1000, '.1f')} | "
+            f"{f3['samples']} |")
+    add("")
+
+    add("## Figure 4: scale up, request to the new worker serving\n")
+    add(f"From PUT /workers (corral) or TTIN (gunicorn, uvicorn) asking for worker {cfg.workers + 1} to the "
+        "first answer from a new pid on GET /pid (2 clients polling, fresh connections), Django, no other "
+        f"load; median of {cfg.reps}. The old workers are paused (SIGSTOP) until that answer, so only the new "
+        "worker can take the polls: on an idle server the kernel hands almost every connection to an "
+        "already awake worker. For corral, when GET /workers first says ready (Uvicorn does not "
+        "notify readiness, so corral counts it ready after --boot-grace, 1 s).\n")
+    add("| stack | how | seconds | vs gunicorn | corral says ready s |")
+    add("|---|---|---:|---:|---:|")
+    for key, row in s["stacks"].items():
+        f4 = row.get("fig4")
+        if not f4:
+            continue
+        how = "PUT /workers" if key in ("corral", "builtin") else "TTIN"
+        r = ratio(f4["seconds"], ref.get("fig4", {}).get("seconds"))
+        add(f"| {row['label']} | {how} | {fmt(f4['seconds'], '.3f')} | {xr(r)} | {fmt(f4['api_ready_seconds'], '.3f')} |")
+    add("")
+
+    add("## Figure 5: failed requests\n")
+    add(f"{cfg.clients} clients in a closed loop, each request on a fresh connection (Connection: close), "
+        "GET / on Django, from before the event until it has settled plus "
+        f"{cfg.tail} s. A fresh connection per request is the fair measure: with keep-alive, a client "
+        "reusing a connection the server just closed sees an error that clients retry, which says nothing "
+        "about the server. Every failure counts, by kind below (refused, reset unanswered, ...). "
+        f"TERM: {4 * cfg.workers} requests to /delay/{cfg.slow_ms} in flight when the manager gets TERM "
+        "(no other load); each must complete. SIGKILL necessarily loses what the killed worker had "
+        "accepted, in every stack. Cells: failed / requests.\n")
+    names = [row["label"] for row in s["stacks"].values()]
+    add("| scenario | " + " | ".join(names) + " | target: corral 0 where gunicorn > 0 |")
+    add("|---|" + "---:|" * len(names) + "---|")
+    fill = {"hups": cfg.hups, "reps": cfg.reps, "n": cfg.workers, "n1": cfg.workers + 1, "slow": 4 * cfg.workers}
+    for key, label in SCENARIOS:
+        cells = []
+        for row in s["stacks"].values():
+            c = row.get("fig5", {}).get(key)
+            cells.append("-" if c is None else f"{c['failed']} / {c['total']}")
+        t = targets[(5, f"zero failed where gunicorn drops any: {key}")]
+        add(f"| {label.format(**fill)} | " + " | ".join(cells) + f" | **{verdict(t['met'])}** |")
+    kinds = []
+    for key, label in SCENARIOS:
+        for row in s["stacks"].values():
+            c = row.get("fig5", {}).get(key)
+            if c and c["kinds"]:
+                kinds.append(f"- {label.format(**fill)}, {row['label']}: " +
+                             ", ".join(f"{k}: {v}" for k, v in sorted(c["kinds"].items())))
+    if kinds:
+        add("\nFailures by kind:\n")
+        L.extend(kinds)
+    exits = [f"{row['label']} {row['fig5']['term']['exit_s']:.1f} s" for row in s["stacks"].values()
+             if row.get("fig5", {}).get("term", {}).get("exit_s") is not None]
+    if exits:
+        add("\nTERM to manager exit: " + ", ".join(exits) + ".")
+    add("")
+
+    add("## Figure 6: autoscaling with the operator\n")
+    a = raw.get("autoscale", {})
+    if "error" in a:
+        add(f"not run: {a['error']}\n")
+    else:
+        d = a.get("scale_up_decision_s")
+        add(f"Scale-up decision {fmt(d, '.2f')} s after the load step; target <= 2 s: "
+            f"**{verdict(a.get('target_met'))}** (bench/autoscale.py, autoscale.json).\n")
+        L.extend(rows_table(a.get("rows")))
+        add("")
+
+    if s["errors"]:
+        add("## FAILED TO RUN\n")
+        L.extend(f"- {e}" for e in s["errors"])
+        add("")
+    return "\n".join(L) + "\n"
+
+
+def rows_table(rows):
+    """autoscale.json's rows: a list of dicts (or of lists, header first)."""
+    if not rows or not isinstance(rows, list):
+        return []
+    if all(isinstance(r, dict) for r in rows):
+        cols = list(dict.fromkeys(k for r in rows for k in r))
+        body = [[r.get(c, "") for c in cols] for r in rows]
+    elif all(isinstance(r, (list, tuple)) for r in rows):
+        cols, body = rows[0], rows[1:]
+    else:
+        return [f"- {r}" for r in rows]
+    out = ["| " + " | ".join(map(str, cols)) + " |", "|" + "---|" * len(cols)]
+    cell = lambda v: "" if v is None else {True: "met", False: "MISSED"}.get(v, v) if isinstance(v, bool) else str(v)
+    out += ["| " + " | ".join(cell(v) for v in r) + " |" for r in body]
+    return out
+
+
+def chart(s, path, cfg):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = s["stacks"]
+    keys = list(rows)
+    labels = [rows[k]["label"].replace(" + ", "\n+ ").replace(" built-in", "\nbuilt-in") for k in keys]
+    colors = ["#888888", "#c9a227", "#2a7ab0", "#5aa05a"][: len(keys)]
+    fig, ax = plt.subplots(2, 3, figsize=(16, 9))
+    fig.suptitle(f"corral vs the stacks it replaces, {cfg.workers} workers"
+                 f"{' (SMOKE RUN: meaningless numbers)' if cfg.smoke else ''}")
+
+    def bars(a, values, title, ylabel, fmt_="{:.0f}"):
+        xs = range(len(values))
+        b = a.bar(xs, [v or 0 for v in values], color=colors[: len(values)])
+        a.set_xticks(list(xs), labels[: len(values)], fontsize=8)
+        a.set_title(title, fontsize=10)
+        a.set_ylabel(ylabel)
+        for rect, v in zip(b, values):
+            a.annotate("-" if v is None else fmt_.format(v), (rect.get_x() + rect.get_width() / 2, rect.get_height()),
+                       ha="center", va="bottom", fontsize=8)
+
+    # 1: throughput, grouped by app.
+    a = ax[0][0]
+    width = 0.8 / len(keys)
+    for i, k in enumerate(keys):
+        vals = []
+        for app in ("hello", "django"):
+            f = rows[k].get("fig1", {}).get("builtin" if k == "builtin" and app == "hello" else app)
+            vals.append(f["rps"] if f else 0)
+        a.bar([x + i * width for x in range(2)], vals, width, label=rows[k]["label"], color=colors[i])
+    a.set_xticks([x + width * (len(keys) - 1) / 2 for x in range(2)], ["hello ASGI", "Django"])
+    a.set_title(f"1. throughput (wrk -c{cfg.connections}, keep-alive; log scale)", fontsize=10)
+    a.set_ylabel("requests/s")
+    a.set_yscale("log")
+    for rect in a.patches:
+        if rect.get_height() > 0:
+            a.annotate(f"{rect.get_height():.0f}", (rect.get_x() + rect.get_width() / 2, rect.get_height()),
+                       ha="center", va="bottom", fontsize=7)
+    a.legend(fontsize=7)
+
+    a = ax[0][1]
+    for i, k in enumerate(keys):
+        vals = []
+        for app in ("hello", "django"):
+            f = rows[k].get("fig1", {}).get("builtin" if k == "builtin" and app == "hello" else app)
+            vals.append(f["p99_ms"] if f and f["p99_ms"] else 0)
+        a.bar([x + i * width for x in range(2)], vals, width, label=rows[k]["label"], color=colors[i])
+    a.set_xticks([x + width * (len(keys) - 1) / 2 for x in range(2)], ["hello ASGI", "Django"])
+    a.set_title("1. p99 latency", fontsize=10)
+    a.set_ylabel("ms")
+
+    bars(ax[0][2], [rows[k].get("fig2", {}).get("manager_rss_kib", 0) / 1024 for k in keys],
+         "2. manager process RSS (idle)", "MiB", "{:.1f}")
+    a = ax[1][0]
+    first = [rows[k].get("fig3", {}).get("first_200_s") for k in keys]
+    own = [rows[k].get("fig3", {}).get("spawned_s") for k in keys]
+    bars(a, first, "3. start to first 200 (Django); dark: manager's own start", "s", "{:.2f}")
+    a.bar(range(len(keys)), [v or 0 for v in own], color="black", alpha=0.5, width=0.5)
+    bars(ax[1][1], [rows[k].get("fig4", {}).get("seconds") for k in keys],
+         "4. scale up: request to new worker serving", "s", "{:.2f}")
+
+    a = ax[1][2]
+    for i, k in enumerate(keys):
+        vals = [rows[k].get("fig5", {}).get(sc, {}).get("failed", 0) for sc, _ in SCENARIOS]
+        a.bar([x + i * width for x in range(len(SCENARIOS))], vals, width, label=rows[k]["label"], color=colors[i])
+    a.set_xticks([x + width * (len(keys) - 1) / 2 for x in range(len(SCENARIOS))],
+                 [f"HUP x{cfg.hups}", f"scale down\nx{cfg.reps}", f"SIGKILL\nx{cfg.reps}", "TERM,\nslow in flight"],
+                 fontsize=8)
+    for rect in a.patches:
+        a.annotate(f"{rect.get_height():.0f}", (rect.get_x() + rect.get_width() / 2, rect.get_height()),
+                   ha="center", va="bottom", fontsize=7)
+    a.set_title("5. failed requests (fresh connection per request)", fontsize=10)
+    a.set_ylabel("requests")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

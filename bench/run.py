@@ -1,0 +1,272 @@
+#!/usr/bin/env python3
+"""corral's benchmark: corral against the stacks it replaces, in one run.
+
+    bench/run.py [--smoke] [--out-dir docs/benchmarks] [--corral target/release/corral] [--workers 2]
+
+Stacks, same apps, same worker count: gunicorn -k uvicorn_worker.UvicornWorker
+(the reference), uvicorn --workers, corral run -- uvicorn --fd {fd}, and
+corral's built-in worker (no Python: the floor). Figures:
+
+1. throughput and p50/p99 latency (wrk, keep-alive), hello ASGI and Django;
+2. the manager process's memory and CPU, idle and under load;
+3. start to the first 200, and the manager's own share of it;
+4. scale up: PUT /workers or TTIN to the new worker serving;
+5. failed requests during rolling restarts, scale down, SIGKILL of a
+   worker, TERM with slow requests in flight;
+6. autoscaling with the operator (bench/autoscale.py, run as a subprocess).
+
+Prints the table and writes results.md, results.json and results.png into
+--out-dir. Exits non-zero when a figure failed to run (not for a missed
+target). --smoke: the same code paths with tiny durations (about 30 s).
+
+Sets itself up: the venv from .ci/python-env.sh (the stacks, pinned in
+tests/requirements.txt, and matplotlib, bench/requirements.txt, in
+~/.cache/corral/bench-venv), and wrk
+from Debian if /usr/bin/wrk is missing; then re-executes inside the venv.
+Traffic goes to 127.0.0.1 only; every load is bounded in time.
+"""
+
+import argparse
+import atexit
+import datetime
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+BENCH = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(BENCH)
+
+
+@dataclass
+class Config:
+    smoke: bool = False
+    workers: int = 2
+    stacks: list = field(default_factory=lambda: ["gunicorn", "uvicorn", "corral", "builtin"])
+    apps: list = field(default_factory=lambda: ["hello", "django"])
+    connections: int = 32  # wrk: fixed keep-alive connections
+    wrk_threads: int = 1  # one core at most for the load generator
+    duration: int = 10  # s per wrk run
+    warmup: int = 2  # s of wrk before each measured run
+    rounds: int = 2  # throughput rounds, stack order alternating
+    idle: float = 5.0  # s of idle manager CPU
+    settle: float = 1.0  # s after start-up before measuring
+    start_samples: int = 3  # start-to-first-200 samples per stack
+    reps: int = 5  # scale-up / scale-down / SIGKILL repetitions
+    hups: int = 3  # rolling restarts
+    clients: int = 8  # closed-loop clients for figure 5
+    tail: float = 1.5  # s of load before and after each event
+    slow_ms: int = 3000  # the in-flight requests at TERM
+    in_flight_wait: float = 0.5  # s between sending them and TERM
+    autoscale_timeout: int = 600
+    shared_instance: bool = False  # figures 1-3 on the figure 4-5 instance (smoke)
+
+
+def smoke_config(workers):
+    return Config(smoke=True, workers=workers, stacks=["gunicorn", "corral", "builtin"], apps=["django"],
+                  duration=1, warmup=0, rounds=0, shared_instance=True, idle=0.3, settle=0.1, start_samples=1, reps=1, hups=1,
+                  clients=4, tail=0.2, slow_ms=300, in_flight_wait=0.15, autoscale_timeout=120)
+
+
+def log(msg):
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def ensure_env():
+    """Venv and wrk; re-exec inside the venv (where matplotlib is)."""
+    if os.environ.get("CORRAL_BENCH_IN_VENV") != "1":
+        venv = subprocess.run(
+            ["bash", os.path.join(ROOT, ".ci", "python-env.sh"), "bench/requirements.txt"], check=True,
+            stdout=subprocess.PIPE, text=True,
+            env=dict(os.environ, CORRAL_VENV=os.environ.get(
+                "CORRAL_BENCH_VENV", os.path.expanduser("~/.cache/corral/bench-venv"))),
+        ).stdout.strip().splitlines()[-1]
+        if not os.path.exists("/usr/bin/wrk"):
+            log("installing wrk (apt-get)")
+            sudo = [] if os.geteuid() == 0 else ["sudo"]
+            subprocess.run(sudo + ["apt-get", "install", "-y", "-q", "wrk"], check=False,
+                           stdout=sys.stderr, env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
+            if not os.path.exists("/usr/bin/wrk"):
+                subprocess.run(sudo + ["apt-get", "update", "-q"], check=True, stdout=sys.stderr)
+                subprocess.run(sudo + ["apt-get", "install", "-y", "-q", "wrk"], check=True, stdout=sys.stderr,
+                               env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
+        py = os.path.join(venv, "bin", "python")
+        env = dict(os.environ, CORRAL_BENCH_IN_VENV="1", CORRAL_BENCH_VENV_DIR=venv)
+        os.execve(py, [py, os.path.abspath(__file__), *sys.argv[1:]], env)
+    return os.environ["CORRAL_BENCH_VENV_DIR"]
+
+
+def machine_info(stacks):
+    cpu = "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    wrk = subprocess.run(["/usr/bin/wrk", "--version"], capture_output=True, text=True)
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu_model": cpu,
+        "cpus": os.cpu_count(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "wrk": (wrk.stdout or wrk.stderr).split("Copyright")[0].strip(),
+        "git": subprocess.run(["git", "-C", ROOT, "describe", "--always", "--dirty"],
+                              capture_output=True, text=True).stdout.strip(),
+        "versions": {st.key: st.version() for st in stacks},
+    }
+
+
+def start_autoscale(args, cfg):
+    """Starts bench/autoscale.py; returns its process and start time, or an error."""
+    script = os.path.join(BENCH, "autoscale.py")
+    out = os.path.join(args.out_dir, "autoscale.json")
+    if not os.path.exists(script):
+        return {"error": "bench/autoscale.py is missing"}
+    if os.path.exists(out):
+        os.remove(out)
+    argv = [sys.executable, script, "--out-dir", args.out_dir, "--corral", args.corral] + (["--smoke"] if cfg.smoke else [])
+    log("figure 6: " + " ".join(argv))
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=sys.stderr, stderr=sys.stderr, start_new_session=True)
+    # Should this run die first, the child still stops its cluster and pod.
+    atexit.register(lambda: proc.poll() is None and proc.terminate())
+    return {"proc": proc, "t0": time.monotonic(), "out": out}
+
+
+def finish_autoscale(started, cfg):
+    """Waits for bench/autoscale.py and reads its autoscale.json."""
+    if "error" in started:
+        return started
+    proc = started["proc"]
+    try:
+        proc.wait(timeout=max(1, cfg.autoscale_timeout - (time.monotonic() - started["t0"])))
+    except subprocess.TimeoutExpired:
+        proc.terminate()  # it stops its cluster and pod on TERM
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+        return {"error": f"bench/autoscale.py took more than {cfg.autoscale_timeout}s"}
+    took = time.monotonic() - started["t0"]
+    if proc.returncode != 0:
+        return {"error": f"bench/autoscale.py exited {proc.returncode} after {took:.0f}s"}
+    try:
+        with open(started["out"]) as f:
+            doc = json.load(f)
+    except (OSError, ValueError) as e:
+        return {"error": f"no readable {started['out']}: {e}"}
+    missing = [k for k in ("scale_up_decision_s", "target_met", "rows") if k not in doc]
+    if missing:
+        return {"error": f"autoscale.json lacks {', '.join(missing)}"}
+    doc["wall_s"] = round(took, 1)
+    return doc
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--smoke", action="store_true", help="every code path once, tiny durations (~30 s)")
+    ap.add_argument("--out-dir", default=os.path.join(ROOT, "docs", "benchmarks"))
+    ap.add_argument("--corral", default=os.path.join(ROOT, "target", "release", "corral"))
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--skip-autoscale", action="store_true", help="figure 6 reported as not run")
+    args = ap.parse_args()
+    args.corral = os.path.abspath(args.corral)
+    args.out_dir = os.path.abspath(args.out_dir)
+    if not os.access(args.corral, os.X_OK):
+        sys.exit(f"{args.corral} missing: cargo build --release")
+    venv = ensure_env()
+    sys.path.insert(0, BENCH)
+    import figures
+    import report
+    from stacks import all_stacks
+
+    cfg = smoke_config(args.workers) if args.smoke else Config(workers=args.workers)
+    stacks = [st for st in all_stacks(venv, args.corral, args.workers) if st.key in cfg.stacks]
+    os.makedirs(args.out_dir, exist_ok=True)
+    wall0 = time.monotonic()
+    raw = {"throughput": {}, "lifecycle": {}, "startup_extra": {}}
+    # The smoke run only proves the code paths, so figure 6 (mostly the API
+    # server's start) runs beside figures 1-5 to stay near 30 s; the full
+    # run keeps every figure alone on the machine.
+    autoscale = None
+    if cfg.smoke and not args.skip_autoscale:
+        autoscale = start_autoscale(args, cfg)
+
+    # Figures 1, 2 and the first start-up samples: rounds of every stack on
+    # every app, the stack order reversed each round.
+    for rnd in range(cfg.rounds):
+        order = stacks if rnd % 2 == 0 else stacks[::-1]
+        for st in order:
+            for app in (["builtin"] if st.builtin else cfg.apps):
+                log(f"figure 1-3 round {rnd + 1}/{cfg.rounds}: {st.label}, {app}")
+                out = {}
+                try:
+                    figures.throughput_run(st, app, cfg, out)
+                except Exception as e:  # noqa: BLE001 - reported as failed to run
+                    out["error"] = f"{type(e).__name__}: {e}"
+                    log(f"  failed: {out['error']}")
+                raw["throughput"].setdefault(st.key, {}).setdefault(app, []).append(out)
+                if "wrk" in out:
+                    log(f"  {out['wrk']['rps']:.0f} req/s, p99 {out['wrk']['p99_ms']} ms")
+
+    # Figures 4 and 5 (and a start-up sample), one Django instance per stack;
+    # in the smoke run, figures 1-3 on that same instance first.
+    for st in stacks:
+        log(f"figures 4-5: {st.label}")
+        tp = None
+        if cfg.shared_instance:
+            tp = {}
+            raw["throughput"].setdefault(st.key, {}).setdefault("builtin" if st.builtin else "django", []).append(tp)
+        raw["lifecycle"][st.key] = lc = figures.lifecycle_run(st, cfg, tp)
+        log("  " + json.dumps({k: v.get("counts", v.get("seconds", v.get("error")))
+                               for k, v in lc.items() if isinstance(v, dict) and k != "startup"}))
+
+    # Figure 3: more start-up samples, up to cfg.start_samples per stack.
+    have = cfg.rounds + 1  # the figure 4-5 instance's start is one too
+    for _ in range(max(0, cfg.start_samples - have)):
+        for st in stacks:
+            try:
+                raw["startup_extra"].setdefault(st.key, []).append(figures.startup_run(st, "builtin" if st.builtin else "django"))
+            except Exception as e:  # noqa: BLE001
+                raw["startup_extra"].setdefault(st.key, []).append({"error": f"{type(e).__name__}: {e}"})
+
+    raw["figures_1_5_s"] = round(time.monotonic() - wall0, 1)
+    log(f"figures 1-5 took {raw['figures_1_5_s']:.0f}s")
+
+    # Figure 6, by the other script.
+    if args.skip_autoscale:
+        raw["autoscale"] = {"error": "skipped (--skip-autoscale)"}
+    else:
+        raw["autoscale"] = finish_autoscale(autoscale or start_autoscale(args, cfg), cfg)
+
+    machine = machine_info(stacks)
+    summary = report.summarize(raw, stacks, cfg)
+    if "error" in raw["autoscale"] and not args.skip_autoscale:
+        summary["errors"].append(f"figure 6: {raw['autoscale']['error']}")
+    raw["wall_s"] = round(time.monotonic() - wall0, 1)
+    md = report.markdown(summary, raw, cfg, machine, stacks)
+    with open(os.path.join(args.out_dir, "results.md"), "w") as f:
+        f.write(md)
+    with open(os.path.join(args.out_dir, "results.json"), "w") as f:
+        json.dump({"machine": machine, "config": asdict(cfg), "summary": summary, "raw": raw}, f, indent=1,
+                  default=str)
+    try:
+        report.chart(summary, os.path.join(args.out_dir, "results.png"), cfg)
+    except Exception as e:  # noqa: BLE001
+        summary["errors"].append(f"chart: {type(e).__name__}: {e}")
+    print(md)
+    for name in ("results.md", "results.json", "results.png"):
+        print(f"wrote {os.path.join(args.out_dir, name)}")
+    print(f"wall time: {raw['wall_s']:.0f} s (figures 1-5: {raw['figures_1_5_s']:.0f} s)")
+    if summary["errors"]:
+        print(f"{len(summary['errors'])} measurement(s) FAILED TO RUN", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
