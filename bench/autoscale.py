@@ -44,7 +44,7 @@ Method
   benchmark), at most -50 % per 15 s.
 * Sampling: GET /workers on the manager every 100 ms (desired, ready,
   running, the manager's `cpu_utilisation` = mean CPU per non-draining
-  worker over its last ~5 s, which is what the operator acts on), plus each
+  worker over its last ~2 s, which is what the operator acts on), plus each
   worker's CPU read directly from /proc/<pid>/stat (a 1 s figure, to show
   the lag of the manager's window), machine-wide CPU from /proc/stat, and
   the operator's /metrics every second (scale events, reconciliations).
@@ -53,7 +53,7 @@ Method
   - scale-up decision: the first time the manager's desired count rises
     after the step (sampled every 100 ms, so up to 0.1 s late); the
     operator's Event time is shown beside it. It includes the manager's
-    CPU window (it needs the 5 s mean to cross 1.1 x target) and up to one
+    CPU window (it needs the ~2 s mean to cross 1.1 x target) and up to one
     poll interval. Target printed in the issue: <= 2 s.
   - time to target utilisation: the first time after the step from which
     the manager's per-worker CPU stays at or below target x 1.1 for 10 s
@@ -946,7 +946,7 @@ def analyse(*, phases, spec, samples, operator, load, events, t_up, t_down, t_en
          "unit": "s"},
         {"metric": "time to the settled count (desired at the drop)", "value": rnd(since(reach_settled, t_up)),
          "unit": "s", "note": f"{settled} workers"},
-        {"metric": f"time to target utilisation (manager's 5 s window <= target x 1.1 for {SETTLE_HOLD:g} s)",
+        {"metric": f"time to target utilisation (manager's ~2 s window <= target x 1.1 for {SETTLE_HOLD:g} s)",
          "value": rnd(to_target_window), "unit": "s"},
         {"metric": f"time to target utilisation (1 s CPU from /proc <= target x 1.1 for {SETTLE_HOLD:g} s)",
          "value": rnd(to_target_1s), "unit": "s"},
@@ -1084,7 +1084,7 @@ def chart(result, path):
         f"{m['low_fraction']:.0%} -> {m['high_fraction']:.0%} of {m['capacity_cores']} cores; "
         f"scale-up decision {'n/a' if d is None else f'{d:.2f} s'}", fontsize=10)
     ax1.legend(loc="upper right", fontsize=8)
-    ax2.plot(t, [s["cpu_per_worker_window"] for s in tl], label="CPU per worker, manager's ~5 s window")
+    ax2.plot(t, [s["cpu_per_worker_window"] for s in tl], label="CPU per worker, manager's ~2 s window")
     ax2.plot(t, [s["cpu_per_worker_1s"] for s in tl], lw=0.8, alpha=0.7, label="CPU per worker, 1 s (/proc)")
     ax2.axhline(m["cpu_target"], color="black", lw=1, label="target")
     ax2.axhspan(m["cpu_target"] * (1 - m["tolerance"]), m["cpu_target"] * (1 + m["tolerance"]),

@@ -1081,8 +1081,11 @@ impl Manager {
 const RECENT_EXITS: usize = 16;
 /// How far back the listen-queue maximum looks.
 const QUEUE_WINDOW: Duration = Duration::from_secs(10);
-/// CPU utilisation is measured over this many one-second samples.
-const CPU_WINDOW_SAMPLES: usize = 6;
+/// CPU utilisation is measured over this many one-second samples (a 2 s
+/// window): recent enough that the operator sees a load step within about
+/// a second; smoothing beyond that is the autoscaler's job (tolerance,
+/// stabilization windows), not the measurement's.
+const CPU_WINDOW_SAMPLES: usize = 3;
 
 /// Cores used between the oldest and newest sample.
 fn cpu_rate(samples: &VecDeque<(Instant, f64)>) -> f64 {
