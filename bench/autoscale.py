@@ -98,6 +98,8 @@ import tempfile
 import threading
 import time
 
+from stacks import free_port
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NS = "corral-bench"
 TOKEN = "bench-admin-token-" + "".join(random.choice("0123456789abcdef") for _ in range(24))
@@ -290,12 +292,6 @@ def wait_until(what, limit, fn, every=0.1):
             last = e
         time.sleep(every)
     raise RunFailed(f"timed out after {limit:.0f}s waiting for {what}" + (f" ({last})" if last else ""))
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def pick_address():

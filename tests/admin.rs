@@ -397,10 +397,7 @@ fn metrics_pass_promtool_and_name_what_design_promises() {
     c.wait_for("the replacement", SETTLE, |d| {
         d.ready == 2 && d.workers.iter().all(|w| w.pid != victim)
     });
-    std::thread::sleep(Duration::from_millis(1200));
-    let (status, metrics) = get(c.admin, "/metrics").unwrap();
-    assert_eq!(status, 200);
-    for name in [
+    let expected = [
         "corral_workers{state=\"ready\"} 2",
         "corral_workers_desired 2",
         "corral_worker_starts_total 3",
@@ -410,7 +407,18 @@ fn metrics_pass_promtool_and_name_what_design_promises() {
         "corral_listen_queue_length{listener=",
         "corral_build_info{version=",
         "process_resident_memory_bytes",
-    ] {
+    ];
+    // The per-worker series follow the next probe of the replacement.
+    let deadline = Instant::now() + SETTLE;
+    let metrics = loop {
+        let (status, metrics) = get(c.admin, "/metrics").unwrap();
+        assert_eq!(status, 200);
+        if expected.iter().all(|name| metrics.contains(name)) || Instant::now() > deadline {
+            break metrics;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    for name in expected {
         assert!(metrics.contains(name), "{name} missing:\n{metrics}");
     }
     let (ok, report) = run_with_stdin(

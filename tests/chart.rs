@@ -5,28 +5,9 @@
 
 mod support;
 
-use std::path::Path;
 use std::process::Command;
 
-use support::{BIN, k8s_tool, validate_monitors};
-
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn run_helm(args: &[&str]) -> (bool, String) {
-    let out = Command::new(k8s_tool("helm"))
-        .args(args)
-        .current_dir(root())
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
+use support::{BIN, helm, root, validate_monitors};
 
 fn render(extra: &[&str]) -> Vec<serde_json::Value> {
     let mut args = vec![
@@ -37,7 +18,7 @@ fn render(extra: &[&str]) -> Vec<serde_json::Value> {
         "corral-system",
     ];
     args.extend_from_slice(extra);
-    let (ok, text) = run_helm(&args);
+    let (ok, text) = helm(&args);
     assert!(ok, "{text}");
     let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text).unwrap();
     docs.into_iter().filter(|d| d.is_object()).collect()
@@ -57,10 +38,10 @@ fn the_chart_lints_strictly_and_its_schema_refuses_bad_values() {
         if !set.is_empty() {
             args.extend(["--set", set]);
         }
-        let (ok, text) = run_helm(&args);
+        let (ok, text) = helm(&args);
         assert!(ok, "{text}");
     }
-    let (ok, text) = run_helm(&[
+    let (ok, text) = helm(&[
         "lint",
         "--strict",
         "charts/corral",
@@ -81,7 +62,7 @@ fn the_chart_crd_and_default_render_are_those_of_manifests() {
         std::fs::read_to_string(root().join("manifests/crd.yaml")).unwrap(),
         "chart CRD is stale"
     );
-    let (ok, render) = run_helm(&[
+    let (ok, render) = helm(&[
         "template",
         "corral",
         "charts/corral",

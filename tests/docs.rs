@@ -12,7 +12,7 @@ use std::time::Duration;
 use support::*;
 
 fn doc(name: &str) -> String {
-    std::fs::read_to_string(format!("{}/docs/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+    std::fs::read_to_string(root().join("docs").join(name)).unwrap()
 }
 
 fn output(args: &[&str]) -> String {

@@ -7,7 +7,6 @@
 
 mod support;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use corral::operator::crd::WorkerAutoscaler;
@@ -21,10 +20,6 @@ const WAIT: Duration = Duration::from_secs(90);
 const POD_IP: &str = "127.0.0.21";
 const APP_POD: &str = "mysite-6f7d9-abcde";
 const OPERATOR_POD: &str = "corral-5d9c7b-x2x4q";
-
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
 
 fn docs(path: &str) -> Vec<Value> {
     let text = std::fs::read_to_string(root().join(path)).unwrap();
@@ -154,11 +149,7 @@ async fn the_operator_as_deployed_reconciles_the_django_example() {
         .unwrap()["containerPort"]
         .as_u64()
         .unwrap() as u16;
-    let path = format!(
-        "{}:{}",
-        venv().join("bin").display(),
-        std::env::var("PATH").unwrap()
-    );
+    let path = path_with_venv();
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let manager = corral()
         .at(POD_IP, admin_port)

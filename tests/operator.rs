@@ -589,30 +589,21 @@ async fn the_chart_render_and_the_manifests_are_accepted_by_the_api_server() {
     let _env = setup("dryrun").await;
     let shared = k::shared();
     let kubeconfig = shared.kubeconfig("admin-dryrun", &shared.admin_token);
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     // Every optional object the server can check (the monitors need the
     // Prometheus Operator's CRDs: tests/chart.rs checks them).
-    let render = std::process::Command::new(k8s_tool("helm"))
-        .args([
-            "template",
-            "corral",
-            "charts/corral",
-            "--namespace",
-            "corral-system",
-            "--kube-version",
-            "1.20.0",
-            "--set",
-            "podDisruptionBudget.enabled=true,dashboard.enabled=true",
-        ])
-        .current_dir(root)
-        .output()
-        .unwrap();
-    assert!(
-        render.status.success(),
-        "{}",
-        String::from_utf8_lossy(&render.stderr)
-    );
-    let (ok, text) = kubectl_dry_run(&kubeconfig, &render.stdout);
+    let (ok, render) = helm(&[
+        "template",
+        "corral",
+        "charts/corral",
+        "--namespace",
+        "corral-system",
+        "--kube-version",
+        "1.20.0",
+        "--set",
+        "podDisruptionBudget.enabled=true,dashboard.enabled=true",
+    ]);
+    assert!(ok, "{render}");
+    let (ok, text) = kubectl_dry_run(&kubeconfig, render.as_bytes());
     assert!(ok, "{text}");
     for kind in ["deployment.apps", "poddisruptionbudget.policy", "configmap"] {
         assert!(
@@ -621,10 +612,10 @@ async fn the_chart_render_and_the_manifests_are_accepted_by_the_api_server() {
         );
     }
     let mut files = vec![
-        root.join("manifests/crd.yaml"),
-        root.join("manifests/operator.yaml"),
+        root().join("manifests/crd.yaml"),
+        root().join("manifests/operator.yaml"),
     ];
-    for entry in std::fs::read_dir(root.join("manifests/examples/django")).unwrap() {
+    for entry in std::fs::read_dir(root().join("manifests/examples/django")).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "yaml") && !path.ends_with("podmonitor.yaml") {
             files.push(path);

@@ -3,10 +3,9 @@
 
 mod support;
 
-use std::path::Path;
 use std::process::Command;
 
-use support::{BIN, venv};
+use support::{BIN, path_with_venv, root};
 
 #[test]
 fn manifests_crd_yaml_is_what_corral_crd_prints() {
@@ -48,8 +47,7 @@ struct Dockerfile(Vec<String>);
 
 impl Dockerfile {
     fn read(path: &str) -> Dockerfile {
-        let text =
-            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(path)).unwrap();
+        let text = std::fs::read_to_string(root().join(path)).unwrap();
         Dockerfile(
             text.lines()
                 .map(str::trim)
@@ -140,8 +138,7 @@ fn the_dockerfile_builds_a_non_root_image_whose_command_the_binary_accepts() {
     assert!(
         String::from_utf8_lossy(&help.stdout).contains("0.0.0.0:8080") && expose.contains("8080")
     );
-    let ignore =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/.dockerignore")).unwrap();
+    let ignore = std::fs::read_to_string(root().join(".dockerignore")).unwrap();
     assert!(ignore.lines().any(|l| l.trim() == "target/"));
 }
 
@@ -154,10 +151,7 @@ fn the_django_example_dockerfile_copies_corral_in_and_runs_it() {
     let stages = file.stages();
     assert_eq!(stages.len(), 2, "{stages:?}");
     assert!(file.copies_corral_from(stages[0]), "{:?}", file.runtime());
-    let chart = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/corral/Chart.yaml"),
-    )
-    .unwrap();
+    let chart = std::fs::read_to_string(root().join("charts/corral/Chart.yaml")).unwrap();
     let app_version = chart
         .lines()
         .find_map(|l| l.strip_prefix("appVersion: "))
@@ -174,14 +168,9 @@ fn the_django_example_dockerfile_copies_corral_in_and_runs_it() {
     let mut args = vec!["run".to_string(), "--check-config".into()];
     args.extend(file.exec_form("CMD "));
     assert!(args.contains(&"{fd}".to_string()), "{args:?}");
-    let path = format!(
-        "{}:{}",
-        venv().join("bin").display(),
-        std::env::var("PATH").unwrap()
-    );
     let out = Command::new(BIN)
         .args(&args)
-        .env("PATH", path)
+        .env("PATH", path_with_venv())
         .output()
         .unwrap();
     assert!(
@@ -202,7 +191,7 @@ fn hadolint_finds_nothing_in_the_dockerfiles() {
             Command::new(&hadolint)
                 .args(["--failure-threshold", "info"])
                 .args(args)
-                .current_dir(env!("CARGO_MANIFEST_DIR")),
+                .current_dir(root()),
             stdin,
         )
     };

@@ -325,7 +325,7 @@ pub async fn apply_yaml(client: &Client, yaml: &str) {
 
 /// Installs the CRD and the operator's RBAC from manifests/, once per server.
 pub async fn install(client: &Client) {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = super::root();
     apply_yaml(
         client,
         &std::fs::read_to_string(root.join("manifests/crd.yaml")).unwrap(),

@@ -56,7 +56,7 @@ pub fn venv() -> PathBuf {
 }
 
 pub fn django_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/django_app")
+    root().join("tests/django_app")
 }
 
 /// The worker command for Uvicorn serving the test Django project.
@@ -498,6 +498,36 @@ pub fn assert_answered(clients: &mut [TcpStream]) {
     }
 }
 
+/// The repository's root, where the chart, manifests and docs are.
+pub fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// PATH with the test venv's bin first, as in an image where `uvicorn` is
+/// installed.
+pub fn path_with_venv() -> String {
+    format!(
+        "{}:{}",
+        venv().join("bin").display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
+
+/// `helm ARGS` from the repository root: success, stdout then stderr.
+pub fn helm(args: &[&str]) -> (bool, String) {
+    let out = Command::new(k8s_tool("helm"))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
 /// A binary from the helm/kubectl directory .ci/test prepares.
 pub fn k8s_tool(name: &str) -> PathBuf {
     let dir = std::env::var_os("CORRAL_K8S_TOOLS")
@@ -513,7 +543,7 @@ pub fn validate_monitors(docs: &[serde_json::Value]) -> (bool, String) {
     let models = std::env::var_os("CORRAL_MONITORING_MODELS").expect(
         "CORRAL_MONITORING_MODELS is not set: run the tests with .ci/test, which installs the models",
     );
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/validate-monitors.mjs");
+    let script = root().join("tests/support/validate-monitors.mjs");
     run_with_stdin(
         Command::new("node").arg(script).arg(models),
         serde_json::to_string(docs).unwrap().as_bytes(),
