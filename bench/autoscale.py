@@ -143,6 +143,15 @@ class Stopped(BaseException):
     """A signal asked us to stop; not an Exception, so no retry loop eats it."""
 
 
+def raise_on_termination():
+    """Makes TERM and HUP (a caller's timeout) raise Stopped, so the
+    `finally` blocks still stop the cluster and every child."""
+    def terminate(signum, _frame):
+        raise Stopped(f"stopped by signal {signum}")
+    signal.signal(signal.SIGTERM, terminate)
+    signal.signal(signal.SIGHUP, terminate)
+
+
 # --------------------------------------------------------------------------
 # processes
 
@@ -260,10 +269,16 @@ class Kube:
             return None
         return json.loads(r.stdout)
 
-    def server_url(self):
+    def _env_file(self):
         with open(os.path.join(self.dir, "env")) as f:
-            env = dict(line.strip().split("=", 1) for line in f if "=" in line)
-        return f"https://127.0.0.1:{env['KUBE_PORT']}"
+            return dict(line.strip().split("=", 1) for line in f if "=" in line)
+
+    def server_url(self):
+        return f"https://127.0.0.1:{self._env_file()['KUBE_PORT']}"
+
+    def admin_token(self):
+        """The bearer token of kube-up.sh's admin user (system:masters)."""
+        return self._env_file()["KUBE_TOKEN"]
 
 
 # --------------------------------------------------------------------------
@@ -524,6 +539,65 @@ def autoscaler_spec(phases):
     }
 
 
+def install_operator(kube):
+    """Applies the CRD and the operator's RBAC as shipped; returns the
+    operator's ServiceAccount (name, namespace), read from what was applied.
+    Nothing runs the Deployment in it: there is no kubelet or
+    controller-manager."""
+    applied = json.loads(kube.kubectl(
+        "apply", "-f", os.path.join(ROOT, "manifests", "crd.yaml"),
+        "-f", os.path.join(ROOT, "manifests", "operator.yaml"), "-o", "json").stdout)
+    items = applied.get("items", [applied])
+    sa = next((i["metadata"] for i in items if i.get("kind") == "ServiceAccount"), None)
+    if sa is None:
+        raise RunFailed("manifests/operator.yaml has no ServiceAccount")
+    return sa["name"], sa.get("namespace", "default")
+
+
+def operator_kubeconfig(kube, workdir, sa):
+    """A kubeconfig holding a token of the ServiceAccount `sa` (name, namespace)."""
+    sa_name, sa_ns = sa
+    # The API server looks the ServiceAccount up in a cache that lags its
+    # creation by a moment.
+    op_token = wait_until("a token for the operator's ServiceAccount", 30, lambda: kube.kubectl(
+        "create", "token", sa_name, "-n", sa_ns, "--duration=2h",
+        check=False).stdout.strip(), every=0.2)
+    path = os.path.join(workdir, "operator.kubeconfig")
+    with open(path, "w") as f:
+        f.write(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: bench\n  cluster:\n"
+            f"    server: {kube.server_url()}\n    insecure-skip-tls-verify: true\n"
+            f"users:\n- name: {sa_name}\n  user:\n    token: {op_token}\n"
+            f"contexts:\n- name: bench\n  context:\n    cluster: bench\n    user: {sa_name}\n"
+            "current-context: bench\n")
+    os.chmod(path, 0o600)
+    return path
+
+
+def start_operator(procs, corral, kube, workdir, sa, namespace, metrics_port):
+    """`corral operator` as the ServiceAccount `sa`, watching `namespace`;
+    returns its process once it leads. Its log is workdir/operator.log."""
+    # The CRD's kind is served a moment after it is created; the operator's
+    # watch would back off if started before.
+    wait_until("the WorkerAutoscaler kind to be served", 30, lambda: kube.kubectl(
+        "get", "workerautoscalers", "-n", namespace, check=False).returncode == 0, every=0.2)
+    env = dict(os.environ, KUBECONFIG=operator_kubeconfig(kube, workdir, sa), CORRAL_LOG_LEVEL="info")
+    operator = procs.start(
+        [corral, "operator", "--metrics-bind", f"127.0.0.1:{metrics_port}", "--namespace", namespace,
+         "--lease-namespace", sa[1], "--lease-name", "corral-bench",
+         "--identity", "bench-operator"],
+        os.path.join(workdir, "operator.log"), env=env,
+    )
+
+    def leading():
+        if operator.poll() is not None:
+            raise RunFailed(f"corral operator exited {operator.returncode}")
+        status, body = http_get("127.0.0.1", metrics_port, "/readyz")
+        return status == 200 and b"leader" in body
+    wait_until("the operator to lead", 30, leading)
+    return operator
+
+
 def run(args):
     phases = SMOKE if args.smoke else FULL
     corral = os.path.abspath(args.corral)
@@ -580,18 +654,7 @@ def run(args):
             raise RunFailed("API server did not come up")
         log("API server ready")
 
-        # The CRD and the operator's RBAC as shipped; the operator's
-        # ServiceAccount (name and namespace) is read from what was applied.
-        # Nothing runs the Deployment in it: there is no kubelet or
-        # controller-manager.
-        applied = json.loads(kube.kubectl(
-            "apply", "-f", os.path.join(ROOT, "manifests", "crd.yaml"),
-            "-f", os.path.join(ROOT, "manifests", "operator.yaml"), "-o", "json").stdout)
-        items = applied.get("items", [applied])
-        sa = next((i["metadata"] for i in items if i.get("kind") == "ServiceAccount"), None)
-        if sa is None:
-            raise RunFailed("manifests/operator.yaml has no ServiceAccount")
-        sa_name, sa_ns = sa["name"], sa.get("namespace", "default")
+        sa = install_operator(kube)
         # The namespace, the admin token Secret the autoscaler names, and
         # the Pod, whose status then says Running and Ready at the manager.
         kube.create({"apiVersion": "v1", "kind": "List", "items": [
@@ -606,38 +669,7 @@ def run(args):
                      json.dumps({"status": {
                          "phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
                          "conditions": [{"type": "Ready", "status": "True"}]}}))
-        # The CRD's kind is served a moment after it is created; the operator's
-        # watch would back off if started before.
-        wait_until("the WorkerAutoscaler kind to be served", 30, lambda: kube.kubectl(
-            "get", "workerautoscalers", "-n", NS, check=False).returncode == 0, every=0.2)
-        # The API server looks the ServiceAccount up in a cache that lags its
-        # creation by a moment.
-        op_token = wait_until("a token for the operator's ServiceAccount", 30, lambda: kube.kubectl(
-            "create", "token", sa_name, "-n", sa_ns, "--duration=2h",
-            check=False).stdout.strip(), every=0.2)
-        op_kubeconfig = os.path.join(workdir, "operator.kubeconfig")
-        with open(op_kubeconfig, "w") as f:
-            f.write(
-                "apiVersion: v1\nkind: Config\nclusters:\n- name: bench\n  cluster:\n"
-                f"    server: {kube.server_url()}\n    insecure-skip-tls-verify: true\n"
-                f"users:\n- name: {sa_name}\n  user:\n    token: {op_token}\n"
-                f"contexts:\n- name: bench\n  context:\n    cluster: bench\n    user: {sa_name}\n"
-                "current-context: bench\n")
-        os.chmod(op_kubeconfig, 0o600)
-        env = dict(os.environ, KUBECONFIG=op_kubeconfig, CORRAL_LOG_LEVEL="info")
-        operator = procs.start(
-            [corral, "operator", "--metrics-bind", f"127.0.0.1:{op_port}", "--namespace", NS,
-             "--lease-namespace", sa_ns, "--lease-name", "corral-bench",
-             "--identity", "bench-operator"],
-            os.path.join(workdir, "operator.log"), env=env,
-        )
-
-        def leading():
-            if operator.poll() is not None:
-                raise RunFailed(f"corral operator exited {operator.returncode}")
-            status, body = http_get("127.0.0.1", op_port, "/readyz")
-            return status == 200 and b"leader" in body
-        wait_until("the operator to lead", 30, leading)
+        operator = start_operator(procs, corral, kube, workdir, sa, NS, op_port)
         log("operator leading")
 
         spec = autoscaler_spec(phases)
@@ -1121,11 +1153,7 @@ def main():
         print("autoscale: matplotlib is not installed: run this with the bench venv "
               "(pip install -r bench/requirements.txt)", file=sys.stderr)
         return 2
-    # A TERM (a caller's timeout) still stops the cluster and the pod.
-    def terminate(signum, _frame):
-        raise Stopped(f"stopped by signal {signum}")
-    signal.signal(signal.SIGTERM, terminate)
-    signal.signal(signal.SIGHUP, terminate)
+    raise_on_termination()
     try:
         result = run(args)
         os.makedirs(args.out_dir, exist_ok=True)

@@ -11,6 +11,8 @@ import statistics
 
 REF = "gunicorn"
 CORRAL = "corral"
+# Figure 7's per-pass table (operator_scale.json's passes).
+PASS_COLUMNS = ["kind", "cpu_s", "wall_s", "gets", "puts", "rss_mib", "open_fds", "api_connections"]
 SCENARIOS = [
     ("hup", "rolling restart (HUP) x{hups}"),
     ("scale_down", "scale down {n1} -> {n} x{reps}"),
@@ -294,6 +296,26 @@ def markdown(s, raw, cfg, machine, stacks):
         add(f"Scale-up decision {fmt(d, '.2f')} s after the load step; target <= 2 s: "
             f"**{verdict(a.get('target_met'))}** (bench/autoscale.py, autoscale.json).\n")
         L.extend(rows_table(a.get("rows")))
+        add("")
+
+    add("## Figure 7: the operator at scale\n")
+    o = raw.get("operator_scale", {})
+    if "error" in o:
+        add(f"not run: {o['error']}\n")
+    else:
+        cpu_ok = o["cpu_per_pass_max_s"] <= o["targets"]["cpu_per_pass_s"]
+        rss_ok = o["peak_rss_mib"] <= o["targets"]["peak_rss_mib"]
+        add(f"`corral operator` reconciling one WorkerAutoscaler over {o['pods']} pods (a real API server; the "
+            f"pods' admin API served by one fake process speaking the real contract), {o['measured_passes']} "
+            f"measured passes every {o['poll_interval_s']} s, scaling (every pod PUT) and steady (every pod read) "
+            f"alternating. CPU per pass: median {fmt(o['cpu_per_pass_median_s'], '.2f')} s, max "
+            f"{fmt(o['cpu_per_pass_max_s'], '.2f')} s; target <= {o['targets']['cpu_per_pass_s']:g} s: "
+            f"**{verdict(cpu_ok)}**. Peak RSS {fmt(o['peak_rss_mib'], '.1f')} MiB; target <= "
+            f"{o['targets']['peak_rss_mib']:g} MiB: **{verdict(rss_ok)}** (bench/operator_scale.py, "
+            "operator_scale.json, method in docs/benchmarks/operator-scale.md).\n")
+        L.extend(rows_table(o.get("rows")))
+        add("")
+        L.extend(rows_table([{k: p[k] for k in PASS_COLUMNS} for p in o.get("passes", [])]))
         add("")
 
     if s["errors"]:

@@ -13,7 +13,9 @@ corral's built-in worker (no Python: the floor). Figures:
 4. scale up: PUT /workers or TTIN to the new worker serving;
 5. failed requests during rolling restarts, scale down, SIGKILL of a
    worker, TERM with slow requests in flight;
-6. autoscaling with the operator (bench/autoscale.py, run as a subprocess).
+6. autoscaling with the operator (bench/autoscale.py, run as a subprocess);
+7. the operator at 1,000 pods: CPU per reconcile pass and peak RSS
+   (bench/operator_scale.py, run in a thread).
 
 Prints the table and writes results.md, results.json and results.png into
 --out-dir. Exits non-zero when a figure failed to run (not for a missed
@@ -35,6 +37,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -167,6 +170,29 @@ def finish_autoscale(started, cfg):
     return doc
 
 
+def start_operator_scale(args, cfg):
+    """Starts figure 7 (bench/operator_scale.py's run()) in a thread."""
+    import operator_scale
+    holder = {}
+
+    def work():
+        try:
+            holder.update(operator_scale.run(args.corral, args.out_dir, smoke=cfg.smoke))
+        except Exception as e:  # noqa: BLE001 - reported as failed to run
+            holder["error"] = f"{type(e).__name__}: {e}"
+    log("figure 7: bench/operator_scale.py" + (" --smoke" if cfg.smoke else ""))
+    thread = threading.Thread(target=work, name="operator-scale")
+    thread.start()
+    return thread, holder
+
+
+def finish_operator_scale(started):
+    """Waits for figure 7; its result, or {"error": ...}."""
+    thread, holder = started
+    thread.join()
+    return holder if holder else {"error": "bench/operator_scale.py returned nothing"}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", action="store_true", help="every code path once, tiny durations (~30 s)")
@@ -174,6 +200,7 @@ def main():
     ap.add_argument("--corral", default=os.path.join(ROOT, "target", "release", "corral"))
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--skip-autoscale", action="store_true", help="figure 6 reported as not run")
+    ap.add_argument("--skip-operator-scale", action="store_true", help="figure 7 reported as not run")
     args = ap.parse_args()
     args.corral = os.path.abspath(args.corral)
     args.out_dir = os.path.abspath(args.out_dir)
@@ -193,9 +220,11 @@ def main():
     # The smoke run only proves the code paths, so figure 6 (mostly the API
     # server's start) runs beside figures 1-5 to stay near 30 s; the full
     # run keeps every figure alone on the machine.
-    autoscale = None
+    autoscale = scale = None
     if cfg.smoke and not args.skip_autoscale:
         autoscale = start_autoscale(args, cfg)
+    if cfg.smoke and not args.skip_operator_scale:
+        scale = start_operator_scale(args, cfg)
 
     # Figures 1, 2 and the first start-up samples: rounds of every stack on
     # every app, the stack order reversed each round.
@@ -244,10 +273,18 @@ def main():
     else:
         raw["autoscale"] = finish_autoscale(autoscale or start_autoscale(args, cfg), cfg)
 
+    # Figure 7, alone on the machine too in the full run.
+    if args.skip_operator_scale:
+        raw["operator_scale"] = {"error": "skipped (--skip-operator-scale)"}
+    else:
+        raw["operator_scale"] = finish_operator_scale(scale or start_operator_scale(args, cfg))
+
     machine = machine_info(stacks)
     summary = report.summarize(raw, stacks, cfg)
     if "error" in raw["autoscale"] and not args.skip_autoscale:
         summary["errors"].append(f"figure 6: {raw['autoscale']['error']}")
+    if "error" in raw["operator_scale"] and not args.skip_operator_scale:
+        summary["errors"].append(f"figure 7: {raw['operator_scale']['error']}")
     raw["wall_s"] = round(time.monotonic() - wall0, 1)
     md = report.markdown(summary, raw, cfg, machine, stacks)
     with open(os.path.join(args.out_dir, "results.md"), "w") as f:

@@ -279,27 +279,33 @@ async fn scale(state: &AdminState, req: Request<Incoming>) -> Resp {
         Ok(b) => b,
         Err(r) => return r,
     };
-    // Through a JSON object first: serde would also read the struct from
-    // an array (`[3]`), which the API does not promise.
-    let parsed = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&body)
-        .and_then(|object| {
-            serde_json::from_value::<ScaleRequest>(serde_json::Value::Object(object))
-        });
-    let request = match parsed {
+    let request = match parse_scale_request(&body) {
         Ok(r) => r,
-        Err(e) if e.classify() == serde_json::error::Category::Data => {
-            return error(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                format!("expected {{\"desired\": <whole number or null>}}: {e}"),
-            );
-        }
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("body is not JSON: {e}")),
+        Err((status, message)) => return error(status, message),
     };
     ask(state, |reply| Command::Scale {
         desired: request.desired,
         reply,
     })
     .await
+}
+
+/// Reads a `PUT /workers` body: 400 when it is not JSON, 422 when it is
+/// JSON of the wrong shape.
+fn parse_scale_request(body: &[u8]) -> Result<ScaleRequest, (StatusCode, String)> {
+    // Through a JSON object first: serde would also read the struct from
+    // an array (`[3]`), which the API does not promise.
+    serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(body)
+        .and_then(|object| {
+            serde_json::from_value::<ScaleRequest>(serde_json::Value::Object(object))
+        })
+        .map_err(|e| match e.classify() {
+            serde_json::error::Category::Data => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("expected {{\"desired\": <whole number or null>}}: {e}"),
+            ),
+            _ => (StatusCode::BAD_REQUEST, format!("body is not JSON: {e}")),
+        })
 }
 
 async fn restart(state: &AdminState, req: Request<Incoming>) -> Resp {
@@ -310,4 +316,57 @@ async fn restart(state: &AdminState, req: Request<Incoming>) -> Resp {
         return r;
     }
     ask(state, |reply| Command::Restart { reply }).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn scale_bodies() {
+        assert_eq!(
+            parse_scale_request(br#"{"desired": 3}"#).map(|r| r.desired),
+            Ok(Some(3))
+        );
+        assert_eq!(
+            parse_scale_request(br#"{"desired": null}"#).map(|r| r.desired),
+            Ok(None)
+        );
+        for (body, status) in [
+            (&b"{"[..], StatusCode::BAD_REQUEST),
+            (b"", StatusCode::BAD_REQUEST),
+            (b"[3]", StatusCode::UNPROCESSABLE_ENTITY),
+            (br#"{"desired": -1}"#, StatusCode::UNPROCESSABLE_ENTITY),
+            (br#"{"desired": 1e99}"#, StatusCode::UNPROCESSABLE_ENTITY),
+            (
+                br#"{"desired": 3, "extra": 1}"#,
+                StatusCode::UNPROCESSABLE_ENTITY,
+            ),
+        ] {
+            assert_eq!(
+                parse_scale_request(body).map_err(|e| e.0).err(),
+                Some(status),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn any_body_is_a_request_or_a_client_error(body in any::<Vec<u8>>()) {
+            if let Err((status, _)) = parse_scale_request(&body) {
+                prop_assert!(status.is_client_error());
+            }
+        }
+
+        #[test]
+        fn any_json_value_for_desired_is_a_request_or_a_422(value in "[-0-9.eE]{1,30}|\\[\\]|\"[a-z]*\"|true|null") {
+            let body = format!(r#"{{"desired": {value}}}"#);
+            if let Err((status, _)) = parse_scale_request(body.as_bytes()) {
+                prop_assert!(status.is_client_error());
+            }
+        }
+    }
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use serde::{Deserialize, Serialize};
 
+use crate::limits::MAX_WORKERS;
 use crate::units::{BindAddr, ByteSize, Mode, Secs};
 
 /// One layer of settings. The same struct is filled by clap (flags, then
@@ -49,7 +50,7 @@ pub struct Settings {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub min_workers: Option<u32>,
 
-    /// Most workers any scale request may reach [default: 4 x CPUs, at least --workers].
+    /// Most workers any scale request may reach, at most 1024 [default: 4 x CPUs, at least --workers].
     #[arg(long, env = "CORRAL_MAX_WORKERS", value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_workers: Option<u32>,
@@ -320,6 +321,18 @@ impl Config {
             None => None,
         };
         let cpus = host.cpus.max(1);
+        let over_cap = |field: &'static str, n: Option<u32>| match n {
+            Some(n) if n > MAX_WORKERS => Err(invalid(
+                field,
+                format!("{n} is more than {MAX_WORKERS}, the most workers one manager runs"),
+            )),
+            _ => Ok(()),
+        };
+        over_cap("workers", s.workers)?;
+        over_cap("WEB_CONCURRENCY", web_concurrency)?;
+        over_cap("min-workers", s.min_workers)?;
+        over_cap("max-workers", s.max_workers)?;
+        over_cap("max-surge", s.max_surge)?;
         let min_workers = s.min_workers.unwrap_or(1);
         if min_workers < 1 {
             return Err(invalid("min-workers", "must be at least 1"));
@@ -330,7 +343,9 @@ impl Config {
         }
         let max_workers = match s.max_workers {
             Some(max) => max,
-            None => (4 * cpus)
+            None => cpus
+                .saturating_mul(4)
+                .min(MAX_WORKERS)
                 .max(explicit_workers.unwrap_or(0))
                 .max(min_workers),
         };
@@ -573,6 +588,9 @@ mod tests {
             ("backlog: 0\n", "backlog"),
             ("bind: ['127.0.0.1:1', '127.0.0.1:1']\n", "bind"),
             ("log-level: 'a=b=c'\n", "log-level"),
+            ("workers: 100000\n", "workers"),
+            ("max-workers: 5000\n", "max-workers"),
+            ("max-surge: 2000\n", "max-surge"),
         ];
         for (text, field) in cases {
             let file = yaml(text).unwrap();
@@ -604,5 +622,63 @@ mod tests {
         let text = serde_saphyr::to_string(&c.to_settings()).unwrap();
         let again = Config::resolve(Settings::default(), yaml(&text).unwrap(), &host()).unwrap();
         assert_eq!(c, again);
+    }
+
+    #[test]
+    fn out_of_range_values_in_the_file_name_their_key() {
+        for (text, key) in [
+            ("graceful-timeout: 1e300\n", "graceful-timeout"),
+            ("timeout: 1e20\n", "timeout"),
+            ("memory-limit: 99Ei\n", "memory-limit"),
+            ("backlog: 1e12\n", "backlog"),
+        ] {
+            let err = yaml(text).unwrap_err().to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_default_maximum_stays_under_the_cap_on_huge_machines() {
+        let big = Host {
+            cpus: 100_000,
+            ..host()
+        };
+        let c = Config::resolve(Settings::default(), Settings::default(), &big).unwrap();
+        assert_eq!((c.workers, c.max_workers), (MAX_WORKERS, MAX_WORKERS));
+    }
+
+    mod arbitrary_input {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn any_config_file_text_is_an_error_or_a_config(text in any::<String>()) {
+                if let Ok(file) = Settings::from_yaml(Path::new("c.yaml"), &text) {
+                    let _ = Config::resolve(Settings::default(), file, &host());
+                }
+            }
+
+            #[test]
+            fn any_yaml_mapping_of_known_keys_is_an_error_or_a_config(
+                key in prop::sample::select(vec![
+                    "bind", "backlog", "workers", "max-workers", "memory-limit",
+                    "memory-headroom", "timeout", "graceful-timeout", "shutdown-delay",
+                    "socket-mode", "admin-bind", "readiness", "command",
+                ]),
+                value in "[ -~]{0,24}",
+            ) {
+                let text = format!("{key}: {value}\n");
+                if let Ok(file) = Settings::from_yaml(Path::new("c.yaml"), &text) {
+                    let _ = Config::resolve(Settings::default(), file, &host());
+                }
+            }
+
+            #[test]
+            fn any_web_concurrency_is_an_error_or_a_config(value in any::<String>()) {
+                let h = Host { web_concurrency: Some(value), ..host() };
+                let _ = Config::resolve(Settings::default(), Settings::default(), &h);
+            }
+        }
     }
 }

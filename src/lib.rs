@@ -5,6 +5,8 @@
 //! - [`config`]: flags, `CORRAL_*` environment and YAML file merged and validated (pure).
 //! - [`units`]: the value types config is written in (durations, byte sizes, bind addresses).
 //! - [`contract`]: the admin API's JSON documents, shared by the manager and its clients.
+//! - [`backoff`]: how long to wait before trying again (worker restarts, API server reconnects).
+//! - [`limits`]: the worker-count bounds and the memory guard, shared by the manager and the operator.
 //! - [`manager`]: the supervisor that binds listeners and keeps workers running.
 //! - [`admin`]: the manager's HTTP control and observation surface.
 //! - [`run`]: `corral run`: config, admin API and manager wired together.
@@ -15,11 +17,13 @@
 //! - [`telemetry`]: tracing setup, text or JSON.
 
 pub mod admin;
+pub mod backoff;
 pub mod cli;
 pub mod client;
 pub mod config;
 pub mod contract;
 pub mod http;
+pub mod limits;
 pub mod manager;
 pub mod operator;
 pub mod run;

@@ -31,9 +31,10 @@ use crate::contract::{
     CgroupDoc, ExitDoc, ExitReason, LimitReason, Limited, Limits, ListenerDoc, RecentExit, VERSION,
     WorkerDoc, WorkerState, WorkersDoc,
 };
+use crate::limits::{self, Bounds};
 use listener::{Inherited, Listener};
 use notify::{Message, NotifySocket};
-use plan::{Action, Bounds, Policy, View, WorkerFacts};
+use plan::{Action, Policy, View, WorkerFacts};
 use probe::{CgroupPaths, ProcUsage};
 use reexec::HandOff;
 use signals::{Signal, Signals};
@@ -474,7 +475,7 @@ impl Manager {
     /// Applies a runtime worker count after checking every bound.
     fn request(&mut self, n: u32) -> Result<(), ScaleError> {
         let bounds = self.bounds();
-        match plan::check_request(n, self.active_count(), &bounds) {
+        match bounds.check(n, self.active_count()) {
             Ok(n) => {
                 info!(from = self.target(), to = n, "worker count changed");
                 self.requested = Some(n);
@@ -523,7 +524,7 @@ impl Manager {
     fn bounds(&self) -> Bounds {
         let memory_cap = match (self.memory_limit(), self.per_worker_memory()) {
             (Some((limit, _)), Some(per)) => {
-                plan::memory_cap(limit, self.config.memory_headroom, self.manager_rss, per)
+                limits::memory_cap(limit, self.config.memory_headroom, self.manager_rss, per)
             }
             _ => None,
         };
@@ -856,7 +857,7 @@ impl Manager {
         let desired = if stopping {
             0
         } else {
-            plan::effective_desired(self.target(), self.active_count(), &bounds)
+            bounds.effective(self.target(), self.active_count())
         };
         let facts: Vec<WorkerFacts> = self.workers.iter().map(|w| w.facts.clone()).collect();
         let policy = self.policy();
@@ -1014,7 +1015,7 @@ impl Manager {
             desired: if self.shutdown.is_some() {
                 0
             } else {
-                plan::effective_desired(self.target(), self.active_count(), &bounds)
+                bounds.effective(self.target(), self.active_count())
             },
             configured: self.config.workers,
             requested: self.requested,

@@ -66,7 +66,7 @@ pub fn crd_yaml() -> String {
 }
 
 struct Health {
-    /// The API server answered at start-up.
+    /// The API server has answered once (until then the operator retries).
     connected: AtomicBool,
     /// This replica holds the lease and runs the controller.
     leading: AtomicBool,
@@ -102,7 +102,11 @@ async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
 
     let config = kube::Config::infer().await?;
     let client = Client::try_from(config)?;
-    let version = client.apiserver_version().await?;
+    let mut shutdown = std::pin::pin!(shutdown_signal());
+    let version = tokio::select! {
+        version = connect(&client) => version,
+        _ = &mut shutdown => return Ok(()),
+    };
     health.connected.store(true, Ordering::Relaxed);
     let identity = args.identity.clone().unwrap_or_else(|| {
         format!(
@@ -131,7 +135,6 @@ async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
         },
     );
     let ctx = Arc::new(Context::new(client.clone(), recorder, metrics.clone()));
-    let mut shutdown = std::pin::pin!(shutdown_signal());
 
     loop {
         if !*leader.borrow_and_update() {
@@ -174,6 +177,35 @@ async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
         _ => {}
     }
     Ok(())
+}
+
+/// First wait between attempts to reach the API server, and the cap: an
+/// operator started before its API server (a control plane coming up, a
+/// network policy not yet applied) keeps serving /livez and a 503
+/// /readyz, and connects as soon as it can.
+const CONNECT_BACKOFF: Duration = Duration::from_millis(500);
+const CONNECT_BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// Asks the API server for its version until it answers.
+async fn connect(client: &Client) -> k8s_openapi::apimachinery::pkg::version::Info {
+    let mut failures = 0u32;
+    loop {
+        match client.apiserver_version().await {
+            Ok(version) => return version,
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                let wait =
+                    crate::backoff::exponential(failures, CONNECT_BACKOFF, CONNECT_BACKOFF_MAX);
+                warn!(
+                    error = %e,
+                    attempt = failures,
+                    retry_in_ms = wait.as_millis() as u64,
+                    "cannot reach the API server"
+                );
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -16,6 +16,10 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Secs(pub Duration);
 
+/// The longest duration any setting takes: a year. Longer ones are typos
+/// (`1e20`), and deadlines computed from them would overflow the clock.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
 impl FromStr for Secs {
     type Err = String;
 
@@ -39,7 +43,13 @@ impl FromStr for Secs {
         if !value.is_finite() || value < 0.0 {
             return Err(format!("`{s}` must be a non-negative duration"));
         }
-        Ok(Secs(Duration::from_secs_f64(value * scale)))
+        let seconds = value * scale;
+        if seconds > MAX_DURATION.as_secs_f64() {
+            return Err(format!(
+                "`{s}` is longer than a year, the most any duration may be"
+            ));
+        }
+        Ok(Secs(Duration::from_secs_f64(seconds)))
     }
 }
 
@@ -54,8 +64,11 @@ impl fmt::Display for Secs {
     }
 }
 
-/// A byte count with an optional binary (`Ki`, `Mi`, `Gi`) or decimal (`k`,
-/// `M`, `G`) suffix, as Kubernetes writes memory quantities.
+/// A byte count written as a Kubernetes quantity, so a value pasted from a
+/// manifest's `resources.limits.memory` means the same here: a decimal
+/// number (`1.5`) with a binary suffix (`Ki` .. `Ei`), a decimal suffix
+/// (`k`, `M`, `G`, `T`, `P`, `E`) or an exponent (`1e9`, `129E6`); a plain
+/// `B` is allowed too. Fractions of a byte round up, as Kubernetes does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ByteSize(pub u64);
 
@@ -64,28 +77,44 @@ impl FromStr for ByteSize {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let s = s.trim();
-        let suffixes: [(&str, u64); 8] = [
-            ("Ki", 1 << 10),
-            ("Mi", 1 << 20),
-            ("Gi", 1 << 30),
-            ("Ti", 1 << 40),
-            ("k", 1_000),
-            ("M", 1_000_000),
-            ("G", 1_000_000_000),
-            ("T", 1_000_000_000_000),
-        ];
-        let (number, scale) = suffixes
-            .iter()
-            .find_map(|(suffix, scale)| s.strip_suffix(suffix).map(|n| (n, *scale)))
-            .unwrap_or((s.strip_suffix('B').unwrap_or(s), 1));
-        let value: u64 = number
-            .trim()
-            .parse()
-            .map_err(|_| format!("`{s}` is not a byte size (examples: 536870912, 512Mi, 1G)"))?;
-        value
-            .checked_mul(scale)
+        let not_a_size =
+            || format!("`{s}` is not a byte size (examples: 536870912, 512Mi, 1.5Gi, 1e9)");
+        let too_large = || format!("`{s}` is more than {} bytes", u64::MAX);
+        let split = s
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(s.len());
+        let (number, suffix) = s.split_at(split);
+        let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+        let digits = format!("{whole}{fraction}");
+        // 38 digits always fit a u128; more are not a memory size anyway.
+        if digits.is_empty() || digits.len() > 38 || fraction.contains('.') {
+            return Err(not_a_size());
+        }
+        let mut numerator: u128 = digits.parse().map_err(|_| not_a_size())?;
+        let mut denominator: u128 = 10u128.pow(fraction.len() as u32);
+        let binary = ["Ki", "Mi", "Gi", "Ti", "Pi", "Ei"];
+        let decimal = ["k", "M", "G", "T", "P", "E"];
+        let scale = |n: u128, factor: u128| n.checked_mul(factor).ok_or_else(too_large);
+        if let Some(i) = binary.iter().position(|b| *b == suffix) {
+            numerator = scale(numerator, 1u128 << (10 * (i + 1)))?;
+        } else if let Some(i) = decimal.iter().position(|d| *d == suffix) {
+            numerator = scale(numerator, 1000u128.pow(i as u32 + 1))?;
+        } else if let Some(exponent) = suffix.strip_prefix(['e', 'E']) {
+            let exponent: i32 = exponent.parse().map_err(|_| not_a_size())?;
+            let power = 10u128
+                .checked_pow(exponent.unsigned_abs())
+                .ok_or_else(too_large)?;
+            if exponent >= 0 {
+                numerator = scale(numerator, power)?;
+            } else {
+                denominator = denominator.checked_mul(power).ok_or_else(not_a_size)?;
+            }
+        } else if !suffix.is_empty() && suffix != "B" {
+            return Err(not_a_size());
+        }
+        u64::try_from(numerator.div_ceil(denominator))
             .map(ByteSize)
-            .ok_or_else(|| format!("`{s}` is too large"))
+            .map_err(|_| too_large())
     }
 }
 
@@ -242,6 +271,35 @@ mod tests {
     }
 
     #[test]
+    fn byte_sizes_as_kubernetes_writes_them() {
+        let bytes = |s: &str| s.parse::<ByteSize>().map(|b| b.0);
+        assert_eq!(bytes("1.5Gi"), Ok(3 << 29));
+        assert_eq!(bytes("512M"), Ok(512_000_000));
+        assert_eq!(bytes("1e9"), Ok(1_000_000_000));
+        assert_eq!(bytes("129E6"), Ok(129_000_000));
+        assert_eq!(bytes("128974848"), Ok(128_974_848));
+        assert_eq!(bytes("1E"), Ok(1_000_000_000_000_000_000));
+        assert_eq!(bytes("0.5"), Ok(1), "a fraction of a byte rounds up");
+        assert_eq!(bytes("15e-1"), Ok(2));
+        assert_eq!(bytes("512B"), Ok(512));
+        assert_eq!(bytes(".5Ki"), Ok(512));
+        for bad in [
+            "", "Gi", "1.2.3", "1Gb", "1 e9", "1e", "1e99", "16Ei", "1e-99", "1.5x",
+        ] {
+            assert!(bytes(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn durations_longer_than_a_year_are_refused() {
+        for bad in ["1e20", "1e300", "inf", "NaN", "9000h", "1e11ms", "-0.5"] {
+            assert!(bad.parse::<Secs>().is_err(), "{bad:?} accepted");
+        }
+        assert_eq!("365d".parse::<Secs>().ok(), None, "no day unit");
+        assert_eq!("8760h".parse::<Secs>().unwrap().0, MAX_DURATION);
+    }
+
+    #[test]
     fn bind_addresses() {
         assert_eq!(
             "0.0.0.0:8000".parse::<BindAddr>().unwrap(),
@@ -271,5 +329,31 @@ mod tests {
         assert_eq!("660".parse::<Mode>().unwrap().0, 0o660);
         assert_eq!("0o600".parse::<Mode>().unwrap().0, 0o600);
         assert!("999".parse::<Mode>().is_err());
+    }
+
+    mod arbitrary_input {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn parsers_never_panic(s in any::<String>()) {
+                let _ = s.parse::<Secs>();
+                let _ = s.parse::<ByteSize>();
+                let _ = s.parse::<BindAddr>();
+                let _ = s.parse::<Mode>();
+            }
+
+            #[test]
+            fn number_like_text_never_panics(s in "[-+0-9.eE]{0,12}(ms|s|m|h|Ki|Mi|Gi|Ei|k|M|G|E|B)?") {
+                let _ = s.parse::<Secs>();
+                let _ = s.parse::<ByteSize>();
+            }
+
+            #[test]
+            fn whole_byte_counts_read_back(n in any::<u64>()) {
+                prop_assert_eq!(n.to_string().parse::<ByteSize>(), Ok(ByteSize(n)));
+            }
+        }
     }
 }

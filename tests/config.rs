@@ -83,6 +83,53 @@ fn negative_and_impossible_counts_are_refused() {
 }
 
 #[test]
+fn out_of_range_durations_sizes_and_counts_are_refused_not_panics() {
+    refused(&["--timeout", "1e20", "--check-config"], "--timeout");
+    refused(&["--graceful-timeout", "1e300"], "--graceful-timeout");
+    refused(&["--shutdown-delay", "inf"], "--shutdown-delay");
+    refused(&["--memory-limit", "99Ei"], "--memory-limit");
+    refused(&["-w", "100000"], "workers");
+    refused(&["--max-workers", "4096"], "max-workers");
+    let out = Command::new(BIN)
+        .args(["run", "--check-config"])
+        .env("CORRAL_BOOT_TIMEOUT", "1e99")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("boot-timeout"), "{stderr}");
+}
+
+#[test]
+fn memory_limits_take_kubernetes_quantities() {
+    for (given, bytes) in [
+        ("1.5Gi", 1610612736u64),
+        ("512M", 512_000_000),
+        ("1e9", 1_000_000_000),
+    ] {
+        let config = printed(
+            Command::new(BIN)
+                .args(["run", "--print-config", "--memory-limit", given])
+                .env_remove("WEB_CONCURRENCY"),
+        );
+        assert_eq!(
+            config["memory-limit"],
+            serde_json::json!(bytes.to_string()),
+            "{given}"
+        );
+    }
+}
+
+#[test]
+fn text_logs_to_a_file_have_no_colour_codes() {
+    let c = corral().args(&["-w", "1"]).start();
+    c.wait_settled(1, Duration::from_secs(30));
+    let log = c.log();
+    assert!(log.contains("listening"), "{log}");
+    assert!(!log.contains('\x1b'), "escape sequences in a file: {log:?}");
+}
+
+#[test]
 fn bad_config_files_are_refused() {
     let dir = temp_dir("badfiles");
     for (name, text, needle) in [

@@ -79,7 +79,7 @@ fn the_admin_api_reference_covers_every_route_and_metric() {
     assert_mentions("admin-api.md", &text, routes);
 
     let (_, manager) = get(c.admin, "/metrics").unwrap();
-    // The operator serves its metrics before it reaches an API server.
+    // The operator serves its metrics while it cannot reach an API server.
     let dir = std::env::temp_dir().join(format!("corral-docs-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let kubeconfig = cluster::write_kubeconfig(&dir, "https://127.0.0.1:1", "docs", "x");

@@ -574,6 +574,45 @@ async fn the_operator_recovers_from_an_api_server_restart() {
     assert!(op.is_running(), "{}", op.log());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_started_before_its_api_server_waits_and_then_reconciles() {
+    let mut cluster = Cluster::start();
+    let admin = cluster.admin().await;
+    k::install(&admin).await;
+    let env = prepare(admin, "late", |user, token| cluster.kubeconfig(user, token)).await;
+    let (m, port) = one_pod(&env, "127.0.0.12", "web-l").await;
+    autoscaler(
+        &env,
+        "web",
+        spec(port, json!({"minWorkers": 2, "maxWorkers": 6})),
+    )
+    .await;
+    cluster.stop_apiserver();
+    let mut op = Operator::start(&env.kubeconfig, &env.ns, "op-late", "lease-late", &[]);
+    // Retrying with a log line per attempt, alive but not ready meanwhile.
+    eventually("two failed attempts in the log", WAIT, || {
+        let log = op.log();
+        match log.matches("cannot reach the API server").count() {
+            n if n >= 2 => Ok(()),
+            _ => Err(log),
+        }
+    });
+    assert!(op.is_running(), "{}", op.log());
+    assert_eq!(get(op.metrics, "/livez").unwrap().0, 200);
+    let (code, body) = get(op.metrics, "/readyz").unwrap();
+    assert_eq!(
+        (code, body.trim()),
+        (503, "not connected to the API server")
+    );
+    assert_eq!(m.workers().unwrap().desired, 1, "nothing changed yet");
+
+    cluster.start_apiserver();
+    until_workers(&m, "the change once connected", |d| d.desired == 2).await;
+    let (code, body) = get(op.metrics, "/readyz").unwrap();
+    assert_eq!((code, body.trim()), (200, "ready (leader)"));
+    assert!(op.is_running(), "{}", op.log());
+}
+
 /// `kubectl apply --dry-run=server` of `input` against the server of `kubeconfig`.
 fn kubectl_dry_run(kubeconfig: &std::path::Path, input: &[u8]) -> (bool, String) {
     run_with_stdin(

@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use crate::config::Readiness;
-use crate::contract::{ExitReason, LimitReason, WorkerState};
+use crate::contract::{ExitReason, WorkerState};
 
 /// What the planner knows about one worker.
 #[derive(Debug, Clone, PartialEq)]
@@ -37,7 +37,7 @@ pub struct Policy {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct View<'a> {
-    /// Workers wanted, already bounded by [`effective_desired`].
+    /// Workers wanted, already held by the memory guard ([`crate::limits::Bounds::effective`]).
     pub desired: u32,
     pub generation: u64,
     /// No new workers during shutdown or while a restart backoff runs.
@@ -172,64 +172,7 @@ fn drain_order<'a>(
 
 /// Delay before the next start after `failures` crashes in a row.
 pub fn backoff(failures: u32, max: Duration) -> Duration {
-    if failures == 0 {
-        return Duration::ZERO;
-    }
-    let base = Duration::from_millis(100);
-    let factor = 1u32 << (failures - 1).min(16);
-    base.saturating_mul(factor).min(max)
-}
-
-/// The bounds a requested worker count must respect.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Bounds {
-    pub min: u32,
-    pub max: u32,
-    /// Workers the memory limit holds, once a worker's size is known.
-    pub memory_cap: Option<u32>,
-}
-
-/// Checks a requested count: `Err` names the limit that refuses it and the
-/// count that limit allows.
-pub fn check_request(
-    requested: u32,
-    current: u32,
-    bounds: &Bounds,
-) -> Result<u32, (LimitReason, u32)> {
-    if requested < bounds.min {
-        return Err((LimitReason::MinWorkers, bounds.min));
-    }
-    if requested > bounds.max {
-        return Err((LimitReason::MaxWorkers, bounds.max));
-    }
-    match bounds.memory_cap {
-        // Only growth is refused: a guard that killed running workers
-        // would turn a memory estimate into an outage.
-        Some(cap) if requested > current && requested > cap => {
-            Err((LimitReason::MemoryGuard, cap.max(current).max(bounds.min)))
-        }
-        _ => Ok(requested),
-    }
-}
-
-/// The count to drive towards: the request, unless the memory guard holds
-/// it at what is running (or the cap, whichever is more).
-pub fn effective_desired(desired: u32, active: u32, bounds: &Bounds) -> u32 {
-    match bounds.memory_cap {
-        Some(cap) if desired > cap => desired.min(cap.max(active)).max(bounds.min),
-        _ => desired,
-    }
-}
-
-/// How many workers fit in `limit` bytes, keeping `headroom` of it free,
-/// once the manager's own memory is paid.
-pub fn memory_cap(limit: u64, headroom: f64, manager_rss: u64, per_worker: u64) -> Option<u32> {
-    if per_worker == 0 {
-        return None;
-    }
-    let usable = (limit as f64 * (1.0 - headroom)) as u64;
-    let room = usable.saturating_sub(manager_rss);
-    Some(u32::try_from(room / per_worker).unwrap_or(u32::MAX))
+    crate::backoff::exponential(failures, Duration::from_millis(100), max)
 }
 
 #[cfg(test)]

@@ -7,6 +7,9 @@
 
 use std::collections::VecDeque;
 
+use crate::contract::LimitReason;
+use crate::limits::Bounds;
+
 /// Relative distance from the target inside which nothing changes.
 pub const TOLERANCE: f64 = 0.1;
 
@@ -85,23 +88,23 @@ impl Default for Behavior {
     }
 }
 
-/// What limited a decision, as shown in the autoscaler's status.
+/// What limited a decision, as shown in the autoscaler's status: one of
+/// the manager's own limits, or the autoscaler's behaviour.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Limit {
-    MinWorkers,
-    MaxWorkers,
-    MemoryGuard,
+    Bound(LimitReason),
     ScaleUpPolicy,
     ScaleDownPolicy,
     Stabilization,
 }
 
 impl Limit {
+    /// The name in the status, as the spec's own field names are written.
     pub fn as_str(self) -> &'static str {
         match self {
-            Limit::MinWorkers => "minWorkers",
-            Limit::MaxWorkers => "maxWorkers",
-            Limit::MemoryGuard => "memoryGuard",
+            Limit::Bound(LimitReason::MinWorkers) => "minWorkers",
+            Limit::Bound(LimitReason::MaxWorkers) => "maxWorkers",
+            Limit::Bound(LimitReason::MemoryGuard) => "memoryGuard",
             Limit::ScaleUpPolicy => "scaleUpPolicy",
             Limit::ScaleDownPolicy => "scaleDownPolicy",
             Limit::Stabilization => "stabilization",
@@ -115,10 +118,9 @@ impl Limit {
 pub struct PodInput {
     /// The count the manager drives towards now.
     pub current: u32,
-    /// Bounds: the autoscaler's, already narrowed to the manager's own.
-    pub min: u32,
-    pub max: u32,
-    pub memory_cap: Option<u32>,
+    /// The autoscaler's bounds, already narrowed to the manager's own,
+    /// and the manager's memory cap.
+    pub bounds: Bounds,
     pub values: Vec<(Metric, Option<f64>)>,
 }
 
@@ -215,13 +217,14 @@ pub fn decide(
         .iter()
         .filter_map(|(metric, value)| propose(*metric, (*value)?, current))
         .max()?;
+    let bounds = &input.bounds;
     let mut limited_by = None;
-    let recommendation = if raw > input.max {
-        limited_by = Some(Limit::MaxWorkers);
-        input.max
-    } else if raw < input.min {
-        limited_by = Some(Limit::MinWorkers);
-        input.min
+    let recommendation = if raw > bounds.max {
+        limited_by = Some(Limit::Bound(LimitReason::MaxWorkers));
+        bounds.max
+    } else if raw < bounds.min {
+        limited_by = Some(Limit::Bound(LimitReason::MinWorkers));
+        bounds.min
     } else {
         raw
     };
@@ -263,16 +266,12 @@ pub fn decide(
         }
     }
 
-    // The memory guard holds growth, never forces shrinking.
-    if let Some(cap) = input.memory_cap
-        && desired > current
-        && desired > cap
-    {
-        desired = cap.max(current);
-        limited_by = Some(Limit::MemoryGuard);
+    if let Some(held) = bounds.memory_guard(desired, current) {
+        desired = held;
+        limited_by = Some(Limit::Bound(LimitReason::MemoryGuard));
     }
     // The bounds win over everything, as in an HPA.
-    desired = desired.clamp(input.min, input.max);
+    desired = desired.clamp(bounds.min, bounds.max);
     Some(Decision {
         recommendation,
         desired,

@@ -18,6 +18,8 @@ use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{info, warn};
 
+use crate::limits::Bounds;
+
 use super::crd::{PodScaleStatus, WorkerAutoscaler, WorkerAutoscalerStatus};
 use super::decide::{self, History, PodInput};
 use super::metrics::OperatorMetrics;
@@ -360,9 +362,11 @@ async fn scale_pod(
     let max = plan.max.min(doc.limits.max).max(min);
     let input = PodInput {
         current,
-        min,
-        max,
-        memory_cap: doc.limits.memory_cap,
+        bounds: Bounds {
+            min,
+            max,
+            memory_cap: doc.limits.memory_cap,
+        },
         values,
     };
     let key = format!("{uid}/{pod_name}");

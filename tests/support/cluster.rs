@@ -207,9 +207,19 @@ impl Cluster {
     /// Stops the API server (etcd keeps the data) and starts it again on
     /// the same port.
     pub fn restart_apiserver(&mut self, down_for: Duration) {
+        self.stop_apiserver();
+        std::thread::sleep(down_for);
+        self.start_apiserver();
+    }
+
+    /// Kills the API server; etcd keeps the data for [`Self::start_apiserver`].
+    pub fn stop_apiserver(&mut self) {
         let _ = killpg(Pid::from_raw(self.api.id() as i32), Signal::SIGKILL);
         let _ = self.api.wait();
-        std::thread::sleep(down_for);
+    }
+
+    /// Starts the API server again on the same port and waits until it is ready.
+    pub fn start_apiserver(&mut self) {
         self.api = self.spawn_apiserver();
         self.wait_ready();
     }

@@ -372,16 +372,54 @@ pub fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     request(addr, "GET", path, &[], "")
 }
 
-/// Polls until a GET answers 200.
-pub fn wait_http(addr: SocketAddr, path: &str, limit: Duration) {
+/// How often awaited conditions are checked.
+pub const POLL: Duration = Duration::from_millis(50);
+
+/// Checks `check` every [`POLL`] until it gives a value; after `limit`,
+/// panics naming `what` and the last thing `check` saw (its `Err`).
+pub fn eventually<T, E: std::fmt::Debug>(
+    what: &str,
+    limit: Duration,
+    mut check: impl FnMut() -> Result<T, E>,
+) -> T {
     let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if matches!(get(addr, path), Ok((200, _))) {
-            return;
+    loop {
+        match check() {
+            Ok(value) => return value,
+            Err(last) if Instant::now() >= deadline => {
+                panic!("timed out after {limit:?} waiting for {what}; last seen: {last:?}")
+            }
+            Err(_) => std::thread::sleep(POLL),
         }
-        std::thread::sleep(Duration::from_millis(50));
     }
-    panic!("{addr}{path} did not answer 200 within {limit:?}");
+}
+
+/// [`eventually`] for async tests: the runtime's other tasks go on while it waits.
+pub async fn eventually_async<T, E: std::fmt::Debug, F: Future<Output = Result<T, E>>>(
+    what: &str,
+    limit: Duration,
+    mut check: impl FnMut() -> F,
+) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        match check().await {
+            Ok(value) => return value,
+            Err(last) if Instant::now() >= deadline => {
+                panic!("timed out after {limit:?} waiting for {what}; last seen: {last:?}")
+            }
+            Err(_) => tokio::time::sleep(POLL).await,
+        }
+    }
+}
+
+/// Waits until a GET answers 200.
+pub fn wait_http(addr: SocketAddr, path: &str, limit: Duration) {
+    eventually(&format!("200 from {addr}{path}"), limit, || {
+        match get(addr, path) {
+            Ok((200, _)) => Ok(()),
+            other => Err(other),
+        }
+    });
 }
 
 #[derive(Debug, Default)]

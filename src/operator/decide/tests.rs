@@ -1,4 +1,6 @@
 use super::*;
+use crate::contract::LimitReason;
+use crate::limits::Bounds;
 
 fn cpu(target: f64) -> Metric {
     Metric::Cpu { target }
@@ -7,9 +9,11 @@ fn cpu(target: f64) -> Metric {
 fn pod(current: u32, values: Vec<(Metric, Option<f64>)>) -> PodInput {
     PodInput {
         current,
-        min: 1,
-        max: 12,
-        memory_cap: None,
+        bounds: Bounds {
+            min: 1,
+            max: 12,
+            memory_cap: None,
+        },
         values,
     }
 }
@@ -80,7 +84,10 @@ fn bounds_apply_and_are_named() {
         0.0,
     )
     .unwrap();
-    assert_eq!((d.desired, d.limited_by), (12, Some(Limit::MaxWorkers)));
+    assert_eq!(
+        (d.desired, d.limited_by),
+        (12, Some(Limit::Bound(LimitReason::MaxWorkers)))
+    );
     let d = decide(
         &pod(4, vec![(cpu(0.7), Some(0.0))]),
         &History::default(),
@@ -88,15 +95,21 @@ fn bounds_apply_and_are_named() {
         0.0,
     )
     .unwrap();
-    assert_eq!((d.desired, d.limited_by), (1, Some(Limit::MinWorkers)));
+    assert_eq!(
+        (d.desired, d.limited_by),
+        (1, Some(Limit::Bound(LimitReason::MinWorkers)))
+    );
 }
 
 #[test]
 fn the_memory_guard_holds_growth_only() {
     let mut input = pod(3, vec![(cpu(0.5), Some(1.0))]);
-    input.memory_cap = Some(4);
+    input.bounds.memory_cap = Some(4);
     let d = decide(&input, &History::default(), &no_limits(), 0.0).unwrap();
-    assert_eq!((d.desired, d.limited_by), (4, Some(Limit::MemoryGuard)));
+    assert_eq!(
+        (d.desired, d.limited_by),
+        (4, Some(Limit::Bound(LimitReason::MemoryGuard)))
+    );
     input.current = 6;
     input.values = vec![(cpu(0.5), Some(0.4))];
     let d = decide(&input, &History::default(), &no_limits(), 0.0).unwrap();
@@ -239,7 +252,7 @@ mod properties {
             now in 0.0f64..10_000.0,
         ) {
             let max = min + span;
-            let input = PodInput { current, min, max, memory_cap: cap, values };
+            let input = PodInput { current, bounds: Bounds { min, max, memory_cap: cap }, values };
             if let Some(d) = decide(&input, &History::default(), &Behavior::default(), now) {
                 prop_assert!(d.desired >= min && d.desired <= max);
                 if let Some(cap) = cap {
@@ -252,9 +265,11 @@ mod properties {
         fn no_change_inside_the_tolerance(current in 1u32..40, target in 0.05f64..2.0, wobble in -0.099f64..0.099) {
             let input = PodInput {
                 current,
-                min: 1,
-                max: 40,
-                memory_cap: None,
+                bounds: Bounds {
+                    min: 1,
+                    max: 40,
+                    memory_cap: None,
+                },
                 values: vec![(Metric::Cpu { target }, Some(target * (1.0 + wobble)))],
             };
             let d = decide(&input, &History::default(), &Behavior::default(), 0.0).unwrap();
