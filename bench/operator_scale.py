@@ -257,8 +257,8 @@ def serve_fake(args):
 class FakeClient:
     """The benchmark's side of the fake server's control API."""
 
-    def __init__(self, proc, control_port):
-        self.proc, self.port = proc, control_port
+    def __init__(self, control_port):
+        self.port = control_port
 
     def request(self, method, path, body=None):
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
@@ -281,7 +281,7 @@ def start_fake(procs, workdir, pods, port, token_file):
     proc = procs.start([sys.executable, os.path.abspath(__file__), "--serve-fake", "--pods", str(pods),
                         "--port", str(port), "--control-port", str(control), "--token-file", token_file],
                        os.path.join(workdir, "fake.log"))
-    client = FakeClient(proc, control)
+    client = FakeClient(control)
 
     def up():
         if proc.poll() is not None:
@@ -644,13 +644,14 @@ def run(corral, out_dir=None, smoke=False, pods=None, keep=False):
     try:
         kube_thread.start()
         fake, probe, port = setup(procs, kube, corral, workdir, cfg)
+        spec = autoscaler_spec(port, cfg["poll"])
         kube.create({"apiVersion": "corral.dev/v1alpha1", "kind": "WorkerAutoscaler",
-                     "metadata": {"name": "scale", "namespace": NS}, "spec": autoscaler_spec(port, cfg["poll"])})
+                     "metadata": {"name": "scale", "namespace": NS}, "spec": spec})
         passes = measure(kube, probe, fake, cfg)
         check_passes(passes, cfg["pods"])
         extra = {"metrics": probe.metrics(), "log": operator_log(os.path.join(workdir, "operator.log"))}
         result = summarize(passes, probe.status_kib("VmHWM"), cfg, extra)
-        result.update(smoke=smoke, operator_log=extra["log"], spec=autoscaler_spec(port, cfg["poll"]),
+        result.update(smoke=smoke, operator_log=extra["log"], spec=spec,
                       corral=subprocess.run([corral, "--version"], capture_output=True, text=True).stdout.strip(),
                       binary=corral, wall_s=round(time.monotonic() - t0, 1))
         if out_dir:

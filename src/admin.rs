@@ -102,10 +102,10 @@ async fn handle(state: Arc<AdminState>, req: Request<Incoming>) -> Result<Resp, 
         ("/workers", &Method::PUT) => scale(&state, req).await,
         ("/workers/restart", &Method::POST) => restart(&state, req).await,
         ("/metrics", &Method::GET) => {
-            let doc = state.snapshot.borrow().doc.clone();
+            let snapshot = state.snapshot.borrow().clone();
             Response::builder()
                 .header(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")
-                .body(Full::new(Bytes::from(state.metrics.render(&doc))))
+                .body(Full::new(Bytes::from(state.metrics.render(&snapshot))))
                 .unwrap_or_default()
         }
         ("/openapi.json", &Method::GET) => Response::builder()

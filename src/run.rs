@@ -11,6 +11,7 @@ use tracing::{error, info};
 use crate::admin::{self, AdminState, metrics::Metrics};
 use crate::cli::RunArgs;
 use crate::config::{Config, Host, Settings};
+use crate::manager::processes::System;
 use crate::manager::reexec::HandOff;
 use crate::manager::{Manager, Snapshot, Startup, probe};
 use crate::telemetry;
@@ -38,7 +39,7 @@ fn host() -> Host {
         .ok()
         .and_then(|p| p.parse::<u32>().ok())
         .is_some_and(|p| p == std::process::id())
-        && std::env::var(crate::manager::reexec::STATE_ENV).is_err();
+        && std::env::var(crate::manager::env::STATE_ENV).is_err();
     let count: i32 = std::env::var("LISTEN_FDS")
         .ok()
         .and_then(|n| n.parse().ok())
@@ -146,8 +147,9 @@ async fn serve(
         host,
         config,
         handoff,
+        admin_fd,
     };
-    let manager = Manager::new(startup, admin_fd, metrics.clone(), snapshot_tx).map_err(usage)?;
+    let manager = Manager::new(startup, Box::new(System), snapshot_tx).map_err(usage)?;
     // Orphans of workers come to us to be reaped, as they would to PID 1.
     if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
         error!(error = %e, "cannot become a subreaper");

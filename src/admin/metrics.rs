@@ -1,14 +1,15 @@
-//! The manager's Prometheus registry. Counters of events (starts, exits)
-//! are bumped by the supervision loop as they happen; everything else is
-//! read from the latest snapshot at scrape time, so a scrape never waits on
-//! the loop and never shows a half-updated table.
+//! The manager's Prometheus registry, rendered from the latest snapshot at
+//! scrape time: the loop counts starts and exits in the snapshot and the
+//! counters here catch up to it, so a scrape never waits on the loop and
+//! never shows a half-updated table.
 
 use prometheus::{
     CounterVec, Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,
 };
 
-use crate::contract::{ExitReason, WorkerState, WorkersDoc};
+use crate::contract::{ExitReason, WorkerState};
+use crate::manager::Snapshot;
 
 pub struct Metrics {
     registry: Registry,
@@ -97,16 +98,18 @@ impl Metrics {
         })
     }
 
-    pub fn worker_started(&self) {
-        self.starts.inc();
-    }
-
-    pub fn worker_exited(&self, reason: ExitReason) {
-        self.exits.with_label_values(&[reason.as_str()]).inc();
-    }
-
-    /// Renders the text exposition format from the registry and `doc`.
-    pub fn render(&self, doc: &WorkersDoc) -> String {
+    /// Renders the text exposition format from the registry and `snapshot`.
+    pub fn render(&self, snapshot: &Snapshot) -> String {
+        let doc = &snapshot.doc;
+        // The snapshot's counts only grow, so the counters catch up by the
+        // difference; a scrape that races another sees the same totals.
+        let counts = &snapshot.counters;
+        self.starts
+            .inc_by(counts.starts.saturating_sub(self.starts.get()));
+        for (reason, n) in &counts.exits {
+            let counter = self.exits.with_label_values(&[*reason]);
+            counter.inc_by(n.saturating_sub(counter.get()));
+        }
         for (state, name) in [
             (WorkerState::Starting, "starting"),
             (WorkerState::Ready, "ready"),

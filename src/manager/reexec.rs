@@ -12,7 +12,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-pub const STATE_ENV: &str = "CORRAL_REEXEC_STATE";
+use super::env::{MANAGED_ENV, STATE_ENV};
 
 /// What one manager image tells the next.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -92,7 +92,7 @@ pub fn exec(
         let mut envp = Vec::new();
         for (k, v) in env
             .iter()
-            .filter(|(k, _)| !crate::manager::spawn::MANAGED_ENV.iter().any(|m| k == m))
+            .filter(|(k, _)| !MANAGED_ENV.iter().any(|m| k == m))
         {
             let mut e = k.clone().into_vec();
             e.push(b'=');

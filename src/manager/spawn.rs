@@ -15,6 +15,8 @@ use std::path::{Path, PathBuf};
 
 use nix::unistd::Pid;
 
+use super::env::MANAGED_ENV;
+
 /// Everything that differs from one worker to the next.
 #[derive(Debug)]
 pub struct SpawnSpec<'a> {
@@ -35,19 +37,6 @@ pub enum SpawnError {
     #[error("argument contains a NUL byte")]
     Nul,
 }
-
-/// Variables the manager owns: never passed through from its own environment.
-pub const MANAGED_ENV: [&str; 9] = [
-    "LISTEN_FDS",
-    "LISTEN_PID",
-    "LISTEN_FDNAMES",
-    "NOTIFY_SOCKET",
-    "WATCHDOG_USEC",
-    "WATCHDOG_PID",
-    "CORRAL_WORKER_ID",
-    "CORRAL_WORKER_GENERATION",
-    crate::manager::reexec::STATE_ENV,
-];
 
 /// Replaces `{fd}` (the first listener) and `{fdN}` in each argument.
 pub fn render_args(args: &[String], first_fd: RawFd, count: usize) -> Vec<String> {

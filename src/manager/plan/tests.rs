@@ -61,16 +61,30 @@ fn starts_the_desired_count() {
 
 #[test]
 fn no_spawn_while_backing_off() {
+    // As the manager asks while a crashed worker's restart waits: one
+    // worker short, and an old generation still to roll.
     let t0 = Instant::now();
     let p = policy();
+    let ws = vec![
+        worker(1, 1, WorkerState::Ready, t0),
+        worker(2, 2, WorkerState::Ready, t0),
+    ];
     let view = View {
-        desired: 2,
-        generation: 1,
+        desired: 3,
+        generation: 2,
         may_spawn: false,
-        workers: &[],
+        workers: &ws,
         policy: &p,
     };
-    assert!(decide(&view, t0).is_empty());
+    assert!(
+        decide(&view, t0).is_empty(),
+        "no start, and no drain for want of a successor"
+    );
+    let allowed = View {
+        may_spawn: true,
+        ..view
+    };
+    assert_eq!(spawns(&decide(&allowed, t0)), 2);
 }
 
 #[test]

@@ -1,0 +1,88 @@
+//! What the manager measures without help from the workers: each worker's
+//! CPU and memory from /proc (the CPU rate over a short window), the listen
+//! queue of each TCP listener, the cgroup's limits and the manager's own
+//! memory. The loop calls these on its timer; the view reads the results.
+
+use std::collections::VecDeque;
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use super::probe;
+use super::{Manager, now};
+
+/// How far back the listen-queue maximum looks.
+const QUEUE_WINDOW: Duration = Duration::from_secs(10);
+/// CPU utilisation is measured over this many one-second samples (a 2 s
+/// window): recent enough that the operator sees a load step within about
+/// a second; smoothing beyond that is the autoscaler's job (tolerance,
+/// stabilization windows), not the measurement's.
+const CPU_WINDOW_SAMPLES: usize = 3;
+
+impl Manager {
+    /// Every tick: the waiting connections of each TCP listener.
+    pub(super) fn sample_queues(&mut self) {
+        let now = now();
+        for (l, samples) in self.listeners.iter().zip(&mut self.queue_samples) {
+            if !l.is_tcp {
+                continue;
+            }
+            if let Some(q) = probe::listen_queue(l.socket.as_raw_fd()) {
+                samples.push_back((now, q.waiting));
+                while samples
+                    .front()
+                    .is_some_and(|(t, _)| now.duration_since(*t) > QUEUE_WINDOW)
+                {
+                    samples.pop_front();
+                }
+            }
+        }
+    }
+
+    /// Every second: worker CPU and memory, the cgroup, the manager itself.
+    pub(super) fn probe(&mut self) {
+        let now = now();
+        for w in &mut self.table.workers {
+            if let Some(u) = probe::proc_usage(w.pid.as_raw()) {
+                w.usage = Some(u);
+                w.cpu_samples.push_back((now, u.cpu_seconds));
+                while w.cpu_samples.len() > CPU_WINDOW_SAMPLES {
+                    w.cpu_samples.pop_front();
+                }
+                w.facts.cpu_recent = cpu_rate(&w.cpu_samples);
+            }
+        }
+        if let Some(paths) = &self.cgroup_paths {
+            self.cgroup = paths.read();
+        }
+        self.manager_rss = probe::self_rss().unwrap_or(self.manager_rss);
+    }
+}
+
+/// Cores used between the oldest and newest sample.
+fn cpu_rate(samples: &VecDeque<(Instant, f64)>) -> f64 {
+    match (samples.front(), samples.back()) {
+        (Some((t0, c0)), Some((t1, c1))) if t1 > t0 => {
+            (c1 - c0).max(0.0) / t1.duration_since(*t0).as_secs_f64()
+        }
+        _ => 0.0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_rate_is_cores_over_the_window() {
+        let t0 = Instant::now();
+        let samples = VecDeque::from([
+            (t0, 1.0),
+            (t0 + Duration::from_secs(1), 1.5),
+            (t0 + Duration::from_secs(2), 2.0),
+        ]);
+        assert!((cpu_rate(&samples) - 0.5).abs() < 1e-9);
+        assert_eq!(cpu_rate(&VecDeque::from([(t0, 1.0)])), 0.0);
+        let reset = VecDeque::from([(t0, 5.0), (t0 + Duration::from_secs(1), 1.0)]);
+        assert_eq!(cpu_rate(&reset), 0.0, "a reading that went back is no load");
+    }
+}
