@@ -7,7 +7,6 @@
 pub mod metrics;
 pub mod openapi;
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,13 +15,10 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{ALLOW, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
-use tower::ServiceBuilder;
-use tracing::{debug, warn};
 
 use crate::contract::{ErrorDoc, ProbeDoc, ScaleRequest};
 use crate::manager::{Command, ScaleError, Snapshot};
@@ -42,34 +38,10 @@ pub struct AdminState {
 
 type Resp = Response<Full<Bytes>>;
 
-/// Accepts admin connections until the task is dropped.
-pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(conn) => conn,
-            Err(e) => {
-                warn!(error = %e, "admin accept");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let state = state.clone();
-        let service = ServiceBuilder::new()
-            .concurrency_limit(16)
-            .service_fn(move |req| handle(state.clone(), req));
-        tokio::spawn(async move {
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
-                .serve_connection(
-                    TokioIo::new(stream),
-                    hyper_util::service::TowerToHyperService::new(service),
-                );
-            if let Err(e) = conn.await {
-                debug!(%peer, error = %e, "admin connection");
-            }
-        });
-    }
+/// Serves the admin API until `shutdown` turns true.
+pub async fn serve(listener: TcpListener, state: Arc<AdminState>, shutdown: watch::Receiver<bool>) {
+    let handle = move |req| handle(state.clone(), req);
+    crate::http::server::serve(listener, crate::http::server::SMALL, handle, shutdown).await;
 }
 
 fn json<T: Serialize>(status: StatusCode, body: &T) -> Resp {
@@ -92,10 +64,10 @@ fn error(status: StatusCode, message: impl Into<String>) -> Resp {
     )
 }
 
-async fn handle(state: Arc<AdminState>, req: Request<Incoming>) -> Result<Resp, Infallible> {
+async fn handle(state: Arc<AdminState>, req: Request<Incoming>) -> Resp {
     let path = req.uri().path().trim_end_matches('/').to_string();
     let method = req.method().clone();
-    let resp = match (path.as_str(), &method) {
+    match (path.as_str(), &method) {
         ("/livez", &Method::GET) => livez(&state).await,
         ("/readyz", &Method::GET) => readyz(&state),
         ("/workers", &Method::GET) => json(StatusCode::OK, &state.snapshot.borrow().doc),
@@ -125,8 +97,7 @@ async fn handle(state: Arc<AdminState>, req: Request<Incoming>) -> Result<Resp, 
             }
             None => error(StatusCode::NOT_FOUND, format!("no such path: {p}")),
         },
-    };
-    Ok(resp)
+    }
 }
 
 async fn livez(state: &AdminState) -> Resp {

@@ -10,14 +10,14 @@ use hyper::{Method, StatusCode};
 
 use crate::cli::{ClientArgs, ScaleArgs, StatusArgs};
 use crate::contract::{ErrorDoc, ScaleRequest, WorkersDoc};
-use crate::http;
+use crate::http::client::{self, HttpError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("cannot start: {0}")]
     Runtime(#[from] std::io::Error),
     #[error(transparent)]
-    Http(#[from] http::HttpError),
+    Http(#[from] HttpError),
     #[error("token file {path}: {source}")]
     Token {
         path: String,
@@ -54,27 +54,27 @@ async fn call(
     path: &str,
     body: Option<String>,
 ) -> Result<Bytes, ClientError> {
-    let admin = args
-        .admin
-        .trim_start_matches("http://")
-        .trim_end_matches('/');
     let token = token(args)?;
-    let (status, bytes) = http::request(
-        admin,
-        method,
-        path,
-        token.as_deref(),
-        body,
-        Duration::from_secs(10),
-    )
-    .await?;
-    if !status.is_success() {
-        let message = serde_json::from_slice::<ErrorDoc>(&bytes)
+    let uri = client::url(&args.admin, path, &[])?;
+    let answer = client::Client::new()
+        .send(
+            method,
+            uri,
+            token.as_deref(),
+            body.map(String::into_bytes),
+            Duration::from_secs(10),
+        )
+        .await?;
+    if !answer.status.is_success() {
+        let message = serde_json::from_slice::<ErrorDoc>(&answer.body)
             .map(|e| e.error)
-            .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
-        return Err(ClientError::Refused { status, message });
+            .unwrap_or_else(|_| String::from_utf8_lossy(&answer.body).into_owned());
+        return Err(ClientError::Refused {
+            status: answer.status,
+            message,
+        });
     }
-    Ok(bytes)
+    Ok(answer.body)
 }
 
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {

@@ -11,7 +11,6 @@ pub mod pods;
 pub mod reconcile;
 pub mod spec;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,7 +20,6 @@ use bytes::Bytes;
 use futures::StreamExt;
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use k8s_openapi::api::core::v1::Pod;
 use kube::core::SelectorExt;
 use kube::runtime::controller::Controller;
@@ -98,8 +96,37 @@ async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
             addr: args.metrics_bind,
             source,
         })?;
-    tokio::spawn(serve_http(listener, health.clone(), metrics.clone()));
+    match listener.local_addr() {
+        Ok(addr) => info!(%addr, "serving /livez, /readyz and /metrics"),
+        Err(e) => warn!(error = %e, "metrics listener address"),
+    }
+    let (stop_http, http_stopped) = tokio::sync::watch::channel(false);
+    let server = {
+        let (health, metrics) = (health.clone(), metrics.clone());
+        let handle = move |req: Request<hyper::body::Incoming>| {
+            let answer = route(req.uri().path(), &health, &metrics);
+            async move { answer }
+        };
+        tokio::spawn(crate::http::server::serve(
+            listener,
+            crate::http::server::SMALL,
+            handle,
+            http_stopped,
+        ))
+    };
+    let result = operate(args, &health, metrics).await;
+    let _ = stop_http.send(true);
+    let _ = server.await;
+    result
+}
 
+/// Connects, takes part in leader election and runs the controller while
+/// this replica leads, until TERM or INT.
+async fn operate(
+    args: OperatorArgs,
+    health: &Health,
+    metrics: Arc<OperatorMetrics>,
+) -> Result<(), OperatorError> {
     let config = kube::Config::infer().await?;
     let client = Client::try_from(config)?;
     let mut shutdown = std::pin::pin!(shutdown_signal());
@@ -270,31 +297,6 @@ async fn run_controller(client: Client, ctx: Arc<Context>, namespace: Option<&st
             }
         })
         .await;
-}
-
-async fn serve_http(
-    listener: tokio::net::TcpListener,
-    health: Arc<Health>,
-    metrics: Arc<OperatorMetrics>,
-) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
-        let health = health.clone();
-        let metrics = metrics.clone();
-        let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-            let health = health.clone();
-            let metrics = metrics.clone();
-            async move { Ok::<_, Infallible>(route(req.uri().path(), &health, &metrics)) }
-        });
-        tokio::spawn(async move {
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
 }
 
 fn route(path: &str, health: &Health, metrics: &OperatorMetrics) -> Response<Full<Bytes>> {

@@ -162,8 +162,11 @@ async fn serve(
         metrics,
     });
     info!(admin = %admin_addr, version = env!("CARGO_PKG_VERSION"), "corral manager starting");
-    let admin = tokio::spawn(admin::serve(admin_listener, state));
+    let (stop_admin, admin_stopped) = watch::channel(false);
+    let admin = tokio::spawn(admin::serve(admin_listener, state, admin_stopped));
     let code = manager.run(commands_rx).await;
-    admin.abort();
+    // Answers in progress (a last /readyz, a scrape) finish; then exit.
+    let _ = stop_admin.send(true);
+    let _ = admin.await;
     Ok(code)
 }

@@ -2,7 +2,7 @@
 //! and re-exec strips them, so neither passes on a stale value it inherited;
 //! both read the names from here.
 
-/// Carries the [`HandOff`](super::reexec::HandOff) from one image to the next.
+/// Carries the re-exec hand-off from one image to the next.
 pub const STATE_ENV: &str = "CORRAL_REEXEC_STATE";
 
 /// Variables the manager owns: never passed through from its own environment.

@@ -107,7 +107,7 @@ pub struct MetricSpec {
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 pub struct PrometheusMetric {
-    /// Base URL of the Prometheus server, e.g. http://prometheus:9090.
+    /// Base URL of the Prometheus server, http or https, e.g. http://prometheus:9090.
     pub address: String,
     /// An instant query returning one number; `{{pod}}` and `{{namespace}}`
     /// are replaced by the pod's name and namespace.

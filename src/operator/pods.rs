@@ -7,8 +7,8 @@ use std::time::Duration;
 use hyper::{Method, StatusCode};
 
 use super::spec::PromServer;
-use crate::contract::{ErrorDoc, ScaleRequest, VERSION, WorkersDoc};
-use crate::http::{self, HttpError};
+use crate::contract::{ErrorDoc, LimitReason, ScaleRequest, VERSION, WorkersDoc};
+use crate::http::client::{self, Answer, Client, HttpError};
 
 const TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -18,6 +18,13 @@ pub enum PodError {
     Unreachable(#[from] HttpError),
     #[error("{addr} refused the token ({status})")]
     Unauthorized { addr: String, status: StatusCode },
+    #[error("{addr} refused {requested} workers: {by:?} allows {limit}")]
+    Limited {
+        addr: String,
+        requested: u32,
+        by: LimitReason,
+        limit: u32,
+    },
     #[error("{addr} answered {status}: {message}")]
     Refused {
         addr: String,
@@ -31,12 +38,56 @@ pub enum PodError {
 }
 
 /// Reads a pod's `/workers`.
-pub async fn workers(addr: &str) -> Result<WorkersDoc, PodError> {
-    let (status, body) = http::request(addr, Method::GET, "/workers", None, None, TIMEOUT).await?;
-    if !status.is_success() {
-        return Err(refused(addr, status, &body));
+pub async fn workers(http: &Client, addr: &str) -> Result<WorkersDoc, PodError> {
+    let uri = client::url(addr, "/workers", &[])?;
+    let answer = http.send(Method::GET, uri, None, None, TIMEOUT).await?;
+    if !answer.status.is_success() {
+        return Err(refused(addr, &answer));
     }
-    let doc: WorkersDoc = serde_json::from_slice(&body).map_err(|e| PodError::Decode {
+    document(addr, &answer)
+}
+
+/// Sets a pod's worker count (`None`: back to its configured default) and
+/// returns the manager's document after the change: what it drives
+/// towards now, which is what the operator records.
+pub async fn set_desired(
+    http: &Client,
+    addr: &str,
+    token: Option<&str>,
+    desired: Option<u32>,
+) -> Result<WorkersDoc, PodError> {
+    let body = serde_json::to_vec(&ScaleRequest { desired }).unwrap_or_default();
+    let uri = client::url(addr, "/workers", &[])?;
+    let answer = http
+        .send(Method::PUT, uri, token, Some(body), TIMEOUT)
+        .await?;
+    match answer.status {
+        s if s.is_success() => document(addr, &answer),
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Err(PodError::Unauthorized {
+            addr: addr.to_string(),
+            status: answer.status,
+        }),
+        StatusCode::UNPROCESSABLE_ENTITY => {
+            match serde_json::from_slice::<ErrorDoc>(&answer.body) {
+                Ok(ErrorDoc {
+                    limited_by: Some(by),
+                    limit: Some(limit),
+                    ..
+                }) => Err(PodError::Limited {
+                    addr: addr.to_string(),
+                    requested: desired.unwrap_or_default(),
+                    by,
+                    limit,
+                }),
+                _ => Err(refused(addr, &answer)),
+            }
+        }
+        _ => Err(refused(addr, &answer)),
+    }
+}
+
+fn document(addr: &str, answer: &Answer) -> Result<WorkersDoc, PodError> {
+    let doc: WorkersDoc = serde_json::from_slice(&answer.body).map_err(|e| PodError::Decode {
         addr: addr.to_string(),
         message: e.to_string(),
     })?;
@@ -49,49 +100,34 @@ pub async fn workers(addr: &str) -> Result<WorkersDoc, PodError> {
     Ok(doc)
 }
 
-/// Sets a pod's worker count (`None`: back to its configured default).
-pub async fn set_desired(
-    addr: &str,
-    token: Option<&str>,
-    desired: Option<u32>,
-) -> Result<(), PodError> {
-    let body = serde_json::to_string(&ScaleRequest { desired }).unwrap_or_default();
-    let (status, answer) =
-        http::request(addr, Method::PUT, "/workers", token, Some(body), TIMEOUT).await?;
-    match status {
-        s if s.is_success() => Ok(()),
-        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Err(PodError::Unauthorized {
-            addr: addr.to_string(),
-            status,
-        }),
-        _ => Err(refused(addr, status, &answer)),
-    }
-}
-
-fn refused(addr: &str, status: StatusCode, body: &[u8]) -> PodError {
+fn refused(addr: &str, answer: &Answer) -> PodError {
     PodError::Refused {
         addr: addr.to_string(),
-        status,
-        message: serde_json::from_slice::<ErrorDoc>(body)
+        status: answer.status,
+        message: serde_json::from_slice::<ErrorDoc>(&answer.body)
             .map(|e| e.error)
-            .unwrap_or_else(|_| String::from_utf8_lossy(body).chars().take(200).collect()),
+            .unwrap_or_else(|_| {
+                String::from_utf8_lossy(&answer.body)
+                    .chars()
+                    .take(200)
+                    .collect()
+            }),
     }
 }
 
 /// Runs an instant query; `Ok(None)` when it returns no sample.
-pub async fn prometheus(server: &PromServer, query: &str) -> Result<Option<f64>, PodError> {
-    let path = format!(
-        "{}/api/v1/query?query={}",
-        server.prefix,
-        http::encode_query_value(query)
-    );
-    let addr = server.authority.as_str();
-    let (status, body) = http::request(addr, Method::GET, &path, None, None, TIMEOUT).await?;
-    if !status.is_success() {
-        return Err(refused(addr, status, &body));
+pub async fn prometheus(
+    http: &Client,
+    server: &PromServer,
+    query: &str,
+) -> Result<Option<f64>, PodError> {
+    let uri = client::url(&server.base, "/api/v1/query", &[("query", query)])?;
+    let answer = http.send(Method::GET, uri, None, None, TIMEOUT).await?;
+    if !answer.status.is_success() {
+        return Err(refused(&server.base, &answer));
     }
-    parse_prometheus(&body).map_err(|message| PodError::Decode {
-        addr: addr.to_string(),
+    parse_prometheus(&answer.body).map_err(|message| PodError::Decode {
+        addr: server.base.clone(),
         message,
     })
 }

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::future::join_all;
+use futures::{StreamExt, stream};
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -18,6 +18,7 @@ use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{info, warn};
 
+use crate::http::client as http;
 use crate::limits::Bounds;
 
 use super::crd::{PodScaleStatus, WorkerAutoscaler, WorkerAutoscalerStatus};
@@ -50,6 +51,8 @@ pub struct Context {
     pub client: Client,
     pub recorder: Recorder,
     pub metrics: Arc<OperatorMetrics>,
+    /// One pool for every pod's admin API and Prometheus.
+    http: http::Client,
     memory: Mutex<HashMap<String, PodMemory>>,
 }
 
@@ -59,10 +62,16 @@ impl Context {
             client,
             recorder,
             metrics,
+            http: http::Client::new(),
             memory: Mutex::new(HashMap::new()),
         }
     }
 }
+
+/// Pods worked on at once in a pass: enough that a slow pod does not hold
+/// up the rest, few enough that a pass over a thousand pods does not open
+/// hundreds of connections to the API server (its Events) at once.
+const POD_CONCURRENCY: usize = 32;
 
 fn now_secs() -> f64 {
     Timestamp::now().as_millisecond() as f64 / 1000.0
@@ -149,19 +158,29 @@ async fn apply(wa: &WorkerAutoscaler, ctx: &Context) -> Result<Action, Error> {
     let uid = wa.uid().unwrap_or_default();
     let now = now_secs();
     let token_value = token.as_ref().ok().cloned().flatten();
-    let outcomes = join_all(selected.items.iter().map(|pod| {
-        scale_pod(
-            ctx,
-            wa,
-            &plan,
-            pod,
-            &uid,
-            token_value.as_deref(),
-            token.is_err(),
-            now,
-        )
-    }))
-    .await;
+    // Built first, then run a few at a time (a closure inside the stream
+    // would make the pass's future not Send).
+    let passes: Vec<_> = selected
+        .items
+        .iter()
+        .map(|pod| {
+            scale_pod(
+                ctx,
+                wa,
+                &plan,
+                pod,
+                &uid,
+                token_value.as_deref(),
+                token.is_err(),
+                now,
+            )
+        })
+        .collect();
+    let outcomes: Vec<PodOutcome> = stream::iter(passes)
+        .buffered(POD_CONCURRENCY)
+        .collect()
+        .await;
+    forget_gone_pods(ctx, &uid, &selected.items);
 
     let reachable = outcomes.iter().filter(|o| o.reachable).count();
     let workers: u32 = outcomes.iter().filter_map(|o| o.desired).sum();
@@ -320,7 +339,7 @@ async fn scale_pod(
         return outcome;
     };
     let addr = admin_addr(&ip, plan.admin_port);
-    let doc = match pods::workers(&addr).await {
+    let doc = match pods::workers(&ctx.http, &addr).await {
         Ok(doc) => doc,
         Err(e) => {
             outcome.status.message = Some(format!("unreachable: {e}"));
@@ -344,7 +363,7 @@ async fn scale_pod(
             ),
             MetricPlan::Prometheus { server, query, .. } => {
                 let q = spec::render_query(query, &pod_name, &namespace);
-                match pods::prometheus(server, &q).await {
+                match pods::prometheus(&ctx.http, server, &q).await {
                     Ok(v) => v,
                     Err(e) => {
                         outcome.status.message = Some(format!("prometheus: {e}"));
@@ -388,27 +407,25 @@ async fn scale_pod(
     outcome.status.limited_by = decision.limited_by.map(|l| l.as_str().to_string());
     outcome.limited = decision.limited_by.is_some();
     let mut change = 0i64;
+    let mut applied = current;
+    // What the status shows: the decision, or what the manager took of it.
+    let mut shown = decision.desired;
     if decision.desired != current && !plan.paused && !token_missing {
-        match pods::set_desired(&addr, token, Some(decision.desired)).await {
-            Ok(()) => {
-                change = i64::from(decision.desired) - i64::from(current);
-                let direction = if change > 0 { "up" } else { "down" };
-                ctx.metrics
-                    .scale_events
-                    .with_label_values(&[direction])
-                    .inc();
-                memory.last_scale = Some(Timestamp::now().to_string());
-                let note = format!(
-                    "pod {pod_name}: {current} -> {} workers{}",
-                    decision.desired,
-                    decision
-                        .limited_by
-                        .map(|l| format!(" (limited by {})", l.as_str()))
-                        .unwrap_or_default()
-                );
-                info!(autoscaler = %wa.name_any(), pod = %pod_name, from = current, to = decision.desired, "scaled");
-                let reason = if change > 0 { "ScaledUp" } else { "ScaledDown" };
-                publish(ctx, wa, Some(pod), EventType::Normal, reason, &note).await;
+        let mut answer = pods::set_desired(&ctx.http, &addr, token, Some(decision.desired)).await;
+        // The manager knows its limits best (its memory guard moves with
+        // the workers' size): asked too much, go as far as it allows.
+        if let Err(PodError::Limited { by, limit, .. }) = &answer {
+            outcome.status.limited_by = Some(decide::Limit::Bound(*by).as_str().to_string());
+            outcome.limited = true;
+            if *limit != current {
+                answer = pods::set_desired(&ctx.http, &addr, token, Some(*limit)).await;
+            }
+        }
+        match answer {
+            Ok(after) => {
+                applied = after.desired;
+                shown = applied;
+                change = i64::from(applied) - i64::from(current);
             }
             Err(PodError::Unauthorized { .. }) => {
                 outcome.unauthorized = true;
@@ -416,13 +433,28 @@ async fn scale_pod(
             }
             Err(e) => outcome.status.message = Some(format!("scale refused: {e}")),
         }
+        if change != 0 {
+            let direction = if change > 0 { "up" } else { "down" };
+            ctx.metrics
+                .scale_events
+                .with_label_values(&[direction])
+                .inc();
+            memory.last_scale = Some(Timestamp::now().to_string());
+            let note = format!(
+                "pod {pod_name}: {current} -> {applied} workers{}",
+                outcome
+                    .status
+                    .limited_by
+                    .as_ref()
+                    .map(|l| format!(" (limited by {l})"))
+                    .unwrap_or_default()
+            );
+            info!(autoscaler = %wa.name_any(), pod = %pod_name, from = current, to = applied, "scaled");
+            let reason = if change > 0 { "ScaledUp" } else { "ScaledDown" };
+            publish(ctx, wa, Some(pod), EventType::Normal, reason, &note).await;
+        }
     }
-    let applied = if change != 0 {
-        decision.desired
-    } else {
-        current
-    };
-    outcome.status.desired = Some(decision.desired);
+    outcome.status.desired = Some(shown);
     outcome.desired = Some(applied);
     outcome.status.last_scale_time = memory.last_scale.clone();
     memory
@@ -432,6 +464,20 @@ async fn scale_pod(
         m.insert(key, memory);
     }
     outcome
+}
+
+/// Drops what the operator remembers of this autoscaler's pods that are
+/// no longer selected (rolled out, deleted, relabelled): a long-running
+/// controller would otherwise keep every pod it ever saw.
+fn forget_gone_pods(ctx: &Context, uid: &str, selected: &[Pod]) {
+    let prefix = format!("{uid}/");
+    let live: std::collections::HashSet<String> = selected
+        .iter()
+        .map(|p| format!("{prefix}{}", p.name_any()))
+        .collect();
+    if let Ok(mut m) = ctx.memory.lock() {
+        m.retain(|k, _| !k.starts_with(&prefix) || live.contains(k));
+    }
 }
 
 /// How much history the longest window or period needs.
@@ -525,8 +571,8 @@ async fn release(wa: &WorkerAutoscaler, ctx: &Context) -> Result<Action, Error> 
             continue;
         };
         let addr = admin_addr(&ip, plan.admin_port);
-        match pods::set_desired(&addr, token.as_deref(), None).await {
-            Ok(()) => {
+        match pods::set_desired(&ctx.http, &addr, token.as_deref(), None).await {
+            Ok(_) => {
                 info!(autoscaler = %wa.name_any(), pod = %pod.name_any(), "returned to its default worker count")
             }
             Err(e) => {

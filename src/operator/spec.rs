@@ -33,11 +33,11 @@ impl MetricPlan {
     }
 }
 
-/// Where a Prometheus server answers: `host:port` and a path prefix.
+/// Where a Prometheus server answers: its base URL (`http://` or
+/// `https://`, with any path prefix), checked once when the spec is read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PromServer {
-    pub authority: String,
-    pub prefix: String,
+    pub base: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -53,24 +53,15 @@ pub struct Plan {
 }
 
 fn parse_server(address: &str) -> Result<PromServer, String> {
-    let rest = address
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("prometheus address `{address}` must start with http://"))?;
-    let (authority, prefix) = match rest.find('/') {
-        Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
-        None => (rest, ""),
-    };
-    if authority.is_empty() {
-        return Err(format!("prometheus address `{address}` has no host"));
+    if !(address.starts_with("http://") || address.starts_with("https://")) {
+        return Err(format!(
+            "prometheus address `{address}` must start with http:// or https://"
+        ));
     }
-    let authority = if authority.contains(':') {
-        authority.to_string()
-    } else {
-        format!("{authority}:80")
-    };
+    crate::http::client::url(address, "/api/v1/query", &[])
+        .map_err(|e| format!("prometheus address: {e}"))?;
     Ok(PromServer {
-        authority,
-        prefix: prefix.to_string(),
+        base: address.trim_end_matches('/').to_string(),
     })
 }
 
@@ -231,7 +222,7 @@ mod tests {
         let p = plan(&spec(&text)).unwrap();
         assert_eq!(p.metrics.len(), 3);
         assert!(
-            matches!(&p.metrics[2], MetricPlan::Prometheus { server, .. } if server.authority == "prometheus:9090")
+            matches!(&p.metrics[2], MetricPlan::Prometheus { server, .. } if server.base == "http://prometheus:9090")
         );
         assert_eq!(p.behavior.down.window, 120);
         assert_eq!(p.behavior.up.policies.len(), 1);

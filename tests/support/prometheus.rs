@@ -59,11 +59,13 @@ impl Prometheus {
 
     /// An instant query's `data.result`; panics on an error answer.
     pub fn query(&self, promql: &str) -> Vec<serde_json::Value> {
-        let path = format!(
-            "/api/v1/query?query={}",
-            corral::http::encode_query_value(promql)
-        );
-        let (status, body) = get(self.addr, &path).unwrap();
+        let uri = corral::http::client::url(
+            &self.addr.to_string(),
+            "/api/v1/query",
+            &[("query", promql)],
+        )
+        .unwrap();
+        let (status, body) = get(self.addr, uri.path_and_query().unwrap().as_str()).unwrap();
         let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert!(
             status == 200 && answer["status"] == "success",
