@@ -561,22 +561,26 @@ async fn two_replicas_only_the_leader_acts_and_a_kill_hands_over() {
     assert!(ops[other].is_running());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_operator_recovers_from_an_api_server_restart() {
-    let mut cluster = Cluster::start();
+/// A server of the test's own (to stop and start), the manifests applied,
+/// one pod at `ip` and an autoscaler asking it for 2 workers.
+async fn own_cluster(name: &str, ip: &str) -> (Cluster, Env, Corral) {
+    let cluster = Cluster::start();
     let admin = cluster.admin().await;
     k::install(&admin).await;
-    let env = prepare(admin, "restart", |user, token| {
-        cluster.kubeconfig(user, token)
-    })
-    .await;
-    let (m, port) = one_pod(&env, "127.0.0.11", "web-r").await;
+    let env = prepare(admin, name, |user, token| cluster.kubeconfig(user, token)).await;
+    let (m, port) = one_pod(&env, ip, &format!("web-{name}")).await;
     autoscaler(
         &env,
         "web",
         spec(port, json!({"minWorkers": 2, "maxWorkers": 6})),
     )
     .await;
+    (cluster, env, m)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_recovers_from_an_api_server_restart() {
+    let (mut cluster, env, m) = own_cluster("restart", "127.0.0.11").await;
     let mut op = Operator::start(&env.kubeconfig, &env.ns, "op-restart", "lease-restart", &[]);
     until_workers(&m, "the first change", |d| d.desired == 2).await;
     cluster.restart_apiserver(Duration::from_secs(3));
@@ -588,17 +592,7 @@ async fn the_operator_recovers_from_an_api_server_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_started_before_its_api_server_waits_and_then_reconciles() {
-    let mut cluster = Cluster::start();
-    let admin = cluster.admin().await;
-    k::install(&admin).await;
-    let env = prepare(admin, "late", |user, token| cluster.kubeconfig(user, token)).await;
-    let (m, port) = one_pod(&env, "127.0.0.12", "web-l").await;
-    autoscaler(
-        &env,
-        "web",
-        spec(port, json!({"minWorkers": 2, "maxWorkers": 6})),
-    )
-    .await;
+    let (mut cluster, env, m) = own_cluster("late", "127.0.0.12").await;
     cluster.stop_apiserver();
     let mut op = Operator::start(&env.kubeconfig, &env.ns, "op-late", "lease-late", &[]);
     // Retrying with a log line per attempt, alive but not ready meanwhile.
