@@ -112,7 +112,15 @@ struct PodOutcome {
     reachable: bool,
     unauthorized: bool,
     limited: bool,
+    /// The change made this pass, for its Event: up or down, and the note.
+    scaled: Option<(bool, String)>,
 }
+
+/// Pods whose change gets an Event of its own in one pass; past that one
+/// Event sums up the rest. A rollout of a large Deployment would otherwise
+/// write an Event per pod per pass, which the API server rate-limits and
+/// `kubectl describe` cannot show anyway.
+const POD_EVENTS_PER_PASS: usize = 10;
 
 async fn apply(wa: &WorkerAutoscaler, ctx: &Context) -> Result<Action, Error> {
     let ns = wa.namespace().ok_or(Error::NoNamespace)?;
@@ -161,7 +169,6 @@ async fn apply(wa: &WorkerAutoscaler, ctx: &Context) -> Result<Action, Error> {
     // Built first, then run a few at a time (a closure inside the stream
     // would make the pass's future not Send).
     let passes: Vec<_> = selected
-        .items
         .iter()
         .map(|pod| {
             scale_pod(
@@ -180,8 +187,9 @@ async fn apply(wa: &WorkerAutoscaler, ctx: &Context) -> Result<Action, Error> {
         .buffered(POD_CONCURRENCY)
         .collect()
         .await;
-    forget_gone_pods(ctx, &uid, &selected.items);
+    forget_gone_pods(ctx, &uid, &selected);
 
+    record_scaling(ctx, wa, &selected, &outcomes).await;
     let reachable = outcomes.iter().filter(|o| o.reachable).count();
     let workers: u32 = outcomes.iter().filter_map(|o| o.desired).sum();
     let unauthorized = outcomes.iter().any(|o| o.unauthorized);
@@ -211,7 +219,7 @@ async fn apply(wa: &WorkerAutoscaler, ctx: &Context) -> Result<Action, Error> {
             "Unauthorized",
             "a pod's manager refused the token: check tokenSecretRef".to_string(),
         )
-    } else if selected.items.is_empty() {
+    } else if selected.is_empty() {
         (false, "NoPods", "the selector matches no pod".to_string())
     } else if reachable == 0 {
         (
@@ -223,7 +231,7 @@ async fn apply(wa: &WorkerAutoscaler, ctx: &Context) -> Result<Action, Error> {
         (
             true,
             "Scaling",
-            format!("{reachable} of {} pods measured", selected.items.len()),
+            format!("{reachable} of {} pods measured", selected.len()),
         )
     };
     let (limited_now, limited_message) = match limited.first() {
@@ -240,7 +248,7 @@ async fn apply(wa: &WorkerAutoscaler, ctx: &Context) -> Result<Action, Error> {
     };
     let status = WorkerAutoscalerStatus {
         observed_generation: wa.metadata.generation,
-        pods: selected.items.len() as u32,
+        pods: selected.len() as u32,
         workers,
         utilisation,
         pod_status: outcomes.into_iter().map(|o| o.status).collect(),
@@ -254,7 +262,7 @@ async fn apply(wa: &WorkerAutoscaler, ctx: &Context) -> Result<Action, Error> {
                 } else {
                     "NoPodMeasured"
                 },
-                &format!("{reachable} of {} pods reachable", selected.items.len()),
+                &format!("{reachable} of {} pods reachable", selected.len()),
                 wa,
             ),
             condition(
@@ -333,6 +341,7 @@ async fn scale_pod(
         reachable: false,
         unauthorized: false,
         limited: false,
+        scaled: None,
     };
     let Some(ip) = pod_ready_ip(pod) else {
         outcome.status.message = Some("not running and ready: skipped".into());
@@ -450,8 +459,7 @@ async fn scale_pod(
                     .unwrap_or_default()
             );
             info!(autoscaler = %wa.name_any(), pod = %pod_name, from = current, to = applied, "scaled");
-            let reason = if change > 0 { "ScaledUp" } else { "ScaledDown" };
-            publish(ctx, wa, Some(pod), EventType::Normal, reason, &note).await;
+            outcome.scaled = Some((change > 0, note));
         }
     }
     outcome.status.desired = Some(shown);
@@ -546,15 +554,24 @@ async fn read_token(
     })
 }
 
-async fn selected_pods(
-    ctx: &Context,
-    ns: &str,
-    plan: &Plan,
-) -> Result<kube::core::ObjectList<Pod>, Error> {
+/// Pods asked for per page of the list: a thousand pods' JSON in one
+/// answer would be the pass's peak of memory.
+const LIST_PAGE: u32 = 250;
+
+async fn selected_pods(ctx: &Context, ns: &str, plan: &Plan) -> Result<Vec<Pod>, Error> {
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
-    Ok(pods
-        .list(&ListParams::default().labels(&plan.selector.to_string()))
-        .await?)
+    let mut params = ListParams::default()
+        .labels(&plan.selector.to_string())
+        .limit(LIST_PAGE);
+    let mut all = Vec::new();
+    loop {
+        let page = pods.list(&params).await?;
+        all.extend(page.items);
+        match page.metadata.continue_ {
+            Some(token) if !token.is_empty() => params = params.continue_token(&token),
+            _ => return Ok(all),
+        }
+    }
 }
 
 /// On deletion: every selected pod goes back to its configured count.
@@ -566,7 +583,7 @@ async fn release(wa: &WorkerAutoscaler, ctx: &Context) -> Result<Action, Error> 
     // Without a usable token the managers refuse, and say so in the log.
     let token = read_token(ctx, wa, &ns).await?.ok().flatten();
     let selected = selected_pods(ctx, &ns, &plan).await?;
-    for pod in &selected.items {
+    for pod in &selected {
         let Some(ip) = pod_ready_ip(pod) else {
             continue;
         };
@@ -652,6 +669,39 @@ async fn write_status(
 
 /// Records an Event about `wa`, related to `pod` when it concerns one, so
 /// that Kubernetes' aggregation of repeated Events keeps pods apart.
+/// The pass's scale Events: the first pods' each with its own (naming the
+/// pod as related object), then one for all the others.
+async fn record_scaling(
+    ctx: &Context,
+    wa: &WorkerAutoscaler,
+    pods: &[Pod],
+    outcomes: &[PodOutcome],
+) {
+    let changes: Vec<(&Pod, bool, &str)> = pods
+        .iter()
+        .zip(outcomes)
+        .filter_map(|(pod, o)| {
+            o.scaled
+                .as_ref()
+                .map(|(up, note)| (pod, *up, note.as_str()))
+        })
+        .collect();
+    for (pod, up, note) in changes.iter().take(POD_EVENTS_PER_PASS) {
+        let reason = if *up { "ScaledUp" } else { "ScaledDown" };
+        publish(ctx, wa, Some(pod), EventType::Normal, reason, note).await;
+    }
+    let rest = &changes[changes.len().min(POD_EVENTS_PER_PASS)..];
+    if !rest.is_empty() {
+        let up = rest.iter().filter(|c| c.1).count();
+        let note = format!(
+            "{} more pods scaled: {up} up, {} down",
+            rest.len(),
+            rest.len() - up
+        );
+        publish(ctx, wa, None, EventType::Normal, "Scaled", &note).await;
+    }
+}
+
 async fn publish(
     ctx: &Context,
     wa: &WorkerAutoscaler,
