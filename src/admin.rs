@@ -14,7 +14,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{ALLOW, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Request, Response, StatusCode};
 use serde::Serialize;
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
@@ -41,7 +41,8 @@ type Resp = Response<Full<Bytes>>;
 /// Serves the admin API until `shutdown` turns true.
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>, shutdown: watch::Receiver<bool>) {
     let handle = move |req| handle(state.clone(), req);
-    crate::http::server::serve(listener, crate::http::server::SMALL, handle, shutdown).await;
+    use crate::http::server::{self, Listener, SMALL};
+    server::serve(vec![Listener::Tcp(listener)], SMALL, handle, shutdown).await;
 }
 
 fn json<T: Serialize>(status: StatusCode, body: &T) -> Resp {
@@ -64,39 +65,79 @@ fn error(status: StatusCode, message: impl Into<String>) -> Resp {
     )
 }
 
+/// What answers a request.
+#[derive(Debug, Clone, Copy)]
+enum Route {
+    Livez,
+    Readyz,
+    Workers,
+    Scale,
+    Restart,
+    Metrics,
+    OpenApi,
+}
+
+/// The router: every path and method the API answers. `/openapi.json`
+/// documents exactly these (a test holds the two together), and any other
+/// method on a known path is a 405 naming these.
+const ROUTES: &[(&str, &str, Route)] = &[
+    ("/livez", "GET", Route::Livez),
+    ("/readyz", "GET", Route::Readyz),
+    ("/workers", "GET", Route::Workers),
+    ("/workers", "PUT", Route::Scale),
+    ("/workers/restart", "POST", Route::Restart),
+    ("/metrics", "GET", Route::Metrics),
+    ("/openapi.json", "GET", Route::OpenApi),
+];
+
 async fn handle(state: Arc<AdminState>, req: Request<Incoming>) -> Resp {
     let path = req.uri().path().trim_end_matches('/').to_string();
     let method = req.method().clone();
-    match (path.as_str(), &method) {
-        ("/livez", &Method::GET) => livez(&state).await,
-        ("/readyz", &Method::GET) => readyz(&state),
-        ("/workers", &Method::GET) => json(StatusCode::OK, &state.snapshot.borrow().doc),
-        ("/workers", &Method::PUT) => scale(&state, req).await,
-        ("/workers/restart", &Method::POST) => restart(&state, req).await,
-        ("/metrics", &Method::GET) => {
+    let route = ROUTES
+        .iter()
+        .find(|(p, m, _)| *p == path && *m == method.as_str())
+        .map(|r| r.2);
+    let Some(route) = route else {
+        let allowed: Vec<&str> = ROUTES
+            .iter()
+            .filter(|(p, _, _)| *p == path)
+            .map(|r| r.1)
+            .collect();
+        if allowed.is_empty() {
+            return error(StatusCode::NOT_FOUND, format!("no such path: {path}"));
+        }
+        let mut r = error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{method} is not allowed on {path}"),
+        );
+        if let Ok(v) = allowed.join(", ").parse() {
+            r.headers_mut().insert(ALLOW, v);
+        }
+        return r;
+    };
+    match route {
+        Route::Livez => livez(&state).await,
+        Route::Readyz => readyz(&state),
+        Route::Workers => json(StatusCode::OK, &state.snapshot.borrow().doc),
+        Route::Scale => scale(&state, req).await,
+        Route::Restart => restart(&state, req).await,
+        Route::Metrics => {
             let snapshot = state.snapshot.borrow().clone();
             Response::builder()
                 .header(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")
                 .body(Full::new(Bytes::from(state.metrics.render(&snapshot))))
                 .unwrap_or_default()
         }
-        ("/openapi.json", &Method::GET) => Response::builder()
-            .header(CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from_static(openapi::SPEC.as_bytes())))
-            .unwrap_or_default(),
-        (p, _) => match openapi::allowed_methods(p) {
-            Some(allow) => {
-                let mut r = error(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    format!("{method} is not allowed on {p}"),
-                );
-                if let Ok(v) = allow.parse() {
-                    r.headers_mut().insert(ALLOW, v);
-                }
-                r
-            }
-            None => error(StatusCode::NOT_FOUND, format!("no such path: {p}")),
-        },
+        Route::OpenApi => {
+            static DOCUMENT: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
+            let text = DOCUMENT.get_or_init(|| {
+                Bytes::from(serde_json::to_vec_pretty(&openapi::document()).unwrap_or_default())
+            });
+            Response::builder()
+                .header(CONTENT_TYPE, "application/json")
+                .body(Full::new(text.clone()))
+                .unwrap_or_default()
+        }
     }
 }
 

@@ -1,15 +1,17 @@
 //! The admin API's JSON documents. The manager writes them and every client
 //! (the `corral status` CLI, the operator) reads them through these types
 //! only, so a change here is a change of the contract: bump [`VERSION`]
-//! when a field changes meaning or goes away.
+//! when a field changes meaning or goes away. The same types, with their
+//! doc comments, are the schemas of `/openapi.json`.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Version of the `/workers` document.
 pub const VERSION: u32 = 1;
 
 /// `GET /workers`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct WorkersDoc {
     pub version: u32,
     /// The count the manager is driving towards.
@@ -35,7 +37,7 @@ pub struct WorkersDoc {
     pub cgroup: CgroupDoc,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct RecentExit {
     pub id: u32,
     pub pid: i32,
@@ -44,7 +46,7 @@ pub struct RecentExit {
     pub exit: ExitDoc,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Limits {
     pub min: u32,
     pub max: u32,
@@ -58,7 +60,7 @@ pub struct Limits {
 }
 
 /// Why a requested worker count was not applied as asked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LimitReason {
     MinWorkers,
@@ -66,7 +68,7 @@ pub enum LimitReason {
     MemoryGuard,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Limited {
     pub requested: u32,
     pub applied: u32,
@@ -75,7 +77,7 @@ pub struct Limited {
     pub at: f64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum WorkerState {
     Starting,
@@ -83,7 +85,7 @@ pub enum WorkerState {
     Draining,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct WorkerDoc {
     /// Stable slot number, also the worker's `CORRAL_WORKER_ID`.
     pub id: u32,
@@ -104,7 +106,7 @@ pub struct WorkerDoc {
     pub last_exit: Option<ExitDoc>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ExitDoc {
     pub code: Option<i32>,
     pub signal: Option<i32>,
@@ -114,7 +116,7 @@ pub struct ExitDoc {
 }
 
 /// Why a worker ended; also the `reason` label of `corral_worker_exits_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ExitReason {
     /// Stopped by corral (scale-down, restart, shutdown) and exited.
@@ -149,7 +151,7 @@ impl ExitReason {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ListenerDoc {
     pub address: String,
     /// Connections waiting in the accept queue now (TCP only).
@@ -159,7 +161,7 @@ pub struct ListenerDoc {
     pub backlog: Option<u32>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct CgroupDoc {
     /// CPUs the quota allows, fractional.
     pub cpu_quota_cores: Option<f64>,
@@ -168,11 +170,14 @@ pub struct CgroupDoc {
 }
 
 /// `PUT /workers`. `desired: null` returns to the configured count.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScaleRequest {
     /// Required; `null` is how a client says "back to the default".
     #[serde(deserialize_with = "nullable")]
+    // Required but nullable: schemars would otherwise read an Option as
+    // "may be left out" and the document would promise a default there is not.
+    #[schemars(required, extend("nullable" = true))]
     pub desired: Option<u32>,
 }
 
@@ -181,7 +186,7 @@ fn nullable<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Er
 }
 
 /// The body of every non-2xx answer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ErrorDoc {
     pub error: String,
     /// For 422: the limit that refused the request.
@@ -192,7 +197,7 @@ pub struct ErrorDoc {
 }
 
 /// `GET /readyz` and `GET /livez`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ProbeDoc {
     pub ok: bool,
     pub reason: String,

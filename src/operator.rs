@@ -108,7 +108,7 @@ async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
             async move { answer }
         };
         tokio::spawn(crate::http::server::serve(
-            listener,
+            vec![crate::http::server::Listener::Tcp(listener)],
             crate::http::server::SMALL,
             handle,
             http_stopped,

@@ -1,194 +1,142 @@
 //! The admin API described as OpenAPI 3, served at `/openapi.json` so that
-//! clients and fuzzers (schemathesis in the test command) can use it. A unit
-//! test keeps the router's paths and this document in step.
+//! clients and fuzzers (schemathesis in the test command) can use it. The
+//! schemas are generated from the contract's own types (their doc comments
+//! become the descriptions), so the document cannot drift from what the
+//! manager writes and reads; the paths are the router's
+//! ([`super::ROUTES`]), and a test walks the live router with them.
 
-/// Methods each path answers, for 405 replies; `None` for unknown paths.
-pub fn allowed_methods(path: &str) -> Option<&'static str> {
-    match path {
-        "/livez" | "/readyz" | "/metrics" | "/openapi.json" => Some("GET"),
-        "/workers" => Some("GET, PUT"),
-        "/workers/restart" => Some("POST"),
-        _ => None,
-    }
+use schemars::generate::SchemaSettings;
+use serde_json::{Value, json};
+
+use crate::contract::{ErrorDoc, ProbeDoc, ScaleRequest, WorkersDoc};
+
+/// The whole document.
+pub fn document() -> Value {
+    // Answers are described as serialized, the request as deserialized
+    // (`desired` is required there, and may be null).
+    let mut answers = SchemaSettings::openapi3().for_serialize().into_generator();
+    let workers = Value::from(answers.subschema_for::<WorkersDoc>());
+    let error = Value::from(answers.subschema_for::<ErrorDoc>());
+    let probe = Value::from(answers.subschema_for::<ProbeDoc>());
+    let mut requests = SchemaSettings::openapi3()
+        .for_deserialize()
+        .into_generator();
+    let scale = Value::from(requests.subschema_for::<ScaleRequest>());
+    let mut schemas = answers.take_definitions(true);
+    schemas.extend(requests.take_definitions(true));
+
+    let body = |description: &str, schema: &Value| json!({"description": description, "content": {"application/json": {"schema": schema}}});
+    let refused = |description: &str| body(description, &error);
+    let change_answers = json!({
+        "200": body("The workers document after the change", &workers),
+        "401": refused("Missing or wrong bearer token"),
+        "403": refused("No token configured: changes are disabled"),
+        "409": refused("The manager is shutting down"),
+        "413": refused("Body over 64 KiB"),
+        "503": refused("The supervision loop did not answer"),
+    });
+    let mut put_answers = change_answers.clone();
+    put_answers["400"] = refused("The body is not JSON");
+    put_answers["422"] = refused("Wrong shape, or refused by a limit (named in limited_by)");
+    json!({
+        "openapi": "3.0.3",
+        "info": {
+            "title": "corral admin API",
+            "version": crate::contract::VERSION.to_string(),
+            "description": "Probes, worker count and metrics of one corral manager. Changes need a bearer token from --admin-token-file; without one configured they are refused with 403."
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": schemas,
+        },
+        "paths": {
+            "/livez": {"get": {"summary": "The supervision loop answers", "responses": {
+                "200": body("Alive", &probe),
+                "503": body("The loop did not answer in time", &probe)}}},
+            "/readyz": {"get": {"summary": "Enough workers are ready and no shutdown is under way", "responses": {
+                "200": body("Ready", &probe),
+                "503": body("Not ready, with the reason", &probe)}}},
+            "/workers": {
+                "get": {"summary": "Workers, limits and measurements", "responses": {
+                    "200": body("The workers document", &workers)}},
+                "put": {
+                    "summary": "Set the worker count (null: back to the configured count)",
+                    "security": [{"bearer": []}],
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": scale}}},
+                    "responses": put_answers}
+            },
+            "/workers/restart": {"post": {
+                "summary": "Roll every worker, new before old",
+                "security": [{"bearer": []}],
+                "responses": change_answers}},
+            "/metrics": {"get": {"summary": "Prometheus text format", "responses": {
+                "200": {"description": "Metrics", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
+            "/openapi.json": {"get": {"summary": "This document", "responses": {
+                "200": {"description": "OpenAPI 3", "content": {"application/json": {"schema": {"type": "object"}}}}}}}
+        }
+    })
 }
-
-pub const SPEC: &str = r##"{
-  "openapi": "3.0.3",
-  "info": {
-    "title": "corral admin API",
-    "version": "1",
-    "description": "Probes, worker count and metrics of one corral manager. Changes need a bearer token from --admin-token-file; without one configured they are refused with 403."
-  },
-  "components": {
-    "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-    "schemas": {
-      "Error": {
-        "type": "object", "required": ["error"],
-        "properties": {
-          "error": {"type": "string"},
-          "limited_by": {"type": "string", "enum": ["min_workers", "max_workers", "memory_guard"]},
-          "limit": {"type": "integer", "minimum": 0}
-        }
-      },
-      "Probe": {
-        "type": "object", "required": ["ok", "reason"],
-        "properties": {"ok": {"type": "boolean"}, "reason": {"type": "string"}}
-      },
-      "ScaleRequest": {
-        "type": "object", "required": ["desired"], "additionalProperties": false,
-        "properties": {"desired": {"type": "integer", "minimum": 0, "maximum": 4294967295, "nullable": true}}
-      },
-      "Exit": {
-        "type": "object", "required": ["reason", "at"],
-        "properties": {
-          "code": {"type": "integer", "nullable": true},
-          "signal": {"type": "integer", "nullable": true},
-          "reason": {"type": "string", "enum": ["drained", "crashed", "watchdog", "boot_timeout", "killed"]},
-          "at": {"type": "number"}
-        }
-      },
-      "Worker": {
-        "type": "object",
-        "required": ["id", "pid", "state", "generation", "started_at", "restarts", "cpu_seconds", "cpu_utilisation", "rss_bytes"],
-        "properties": {
-          "id": {"type": "integer"}, "pid": {"type": "integer"},
-          "state": {"type": "string", "enum": ["starting", "ready", "draining"]},
-          "generation": {"type": "integer"}, "started_at": {"type": "number"},
-          "restarts": {"type": "integer"}, "cpu_seconds": {"type": "number"},
-          "cpu_utilisation": {"type": "number"}, "rss_bytes": {"type": "integer"},
-          "status": {"type": "string", "nullable": true},
-          "last_exit": {"allOf": [{"$ref": "#/components/schemas/Exit"}], "nullable": true}
-        }
-      },
-      "Workers": {
-        "type": "object",
-        "required": ["version", "desired", "configured", "running", "ready", "shutting_down", "generation", "limits", "cpu_utilisation", "workers", "recent_exits", "listeners", "cgroup"],
-        "properties": {
-          "version": {"type": "integer"}, "desired": {"type": "integer"},
-          "configured": {"type": "integer"}, "requested": {"type": "integer", "nullable": true},
-          "running": {"type": "integer"}, "ready": {"type": "integer"},
-          "shutting_down": {"type": "boolean"}, "generation": {"type": "integer"},
-          "limits": {
-            "type": "object", "required": ["min", "max"],
-            "properties": {
-              "min": {"type": "integer"}, "max": {"type": "integer"},
-              "memory_cap": {"type": "integer", "nullable": true},
-              "memory_limit_bytes": {"type": "integer", "nullable": true},
-              "memory_limit_source": {"type": "string", "nullable": true},
-              "per_worker_memory_bytes": {"type": "integer", "nullable": true}
-            }
-          },
-          "last_limited": {
-            "type": "object", "nullable": true,
-            "properties": {
-              "requested": {"type": "integer"}, "applied": {"type": "integer"},
-              "by": {"type": "string", "enum": ["min_workers", "max_workers", "memory_guard"]},
-              "at": {"type": "number"}
-            }
-          },
-          "cpu_utilisation": {"type": "number"},
-          "workers": {"type": "array", "items": {"$ref": "#/components/schemas/Worker"}},
-          "recent_exits": {"type": "array", "items": {
-            "type": "object", "required": ["id", "pid", "generation", "reason", "at"],
-            "properties": {
-              "id": {"type": "integer"}, "pid": {"type": "integer"}, "generation": {"type": "integer"},
-              "code": {"type": "integer", "nullable": true}, "signal": {"type": "integer", "nullable": true},
-              "reason": {"type": "string", "enum": ["drained", "crashed", "watchdog", "boot_timeout", "killed"]},
-              "at": {"type": "number"}
-            }
-          }},
-          "listeners": {
-            "type": "array",
-            "items": {
-              "type": "object", "required": ["address"],
-              "properties": {
-                "address": {"type": "string"},
-                "queue_length": {"type": "integer", "nullable": true},
-                "queue_max_window": {"type": "integer", "nullable": true},
-                "backlog": {"type": "integer", "nullable": true}
-              }
-            }
-          },
-          "cgroup": {
-            "type": "object",
-            "properties": {
-              "cpu_quota_cores": {"type": "number", "nullable": true},
-              "memory_limit_bytes": {"type": "integer", "nullable": true},
-              "memory_usage_bytes": {"type": "integer", "nullable": true}
-            }
-          }
-        }
-      }
-    },
-    "responses": {
-      "Unauthorized": {"description": "Missing or wrong bearer token", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
-      "Forbidden": {"description": "No token configured: changes are disabled", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
-      "Conflict": {"description": "The manager is shutting down", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
-      "Unavailable": {"description": "The supervision loop did not answer", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
-      "TooLarge": {"description": "Body over 64 KiB", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
-      "Workers": {"description": "The workers document after the change", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Workers"}}}}
-    }
-  },
-  "paths": {
-    "/livez": {"get": {"summary": "The supervision loop answers", "responses": {
-      "200": {"description": "Alive", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Probe"}}}},
-      "503": {"description": "The loop did not answer in time", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Probe"}}}}}}},
-    "/readyz": {"get": {"summary": "Enough workers are ready and no shutdown is under way", "responses": {
-      "200": {"description": "Ready", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Probe"}}}},
-      "503": {"description": "Not ready, with the reason", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Probe"}}}}}}},
-    "/workers": {
-      "get": {"summary": "Workers, limits and measurements", "responses": {
-        "200": {"description": "The workers document", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Workers"}}}}}},
-      "put": {"summary": "Set the worker count (null: back to the configured count)", "security": [{"bearer": []}],
-        "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ScaleRequest"}}}},
-        "responses": {
-          "200": {"$ref": "#/components/responses/Workers"},
-          "400": {"description": "The body is not JSON", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
-          "401": {"$ref": "#/components/responses/Unauthorized"},
-          "403": {"$ref": "#/components/responses/Forbidden"},
-          "409": {"$ref": "#/components/responses/Conflict"},
-          "413": {"$ref": "#/components/responses/TooLarge"},
-          "422": {"description": "Wrong shape, or refused by a limit (named in limited_by)", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
-          "503": {"$ref": "#/components/responses/Unavailable"}}}
-    },
-    "/workers/restart": {"post": {"summary": "Roll every worker, new before old", "security": [{"bearer": []}],
-      "responses": {
-        "200": {"$ref": "#/components/responses/Workers"},
-        "401": {"$ref": "#/components/responses/Unauthorized"},
-        "403": {"$ref": "#/components/responses/Forbidden"},
-        "409": {"$ref": "#/components/responses/Conflict"},
-        "413": {"$ref": "#/components/responses/TooLarge"},
-        "503": {"$ref": "#/components/responses/Unavailable"}}}},
-    "/metrics": {"get": {"summary": "Prometheus text format", "responses": {
-      "200": {"description": "Metrics", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
-    "/openapi.json": {"get": {"summary": "This document", "responses": {
-      "200": {"description": "OpenAPI 3", "content": {"application/json": {"schema": {"type": "object"}}}}}}}
-  }
-}"##;
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn spec_is_json_and_lists_every_route() {
-        let spec: serde_json::Value = serde_json::from_str(SPEC).unwrap();
-        let paths = spec["paths"].as_object().unwrap();
-        for (path, ops) in paths {
-            let allowed = allowed_methods(path).unwrap_or_else(|| panic!("{path} not routed"));
-            for method in ops.as_object().unwrap().keys() {
-                assert!(allowed.contains(&method.to_uppercase()), "{method} {path}");
-            }
+    fn every_route_is_documented_and_nothing_else() {
+        let doc = document();
+        let paths = doc["paths"].as_object().unwrap();
+        let mut documented: Vec<(String, String)> = paths
+            .iter()
+            .flat_map(|(path, ops)| {
+                ops.as_object()
+                    .unwrap()
+                    .keys()
+                    .map(|m| (path.clone(), m.to_uppercase()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let mut routed: Vec<(String, String)> = super::super::ROUTES
+            .iter()
+            .map(|(path, method, _)| (path.to_string(), method.to_string()))
+            .collect();
+        documented.sort();
+        routed.sort();
+        assert_eq!(documented, routed);
+    }
+
+    #[test]
+    fn schemas_come_from_the_contract_types() {
+        let doc = document();
+        let schemas = &doc["components"]["schemas"];
+        let workers = &schemas["WorkersDoc"];
+        for field in ["desired", "limits", "workers", "listeners", "cgroup"] {
+            assert!(
+                workers["properties"][field].is_object(),
+                "{field}: {workers}"
+            );
         }
-        for path in [
-            "/livez",
-            "/readyz",
-            "/workers",
-            "/workers/restart",
-            "/metrics",
-            "/openapi.json",
-        ] {
-            assert!(paths.contains_key(path), "{path} undocumented");
+        assert_eq!(
+            schemas["ScaleRequest"]["required"],
+            json!(["desired"]),
+            "{}",
+            schemas["ScaleRequest"]
+        );
+        assert_eq!(
+            schemas["ScaleRequest"]["properties"]["desired"]["nullable"],
+            json!(true),
+            "{}",
+            schemas["ScaleRequest"]
+        );
+        assert!(
+            schemas["LimitReason"].to_string().contains("memory_guard"),
+            "{}",
+            schemas["LimitReason"]
+        );
+        // Every reference resolves.
+        let text = doc.to_string();
+        for r in text.split("\"$ref\":\"#/components/schemas/").skip(1) {
+            let name = &r[..r.find('"').unwrap()];
+            assert!(schemas[name].is_object(), "dangling $ref to {name}");
         }
     }
 }

@@ -1,8 +1,9 @@
-//! The one accept loop for corral's own small HTTP servers (the admin API
-//! and the operator's probes and metrics): a cap on the connections served
-//! at once across the whole server (the rest wait in the listen backlog),
-//! a header-read timeout so a slow client cannot hold a connection slot,
-//! and a graceful shutdown that lets answers in progress finish.
+//! The one accept loop for corral's own HTTP servers: the admin API, the
+//! operator's probes and metrics, and the built-in worker. It keeps a cap
+//! on the connections served at once across all of a server's listeners
+//! (the rest wait in the listen backlog), a header-read timeout so a slow
+//! client cannot hold a slot, and a graceful shutdown: stop accepting,
+//! serve what was already accepted, let answers in progress finish.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -14,34 +15,51 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
-/// How much one server takes on.
+/// How much one server takes on, and how it lets go.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// Connections served at once, across the server.
     pub connections: usize,
     /// How long a client may take to send a request's headers.
     pub header_read_timeout: Duration,
-    /// How long answers in progress get once shutdown begins.
-    pub shutdown_grace: Duration,
+    /// How long answers in progress get once shutdown begins; `None`
+    /// waits for all of them (whoever stops the server enforces a limit).
+    pub shutdown_grace: Option<Duration>,
+    /// At shutdown, how long a connection that has not sent its first
+    /// request yet gets to send it: a client that connected just before
+    /// the listener closed is answered, not reset with its request unread.
+    pub first_request_grace: Duration,
 }
 
-/// What corral's admin-style servers take: a handful of probes, scrapes
-/// and operator calls at a time, never a flood.
+/// corral's admin-style servers: a handful of probes, scrapes and operator
+/// calls at a time, never a flood.
 pub const SMALL: Limits = Limits {
     connections: 64,
     header_read_timeout: Duration::from_secs(10),
-    shutdown_grace: Duration::from_secs(5),
+    shutdown_grace: Some(Duration::from_secs(5)),
+    first_request_grace: Duration::ZERO,
 };
 
-/// Serves `handle` on `listener` until `shutdown` turns true, then lets the
-/// connections in progress finish within the grace.
+/// A listener the server accepts on.
+pub enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+enum Conn {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+/// Serves `handle` on every listener until `shutdown` turns true (or its
+/// sender is dropped), then lets the connections accepted so far finish.
 pub async fn serve<F, Fut>(
-    listener: TcpListener,
+    listeners: Vec<Listener>,
     limits: Limits,
     handle: F,
     mut shutdown: watch::Receiver<bool>,
@@ -50,62 +68,134 @@ pub async fn serve<F, Fut>(
     Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
 {
     let slots = Arc::new(Semaphore::new(limits.connections.max(1)));
+    let (accepted_tx, mut accepted) = mpsc::unbounded_channel();
+    let acceptors: Vec<_> = listeners
+        .into_iter()
+        .map(|l| tokio::spawn(accept(l, slots.clone(), accepted_tx.clone())))
+        .collect();
+    drop(accepted_tx);
     let mut connections = JoinSet::new();
+    let told = shutdown.clone();
+    let spawn = |connections: &mut JoinSet<()>, (conn, permit)| {
+        connections.spawn(connection(
+            conn,
+            permit,
+            handle.clone(),
+            limits,
+            told.clone(),
+        ));
+    };
     loop {
-        let permit = tokio::select! {
-            permit = slots.clone().acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => break,
-            },
+        tokio::select! {
+            Some(conn) = accepted.recv() => spawn(&mut connections, conn),
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
             _ = stopped(&mut shutdown) => break,
+        }
+    }
+    // Stop accepting (the listeners close with their tasks), but serve
+    // every connection the kernel already handed over.
+    for a in &acceptors {
+        a.abort();
+    }
+    accepted.close();
+    while let Ok(conn) = accepted.try_recv() {
+        spawn(&mut connections, conn);
+    }
+    let drained = async { while connections.join_next().await.is_some() {} };
+    match limits.shutdown_grace {
+        None => drained.await,
+        Some(grace) => {
+            if tokio::time::timeout(grace, drained).await.is_err() {
+                debug!("shutdown grace over: dropping the connections left");
+            }
+        }
+    }
+}
+
+async fn accept(
+    listener: Listener,
+    slots: Arc<Semaphore>,
+    accepted: mpsc::UnboundedSender<(Conn, OwnedSemaphorePermit)>,
+) {
+    loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
         };
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(e) => {
-                    // Out of descriptors, most likely: back off, keep serving.
-                    warn!(error = %e, "accept");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
+        let conn = match &listener {
+            Listener::Tcp(l) => l.accept().await.map(|(s, _)| {
+                // Small answers must not wait for Nagle.
+                let _ = s.set_nodelay(true);
+                Conn::Tcp(s)
+            }),
+            Listener::Unix(l) => l.accept().await.map(|(s, _)| Conn::Unix(s)),
+        };
+        match conn {
+            Ok(c) => {
+                if accepted.send((c, permit)).is_err() {
+                    return;
                 }
-            },
-            _ = stopped(&mut shutdown) => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let handle = handle.clone();
-        let mut stop = shutdown.clone();
-        connections.spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let answer = handle(req);
-                async move { Ok::<_, Infallible>(answer.await) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_read_timeout)
-                .serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            let result = tokio::select! {
+            }
+            Err(e) => {
+                // Out of descriptors, most likely: back off, keep serving.
+                warn!(error = %e, "accept");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+async fn connection<F, Fut>(
+    conn: Conn,
+    permit: OwnedSemaphorePermit,
+    handle: F,
+    limits: Limits,
+    shutdown: watch::Receiver<bool>,
+) where
+    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    match conn {
+        Conn::Tcp(s) => serve_io(TokioIo::new(s), handle, limits, shutdown).await,
+        Conn::Unix(s) => serve_io(TokioIo::new(s), handle, limits, shutdown).await,
+    }
+    drop(permit);
+}
+
+async fn serve_io<I, F, Fut>(io: I, handle: F, limits: Limits, mut shutdown: watch::Receiver<bool>)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    let requested = Arc::new(Notify::new());
+    let service = {
+        let requested = requested.clone();
+        hyper::service::service_fn(move |req| {
+            requested.notify_one();
+            let answer = handle(req);
+            async move { Ok::<_, Infallible>(answer.await) }
+        })
+    };
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .serve_connection(io, service);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        _ = stopped(&mut shutdown) => {
+            // A request already seen left a permit: no wait then.
+            tokio::select! {
                 result = conn.as_mut() => result,
-                _ = stopped(&mut stop) => {
+                _ = tokio::time::timeout(limits.first_request_grace, requested.notified()) => {
                     conn.as_mut().graceful_shutdown();
                     conn.await
                 }
-            };
-            if let Err(e) = result {
-                debug!(%peer, error = %e, "connection");
             }
-            drop(permit);
-        });
-        // Finished connections leave the set as they go.
-        while connections.try_join_next().is_some() {}
-    }
-    drop(listener);
-    let drained = async { while connections.join_next().await.is_some() {} };
-    if tokio::time::timeout(limits.shutdown_grace, drained)
-        .await
-        .is_err()
-    {
-        debug!("shutdown grace over: dropping the connections left");
+        }
+    };
+    if let Err(e) = result {
+        debug!(error = %e, "connection");
     }
 }
 
@@ -129,7 +219,7 @@ mod tests {
         let busy = Arc::new(AtomicUsize::new(0));
         let seen = busy.clone();
         tokio::spawn(serve(
-            listener,
+            vec![Listener::Tcp(listener)],
             limits,
             move |_req| {
                 let seen = seen.clone();
@@ -145,7 +235,7 @@ mod tests {
     }
 
     async fn get(addr: std::net::SocketAddr) -> String {
-        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut s = TcpStream::connect(addr).await.unwrap();
         s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
             .await
             .unwrap();
@@ -181,7 +271,7 @@ mod tests {
             ..SMALL
         };
         let (addr, _tx, _) = started(limits).await;
-        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut s = TcpStream::connect(addr).await.unwrap();
         s.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
         let mut out = Vec::new();
         let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
@@ -196,9 +286,25 @@ mod tests {
         tx.send(true).unwrap();
         assert!(pending.await.unwrap().starts_with("HTTP/1.1 200"));
         tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(
-            tokio::net::TcpStream::connect(addr).await.is_err(),
-            "listener closed"
-        );
+        assert!(TcpStream::connect(addr).await.is_err(), "listener closed");
+    }
+
+    #[tokio::test]
+    async fn a_connection_made_just_before_shutdown_gets_its_answer() {
+        let limits = Limits {
+            first_request_grace: Duration::from_secs(2),
+            ..SMALL
+        };
+        let (addr, tx, _) = started(limits).await;
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        tx.send(true).unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out).await;
+        assert!(out.starts_with("HTTP/1.1 200"), "{out:?}");
     }
 }

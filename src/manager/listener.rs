@@ -58,12 +58,21 @@ impl Inherited {
         Ok(Inherited { sockets })
     }
 
+    /// The inherited socket bound to `wanted`. Port 0 asks for whatever
+    /// port the kernel picks, so across a re-exec it is the port the
+    /// previous image was given: any inherited socket on that address.
     fn take_matching(&mut self, wanted: &SockAddr) -> Option<Socket> {
-        let pos = self.sockets.iter().position(|s| {
-            s.local_addr().is_ok_and(|a| {
-                a.as_socket() == wanted.as_socket() && a.as_pathname() == wanted.as_pathname()
-            })
-        })?;
+        let same = |a: &SockAddr| {
+            let ip_port = match (a.as_socket(), wanted.as_socket()) {
+                (Some(a), Some(w)) if w.port() == 0 => a.ip() == w.ip(),
+                (a, w) => a == w,
+            };
+            ip_port && a.as_pathname() == wanted.as_pathname()
+        };
+        let pos = self
+            .sockets
+            .iter()
+            .position(|s| s.local_addr().is_ok_and(|a| same(&a)))?;
         Some(self.sockets.remove(pos))
     }
 
@@ -100,10 +109,7 @@ fn open(
     let socket = match bind {
         BindAddr::Tcp(addr) => {
             let wanted = SockAddr::from(*addr);
-            match inherited
-                .take_matching(&wanted)
-                .filter(|_| addr.port() != 0)
-            {
+            match inherited.take_matching(&wanted) {
                 Some(s) => s,
                 None => bind_tcp(*addr, backlog).map_err(err)?,
             }
@@ -243,5 +249,18 @@ mod tests {
             fd,
             "the inherited socket is reused, not a new one bound"
         );
+    }
+
+    #[test]
+    fn port_zero_adopts_the_inherited_socket_of_that_address() {
+        // As across a re-exec of `--bind 127.0.0.1:0`: the port the first
+        // image got is the one to keep serving on.
+        let original = bind_tcp("127.0.0.1:0".parse().unwrap(), 16).unwrap();
+        let other = bind_tcp("127.0.0.2:0".parse().unwrap(), 16).unwrap();
+        let fds = [other, original].map(std::os::fd::IntoRawFd::into_raw_fd);
+        let mut inherited = Inherited::from_fds(&fds).unwrap();
+        let wanted = "127.0.0.1:0".parse::<BindAddr>().unwrap();
+        let listeners = open_all(&[wanted], 2048, 0o660, &mut inherited).unwrap();
+        assert_eq!(listeners[0].fd(), fds[1]);
     }
 }

@@ -3,7 +3,6 @@
 //! manager: slow requests for draining, CPU burn for autoscaling, chosen
 //! status codes for probes.
 
-use std::convert::Infallible;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -38,7 +37,7 @@ fn millis(raw: &str) -> Result<u64, Response<Full<Bytes>>> {
     }
 }
 
-pub async fn handle(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+pub async fn handle(req: Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_string();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let id = std::env::var("CORRAL_WORKER_ID").unwrap_or_else(|_| "-".into());
@@ -93,7 +92,7 @@ pub async fn handle(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Inf
         }
         _ => text(StatusCode::NOT_FOUND, format!("no route for {path}\n")),
     };
-    Ok(resp)
+    resp
 }
 
 /// Keeps this thread busy for `d` of its own CPU time, as a CPU-bound
