@@ -41,7 +41,7 @@ pub async fn handle(req: Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_string();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let id = std::env::var("CORRAL_WORKER_ID").unwrap_or_else(|_| "-".into());
-    let resp = match (req.method(), segments.as_slice()) {
+    match (req.method(), segments.as_slice()) {
         (&Method::GET, [""]) => text(
             StatusCode::OK,
             format!(
@@ -91,8 +91,7 @@ pub async fn handle(req: Request<Incoming>) -> Response<Full<Bytes>> {
             }
         }
         _ => text(StatusCode::NOT_FOUND, format!("no route for {path}\n")),
-    };
-    resp
+    }
 }
 
 /// Keeps this thread busy for `d` of its own CPU time, as a CPU-bound

@@ -9,7 +9,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};
@@ -19,7 +19,9 @@ use kube::{Client, Config, ResourceExt};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 
-use super::{BIN, free_port};
+use super::{
+    BIN, Text, await_logged_addr, eventually_async_every, eventually_every, free_port, unique,
+};
 
 /// Where the test command put the binaries.
 fn apiserver_binary() -> PathBuf {
@@ -71,11 +73,7 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn start() -> Cluster {
-        let dir = std::env::temp_dir().join(format!(
-            "corral-kube-{}-{}",
-            std::process::id(),
-            free_port()
-        ));
+        let dir = std::env::temp_dir().join(unique("corral-kube"));
         std::fs::create_dir_all(dir.join("certs")).unwrap();
         let ok = Command::new("openssl")
             .args(["genrsa", "-out"])
@@ -95,7 +93,7 @@ impl Cluster {
                 .unwrap()
                 .success();
         assert!(ok, "openssl failed");
-        let admin_token = format!("admin-{}-{}", std::process::id(), free_port());
+        let admin_token = unique("admin");
         std::fs::write(
             dir.join("token.csv"),
             format!("{admin_token},admin,admin,\"system:masters\"\n"),
@@ -169,27 +167,27 @@ impl Cluster {
     }
 
     fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let ok = Command::new("curl")
-                .args(["-ksf", "--max-time", "2", "-o", "/dev/null", "-H"])
-                .arg(format!("Authorization: Bearer {}", self.admin_token))
-                .arg(format!("{}/readyz", self.url))
-                .status()
-                .is_ok_and(|s| s.success());
-            if ok {
-                return;
-            }
-            if let Some(status) = self.api.try_wait().unwrap() {
-                panic!("kube-apiserver exited ({status}):\n{}", self.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "kube-apiserver not ready:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        // A curl per check: every 200 ms, not to slow the server's start.
+        eventually_every(
+            "kube-apiserver to be ready",
+            Duration::from_secs(120),
+            Duration::from_millis(200),
+            || {
+                let ok = Command::new("curl")
+                    .args(["-ksf", "--max-time", "2", "-o", "/dev/null", "-H"])
+                    .arg(format!("Authorization: Bearer {}", self.admin_token))
+                    .arg(format!("{}/readyz", self.url))
+                    .status()
+                    .is_ok_and(|s| s.success());
+                if ok {
+                    return Ok(());
+                }
+                if let Some(status) = self.api.try_wait().unwrap() {
+                    panic!("kube-apiserver exited ({status}):\n{}", self.log());
+                }
+                Err(Text(self.log()))
+            },
+        );
     }
 
     pub fn log(&self) -> String {
@@ -341,16 +339,22 @@ pub async fn install(client: &Client) {
         &std::fs::read_to_string(root.join("manifests/crd.yaml")).unwrap(),
     )
     .await;
-    // The CRD needs a moment before its kind is served.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let discovery = Discovery::new(client.clone()).run().await.unwrap();
-        if discovery.groups().any(|g| g.name() == "corral.dev") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "CRD not served");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    // The CRD needs a moment before its kind is served (a discovery is
+    // a round of requests: every 200 ms).
+    eventually_async_every(
+        "the CRD to be served",
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || async {
+            let discovery = Discovery::new(client.clone()).run().await.unwrap();
+            let groups: Vec<String> = discovery.groups().map(|g| g.name().to_string()).collect();
+            match groups.iter().any(|g| g == "corral.dev") {
+                true => Ok(()),
+                false => Err(groups),
+            }
+        },
+    )
+    .await;
     apply_yaml(
         client,
         &std::fs::read_to_string(root.join("manifests/operator.yaml")).unwrap(),
@@ -458,11 +462,10 @@ impl Operator {
         lease: &str,
         extra: &[&str],
     ) -> Operator {
-        let metrics: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let mut args: Vec<String> = [
             "operator",
             "--metrics-bind",
-            &metrics.to_string(),
+            "127.0.0.1:0",
             "--namespace",
             namespace,
             "--lease-namespace",
@@ -477,17 +480,17 @@ impl Operator {
         .collect();
         args.extend(extra.iter().map(|s| s.to_string()));
         let env = vec![("CORRAL_LOG_LEVEL".into(), "info,corral=debug".into())];
-        Operator::spawn(kubeconfig, identity, &args, &env, metrics)
+        Operator::spawn(kubeconfig, identity, &args, &env)
     }
 
-    /// `corral ARGS` with exactly `env` besides KUBECONFIG, serving its
-    /// metrics on `metrics` (which ARGS must say).
+    /// `corral ARGS` with exactly `env` besides KUBECONFIG; `metrics` is
+    /// the address it logs serving its metrics on (ARGS say where, port 0
+    /// for any).
     pub fn spawn(
         kubeconfig: &Path,
         identity: &str,
         args: &[String],
         env: &[(String, String)],
-        metrics: std::net::SocketAddr,
     ) -> Operator {
         let log = kubeconfig.with_extension(format!("{identity}.log"));
         let file = std::fs::File::create(&log).unwrap();
@@ -501,11 +504,20 @@ impl Operator {
             .process_group(0)
             .spawn()
             .unwrap();
-        Operator {
+        let mut op = Operator {
             child,
-            metrics,
+            metrics: "0.0.0.0:0".parse().unwrap(),
             log,
-        }
+        };
+        op.metrics = await_logged_addr(
+            "the operator",
+            &op.log,
+            &mut op.child,
+            "serving /livez, /readyz and /metrics",
+            "addr",
+            |_| true,
+        );
+        op
     }
 
     pub fn log(&self) -> String {

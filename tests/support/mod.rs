@@ -7,21 +7,25 @@
     reason = "each test binary uses a different part of the support module"
 )]
 
+use std::fmt::Debug;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use corral::contract::WorkersDoc;
+use corral::http::client::{Answer, Client, HttpError, url};
+use hyper::{Method, Uri};
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 
 pub mod cluster;
+pub mod metrics;
 pub mod prometheus;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_corral");
@@ -33,13 +37,22 @@ pub fn heavy() -> MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// A port nobody listens on right now.
+/// A port nobody listens on right now, for the servers whose port must be
+/// known before they start (etcd, kube-apiserver, Prometheus, a pod's admin
+/// port an autoscaler names); corral itself binds port 0 and logs its address.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// A name no other call in this test run gets: `prefix-PID-N`.
+pub fn unique(prefix: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}-{}-{n}", std::process::id())
 }
 
 /// The venv with Django and Uvicorn that `.ci/test` prepares.
@@ -154,20 +167,9 @@ impl Builder {
     }
 
     pub fn start(self) -> Corral {
-        let http: SocketAddr = format!("{}:{}", self.host, free_port()).parse().unwrap();
-        let admin: SocketAddr = format!(
-            "{}:{}",
-            self.host,
-            self.admin_port.unwrap_or_else(free_port)
-        )
-        .parse()
-        .unwrap();
-        let dir = std::env::temp_dir().join(format!(
-            "corral-test-{}-{}-{}",
-            std::process::id(),
-            admin.ip(),
-            admin.port()
-        ));
+        let host: IpAddr = self.host.parse().unwrap();
+        let admin = SocketAddr::new(host, self.admin_port.unwrap_or(0));
+        let dir = std::env::temp_dir().join(unique(&format!("corral-test-{host}")));
         std::fs::create_dir_all(&dir).unwrap();
         let log_path = dir.join("corral.log");
         let log = std::fs::File::create(&log_path).unwrap();
@@ -175,7 +177,7 @@ impl Builder {
         argv.push(BIN.into());
         argv.push("run".into());
         if self.bind {
-            argv.extend(["--bind".into(), http.to_string()]);
+            argv.extend(["--bind".into(), SocketAddr::new(host, 0).to_string()]);
         }
         argv.extend(["--admin-bind".into(), admin.to_string()]);
         argv.extend(self.args.clone());
@@ -199,14 +201,111 @@ impl Builder {
             cmd.env(k, v);
         }
         let child = cmd.spawn().expect("start corral");
-        Corral {
+        let mut c = Corral {
             child,
-            http,
+            http: SocketAddr::new(host, 0),
             admin,
             log_path,
             dir,
             exited: None,
+        };
+        // The addresses the kernel gave, as the manager logs them.
+        c.admin = c.logged_addr("corral manager starting", "admin", |a| {
+            a.ip() == host && (admin.port() == 0 || a.port() == admin.port())
+        });
+        if self.bind {
+            c.http = c.logged_addr("listening", "listener", |a| a.ip() == host);
         }
+        c
+    }
+}
+
+/// The values of `field` in the log lines whose message is `message`, in
+/// either log format (text: `... INFO message field=value`; JSON: one
+/// object per line).
+pub fn log_fields(log: &str, message: &str, field: &str) -> Vec<String> {
+    let text_message = format!(" {message} ");
+    log.lines()
+        .filter_map(|line| {
+            if line.trim_start().starts_with('{') {
+                let v: serde_json::Value = serde_json::from_str(line).ok()?;
+                (v["message"] == message)
+                    .then(|| v[field].as_str().map(String::from))
+                    .flatten()
+            } else {
+                let (_, rest) = line.split_once(&text_message)?;
+                rest.split_whitespace()
+                    .find_map(|t| t.strip_prefix(field)?.strip_prefix('='))
+                    .map(|v| v.trim_matches('"').to_string())
+            }
+        })
+        .collect()
+}
+
+/// Awaits the first address in `field` of a `message` log line that
+/// `accept` takes; panics with the log if the process exits first.
+fn await_logged_addr(
+    what: &str,
+    log_path: &Path,
+    child: &mut Child,
+    message: &str,
+    field: &str,
+    accept: impl Fn(&SocketAddr) -> bool,
+) -> SocketAddr {
+    eventually(
+        &format!("{what} to log `{message}` with its {field} address"),
+        Duration::from_secs(30),
+        || {
+            let log = std::fs::read_to_string(log_path).unwrap_or_default();
+            let found = log_fields(&log, message, field)
+                .iter()
+                .filter_map(|v| v.parse::<SocketAddr>().ok())
+                .find(|a| accept(a));
+            if let Some(addr) = found {
+                return Ok(addr);
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("{what} exited ({status}) before logging `{message}`:\n{log}");
+            }
+            Err(WithLog::new("no such line yet", log_path))
+        },
+    )
+}
+
+/// What an awaited check saw last, and the log it is about, read only when
+/// the failure is shown.
+pub struct WithLog<T> {
+    pub seen: T,
+    pub log: PathBuf,
+}
+
+impl<T> WithLog<T> {
+    pub fn new(seen: T, log: &Path) -> WithLog<T> {
+        WithLog {
+            seen,
+            log: log.to_path_buf(),
+        }
+    }
+}
+
+/// A text shown as it is (not quoted and escaped) in a failure message.
+pub struct Text(pub String);
+
+impl Debug for Text {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<T: Debug> Debug for WithLog<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:#?}\n--- log ({}) ---\n{}",
+            self.seen,
+            self.log.display(),
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        )
     }
 }
 
@@ -223,37 +322,59 @@ impl Corral {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
+    fn logged_addr(
+        &mut self,
+        message: &str,
+        field: &str,
+        accept: impl Fn(&SocketAddr) -> bool,
+    ) -> SocketAddr {
+        await_logged_addr(
+            "corral",
+            &self.log_path,
+            &mut self.child,
+            message,
+            field,
+            accept,
+        )
+    }
+
     pub fn signal(&self, sig: Signal) {
         kill(self.pid(), sig).unwrap();
     }
 
     pub fn workers(&self) -> Option<WorkersDoc> {
-        let (status, body) = get(self.admin, "/workers").ok()?;
-        (status == 200).then(|| serde_json::from_str(&body).unwrap())
+        self.try_workers().ok()
     }
 
-    /// Polls /workers until `cond` holds; panics with the log after `limit`.
+    /// The /workers document, or what came instead.
+    pub fn try_workers(&self) -> Result<WorkersDoc, String> {
+        match get(self.admin, "/workers") {
+            Ok((200, body)) => Ok(serde_json::from_str(&body).unwrap()),
+            Ok((status, body)) => Err(format!("{status} {body}")),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Polls /workers until `cond` holds; panics with the last document
+    /// and the log after `limit`.
     pub fn wait_for(
         &self,
         what: &str,
         limit: Duration,
         cond: impl Fn(&WorkersDoc) -> bool,
     ) -> WorkersDoc {
-        let deadline = Instant::now() + limit;
-        let mut last = None;
-        while Instant::now() < deadline {
-            if let Some(doc) = self.workers() {
-                if cond(&doc) {
-                    return doc;
-                }
-                last = Some(doc);
+        let mut last: Option<WorkersDoc> = None;
+        eventually(what, limit, || {
+            match self.try_workers() {
+                Ok(doc) if cond(&doc) => return Ok(doc),
+                Ok(doc) => last = Some(doc),
+                Err(_) => {}
             }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!(
-            "timed out waiting for {what}; last /workers: {last:#?}\n--- log ---\n{}",
-            self.log()
-        );
+            Err(WithLog::new(
+                Text(format!("last /workers: {last:#?}")),
+                &self.log_path,
+            ))
+        })
     }
 
     /// Waits until `n` workers of the current generation are ready and no other worker runs.
@@ -267,18 +388,14 @@ impl Corral {
         if let Some(s) = self.exited {
             return s;
         }
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                self.exited = Some(s);
-                return s;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!(
-            "corral did not exit within {limit:?}\n--- log ---\n{}",
-            self.log()
-        );
+        let status = eventually(&format!("corral to exit within {limit:?}"), limit, || {
+            self.child
+                .try_wait()
+                .unwrap()
+                .ok_or_else(|| WithLog::new("still running", &self.log_path))
+        });
+        self.exited = Some(status);
+        status
     }
 
     pub fn is_running(&mut self) -> bool {
@@ -301,25 +418,96 @@ impl Drop for Corral {
     }
 }
 
-/// One request on a fresh connection; returns status and body.
+/// How long one request through [`fetch`] may take, connection included.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The runtime [`fetch`] runs requests on: its own threads, so a request
+/// can be made from plain threads and from inside async tests alike.
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("test-http")
+            .enable_all()
+            .build()
+            .unwrap()
+    })
+}
+
+/// One request through corral's own client (`corral::http::client`),
+/// blocking until the answer is read. Each call has a client of its own,
+/// so each request goes on a fresh connection: which worker answers, and
+/// whether a server that just went away refuses, is never hidden by a
+/// pooled keep-alive connection.
+pub fn fetch(
+    method: Method,
+    uri: Uri,
+    bearer: Option<&str>,
+    body: Option<Vec<u8>>,
+) -> Result<Answer, HttpError> {
+    let bearer = bearer.map(str::to_string);
+    let (tx, rx) = std::sync::mpsc::channel();
+    runtime().spawn(async move {
+        let client = Client::new();
+        let answer = client
+            .send(method, uri, bearer.as_deref(), body, REQUEST_TIMEOUT)
+            .await;
+        let _ = tx.send(answer);
+    });
+    rx.recv().expect("the request task ended without an answer")
+}
+
+/// One request on a fresh connection; returns status and body. The only
+/// header a test sets is `Authorization: Bearer TOKEN`.
 pub fn request(
     addr: SocketAddr,
     method: &str,
     path: &str,
     headers: &[(&str, &str)],
     body: &str,
-) -> std::io::Result<(u16, String)> {
+) -> Result<(u16, String), HttpError> {
+    let mut bearer = None;
+    for (k, v) in headers {
+        match (
+            k.eq_ignore_ascii_case("authorization"),
+            v.strip_prefix("Bearer "),
+        ) {
+            (true, Some(token)) => bearer = Some(token),
+            _ => panic!("unsupported header {k}: {v}"),
+        }
+    }
+    let method = Method::from_bytes(method.as_bytes()).unwrap();
+    let uri = url(&addr.to_string(), path, &[])?;
+    let body = (!body.is_empty()).then(|| body.as_bytes().to_vec());
+    let answer = fetch(method, uri, bearer, body)?;
+    Ok((
+        answer.status.as_u16(),
+        String::from_utf8_lossy(&answer.body).into_owned(),
+    ))
+}
+
+pub fn get(addr: SocketAddr, path: &str) -> Result<(u16, String), HttpError> {
+    request(addr, "GET", path, &[], "")
+}
+
+/// The error text of a connection reset before a single response byte:
+/// the server accepted the connection and closed it with the request unread.
+pub const UNANSWERED: &str = "reset before any response byte";
+
+/// A GET written by hand on a fresh connection with `Connection: close`,
+/// for the load generator only. It stays raw because it is the measuring
+/// instrument of the zero-failed-requests tests: one connection per
+/// request, nothing retried or pooled, and a reset before any response
+/// byte ([`UNANSWERED`]) told apart from every other failure, which no
+/// general client reports. Returns the status; the body is read to its
+/// end (a connection cut mid-answer is a failure) but not decoded.
+fn raw_get(addr: SocketAddr, path: &str) -> std::io::Result<u16> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
     );
-    for (k, v) in headers {
-        req += &format!("{k}: {v}\r\n");
-    }
-    req += "\r\n";
-    req += body;
     s.write_all(req.as_bytes())?;
     let mut raw = Vec::new();
     if let Err(e) = s.read_to_end(&mut raw) {
@@ -328,48 +516,11 @@ pub fn request(
         }
         return Err(e);
     }
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let status = text
-        .split(' ')
+    let text = String::from_utf8_lossy(&raw);
+    text.split(' ')
         .nth(1)
         .and_then(|c| c.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("no status line in {text:?}")))?;
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let chunked = head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked");
-    Ok((
-        status,
-        if chunked {
-            dechunk(body)
-        } else {
-            body.to_string()
-        },
-    ))
-}
-
-/// Decodes a chunked body (Uvicorn streams Django's responses that way).
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        body = rest[n..].strip_prefix("\r\n").unwrap_or(&rest[n..]);
-    }
-    out
-}
-
-/// The error text of a connection reset before a single response byte:
-/// the server accepted the connection and closed it with the request unread.
-pub const UNANSWERED: &str = "reset before any response byte";
-
-pub fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
-    request(addr, "GET", path, &[], "")
+        .ok_or_else(|| std::io::Error::other(format!("no status line in {text:?}")))
 }
 
 /// How often awaited conditions are checked.
@@ -377,9 +528,20 @@ pub const POLL: Duration = Duration::from_millis(50);
 
 /// Checks `check` every [`POLL`] until it gives a value; after `limit`,
 /// panics naming `what` and the last thing `check` saw (its `Err`).
-pub fn eventually<T, E: std::fmt::Debug>(
+pub fn eventually<T, E: Debug>(
     what: &str,
     limit: Duration,
+    check: impl FnMut() -> Result<T, E>,
+) -> T {
+    eventually_every(what, limit, POLL, check)
+}
+
+/// [`eventually`], checking every `every`: for checks that are costly
+/// themselves (a process per check, a batch of queries).
+pub fn eventually_every<T, E: Debug>(
+    what: &str,
+    limit: Duration,
+    every: Duration,
     mut check: impl FnMut() -> Result<T, E>,
 ) -> T {
     let deadline = Instant::now() + limit;
@@ -389,15 +551,25 @@ pub fn eventually<T, E: std::fmt::Debug>(
             Err(last) if Instant::now() >= deadline => {
                 panic!("timed out after {limit:?} waiting for {what}; last seen: {last:?}")
             }
-            Err(_) => std::thread::sleep(POLL),
+            Err(_) => std::thread::sleep(every),
         }
     }
 }
 
 /// [`eventually`] for async tests: the runtime's other tasks go on while it waits.
-pub async fn eventually_async<T, E: std::fmt::Debug, F: Future<Output = Result<T, E>>>(
+pub async fn eventually_async<T, E: Debug, F: Future<Output = Result<T, E>>>(
     what: &str,
     limit: Duration,
+    check: impl FnMut() -> F,
+) -> T {
+    eventually_async_every(what, limit, POLL, check).await
+}
+
+/// [`eventually_every`] for async tests.
+pub async fn eventually_async_every<T, E: Debug, F: Future<Output = Result<T, E>>>(
+    what: &str,
+    limit: Duration,
+    every: Duration,
     mut check: impl FnMut() -> F,
 ) -> T {
     let deadline = Instant::now() + limit;
@@ -407,7 +579,7 @@ pub async fn eventually_async<T, E: std::fmt::Debug, F: Future<Output = Result<T
             Err(last) if Instant::now() >= deadline => {
                 panic!("timed out after {limit:?} waiting for {what}; last seen: {last:?}")
             }
-            Err(_) => tokio::time::sleep(POLL).await,
+            Err(_) => tokio::time::sleep(every).await,
         }
     }
 }
@@ -455,8 +627,8 @@ impl Load {
                     let mut unanswered = 0;
                     let mut errors = Vec::new();
                     while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                        match get(addr, &path) {
-                            Ok((200, _)) => {
+                        match raw_get(addr, &path) {
+                            Ok(200) => {
                                 ok.fetch_add(1, Ordering::Relaxed);
                             }
                             Err(e) if e.to_string() == UNANSWERED => {
@@ -487,11 +659,12 @@ impl Load {
     /// Waits until at least `n` more requests succeeded (the load is flowing).
     pub fn wait_progress(&self, n: u64, limit: Duration) {
         let start = self.ok_so_far();
-        let deadline = Instant::now() + limit;
-        while self.ok_so_far() < start + n {
-            assert!(Instant::now() < deadline, "load made no progress");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        eventually(&format!("{n} more answered requests"), limit, || {
+            match self.ok_so_far() - start {
+                done if done >= n => Ok(()),
+                done => Err(format!("{done} answered")),
+            }
+        });
     }
 
     pub fn stop(self) -> Report {
@@ -509,31 +682,70 @@ impl Load {
 }
 
 /// A request in a thread, for slow requests that must survive a shutdown.
-pub fn in_background(addr: SocketAddr, path: &str) -> JoinHandle<std::io::Result<(u16, String)>> {
+pub fn in_background(addr: SocketAddr, path: &str) -> JoinHandle<Result<(u16, String), HttpError>> {
     let path = path.to_string();
     std::thread::spawn(move || get(addr, &path))
 }
 
-/// `n` requests written on fresh connections and not yet answered: with
-/// the workers stopped, they wait in the listen queue.
-pub fn queued_requests(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
+/// `n` GETs of `path` written on fresh connections and not yet answered:
+/// connected before this returns, so they are in the listen queue or
+/// taken by a worker. Raw sockets, as no client hands back a request it
+/// has sent but whose answer it has not read.
+pub fn sent_requests(addr: SocketAddr, path: &str, n: usize) -> Vec<TcpStream> {
     (0..n)
         .map(|_| {
             let mut s = TcpStream::connect(addr).unwrap();
-            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                .unwrap();
+            s.write_all(
+                format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+            )
+            .unwrap();
             s
         })
         .collect()
 }
 
+/// `n` requests written on fresh connections and not yet answered: with
+/// the workers stopped, they wait in the listen queue.
+pub fn queued_requests(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
+    sent_requests(addr, "/healthz", n)
+}
+
+/// What the server wrote on `s` until it closed it, raw.
+pub fn read_all(s: &mut TcpStream) -> std::io::Result<String> {
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
+
 /// Reads every connection to its end and checks each was answered 200.
 pub fn assert_answered(clients: &mut [TcpStream]) {
     for s in clients {
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
+        let out = read_all(s).unwrap();
         assert!(out.starts_with("HTTP/1.1 200"), "{out}");
     }
+}
+
+/// The connections waiting in the accept queue of the TCP listener at
+/// `addr` right now (IPv4; `rx_queue` of a LISTEN socket in
+/// /proc/net/tcp), or `None` if nothing listens there.
+pub fn accept_queue(addr: SocketAddr) -> Option<u32> {
+    let IpAddr::V4(ip) = addr.ip() else {
+        panic!("accept_queue reads /proc/net/tcp: IPv4 only, not {addr}");
+    };
+    let local = format!(
+        "{:08X}:{:04X}",
+        u32::from_ne_bytes(ip.octets()),
+        addr.port()
+    );
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.get(1) != Some(&local.as_str()) || f.get(3) != Some(&"0A") {
+            return None;
+        }
+        let (_, rx) = f.get(4)?.split_once(':')?;
+        u32::from_str_radix(rx, 16).ok()
+    })
 }
 
 /// The repository's root, where the chart, manifests and docs are.
@@ -607,17 +819,16 @@ pub fn run_with_stdin(cmd: &mut Command, input: &[u8]) -> (bool, String) {
     (out.status.success(), text)
 }
 
-/// Polls until `text()` contains `needle`.
+/// Polls until `text()` contains `needle`; on a timeout, shows the last text.
 pub fn wait_text(what: &str, limit: Duration, needle: &str, text: impl Fn() -> String) {
-    let deadline = Instant::now() + limit;
-    while !text().contains(needle) {
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}:\n{}",
-            text()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    eventually(what, limit, || {
+        let now = text();
+        if now.contains(needle) {
+            Ok(())
+        } else {
+            Err(Text(now))
+        }
+    });
 }
 
 /// Processes whose parent is `ppid`, with their state letter.
