@@ -120,6 +120,28 @@ pub struct Settings {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub restart_backoff_max: Option<Secs>,
 
+    /// Recycle a worker whose resident memory stays over this (512Mi, 1.5Gi)
+    /// for --rss-samples samples in a row, its successor ready first [default: off].
+    #[arg(long, env = "CORRAL_MAX_WORKER_MEMORY", value_name = "BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_worker_memory: Option<ByteSize>,
+
+    /// One-second memory samples in a row over --max-worker-memory that recycle a worker [default: 3].
+    #[arg(long, env = "CORRAL_RSS_SAMPLES", value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rss_samples: Option<u32>,
+
+    /// Recycle each worker after this long, its successor ready first; 0 turns it off [default: off].
+    #[arg(long, env = "CORRAL_MAX_WORKER_LIFETIME", value_name = "SECS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_worker_lifetime: Option<Secs>,
+
+    /// Up to this much longer per worker (random, fixed at its start), so
+    /// workers started together do not retire together [default: 0].
+    #[arg(long, env = "CORRAL_MAX_WORKER_LIFETIME_JITTER", value_name = "SECS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_worker_lifetime_jitter: Option<Secs>,
+
     /// Address of the admin API (probes, /workers, /metrics) [default: 0.0.0.0:9000].
     #[arg(long, env = "CORRAL_ADMIN_BIND", value_name = "ADDR")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -198,6 +220,10 @@ pub struct Config {
     pub shutdown_delay: Duration,
     pub max_boot_failures: u32,
     pub restart_backoff_max: Duration,
+    pub max_worker_memory: Option<u64>,
+    pub rss_samples: u32,
+    pub max_worker_lifetime: Option<Duration>,
+    pub max_worker_lifetime_jitter: Duration,
     pub admin_bind: SocketAddr,
     pub admin_token_file: Option<PathBuf>,
     pub log_format: LogFormat,
@@ -247,6 +273,12 @@ impl Settings {
             shutdown_delay: self.shutdown_delay.or(lower.shutdown_delay),
             max_boot_failures: self.max_boot_failures.or(lower.max_boot_failures),
             restart_backoff_max: self.restart_backoff_max.or(lower.restart_backoff_max),
+            max_worker_memory: self.max_worker_memory.or(lower.max_worker_memory),
+            rss_samples: self.rss_samples.or(lower.rss_samples),
+            max_worker_lifetime: self.max_worker_lifetime.or(lower.max_worker_lifetime),
+            max_worker_lifetime_jitter: self
+                .max_worker_lifetime_jitter
+                .or(lower.max_worker_lifetime_jitter),
             admin_bind: self.admin_bind.or(lower.admin_bind),
             admin_token_file: self.admin_token_file.or(lower.admin_token_file),
             log_format: self.log_format.or(lower.log_format),
@@ -423,6 +455,18 @@ impl Config {
             return Err(invalid("restart-backoff-max", "must be at least 100ms"));
         }
 
+        let max_worker_memory = s.max_worker_memory.map(|b| b.0);
+        if max_worker_memory == Some(0) {
+            return Err(invalid("max-worker-memory", "must be more than 0"));
+        }
+        let rss_samples = s.rss_samples.unwrap_or(3);
+        if rss_samples < 1 {
+            return Err(invalid("rss-samples", "must be at least 1"));
+        }
+        let max_worker_lifetime = s.max_worker_lifetime.map(|d| d.0).filter(|d| !d.is_zero());
+        let max_worker_lifetime_jitter =
+            s.max_worker_lifetime_jitter.map_or(Duration::ZERO, |d| d.0);
+
         let log_level = s.log_level.unwrap_or_else(|| "info".into());
         if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
             return Err(invalid(
@@ -450,6 +494,10 @@ impl Config {
             shutdown_delay,
             max_boot_failures,
             restart_backoff_max,
+            max_worker_memory,
+            rss_samples,
+            max_worker_lifetime,
+            max_worker_lifetime_jitter,
             admin_bind: s
                 .admin_bind
                 .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 9000))),
@@ -482,6 +530,10 @@ impl Config {
             shutdown_delay: Some(Secs(self.shutdown_delay)),
             max_boot_failures: Some(self.max_boot_failures),
             restart_backoff_max: Some(Secs(self.restart_backoff_max)),
+            max_worker_memory: self.max_worker_memory.map(ByteSize),
+            rss_samples: Some(self.rss_samples),
+            max_worker_lifetime: Some(Secs(self.max_worker_lifetime.unwrap_or_default())),
+            max_worker_lifetime_jitter: Some(Secs(self.max_worker_lifetime_jitter)),
             admin_bind: Some(self.admin_bind),
             admin_token_file: self.admin_token_file.clone(),
             log_format: Some(self.log_format),

@@ -129,16 +129,25 @@ pub enum ExitReason {
     BootTimeout,
     /// Did not finish within the graceful timeout and was killed.
     Killed,
+    /// Replaced for its age or its memory (`--max-worker-lifetime`,
+    /// `--max-worker-memory`), its successor ready first, and exited.
+    Recycled,
 }
 
 impl ExitReason {
-    pub const ALL: [ExitReason; 5] = [
+    pub const ALL: [ExitReason; 6] = [
         ExitReason::Drained,
         ExitReason::Crashed,
         ExitReason::Watchdog,
         ExitReason::BootTimeout,
         ExitReason::Killed,
+        ExitReason::Recycled,
     ];
+
+    /// corral asked the worker to go and it went: no crash, no restart.
+    pub fn is_asked(self) -> bool {
+        matches!(self, ExitReason::Drained | ExitReason::Recycled)
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -147,6 +156,7 @@ impl ExitReason {
             ExitReason::Watchdog => "watchdog",
             ExitReason::BootTimeout => "boot_timeout",
             ExitReason::Killed => "killed",
+            ExitReason::Recycled => "recycled",
         }
     }
 }

@@ -119,6 +119,15 @@ fn unix_now() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
+/// A random number for jitter: std's hasher keys are random per process
+/// and per call, which is all spreading lifetimes needs.
+fn random() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
+}
+
 /// The loop's clock: tokio's, so that tests can pause and advance it.
 fn now() -> Instant {
     tokio::time::Instant::now().into_std()
@@ -342,7 +351,7 @@ impl Manager {
         self.processes.signal_group(pid, Sig::SIGKILL);
         self.counters.exited(gone.reason);
         let worker = w.facts.id;
-        if gone.reason == ExitReason::Drained {
+        if gone.reason.is_asked() {
             info!(worker, pid = pid.as_raw(), code, signal, "worker exited");
             return;
         }
@@ -411,14 +420,18 @@ impl Manager {
                     generation = self.generation,
                     "worker started"
                 );
-                self.table.workers.push(Worker::new(
+                let mut worker = Worker::new(
                     id,
                     self.generation,
                     pid,
                     WorkerState::Starting,
                     now,
                     unix_now(),
-                ));
+                );
+                worker.facts.retire_at = self.config.max_worker_lifetime.map(|limit| {
+                    now + limit + plan::jitter(self.config.max_worker_lifetime_jitter, random())
+                });
+                self.table.workers.push(worker);
             }
             Err(e) => {
                 self.failures += 1;
@@ -510,7 +523,12 @@ impl Manager {
                         generation = w.facts.generation,
                         "draining worker"
                     );
-                    w.begin_stop(ExitReason::Drained, deadline);
+                    let reason = if w.facts.retiring {
+                        ExitReason::Recycled
+                    } else {
+                        ExitReason::Drained
+                    };
+                    w.begin_stop(reason, deadline);
                     self.processes.signal(w.pid, Sig::SIGTERM);
                 }
             }
@@ -524,6 +542,18 @@ impl Manager {
                     );
                     w.begin_stop(reason, now + ABORT_GRACE);
                     self.processes.signal(w.pid, Sig::SIGABRT);
+                }
+            }
+            Action::Recycle(id, why) => {
+                if let Some(w) = self.table.active(id) {
+                    info!(
+                        worker = id,
+                        pid = w.pid.as_raw(),
+                        reason = why.as_str(),
+                        rss_bytes = w.usage.map_or(0, |u| u.rss_bytes),
+                        "recycling worker: its successor starts first"
+                    );
+                    w.facts.retiring = true;
                 }
             }
             Action::Kill(id) => {

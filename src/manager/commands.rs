@@ -144,6 +144,10 @@ impl Manager {
             boot_timeout: self.config.boot_timeout,
             watchdog: self.config.timeout,
             max_surge: self.config.max_surge,
+            rss_samples: self
+                .config
+                .max_worker_memory
+                .map(|_| self.config.rss_samples),
         }
     }
 }

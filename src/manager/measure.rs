@@ -44,6 +44,10 @@ impl Manager {
         for w in &mut self.table.workers {
             if let Some(u) = probe::proc_usage(w.pid.as_raw()) {
                 w.usage = Some(u);
+                w.facts.rss_over = match self.config.max_worker_memory {
+                    Some(limit) if u.rss_bytes > limit => w.facts.rss_over.saturating_add(1),
+                    _ => 0,
+                };
                 w.cpu_samples.push_back((now, u.cpu_seconds));
                 while w.cpu_samples.len() > CPU_WINDOW_SAMPLES {
                     w.cpu_samples.pop_front();

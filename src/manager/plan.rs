@@ -23,6 +23,14 @@ pub struct WorkerFacts {
     pub killed: bool,
     /// Recent CPU use in cores: the idlest worker is drained first.
     pub cpu_recent: f64,
+    /// When this worker is due for recycling by age (its own limit,
+    /// jitter included, fixed at its start).
+    pub retire_at: Option<Instant>,
+    /// Memory samples in a row over `--max-worker-memory`.
+    pub rss_over: u32,
+    /// Chosen for recycling: replaced like an old generation, successor
+    /// first, then drained.
+    pub retiring: bool,
 }
 
 /// The timing rules the planner applies.
@@ -33,6 +41,8 @@ pub struct Policy {
     pub boot_timeout: Duration,
     pub watchdog: Option<Duration>,
     pub max_surge: u32,
+    /// Memory samples in a row over the limit that recycle a worker.
+    pub rss_samples: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -56,6 +66,24 @@ pub enum Action {
     Abort(u32, ExitReason),
     /// Past its deadline: SIGKILL its process group.
     Kill(u32),
+    /// Too old or too large: replace it, successor first.
+    Recycle(u32, Recycle),
+}
+
+/// Why a worker is recycled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recycle {
+    Lifetime,
+    Memory,
+}
+
+impl Recycle {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Recycle::Lifetime => "max-worker-lifetime",
+            Recycle::Memory => "max-worker-memory",
+        }
+    }
 }
 
 /// One pass over the workers.
@@ -81,11 +109,22 @@ pub fn decide(view: &View<'_>, now: Instant) -> Vec<Action> {
                     && now.saturating_duration_since(beat) >= limit
                 {
                     actions.push(Action::Abort(w.id, ExitReason::Watchdog));
+                } else if let Some(why) = recycle(w, policy, now) {
+                    actions.push(Action::Recycle(w.id, why));
                 }
             }
             _ => {}
         }
     }
+    let recycled: Vec<u32> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Recycle(id, _) => Some(*id),
+            _ => None,
+        })
+        .collect();
+    let retiring = |w: &WorkerFacts| w.retiring || recycled.contains(&w.id);
+    let old = |w: &WorkerFacts| w.generation < view.generation || retiring(w);
     let gone: Vec<u32> = actions
         .iter()
         .filter_map(|a| match a {
@@ -108,10 +147,7 @@ pub fn decide(view: &View<'_>, now: Instant) -> Vec<Action> {
         .filter(|w| w.state != WorkerState::Draining && !gone.contains(&w.id))
         .collect();
     let is_ready = |w: &WorkerFacts| w.state == WorkerState::Ready || newly_ready.contains(&w.id);
-    let current = active
-        .iter()
-        .filter(|w| w.generation >= view.generation)
-        .count() as u32;
+    let current = active.iter().filter(|w| !old(w)).count() as u32;
     let active_count = active.len() as u32;
 
     // Start: enough current-generation workers, with at most `max_surge`
@@ -128,11 +164,11 @@ pub fn decide(view: &View<'_>, now: Instant) -> Vec<Action> {
     let mut surplus = active_count.saturating_sub(view.desired);
     let mut current_surplus = current.saturating_sub(view.desired);
     let mut ready = active.iter().filter(|w| is_ready(w)).count() as u32;
-    for w in drain_order(&active, view.generation, &is_ready) {
+    for w in drain_order(&active, &old, &is_ready) {
         if surplus == 0 {
             break;
         }
-        let old = w.generation < view.generation;
+        let old = old(w);
         if !old && current_surplus == 0 {
             continue;
         }
@@ -151,23 +187,45 @@ pub fn decide(view: &View<'_>, now: Instant) -> Vec<Action> {
     actions
 }
 
-/// Who goes first when workers must drain: old generations before the
-/// current one, workers still booting before ready ones (they serve
-/// nothing yet), then the idlest, then the youngest.
+/// A ready worker's recycling reason, if it is due: past its lifetime, or
+/// over the memory limit for enough samples in a row.
+fn recycle(w: &WorkerFacts, policy: &Policy, now: Instant) -> Option<Recycle> {
+    if w.retiring {
+        return None;
+    }
+    if w.retire_at.is_some_and(|at| now >= at) {
+        return Some(Recycle::Lifetime);
+    }
+    match policy.rss_samples {
+        Some(n) if w.rss_over >= n => Some(Recycle::Memory),
+        _ => None,
+    }
+}
+
+/// Who goes first when workers must drain: old generations (and workers
+/// being recycled) before the current one, workers still booting before
+/// ready ones (they serve nothing yet), then the idlest, then the youngest.
 fn drain_order<'a>(
     active: &[&'a WorkerFacts],
-    generation: u64,
+    old: &dyn Fn(&WorkerFacts) -> bool,
     is_ready: &dyn Fn(&WorkerFacts) -> bool,
 ) -> Vec<&'a WorkerFacts> {
     let mut order: Vec<&WorkerFacts> = active.to_vec();
     order.sort_by(|a, b| {
-        (a.generation >= generation)
-            .cmp(&(b.generation >= generation))
+        (!old(a))
+            .cmp(&!old(b))
             .then(is_ready(a).cmp(&is_ready(b)))
             .then(a.cpu_recent.total_cmp(&b.cpu_recent))
             .then(b.started.cmp(&a.started))
     });
     order
+}
+
+/// A worker's share of `max`: `random` spread over 0..=max, in
+/// milliseconds, so workers started together do not all retire together.
+pub fn jitter(max: Duration, random: u64) -> Duration {
+    let ms = max.as_millis() as u64;
+    Duration::from_millis(if ms == 0 { 0 } else { random % (ms + 1) })
 }
 
 /// Delay before the next start after `failures` crashes in a row.

@@ -50,6 +50,9 @@ impl Worker {
                 kill_deadline: None,
                 killed: false,
                 cpu_recent: 0.0,
+                retire_at: None,
+                rss_over: 0,
+                retiring: false,
             },
             pid,
             started_wall,
@@ -86,7 +89,7 @@ impl Worker {
     /// forced is recorded as a kill.
     pub fn mark_killed(&mut self) {
         self.facts.killed = true;
-        if self.stop_reason == Some(ExitReason::Drained) {
+        if self.stop_reason.is_some_and(ExitReason::is_asked) {
             self.stop_reason = Some(ExitReason::Killed);
         }
     }
@@ -165,7 +168,7 @@ impl Table {
 
     /// Takes the worker of `pid` off the table and records how it ended;
     /// `None` for a pid that is not a worker (an orphan). Counts a restart
-    /// for the slot unless corral drained it.
+    /// for the slot unless corral asked it to go.
     pub fn remove(&mut self, pid: Pid, exit: ExitDoc) -> Option<(Worker, Gone)> {
         let pos = self.workers.iter().position(|w| w.pid == pid)?;
         let w = self.workers.remove(pos);
@@ -180,7 +183,7 @@ impl Table {
         self.recent_exits.truncate(RECENT_EXITS);
         let slot = self.slots.entry(w.facts.id).or_default();
         slot.last_exit = Some(exit);
-        if reason != ExitReason::Drained {
+        if !reason.is_asked() {
             slot.restarts += 1;
         }
         let gone = Gone {

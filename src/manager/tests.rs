@@ -320,3 +320,30 @@ async fn a_crash_loop_before_any_worker_was_ready_ends_the_manager() {
     m.on_exit(pid, Some(1), None);
     assert_eq!(m.step(), Some(1));
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_old_worker_is_recycled_after_its_successor_is_ready() {
+    let (mut m, fake, _rx) = manager(Settings {
+        max_worker_lifetime: Some(crate::units::Secs(Duration::from_secs(60))),
+        ..settings(1)
+    });
+    let old = settled(&mut m, &fake)[0];
+    fake.take_signals();
+    advance(Duration::from_secs(59)).await;
+    assert_eq!(m.step(), None);
+    assert_eq!(fake.spawned().len(), 1, "not due yet");
+    advance(Duration::from_secs(1)).await;
+    assert_eq!(m.step(), None);
+    assert_eq!(fake.spawned().len(), 2, "the successor starts first");
+    assert!(fake.take_signals().is_empty(), "the old one still serves");
+    ready(&mut m, fake.spawned()[1]);
+    assert_eq!(m.step(), None);
+    assert_eq!(fake.take_signals(), vec![(old, Sig::SIGTERM)]);
+    m.on_exit(old, Some(0), None);
+    assert_eq!(m.step(), None);
+    let doc = m.document();
+    assert_eq!(doc.recent_exits[0].exit.reason, ExitReason::Recycled);
+    assert_eq!((doc.running, doc.ready, doc.workers[0].restarts), (1, 1, 0));
+    assert_eq!(m.counters.exits.get("recycled"), Some(&1));
+    assert_eq!(m.failures, 0, "a recycled worker is no crash");
+}

@@ -7,6 +7,7 @@ fn policy() -> Policy {
         boot_timeout: Duration::from_secs(10),
         watchdog: Some(Duration::from_secs(5)),
         max_surge: 1,
+        rss_samples: Some(3),
     }
 }
 
@@ -20,6 +21,9 @@ fn worker(id: u32, generation: u64, state: WorkerState, t0: Instant) -> WorkerFa
         kill_deadline: None,
         killed: false,
         cpu_recent: 0.0,
+        retire_at: None,
+        rss_over: 0,
+        retiring: false,
     }
 }
 
@@ -231,4 +235,70 @@ fn backoff_doubles_up_to_the_cap() {
     assert_eq!(backoff(2, max), Duration::from_millis(200));
     assert_eq!(backoff(5, max), Duration::from_millis(1600));
     assert_eq!(backoff(40, max), max);
+}
+
+#[test]
+fn an_old_worker_is_recycled_successor_first() {
+    let t0 = Instant::now();
+    let mut ws = vec![
+        worker(1, 1, WorkerState::Ready, t0),
+        worker(2, 1, WorkerState::Ready, t0),
+    ];
+    ws[0].retire_at = Some(t0 + Duration::from_secs(60));
+    let later = t0 + Duration::from_secs(59);
+    assert!(run(2, 1, &ws, later).is_empty(), "not due yet");
+    let due = t0 + Duration::from_secs(60);
+    let a = run(2, 1, &ws, due);
+    assert!(a.contains(&Action::Recycle(1, Recycle::Lifetime)), "{a:?}");
+    assert_eq!(spawns(&a), 1, "its successor starts in the same pass");
+    assert!(
+        drains(&a).is_empty(),
+        "nothing drains before the successor is ready"
+    );
+    // Marked: no second recycle; the successor boots, still no drain.
+    ws[0].retiring = true;
+    ws.push(worker(3, 1, WorkerState::Starting, due));
+    let a = run(2, 1, &ws, due);
+    assert!(a.is_empty(), "{a:?}");
+    // Ready: the retiring one, not the other, drains.
+    ws[2].state = WorkerState::Ready;
+    assert_eq!(drains(&run(2, 1, &ws, due)), vec![1]);
+}
+
+#[test]
+fn memory_recycling_needs_enough_samples_in_a_row_and_one_at_a_time() {
+    let t0 = Instant::now();
+    let mut ws = vec![
+        worker(1, 1, WorkerState::Ready, t0),
+        worker(2, 1, WorkerState::Ready, t0),
+    ];
+    ws[0].rss_over = 2;
+    ws[1].rss_over = 2;
+    assert!(run(2, 1, &ws, t0).is_empty(), "two samples are not three");
+    ws[0].rss_over = 3;
+    ws[1].rss_over = 3;
+    let a = run(2, 1, &ws, t0);
+    assert!(a.contains(&Action::Recycle(1, Recycle::Memory)), "{a:?}");
+    assert_eq!(spawns(&a), 1, "max-surge 1: one successor at a time");
+    let off = Policy {
+        rss_samples: None,
+        ..policy()
+    };
+    let view = View {
+        desired: 2,
+        generation: 1,
+        may_spawn: true,
+        workers: &ws,
+        policy: &off,
+    };
+    assert!(decide(&view, t0).is_empty(), "no limit, no recycling");
+}
+
+#[test]
+fn jitter_stays_within_its_bound() {
+    let max = Duration::from_secs(10);
+    assert_eq!(jitter(Duration::ZERO, 12345), Duration::ZERO);
+    assert_eq!(jitter(max, 10_000), max);
+    assert_eq!(jitter(max, 10_001), Duration::ZERO);
+    assert!((0..1000u64).all(|r| jitter(max, r * 7919) <= max));
 }
