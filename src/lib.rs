@@ -11,7 +11,7 @@
 //! - [`admin`]: the manager's HTTP control and observation surface.
 //! - [`run`]: `corral run`: config, admin API and manager wired together.
 //! - [`worker`]: the built-in tokio/hyper worker (`corral worker`).
-//! - [`http`]: the small HTTP client the CLI and the operator share.
+//! - [`http`]: the one HTTP client (CLI, operator, tests) and the one accept loop (admin API, operator metrics, built-in worker).
 //! - [`operator`]: `corral operator`, the WorkerAutoscaler controller.
 //! - [`client`]: `corral status`, `corral scale`, `corral restart` against a running manager.
 //! - [`telemetry`]: tracing setup, text or JSON.

@@ -10,16 +10,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result: Result<i32, (i32, String)> = match cli.command {
         Command::Run(args) => corral::run::main(*args).map_err(|e| (e.code, e.message)),
-        Command::Worker(args) => {
-            let format = match std::env::var("CORRAL_LOG_FORMAT").as_deref() {
-                Ok("json") => corral::config::LogFormat::Json,
-                _ => corral::config::LogFormat::Text,
-            };
-            corral::telemetry::init(format, "info");
-            corral::worker::main(args)
-                .map(|()| 0)
-                .map_err(|e| (2, e.to_string()))
-        }
+        Command::Worker(args) => corral::worker::main(args)
+            .map(|()| 0)
+            .map_err(|e| (2, e.to_string())),
         Command::Status(args) => corral::client::status(args)
             .map(|()| 0)
             .map_err(|e| (1, e.to_string())),

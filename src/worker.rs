@@ -75,6 +75,12 @@ fn adopt(fd: RawFd) -> std::io::Result<Listener> {
 }
 
 pub fn main(args: WorkerArgs) -> Result<(), WorkerError> {
+    // The manager passes its own log format on to its workers.
+    let format = match std::env::var("CORRAL_LOG_FORMAT").as_deref() {
+        Ok("json") => crate::config::LogFormat::Json,
+        _ => crate::config::LogFormat::Text,
+    };
+    crate::telemetry::init(format, "info");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
