@@ -33,6 +33,25 @@ pub struct WorkerFacts {
     pub retiring: bool,
 }
 
+impl WorkerFacts {
+    /// A worker of slot `id` as first seen: nothing heard from it yet.
+    pub fn new(id: u32, generation: u64, state: WorkerState, started: Instant) -> WorkerFacts {
+        WorkerFacts {
+            id,
+            generation,
+            state,
+            started,
+            last_heartbeat: None,
+            kill_deadline: None,
+            killed: false,
+            cpu_recent: 0.0,
+            retire_at: None,
+            rss_over: 0,
+            retiring: false,
+        }
+    }
+}
+
 /// The timing rules the planner applies.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Policy {
@@ -116,29 +135,12 @@ pub fn decide(view: &View<'_>, now: Instant) -> Vec<Action> {
             _ => {}
         }
     }
-    let recycled: Vec<u32> = actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::Recycle(id, _) => Some(*id),
-            _ => None,
-        })
-        .collect();
+    // What this pass already decided about single workers.
+    let recycled = ids(&actions, |a| matches!(a, Action::Recycle(..)));
+    let gone = ids(&actions, |a| matches!(a, Action::Abort(..)));
+    let newly_ready = ids(&actions, |a| matches!(a, Action::MarkReady(_)));
     let retiring = |w: &WorkerFacts| w.retiring || recycled.contains(&w.id);
     let old = |w: &WorkerFacts| w.generation < view.generation || retiring(w);
-    let gone: Vec<u32> = actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::Abort(id, _) => Some(*id),
-            _ => None,
-        })
-        .collect();
-    let newly_ready: Vec<u32> = actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::MarkReady(id) => Some(*id),
-            _ => None,
-        })
-        .collect();
 
     // Workers still counted as capacity: not draining, not being aborted.
     let active: Vec<&WorkerFacts> = view
@@ -185,6 +187,22 @@ pub fn decide(view: &View<'_>, now: Instant) -> Vec<Action> {
         actions.push(Action::Drain(w.id));
     }
     actions
+}
+
+/// The workers named by the actions `pick` selects.
+fn ids(actions: &[Action], pick: impl Fn(&Action) -> bool) -> Vec<u32> {
+    actions
+        .iter()
+        .filter(|a| pick(a))
+        .filter_map(|a| match a {
+            Action::MarkReady(id)
+            | Action::Drain(id)
+            | Action::Abort(id, _)
+            | Action::Kill(id)
+            | Action::Recycle(id, _) => Some(*id),
+            Action::Spawn => None,
+        })
+        .collect()
 }
 
 /// A ready worker's recycling reason, if it is due: past its lifetime, or

@@ -41,19 +41,7 @@ impl Worker {
         started_wall: f64,
     ) -> Worker {
         Worker {
-            facts: WorkerFacts {
-                id,
-                generation,
-                state,
-                started,
-                last_heartbeat: None,
-                kill_deadline: None,
-                killed: false,
-                cpu_recent: 0.0,
-                retire_at: None,
-                rss_over: 0,
-                retiring: false,
-            },
+            facts: WorkerFacts::new(id, generation, state, started),
             pid,
             started_wall,
             stop_reason: None,

@@ -12,19 +12,7 @@ fn policy() -> Policy {
 }
 
 fn worker(id: u32, generation: u64, state: WorkerState, t0: Instant) -> WorkerFacts {
-    WorkerFacts {
-        id,
-        generation,
-        state,
-        started: t0,
-        last_heartbeat: None,
-        kill_deadline: None,
-        killed: false,
-        cpu_recent: 0.0,
-        retire_at: None,
-        rss_over: 0,
-        retiring: false,
-    }
+    WorkerFacts::new(id, generation, state, t0)
 }
 
 fn run(desired: u32, generation: u64, workers: &[WorkerFacts], now: Instant) -> Vec<Action> {
