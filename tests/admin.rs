@@ -8,7 +8,7 @@ mod support;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use corral::contract::{ErrorDoc, LimitReason, WorkersDoc};
 use nix::sys::signal::{Signal, kill};
@@ -22,11 +22,7 @@ struct TokenFile(PathBuf);
 
 impl TokenFile {
     fn new() -> TokenFile {
-        let path = std::env::temp_dir().join(format!(
-            "corral-token-{}-{}",
-            std::process::id(),
-            free_port()
-        ));
+        let path = std::env::temp_dir().join(unique("corral-token"));
         std::fs::write(&path, format!("{TOKEN}\n")).unwrap();
         TokenFile(path)
     }
@@ -74,26 +70,20 @@ fn readiness_follows_boot_scale_down_and_shutdown() {
     assert!(body.contains("booting"), "{body}");
     c.wait_settled(2, SETTLE);
     assert_eq!(get(c.admin, "/readyz").unwrap().0, 200);
-    // Scaling down never makes the pod unready.
+    // Scaling down never makes the pod unready: ready at every check
+    // until one worker runs, and after.
     c.signal(Signal::SIGTTOU);
-    let deadline = Instant::now() + SETTLE;
-    while c.workers().unwrap().running != 1 {
+    eventually("one running worker", SETTLE, || {
         assert_eq!(get(c.admin, "/readyz").unwrap().0, 200);
-        assert!(Instant::now() < deadline);
-    }
-    c.signal(Signal::SIGTERM);
-    let t0 = Instant::now();
-    loop {
-        let (status, body) = get(c.admin, "/readyz").unwrap();
-        if status == 503 {
-            assert!(body.contains("shutting down"), "{body}");
-            break;
+        match c.workers().unwrap() {
+            d if d.running == 1 => Ok(()),
+            d => Err(Box::new(d)),
         }
-        assert!(
-            t0.elapsed() < Duration::from_millis(500),
-            "readyz still 200 after TERM"
-        );
-    }
+    });
+    assert_eq!(get(c.admin, "/readyz").unwrap().0, 200);
+    c.signal(Signal::SIGTERM);
+    let body = not_ready_within(c.admin, Duration::from_millis(500));
+    assert!(body.contains("shutting down"), "{body}");
     // Live, and the API still answers, all through the delay.
     assert_eq!(get(c.admin, "/livez").unwrap().0, 200);
     assert!(c.wait_exit(SETTLE).success());
@@ -223,10 +213,9 @@ fn changes_during_shutdown_are_a_conflict() {
         .start();
     c.wait_settled(1, SETTLE);
     c.signal(Signal::SIGTERM);
-    let t0 = Instant::now();
-    while !c.workers().unwrap().shutting_down {
-        assert!(t0.elapsed() < Duration::from_secs(2));
-    }
+    c.wait_for("the shutdown to show", Duration::from_secs(2), |d| {
+        d.shutting_down
+    });
     let (status, body) = put(c.admin, Some(TOKEN), r#"{"desired": 2}"#);
     assert_eq!(status, 409, "{body}");
     assert!(c.wait_exit(SETTLE).success());
@@ -280,7 +269,7 @@ struct Cgroup {
 
 impl Cgroup {
     fn new(memory: u64, cpu_quota_us: u64) -> Cgroup {
-        let name = format!("corral-test-{}-{}", std::process::id(), free_port());
+        let name = unique("corral-test");
         let root = Path::new("/sys/fs/cgroup");
         let dirs = if root.join("cgroup.controllers").exists() {
             let dir = root.join(&name);
@@ -319,10 +308,16 @@ impl Cgroup {
 
 impl Drop for Cgroup {
     fn drop(&mut self) {
+        // Once its processes are gone; a cgroup left behind fails nothing.
         for d in &self.dirs {
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while std::fs::remove_dir(d).is_err() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
+            if !std::thread::panicking() {
+                eventually(
+                    &format!("{} to be removable", d.display()),
+                    Duration::from_secs(5),
+                    || std::fs::remove_dir(d),
+                );
+            } else {
+                let _ = std::fs::remove_dir(d);
             }
         }
     }
@@ -357,10 +352,11 @@ fn cgroup_limits_set_the_default_count_and_the_memory_guard() {
     );
     assert_eq!(status, 422, "{body}");
     assert_eq!(error_doc(&body).limited_by, Some(LimitReason::MemoryGuard));
-    let (_, metrics) = get(c.admin, "/metrics").unwrap();
-    assert!(
-        metrics.contains(&format!("corral_cgroup_memory_limit_bytes {limit}")),
-        "{metrics}"
+    let (_, text) = get(c.admin, "/metrics").unwrap();
+    assert_eq!(
+        metrics::value(&text, "corral_cgroup_memory_limit_bytes", &[]),
+        Some(limit as f64),
+        "{text}"
     );
     drop(c);
 }
@@ -377,9 +373,17 @@ fn the_listen_queue_is_measured_while_workers_cannot_accept() {
         d.listeners[0].queue_length == Some(5)
     });
     assert_eq!(queued.listeners[0].queue_max_window, Some(5));
-    let (_, metrics) = get(c.admin, "/metrics").unwrap();
-    let line = format!("corral_listen_queue_length{{listener=\"{}\"}} 5", c.http);
-    assert!(metrics.contains(&line), "{metrics}");
+    let (_, text) = get(c.admin, "/metrics").unwrap();
+    let listener = c.http.to_string();
+    assert_eq!(
+        metrics::value(
+            &text,
+            "corral_listen_queue_length",
+            &[("listener", &listener)]
+        ),
+        Some(5.0),
+        "{text}"
+    );
     kill(worker, Signal::SIGCONT).unwrap();
     c.wait_for("the queue to drain", SETTLE, |d| {
         d.listeners[0].queue_length == Some(0)
@@ -397,30 +401,42 @@ fn metrics_pass_promtool_and_name_what_design_promises() {
     c.wait_for("the replacement", SETTLE, |d| {
         d.ready == 2 && d.workers.iter().all(|w| w.pid != victim)
     });
-    let expected = [
-        "corral_workers{state=\"ready\"} 2",
-        "corral_workers_desired 2",
-        "corral_worker_starts_total 3",
-        "corral_worker_exits_total{reason=\"crashed\"} 1",
-        "corral_worker_cpu_seconds_total{worker=",
-        "corral_worker_resident_memory_bytes{worker=",
-        "corral_listen_queue_length{listener=",
-        "corral_build_info{version=",
-        "process_resident_memory_bytes",
+    // (name, labels, value): the exact sample; (name, label keys, None):
+    // some sample of that name carrying those labels.
+    type Labels<'a> = &'a [(&'a str, &'a str)];
+    let values: [(&str, Labels, f64); 4] = [
+        ("corral_workers", &[("state", "ready")], 2.0),
+        ("corral_workers_desired", &[], 2.0),
+        ("corral_worker_starts_total", &[], 3.0),
+        ("corral_worker_exits_total", &[("reason", "crashed")], 1.0),
     ];
-    // The per-worker series follow the next probe of the replacement.
-    let deadline = Instant::now() + SETTLE;
-    let metrics = loop {
-        let (status, metrics) = get(c.admin, "/metrics").unwrap();
-        assert_eq!(status, 200);
-        if expected.iter().all(|name| metrics.contains(name)) || Instant::now() > deadline {
-            break metrics;
-        }
-        std::thread::sleep(Duration::from_millis(100));
+    let present: [(&str, &[&str]); 5] = [
+        ("corral_worker_cpu_seconds_total", &["worker"]),
+        ("corral_worker_resident_memory_bytes", &["worker"]),
+        ("corral_listen_queue_length", &["listener"]),
+        ("corral_build_info", &["version"]),
+        ("corral_process_resident_memory_bytes", &[]),
+    ];
+    let missing = |text: &str| -> Vec<String> {
+        let wrong = values
+            .iter()
+            .filter(|(name, labels, v)| metrics::value(text, name, labels) != Some(*v))
+            .map(|(name, labels, v)| format!("{name}{labels:?} {v}"));
+        let absent = present
+            .iter()
+            .filter(|(name, keys)| !metrics::has(text, name, keys))
+            .map(|(name, keys)| format!("{name}{keys:?}"));
+        wrong.chain(absent).collect()
     };
-    for name in expected {
-        assert!(metrics.contains(name), "{name} missing:\n{metrics}");
-    }
+    // The per-worker series follow the next probe of the replacement.
+    let metrics = eventually("every promised series", SETTLE, || {
+        let (status, text) = get(c.admin, "/metrics").unwrap();
+        assert_eq!(status, 200);
+        match missing(&text) {
+            m if m.is_empty() => Ok(text),
+            m => Err(Text(format!("missing {m:?} in:\n{text}"))),
+        }
+    });
     let (ok, report) = run_with_stdin(
         Command::new("promtool").args(["check", "metrics"]),
         metrics.as_bytes(),

@@ -293,13 +293,7 @@ fn unix_sockets_replace_stale_files_and_take_their_mode() {
         0o600
     );
     // A live socket is not stolen by a second manager.
-    let out = corral_cmd(&[
-        "run",
-        "--bind",
-        &spec,
-        "--admin-bind",
-        &format!("127.0.0.1:{}", free_port()),
-    ]);
+    let out = corral_cmd(&["run", "--bind", &spec, "--admin-bind", "127.0.0.1:0"]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     drop(c);
     let _ = std::fs::remove_dir_all(&dir);

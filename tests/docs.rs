@@ -30,7 +30,7 @@ fn long_flags(help: &str) -> Vec<String> {
     help.lines()
         .filter(|l| l.trim_start().starts_with('-'))
         .filter_map(|l| {
-            l.split([' ', ',', '=', ')'])
+            l.split([' ', ',', '=', ')', ']'])
                 .find(|t| t.len() > 2 && t.starts_with("--"))
                 .map(String::from)
         })
@@ -83,18 +83,13 @@ fn the_admin_api_reference_covers_every_route_and_metric() {
     let dir = std::env::temp_dir().join(format!("corral-docs-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let kubeconfig = cluster::write_kubeconfig(&dir, "https://127.0.0.1:1", "docs", "x");
-    let metrics: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let args: Vec<String> = vec!["operator".into(), format!("--metrics-bind={metrics}")];
-    let operator = cluster::Operator::spawn(&kubeconfig, "docs", &args, &[], metrics);
-    wait_http(metrics, "/livez", Duration::from_secs(30));
-    let (_, op) = get(metrics, "/metrics").unwrap();
+    let args: Vec<String> = vec!["operator".into(), "--metrics-bind=127.0.0.1:0".into()];
+    let operator = cluster::Operator::spawn(&kubeconfig, "docs", &args, &[]);
+    wait_http(operator.metrics, "/livez", Duration::from_secs(30));
+    let (_, op) = get(operator.metrics, "/metrics").unwrap();
     drop(operator);
     let _ = std::fs::remove_dir_all(&dir);
-    let names: BTreeSet<String> = format!("{manager}{op}")
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE "))
-        .map(|l| l.split(' ').next().unwrap().to_string())
-        .collect();
+    let names: BTreeSet<String> = metrics::type_names(&format!("{manager}{op}"));
     for name in ["corral_workers", "corral_operator_scale_events_total"] {
         assert!(names.contains(name), "{name} not exported: {names:?}");
     }

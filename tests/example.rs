@@ -7,7 +7,7 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use corral::operator::crd::WorkerAutoscaler;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
@@ -61,17 +61,6 @@ fn container_env(container: &Value, pod: &str, namespace: &str) -> Vec<(String, 
         .collect()
 }
 
-async fn until<T>(what: &str, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(v) = probe().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_operator_as_deployed_reconciles_the_django_example() {
     let cluster = Cluster::start();
@@ -87,17 +76,18 @@ async fn the_operator_as_deployed_reconciles_the_django_example() {
     let sa = pod["serviceAccountName"].as_str().unwrap();
     let token = k::service_account_token(&admin, namespace, sa).await;
     let kubeconfig = cluster.kubeconfig("operator-example", &token);
-    let metrics: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    // Only the metrics port moves, so parallel tests cannot collide on 8080.
+    // Only the metrics address moves (to a port of the kernel's choosing,
+    // read from the operator's log), so parallel tests cannot collide on 8080.
     let args: Vec<String> = strings(&container["args"])
         .into_iter()
         .map(|a| match a.strip_prefix("--metrics-bind=") {
-            Some(_) => format!("--metrics-bind={metrics}"),
+            Some(_) => "--metrics-bind=127.0.0.1:0".to_string(),
             None => a,
         })
         .collect();
     let env = container_env(container, OPERATOR_POD, namespace);
-    let operator = Operator::spawn(&kubeconfig, "deployed", &args, &env, metrics);
+    let operator = Operator::spawn(&kubeconfig, "deployed", &args, &env);
+    let metrics = operator.metrics;
 
     // The example, created for real (its PodMonitor needs the Prometheus
     // Operator's CRDs, which this server lacks: tests/chart.rs checks it).
@@ -172,17 +162,23 @@ async fn the_operator_as_deployed_reconciles_the_django_example() {
     let wa = the(&example, "WorkerAutoscaler");
     let name = wa["metadata"]["name"].as_str().unwrap().to_string();
     let min = wa["spec"]["minWorkers"].as_u64().unwrap() as u32;
-    until(
+    eventually_async(
         "the autoscaler's status to list the pod and be Ready",
-        async || {
-            let wa = api.get(&name).await.ok()?;
-            let status = wa.status?;
+        WAIT,
+        || async {
+            let wa = api.get(&name).await.map_err(|e| e.to_string())?;
+            let Some(status) = wa.status else {
+                return Err("no status".to_string());
+            };
             let ready = status
                 .conditions
                 .iter()
                 .any(|c| c.type_ == "Ready" && c.status == "True");
-            let pod = status.pod_status.iter().find(|p| p.name == APP_POD)?;
-            (ready && pod.current? >= min).then_some(())
+            let pod = status.pod_status.iter().find(|p| p.name == APP_POD);
+            match pod.and_then(|p| p.current) {
+                Some(current) if ready && current >= min => Ok(()),
+                _ => Err(format!("{status:#?}")),
+            }
         },
     )
     .await;
@@ -209,8 +205,11 @@ async fn the_operator_as_deployed_reconciles_the_django_example() {
     // Deleting the autoscaler hands the pod back to its default and lets
     // the finalizer go.
     api.delete(&name, &DeleteParams::default()).await.unwrap();
-    until("the autoscaler to be gone", async || {
-        api.get_opt(&name).await.unwrap().is_none().then_some(())
+    eventually_async("the autoscaler to be gone", WAIT, || async {
+        match api.get_opt(&name).await.unwrap() {
+            None => Ok(()),
+            Some(wa) => Err(wa.metadata.finalizers),
+        }
     })
     .await;
     manager.wait_for("the default count", WAIT, |d| d.desired != min + 1);
@@ -246,31 +245,30 @@ async fn dashboard_queries_answer(prometheus: &Prometheus) {
         }
     }
     assert!(queries.len() >= 10, "{queries:?}");
-    let mut empty = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        empty.clear();
-        for expr in &queries {
-            let has_data = prometheus
-                .query(expr)
+    // Every query, every second (a round of queries per check), until
+    // all have data but the cgroup memory limit's.
+    let unset = |e: &String| e.contains("corral_cgroup_memory_limit_bytes");
+    eventually_async_every(
+        "every dashboard query to have data",
+        Duration::from_secs(30),
+        Duration::from_secs(1),
+        || async {
+            let empty: Vec<&String> = queries
                 .iter()
-                .any(|r| r["value"][1].as_str().is_some_and(|v| v != "NaN"));
-            if !has_data {
-                empty.push(expr.clone());
+                .filter(|expr| {
+                    !prometheus
+                        .query(expr)
+                        .iter()
+                        .any(|r| r["value"][1].as_str().is_some_and(|v| v != "NaN"))
+                })
+                .collect();
+            match empty.iter().all(|e| unset(e)) {
+                true => Ok(()),
+                false => Err(format!("queries without data: {empty:#?}")),
             }
-        }
-        let unset = |e: &String| e.contains("corral_cgroup_memory_limit_bytes");
-        if empty.iter().all(unset) || Instant::now() > deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-    assert!(
-        empty
-            .iter()
-            .all(|e| e.contains("corral_cgroup_memory_limit_bytes")),
-        "queries without data: {empty:#?}"
-    );
+        },
+    )
+    .await;
 }
 
 /// Under load, when the utilisation in the status changes at every pass,
@@ -283,15 +281,26 @@ async fn passes_follow_the_poll_interval(
 ) {
     let passes = || {
         let (_, text) = get(metrics, "/metrics").unwrap();
-        text.lines()
-            .filter(|l| l.starts_with("corral_operator_reconciliations_total{"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>()
+        metrics::sum(&text, "corral_operator_reconciliations_total")
     };
     let poll = wa["spec"]["pollIntervalSeconds"].as_u64().unwrap();
-    let load = Load::start(app, "/cpu/20", 2, Duration::from_secs(3 * poll));
-    tokio::time::sleep(Duration::from_secs(poll)).await;
-    let before = passes();
+    let load = Load::start(app, "/cpu/20", 2, Duration::from_secs(6 * poll));
+    // The window opens on a pass made under load: the load flows, and the
+    // operator has passed (and written a changed utilisation) since.
+    load.wait_progress(20, WAIT);
+    let at_start = passes();
+    let before = eventually_async(
+        "a pass under load",
+        Duration::from_secs(3 * poll),
+        || async {
+            match passes() {
+                now if now > at_start => Ok(now),
+                now => Err(now),
+            }
+        },
+    )
+    .await;
+    // A deliberate window: the passes made in it are counted.
     tokio::time::sleep(Duration::from_secs(2 * poll)).await;
     let made = passes() - before;
     load.stop();

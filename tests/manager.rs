@@ -50,6 +50,20 @@ fn assert_nothing_lost(kind: Kind, report: &Report, drained: u64, log: &str) {
     );
 }
 
+/// Waits until every connection made so far to the HTTP listener has been
+/// accepted by a worker (its accept queue is empty): requests sent before
+/// are in the workers' hands.
+fn taken_by_workers(c: &Corral) {
+    eventually(
+        "the workers to accept the requests",
+        Duration::from_secs(10),
+        || match accept_queue(c.http) {
+            Some(0) => Ok(()),
+            other => Err(other),
+        },
+    );
+}
+
 fn pids(doc: &corral::contract::WorkersDoc) -> Vec<i32> {
     doc.workers.iter().map(|w| w.pid).collect()
 }
@@ -191,31 +205,17 @@ fn term_finishes_in_flight_requests(kind: Kind) {
     c.wait_settled(2, SETTLE);
     let load = Load::start(c.http, "/", 4, Duration::from_secs(60));
     load.wait_progress(50, Duration::from_secs(10));
-    let slow: Vec<_> = (0..3)
-        .map(|_| in_background(c.http, "/delay/3000"))
-        .collect();
-    std::thread::sleep(Duration::from_millis(300));
+    // Slow requests in flight: taken by the workers before the TERM.
+    let mut slow = sent_requests(c.http, "/delay/3000", 3);
+    taken_by_workers(&c);
     c.signal(Signal::SIGTERM);
     // Not ready at once, while still serving through the delay.
-    let deadline = std::time::Instant::now() + Duration::from_millis(500);
-    loop {
-        let (status, body) = get(c.admin, "/readyz").unwrap();
-        if status == 503 {
-            assert!(body.contains("shutting down"), "{body}");
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "readyz still 200 after TERM"
-        );
-    }
+    let body = not_ready_within(c.admin, Duration::from_millis(500));
+    assert!(body.contains("shutting down"), "{body}");
     load.wait_progress(20, Duration::from_secs(5));
     // Kubernetes stops routing during the delay: so does the load.
     let report = load.stop();
-    for s in slow {
-        let (status, body) = s.join().unwrap().unwrap();
-        assert_eq!(status, 200, "{body}");
-    }
+    assert_answered(&mut slow);
     let status = c.wait_exit(Duration::from_secs(30));
     assert!(status.success(), "{status:?}\n{}", c.log());
     assert_nothing_lost(kind, &report, 0, &c.log());
@@ -297,27 +297,19 @@ fn a_crash_loop_after_ready_keeps_the_manager_up_and_shows_in_readiness() {
     std::fs::write(&flag, "").unwrap();
     kill(Pid::from_raw(first.workers[0].pid), Signal::SIGKILL).unwrap();
     // Crashes pile up; the manager stays and says why it is not ready.
-    let deadline = std::time::Instant::now() + SETTLE;
-    loop {
-        let (status, body) = get(c.admin, "/readyz").unwrap();
-        if status == 503 && body.contains("crash loop") && body.contains("4 failed starts") {
-            break;
+    eventually("a crash loop in /readyz", SETTLE, || {
+        match get(c.admin, "/readyz").unwrap() {
+            (503, body) if body.contains("crash loop") && body.contains("4 failed starts") => {
+                Ok(())
+            }
+            other => Err(other),
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no crash loop shown: {status} {body}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    });
     assert!(c.is_running());
-    let (_, metrics) = get(c.admin, "/metrics").unwrap();
-    let crashed: f64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("corral_worker_exits_total{reason=\"crashed\"} "))
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!(crashed >= 4.0, "{metrics}");
+    let (_, text) = get(c.admin, "/metrics").unwrap();
+    let crashed = metrics::value(&text, "corral_worker_exits_total", &[("reason", "crashed")])
+        .unwrap_or_else(|| panic!("no crashed exits in:\n{text}"));
+    assert!(crashed >= 4.0, "{text}");
     // Fixed: the next restart comes within the capped backoff.
     std::fs::remove_file(&flag).unwrap();
     c.wait_settled(1, SETTLE);
@@ -357,25 +349,24 @@ fn orphans_are_reaped(wrapper: &[&str]) {
         // unshare --fork: corral is unshare's only child.
         children_of(c.pid().as_raw())[0].0
     };
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
     // The orphaned `sleep 1` comes to the manager...
-    while children_of(manager).len() < 2 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the orphan never reached the manager"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    eventually(
+        "the orphan to reach the manager",
+        Duration::from_secs(5),
+        || match children_of(manager) {
+            kids if kids.len() >= 2 => Ok(()),
+            kids => Err(kids),
+        },
+    );
     // ...and once it exits, it is reaped rather than left a zombie.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let kids = children_of(manager);
-        if kids.len() == 1 && kids.iter().all(|(_, state)| *state != 'Z') {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "not reaped: {kids:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    eventually(
+        "the orphan to be reaped",
+        Duration::from_secs(10),
+        || match children_of(manager) {
+            kids if kids.len() == 1 && kids.iter().all(|(_, state)| *state != 'Z') => Ok(()),
+            kids => Err(kids),
+        },
+    );
     kill(Pid::from_raw(manager), Signal::SIGTERM).unwrap();
     assert!(
         c.wait_exit(Duration::from_secs(20)).success(),
@@ -466,31 +457,28 @@ fn a_worker_s_own_children_die_with_it() {
         .start();
     let doc = c.wait_settled(1, SETTLE);
     let worker = doc.workers[0].pid;
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    let child = loop {
-        if let Some((pid, _)) = children_of(worker).first() {
-            break *pid;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the worker's child never started"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let child = eventually(
+        "the worker's child to start",
+        Duration::from_secs(5),
+        || match children_of(worker).first() {
+            Some((pid, _)) => Ok(*pid),
+            None => Err("no child"),
+        },
+    );
     kill(Pid::from_raw(worker), Signal::SIGKILL).unwrap();
     c.wait_for("the replacement", SETTLE, |d| {
         d.ready == 1 && d.workers[0].pid != worker
     });
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while std::path::Path::new(&format!("/proc/{child}")).exists()
-        && std::fs::read_to_string(format!("/proc/{child}/stat")).is_ok_and(|s| !s.contains(") Z "))
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the dead worker's child {child} lives on"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    eventually(
+        &format!("the dead worker's child {child} to die"),
+        Duration::from_secs(5),
+        || {
+            let alive = std::path::Path::new(&format!("/proc/{child}")).exists()
+                && std::fs::read_to_string(format!("/proc/{child}/stat"))
+                    .is_ok_and(|s| !s.contains(") Z "));
+            if alive { Err("alive") } else { Ok(()) }
+        },
+    );
 }
 
 #[test]
@@ -523,8 +511,8 @@ fn int_is_a_quick_shutdown() {
         .args(&["-w", "2", "--graceful-timeout", "30s"])
         .start();
     c.wait_settled(2, SETTLE);
-    let slow = in_background(c.http, "/delay/20000");
-    std::thread::sleep(Duration::from_millis(300));
+    let mut slow = sent_requests(c.http, "/delay/20000", 1);
+    taken_by_workers(&c);
     let t0 = std::time::Instant::now();
     c.signal(Signal::SIGINT);
     assert!(
@@ -537,9 +525,11 @@ fn int_is_a_quick_shutdown() {
         "quick shutdown took {:?}",
         t0.elapsed()
     );
+    // The connection ends (reset, or closed) without an answer.
+    let answer = read_all(&mut slow[0]);
     assert!(
-        slow.join().unwrap().is_err(),
-        "a quick shutdown does not wait for requests"
+        answer.as_ref().map_or(true, |a| !a.starts_with("HTTP/")),
+        "a quick shutdown does not wait for requests: {answer:?}"
     );
 }
 
@@ -548,9 +538,12 @@ fn usr1_is_passed_to_every_worker() {
     let c = corral().args(&["-w", "2"]).start();
     c.wait_settled(2, SETTLE);
     c.signal(Signal::SIGUSR1);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while c.log().matches("USR1: logs go to stderr").count() < 2 {
-        assert!(std::time::Instant::now() < deadline, "{}", c.log());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    eventually(
+        "both workers to take USR1",
+        Duration::from_secs(10),
+        || match c.log() {
+            log if log.matches("USR1: logs go to stderr").count() >= 2 => Ok(()),
+            log => Err(Text(log)),
+        },
+    );
 }

@@ -5,7 +5,7 @@
 mod support;
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use corral::contract::WorkersDoc;
 use corral::operator::crd::WorkerAutoscaler;
@@ -97,20 +97,13 @@ async fn autoscaler(env: &Env, name: &str, spec: serde_json::Value) -> Api<Worke
 
 /// Polls until `cond` holds on the manager's document.
 async fn until_workers(c: &Corral, what: &str, cond: impl Fn(&WorkersDoc) -> bool) -> WorkersDoc {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(doc) = c.workers()
-            && cond(&doc)
-        {
-            return doc;
+    eventually_async(what, WAIT, || async {
+        match c.try_workers() {
+            Ok(doc) if cond(&doc) => Ok(doc),
+            other => Err(other),
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}: {:#?}",
-            c.workers()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    })
+    .await
 }
 
 async fn until_status(
@@ -119,19 +112,11 @@ async fn until_status(
     what: &str,
     cond: impl Fn(&WorkerAutoscaler) -> bool,
 ) -> WorkerAutoscaler {
-    let deadline = Instant::now() + WAIT;
-    loop {
+    eventually_async(what, WAIT, || async {
         let wa = api.get(name).await.unwrap();
-        if cond(&wa) {
-            return wa;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}: {:#?}",
-            wa.status
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+        if cond(&wa) { Ok(wa) } else { Err(wa.status) }
+    })
+    .await
 }
 
 fn condition(wa: &WorkerAutoscaler, type_: &str) -> Option<(String, String, String)> {
@@ -163,20 +148,23 @@ fn web() -> serde_json::Value {
 }
 
 /// Reconcile passes so far, whatever their result.
-fn reconciles(metrics: &str) -> f64 {
-    metric(
-        metrics,
-        "corral_operator_reconciliations_total{result=\"ok\"}",
-    ) + metric(
-        metrics,
-        "corral_operator_reconciliations_total{result=\"error\"}",
-    )
+fn reconciles(text: &str) -> f64 {
+    ["ok", "error"]
+        .iter()
+        .map(|result| {
+            counter(
+                text,
+                "corral_operator_reconciliations_total",
+                "result",
+                result,
+            )
+        })
+        .sum()
 }
 
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or(0.0)
+/// A labelled counter of the operator's, 0 before its first increment.
+fn counter(text: &str, name: &str, label: &str, value: &str) -> f64 {
+    metrics::value(text, name, &[(label, value)]).unwrap_or(0.0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -241,22 +229,19 @@ async fn cpu_load_scales_pods_up_and_back_down() {
     );
     until_workers(&a, "pod a to scale down", |d| d.desired == 1).await;
     until_workers(&b, "pod b to scale down", |d| d.desired == 1).await;
-    let (_, metrics) = get(op.metrics, "/metrics").unwrap();
-    assert!(
-        metric(
-            &metrics,
-            "corral_operator_scale_events_total{direction=\"up\"}"
-        ) >= 2.0,
-        "{metrics}"
-    );
-    assert!(
-        metric(
-            &metrics,
-            "corral_operator_scale_events_total{direction=\"down\"}"
-        ) >= 2.0,
-        "{metrics}"
-    );
-    assert!(reconciles(&metrics) >= 1.0, "{metrics}");
+    let (_, text) = get(op.metrics, "/metrics").unwrap();
+    for direction in ["up", "down"] {
+        assert!(
+            counter(
+                &text,
+                "corral_operator_scale_events_total",
+                "direction",
+                direction
+            ) >= 2.0,
+            "{direction}: {text}"
+        );
+    }
+    assert!(reconciles(&text) >= 1.0, "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -481,11 +466,13 @@ async fn deleting_the_autoscaler_returns_pods_to_their_default() {
         d.desired == 1 && d.requested.is_none()
     })
     .await;
-    let deadline = Instant::now() + WAIT;
-    while api.get_opt("web").await.unwrap().is_some() {
-        assert!(Instant::now() < deadline, "the finalizer was never removed");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually_async("the finalizer to be removed", WAIT, || async {
+        match api.get_opt("web").await.unwrap() {
+            None => Ok(()),
+            Some(wa) => Err(wa.metadata.finalizers),
+        }
+    })
+    .await;
 }
 
 async fn set_min(api: &Api<WorkerAutoscaler>, name: &str, min: u32) {
@@ -600,7 +587,7 @@ async fn an_operator_started_before_its_api_server_waits_and_then_reconciles() {
         let log = op.log();
         match log.matches("cannot reach the API server").count() {
             n if n >= 2 => Ok(()),
-            _ => Err(log),
+            _ => Err(Text(log)),
         }
     });
     assert!(op.is_running(), "{}", op.log());

@@ -147,7 +147,7 @@ impl Builder {
     }
 
     /// Leaves `--bind` to the caller (or to inherited sockets); `http` is
-    /// then whatever the caller says it is.
+    /// then port 0 on the host: the caller knows its own addresses.
     pub fn without_bind(mut self) -> Self {
         self.bind = false;
         self
@@ -592,6 +592,16 @@ pub fn wait_http(addr: SocketAddr, path: &str, limit: Duration) {
             other => Err(other),
         }
     });
+}
+
+/// Awaits a 503 from the admin API's /readyz within `limit`; returns its body.
+pub fn not_ready_within(admin: SocketAddr, limit: Duration) -> String {
+    eventually("/readyz to answer 503", limit, || {
+        match get(admin, "/readyz").unwrap() {
+            (503, body) => Ok(body),
+            other => Err(other),
+        }
+    })
 }
 
 #[derive(Debug, Default)]

@@ -10,7 +10,9 @@ use std::time::Duration;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 
-use super::{free_port, get, wait_http};
+use hyper::Method;
+
+use super::{fetch, free_port, unique, wait_http};
 
 pub struct Prometheus {
     child: Child,
@@ -20,11 +22,7 @@ pub struct Prometheus {
 
 impl Prometheus {
     pub fn start(targets: &[(SocketAddr, &[(&str, &str)])]) -> Prometheus {
-        let dir = std::env::temp_dir().join(format!(
-            "corral-prom-{}-{}",
-            std::process::id(),
-            free_port()
-        ));
+        let dir = std::env::temp_dir().join(unique("corral-prom"));
         std::fs::create_dir_all(&dir).unwrap();
         let mut config = String::from(
             "global: {scrape_interval: 1s, evaluation_interval: 1s}\n\
@@ -39,6 +37,8 @@ impl Prometheus {
         }
         let file = dir.join("prometheus.yml");
         std::fs::write(&file, config).unwrap();
+        // Prometheus logs the address it was given, not the one bound: the
+        // port is chosen here.
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
         let child = Command::new("prometheus")
@@ -65,8 +65,10 @@ impl Prometheus {
             &[("query", promql)],
         )
         .unwrap();
-        let (status, body) = get(self.addr, uri.path_and_query().unwrap().as_str()).unwrap();
-        let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let answer = fetch(Method::GET, uri, None, None).unwrap();
+        let (status, body) = (answer.status, String::from_utf8_lossy(&answer.body));
+        let answer: serde_json::Value = serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("{promql}: {status} {body}: {e}"));
         assert!(
             status == 200 && answer["status"] == "success",
             "{promql}: {status} {body}"
