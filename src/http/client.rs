@@ -4,6 +4,7 @@
 //! polls, so a pass over many pods reuses connections instead of opening
 //! one per call.
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -74,24 +75,7 @@ impl Client {
         // must not wait for Nagle.
         http.set_nodelay(true);
         http.set_connect_timeout(Some(Duration::from_secs(3)));
-        let builder = HttpsConnectorBuilder::new();
-        let builder = match builder.with_native_roots() {
-            Ok(b) => b,
-            Err(e) => {
-                // A minimal image may carry no CA bundle: http still
-                // works, and an https call fails naming the certificate.
-                warn!(error = %e, "no system CA certificates: https servers will not be trusted");
-                HttpsConnectorBuilder::new().with_tls_config(
-                    rustls::ClientConfig::builder_with_provider(
-                        rustls::crypto::ring::default_provider().into(),
-                    )
-                    .with_safe_default_protocol_versions()
-                    .expect("ring supports the default protocol versions")
-                    .with_root_certificates(rustls::RootCertStore::empty())
-                    .with_no_client_auth(),
-                )
-            }
-        };
+        let builder = HttpsConnectorBuilder::new().with_tls_config(tls());
         let connector = builder.https_or_http().enable_http1().wrap_connector(http);
         let inner = Pooled::builder(TokioExecutor::new())
             .pool_idle_timeout(IDLE)
@@ -152,6 +136,29 @@ impl Client {
                 timeout,
             })?
     }
+}
+
+/// The TLS settings with the system's CA certificates, read once per
+/// process: loading the bundle parses every certificate in it, and the CLI
+/// and the tests make a client per call. A minimal image may carry no
+/// bundle: http still works, and an https call fails naming the
+/// certificate it could not trust.
+fn tls() -> rustls::ClientConfig {
+    static TLS: OnceLock<rustls::ClientConfig> = OnceLock::new();
+    TLS.get_or_init(|| {
+        let found = rustls_native_certs::load_native_certs();
+        let mut roots = rustls::RootCertStore::empty();
+        let (trusted, _) = roots.add_parsable_certificates(found.certs);
+        if trusted == 0 {
+            warn!(errors = ?found.errors, "no system CA certificates: https servers will not be trusted");
+        }
+        rustls::ClientConfig::builder_with_provider(rustls::crypto::ring::default_provider().into())
+            .with_safe_default_protocol_versions()
+            .expect("ring supports the default protocol versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth()
+    })
+    .clone()
 }
 
 /// `base` (`http://host:port`, `https://host/prefix`, or a bare
