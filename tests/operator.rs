@@ -390,7 +390,9 @@ async fn unreachable_pods_and_wrong_tokens_are_reported_not_hammered() {
             "adminPort": port,
             "tokenSecretRef": {"name": "wrong", "key": "token"},
             "minWorkers": 2,
-            "maxWorkers": 4
+            "maxWorkers": 4,
+            // Passes every second: the 5-s window below always holds some.
+            "pollIntervalSeconds": 1
         }),
     )
     .await;
