@@ -30,6 +30,15 @@ pub struct WorkersDoc {
     pub last_limited: Option<Limited>,
     /// Mean CPU use per active worker over the last window, in cores.
     pub cpu_utilisation: f64,
+    /// Proxy mode only: mean requests in flight per ready worker over the
+    /// last window (about 3 s), the signal the operator's `Concurrency`
+    /// metric reads; absent in shared-socket mode, where corral does not
+    /// see requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<f64>,
+    /// Proxy mode only: requests waiting in corral's queue for a worker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queued: Option<u32>,
     pub workers: Vec<WorkerDoc>,
     /// The last workers to end, newest first (at most 16).
     pub recent_exits: Vec<RecentExit>,
@@ -102,6 +111,12 @@ pub struct WorkerDoc {
     pub rss_bytes: u64,
     /// The last `STATUS=` the worker sent.
     pub status: Option<String>,
+    /// Proxy mode only: requests this worker holds now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_flight: Option<u32>,
+    /// Proxy mode only: requests sent to this worker since it started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests: Option<u64>,
     /// How the previous worker in this slot ended.
     pub last_exit: Option<ExitDoc>,
 }

@@ -57,6 +57,8 @@ impl Snapshot {
                 },
                 last_limited: None,
                 cpu_utilisation: 0.0,
+                concurrency: None,
+                queued: None,
                 workers: Vec::new(),
                 recent_exits: Vec::new(),
                 listeners: Vec::new(),
@@ -117,6 +119,8 @@ impl Manager {
             },
             last_limited: self.last_limited.clone(),
             cpu_utilisation,
+            concurrency: None,
+            queued: None,
             workers: self
                 .table
                 .workers
@@ -134,6 +138,8 @@ impl Manager {
                         cpu_utilisation: w.facts.cpu_recent,
                         rss_bytes: w.usage.map_or(0, |u| u.rss_bytes),
                         status: w.status.clone(),
+                        in_flight: None,
+                        requests: None,
                         last_exit: slot.and_then(|s| s.last_exit.clone()),
                     }
                 })
