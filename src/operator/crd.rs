@@ -85,17 +85,20 @@ pub struct SecretKeyRef {
 
 /// One metric. `type` is `CPU` (mean CPU per worker, in cores), `QueueLength`
 /// (connections waiting in the listen backlog; target 0 adds one worker per
-/// waiting connection) or `Prometheus` (any PromQL query, with `{{pod}}` and
+/// waiting connection), `Concurrency` (mean requests in flight per worker,
+/// as Knative's concurrency target; only pods whose corral runs with
+/// --proxy report it, and the others are named in their status and not
+/// scaled on it) or `Prometheus` (any PromQL query, with `{{pod}}` and
 /// `{{namespace}}` templated). An unknown type is reported in the
 /// InvalidSpec condition.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MetricSpec {
-    /// CPU, QueueLength or Prometheus.
+    /// CPU, QueueLength, Concurrency or Prometheus.
     #[serde(rename = "type")]
     pub metric_type: String,
 
-    /// Target value per pod, for CPU and QueueLength.
+    /// Target value per pod, for CPU, QueueLength and Concurrency.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0.0))]
     pub target: Option<f64>,
@@ -218,7 +221,8 @@ pub struct PodScaleStatus {
     /// When the operator last changed this pod's count (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_scale_time: Option<String>,
-    /// Why the pod was skipped, when it was.
+    /// Why the pod was skipped, or which metrics it could not be scaled
+    /// on this pass (e.g. no concurrency outside proxy mode).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 }

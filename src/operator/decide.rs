@@ -21,6 +21,10 @@ pub enum Metric {
     Queue { target: f64 },
     /// A Prometheus query's value.
     Prometheus { target: f64 },
+    /// Mean requests in flight per worker (proxy mode only), as Knative's
+    /// concurrency target: unlike CPU it sees an I/O-bound worker that is
+    /// busy waiting.
+    Concurrency { target: f64 },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -186,7 +190,10 @@ pub fn propose(metric: Metric, value: f64, current: u32) -> Option<u32> {
                 0
             });
         }
-        Metric::Cpu { target } | Metric::Queue { target } | Metric::Prometheus { target } => target,
+        Metric::Cpu { target }
+        | Metric::Queue { target }
+        | Metric::Prometheus { target }
+        | Metric::Concurrency { target } => target,
     };
     if target <= 0.0 {
         return None;

@@ -3,7 +3,7 @@
 //! write status, conditions and Events. Deletion hands the pods back to
 //! their configured default (finalizer).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -54,6 +54,9 @@ pub struct Context {
     /// One pool for every pod's admin API and Prometheus.
     http: http::Client,
     memory: Mutex<HashMap<String, PodMemory>>,
+    /// Pods already named in a `ConcurrencyUnreported` Event, so that a
+    /// shared-mode pod gets one when it is first seen so, not one a pass.
+    unreported: Mutex<HashSet<String>>,
 }
 
 impl Context {
@@ -64,6 +67,7 @@ impl Context {
             metrics,
             http: http::Client::new(),
             memory: Mutex::new(HashMap::new()),
+            unreported: Mutex::new(HashSet::new()),
         }
     }
 }
@@ -114,7 +118,15 @@ struct PodOutcome {
     limited: bool,
     /// The change made this pass, for its Event: up or down, and the note.
     scaled: Option<(bool, String)>,
+    /// The pod has just been found not to report concurrency: an Event is due.
+    unreported: bool,
 }
+
+/// What a pod's status (and its Event) says when a `Concurrency` metric
+/// finds no value: the manager only measures it in the request path.
+const CONCURRENCY_UNREPORTED: &str =
+    "no concurrency reported (its corral runs without --proxy): not scaled on Concurrency";
+const UNREPORTED_REASON: &str = "ConcurrencyUnreported";
 
 /// Pods whose change gets an Event of its own in one pass; past that one
 /// Event sums up the rest. A rollout of a large Deployment would otherwise
@@ -190,6 +202,7 @@ async fn apply(wa: &WorkerAutoscaler, ctx: &Context) -> Result<Action, Error> {
     forget_gone_pods(ctx, &uid, &selected);
 
     record_scaling(ctx, wa, &selected, &outcomes).await;
+    record_unreported(ctx, wa, &selected, &outcomes).await;
     let reachable = outcomes.iter().filter(|o| o.reachable).count();
     let workers: u32 = outcomes.iter().filter_map(|o| o.desired).sum();
     let unauthorized = outcomes.iter().any(|o| o.unauthorized);
@@ -199,9 +212,9 @@ async fn apply(wa: &WorkerAutoscaler, ctx: &Context) -> Result<Action, Error> {
         let mean = values.iter().sum::<f64>() / values.len() as f64;
         match &plan.metrics[0] {
             MetricPlan::Cpu { target } => format!("{:.0}%/{:.0}%", mean * 100.0, target * 100.0),
-            MetricPlan::Queue { target } | MetricPlan::Prometheus { target, .. } => {
-                format!("{mean:.1}/{target}")
-            }
+            MetricPlan::Queue { target }
+            | MetricPlan::Concurrency { target }
+            | MetricPlan::Prometheus { target, .. } => format!("{mean:.1}/{target}"),
         }
     });
 
@@ -342,6 +355,7 @@ async fn scale_pod(
         unauthorized: false,
         limited: false,
         scaled: None,
+        unreported: false,
     };
     let Some(ip) = pod_ready_ip(pod) else {
         outcome.status.message = Some("not running and ready: skipped".into());
@@ -359,7 +373,9 @@ async fn scale_pod(
     let current = doc.desired;
     outcome.status.current = Some(current);
     let namespace = wa.namespace().unwrap_or_default();
+    let key = format!("{uid}/{pod_name}");
     let mut values = Vec::new();
+    let mut concurrency_missing = false;
     for m in &plan.metrics {
         let value = match m {
             MetricPlan::Cpu { .. } => Some(doc.cpu_utilisation),
@@ -370,12 +386,21 @@ async fn scale_pod(
                     .max()
                     .unwrap_or(0) as f64,
             ),
+            // Absent means "not measured", never 0: read as 0 it would
+            // shrink every shared-mode pod to minWorkers.
+            MetricPlan::Concurrency { .. } => {
+                if doc.concurrency.is_none() && !concurrency_missing {
+                    add_message(&mut outcome.status, CONCURRENCY_UNREPORTED.into());
+                    concurrency_missing = true;
+                }
+                doc.concurrency
+            }
             MetricPlan::Prometheus { server, query, .. } => {
                 let q = spec::render_query(query, &pod_name, &namespace);
                 match pods::prometheus(&ctx.http, server, &q).await {
                     Ok(v) => v,
                     Err(e) => {
-                        outcome.status.message = Some(format!("prometheus: {e}"));
+                        add_message(&mut outcome.status, format!("prometheus: {e}"));
                         None
                     }
                 }
@@ -384,6 +409,7 @@ async fn scale_pod(
         values.push((m.metric(), value));
     }
     outcome.first_metric = values.first().and_then(|v| v.1);
+    outcome.unreported = newly_unreported(&ctx.unreported, &key, concurrency_missing);
     // The manager's own bounds narrow the autoscaler's, so a PUT is never
     // refused for a count the manager cannot take.
     let min = plan.min.max(doc.limits.min).min(doc.limits.max);
@@ -397,7 +423,6 @@ async fn scale_pod(
         },
         values,
     };
-    let key = format!("{uid}/{pod_name}");
     let mut memory = ctx
         .memory
         .lock()
@@ -408,7 +433,7 @@ async fn scale_pod(
             last_scale: None,
         });
     let Some(decision) = decide::decide(&input, &memory.history, &plan.behavior, now) else {
-        outcome.status.message = Some("no metric could be read".into());
+        add_message(&mut outcome.status, "no metric could be read".into());
         outcome.status.desired = Some(current);
         outcome.desired = Some(current);
         return outcome;
@@ -438,9 +463,9 @@ async fn scale_pod(
             }
             Err(PodError::Unauthorized { .. }) => {
                 outcome.unauthorized = true;
-                outcome.status.message = Some("the manager refused the token".into());
+                add_message(&mut outcome.status, "the manager refused the token".into());
             }
-            Err(e) => outcome.status.message = Some(format!("scale refused: {e}")),
+            Err(e) => add_message(&mut outcome.status, format!("scale refused: {e}")),
         }
         if change != 0 {
             let direction = if change > 0 { "up" } else { "down" };
@@ -483,9 +508,37 @@ fn forget_gone_pods(ctx: &Context, uid: &str, selected: &[Pod]) {
         .iter()
         .map(|p| format!("{prefix}{}", p.name_any()))
         .collect();
+    let keep = |k: &String| !k.starts_with(&prefix) || live.contains(k);
     if let Ok(mut m) = ctx.memory.lock() {
-        m.retain(|k, _| !k.starts_with(&prefix) || live.contains(k));
+        m.retain(|k, _| keep(k));
     }
+    if let Ok(mut u) = ctx.unreported.lock() {
+        u.retain(keep);
+    }
+}
+
+/// Whether the pod has just stopped reporting concurrency (or is seen for
+/// the first time without it); a pod that reports it again is forgotten,
+/// so that losing it later is told again.
+fn newly_unreported(unreported: &Mutex<HashSet<String>>, key: &str, missing: bool) -> bool {
+    let Ok(mut unreported) = unreported.lock() else {
+        return false;
+    };
+    if missing {
+        unreported.insert(key.to_string())
+    } else {
+        unreported.remove(key);
+        false
+    }
+}
+
+/// Adds to the pod's message: one pass can have several things to say
+/// (a metric left out, then a refused change).
+fn add_message(status: &mut PodScaleStatus, text: String) {
+    status.message = Some(match status.message.take() {
+        Some(before) => format!("{before}; {text}"),
+        None => text,
+    });
 }
 
 /// How much history the longest window or period needs.
@@ -597,8 +650,14 @@ async fn release(wa: &WorkerAutoscaler, ctx: &Context) -> Result<Action, Error> 
             }
         }
     }
-    if let (Some(uid), Ok(mut m)) = (wa.uid(), ctx.memory.lock()) {
-        m.retain(|k, _| !k.starts_with(&format!("{uid}/")));
+    if let Some(uid) = wa.uid() {
+        let prefix = format!("{uid}/");
+        if let Ok(mut m) = ctx.memory.lock() {
+            m.retain(|k, _| !k.starts_with(&prefix));
+        }
+        if let Ok(mut u) = ctx.unreported.lock() {
+            u.retain(|k| !k.starts_with(&prefix));
+        }
     }
     Ok(Action::await_change())
 }
@@ -667,8 +726,6 @@ async fn write_status(
     Ok(())
 }
 
-/// Records an Event about `wa`, related to `pod` when it concerns one, so
-/// that Kubernetes' aggregation of repeated Events keeps pods apart.
 /// The pass's scale Events: the first pods' each with its own (naming the
 /// pod as related object), then one for all the others.
 async fn record_scaling(
@@ -702,6 +759,42 @@ async fn record_scaling(
     }
 }
 
+/// The pass's Events for pods that do not report concurrency, capped as
+/// the scale Events are: a rollout of shared-mode pods under a
+/// `Concurrency` metric would otherwise write one per new pod.
+async fn record_unreported(
+    ctx: &Context,
+    wa: &WorkerAutoscaler,
+    pods: &[Pod],
+    outcomes: &[PodOutcome],
+) {
+    let unreported: Vec<&Pod> = pods
+        .iter()
+        .zip(outcomes)
+        .filter(|(_, o)| o.unreported)
+        .map(|(pod, _)| pod)
+        .collect();
+    for pod in unreported.iter().take(POD_EVENTS_PER_PASS) {
+        let note = format!("pod {}: {CONCURRENCY_UNREPORTED}", pod.name_any());
+        publish(
+            ctx,
+            wa,
+            Some(pod),
+            EventType::Warning,
+            UNREPORTED_REASON,
+            &note,
+        )
+        .await;
+    }
+    let rest = unreported.len().saturating_sub(POD_EVENTS_PER_PASS);
+    if rest > 0 {
+        let note = format!("{rest} more pods: {CONCURRENCY_UNREPORTED}");
+        publish(ctx, wa, None, EventType::Warning, UNREPORTED_REASON, &note).await;
+    }
+}
+
+/// Records an Event about `wa`, related to `pod` when it concerns one, so
+/// that Kubernetes' aggregation of repeated Events keeps pods apart.
 async fn publish(
     ctx: &Context,
     wa: &WorkerAutoscaler,
@@ -725,4 +818,38 @@ async fn publish(
 /// Labels of a pod, for mapping pod changes to the autoscalers selecting it.
 pub fn labels(pod: &Pod) -> BTreeMap<String, String> {
     pod.metadata.labels.clone().unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pod_without_concurrency_is_told_once_until_it_reports_it() {
+        let set = Mutex::new(HashSet::new());
+        assert!(newly_unreported(&set, "uid/web-1", true));
+        assert!(!newly_unreported(&set, "uid/web-1", true));
+        assert!(newly_unreported(&set, "uid/web-2", true));
+        assert!(!newly_unreported(&set, "uid/web-1", false));
+        assert!(newly_unreported(&set, "uid/web-1", true));
+    }
+
+    #[test]
+    fn messages_of_one_pass_are_joined() {
+        let mut status = PodScaleStatus {
+            name: "web-1".into(),
+            current: Some(2),
+            desired: None,
+            limited_by: None,
+            last_scale_time: None,
+            message: None,
+        };
+        add_message(&mut status, CONCURRENCY_UNREPORTED.into());
+        assert_eq!(status.message.as_deref(), Some(CONCURRENCY_UNREPORTED));
+        add_message(&mut status, "no metric could be read".into());
+        assert_eq!(
+            status.message.unwrap(),
+            format!("{CONCURRENCY_UNREPORTED}; no metric could be read")
+        );
+    }
 }

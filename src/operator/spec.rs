@@ -16,6 +16,9 @@ pub enum MetricPlan {
     Queue {
         target: f64,
     },
+    Concurrency {
+        target: f64,
+    },
     Prometheus {
         server: PromServer,
         query: String,
@@ -28,6 +31,7 @@ impl MetricPlan {
         match self {
             MetricPlan::Cpu { target } => Metric::Cpu { target: *target },
             MetricPlan::Queue { target } => Metric::Queue { target: *target },
+            MetricPlan::Concurrency { target } => Metric::Concurrency { target: *target },
             MetricPlan::Prometheus { target, .. } => Metric::Prometheus { target: *target },
         }
     }
@@ -137,6 +141,13 @@ pub fn plan(spec: &WorkerAutoscalerSpec) -> Result<Plan, String> {
             "QueueLength" => MetricPlan::Queue {
                 target: target("QueueLength")?,
             },
+            "Concurrency" => {
+                let t = target("Concurrency")?;
+                if t == 0.0 {
+                    return Err(format!("metrics[{i}]: a Concurrency target must be above 0"));
+                }
+                MetricPlan::Concurrency { target: t }
+            }
             "Prometheus" => {
                 let p = m.prometheus.as_ref().ok_or_else(|| {
                     format!("metrics[{i}]: type Prometheus needs a `prometheus` block")
@@ -155,7 +166,7 @@ pub fn plan(spec: &WorkerAutoscalerSpec) -> Result<Plan, String> {
             }
             other => {
                 return Err(format!(
-                    "metrics[{i}]: unknown type `{other}` (expected CPU, QueueLength or Prometheus)"
+                    "metrics[{i}]: unknown type `{other}` (expected CPU, QueueLength, Concurrency or Prometheus)"
                 ));
             }
         });
@@ -260,6 +271,49 @@ mod tests {
             prometheus: None,
         }];
         assert!(plan(&s).unwrap_err().contains("needs a target"));
+    }
+
+    #[test]
+    fn concurrency_needs_a_target_above_zero() {
+        let with = |target: Option<f64>| {
+            let mut s = spec(BASE);
+            s.metrics = vec![MetricSpec {
+                metric_type: "Concurrency".into(),
+                target,
+                prometheus: None,
+            }];
+            plan(&s)
+        };
+        assert_eq!(
+            with(Some(8.0)).unwrap().metrics,
+            vec![MetricPlan::Concurrency { target: 8.0 }]
+        );
+        assert_eq!(
+            with(Some(8.0)).unwrap().metrics[0].metric(),
+            Metric::Concurrency { target: 8.0 }
+        );
+        let zero = with(Some(0.0)).unwrap_err();
+        assert!(
+            zero.contains("metrics[0]") && zero.contains("above 0"),
+            "{zero}"
+        );
+        for bad in [None, Some(-1.0), Some(f64::NAN), Some(f64::INFINITY)] {
+            let e = with(bad).unwrap_err();
+            assert!(
+                e.contains("type Concurrency needs a target"),
+                "{bad:?}: {e}"
+            );
+        }
+        let text = format!(
+            "{BASE}metrics:\n  - {{type: Concurrency, target: 10}}\n  - {{type: CPU, target: 0.7}}\n"
+        );
+        assert_eq!(
+            plan(&spec(&text)).unwrap().metrics,
+            vec![
+                MetricPlan::Concurrency { target: 10.0 },
+                MetricPlan::Cpu { target: 0.7 }
+            ]
+        );
     }
 
     #[test]

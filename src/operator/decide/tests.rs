@@ -76,6 +76,36 @@ fn the_largest_proposal_wins_and_unknown_values_are_skipped() {
 }
 
 #[test]
+fn concurrency_scales_on_in_flight_requests_per_worker() {
+    let c = Metric::Concurrency { target: 4.0 };
+    // 2 workers with 10 requests each against a target of 4: 5 workers.
+    assert_eq!(propose(c, 10.0, 2), Some(5));
+    assert_eq!(propose(c, 1.0, 8), Some(2));
+    assert_eq!(propose(c, 4.2, 3), Some(3));
+    // An idle pod asks for as few workers as the bounds allow.
+    assert_eq!(propose(c, 0.0, 3), Some(0));
+}
+
+#[test]
+fn a_pod_without_concurrency_is_not_scaled_on_it() {
+    let c = Metric::Concurrency { target: 2.0 };
+    // Read as 0 it would shrink the pod to minWorkers: unknown, it decides
+    // nothing ...
+    let shared = pod(6, vec![(c, None)]);
+    assert_eq!(
+        decide(&shared, &History::default(), &no_limits(), 0.0),
+        None
+    );
+    // ... and leaves the other metrics to decide, the largest still winning.
+    let with_cpu = pod(6, vec![(c, None), (cpu(0.5), Some(0.25))]);
+    let d = decide(&with_cpu, &History::default(), &no_limits(), 0.0).unwrap();
+    assert_eq!(d.desired, 3);
+    let both = pod(2, vec![(c, Some(6.0)), (cpu(0.5), Some(0.75))]);
+    let d = decide(&both, &History::default(), &no_limits(), 0.0).unwrap();
+    assert_eq!(d.desired, 6);
+}
+
+#[test]
 fn bounds_apply_and_are_named() {
     let d = decide(
         &pod(4, vec![(cpu(0.1), Some(1.0))]),
@@ -238,6 +268,7 @@ mod properties {
             (0.05f64..2.0).prop_map(|target| Metric::Cpu { target }),
             (0.0f64..50.0).prop_map(|target| Metric::Queue { target }),
             (0.1f64..100.0).prop_map(|target| Metric::Prometheus { target }),
+            (0.1f64..64.0).prop_map(|target| Metric::Concurrency { target }),
         ]
     }
 
