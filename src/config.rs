@@ -12,7 +12,7 @@ use clap::{Args, ValueEnum};
 use serde::{Deserialize, Serialize};
 
 use crate::limits::MAX_WORKERS;
-use crate::units::{BindAddr, ByteSize, Mode, Secs};
+use crate::units::{AllowIps, BindAddr, ByteSize, Mode, Secs};
 
 /// One layer of settings. The same struct is filled by clap (flags, then
 /// env) and by the YAML file, so the two can never disagree on a key.
@@ -142,6 +142,67 @@ pub struct Settings {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_worker_lifetime_jitter: Option<Secs>,
 
+    /// Proxy mode: corral accepts on --bind itself and forwards each request
+    /// to the least busy worker, each worker on its own Unix socket
+    /// (`{fd}`, `{socket}`) [default: off].
+    #[arg(long, env = "CORRAL_PROXY", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<bool>,
+
+    /// Proxy mode: where the private directory of worker sockets is made [default: $XDG_RUNTIME_DIR, else the temporary directory].
+    #[arg(long, env = "CORRAL_RUNTIME_DIR", value_name = "DIR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub runtime_dir: Option<PathBuf>,
+
+    /// Proxy mode: requests in flight per worker at most, the rest wait in corral's queue; 0 is unbounded [default: 0].
+    #[arg(long, env = "CORRAL_WORKER_CONCURRENCY", value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worker_concurrency: Option<u32>,
+
+    /// Proxy mode: requests that may wait for a worker; more are answered 503 [default: 1024].
+    #[arg(long, env = "CORRAL_MAX_QUEUE", value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_queue: Option<u32>,
+
+    /// Proxy mode: how long a request may wait for a worker before it is answered 503 [default: 30s].
+    #[arg(long, env = "CORRAL_QUEUE_TIMEOUT", value_name = "SECS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue_timeout: Option<Secs>,
+
+    /// Proxy mode: a worker is ready once a GET of this path on its socket
+    /// answers 2xx-4xx [default: once it accepts a connection].
+    #[arg(long, env = "CORRAL_WORKER_READY_PATH", value_name = "PATH")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worker_ready_path: Option<String>,
+
+    /// Proxy mode: peers whose X-Forwarded-For, -Proto and -Host are kept:
+    /// addresses, CIDR blocks or * [default: 127.0.0.1,::1].
+    #[arg(long, env = "FORWARDED_ALLOW_IPS", value_name = "LIST")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forwarded_allow_ips: Option<AllowIps>,
+
+    /// Proxy mode: recycle a worker after this many requests, its successor ready first; 0 is off [default: 0].
+    #[arg(long, env = "CORRAL_MAX_REQUESTS", value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_requests: Option<u64>,
+
+    /// Proxy mode: each worker's limit is --max-requests plus a random 0..=N fixed at its start [default: 0].
+    #[arg(long, env = "CORRAL_MAX_REQUESTS_JITTER", value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_requests_jitter: Option<u64>,
+
+    /// Proxy mode: answer 504 when a worker has not started its response
+    /// this long after the request reached it; 0 is off [default: 0].
+    #[arg(long, env = "CORRAL_REQUEST_TIMEOUT", value_name = "SECS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_timeout: Option<Secs>,
+
+    /// Proxy mode: a worker that hit --request-timeout is recycled, as
+    /// Gunicorn's --timeout replaces a silent worker [default: false].
+    #[arg(long, env = "CORRAL_KILL_STUCK", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kill_stuck: Option<bool>,
+
     /// Address of the admin API (probes, /workers, /metrics) [default: 0.0.0.0:9000].
     #[arg(long, env = "CORRAL_ADMIN_BIND", value_name = "ADDR")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -224,12 +285,29 @@ pub struct Config {
     pub rss_samples: u32,
     pub max_worker_lifetime: Option<Duration>,
     pub max_worker_lifetime_jitter: Duration,
+    /// `Some` in proxy mode.
+    pub proxy: Option<ProxyConfig>,
     pub admin_bind: SocketAddr,
     pub admin_token_file: Option<PathBuf>,
     pub log_format: LogFormat,
     pub log_level: String,
     /// `None` runs the built-in worker.
     pub command: Option<Vec<String>>,
+}
+
+/// The front's settings, present only in proxy mode.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProxyConfig {
+    pub runtime_dir: Option<PathBuf>,
+    pub worker_concurrency: Option<u32>,
+    pub max_queue: u32,
+    pub queue_timeout: Duration,
+    pub worker_ready_path: Option<String>,
+    pub forwarded_allow_ips: AllowIps,
+    pub max_requests: Option<u64>,
+    pub max_requests_jitter: u64,
+    pub request_timeout: Option<Duration>,
+    pub kill_stuck: bool,
 }
 
 /// A setting that cannot be used; `field` is the flag/key name.
@@ -249,6 +327,71 @@ fn invalid(field: &'static str, message: impl Into<String>) -> ConfigError {
         field,
         message: message.into(),
     }
+}
+
+/// The proxy mode's part of the configuration; its settings are refused
+/// without `proxy`, where they would silently do nothing.
+fn proxy_config(s: &Settings) -> Result<Option<ProxyConfig>, ConfigError> {
+    if s.proxy != Some(true) {
+        let given: [(&'static str, bool); 10] = [
+            ("runtime-dir", s.runtime_dir.is_some()),
+            ("worker-concurrency", s.worker_concurrency.is_some()),
+            ("max-queue", s.max_queue.is_some()),
+            ("queue-timeout", s.queue_timeout.is_some()),
+            ("worker-ready-path", s.worker_ready_path.is_some()),
+            ("forwarded-allow-ips", s.forwarded_allow_ips.is_some()),
+            ("max-requests", s.max_requests.is_some_and(|n| n > 0)),
+            (
+                "max-requests-jitter",
+                s.max_requests_jitter.is_some_and(|n| n > 0),
+            ),
+            (
+                "request-timeout",
+                s.request_timeout.is_some_and(|d| !d.0.is_zero()),
+            ),
+            ("kill-stuck", s.kill_stuck == Some(true)),
+        ];
+        if let Some((field, _)) = given.iter().find(|(_, set)| *set) {
+            return Err(invalid(field, "only applies in proxy mode (--proxy)"));
+        }
+        return Ok(None);
+    }
+    let max_queue = s.max_queue.unwrap_or(1024);
+    if max_queue > 1_000_000 {
+        return Err(invalid("max-queue", "at most 1000000"));
+    }
+    let queue_timeout = s.queue_timeout.map_or(Duration::from_secs(30), |d| d.0);
+    if queue_timeout.is_zero() {
+        return Err(invalid("queue-timeout", "must be more than 0"));
+    }
+    if let Some(path) = &s.worker_ready_path
+        && (!path.starts_with('/') || path.parse::<hyper::Uri>().is_err())
+    {
+        return Err(invalid(
+            "worker-ready-path",
+            format!("`{path}` is not a request path (example: /healthz)"),
+        ));
+    }
+    let request_timeout = s.request_timeout.map(|d| d.0).filter(|d| !d.is_zero());
+    let kill_stuck = s.kill_stuck.unwrap_or(false);
+    if kill_stuck && request_timeout.is_none() {
+        return Err(invalid("kill-stuck", "needs --request-timeout"));
+    }
+    Ok(Some(ProxyConfig {
+        runtime_dir: s.runtime_dir.clone(),
+        worker_concurrency: s.worker_concurrency.filter(|n| *n > 0),
+        max_queue,
+        queue_timeout,
+        worker_ready_path: s.worker_ready_path.clone(),
+        forwarded_allow_ips: s
+            .forwarded_allow_ips
+            .clone()
+            .unwrap_or_else(|| "127.0.0.1,::1".parse().expect("the default list parses")),
+        max_requests: s.max_requests.filter(|n| *n > 0),
+        max_requests_jitter: s.max_requests_jitter.unwrap_or(0),
+        request_timeout,
+        kill_stuck,
+    }))
 }
 
 impl Settings {
@@ -279,6 +422,17 @@ impl Settings {
             max_worker_lifetime_jitter: self
                 .max_worker_lifetime_jitter
                 .or(lower.max_worker_lifetime_jitter),
+            proxy: self.proxy.or(lower.proxy),
+            runtime_dir: self.runtime_dir.or(lower.runtime_dir),
+            worker_concurrency: self.worker_concurrency.or(lower.worker_concurrency),
+            max_queue: self.max_queue.or(lower.max_queue),
+            queue_timeout: self.queue_timeout.or(lower.queue_timeout),
+            worker_ready_path: self.worker_ready_path.or(lower.worker_ready_path),
+            forwarded_allow_ips: self.forwarded_allow_ips.or(lower.forwarded_allow_ips),
+            max_requests: self.max_requests.or(lower.max_requests),
+            max_requests_jitter: self.max_requests_jitter.or(lower.max_requests_jitter),
+            request_timeout: self.request_timeout.or(lower.request_timeout),
+            kill_stuck: self.kill_stuck.or(lower.kill_stuck),
             admin_bind: self.admin_bind.or(lower.admin_bind),
             admin_token_file: self.admin_token_file.or(lower.admin_token_file),
             log_format: self.log_format.or(lower.log_format),
@@ -313,6 +467,7 @@ impl Config {
     /// applies defaults and validates everything.
     pub fn resolve(cli: Settings, file: Settings, host: &Host) -> Result<Config, ConfigError> {
         let s = cli.or(file);
+        let proxy = proxy_config(&s)?;
 
         let binds = s.bind.unwrap_or_else(|| {
             if host.listen_fds.is_empty() {
@@ -424,6 +579,17 @@ impl Config {
         if command.as_ref().is_some_and(|cmd| cmd[0].trim().is_empty()) {
             return Err(invalid("command", "the program name is empty"));
         }
+        if proxy.is_none()
+            && command
+                .iter()
+                .flatten()
+                .any(|a| a.contains(crate::manager::spawn::SOCKET_PLACEHOLDER))
+        {
+            return Err(invalid(
+                "command",
+                "{socket} is the worker's own socket, which only proxy mode (--proxy) makes",
+            ));
+        }
         let readiness = s.readiness.unwrap_or(if command.is_some() {
             Readiness::Auto
         } else {
@@ -498,6 +664,7 @@ impl Config {
             rss_samples,
             max_worker_lifetime,
             max_worker_lifetime_jitter,
+            proxy,
             admin_bind: s
                 .admin_bind
                 .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 9000))),
@@ -534,6 +701,26 @@ impl Config {
             rss_samples: Some(self.rss_samples),
             max_worker_lifetime: Some(Secs(self.max_worker_lifetime.unwrap_or_default())),
             max_worker_lifetime_jitter: Some(Secs(self.max_worker_lifetime_jitter)),
+            proxy: Some(self.proxy.is_some()),
+            runtime_dir: self.proxy.as_ref().and_then(|p| p.runtime_dir.clone()),
+            worker_concurrency: self
+                .proxy
+                .as_ref()
+                .map(|p| p.worker_concurrency.unwrap_or(0)),
+            max_queue: self.proxy.as_ref().map(|p| p.max_queue),
+            queue_timeout: self.proxy.as_ref().map(|p| Secs(p.queue_timeout)),
+            worker_ready_path: self
+                .proxy
+                .as_ref()
+                .and_then(|p| p.worker_ready_path.clone()),
+            forwarded_allow_ips: self.proxy.as_ref().map(|p| p.forwarded_allow_ips.clone()),
+            max_requests: self.proxy.as_ref().map(|p| p.max_requests.unwrap_or(0)),
+            max_requests_jitter: self.proxy.as_ref().map(|p| p.max_requests_jitter),
+            request_timeout: self
+                .proxy
+                .as_ref()
+                .map(|p| Secs(p.request_timeout.unwrap_or_default())),
+            kill_stuck: self.proxy.as_ref().map(|p| p.kill_stuck),
             admin_bind: Some(self.admin_bind),
             admin_token_file: self.admin_token_file.clone(),
             log_format: Some(self.log_format),
@@ -677,6 +864,59 @@ mod tests {
     }
 
     #[test]
+    fn proxy_mode_has_defaults_and_reads_back() {
+        let file = yaml(
+            "proxy: true\nworker-concurrency: 4\nmax-requests: 20\nmax-requests-jitter: 5\nforwarded-allow-ips: 10.0.0.0/8, ::1\nrequest-timeout: 2s\nkill-stuck: true\n",
+        )
+        .unwrap();
+        let c = Config::resolve(Settings::default(), file, &host()).unwrap();
+        let p = c.proxy.clone().expect("proxy mode");
+        assert_eq!(p.worker_concurrency, Some(4));
+        assert_eq!((p.max_requests, p.max_requests_jitter), (Some(20), 5));
+        assert_eq!(p.max_queue, 1024);
+        assert_eq!(p.queue_timeout, Duration::from_secs(30));
+        assert!(p.forwarded_allow_ips.allows("10.1.2.3".parse().unwrap()));
+        assert!(!p.forwarded_allow_ips.allows("127.0.0.1".parse().unwrap()));
+        assert!(p.kill_stuck);
+        let text = serde_saphyr::to_string(&c.to_settings()).unwrap();
+        let again = Config::resolve(Settings::default(), yaml(&text).unwrap(), &host()).unwrap();
+        assert_eq!(c, again);
+        let off = Config::resolve(Settings::default(), Settings::default(), &host()).unwrap();
+        let text = serde_saphyr::to_string(&off.to_settings()).unwrap();
+        let again = Config::resolve(Settings::default(), yaml(&text).unwrap(), &host()).unwrap();
+        assert_eq!(again.proxy, None);
+    }
+
+    #[test]
+    fn proxy_settings_without_proxy_mode_are_refused_by_name() {
+        for (text, key) in [
+            ("worker-concurrency: 2\n", "worker-concurrency"),
+            ("max-requests: 100\n", "max-requests"),
+            (
+                "proxy: false\nforwarded-allow-ips: '*'\n",
+                "forwarded-allow-ips",
+            ),
+            ("kill-stuck: true\n", "kill-stuck"),
+            ("proxy: true\nkill-stuck: true\n", "kill-stuck"),
+            ("proxy: true\nqueue-timeout: 0\n", "queue-timeout"),
+            (
+                "proxy: true\nworker-ready-path: healthz\n",
+                "worker-ready-path",
+            ),
+            (
+                "proxy: true\nforwarded-allow-ips: 10.0.0.0/40\n",
+                "forwarded-allow-ips",
+            ),
+        ] {
+            let err = yaml(text)
+                .and_then(|f| Config::resolve(Settings::default(), f, &host()))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+    }
+
+    #[test]
     fn out_of_range_values_in_the_file_name_their_key() {
         for (text, key) in [
             ("graceful-timeout: 1e300\n", "graceful-timeout"),
@@ -716,7 +956,9 @@ mod tests {
                 key in prop::sample::select(vec![
                     "bind", "backlog", "workers", "max-workers", "memory-limit",
                     "memory-headroom", "timeout", "graceful-timeout", "shutdown-delay",
-                    "socket-mode", "admin-bind", "readiness", "command",
+                    "socket-mode", "admin-bind", "readiness", "command", "proxy",
+                    "worker-concurrency", "max-queue", "queue-timeout", "max-requests",
+                    "forwarded-allow-ips", "request-timeout", "worker-ready-path",
                 ]),
                 value in "[ -~]{0,24}",
             ) {

@@ -26,6 +26,7 @@ pub mod http;
 pub mod limits;
 pub mod manager;
 pub mod operator;
+pub mod proxy;
 pub mod run;
 pub mod telemetry;
 pub mod units;

@@ -16,6 +16,7 @@ pub mod notify;
 pub mod plan;
 pub mod probe;
 pub mod processes;
+mod proxied;
 pub mod reexec;
 pub mod signals;
 pub mod spawn;
@@ -47,6 +48,7 @@ use notify::{Message, NotifySocket};
 use plan::{Action, View, WorkerFacts};
 use probe::CgroupPaths;
 use processes::Processes;
+use proxied::{Proxied, StartProxyError};
 use reexec::HandOff;
 use signals::{Signal, Signals};
 use table::{Table, Worker};
@@ -62,6 +64,8 @@ pub enum StartError {
     Io(#[from] std::io::Error),
     #[error("bad re-exec state: {0}")]
     HandOff(#[from] serde_json::Error),
+    #[error(transparent)]
+    Proxy(#[from] StartProxyError),
 }
 
 /// The worker command, resolved once.
@@ -99,6 +103,8 @@ pub struct Manager {
     counters: Counters,
     processes: Box<dyn Processes>,
     snapshot: watch::Sender<Arc<Snapshot>>,
+    /// Proxy mode's front and worker sockets.
+    proxy: Option<Proxied>,
 }
 
 /// Everything the manager is built from, gathered by `corral run`.
@@ -110,6 +116,8 @@ pub struct Startup {
     pub handoff: Option<HandOff>,
     /// The admin API's listener, handed on at re-exec.
     pub admin_fd: RawFd,
+    /// Proxy mode's request series, in the admin API's registry.
+    pub proxy_metrics: Option<Arc<crate::proxy::Metrics>>,
 }
 
 /// Wall-clock seconds, for documents.
@@ -173,6 +181,19 @@ impl Manager {
         )?;
         // Whatever was inherited and not claimed closes here.
         drop(inherited);
+        let proxy = match &start.config.proxy {
+            Some(config) => {
+                // Without the admin API's registry (a test's manager) the
+                // series are still kept, in one nobody scrapes.
+                let metrics = match start.proxy_metrics {
+                    Some(m) => m,
+                    None => crate::proxy::Metrics::register(&prometheus::Registry::new())
+                        .map_err(|e| std::io::Error::other(e.to_string()))?,
+                };
+                Some(Proxied::start(config, &listeners, metrics)?)
+            }
+            None => None,
+        };
         let notify = match &start.handoff {
             Some(h) => NotifySocket::from_fd(h.notify_fd, h.notify_address.clone())?,
             None => NotifySocket::bind()?,
@@ -210,6 +231,7 @@ impl Manager {
             counters: Counters::default(),
             processes,
             snapshot,
+            proxy,
             config: start.config,
         };
         if let Some(h) = start.handoff {
@@ -243,8 +265,10 @@ impl Manager {
                     Err(e) => warn!(error = %e, "notify socket"),
                 },
                 Some(cmd) = commands.recv() => self.on_command(cmd),
+                event = proxied::event(&mut self.proxy) => self.on_proxy_event(event),
                 _ = tick.tick() => {
                     self.sample_queues();
+                    self.sample_concurrency();
                     if last_probe.elapsed() >= Duration::from_secs(1) {
                         last_probe = now();
                         self.probe();
@@ -270,6 +294,11 @@ impl Manager {
                 for w in &self.table.workers {
                     self.processes.signal(w.pid, Sig::SIGUSR1);
                 }
+            }
+            Signal::Usr2 if self.proxy.is_some() => {
+                // The front's open connections live in this process: an
+                // exec would cut every one of them.
+                warn!("USR2: re-exec is not available in proxy mode; use HUP to roll the workers");
             }
             Signal::Usr2 => {
                 info!("USR2: re-exec as soon as no worker is draining");
@@ -349,6 +378,9 @@ impl Manager {
         };
         // Whatever the worker left running in its group goes with it.
         self.processes.signal_group(pid, Sig::SIGKILL);
+        if let Some(p) = &self.proxy {
+            p.dir.remove(w.facts.id);
+        }
         self.counters.exited(gone.reason);
         let worker = w.facts.id;
         if gone.reason.is_asked() {
@@ -380,12 +412,33 @@ impl Manager {
 
     fn spawn_worker(&mut self, now: Instant) {
         let id = self.table.free_slot();
-        let fds: Vec<RawFd> = self.listeners.iter().map(Listener::fd).collect();
-        let names: Vec<String> = self
-            .listeners
-            .iter()
-            .map(|l| l.name.replace(':', "_"))
-            .collect();
+        // Proxy mode: the worker's own socket instead of the listeners.
+        let socket = match &self.proxy {
+            Some(p) => match p.socket_for(id, spawn::binds_itself(&self.command.args)) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    self.failures += 1;
+                    let delay = plan::backoff(self.failures, self.config.restart_backoff_max);
+                    self.next_spawn_at = now + delay;
+                    error!(error = %e, worker = id, "cannot make the worker's socket");
+                    return;
+                }
+            },
+            None => None,
+        };
+        let (fds, names): (Vec<RawFd>, Vec<String>) = match &socket {
+            Some(s) => (
+                s.fd.iter().map(std::os::fd::AsRawFd::as_raw_fd).collect(),
+                s.fd.iter().map(|_| "worker".to_string()).collect(),
+            ),
+            None => (
+                self.listeners.iter().map(Listener::fd).collect(),
+                self.listeners
+                    .iter()
+                    .map(|l| l.name.replace(':', "_"))
+                    .collect(),
+            ),
+        };
         let mut extra = vec![
             ("LISTEN_FDS", fds.len().to_string()),
             ("LISTEN_FDNAMES", names.join(":")),
@@ -404,7 +457,12 @@ impl Manager {
         if let Some(t) = self.config.timeout {
             extra.push(("WATCHDOG_USEC", t.as_micros().to_string()));
         }
-        let args = spawn::render_args(&self.command.args, 3, fds.len());
+        let args = spawn::render_args(
+            &self.command.args,
+            3,
+            fds.len(),
+            socket.as_ref().map(|s| s.path.as_path()),
+        );
         let spec = spawn::SpawnSpec {
             program: &self.command.program,
             args: &args,
@@ -431,6 +489,18 @@ impl Manager {
                 worker.facts.retire_at = self.config.max_worker_lifetime.map(|limit| {
                     now + limit + plan::jitter(self.config.max_worker_lifetime_jitter, random())
                 });
+                if let Some(p) = &self.proxy {
+                    worker.facts.max_requests = p.config.max_requests.map(|limit| {
+                        plan::request_limit(limit, p.config.max_requests_jitter, random())
+                    });
+                    p.watch_boot(
+                        crate::proxy::Key {
+                            id,
+                            pid: pid.as_raw(),
+                        },
+                        self.config.boot_timeout,
+                    );
+                }
                 self.table.workers.push(worker);
             }
             Err(e) => {
@@ -457,11 +527,15 @@ impl Manager {
                 self.stop_everything(quick, now);
             }
         }
+        self.tell_workers_at_shutdown(now);
+        // Proxy mode: the workers serve until the front has let its
+        // clients go.
+        let holding = stopping && self.proxy.as_ref().is_some_and(|p| !p.workers_told);
         let facts: Vec<WorkerFacts> = self.table.workers.iter().map(|w| w.facts.clone()).collect();
         let policy = self.policy();
         // During the shutdown delay the workers keep serving: the count
         // drops to zero only once they are asked to stop.
-        let desired = if stopping {
+        let desired = if stopping && !holding {
             0
         } else {
             self.bounds()
@@ -477,6 +551,7 @@ impl Manager {
         for action in plan::decide(&view, now) {
             self.act(action, now);
         }
+        self.sync_front(now);
         self.publish();
         self.reexec_when_quiet();
         if stopping && self.table.workers.is_empty() {
@@ -529,7 +604,12 @@ impl Manager {
                         ExitReason::Drained
                     };
                     w.begin_stop(reason, deadline);
-                    self.processes.signal(w.pid, Sig::SIGTERM);
+                    if self.proxy.is_some() {
+                        // Signalled once the front's requests on it are done.
+                        w.awaiting_idle = true;
+                    } else {
+                        self.processes.signal(w.pid, Sig::SIGTERM);
+                    }
                 }
             }
             Action::Abort(id, reason) => {

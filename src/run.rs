@@ -139,6 +139,15 @@ async fn serve(
         code: 1,
         message: e.to_string(),
     })?);
+    let proxy_metrics = match config.proxy {
+        Some(_) => Some(
+            crate::proxy::Metrics::register(metrics.registry()).map_err(|e| RunError {
+                code: 1,
+                message: e.to_string(),
+            })?,
+        ),
+        None => None,
+    };
     let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(Snapshot::empty(&config)));
     let admin_addr = admin_listener.local_addr().map_err(usage)?;
     let startup = Startup {
@@ -148,6 +157,7 @@ async fn serve(
         config,
         handoff,
         admin_fd,
+        proxy_metrics,
     };
     let manager = Manager::new(startup, Box::new(System), snapshot_tx).map_err(usage)?;
     // Orphans of workers come to us to be reaped, as they would to PID 1.

@@ -5,7 +5,7 @@
 //! reads the same wherever the value came from.
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
@@ -201,6 +201,82 @@ impl fmt::Display for Mode {
     }
 }
 
+/// Peers whose `X-Forwarded-*` headers are believed: addresses and CIDR
+/// blocks, comma-separated, or `*` for any (Gunicorn's and Uvicorn's
+/// `--forwarded-allow-ips`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllowIps {
+    pub any: bool,
+    /// (network, prefix length) pairs; a bare address is a full-length prefix.
+    pub nets: Vec<(IpAddr, u8)>,
+}
+
+impl AllowIps {
+    pub fn allows(&self, peer: IpAddr) -> bool {
+        // An IPv4 client on a dual-stack socket shows up as ::ffff:a.b.c.d.
+        let peer = match peer {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(peer, IpAddr::V4),
+            v4 => v4,
+        };
+        self.any
+            || self.nets.iter().any(|(net, len)| match (net, peer) {
+                (IpAddr::V4(n), IpAddr::V4(p)) => prefix_eq(&n.octets(), &p.octets(), *len),
+                (IpAddr::V6(n), IpAddr::V6(p)) => prefix_eq(&n.octets(), &p.octets(), *len),
+                _ => false,
+            })
+    }
+}
+
+fn prefix_eq(a: &[u8], b: &[u8], len: u8) -> bool {
+    let (whole, rest) = ((len / 8) as usize, len % 8);
+    a[..whole] == b[..whole] && (rest == 0 || (a[whole] ^ b[whole]) >> (8 - rest) == 0)
+}
+
+impl FromStr for AllowIps {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut allow = AllowIps {
+            any: false,
+            nets: Vec::new(),
+        };
+        for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            if item == "*" {
+                allow.any = true;
+                continue;
+            }
+            let (addr, len) = match item.split_once('/') {
+                Some((a, l)) => (a, Some(l)),
+                None => (item, None),
+            };
+            let addr: IpAddr = addr.parse().map_err(|_| {
+                format!("`{item}` is not an address or CIDR block (examples: 10.0.0.0/8, ::1, *)")
+            })?;
+            let full = if addr.is_ipv4() { 32 } else { 128 };
+            let len = match len {
+                None => full,
+                Some(l) => l
+                    .parse::<u8>()
+                    .ok()
+                    .filter(|l| *l <= full)
+                    .ok_or_else(|| format!("`{item}`: the prefix length must be 0..={full}"))?,
+            };
+            allow.nets.push((addr, len));
+        }
+        Ok(allow)
+    }
+}
+
+impl fmt::Display for AllowIps {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut items: Vec<String> = self.nets.iter().map(|(a, l)| format!("{a}/{l}")).collect();
+        if self.any {
+            items.insert(0, "*".into());
+        }
+        write!(f, "{}", items.join(","))
+    }
+}
+
 /// YAML writes these either as numbers (`workers: 4`, `timeout: 30`) or
 /// strings (`timeout: 30s`); both go through `FromStr` so the rules match
 /// the flags exactly.
@@ -237,11 +313,36 @@ macro_rules! serde_via_str {
     )*};
 }
 
-serde_via_str!(Secs, ByteSize, BindAddr, Mode);
+serde_via_str!(Secs, ByteSize, BindAddr, Mode, AllowIps);
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn allowed_peers_match_addresses_and_blocks() {
+        let allow: AllowIps = "127.0.0.1, 10.0.0.0/8,::1,fd00::/8".parse().unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(allow.allows(ip("127.0.0.1")));
+        assert!(
+            allow.allows(ip("::ffff:127.0.0.1")),
+            "v4-mapped counts as v4"
+        );
+        assert!(allow.allows(ip("10.200.3.4")));
+        assert!(!allow.allows(ip("11.0.0.1")));
+        assert!(allow.allows(ip("fd12::1")));
+        assert!(!allow.allows(ip("fe80::1")));
+        assert!("*".parse::<AllowIps>().unwrap().allows(ip("8.8.8.8")));
+        assert!(!"".parse::<AllowIps>().unwrap().allows(ip("127.0.0.1")));
+        assert!("10.0.0.0/33".parse::<AllowIps>().is_err());
+        assert!("localhost".parse::<AllowIps>().is_err());
+        assert!(
+            "10.1.0.0/12"
+                .parse::<AllowIps>()
+                .unwrap()
+                .allows(ip("10.15.255.1"))
+        );
+    }
 
     #[test]
     fn durations() {
@@ -342,6 +443,15 @@ mod tests {
                 let _ = s.parse::<ByteSize>();
                 let _ = s.parse::<BindAddr>();
                 let _ = s.parse::<Mode>();
+                let _ = s.parse::<AllowIps>();
+            }
+
+            #[test]
+            fn address_lists_never_panic(s in "[0-9a-f:.*/, ]{0,40}") {
+                if let Ok(allow) = s.parse::<AllowIps>() {
+                    let _ = allow.allows(IpAddr::from([127, 0, 0, 1]));
+                    prop_assert_eq!(allow.to_string().parse::<AllowIps>(), Ok(allow));
+                }
             }
 
             #[test]

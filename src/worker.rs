@@ -63,6 +63,13 @@ fn adopt(fd: RawFd) -> std::io::Result<Listener> {
     let socket = Socket::from(unsafe { OwnedFd::from_raw_fd(fd) });
     socket.set_cloexec(true)?;
     socket.set_nonblocking(true)?;
+    // Proxy mode hands over a bound socket that is not listening yet:
+    // listening is how this worker says it is ready to serve.
+    if !nix::sys::socket::getsockopt(&socket, nix::sys::socket::sockopt::AcceptConn)
+        .map_err(std::io::Error::from)?
+    {
+        socket.listen(1024)?;
+    }
     let is_tcp = socket.local_addr()?.as_socket().is_some();
     let owned = OwnedFd::from(socket);
     Ok(if is_tcp {

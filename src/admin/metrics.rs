@@ -21,6 +21,15 @@ pub struct Metrics {
     rss: IntGaugeVec,
     queue: IntGaugeVec,
     cgroup_memory_limit: IntGauge,
+    proxy: ProxyGauges,
+}
+
+/// Proxy mode's moment-to-moment series, from the snapshot; rendered only
+/// when the manager runs a front.
+struct ProxyGauges {
+    in_flight: IntGauge,
+    queued: IntGauge,
+    worker_requests: IntCounterVec,
 }
 
 impl Metrics {
@@ -67,6 +76,23 @@ impl Metrics {
             "corral_cgroup_memory_limit_bytes",
             "Memory limit of the manager's cgroup (absent without one).",
         )?;
+        let proxy = ProxyGauges {
+            in_flight: IntGauge::new(
+                "corral_http_requests_in_flight",
+                "Requests the workers hold now (proxy mode).",
+            )?,
+            queued: IntGauge::new(
+                "corral_http_queue_length",
+                "Requests waiting in the proxy's queue for a worker.",
+            )?,
+            worker_requests: IntCounterVec::new(
+                Opts::new(
+                    "corral_worker_requests_total",
+                    "Requests the proxy sent to each worker since it started.",
+                ),
+                &["worker"],
+            )?,
+        };
         let build_info =
             IntGaugeVec::new(Opts::new("build_info", "corral's version."), &["version"])?;
         build_info
@@ -95,7 +121,14 @@ impl Metrics {
             rss,
             queue,
             cgroup_memory_limit,
+            proxy,
         })
+    }
+
+    /// Where other parts register their series (proxy mode's request
+    /// counters), so that one scrape shows them all.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 
     /// Renders the text exposition format from the registry and `snapshot`.
@@ -146,8 +179,23 @@ impl Metrics {
             families.extend(prometheus::core::Collector::collect(
                 &self.cgroup_memory_limit,
             ));
-            families.sort_by(|a, b| a.name().cmp(b.name()));
         }
+        if doc.concurrency.is_some() {
+            let p = &self.proxy;
+            let in_flight: u32 = doc.workers.iter().filter_map(|w| w.in_flight).sum();
+            p.in_flight.set(i64::from(in_flight));
+            p.queued.set(i64::from(doc.queued.unwrap_or(0)));
+            p.worker_requests.reset();
+            for w in &doc.workers {
+                p.worker_requests
+                    .with_label_values(&[w.id.to_string().as_str()])
+                    .inc_by(w.requests.unwrap_or(0));
+            }
+            families.extend(prometheus::core::Collector::collect(&p.in_flight));
+            families.extend(prometheus::core::Collector::collect(&p.queued));
+            families.extend(prometheus::core::Collector::collect(&p.worker_requests));
+        }
+        families.sort_by(|a, b| a.name().cmp(b.name()));
         let mut out = Vec::new();
         // Encoding into a Vec cannot fail for well-formed families.
         let _ = TextEncoder::new().encode(&families, &mut out);

@@ -7,12 +7,12 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
-use hyper::body::Incoming;
+use hyper::body::{Body, Incoming};
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
@@ -56,22 +56,47 @@ enum Conn {
     Unix(UnixStream),
 }
 
+/// The client's address, in each request's extensions (`None` on a Unix
+/// socket): the proxy's X-Forwarded-For and its trust rule read it.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub Option<SocketAddr>);
+
+/// What a handler may answer with: any body of bytes (a full one, or the
+/// proxy's stream from a worker).
+pub trait ResponseBody: Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static {}
+impl<B: Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static> ResponseBody for B {}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Serves `handle` on every listener until `shutdown` turns true (or its
-/// sender is dropped), then lets the connections accepted so far finish.
-pub async fn serve<F, Fut>(
+/// sender is dropped), then lets the connections accepted so far finish,
+/// those still in the kernel's accept queue included: they are taken in
+/// and answered before the listeners close, so no client that connected in
+/// time is reset. Requests carry their [`Peer`]; `Upgrade` (WebSocket)
+/// connections are handed over to whatever the handler does with them.
+pub async fn serve<F, Fut, B>(
     listeners: Vec<Listener>,
     limits: Limits,
     handle: F,
     mut shutdown: watch::Receiver<bool>,
 ) where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: ResponseBody,
+    B::Data: Send,
 {
     let slots = Arc::new(Semaphore::new(limits.connections.max(1)));
     let (accepted_tx, mut accepted) = mpsc::unbounded_channel();
     let acceptors: Vec<_> = listeners
         .into_iter()
-        .map(|l| tokio::spawn(accept(l, slots.clone(), accepted_tx.clone())))
+        .map(|l| {
+            tokio::spawn(accept(
+                l,
+                slots.clone(),
+                accepted_tx.clone(),
+                shutdown.clone(),
+            ))
+        })
         .collect();
     drop(accepted_tx);
     let mut connections = JoinSet::new();
@@ -92,14 +117,19 @@ pub async fn serve<F, Fut>(
             _ = stopped(&mut shutdown) => break,
         }
     }
-    // Stop accepting (the listeners close with their tasks), but serve
-    // every connection the kernel already handed over.
-    for a in &acceptors {
-        a.abort();
+    // Stop accepting: each acceptor takes in what is queued and returns,
+    // closing its listener; every connection handed over is served.
+    loop {
+        tokio::select! {
+            conn = accepted.recv() => match conn {
+                Some(conn) => spawn(&mut connections, conn),
+                None => break,
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
     }
-    accepted.close();
-    while let Ok(conn) = accepted.try_recv() {
-        spawn(&mut connections, conn);
+    for a in acceptors {
+        let _ = a.await;
     }
     let drained = async { while connections.join_next().await.is_some() {} };
     match limits.shutdown_grace {
@@ -112,22 +142,35 @@ pub async fn serve<F, Fut>(
     }
 }
 
+/// A connection taken in, with its place under the cap (none for those
+/// taken from the queue at shutdown, which must not wait for one).
+type Accepted = (Conn, Option<OwnedSemaphorePermit>);
+
+async fn accept_one(listener: &Listener) -> std::io::Result<Conn> {
+    match listener {
+        Listener::Tcp(l) => l.accept().await.map(|(s, _)| {
+            // Small answers must not wait for Nagle.
+            let _ = s.set_nodelay(true);
+            Conn::Tcp(s)
+        }),
+        Listener::Unix(l) => l.accept().await.map(|(s, _)| Conn::Unix(s)),
+    }
+}
+
 async fn accept(
     listener: Listener,
     slots: Arc<Semaphore>,
-    accepted: mpsc::UnboundedSender<(Conn, OwnedSemaphorePermit)>,
+    accepted: mpsc::UnboundedSender<Accepted>,
+    mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            return;
+        let next = async {
+            let permit = slots.clone().acquire_owned().await.ok();
+            (accept_one(&listener).await, permit)
         };
-        let conn = match &listener {
-            Listener::Tcp(l) => l.accept().await.map(|(s, _)| {
-                // Small answers must not wait for Nagle.
-                let _ = s.set_nodelay(true);
-                Conn::Tcp(s)
-            }),
-            Listener::Unix(l) => l.accept().await.map(|(s, _)| Conn::Unix(s)),
+        let (conn, permit) = tokio::select! {
+            next = next => next,
+            _ = stopped(&mut shutdown) => break,
         };
         match conn {
             Ok(c) => {
@@ -142,36 +185,54 @@ async fn accept(
             }
         }
     }
+    // A zero timeout still polls the accept once: it takes what the kernel
+    // has queued and stops at the first would-block.
+    while let Ok(Ok(conn)) = tokio::time::timeout(Duration::ZERO, accept_one(&listener)).await {
+        if accepted.send((conn, None)).is_err() {
+            return;
+        }
+    }
 }
 
-async fn connection<F, Fut>(
+async fn connection<F, Fut, B>(
     conn: Conn,
-    permit: OwnedSemaphorePermit,
+    permit: Option<OwnedSemaphorePermit>,
     handle: F,
     limits: Limits,
     shutdown: watch::Receiver<bool>,
 ) where
     F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: ResponseBody,
 {
     match conn {
-        Conn::Tcp(s) => serve_io(TokioIo::new(s), handle, limits, shutdown).await,
-        Conn::Unix(s) => serve_io(TokioIo::new(s), handle, limits, shutdown).await,
+        Conn::Tcp(s) => {
+            let peer = Peer(s.peer_addr().ok());
+            serve_io(TokioIo::new(s), peer, handle, limits, shutdown).await
+        }
+        Conn::Unix(s) => serve_io(TokioIo::new(s), Peer(None), handle, limits, shutdown).await,
     }
     drop(permit);
 }
 
-async fn serve_io<I, F, Fut>(io: I, handle: F, limits: Limits, mut shutdown: watch::Receiver<bool>)
-where
+async fn serve_io<I, F, Fut, B>(
+    io: I,
+    peer: Peer,
+    handle: F,
+    limits: Limits,
+    mut shutdown: watch::Receiver<bool>,
+) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: ResponseBody,
 {
     let requested = Arc::new(Notify::new());
     let service = {
         let requested = requested.clone();
-        hyper::service::service_fn(move |req| {
+        hyper::service::service_fn(move |mut req: Request<Incoming>| {
             requested.notify_one();
+            req.extensions_mut().insert(peer);
             let answer = handle(req);
             async move { Ok::<_, Infallible>(answer.await) }
         })
@@ -179,7 +240,8 @@ where
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
-        .serve_connection(io, service);
+        .serve_connection(io, service)
+        .with_upgrades();
     tokio::pin!(conn);
     let result = tokio::select! {
         result = conn.as_mut() => result,
@@ -207,6 +269,7 @@ async fn stopped(shutdown: &mut watch::Receiver<bool>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http_body_util::Full;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

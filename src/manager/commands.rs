@@ -139,7 +139,12 @@ impl Manager {
 
     pub(super) fn policy(&self) -> Policy {
         Policy {
-            readiness: self.config.readiness,
+            // Proxy mode: ready when it answers on its socket (or says so).
+            readiness: if self.proxy.is_some() {
+                crate::config::Readiness::Notify
+            } else {
+                self.config.readiness
+            },
             boot_grace: self.config.boot_grace,
             boot_timeout: self.config.boot_timeout,
             watchdog: self.config.timeout,

@@ -95,6 +95,16 @@ impl Manager {
     /// ask every worker to stop.
     pub(super) fn stop_everything(&mut self, quick: bool, now: Instant) {
         self.listeners.clear();
+        if let Some(p) = &self.proxy {
+            // The front stops accepting and lets its clients finish; the
+            // workers are told once it has ([`Manager::tell_workers_at_shutdown`]).
+            p.front.stop();
+            info!(
+                quick,
+                "front: no new connections; requests in progress finish"
+            );
+            return;
+        }
         let (signal, grace) = if quick {
             (Sig::SIGQUIT, Duration::from_secs(1))
         } else {
@@ -138,12 +148,16 @@ impl Manager {
         if config.binds != self.config.binds || config.backlog != self.config.backlog {
             warn!("listener changes take effect on re-exec (USR2) or restart, not on HUP");
         }
+        if config.proxy != self.config.proxy {
+            warn!("proxy settings take effect on restart, not on HUP");
+        }
         self.command = command;
         self.config = Config {
             binds: self.config.binds.clone(),
             backlog: self.config.backlog,
             socket_mode: self.config.socket_mode,
             admin_bind: self.config.admin_bind,
+            proxy: self.config.proxy.clone(),
             ..config
         };
         self.generation += 1;

@@ -35,6 +35,23 @@ impl Listener {
     pub fn fd(&self) -> RawFd {
         self.socket.as_raw_fd()
     }
+
+    /// A second descriptor of the socket for corral's own server (proxy
+    /// mode's front), non-blocking; the socket closes once both are gone.
+    pub fn serve_copy(&self) -> io::Result<crate::http::server::Listener> {
+        let copy = self.socket.try_clone()?;
+        copy.set_nonblocking(true)?;
+        let fd = std::os::fd::OwnedFd::from(copy);
+        Ok(if self.is_tcp {
+            crate::http::server::Listener::Tcp(tokio::net::TcpListener::from_std(
+                std::net::TcpListener::from(fd),
+            )?)
+        } else {
+            crate::http::server::Listener::Unix(tokio::net::UnixListener::from_std(
+                std::os::unix::net::UnixListener::from(fd),
+            )?)
+        })
+    }
 }
 
 /// Sockets handed to this process at start, matched to binds by address.

@@ -31,6 +31,12 @@ pub struct WorkerFacts {
     /// Chosen for recycling: replaced like an old generation, successor
     /// first, then drained.
     pub retiring: bool,
+    /// Proxy mode: requests sent to it so far, and its `--max-requests`
+    /// limit (jitter included, fixed at its start).
+    pub requests: u64,
+    pub max_requests: Option<u64>,
+    /// Proxy mode, `--kill-stuck`: a request to it passed `--request-timeout`.
+    pub stuck: bool,
 }
 
 impl WorkerFacts {
@@ -48,6 +54,9 @@ impl WorkerFacts {
             retire_at: None,
             rss_over: 0,
             retiring: false,
+            requests: 0,
+            max_requests: None,
+            stuck: false,
         }
     }
 }
@@ -94,6 +103,8 @@ pub enum Action {
 pub enum Recycle {
     Lifetime,
     Memory,
+    Requests,
+    RequestTimeout,
 }
 
 impl Recycle {
@@ -101,6 +112,8 @@ impl Recycle {
         match self {
             Recycle::Lifetime => "max-worker-lifetime",
             Recycle::Memory => "max-worker-memory",
+            Recycle::Requests => "max-requests",
+            Recycle::RequestTimeout => "request-timeout",
         }
     }
 }
@@ -205,11 +218,18 @@ fn ids(actions: &[Action], pick: impl Fn(&Action) -> bool) -> Vec<u32> {
         .collect()
 }
 
-/// A ready worker's recycling reason, if it is due: past its lifetime, or
-/// over the memory limit for enough samples in a row.
+/// A ready worker's recycling reason, if it is due: stuck on a request,
+/// past its request count or its lifetime, or over the memory limit for
+/// enough samples in a row.
 fn recycle(w: &WorkerFacts, policy: &Policy, now: Instant) -> Option<Recycle> {
     if w.retiring {
         return None;
+    }
+    if w.stuck {
+        return Some(Recycle::RequestTimeout);
+    }
+    if w.max_requests.is_some_and(|limit| w.requests >= limit) {
+        return Some(Recycle::Requests);
     }
     if w.retire_at.is_some_and(|at| now >= at) {
         return Some(Recycle::Lifetime);
@@ -237,6 +257,12 @@ fn drain_order<'a>(
             .then(b.started.cmp(&a.started))
     });
     order
+}
+
+/// A worker's request limit: `limit` plus `random` spread over
+/// 0..=jitter, as Gunicorn's `--max-requests-jitter`.
+pub fn request_limit(limit: u64, jitter: u64, random: u64) -> u64 {
+    limit.saturating_add(random % jitter.saturating_add(1))
 }
 
 /// A worker's share of `max`: `random` spread over 0..=max, in

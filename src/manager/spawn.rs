@@ -38,17 +38,35 @@ pub enum SpawnError {
     Nul,
 }
 
-/// Replaces `{fd}` (the first listener) and `{fdN}` in each argument.
-pub fn render_args(args: &[String], first_fd: RawFd, count: usize) -> Vec<String> {
+/// Replaces `{fd}` (the first listener) and `{fdN}` in each argument, and
+/// in proxy mode `{socket}` with the worker's socket path.
+pub fn render_args(
+    args: &[String],
+    first_fd: RawFd,
+    count: usize,
+    socket: Option<&Path>,
+) -> Vec<String> {
     args.iter()
         .map(|arg| {
             let mut out = arg.replace("{fd}", &first_fd.to_string());
             for i in 0..count {
                 out = out.replace(&format!("{{fd{i}}}"), &(first_fd + i as RawFd).to_string());
             }
+            if let Some(path) = socket {
+                out = out.replace(SOCKET_PLACEHOLDER, &path.to_string_lossy());
+            }
             out
         })
         .collect()
+}
+
+/// Proxy mode's placeholder for the worker's socket path.
+pub const SOCKET_PLACEHOLDER: &str = "{socket}";
+
+/// A command that names `{socket}` and no `{fd}` binds the path itself
+/// (`gunicorn -b unix:{socket}`): corral must not bind it first.
+pub fn binds_itself(args: &[String]) -> bool {
+    args.iter().any(|a| a.contains(SOCKET_PLACEHOLDER)) && !args.iter().any(|a| a.contains("{fd"))
 }
 
 /// Finds `program` as `execvp` would, so a missing command is reported at
@@ -254,9 +272,28 @@ mod tests {
             .map(|s| s.to_string())
             .collect();
         assert_eq!(
-            render_args(&args, 3, 2),
+            render_args(&args, 3, 2, None),
             vec!["--fd", "3", "--other=4", "3", "plain"]
         );
+    }
+
+    #[test]
+    fn the_socket_placeholder_is_rendered_and_tells_who_binds() {
+        let own: Vec<String> = ["-b", "unix:{socket}"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(
+            render_args(&own, 3, 0, Some(Path::new("/run/c/worker-1.sock"))),
+            vec!["-b", "unix:/run/c/worker-1.sock"]
+        );
+        assert!(binds_itself(&own));
+        let fd: Vec<String> = ["--fd", "{fd}", "--log={socket}"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert!(!binds_itself(&fd), "given {{fd}}, corral binds");
+        assert!(!binds_itself(&[]));
     }
 
     #[test]

@@ -27,6 +27,9 @@ pub struct Worker {
     pub status: Option<String>,
     pub usage: Option<ProcUsage>,
     pub cpu_samples: VecDeque<(Instant, f64)>,
+    /// Proxy mode: draining, its stop signal held back until the front's
+    /// last request on it has finished.
+    pub awaiting_idle: bool,
 }
 
 impl Worker {
@@ -48,6 +51,7 @@ impl Worker {
             status: None,
             usage: None,
             cpu_samples: VecDeque::new(),
+            awaiting_idle: false,
         }
     }
 

@@ -80,6 +80,7 @@ fn manager(settings: Settings) -> (Manager, Fake, watch::Receiver<Arc<Snapshot>>
         config,
         handoff: None,
         admin_fd: -1,
+        proxy_metrics: None,
     };
     let m = Manager::new(start, Box::new(fake.clone()), tx).unwrap();
     (m, fake, rx)

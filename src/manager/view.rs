@@ -119,14 +119,21 @@ impl Manager {
             },
             last_limited: self.last_limited.clone(),
             cpu_utilisation,
-            concurrency: None,
-            queued: None,
+            concurrency: self.proxy.as_ref().map(|p| p.mean_concurrency()),
+            queued: self.proxy.as_ref().map(|p| p.queued),
             workers: self
                 .table
                 .workers
                 .iter()
                 .map(|w| {
                     let slot = self.table.slots.get(&w.facts.id);
+                    let load = self.proxy.as_ref().map(|p| {
+                        p.load(crate::proxy::Key {
+                            id: w.facts.id,
+                            pid: w.pid.as_raw(),
+                        })
+                        .map_or((0, 0), |l| (l.in_flight, l.requests))
+                    });
                     WorkerDoc {
                         id: w.facts.id,
                         pid: w.pid.as_raw(),
@@ -138,8 +145,8 @@ impl Manager {
                         cpu_utilisation: w.facts.cpu_recent,
                         rss_bytes: w.usage.map_or(0, |u| u.rss_bytes),
                         status: w.status.clone(),
-                        in_flight: None,
-                        requests: None,
+                        in_flight: load.map(|l| l.0),
+                        requests: load.map(|l| l.1),
                         last_exit: slot.and_then(|s| s.last_exit.clone()),
                     }
                 })

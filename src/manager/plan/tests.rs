@@ -290,3 +290,34 @@ fn jitter_stays_within_its_bound() {
     assert_eq!(jitter(max, 10_001), Duration::ZERO);
     assert!((0..1000u64).all(|r| jitter(max, r * 7919) <= max));
 }
+
+#[test]
+fn a_worker_at_its_request_limit_or_stuck_is_recycled() {
+    let t0 = Instant::now();
+    let mut ws = vec![
+        worker(1, 1, WorkerState::Ready, t0),
+        worker(2, 1, WorkerState::Ready, t0),
+    ];
+    ws[0].max_requests = Some(20);
+    ws[0].requests = 19;
+    assert!(run(2, 1, &ws, t0).is_empty(), "one short of the limit");
+    ws[0].requests = 20;
+    let a = run(2, 1, &ws, t0);
+    assert!(a.contains(&Action::Recycle(1, Recycle::Requests)), "{a:?}");
+    assert_eq!(spawns(&a), 1, "successor first");
+    assert!(drains(&a).is_empty());
+    ws[1].stuck = true;
+    let a = run(2, 1, &ws, t0);
+    assert!(
+        a.contains(&Action::Recycle(2, Recycle::RequestTimeout)),
+        "{a:?}"
+    );
+}
+
+#[test]
+fn request_limits_spread_over_the_jitter() {
+    assert_eq!(request_limit(100, 0, 987), 100);
+    assert_eq!(request_limit(100, 10, 10), 110);
+    assert_eq!(request_limit(100, 10, 11), 100);
+    assert_eq!(request_limit(u64::MAX, u64::MAX, u64::MAX), u64::MAX);
+}

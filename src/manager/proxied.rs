@@ -1,0 +1,291 @@
+//! The manager's side of proxy mode: a socket per worker slot in the
+//! private runtime directory, readiness when the worker answers on it,
+//! and the worker table kept in step with the front's [`Backends`] after
+//! every pass: ready workers opened, draining ones closed and sent their
+//! stop signal only once idle, the front's counts read back for the
+//! planner (requests, stuck) and the documents (in flight, concurrency).
+
+use std::collections::VecDeque;
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal as Sig;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::config::ProxyConfig;
+use crate::contract::{ExitReason, WorkerState};
+use crate::http::server::Listener as ServerListener;
+use crate::proxy::sockets::{DirError, RuntimeDir};
+use crate::proxy::{self, Front, Key, Load};
+
+use super::listener::Listener;
+use super::{Manager, now};
+
+/// What the front and the socket probes tell the loop.
+pub(super) enum Event {
+    /// A booting worker answered on its socket.
+    Answering(Key),
+    /// The front's loads changed in a way the manager acts on.
+    Changed,
+}
+
+/// The next event from proxy mode's parts; never, in shared mode.
+pub(super) async fn event(proxy: &mut Option<Proxied>) -> Event {
+    match proxy {
+        None => std::future::pending().await,
+        Some(p) => tokio::select! {
+            Some(key) = p.ready_rx.recv() => Event::Answering(key),
+            _ = p.front.backends.changed.notified() => Event::Changed,
+        },
+    }
+}
+
+/// How often a booting worker's socket is tried.
+const READY_POLL: Duration = Duration::from_millis(50);
+
+/// Mean concurrency is taken over this window, like the CPU rate's.
+const CONCURRENCY_WINDOW: Duration = Duration::from_secs(3);
+
+pub(super) struct Proxied {
+    pub front: Front,
+    pub dir: RuntimeDir,
+    pub config: ProxyConfig,
+    /// Ready workers reported by the socket probes.
+    pub ready_tx: mpsc::UnboundedSender<Key>,
+    pub ready_rx: mpsc::UnboundedReceiver<Key>,
+    /// (when, requests in flight per ready worker)
+    pub concurrency: VecDeque<(Instant, f64)>,
+    /// The last loads read from the front.
+    pub loads: Vec<Load>,
+    pub queued: u32,
+    /// Set at shutdown once the workers were told to go.
+    pub workers_told: bool,
+}
+
+/// The socket a worker gets: one corral bound (`{fd}`), or only a path
+/// for a server that binds it itself (`{socket}` without `{fd}`).
+pub(super) struct WorkerSocket {
+    pub fd: Option<OwnedFd>,
+    pub path: PathBuf,
+}
+
+impl Proxied {
+    /// Makes the runtime directory and starts the front on `listeners`.
+    pub fn start(
+        config: &ProxyConfig,
+        listeners: &[Listener],
+        metrics: Arc<proxy::Metrics>,
+    ) -> Result<Proxied, StartProxyError> {
+        let dir = RuntimeDir::create(config.runtime_dir.as_deref())?;
+        let served = listeners
+            .iter()
+            .map(Listener::serve_copy)
+            .collect::<std::io::Result<Vec<ServerListener>>>()?;
+        let front = Front::start(config, served, metrics);
+        let (ready_tx, ready_rx) = mpsc::unbounded_channel();
+        info!(runtime_dir = %dir.path().display(), "proxy mode: workers get their own sockets");
+        Ok(Proxied {
+            front,
+            dir,
+            config: config.clone(),
+            ready_tx,
+            ready_rx,
+            concurrency: VecDeque::new(),
+            loads: Vec::new(),
+            queued: 0,
+            workers_told: false,
+        })
+    }
+
+    /// The socket for a new worker of `slot`.
+    pub fn socket_for(&self, slot: u32, binds_itself: bool) -> std::io::Result<WorkerSocket> {
+        if binds_itself {
+            self.dir.remove(slot);
+            return Ok(WorkerSocket {
+                fd: None,
+                path: self.dir.socket_path(slot),
+            });
+        }
+        let (fd, path) = self.dir.bind(slot)?;
+        Ok(WorkerSocket { fd: Some(fd), path })
+    }
+
+    /// Watches a booting worker's socket until it answers, for at most
+    /// `limit` (the boot timeout aborts it after that anyway).
+    pub fn watch_boot(&self, key: Key, limit: Duration) {
+        let socket = self.dir.socket_path(key.id);
+        let path = self.config.worker_ready_path.clone();
+        let tx = self.ready_tx.clone();
+        tokio::spawn(async move {
+            let deadline = tokio::time::Instant::now() + limit;
+            while tokio::time::Instant::now() < deadline && !tx.is_closed() {
+                if proxy::answers(&socket, path.as_deref()).await {
+                    let _ = tx.send(key);
+                    return;
+                }
+                tokio::time::sleep(READY_POLL).await;
+            }
+        });
+    }
+
+    pub fn load(&self, key: Key) -> Option<&Load> {
+        self.loads.iter().find(|l| l.key == key)
+    }
+
+    /// Mean in-flight requests per ready worker over the window.
+    pub fn mean_concurrency(&self) -> f64 {
+        if self.concurrency.is_empty() {
+            return 0.0;
+        }
+        self.concurrency.iter().map(|(_, c)| c).sum::<f64>() / self.concurrency.len() as f64
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartProxyError {
+    #[error("invalid value for `runtime-dir`: {0}")]
+    Dir(#[from] DirError),
+    #[error("cannot serve on the listeners: {0}")]
+    Listen(#[from] std::io::Error),
+}
+
+fn key_of(w: &super::table::Worker) -> Key {
+    Key {
+        id: w.facts.id,
+        pid: w.pid.as_raw(),
+    }
+}
+
+impl Manager {
+    pub(super) fn on_proxy_event(&mut self, event: Event) {
+        match event {
+            Event::Answering(key) => self.on_answering(key),
+            // The pass that follows every event reads the new loads.
+            Event::Changed => {}
+        }
+    }
+
+    /// A probe saw the worker answer on its socket.
+    fn on_answering(&mut self, key: Key) {
+        let Some(w) = self.table.by_id(key.id) else {
+            return;
+        };
+        if w.pid.as_raw() != key.pid || !w.mark_ready() {
+            return;
+        }
+        info!(
+            worker = key.id,
+            pid = key.pid,
+            boot_ms = now().duration_since(w.facts.started).as_millis() as u64,
+            "worker ready (answers on its socket)"
+        );
+        self.failures = 0;
+        self.ever_ready = true;
+    }
+
+    /// At shutdown, once the front has let its clients go (or the graceful
+    /// timeout says enough, or the shutdown is quick), the workers are
+    /// told to stop: each gets its signal once it holds no request.
+    pub(super) fn tell_workers_at_shutdown(&mut self, now: Instant) {
+        let Some(p) = &mut self.proxy else { return };
+        let Some(shutdown) = &self.shutdown else {
+            return;
+        };
+        if !shutdown.stopping || p.workers_told {
+            return;
+        }
+        let quick = shutdown.quick;
+        if !(quick || p.front.finished() || now >= shutdown.stop_at + self.config.graceful_timeout)
+        {
+            return;
+        }
+        p.workers_told = true;
+        let grace = if quick {
+            Duration::from_secs(1)
+        } else {
+            self.config.graceful_timeout
+        };
+        for w in &mut self.table.workers {
+            if quick {
+                self.processes.signal(w.pid, Sig::SIGQUIT);
+            } else if !w.is_draining() {
+                w.awaiting_idle = true;
+            }
+            w.begin_stop(ExitReason::Drained, now + grace);
+        }
+        info!(
+            workers = self.table.workers.len(),
+            quick, "workers asked to stop"
+        );
+    }
+
+    /// Brings the front and the table into step; see the module comment.
+    pub(super) fn sync_front(&mut self, now: Instant) {
+        let Some(p) = &mut self.proxy else { return };
+        let backends = p.front.backends.clone();
+        for w in &mut self.table.workers {
+            let key = key_of(w);
+            match w.facts.state {
+                WorkerState::Ready => backends.open(key, p.dir.socket_path(key.id)),
+                WorkerState::Draining => {
+                    if backends.close(key) && w.awaiting_idle {
+                        w.awaiting_idle = false;
+                        self.processes.signal(w.pid, Sig::SIGTERM);
+                    }
+                }
+                WorkerState::Starting => {}
+            }
+        }
+        let alive = |k: Key| {
+            self.table
+                .workers
+                .iter()
+                .any(|w| w.facts.id == k.id && w.pid.as_raw() == k.pid)
+        };
+        backends.retain(alive);
+        p.front.pool.retain(alive);
+        let (loads, queued) = backends.loads();
+        p.loads = loads;
+        p.queued = queued;
+        for w in &mut self.table.workers {
+            let key = key_of(w);
+            let Some(load) = p.loads.iter().find(|l| l.key == key) else {
+                continue;
+            };
+            w.facts.requests = load.requests;
+            w.facts.stuck = load.stuck;
+            if load.broken && w.facts.state == WorkerState::Ready && !w.facts.killed {
+                warn!(
+                    worker = key.id,
+                    pid = key.pid,
+                    "worker refuses connections on its socket: replacing it"
+                );
+                w.begin_stop(ExitReason::Crashed, now);
+                w.stop_reason = Some(ExitReason::Crashed);
+                w.mark_killed();
+                self.processes.signal_group(w.pid, Sig::SIGKILL);
+                self.processes.signal(w.pid, Sig::SIGKILL);
+            }
+        }
+    }
+
+    /// Samples the requests in flight per ready worker (each tick).
+    pub(super) fn sample_concurrency(&mut self) {
+        let Some(p) = &mut self.proxy else { return };
+        let now = now();
+        let in_flight: u32 = p.loads.iter().map(|l| l.in_flight).sum();
+        let ready = self.table.ready_count().max(1);
+        p.concurrency
+            .push_back((now, f64::from(in_flight) / f64::from(ready)));
+        while p
+            .concurrency
+            .front()
+            .is_some_and(|(t, _)| now.duration_since(*t) > CONCURRENCY_WINDOW)
+        {
+            p.concurrency.pop_front();
+        }
+    }
+}

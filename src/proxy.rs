@@ -1,0 +1,357 @@
+//! Proxy mode's front (`corral run --proxy`): corral accepts on `--bind`
+//! itself and forwards each request over keep-alive HTTP/1.1 to the least
+//! busy worker, each worker on its own Unix socket. Because every request
+//! passes here, a draining worker is stopped only once it holds none, a
+//! request that never reached a worker (or an idempotent one whose worker
+//! died before answering) is sent again elsewhere, and overload is
+//! answered 503 with `Retry-After` from a bounded queue instead of a
+//! reset. The manager opens and closes workers in [`Backends`]; this
+//! module only moves requests.
+
+pub mod backends;
+pub mod body;
+pub mod headers;
+pub mod metrics;
+pub mod pool;
+pub mod sockets;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper_util::rt::TokioIo;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{debug, warn};
+
+use crate::config::ProxyConfig;
+use crate::http::server::{self, Limits, Listener, Peer};
+pub use backends::{Backends, Key, Load};
+use backends::{Lease, Refusal};
+use body::{Done, FrontBody, Held, Outgoing};
+pub use metrics::Metrics;
+use metrics::Retry;
+use pool::{ConnectError, Pool};
+
+/// The front's server limits: many clients, keep-alive, and at shutdown
+/// a second for a client that connected just in time to send its request.
+const LIMITS: Limits = Limits {
+    connections: 16384,
+    header_read_timeout: Duration::from_secs(30),
+    shutdown_grace: None,
+    first_request_grace: Duration::from_secs(1),
+};
+
+/// Attempts per request at most: a request is sent again after a refused
+/// connection (to another worker each time) or once after a failure that
+/// left it unanswered.
+const MAX_ATTEMPTS: u32 = 4;
+
+/// What every request handler shares.
+struct Shared {
+    backends: Arc<Backends>,
+    pool: Arc<Pool>,
+    metrics: Arc<Metrics>,
+    config: ProxyConfig,
+}
+
+/// The running front, as the manager holds it.
+pub struct Front {
+    pub backends: Arc<Backends>,
+    pub pool: Arc<Pool>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Front {
+    /// Starts serving on `listeners`. Requests wait in the queue until the
+    /// manager opens a first worker.
+    pub fn start(config: &ProxyConfig, listeners: Vec<Listener>, metrics: Arc<Metrics>) -> Front {
+        let backends = Backends::new(
+            config.worker_concurrency,
+            config.max_queue,
+            config.queue_timeout,
+        );
+        let pool = Arc::new(Pool::default());
+        let shared = Arc::new(Shared {
+            backends: backends.clone(),
+            pool: pool.clone(),
+            metrics,
+            config: config.clone(),
+        });
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(server::serve(
+            listeners,
+            LIMITS,
+            move |req| {
+                let shared = shared.clone();
+                async move { shared.handle(req).await }
+            },
+            stopped,
+        ));
+        Front {
+            backends,
+            pool,
+            stop,
+            task,
+        }
+    }
+
+    /// Stops accepting (what the kernel already queued is still taken in
+    /// and answered); requests in progress finish with `Connection: close`.
+    pub fn stop(&self) {
+        let _ = self.stop.send(true);
+    }
+
+    /// Every client connection is done.
+    pub fn finished(&self) -> bool {
+        self.task.is_finished()
+    }
+}
+
+fn answer(status: StatusCode, text: &'static str) -> Response<FrontBody> {
+    let mut r = Response::new(FrontBody::full(text));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+/// RFC 9110's idempotent methods: sending one twice means what sending it
+/// once does.
+fn idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// The head of a request as it goes to a worker, kept to build each attempt.
+struct Head {
+    method: Method,
+    uri: Uri,
+    headers: hyper::HeaderMap,
+}
+
+impl Head {
+    fn request(&self, body: Outgoing) -> Request<Outgoing> {
+        let mut req = Request::new(body);
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.version_mut() = Version::HTTP_11;
+        *req.headers_mut() = self.headers.clone();
+        req
+    }
+}
+
+impl Shared {
+    async fn handle(&self, req: Request<Incoming>) -> Response<FrontBody> {
+        let started = Instant::now();
+        let method = req.method().clone();
+        let response = self.forward(req, started).await;
+        self.metrics.answered(response.status().as_u16(), &method);
+        if !matches!(response.body(), FrontBody::Proxied { .. }) {
+            self.metrics.observe_duration(started.elapsed());
+        }
+        response
+    }
+
+    async fn forward(&self, mut req: Request<Incoming>, started: Instant) -> Response<FrontBody> {
+        let peer = req
+            .extensions()
+            .get::<Peer>()
+            .and_then(|p| p.0)
+            .map(|a| a.ip());
+        let upgrade = headers::is_upgrade(req.headers());
+        let client_side = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let (parts, body) = req.into_parts();
+        let mut head = Head {
+            method: parts.method,
+            uri: parts.uri.path_and_query().map_or_else(
+                || Uri::from_static("/"),
+                |pq| Uri::try_from(pq.as_str()).unwrap_or_else(|_| Uri::from_static("/")),
+            ),
+            headers: parts.headers,
+        };
+        headers::strip_hop_by_hop(&mut head.headers, upgrade);
+        headers::set_forwarded(&mut head.headers, peer, &self.config.forwarded_allow_ips);
+        let mut body = match Held::read(body).await {
+            Ok(b) => b,
+            Err(e) => {
+                debug!(error = %e, "reading a request body");
+                return answer(
+                    StatusCode::BAD_REQUEST,
+                    "the request body could not be read\n",
+                );
+            }
+        };
+        let retry_ok = idempotent(&head.method) && body.replayable() && !upgrade;
+        let mut avoid = None;
+        let mut retried = false;
+        for _ in 0..MAX_ATTEMPTS {
+            let waited = Instant::now();
+            let lease = match self.backends.acquire(avoid).await {
+                Ok(l) => l,
+                Err(refusal) => return refused(refusal),
+            };
+            self.metrics.observe_queue_wait(waited.elapsed());
+            let key = lease.key;
+            let mut sender = match self.pool.checkout(key, &lease.socket).await {
+                Ok(s) => s,
+                Err(e) => {
+                    if matches!(e, ConnectError::Refused(_)) {
+                        self.backends.mark_broken(key);
+                    }
+                    debug!(worker = key.id, error = %e, "retrying on another worker");
+                    self.metrics.retried(Retry::Connect);
+                    avoid = Some(key);
+                    continue;
+                }
+            };
+            let Some(outgoing) = body.take() else {
+                break;
+            };
+            let sent = sender.try_send_request(head.request(outgoing));
+            let result = match self.config.request_timeout {
+                None => Ok(sent.await),
+                Some(limit) => tokio::time::timeout(limit, sent).await,
+            };
+            match result {
+                Ok(Ok(response)) => {
+                    return self.respond(response, lease, sender, started, client_side);
+                }
+                Ok(Err(mut failed)) => {
+                    if let Some(unsent) = failed.take_message() {
+                        body.put_back(unsent.into_body());
+                        self.metrics.retried(Retry::Unsent);
+                        avoid = Some(key);
+                        continue;
+                    }
+                    let error = failed.into_error();
+                    if retry_ok && !retried {
+                        retried = true;
+                        debug!(worker = key.id, error = %error, "no answer: retrying once");
+                        self.metrics.retried(Retry::NoResponse);
+                        avoid = Some(key);
+                        continue;
+                    }
+                    warn!(worker = key.id, error = %error, method = %head.method, path = %head.uri, "worker failed the request");
+                    return answer(StatusCode::BAD_GATEWAY, "the worker failed to answer\n");
+                }
+                Err(_elapsed) => {
+                    warn!(worker = key.id, method = %head.method, path = %head.uri, "request timed out");
+                    if self.config.kill_stuck {
+                        self.backends.mark_stuck(key);
+                    }
+                    return answer(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "the worker did not answer in time\n",
+                    );
+                }
+            }
+        }
+        answer(
+            StatusCode::BAD_GATEWAY,
+            "no worker could take the request\n",
+        )
+    }
+
+    fn respond(
+        &self,
+        mut response: Response<Incoming>,
+        lease: Lease,
+        sender: pool::Sender,
+        started: Instant,
+        client_side: Option<hyper::upgrade::OnUpgrade>,
+    ) -> Response<FrontBody> {
+        let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+        let worker_side = switching.then(|| hyper::upgrade::on(&mut response));
+        let (mut parts, body) = response.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers, switching);
+        if let (Some(client_side), Some(worker_side)) = (client_side, worker_side) {
+            tokio::spawn(tunnel(client_side, worker_side, lease));
+            drop(sender);
+            return Response::from_parts(parts, FrontBody::empty());
+        }
+        let done = Done {
+            lease,
+            sender: Some(sender),
+            pool: self.pool.clone(),
+            metrics: self.metrics.clone(),
+            started,
+        };
+        Response::from_parts(
+            parts,
+            FrontBody::Proxied {
+                body,
+                done: Some(done),
+            },
+        )
+    }
+}
+
+fn refused(refusal: Refusal) -> Response<FrontBody> {
+    let mut r = answer(
+        StatusCode::SERVICE_UNAVAILABLE,
+        match refusal {
+            Refusal::QueueFull => "too many requests are waiting for a worker\n",
+            Refusal::Timeout => "no worker was free in time\n",
+        },
+    );
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    r
+}
+
+/// Copies bytes both ways between an upgraded client connection and its
+/// worker until either side closes; the worker stays busy meanwhile.
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    worker: hyper::upgrade::OnUpgrade,
+    lease: Lease,
+) {
+    match tokio::try_join!(client, worker) {
+        Ok((client, worker)) => {
+            let mut client = TokioIo::new(client);
+            let mut worker = TokioIo::new(worker);
+            if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut worker).await {
+                debug!(error = %e, "upgraded connection");
+            }
+        }
+        Err(e) => debug!(error = %e, "upgrade failed"),
+    }
+    drop(lease);
+}
+
+/// Whether a worker answers on its socket: it accepts a connection, and
+/// with `path`, a GET of it gets a status below 500 within two seconds.
+pub async fn answers(socket: &std::path::Path, path: Option<&str>) -> bool {
+    let Ok(stream) = tokio::net::UnixStream::connect(socket).await else {
+        return false;
+    };
+    let Some(path) = path else {
+        return true;
+    };
+    let probe = async {
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .ok()?;
+        tokio::spawn(conn);
+        let req = Request::get(path)
+            .header(header::HOST, "localhost")
+            .header(header::USER_AGENT, "corral-ready-probe")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .ok()?;
+        let response = sender.send_request(req).await.ok()?;
+        Some(response.status().as_u16() < 500)
+    };
+    tokio::time::timeout(Duration::from_secs(2), probe)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+}

@@ -1,0 +1,102 @@
+//! Keep-alive HTTP/1.1 connections to the workers, one idle list per
+//! worker process. hyper's connection-level client is used rather than a
+//! pooled `Client`: a connection is made before the request is handed
+//! over, so a worker that refuses it leaves the request (body and all) in
+//! the front's hands to send elsewhere, and `try_send_request` gives back
+//! a request the connection closed before writing. Those are the two
+//! "never reached a worker" cases a retry is always safe for.
+
+use std::collections::HashMap;
+use std::io;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::UnixStream;
+use tracing::debug;
+
+use super::backends::Key;
+use super::body::Outgoing;
+
+/// Idle connections kept per worker; more are closed when they come back.
+const IDLE_PER_WORKER: usize = 64;
+
+/// How long an idle connection is reused: well under the keep-alive
+/// timeouts of worker servers (Uvicorn's is 5 s, Gunicorn's 2 s), so the
+/// front does not write a request just as the worker closes the connection.
+const IDLE_TIMEOUT: Duration = Duration::from_millis(1500);
+
+pub type Sender = SendRequest<Outgoing>;
+
+#[derive(Default)]
+pub struct Pool {
+    idle: Mutex<HashMap<Key, Vec<(Sender, Instant)>>>,
+}
+
+/// A connection could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// Nobody listens on the socket: the worker is gone or going.
+    #[error("worker socket refused the connection: {0}")]
+    Refused(io::Error),
+    #[error("cannot connect to the worker: {0}")]
+    Other(#[from] io::Error),
+    #[error("HTTP handshake with the worker: {0}")]
+    Handshake(#[from] hyper::Error),
+}
+
+impl Pool {
+    /// An idle connection ready for a request, else a new one.
+    pub async fn checkout(&self, key: Key, socket: &Path) -> Result<Sender, ConnectError> {
+        if let Some(sender) = self.take_idle(key) {
+            return Ok(sender);
+        }
+        let stream = UnixStream::connect(socket)
+            .await
+            .map_err(|e| match e.kind() {
+                io::ErrorKind::ConnectionRefused | io::ErrorKind::NotFound => {
+                    ConnectError::Refused(e)
+                }
+                _ => ConnectError::Other(e),
+            })?;
+        let (sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                debug!(error = %e, "worker connection");
+            }
+        });
+        Ok(sender)
+    }
+
+    fn take_idle(&self, key: Key) -> Option<Sender> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let list = idle.get_mut(&key)?;
+        list.retain(|(s, at)| !s.is_closed() && at.elapsed() < IDLE_TIMEOUT);
+        // Newest first: the most recently used connection is the least
+        // likely to have been closed by the worker.
+        let i = list.iter().rposition(|(s, _)| s.is_ready())?;
+        Some(list.remove(i).0)
+    }
+
+    /// A connection whose exchange finished cleanly goes back for reuse.
+    pub fn checkin(&self, key: Key, sender: Sender) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let list = idle.entry(key).or_default();
+        if list.len() < IDLE_PER_WORKER {
+            list.push((sender, Instant::now()));
+        }
+    }
+
+    /// Closes the idle connections of workers that are gone.
+    pub fn retain(&self, alive: impl Fn(Key) -> bool) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        idle.retain(|k, _| alive(*k));
+    }
+}

@@ -1,0 +1,132 @@
+//! The private directory of worker sockets. Each worker slot gets a Unix
+//! socket there, bound by corral but not yet listening: the worker
+//! inherits it (`{fd}`) and listens once its app is loaded, so a connect
+//! that succeeds means the worker is ready, with no boot grace to guess.
+//! The directory is mode 0700, made fresh per manager, and removed when
+//! the manager ends.
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+
+use socket2::{Domain, SockAddr, Socket, Type};
+
+/// The longest Unix socket path the kernel takes (sun_path less its NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DirError {
+    #[error("cannot make a private directory in {base}: {source}")]
+    Create { base: PathBuf, source: io::Error },
+    #[error(
+        "{base} is too long a path for Unix sockets (at most {MAX_SOCKET_PATH} bytes with the socket name)"
+    )]
+    TooLong { base: PathBuf },
+}
+
+#[derive(Debug)]
+pub struct RuntimeDir {
+    path: PathBuf,
+}
+
+impl RuntimeDir {
+    /// `--runtime-dir`, else `$XDG_RUNTIME_DIR`, else the temporary
+    /// directory: a new `corral-<pid>-<n>` inside it, only ours to open.
+    pub fn create(base: Option<&Path>) -> Result<RuntimeDir, DirError> {
+        let base = base.map(Path::to_path_buf).unwrap_or_else(|| {
+            std::env::var_os("XDG_RUNTIME_DIR")
+                .map(PathBuf::from)
+                .filter(|p| p.is_dir())
+                .unwrap_or_else(std::env::temp_dir)
+        });
+        let pid = std::process::id();
+        for n in 0..100 {
+            let path = base.join(format!("corral-{pid}-{n}"));
+            let dir = RuntimeDir { path };
+            if dir
+                .socket_path(crate::limits::MAX_WORKERS)
+                .as_os_str()
+                .len()
+                > MAX_SOCKET_PATH
+            {
+                return Err(DirError::TooLong { base });
+            }
+            match std::fs::DirBuilder::new().mode(0o700).create(&dir.path) {
+                Ok(()) => return Ok(dir),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(source) => return Err(DirError::Create { base, source }),
+            }
+        }
+        Err(DirError::Create {
+            base,
+            source: io::Error::from(io::ErrorKind::AlreadyExists),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn socket_path(&self, slot: u32) -> PathBuf {
+        self.path.join(format!("worker-{slot}.sock"))
+    }
+
+    /// A fresh socket for `slot`, bound and not listening, close-on-exec
+    /// (the spawner moves it to the worker's descriptor 3).
+    pub fn bind(&self, slot: u32) -> io::Result<(OwnedFd, PathBuf)> {
+        let path = self.socket_path(slot);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let socket = Socket::new(Domain::UNIX, Type::STREAM.cloexec(), None)?;
+        socket.bind(&SockAddr::unix(&path)?)?;
+        Ok((socket.into(), path))
+    }
+
+    /// The socket of a worker that is gone.
+    pub fn remove(&self, slot: u32) {
+        let _ = std::fs::remove_file(self.socket_path(slot));
+    }
+}
+
+impl Drop for RuntimeDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn the_directory_is_private_and_goes_away() {
+        let base = std::env::temp_dir();
+        let dir = RuntimeDir::create(Some(&base)).unwrap();
+        let path = dir.path().to_path_buf();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        let (fd, socket) = dir.bind(3).unwrap();
+        assert!(socket.exists());
+        assert!(
+            std::os::unix::net::UnixStream::connect(&socket).is_err(),
+            "bound but not listening: nobody answers yet"
+        );
+        socket2::Socket::from(fd).listen(8).unwrap();
+        drop(dir);
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn a_base_too_long_for_socket_paths_is_refused() {
+        let long = PathBuf::from(format!("/tmp/{}", "x".repeat(100)));
+        assert!(matches!(
+            RuntimeDir::create(Some(&long)),
+            Err(DirError::TooLong { .. })
+        ));
+    }
+}
