@@ -2,7 +2,10 @@
 
 - `throughput_run`: start a stack on one app, time its start (figure 3),
   measure the idle manager (figure 2, Django only), warm up, run wrk
-  (figure 1) while sampling the manager's CPU and memory, stop.
+  (figure 1) while sampling the manager's CPU and memory, and its CPU per
+  request served (for `--proxy` the front's own cost; for nginx -> gunicorn
+  nginx's too), then on Django the mixed load (figure 1b: 90 % `/`, 10 %
+  `/cpu/20`), stop.
 - `lifecycle_run`: start a stack on Django, time its start (figure 3),
   then under the same instance: scale up timed to the new worker serving
   (figure 4), scale down under load, rolling restarts under load, SIGKILL
@@ -16,6 +19,7 @@ one broken stack does not hide the others' results.
 
 import os
 import signal
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -45,6 +49,19 @@ def throughput_run(stack, app, cfg, out):
         inst.stop()
 
 
+def served(inst):
+    """Requests the stack has answered so far, by its own count: corral's
+    corral_http_requests_total in proxy mode; None where there is none."""
+    if not inst.stack.proxy:
+        return None
+    try:
+        m = inst.metrics()
+    except OSError:
+        return None
+    total = [v for k, v in m.items() if k.startswith("corral_http_requests_total{") or k == "corral_http_requests_total"]
+    return sum(total) if total else None
+
+
 def measure_throughput(inst, app, cfg, out):
     stack = inst.stack
     out["startup"] = startup_sample(inst, health_path(stack, app))
@@ -59,6 +76,8 @@ def measure_throughput(inst, app, cfg, out):
             "manager_idle_cpu_percent": round(cpu * 100, 3),
             "workers_rss_kib": sum(rss_kib(p) for p in inst.workers()),
         }
+        if inst.front_pids():
+            out["idle"]["front_rss_kib"] = sum(rss_kib(p) for p in inst.front_pids())
     if cfg.warmup:
         load.wrk(inst.addr, "/", cfg.connections, cfg.wrk_threads, cfg.warmup)
     peak = [rss_kib(inst.pid)]
@@ -70,7 +89,10 @@ def measure_throughput(inst, app, cfg, out):
 
     sampler = threading.Thread(target=sample_rss, daemon=True)
     sampler.start()
+    front = inst.front_pids()
+    n0 = served(inst)
     c0 = cpu_seconds(inst.pid)
+    f0 = [cpu_seconds(p) for p in front]
     workers = inst.workers()
     w0 = [cpu_seconds(p) for p in workers]
     try:
@@ -78,15 +100,47 @@ def measure_throughput(inst, app, cfg, out):
     finally:
         stop.set()
         sampler.join()
+    manager_cpu = cpu_seconds(inst.pid) - c0
+    front_cpu = sum(cpu_seconds(p) for p in front) - sum(f0) if front else None
     w1 = [cpu_seconds(p) for p in workers]
+    n1 = served(inst)
+    # Requests served in the window: the stack's own count where it keeps
+    # one (corral --proxy), else wrk's completed requests.
+    requests = n1 - n0 if n0 is not None and n1 is not None else out["wrk"]["requests"]
+    per_request = lambda cpu: round(cpu / requests * 1e6, 2) if cpu is not None and requests else None
     out["under_load"] = {
-        "manager_cpu_percent": round((cpu_seconds(inst.pid) - c0) / cfg.duration * 100, 2),
+        "manager_cpu_percent": round(manager_cpu / cfg.duration * 100, 2),
         "manager_peak_rss_kib": max(peak),
         # How evenly the connections spread: each worker's CPU during the run.
         "workers_cpu_s": [round(b - a, 2) for a, b in zip(w0, w1)],
+        # The manager process alone (utime + stime from /proc, not its
+        # workers) over the requests served: for --proxy, the proxy's cost.
+        "manager_cpu_s": round(manager_cpu, 3),
+        "requests": requests,
+        "requests_counted_by": "corral_http_requests_total" if n0 is not None and n1 is not None else "wrk",
+        "manager_cpu_us_per_request": per_request(manager_cpu),
     }
+    if front:
+        out["under_load"]["front_cpu_s"] = round(front_cpu, 3)
+        out["under_load"]["front_cpu_us_per_request"] = per_request(front_cpu)
     if not inst.alive():
         raise RuntimeError(f"exited during the run: {inst.log_tail()}")
+    if app == "django" and cfg.mixed_duration:
+        out["mixed"] = mixed_run(inst, cfg)
+
+
+def mixed_run(inst, cfg):
+    """Figure 1b: wrk with every 10th request to /cpu/20 (cfg.mixed_*)."""
+    fd, script = tempfile.mkstemp(prefix="corral-bench-mixed-", suffix=".lua")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(load.mixed_script("/", cfg.mixed_every, f"/cpu/{cfg.mixed_cpu_ms}"))
+        res = load.wrk(inst.addr, "/", cfg.connections, cfg.wrk_threads, cfg.mixed_duration, script=script)
+    finally:
+        os.unlink(script)
+    if not inst.alive():
+        raise RuntimeError(f"exited during the mixed run: {inst.log_tail()}")
+    return res
 
 
 def startup_run(stack, app="django"):
@@ -134,7 +188,8 @@ def lifecycle_run(stack, cfg, throughput=None):
                 inst.wait_workers(n + 1, limit=30)
                 time.sleep(cfg.settle)
                 down.update(under_load(inst, cfg, lambda: scale_down(inst, n)))
-            out = {"seconds": ups}
+            out = {"seconds": ups} if any(u is not None for u in ups) else {
+                "n/a": "not timed through nginx: the same gunicorn master and TTIN as gunicorn direct"}
             if api_ready:
                 out["api_ready_seconds"] = api_ready
             return out
@@ -157,16 +212,29 @@ def lifecycle_run(stack, cfg, throughput=None):
 def scale_up(inst, n, api_ready):
     """Seconds from the request for worker n+1 to a new pid answering /pid.
 
-    The old workers are paused (SIGSTOP) from just before the request until
-    the answer, so that only the new worker can take the polling requests:
-    on an idle server the kernel hands nearly every connection to a worker
-    that is already awake, and a new worker could wait long for its first.
+    Shared socket: the old workers are paused (SIGSTOP) from just before the
+    request until the answer, so that only the new worker can take the
+    polling requests: on an idle server the kernel hands nearly every
+    connection to a worker that is already awake, and a new worker could
+    wait long for its first. Proxy mode: nothing is paused (corral would
+    hand polls to the paused workers, which hold them); corral sends each
+    request to the worker with the fewest in flight, ties rotating, so a
+    new worker gets a poll within a few once corral counts it ready.
+    nginx -> gunicorn: not timed (None), the same gunicorn master as gunicorn
+    direct; nginx's pooled connections to the paused workers would hold the
+    polls. The worker is still added, for the scale-down that follows.
     """
     old = inst.workers()
-    for pid in old:
+    if inst.stack.fronted:
+        inst.set_workers(n + 1)
+        return None
+    pause = [] if inst.stack.proxy else old
+    for pid in pause:
         os.kill(pid, signal.SIGSTOP)
     try:
-        watch = load.NewPidWatch(inst.addr, old, clients=2, limit=60)
+        # Unpaused old workers answer at once: poll every 10 ms, not flat out,
+        # so the polls do not take the CPU the new worker boots on.
+        watch = load.NewPidWatch(inst.addr, old, clients=2, limit=60, interval=0.01 if inst.stack.proxy else 0.0)
         t = time.monotonic()
         inst.set_workers(n + 1)
         if inst.stack.is_corral:
@@ -183,7 +251,7 @@ def scale_up(inst, n, api_ready):
                 time.sleep(0.01)
         when = watch.wait()
     finally:
-        for pid in old:
+        for pid in pause:
             try:
                 os.kill(pid, signal.SIGCONT)
             except ProcessLookupError:

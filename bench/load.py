@@ -1,7 +1,8 @@
 """Load and probes, all to 127.0.0.1.
 
 - `wrk()`: throughput and latency from wrk (keep-alive, fixed connections,
-  bounded duration), its output parsed.
+  bounded duration), its output parsed; `mixed_script()` makes the Lua
+  script of a mixed load (every n-th request to another path).
 - `get()`: one HTTP/1.1 request on a fresh connection, with every way it
   can fail classified (refused, reset before any response byte, closed
   unanswered, timeout, partial answer, non-200 status).
@@ -194,10 +195,12 @@ def startup(addr, path, t0, pid, limit=60.0, alive=lambda: True):
 
 
 class NewPidWatch:
-    """Polls GET /pid from several clients; records when an unseen pid answers."""
+    """Polls GET /pid from several clients, each waiting `interval` s after
+    an answer; records when an unseen pid answers."""
 
-    def __init__(self, addr, known, clients=4, limit=60.0):
+    def __init__(self, addr, known, clients=4, limit=60.0, interval=0.0):
         self.addr, self.known = addr, set(known)
+        self.interval = interval
         self.found = threading.Event()
         self.when, self.pid = None, None
         self.deadline = time.monotonic() + limit
@@ -222,6 +225,8 @@ class NewPidWatch:
                     if self.when is None:
                         self.when, self.pid = now, pid
                 self.found.set()
+            elif self.interval:
+                time.sleep(self.interval)
 
     def wait(self):
         self.found.wait(max(0.0, self.deadline - time.monotonic()))
@@ -238,10 +243,27 @@ def ms(text):
     return float(m.group(1)) * UNITS[m.group(2)] if m else None
 
 
-def wrk(addr, path, connections, threads, seconds):
-    """Runs wrk, returns requests/s, p50/p90/p99 ms, errors, requests."""
+def mixed_script(path, every, other):
+    """wrk Lua: every `every`-th request (per wrk thread) goes to `other`,
+    the rest to `path`; deterministic, so every stack gets the same mix."""
+    return f"""local n, plain, odd = 0, nil, nil
+request = function()
+    if plain == nil then
+        plain, odd = wrk.format(nil, "{path}"), wrk.format(nil, "{other}")
+    end
+    n = n + 1
+    if n % {every} == 0 then return odd end
+    return plain
+end
+"""
+
+
+def wrk(addr, path, connections, threads, seconds, script=None):
+    """Runs wrk (with a Lua script file, if given), returns requests/s,
+    p50/p90/p99 ms, errors, requests."""
     url = f"http://{addr[0]}:{addr[1]}{path}"
-    argv = [WRK, f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s", "--latency", url]
+    argv = [WRK, f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s", "--latency"]
+    argv += (["-s", script] if script else []) + [url]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30).stdout
     res = {"rps": None, "p50_ms": None, "p90_ms": None, "p99_ms": None,
            "errors": 0, "non_2xx": 0, "requests": None}

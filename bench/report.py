@@ -2,7 +2,11 @@
 
 `summarize()` reduces the raw results (rounds, samples, repetitions) to one
 number per stack and figure, with its ratio to the reference stack
-(Gunicorn + UvicornWorker) and each target judged met or MISSED.
+(Gunicorn + UvicornWorker) and each target judged met or MISSED: corral's
+shared-socket targets (issue 1) and proxy mode's (issue 11: throughput
+against nginx -> gunicorn and gunicorn direct, the proxy's CPU per request,
+the mixed load's p99, 0 failed in figure 5). A target whose stack did not
+run is "not measured", with the reason.
 `markdown()` renders that as the table printed and written to results.md;
 `chart()` draws results.png.
 """
@@ -11,6 +15,11 @@ import statistics
 
 REF = "gunicorn"
 CORRAL = "corral"
+PROXY = "proxy"
+NGINX = "nginx"
+PROXY_CPU_US = 25.0  # the proxy's own CPU per request, at most
+PROXY_VS_NGINX = 1.0  # Django throughput with --proxy, at least, x nginx -> gunicorn
+PROXY_VS_REF = 0.95  # ... and x gunicorn direct
 # Figure 7's per-pass table (operator_scale.json's passes).
 PASS_COLUMNS = ["kind", "cpu_s", "wall_s", "gets", "puts", "rss_mib", "open_fds", "api_connections"]
 SCENARIOS = [
@@ -47,12 +56,12 @@ def failures(counts):
 def summarize(raw, stacks, cfg):
     """One row per stack per figure, errors collected, targets judged."""
     errors = []
-    s = {"stacks": {}, "errors": errors}
+    s = {"stacks": {}, "errors": errors, "unavailable": raw.get("unavailable", {})}
     for st in stacks:
         row = {"label": st.label}
         tp = raw["throughput"].get(st.key, {})
         row["fig1"] = {}
-        idle, under, starts = [], [], []
+        idle, under, starts, mixed = [], [], [], []
         for app, rounds in tp.items():
             ok = [r for r in rounds if "wrk" in r]
             for r in rounds:
@@ -68,12 +77,22 @@ def summarize(raw, stacks, cfg):
                     "rounds": len(ok),
                 }
             for r in rounds:
+                if "mixed" in r:
+                    mixed.append(r["mixed"])
                 if "idle" in r:
                     idle.append(r["idle"])
                 if "under_load" in r and app in ("django", "builtin") and "manager_cpu_percent" in r["under_load"]:
                     under.append(r["under_load"])
                 if "startup" in r and app in ("django", "builtin"):
                     starts.append(r["startup"])
+        if mixed:
+            row["fig1b"] = {
+                "rps": mean(m["rps"] for m in mixed),
+                "p50_ms": mean(m["p50_ms"] for m in mixed),
+                "p99_ms": mean(m["p99_ms"] for m in mixed),
+                "errors": sum(m["errors"] + m["non_2xx"] for m in mixed),
+                "rounds": len(mixed),
+            }
         if idle:
             row["fig2"] = {
                 "manager_rss_kib": median(i["manager_rss_kib"] for i in idle),
@@ -81,6 +100,11 @@ def summarize(raw, stacks, cfg):
                 "workers_rss_kib": median(i["workers_rss_kib"] for i in idle),
                 "manager_cpu_under_load_percent": median(u["manager_cpu_percent"] for u in under),
                 "manager_peak_rss_under_load_kib": max((u["manager_peak_rss_kib"] for u in under), default=None),
+                # The manager process's own CPU over the requests served in the
+                # Django wrk run: for --proxy the proxy's cost per request.
+                "manager_cpu_us_per_request": median(u.get("manager_cpu_us_per_request") for u in under),
+                "front_rss_kib": median(i.get("front_rss_kib") for i in idle),
+                "front_cpu_us_per_request": median(u.get("front_cpu_us_per_request") for u in under),
             }
         else:
             errors.append(f"figure 2 {st.label}: no idle measurement")
@@ -108,6 +132,8 @@ def summarize(raw, stacks, cfg):
         if "seconds" in up:
             row["fig4"] = {"seconds": median(up["seconds"]), "samples": len(up["seconds"]),
                            "api_ready_seconds": median(up.get("api_ready_seconds", []))}
+        elif "n/a" in up:
+            row["fig4"] = {"seconds": None, "samples": 0, "api_ready_seconds": None, "n/a": up["n/a"]}
         elif lc:
             errors.append(f"figure 4 {st.label}: {up.get('error', 'not run')}")
         row["fig5"] = {}
@@ -132,10 +158,10 @@ def judge(s):
     for app in ("hello", "django"):
         r = ratio(cor.get("fig1", {}).get(app, {}).get("rps"), ref.get("fig1", {}).get(app, {}).get("rps"))
         targets.append({"figure": 1, "what": f"corral + uvicorn throughput >= 1.0x gunicorn ({app})",
-                        "value": r, "met": None if r is None else r >= 1.0})
+                        "value": r, "unit": "x", "met": None if r is None else r >= 1.0})
     r = ratio(cor.get("fig2", {}).get("manager_rss_kib"), ref.get("fig2", {}).get("manager_rss_kib"))
     targets.append({"figure": 2, "what": "corral manager RSS <= 1/4 of the gunicorn master",
-                    "value": r, "met": None if r is None else r <= 0.25})
+                    "value": r, "unit": "x", "met": None if r is None else r <= 0.25})
     for key, _ in SCENARIOS:
         g = ref.get("fig5", {}).get(key)
         c = cor.get("fig5", {}).get(key)
@@ -146,12 +172,66 @@ def judge(s):
         else:
             met = c["failed"] == 0
         targets.append({"figure": 5, "what": f"zero failed where gunicorn drops any: {key}",
-                        "value": None if c is None else c["failed"], "met": met})
+                        "value": None if c is None else c["failed"], "unit": "failed", "met": met})
+    judge_proxy(s, targets)
     s["targets"] = targets
 
 
-def verdict(met):
+def judge_proxy(s, targets):
+    """Proxy mode's targets (issue 11), each with why when not measured."""
+    rows = s["stacks"]
+    pro, ref, ngx = rows.get(PROXY, {}), rows.get(REF, {}), rows.get(NGINX, {})
+    gone = s.get("unavailable", {})
+
+    def why(*keys):
+        """Why a target over these stacks has no value: a stack not run."""
+        out = [f"{gone[k]['label']} not available: {gone[k]['reason']}" for k in keys if k in gone]
+        return "; ".join(out) or None
+
+    def add(figure, what, value, unit, met, keys):
+        t = {"figure": figure, "what": what, "value": value, "unit": unit, "met": met}
+        if met is None:
+            t["why"] = why(*keys) or "not measured in this run"
+        targets.append(t)
+
+    rps = lambda row: row.get("fig1", {}).get("django", {}).get("rps")
+    r = ratio(rps(pro), rps(ngx))
+    add(1, f"corral --proxy Django throughput >= {PROXY_VS_NGINX:.2f}x nginx -> gunicorn", r, "x",
+        None if r is None else r >= PROXY_VS_NGINX, (PROXY, NGINX))
+    r = ratio(rps(pro), rps(ref))
+    add(1, f"corral --proxy Django throughput >= {PROXY_VS_REF:.2f}x gunicorn direct", r, "x",
+        None if r is None else r >= PROXY_VS_REF, (PROXY, REF))
+    us = pro.get("fig2", {}).get("manager_cpu_us_per_request")
+    add(2, f"corral --proxy: the proxy's own CPU per request <= {PROXY_CPU_US:g} us", us, "us",
+        None if us is None else us <= PROXY_CPU_US, (PROXY,))
+    r = ratio(pro.get("fig1b", {}).get("p99_ms"), ref.get("fig1b", {}).get("p99_ms"))
+    add("1b", "corral --proxy p99 of the mixed Django load <= gunicorn direct's", r, "x",
+        None if r is None else r <= 1.0, (PROXY, REF))
+    for key, _ in SCENARIOS:
+        c = pro.get("fig5", {}).get(key)
+        add(5, f"corral --proxy zero failed: {key}", None if c is None else c["failed"], "failed",
+            None if c is None else c["failed"] == 0, (PROXY,))
+
+
+def target(s, figure, what):
+    return next(t for t in s["targets"] if t["figure"] == figure and t["what"] == what)
+
+
+def verdict(met, why=None):
+    if met is None and why:
+        return f"not measured ({why})"
     return {True: "met", False: "MISSED", None: "not measured", "n/a": "n/a: gunicorn dropped none"}[met]
+
+
+def tverdict(t, short=False):
+    return verdict(t["met"], ("not available" if short else t["why"]) if t.get("why") else None)
+
+
+def tvalue(t):
+    v, unit = t["value"], t.get("unit")
+    if v is None:
+        return "-"
+    return {"x": f"{v:.2f}x", "us": f"{v:.1f} us"}.get(unit, f"{v} {unit or ''}".strip())
 
 
 def fmt(x, spec=".0f", none="-"):
@@ -172,7 +252,12 @@ def markdown(s, raw, cfg, machine, stacks):
         f"{' (SMOKE RUN: tiny durations, numbers meaningless)' if cfg.smoke else ''}.\n")
     add("Versions: " + "; ".join(f"{st.label}: {machine['versions'].get(st.key, '?')}" for st in stacks) + ".\n")
     add("Ratios are to the reference, gunicorn + UvicornWorker. The load generator runs on the same "
-        f"{machine['cpus']} CPUs as the servers, identically for every stack.\n")
+        f"{machine['cpus']} CPUs as the servers, identically for every stack. nginx (Debian) -> gunicorn runs "
+        f"nginx in the foreground from a generated config ({cfg.nginx_workers} worker process, 127.0.0.1 only, "
+        "pooled keep-alive HTTP/1.1 to gunicorn's Unix socket); its \"manager\" below is the gunicorn master, "
+        "and nginx's own processes are shown as the front.\n")
+    for st in s.get("unavailable", {}).values():
+        add(f"**{st['label']}: not available: {st['reason']}.** Its figures and targets are not measured.\n")
     targets = {(t["figure"], t["what"]): t for t in s["targets"]}
 
     add(f"## Figure 1: throughput and latency\n")
@@ -194,15 +279,41 @@ def markdown(s, raw, cfg, machine, stacks):
                 f"{fmt(None if f1['busiest_worker_share'] is None else f1['busiest_worker_share'] * 100)} % |")
     for t in s["targets"]:
         if t["figure"] == 1:
-            add(f"\nTarget: {t['what']}: {xr(t['value'])}, **{verdict(t['met'])}**")
+            add(f"\nTarget: {t['what']}: {xr(t['value'])}, **{tverdict(t)}**")
+    add("")
+
+    add("## Figure 1b: mixed Django load\n")
+    add(f"wrk -t{cfg.wrk_threads} -c{cfg.connections} as above, on the same instance right after the Django run, "
+        f"{cfg.mixed_duration} s: every {cfg.mixed_every}th request on each connection is GET /cpu/{cfg.mixed_cpu_ms} "
+        f"(a view that holds its worker's CPU for {cfg.mixed_cpu_ms} ms), the rest GET /. With the shared socket "
+        "and nginx each keep-alive connection stays on the worker that accepted it, so a fast request can wait "
+        "behind a slow one on a busy worker while the other is idle; corral --proxy sends each request to the "
+        "worker with the fewest in flight.\n")
+    add("| stack | req/s | p50 ms | p99 ms | p99 vs gunicorn | errors |")
+    add("|---|---:|---:|---:|---:|---:|")
+    for key, row in s["stacks"].items():
+        m = row.get("fig1b")
+        if m is None:
+            continue
+        r = ratio(m["p99_ms"], ref.get("fig1b", {}).get("p99_ms"))
+        add(f"| {row['label']} | {fmt(m['rps'])} | {fmt(m['p50_ms'], '.2f')} | {fmt(m['p99_ms'], '.2f')} | {xr(r)} | "
+            f"{m['errors']} |")
+    for t in s["targets"]:
+        if t["figure"] == "1b":
+            add(f"\nTarget: {t['what']}: {xr(t['value'])}, **{tverdict(t)}**")
     add("")
 
     add("## Figure 2: manager footprint\n")
     add(f"The supervising process alone (gunicorn master, uvicorn's supervisor, corral), Django app: "
         f"resident memory after start-up, CPU over {cfg.idle} s idle, CPU and peak memory during the Django "
-        "wrk run. Workers' memory for context.\n")
-    add("| stack | manager RSS MiB | vs gunicorn | idle CPU % | CPU under load % | peak RSS under load MiB | workers RSS MiB |")
-    add("|---|---:|---:|---:|---:|---:|---:|")
+        "wrk run. Workers' memory for context. \"CPU per request\" is the manager process's own user + system "
+        "CPU (/proc/<pid>/stat, not its workers) during the Django wrk run over the requests served in it "
+        "(corral --proxy: its corral_http_requests_total; the others: wrk's count): for corral --proxy, "
+        "which is in the request path, the proxy's own cost; for the others, which are not, their "
+        "supervision's. The front column is nginx's processes (master and workers) for nginx -> gunicorn.\n")
+    add("| stack | manager RSS MiB | vs gunicorn | idle CPU % | CPU under load % | peak RSS under load MiB | "
+        "workers RSS MiB | manager CPU per request us | front RSS MiB | front CPU per request us |")
+    add("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for key, row in s["stacks"].items():
         f2 = row.get("fig2")
         if not f2:
@@ -211,9 +322,13 @@ def markdown(s, raw, cfg, machine, stacks):
         mib = lambda k: None if f2.get(k) is None else f2[k] / 1024
         add(f"| {row['label']} | {fmt(mib('manager_rss_kib'), '.1f')} | {xr(r)} | "
             f"{fmt(f2['manager_idle_cpu_percent'], '.2f')} | {fmt(f2['manager_cpu_under_load_percent'], '.2f')} | "
-            f"{fmt(mib('manager_peak_rss_under_load_kib'), '.1f')} | {fmt(mib('workers_rss_kib'), '.1f')} |")
+            f"{fmt(mib('manager_peak_rss_under_load_kib'), '.1f')} | {fmt(mib('workers_rss_kib'), '.1f')} | "
+            f"{fmt(f2.get('manager_cpu_us_per_request'), '.1f')} | {fmt(mib('front_rss_kib'), '.1f')} | "
+            f"{fmt(f2.get('front_cpu_us_per_request'), '.1f')} |")
     t = targets[(2, "corral manager RSS <= 1/4 of the gunicorn master")]
     add(f"\nTarget: {t['what']}: {xr(t['value'])}, **{verdict(t['met'])}**\n")
+    t = targets[(2, f"corral --proxy: the proxy's own CPU per request <= {PROXY_CPU_US:g} us")]
+    add(f"Target: {t['what']}: {tvalue(t)}, **{tverdict(t)}**\n")
 
     add("## Figure 3: start to first 200\n")
     add("From spawning the manager to the first 200 on /healthz (Django), median of the samples. The "
@@ -239,16 +354,27 @@ def markdown(s, raw, cfg, machine, stacks):
         f"load; median of {cfg.reps}. The old workers are paused (SIGSTOP) until that answer, so only the new "
         "worker can take the polls: on an idle server the kernel hands almost every connection to an "
         "already awake worker. For corral, when GET /workers first says ready (Uvicorn does not "
-        "notify readiness, so corral counts it ready after --boot-grace, 1 s).\n")
+        "notify readiness, so in shared-socket mode corral counts it ready after --boot-grace, 1 s). "
+        "corral --proxy has exact readiness (a worker is ready when it answers on its own socket) and "
+        "nothing is paused: corral sends each poll to the worker with the fewest in flight, ties rotating, "
+        "so a new worker gets one within a few polls (each client polls every 10 ms) of being ready. "
+        "nginx -> gunicorn is not timed: the same gunicorn master and TTIN as gunicorn direct, and nginx's "
+        "pooled connections to the paused workers would hold the polls.\n")
     add("| stack | how | seconds | vs gunicorn | corral says ready s |")
     add("|---|---|---:|---:|---:|")
     for key, row in s["stacks"].items():
         f4 = row.get("fig4")
         if not f4:
             continue
-        how = "PUT /workers" if key in ("corral", "builtin") else "TTIN"
+        how = {"corral": "PUT /workers (boot grace)", "builtin": "PUT /workers (READY=1)",
+               "proxy": "PUT /workers (exact readiness)"}.get(key, "TTIN")
+        if "n/a" in f4:
+            add(f"| {row['label']} | {how} | n/a | - | - |")
+            continue
         r = ratio(f4["seconds"], ref.get("fig4", {}).get("seconds"))
         add(f"| {row['label']} | {how} | {fmt(f4['seconds'], '.3f')} | {xr(r)} | {fmt(f4['api_ready_seconds'], '.3f')} |")
+    for st in s.get("unavailable", {}).values():
+        add(f"| {st['label']} | - | not available | - | - |")
     add("")
 
     add("## Figure 5: failed requests\n")
@@ -261,8 +387,8 @@ def markdown(s, raw, cfg, machine, stacks):
         "(no other load); each must complete. SIGKILL necessarily loses what the killed worker had "
         "accepted, in every stack. Cells: failed / requests.\n")
     names = [row["label"] for row in s["stacks"].values()]
-    add("| scenario | " + " | ".join(names) + " | target: corral 0 where gunicorn > 0 |")
-    add("|---|" + "---:|" * len(names) + "---|")
+    add("| scenario | " + " | ".join(names) + " | target: corral 0 where gunicorn > 0 | target: corral --proxy 0 |")
+    add("|---|" + "---:|" * len(names) + "---|---|")
     fill = {"hups": cfg.hups, "reps": cfg.reps, "n": cfg.workers, "n1": cfg.workers + 1, "slow": 4 * cfg.workers}
     for key, label in SCENARIOS:
         cells = []
@@ -270,7 +396,8 @@ def markdown(s, raw, cfg, machine, stacks):
             c = row.get("fig5", {}).get(key)
             cells.append("-" if c is None else f"{c['failed']} / {c['total']}")
         t = targets[(5, f"zero failed where gunicorn drops any: {key}")]
-        add(f"| {label.format(**fill)} | " + " | ".join(cells) + f" | **{verdict(t['met'])}** |")
+        tp = targets[(5, f"corral --proxy zero failed: {key}")]
+        add(f"| {label.format(**fill)} | " + " | ".join(cells) + f" | **{verdict(t['met'])}** | **{tverdict(tp, short=True)}** |")
     kinds = []
     for key, label in SCENARIOS:
         for row in s["stacks"].values():
@@ -318,6 +445,13 @@ def markdown(s, raw, cfg, machine, stacks):
         L.extend(rows_table([{k: p[k] for k in PASS_COLUMNS} for p in o.get("passes", [])]))
         add("")
 
+    add("## Targets\n")
+    add("| figure | target | value | verdict |")
+    add("|---|---|---:|---|")
+    for t in s["targets"]:
+        add(f"| {t['figure']} | {t['what']} | {tvalue(t)} | **{tverdict(t)}** |")
+    add("")
+
     if s["errors"]:
         add("## FAILED TO RUN\n")
         L.extend(f"- {e}" for e in s["errors"])
@@ -349,8 +483,11 @@ def chart(s, path, cfg):
 
     rows = s["stacks"]
     keys = list(rows)
-    labels = [rows[k]["label"].replace(" + ", "\n+ ").replace(" built-in", "\nbuilt-in") for k in keys]
-    colors = ["#888888", "#c9a227", "#2a7ab0", "#5aa05a"][: len(keys)]
+    labels = [rows[k]["label"].replace(" + ", "\n+ ").replace(" built-in", "\nbuilt-in").replace(" -> ", "\n-> ")
+              for k in keys]
+    palette = {"gunicorn": "#888888", "uvicorn": "#c9a227", "corral": "#2a7ab0", "proxy": "#7b3fa0",
+               "nginx": "#b5533c", "builtin": "#5aa05a"}
+    colors = [palette.get(k, "#444444") for k in keys]
     fig, ax = plt.subplots(2, 3, figsize=(16, 9))
     fig.suptitle(f"corral vs the stacks it replaces, {cfg.workers} workers"
                  f"{' (SMOKE RUN: meaningless numbers)' if cfg.smoke else ''}")
@@ -390,9 +527,12 @@ def chart(s, path, cfg):
         for app in ("hello", "django"):
             f = rows[k].get("fig1", {}).get("builtin" if k == "builtin" and app == "hello" else app)
             vals.append(f["p99_ms"] if f and f["p99_ms"] else 0)
-        a.bar([x + i * width for x in range(2)], vals, width, label=rows[k]["label"], color=colors[i])
-    a.set_xticks([x + width * (len(keys) - 1) / 2 for x in range(2)], ["hello ASGI", "Django"])
-    a.set_title("1. p99 latency", fontsize=10)
+        m = rows[k].get("fig1b")
+        vals.append(m["p99_ms"] if m and m["p99_ms"] else 0)
+        a.bar([x + i * width for x in range(3)], vals, width, label=rows[k]["label"], color=colors[i])
+    a.set_xticks([x + width * (len(keys) - 1) / 2 for x in range(3)],
+                 ["hello ASGI", "Django", f"Django mixed\n({100 // cfg.mixed_every} % /cpu/{cfg.mixed_cpu_ms})"])
+    a.set_title("1, 1b. p99 latency", fontsize=10)
     a.set_ylabel("ms")
 
     bars(ax[0][2], [rows[k].get("fig2", {}).get("manager_rss_kib", 0) / 1024 for k in keys],

@@ -4,18 +4,28 @@
     bench/run.py [--smoke] [--out-dir docs/benchmarks] [--corral target/release/corral] [--workers 2]
 
 Stacks, same apps, same worker count: gunicorn -k uvicorn_worker.UvicornWorker
-(the reference), uvicorn --workers, corral run -- uvicorn --fd {fd}, and
+(the reference), uvicorn --workers, corral run -- uvicorn --fd {fd} (shared
+socket), corral run --proxy -- uvicorn --fd {fd} (corral in the request
+path, a Unix socket per worker), the seed's production stack nginx (Debian)
+-> gunicorn + UvicornWorker (a Unix socket, pooled keep-alive), and
 corral's built-in worker (no Python: the floor). Figures:
 
 1. throughput and p50/p99 latency (wrk, keep-alive), hello ASGI and Django;
-2. the manager process's memory and CPU, idle and under load;
+   1b. p99 of a mixed Django load (90 % /, 10 % /cpu/20);
+2. the manager process's memory and CPU, idle and under load, and its CPU
+   per request served (for --proxy, the proxy's own cost);
 3. start to the first 200, and the manager's own share of it;
 4. scale up: PUT /workers or TTIN to the new worker serving;
 5. failed requests during rolling restarts, scale down, SIGKILL of a
    worker, TERM with slow requests in flight;
-6. autoscaling with the operator (bench/autoscale.py, run as a subprocess);
+6. autoscaling with the operator (bench/autoscale.py, run as a subprocess):
+   CPU on a CPU-bound step, and Concurrency on an I/O-bound step behind
+   --proxy;
 7. the operator at 1,000 pods: CPU per reconcile pass and peak RSS
    (bench/operator_scale.py, run in a thread).
+
+A stack the machine cannot run (a corral binary without --proxy, no nginx)
+is printed as "not available: <reason>" and its figures as not measured.
 
 Prints the table and writes results.md, results.json and results.png into
 --out-dir. Exits non-zero when a figure failed to run (not for a missed
@@ -23,8 +33,8 @@ target). --smoke: the same code paths with tiny durations (about 30 s).
 
 Sets itself up: the venv from .ci/python-env.sh (the stacks, pinned in
 tests/requirements.txt, and matplotlib, bench/requirements.txt, in
-~/.cache/corral/bench-venv), and wrk
-from Debian if /usr/bin/wrk is missing; then re-executes inside the venv.
+~/.cache/corral/bench-venv), and wrk and nginx from Debian if missing
+(.ci/test installs both too); then re-executes inside the venv.
 Traffic goes to 127.0.0.1 only; every load is bounded in time.
 """
 
@@ -35,6 +45,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -49,7 +60,7 @@ ROOT = os.path.dirname(BENCH)
 class Config:
     smoke: bool = False
     workers: int = 2
-    stacks: list = field(default_factory=lambda: ["gunicorn", "uvicorn", "corral", "builtin"])
+    stacks: list = field(default_factory=lambda: ["gunicorn", "uvicorn", "corral", "proxy", "nginx", "builtin"])
     apps: list = field(default_factory=lambda: ["hello", "django"])
     connections: int = 32  # wrk: fixed keep-alive connections
     wrk_threads: int = 1  # one core at most for the load generator
@@ -65,14 +76,23 @@ class Config:
     tail: float = 1.5  # s of load before and after each event
     slow_ms: int = 3000  # the in-flight requests at TERM
     in_flight_wait: float = 0.5  # s between sending them and TERM
-    autoscale_timeout: int = 600
+    mixed_duration: int = 10  # s of the mixed Django load (figure 1b), after each Django run
+    mixed_every: int = 10  # every 10th request of it ...
+    mixed_cpu_ms: int = 20  # ... is GET /cpu/20, the rest GET /
+    # One nginx worker: corral's manager (the --proxy front) is one thread
+    # (a current-thread tokio runtime), so one nginx event loop is the like
+    # for like; one loop proxies far more than 2 Django workers answer, and
+    # one worker keeps one upstream keep-alive pool, as corral does.
+    nginx_workers: int = 1
+    autoscale_timeout: int = 900
     shared_instance: bool = False  # figures 1-3 on the figure 4-5 instance (smoke)
 
 
 def smoke_config(workers):
-    return Config(smoke=True, workers=workers, stacks=["gunicorn", "corral", "builtin"], apps=["django"],
-                  duration=1, warmup=0, rounds=0, shared_instance=True, idle=0.3, settle=0.1, start_samples=1, reps=1, hups=1,
-                  clients=4, tail=0.2, slow_ms=300, in_flight_wait=0.15, autoscale_timeout=120)
+    return Config(smoke=True, workers=workers, stacks=["gunicorn", "corral", "proxy", "nginx", "builtin"],
+                  apps=["django"], duration=1, warmup=0, rounds=0, shared_instance=True, idle=0.3, settle=0.1,
+                  start_samples=1, reps=1, hups=1, clients=4, tail=0.2, slow_ms=300, in_flight_wait=0.15,
+                  mixed_duration=1, autoscale_timeout=180)
 
 
 def log(msg):
@@ -88,15 +108,17 @@ def ensure_env():
             env=dict(os.environ, CORRAL_VENV=os.environ.get(
                 "CORRAL_BENCH_VENV", os.path.expanduser("~/.cache/corral/bench-venv"))),
         ).stdout.strip().splitlines()[-1]
-        if not os.path.exists("/usr/bin/wrk"):
-            log("installing wrk (apt-get)")
+        from stacks import nginx_binary
+        missing = [pkg for pkg, there in (("wrk", lambda: os.path.exists("/usr/bin/wrk")),
+                                          ("nginx", lambda: nginx_binary() is not None)) if not there()]
+        if missing:
+            log(f"installing {' '.join(missing)} (apt-get)")
             sudo = [] if os.geteuid() == 0 else ["sudo"]
-            subprocess.run(sudo + ["apt-get", "install", "-y", "-q", "wrk"], check=False,
-                           stdout=sys.stderr, env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
-            if not os.path.exists("/usr/bin/wrk"):
+            apt_env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+            install = sudo + ["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing]
+            if subprocess.run(install, check=False, stdout=sys.stderr, env=apt_env).returncode != 0:
                 subprocess.run(sudo + ["apt-get", "update", "-q"], check=True, stdout=sys.stderr)
-                subprocess.run(sudo + ["apt-get", "install", "-y", "-q", "wrk"], check=True, stdout=sys.stderr,
-                               env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
+                subprocess.run(install, check=True, stdout=sys.stderr, env=apt_env)
         py = os.path.join(venv, "bin", "python")
         env = dict(os.environ, CORRAL_BENCH_IN_VENV="1", CORRAL_BENCH_VENV_DIR=venv)
         os.execve(py, [py, os.path.abspath(__file__), *sys.argv[1:]], env)
@@ -210,13 +232,33 @@ def main():
     sys.path.insert(0, BENCH)
     import figures
     import report
+    import stacks as stacks_mod
     from stacks import all_stacks
 
+    # A TERM or HUP (a caller's timeout) unwinds through the `finally`s, and
+    # whatever is still running is stopped on the way out.
+    def terminate(signum, _frame):
+        raise SystemExit(f"stopped by signal {signum}")
+    signal.signal(signal.SIGTERM, terminate)
+    signal.signal(signal.SIGHUP, terminate)
+    atexit.register(stacks_mod.stop_all)
+
     cfg = smoke_config(args.workers) if args.smoke else Config(workers=args.workers)
-    stacks = [st for st in all_stacks(venv, args.corral, args.workers) if st.key in cfg.stacks]
+    stacks = []
+    unavailable = {}
+    for st in all_stacks(venv, args.corral, args.workers, cfg.nginx_workers):
+        if st.key not in cfg.stacks:
+            continue
+        why = st.unavailable()
+        if why:
+            unavailable[st.key] = {"label": st.label, "reason": why}
+            log(f"{st.label}: not available: {why}")
+            print(f"{st.label}: not available: {why}", flush=True)
+        else:
+            stacks.append(st)
     os.makedirs(args.out_dir, exist_ok=True)
     wall0 = time.monotonic()
-    raw = {"throughput": {}, "lifecycle": {}, "startup_extra": {}}
+    raw = {"throughput": {}, "lifecycle": {}, "startup_extra": {}, "unavailable": unavailable}
     # The smoke run only proves the code paths, so figure 6 (mostly the API
     # server's start) runs beside figures 1-5 to stay near 30 s; the full
     # run keeps every figure alone on the machine.
@@ -241,7 +283,10 @@ def main():
                     log(f"  failed: {out['error']}")
                 raw["throughput"].setdefault(st.key, {}).setdefault(app, []).append(out)
                 if "wrk" in out:
-                    log(f"  {out['wrk']['rps']:.0f} req/s, p99 {out['wrk']['p99_ms']} ms")
+                    per = out.get("under_load", {}).get("manager_cpu_us_per_request")
+                    log(f"  {out['wrk']['rps']:.0f} req/s, p99 {out['wrk']['p99_ms']} ms, manager {per} us CPU/request")
+                if "mixed" in out:
+                    log(f"  mixed: {out['mixed']['rps']:.0f} req/s, p99 {out['mixed']['p99_ms']} ms")
 
     # Figures 4 and 5 (and a start-up sample), one Django instance per stack;
     # in the smoke run, figures 1-3 on that same instance first.
@@ -252,7 +297,7 @@ def main():
             tp = {}
             raw["throughput"].setdefault(st.key, {}).setdefault("builtin" if st.builtin else "django", []).append(tp)
         raw["lifecycle"][st.key] = lc = figures.lifecycle_run(st, cfg, tp)
-        log("  " + json.dumps({k: v.get("counts", v.get("seconds", v.get("error")))
+        log("  " + json.dumps({k: v.get("counts", v.get("seconds", v.get("error", v.get("n/a"))))
                                for k, v in lc.items() if isinstance(v, dict) and k != "startup"}))
 
     # Figure 3: more start-up samples, up to cfg.start_samples per stack.

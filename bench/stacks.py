@@ -2,16 +2,28 @@
 
 A stack is a process manager plus its workers: Gunicorn with Uvicorn
 workers (the reference), Uvicorn's own --workers supervisor, corral running
-`uvicorn --fd {fd}`, and corral with its built-in worker (no Python: the
-floor). `Running` wraps one started instance: its manager pid, its worker
-pids (the manager's children, from /proc), and the uniform verbs the
-figures need (scale up/down, rolling restart, graceful stop), mapped to
-each stack's own interface: PUT /workers for corral, TTIN/TTOU for the
-others; HUP and TERM for all.
+`uvicorn --fd {fd}` on the shared socket, corral in proxy mode (`corral run
+--proxy`: corral accepts and forwards each request to the least busy
+worker, each worker on its own Unix socket), corral with its built-in
+worker (no Python: the floor), and the seed's production stack, Debian's
+nginx in front of Gunicorn + UvicornWorker on a Unix socket. `Running`
+wraps one started instance: its manager pid (for nginx -> gunicorn, the
+gunicorn master; nginx is the `front`), its worker pids (the manager's
+children, from /proc), and the uniform verbs the figures need (scale
+up/down, rolling restart, graceful stop), mapped to each stack's own
+interface: PUT /workers for corral, TTIN/TTOU for the others; HUP and TERM
+for all.
+
+A stack this machine cannot run (a corral binary whose `run --help` has no
+--proxy, no nginx) says why in `unavailable()`; the run prints that and
+reports its figures as not measured.
 """
 
+import functools
+import grp
 import json
 import os
+import pwd
 import secrets
 import shutil
 import signal
@@ -26,6 +38,74 @@ DJANGO_DIR = os.path.join(ROOT, "tests", "django_app")
 
 # ASGI application per app name; the built-in worker serves its own app.
 APPS = {"hello": "hello_asgi:app", "django": "mysite.asgi:application"}
+
+
+NGINX_PATHS = ("/usr/sbin/nginx", "/usr/bin/nginx")
+
+
+def nginx_binary():
+    return shutil.which("nginx") or next((p for p in NGINX_PATHS if os.access(p, os.X_OK)), None)
+
+
+@functools.lru_cache(maxsize=None)
+def proxy_unsupported(corral):
+    """None if `corral run --help` lists --proxy, else why not."""
+    try:
+        out = subprocess.run([corral, "run", "--help"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"`{corral} run --help` failed: {e}"
+    if "--proxy" not in out.stdout + out.stderr:
+        return f"`{os.path.basename(corral)} run --help` lists no --proxy (this build has no proxy mode)"
+    return None
+
+
+def nginx_conf(prefix, port, upstream_sock, worker_processes):
+    """nginx.conf for the front: 127.0.0.1 only, every path in `prefix`,
+    pooled keep-alive HTTP/1.1 to gunicorn's Unix socket."""
+    user = ""
+    if os.geteuid() == 0:
+        # A root master drops its workers to an unprivileged user, as in
+        # production; the socket directory is made traversable for it.
+        nobody = pwd.getpwnam("nobody")
+        user = f"user nobody {grp.getgrgid(nobody.pw_gid).gr_name};\n"
+    return f"""{user}worker_processes {worker_processes};
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+events {{
+    worker_connections 4096;
+}}
+http {{
+    access_log off;
+    client_body_temp_path {prefix}/client_body;
+    proxy_temp_path {prefix}/proxy;
+    fastcgi_temp_path {prefix}/fastcgi;
+    uwsgi_temp_path {prefix}/uwsgi;
+    scgi_temp_path {prefix}/scgi;
+    keepalive_requests 100000;
+    upstream gunicorn {{
+        # As Gunicorn's deployment docs write it.
+        server unix:{upstream_sock} fail_timeout=0;
+        # Idle keep-alive connections kept per nginx worker: more than the
+        # load's connections, so none is reopened under load.
+        keepalive 128;
+        keepalive_requests 100000;
+        # Closed by nginx before Gunicorn's own keep-alive timeout (2 s)
+        # closes them, so nginx never reuses a connection being closed.
+        keepalive_timeout 1s;
+    }}
+    server {{
+        listen 127.0.0.1:{port} backlog=2048;
+        location / {{
+            proxy_pass http://gunicorn;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $http_host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
+        }}
+    }}
+}}
+"""
 
 
 def free_port():
@@ -52,6 +132,27 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def parent_of(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+# Every started instance until it is stopped, so that a failing run stops
+# them all (stop_all(), from run.py's exit path).
+_live = set()
+
+
+def stop_all():
+    for inst in list(_live):
+        try:
+            inst.stop(limit=10)
+        except Exception:  # noqa: BLE001 - keep stopping the others
+            pass
+
+
 def children(ppid):
     """Pids of the live (non-zombie) children of ppid, helpers excluded."""
     out = []
@@ -76,9 +177,10 @@ def children(ppid):
 class Stack:
     """One way of serving the app with N workers."""
 
-    def __init__(self, key, label, kind, venv, corral, workers):
+    def __init__(self, key, label, kind, venv, corral, workers, nginx_workers=1):
         self.key, self.label, self.kind = key, label, kind
         self.venv, self.corral, self.workers = venv, corral, workers
+        self.nginx_workers = nginx_workers
 
     @property
     def builtin(self):
@@ -86,20 +188,44 @@ class Stack:
 
     @property
     def is_corral(self):
-        return self.kind in ("corral", "builtin")
+        return self.kind in ("corral", "builtin", "proxy")
 
-    def argv(self, app, port, admin, token_file):
+    @property
+    def proxy(self):
+        """corral in the request path (`corral run --proxy`)."""
+        return self.kind == "proxy"
+
+    @property
+    def fronted(self):
+        """A separate front process (nginx) before the manager's workers."""
+        return self.kind == "nginx"
+
+    def unavailable(self):
+        """None if this machine can run the stack, else why not."""
+        if self.proxy:
+            return proxy_unsupported(self.corral)
+        if self.fronted and nginx_binary() is None:
+            return "nginx not found (apt-get install nginx; .ci/test installs it)"
+        return None
+
+    def argv(self, app, port, admin, token_file, upstream_sock=None):
         n = str(self.workers)
         bin_ = lambda name: os.path.join(self.venv, "bin", name)
         target = APPS.get(app)
         if self.kind == "gunicorn":
             return [bin_("gunicorn"), "-k", "uvicorn_worker.UvicornWorker", "-w", n,
                     "-b", f"127.0.0.1:{port}", "--no-control-socket", target]
+        if self.kind == "nginx":  # the gunicorn behind nginx, on a Unix socket
+            return [bin_("gunicorn"), "-k", "uvicorn_worker.UvicornWorker", "-w", n,
+                    "-b", f"unix:{upstream_sock}", "--no-control-socket", target]
         if self.kind == "uvicorn":
             return [bin_("uvicorn"), "--workers", n, "--host", "127.0.0.1", "--port", str(port),
                     "--no-access-log", target]
         corral = [self.corral, "run", "-w", n, "-b", f"127.0.0.1:{port}",
                   "--admin-bind", f"127.0.0.1:{admin}", "--admin-token-file", token_file]
+        if self.kind == "proxy":
+            return corral[:2] + ["--proxy"] + corral[2:] + [
+                "--", bin_("uvicorn"), "--fd", "{fd}", "--no-access-log", target]
         if self.kind == "corral":
             return corral + ["--", bin_("uvicorn"), "--fd", "{fd}", "--no-access-log", target]
         return corral  # built-in worker
@@ -109,23 +235,31 @@ class Stack:
             out = subprocess.run([self.corral, "--version"], capture_output=True, text=True)
             return out.stdout.strip()
         py = os.path.join(self.venv, "bin", "python")
-        mods = {"gunicorn": ["gunicorn", "uvicorn_worker", "uvicorn"], "uvicorn": ["uvicorn"]}[self.kind]
+        mods = {"gunicorn": ["gunicorn", "uvicorn_worker", "uvicorn"], "uvicorn": ["uvicorn"],
+                "nginx": ["gunicorn", "uvicorn_worker", "uvicorn"]}[self.kind]
         code = ("import importlib.metadata as m, sys; "
                 "print(' '.join(f'{n}={m.version(n)}' for n in sys.argv[1:]))")
         names = [m.replace("_", "-") for m in mods]
         out = subprocess.run([py, "-c", code, *names], capture_output=True, text=True)
+        if self.fronted:
+            nginx = nginx_binary()
+            v = subprocess.run([nginx, "-v"], capture_output=True, text=True) if nginx else None
+            front = (v.stderr or v.stdout).strip().replace("nginx version: ", "") if v else "nginx missing"
+            return f"{front} (worker_processes {self.nginx_workers}); {out.stdout.strip()}"
         return out.stdout.strip()
 
     def start(self, app):
         return Running(self, app)
 
 
-def all_stacks(venv, corral, workers):
-    mk = lambda *a: Stack(*a, venv=venv, corral=corral, workers=workers)
+def all_stacks(venv, corral, workers, nginx_workers=1):
+    mk = lambda *a: Stack(*a, venv=venv, corral=corral, workers=workers, nginx_workers=nginx_workers)
     return [
         mk("gunicorn", "gunicorn + UvicornWorker", "gunicorn"),
         mk("uvicorn", "uvicorn --workers", "uvicorn"),
         mk("corral", "corral + uvicorn --fd", "corral"),
+        mk("proxy", "corral --proxy + uvicorn", "proxy"),
+        mk("nginx", "nginx (Debian) -> gunicorn + UvicornWorker", "nginx"),
         mk("builtin", "corral built-in worker", "builtin"),
     ]
 
@@ -144,31 +278,77 @@ class Running:
         os.chmod(self.token_file, 0o600)
         self.log_path = os.path.join(self.dir, "log")
         self.desired = stack.workers
+        self.front = self.front_log = None
+        self.seen_workers = set()
         env = dict(os.environ, PYTHONPATH=DJANGO_DIR, PATH=os.path.join(stack.venv, "bin") + ":" + os.environ["PATH"])
         env.pop("WEB_CONCURRENCY", None)
         self.log = open(self.log_path, "wb")
+        sock = os.path.join(self.dir, "gunicorn.sock")
+        if stack.fronted:
+            os.chmod(self.dir, 0o711)  # nginx's unprivileged workers reach the socket
         self.t0 = time.monotonic()
-        self.proc = subprocess.Popen(stack.argv(app, self.port, self.admin, self.token_file),
+        self.proc = subprocess.Popen(stack.argv(app, self.port, self.admin, self.token_file, sock),
                                      cwd=DJANGO_DIR, env=env, stdout=self.log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, start_new_session=True)
         self.pid = self.proc.pid
+        _live.add(self)
+        if stack.fronted:
+            self._start_nginx(sock)
+
+    def _start_nginx(self, sock):
+        prefix = os.path.join(self.dir, "nginx")
+        os.mkdir(prefix)
+        conf = os.path.join(prefix, "nginx.conf")
+        with open(conf, "w") as f:
+            f.write(nginx_conf(prefix, self.port, sock, self.stack.nginx_workers))
+        self.front_log = os.path.join(prefix, "error.log")
+        self.front = subprocess.Popen(
+            [nginx_binary(), "-p", prefix, "-c", conf, "-e", self.front_log, "-g", "daemon off;"],
+            stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def front_pids(self):
+        """The front's processes (nginx master and workers), if there is one."""
+        if self.front is None or self.front.poll() is not None:
+            return []
+        return [self.front.pid] + children(self.front.pid)
 
     @property
     def addr(self):
         return ("127.0.0.1", self.port)
 
     def workers(self):
-        return children(self.pid)
+        pids = children(self.pid)
+        self.seen_workers.update(pids)
+        return pids
 
     def alive(self):
-        return self.proc.poll() is None
+        return self.proc.poll() is None and (self.front is None or self.front.poll() is None)
 
     def log_tail(self, n=15):
-        try:
-            with open(self.log_path, "rb") as f:
-                return b"\n".join(f.read().splitlines()[-n:]).decode(errors="replace")
-        except OSError:
-            return ""
+        out = []
+        for path in filter(None, (self.log_path, self.front_log)):
+            try:
+                with open(path, "rb") as f:
+                    out.append(b"\n".join(f.read().splitlines()[-n:]).decode(errors="replace"))
+            except OSError:
+                pass
+        return "\n".join(out)
+
+    def metrics(self):
+        """corral's /metrics as {sample name with labels: value}."""
+        req = urllib.request.Request(f"http://127.0.0.1:{self.admin}/metrics",
+                                     headers={"Authorization": f"Bearer {self.token}"})
+        with urllib.request.urlopen(req, timeout=5) as r:
+            text = r.read().decode()
+        out = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                try:
+                    out[name] = float(value)
+                except ValueError:
+                    pass
+        return out
 
     def admin_request(self, method, path, body=None):
         req = urllib.request.Request(f"http://127.0.0.1:{self.admin}{path}", method=method,
@@ -213,22 +393,38 @@ class Running:
             return None
 
     def stop(self, limit=40.0):
-        """TERM the whole process group, KILL what is left after `limit`."""
+        """TERM the manager's process group (and the front's), KILL what is
+        left after `limit`; then any worker seen that outlived them (corral
+        starts each worker in its own process group)."""
         try:
-            if self.alive():
+            self.workers()
+            for proc in filter(None, (self.proc, self.front)):
+                if proc.poll() is None:
+                    try:
+                        os.killpg(proc.pid, signal.SIGTERM)
+                    except ProcessLookupError:
+                        pass
+            for proc in filter(None, (self.proc, self.front)):
                 try:
-                    os.killpg(self.pid, signal.SIGTERM)
-                except ProcessLookupError:
+                    proc.wait(timeout=limit)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+                # Orphans left in the group (a worker that outlived its manager).
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
                     pass
-                if self.wait_exit(limit) is None:
-                    os.killpg(self.pid, signal.SIGKILL)
-                    self.proc.wait()
-            # Orphans left in the group (a worker that outlived its manager).
-            try:
-                os.killpg(self.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+            for pid in self.seen_workers:
+                if parent_of(pid) != 1:
+                    continue  # gone, or not an orphan (a reused pid)
+                for kill in (os.killpg, os.kill):  # its own group (corral's workers), or just it
+                    try:
+                        kill(pid, signal.SIGKILL)
+                    except (ProcessLookupError, PermissionError):
+                        pass
         finally:
+            _live.discard(self)
             self.log.close()
             shutil.rmtree(self.dir, ignore_errors=True)
 
