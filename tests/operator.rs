@@ -308,6 +308,131 @@ async fn a_prometheus_query_drives_scaling() {
     .await;
 }
 
+/// The `message` of pod `name` in the autoscaler's status.
+fn pod_message(wa: &WorkerAutoscaler, name: &str) -> String {
+    wa.status
+        .as_ref()
+        .and_then(|s| s.pod_status.iter().find(|p| p.name == name))
+        .and_then(|p| p.message.clone())
+        .unwrap_or_default()
+}
+
+/// The namespace's Events of `reason`.
+async fn events_of(env: &Env, reason: &str) -> Vec<Event> {
+    let events: Api<Event> = Api::namespaced(env.admin.clone(), &env.ns);
+    let list = events.list(&ListParams::default()).await.unwrap();
+    list.items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some(reason))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_without_concurrency_is_named_and_not_scaled_on_it() {
+    let env = setup("concurrency").await;
+    let port = free_port();
+    // Shared-socket mode: /workers has no concurrency. Three workers over
+    // minWorkers 1, and scale-down neither stabilized nor rate-limited: a
+    // missing value read as 0 would shrink the pod on the first pass.
+    let m = manager(&env, "127.0.0.13", port, &["-w", "3", "--max-workers", "6"]);
+    assert_eq!(m.workers().unwrap().concurrency, None);
+    k::ready_pod(&env.admin, &env.ns, "web-s", web(), "127.0.0.13").await;
+    let fields = |metrics: serde_json::Value| {
+        spec(
+            port,
+            json!({
+                "minWorkers": 1,
+                "maxWorkers": 6,
+                "metrics": metrics,
+                "behavior": {"scaleDown": {
+                    "stabilizationWindowSeconds": 0,
+                    "policies": [{"type": "Percent", "value": 100, "periodSeconds": 1}]
+                }}
+            }),
+        )
+    };
+    let concurrency = json!({"type": "Concurrency", "target": 2});
+    let api = autoscaler(&env, "web", fields(json!([concurrency]))).await;
+    let op = Operator::start(
+        &env.kubeconfig,
+        &env.ns,
+        "op-concurrency",
+        "lease-concurrency",
+        &[],
+    );
+    let wa = until_status(&api, "web", "the pod named in its status", |wa| {
+        pod_message(wa, "web-s").contains("no concurrency reported")
+    })
+    .await;
+    assert!(
+        pod_message(&wa, "web-s").contains("--proxy"),
+        "{:#?}",
+        wa.status
+    );
+    let unreported = eventually_async("the ConcurrencyUnreported Event", WAIT, || async {
+        match events_of(&env, "ConcurrencyUnreported").await {
+            found if found.is_empty() => Err(()),
+            found => Ok(found),
+        }
+    })
+    .await;
+    assert_eq!(unreported.len(), 1, "{unreported:#?}");
+    let event = &unreported[0];
+    assert_eq!(event.type_.as_deref(), Some("Warning"));
+    assert_eq!(
+        event.related.as_ref().and_then(|r| r.name.as_deref()),
+        Some("web-s"),
+        "{event:#?}"
+    );
+    assert!(
+        event.note.as_deref().unwrap_or("").contains("pod web-s"),
+        "{event:#?}"
+    );
+
+    // Passes go on: the pod keeps its count (no PUT at all), and the
+    // Event is not repeated (a repeat would make it a series).
+    let passes = || reconciles(&get(op.metrics, "/metrics").unwrap().1);
+    let before = passes();
+    eventually("three more passes", WAIT, || match passes() {
+        n if n >= before + 3.0 => Ok(()),
+        n => Err(n),
+    });
+    let doc = m.workers().unwrap();
+    assert_eq!((doc.desired, doc.requested), (3, None));
+    let unreported = events_of(&env, "ConcurrencyUnreported").await;
+    assert_eq!(unreported.len(), 1, "{unreported:#?}");
+    assert_eq!(unreported[0].series, None, "{unreported:#?}");
+
+    // A metric the pod does report still decides beside it: an empty
+    // listen queue at target 0 asks for minWorkers.
+    let metrics = json!([concurrency, {"type": "QueueLength", "target": 0}]);
+    let patch = json!({"spec": {"metrics": metrics}});
+    api.patch("web", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    until_workers(&m, "the scale-down on the queue", |d| {
+        d.desired == 1 && d.requested == Some(1)
+    })
+    .await;
+    let wa = until_status(&api, "web", "the scale-down in the status", |wa| {
+        wa.status
+            .as_ref()
+            .is_some_and(|s| s.pod_status.iter().any(|p| p.desired == Some(1)))
+    })
+    .await;
+    assert!(
+        pod_message(&wa, "web-s").contains("no concurrency reported"),
+        "{:#?}",
+        wa.status
+    );
+    assert_eq!(
+        condition(&wa, "ScalingLimited").unwrap().1,
+        "Limited",
+        "{:#?}",
+        wa.status
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_specs_get_a_condition_and_touch_no_pod() {
     let env = setup("invalid").await;
