@@ -241,20 +241,24 @@ fn recycle(w: &WorkerFacts, policy: &Policy, now: Instant) -> Option<Recycle> {
 }
 
 /// Who goes first when workers must drain: old generations (and workers
-/// being recycled) before the current one, workers still booting before
-/// ready ones (they serve nothing yet), then the idlest, then the youngest.
+/// being recycled) before the current one, the oldest of them first, so a
+/// successor that is itself due soon cannot keep jumping the line; then,
+/// of the current generation, workers still booting before ready ones
+/// (they serve nothing yet), then the idlest, then the youngest.
 fn drain_order<'a>(
     active: &[&'a WorkerFacts],
     old: &dyn Fn(&WorkerFacts) -> bool,
     is_ready: &dyn Fn(&WorkerFacts) -> bool,
 ) -> Vec<&'a WorkerFacts> {
     let mut order: Vec<&WorkerFacts> = active.to_vec();
-    order.sort_by(|a, b| {
-        (!old(a))
-            .cmp(&!old(b))
-            .then(is_ready(a).cmp(&is_ready(b)))
+    order.sort_by(|a, b| match (old(a), old(b)) {
+        (true, true) => a.started.cmp(&b.started),
+        (true, false) => std::cmp::Ordering::Less,
+        (false, true) => std::cmp::Ordering::Greater,
+        (false, false) => is_ready(a)
+            .cmp(&is_ready(b))
             .then(a.cpu_recent.total_cmp(&b.cpu_recent))
-            .then(b.started.cmp(&a.started))
+            .then(b.started.cmp(&a.started)),
     });
     order
 }

@@ -614,8 +614,12 @@ pub struct Report {
     pub errors: Vec<String>,
 }
 
-/// Closed-loop load: `conns` threads, each sending one request per fresh
-/// connection until stopped or `limit` passes.
+/// One load thread's way of sending a request: the status, or whether it
+/// was a reset before any response byte, with the error's text.
+type LoadClient = Box<dyn Fn() -> Result<u16, (bool, String)> + Send>;
+
+/// Closed-loop load: `conns` threads, each sending requests one after
+/// another until stopped or `limit` passes.
 pub struct Load {
     stop: Arc<AtomicBool>,
     ok: Arc<AtomicU64>,
@@ -623,28 +627,66 @@ pub struct Load {
 }
 
 impl Load {
+    /// Each request on a fresh connection (`Connection: close`).
     pub fn start(addr: SocketAddr, path: &str, conns: usize, limit: Duration) -> Load {
+        let path = path.to_string();
+        Load::run(conns, limit, move || {
+            let path = path.clone();
+            Box::new(move || match raw_get(addr, &path) {
+                Ok(code) => Ok(code),
+                Err(e) if e.to_string() == UNANSWERED => Err((true, e.to_string())),
+                Err(e) => Err((false, e.to_string())),
+            })
+        })
+    }
+
+    /// Each thread keeps one keep-alive connection (corral's pooled
+    /// client, one per thread) and sends its requests on it, as browsers
+    /// and proxies in front of corral do.
+    pub fn start_keep_alive(addr: SocketAddr, path: &str, conns: usize, limit: Duration) -> Load {
+        let uri = url(&addr.to_string(), path, &[]).unwrap();
+        Load::run(conns, limit, move || {
+            let client = Client::new();
+            let uri = uri.clone();
+            Box::new(move || {
+                runtime()
+                    .block_on(client.send(Method::GET, uri.clone(), None, None, REQUEST_TIMEOUT))
+                    .map(|a| a.status.as_u16())
+                    .map_err(|e| (false, e.to_string()))
+            })
+        })
+    }
+
+    /// `conns` threads, each making requests with its own `client` until
+    /// stopped or `limit` passes; an error is (unanswered?, text).
+    fn run(
+        conns: usize,
+        limit: Duration,
+        client: impl Fn() -> LoadClient + Send + Sync + 'static,
+    ) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let ok = Arc::new(AtomicU64::new(0));
         let deadline = Instant::now() + limit;
+        let client = Arc::new(client);
         let threads = (0..conns)
             .map(|_| {
                 let stop = stop.clone();
                 let ok = ok.clone();
-                let path = path.to_string();
+                let client = client.clone();
                 std::thread::spawn(move || {
+                    let send = client();
                     let mut failed = 0;
                     let mut unanswered = 0;
                     let mut errors = Vec::new();
                     while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                        match raw_get(addr, &path) {
+                        match send() {
                             Ok(200) => {
                                 ok.fetch_add(1, Ordering::Relaxed);
                             }
-                            Err(e) if e.to_string() == UNANSWERED => {
+                            Err((true, e)) => {
                                 unanswered += 1;
                                 if errors.len() < 5 {
-                                    errors.push(e.to_string());
+                                    errors.push(e);
                                 }
                             }
                             other => {

@@ -8,4 +8,6 @@ urlpatterns = [
     path("delay/<int:ms>", views.delay),
     path("cpu/<int:ms>", views.cpu),
     path("pid", views.pid),
+    path("forwarded", views.forwarded),
+    path("events/<int:n>", views.events),
 ]

@@ -2,7 +2,7 @@ import asyncio
 import os
 import time
 
-from django.http import HttpResponse
+from django.http import HttpResponse, StreamingHttpResponse
 
 TEXT = "text/plain; charset=utf-8"
 
@@ -31,3 +31,26 @@ def cpu(request, ms):
 
 def pid(request):
     return HttpResponse(str(os.getpid()), content_type=TEXT)
+
+
+def forwarded(request):
+    # What a proxy in front told the app about the client.
+    lines = [
+        f"{name}={request.META.get(key, '')}"
+        for name, key in [
+            ("for", "HTTP_X_FORWARDED_FOR"),
+            ("proto", "HTTP_X_FORWARDED_PROTO"),
+            ("host", "HTTP_X_FORWARDED_HOST"),
+        ]
+    ]
+    return HttpResponse("\n".join(lines) + "\n", content_type=TEXT)
+
+
+async def events(request, n):
+    # Server-sent events, one every 200 ms: a response that streams.
+    async def stream():
+        for i in range(n):
+            yield f"data: {i}\n\n"
+            await asyncio.sleep(0.2)
+
+    return StreamingHttpResponse(stream(), content_type="text/event-stream")

@@ -1,0 +1,632 @@
+//! Proxy mode (`corral run --proxy`) driven as a user would: Uvicorn
+//! serving Django behind corral's front, two load generators at once (one
+//! fresh connection per request, and keep-alive connections held across
+//! everything) counting every failure, and real signals, API calls and
+//! kills. In this mode nothing may fail at all: no reset, no 5xx.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use corral::contract::{ExitReason, WorkerState, WorkersDoc};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use support::*;
+
+const SETTLE: Duration = Duration::from_secs(40);
+const TOKEN: &str = "s3cret-token-for-the-proxy-tests";
+
+fn proxied(args: &[&str]) -> Corral {
+    corral().args(&["--proxy"]).args(args).django().start()
+}
+
+fn pids(doc: &WorkersDoc) -> Vec<i32> {
+    doc.workers.iter().map(|w| w.pid).collect()
+}
+
+/// Both kinds of client at once, three threads each.
+struct Loads {
+    fresh: Load,
+    kept: Load,
+}
+
+impl Loads {
+    fn start(c: &Corral, path: &str) -> Loads {
+        let limit = Duration::from_secs(180);
+        let loads = Loads {
+            fresh: Load::start(c.http, path, 3, limit),
+            kept: Load::start_keep_alive(c.http, path, 3, limit),
+        };
+        loads.progress();
+        loads
+    }
+
+    /// Both are flowing: each answered more since the last look.
+    fn progress(&self) {
+        self.fresh.wait_progress(30, Duration::from_secs(20));
+        self.kept.wait_progress(30, Duration::from_secs(20));
+    }
+
+    /// Stops both; not one request may have failed.
+    fn stop_clean(self, c: &Corral) -> u64 {
+        let fresh = self.fresh.stop();
+        let kept = self.kept.stop();
+        for (kind, r) in [("fresh connections", &fresh), ("keep-alive", &kept)] {
+            assert!(
+                r.failed == 0 && r.unanswered == 0,
+                "{kind}: {r:?}\n{}",
+                c.log()
+            );
+            assert!(r.ok > 50, "{kind}: too little load to tell: {r:?}");
+            eprintln!("{kind}: {} ok, 0 failed", r.ok);
+        }
+        fresh.ok + kept.ok
+    }
+}
+
+struct TokenFile(PathBuf);
+
+impl TokenFile {
+    fn new() -> TokenFile {
+        let path = std::env::temp_dir().join(unique("corral-proxy-token"));
+        std::fs::write(&path, format!("{TOKEN}\n")).unwrap();
+        TokenFile(path)
+    }
+}
+
+impl Drop for TokenFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Writes `head` (a whole request, `Connection: close`) on a fresh
+/// connection and reads the answer to its end.
+fn exchange(addr: SocketAddr, head: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(head.as_bytes()).unwrap();
+    read_all(&mut s).unwrap()
+}
+
+fn status_of(answer: &str) -> u16 {
+    answer
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {answer:?}"))
+}
+
+#[test]
+fn hup_three_times_rolls_the_workers_with_no_failed_request() {
+    let _heavy = heavy();
+    let c = proxied(&["-w", "2"]);
+    let before = c.wait_settled(2, SETTLE);
+    let loads = Loads::start(&c, "/");
+    for generation in [2, 3, 4] {
+        c.signal(Signal::SIGHUP);
+        c.wait_for("the new generation to take over", SETTLE, |d| {
+            d.generation == generation
+                && d.ready == 2
+                && d.running == 2
+                && d.workers.iter().all(|w| w.generation == generation)
+        });
+        loads.progress();
+    }
+    loads.stop_clean(&c);
+    let after = c.workers().unwrap();
+    assert!(pids(&after).iter().all(|p| !pids(&before).contains(p)));
+    // Each old worker was stopped only once idle: drained, not killed.
+    assert!(
+        after
+            .recent_exits
+            .iter()
+            .all(|e| e.exit.reason == ExitReason::Drained),
+        "{:#?}",
+        after.recent_exits
+    );
+}
+
+#[test]
+fn ttou_five_times_scales_down_with_no_failed_request() {
+    let _heavy = heavy();
+    let c = proxied(&["-w", "6"]);
+    c.wait_settled(6, SETTLE);
+    let loads = Loads::start(&c, "/");
+    for n in (1..=5).rev() {
+        c.signal(Signal::SIGTTOU);
+        c.wait_settled(n, SETTLE);
+        loads.progress();
+    }
+    loads.stop_clean(&c);
+}
+
+#[test]
+fn put_workers_down_drops_no_request() {
+    let _heavy = heavy();
+    let token = TokenFile::new();
+    let c = proxied(&["-w", "3", "--admin-token-file", token.0.to_str().unwrap()]);
+    c.wait_settled(3, SETTLE);
+    let loads = Loads::start(&c, "/");
+    let auth = format!("Bearer {TOKEN}");
+    let (code, body) = request(
+        c.admin,
+        "PUT",
+        "/workers",
+        &[("Authorization", auth.as_str())],
+        r#"{"desired": 1}"#,
+    )
+    .unwrap();
+    assert_eq!(code, 200, "{body}");
+    c.wait_settled(1, SETTLE);
+    loads.progress();
+    loads.stop_clean(&c);
+}
+
+#[test]
+fn max_requests_recycles_workers_under_load_with_no_failed_request() {
+    let _heavy = heavy();
+    let c = proxied(&[
+        "-w",
+        "2",
+        "--max-requests",
+        "20",
+        "--max-requests-jitter",
+        "5",
+    ]);
+    c.wait_settled(2, SETTLE);
+    let loads = Loads::start(&c, "/");
+    let doc = c.wait_for("six workers recycled", SETTLE, |d| {
+        d.recent_exits
+            .iter()
+            .filter(|e| e.exit.reason == ExitReason::Recycled)
+            .count()
+            >= 6
+    });
+    loads.progress();
+    loads.stop_clean(&c);
+    // Recycled, oldest first: no worker outlives the others' turns.
+    let first = doc.recent_exits.iter().map(|e| e.id).collect::<Vec<_>>();
+    assert!(
+        first.contains(&1) && first.contains(&2),
+        "both slots recycled: {first:?}"
+    );
+    let reasons = log_fields(
+        &c.log(),
+        "recycling worker: its successor starts first",
+        "reason",
+    );
+    assert!(reasons.iter().all(|r| r == "max-requests"), "{reasons:?}");
+}
+
+#[test]
+fn a_worker_killed_five_times_under_get_load_fails_no_request() {
+    let _heavy = heavy();
+    let c = proxied(&["-w", "2"]);
+    c.wait_settled(2, SETTLE);
+    let loads = Loads::start(&c, "/");
+    for _ in 0..5 {
+        let doc = c.workers().unwrap();
+        let victim = doc.workers[0].pid;
+        kill(Pid::from_raw(victim), Signal::SIGKILL).unwrap();
+        c.wait_for("a replacement ready", SETTLE, |d| {
+            d.ready == 2 && d.running == 2 && !pids(d).contains(&victim)
+        });
+        loads.progress();
+    }
+    loads.stop_clean(&c);
+    let metrics = get(c.admin, "/metrics").unwrap().1;
+    let retries = metrics::sum(&metrics, "corral_http_retries_total");
+    eprintln!("retried {retries} requests across five kills");
+    assert!(
+        retries > 0.0,
+        "kills under load must have cost some requests a retry"
+    );
+    let doc = c.workers().unwrap();
+    assert_eq!(
+        doc.recent_exits
+            .iter()
+            .filter(|e| e.exit.reason == ExitReason::Crashed)
+            .count(),
+        5
+    );
+}
+
+#[test]
+fn term_finishes_slow_requests_then_refuses_late_connections() {
+    let _heavy = heavy();
+    let mut c = proxied(&[
+        "-w",
+        "2",
+        "--shutdown-delay",
+        "1s",
+        "--graceful-timeout",
+        "20s",
+    ]);
+    c.wait_settled(2, SETTLE);
+    let loads = Loads::start(&c, "/");
+    let mut slow = sent_requests(c.http, "/delay/4000", 3);
+    eventually("the slow requests in the workers' hands", SETTLE, || {
+        let d = c.try_workers()?;
+        match d.workers.iter().filter_map(|w| w.in_flight).sum::<u32>() {
+            n if n >= 3 => Ok(()),
+            n => Err(format!("{n} in flight")),
+        }
+    });
+    c.signal(Signal::SIGTERM);
+    let body = not_ready_within(c.admin, Duration::from_millis(500));
+    assert!(body.contains("shutting down"), "{body}");
+    // Kubernetes stops routing during the delay: so does the load.
+    loads.progress();
+    loads.stop_clean(&c);
+    wait_text(
+        "the front to stop accepting",
+        SETTLE,
+        "front: no new connections",
+        || c.log(),
+    );
+    // Late clients are refused outright, never queued and reset.
+    let late = TcpStream::connect(c.http);
+    assert_eq!(
+        late.as_ref().map_err(std::io::Error::kind).err(),
+        Some(std::io::ErrorKind::ConnectionRefused),
+        "{late:?}"
+    );
+    for s in &mut slow {
+        let answer = read_all(s).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.contains("slept 4000ms"), "{answer}");
+    }
+    let status = c.wait_exit(Duration::from_secs(30));
+    assert!(status.success(), "{status:?}\n{}", c.log());
+}
+
+#[test]
+fn queue_overflow_is_answered_503_with_retry_after_never_a_reset() {
+    let _heavy = heavy();
+    let c = proxied(&["-w", "1", "--worker-concurrency", "1", "--max-queue", "2"]);
+    c.wait_settled(1, SETTLE);
+    let mut held = sent_requests(c.http, "/delay/2000", 1);
+    eventually("the first request in the worker", SETTLE, || {
+        match c.try_workers()?.workers[0].in_flight {
+            Some(1) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    let mut queued = sent_requests(c.http, "/delay/10", 2);
+    eventually("two requests queued", SETTLE, || {
+        match c.try_workers()?.queued {
+            Some(2) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    let mut over = sent_requests(c.http, "/", 5);
+    for s in &mut over {
+        let answer = read_all(s).unwrap();
+        assert_eq!(status_of(&answer), 503, "{answer}");
+        assert!(
+            answer.to_ascii_lowercase().contains("retry-after: 1"),
+            "{answer}"
+        );
+    }
+    for s in held.iter_mut().chain(queued.iter_mut()) {
+        let answer = read_all(s).unwrap();
+        assert_eq!(status_of(&answer), 200, "{answer}");
+    }
+    let metrics = get(c.admin, "/metrics").unwrap().1;
+    assert_eq!(
+        metrics::value(
+            &metrics,
+            "corral_http_requests_total",
+            &[("code", "503"), ("method", "GET")]
+        ),
+        Some(5.0),
+        "{metrics}"
+    );
+    assert!(metrics::sum(&metrics, "corral_http_queue_wait_seconds_count") >= 3.0);
+}
+
+#[test]
+fn a_request_that_waits_past_the_queue_timeout_gets_503() {
+    let c = proxied(&[
+        "-w",
+        "1",
+        "--worker-concurrency",
+        "1",
+        "--queue-timeout",
+        "500ms",
+    ]);
+    c.wait_settled(1, SETTLE);
+    let mut held = sent_requests(c.http, "/delay/3000", 1);
+    eventually("the first request in the worker", SETTLE, || {
+        match c.try_workers()?.workers[0].in_flight {
+            Some(1) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    let started = Instant::now();
+    let answer = exchange(
+        c.http,
+        "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status_of(&answer), 503, "{answer}");
+    assert!(started.elapsed() >= Duration::from_millis(450));
+    assert_answered(&mut held);
+}
+
+#[test]
+fn a_slow_booting_worker_is_ready_when_it_answers_and_requests_wait_for_it() {
+    let uvicorn = venv().join("bin/uvicorn");
+    let mut c = corral()
+        .args(&["--proxy", "-w", "1"])
+        .env("SLOW_BOOT", "3")
+        .cwd(django_dir())
+        .command(&[
+            uvicorn.to_str().unwrap(),
+            "--fd",
+            "{fd}",
+            "--log-level",
+            "warning",
+            "slow_boot:application",
+        ])
+        .start();
+    // Alive well past the 1-s boot grace a shared-socket manager would
+    // go by, and still not ready: it does not answer on its socket yet.
+    std::thread::sleep(Duration::from_millis(1500));
+    let (code, body) = get(c.admin, "/readyz").unwrap();
+    assert_eq!(code, 503, "{body}");
+    // A request now waits in corral's queue, then is served.
+    let early = in_background(c.http, "/");
+    let doc = c.wait_settled(1, SETTLE);
+    assert_eq!(doc.workers[0].state, WorkerState::Ready);
+    let (code, body) = early.join().unwrap().unwrap();
+    assert_eq!((code, body.as_str()), (200, "hello from django\n"));
+    assert!(c.log().contains("worker ready (answers on its socket)"));
+    let status = {
+        c.signal(Signal::SIGTERM);
+        c.wait_exit(SETTLE)
+    };
+    assert!(status.success());
+}
+
+#[test]
+fn a_stuck_request_gets_504_and_kill_stuck_recycles_its_worker() {
+    let c = proxied(&["-w", "2", "--request-timeout", "1s", "--kill-stuck"]);
+    let before = c.wait_settled(2, SETTLE);
+    let answer = exchange(
+        c.http,
+        "GET /delay/5000 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status_of(&answer), 504, "{answer}");
+    let after = c.wait_for("the stuck worker replaced", SETTLE, |d| {
+        d.ready == 2
+            && d.running == 2
+            && d.recent_exits
+                .iter()
+                .any(|e| e.exit.reason == ExitReason::Recycled)
+    });
+    assert_eq!(
+        pids(&after)
+            .iter()
+            .filter(|p| pids(&before).contains(p))
+            .count(),
+        1,
+        "only the stuck one goes"
+    );
+    assert_eq!(get(c.http, "/").unwrap().0, 200);
+}
+
+#[test]
+fn forwarded_headers_are_set_and_trusted_only_from_allowed_peers() {
+    let ask = |c: &Corral| {
+        exchange(
+            c.http,
+            "GET /forwarded HTTP/1.1\r\nHost: shop.example\r\nX-Forwarded-For: 203.0.113.9\r\nX-Forwarded-Proto: https\r\nConnection: close\r\n\r\n",
+        )
+    };
+    // Loopback is trusted by default, as with Gunicorn and Uvicorn.
+    let c = proxied(&["-w", "1"]);
+    c.wait_settled(1, SETTLE);
+    let answer = ask(&c);
+    assert!(answer.contains("for=203.0.113.9, 127.0.0.1\n"), "{answer}");
+    assert!(answer.contains("proto=https\n"), "{answer}");
+    assert!(answer.contains("host=shop.example\n"), "{answer}");
+    drop(c);
+    let c = proxied(&["-w", "1", "--forwarded-allow-ips", "10.0.0.0/8"]);
+    c.wait_settled(1, SETTLE);
+    let answer = ask(&c);
+    assert!(answer.contains("for=127.0.0.1\n"), "{answer}");
+    assert!(answer.contains("proto=http\n"), "{answer}");
+}
+
+#[test]
+fn server_sent_events_stream_through_and_keep_the_worker_busy() {
+    let c = proxied(&["-w", "1"]);
+    c.wait_settled(1, SETTLE);
+    let mut s = TcpStream::connect(c.http).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /events/10 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let started = Instant::now();
+    let mut first = [0u8; 512];
+    let n = s.read(&mut first).unwrap();
+    let head = String::from_utf8_lossy(&first[..n]).to_string();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains("text/event-stream"), "{head}");
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "the first bytes came before the stream ended (it takes 2 s)"
+    );
+    eventually("the stream counted on its worker", SETTLE, || {
+        match c.try_workers()?.workers[0].in_flight {
+            Some(1) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    let mut rest = String::new();
+    s.read_to_string(&mut rest).unwrap();
+    let all = head + &rest;
+    assert!(all.contains("data: 0") && all.contains("data: 9"), "{all}");
+    eventually("the worker idle again", SETTLE, || {
+        match c.try_workers()?.workers[0].in_flight {
+            Some(0) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+}
+
+/// The stdin-driven WebSocket client in the Django test app.
+struct WsClient {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl WsClient {
+    fn start() -> WsClient {
+        let mut child = Command::new(venv().join("bin/python"))
+            .arg(django_dir().join("ws_client.py"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        WsClient {
+            child,
+            stdin,
+            stdout,
+        }
+    }
+
+    fn say(&mut self, line: &str) -> String {
+        writeln!(self.stdin, "{line}").unwrap();
+        let mut out = String::new();
+        self.stdout.read_line(&mut out).unwrap();
+        out.trim().to_string()
+    }
+
+    /// Sends `text` on `name`; the pid of the worker that echoed it.
+    fn echo_pid(&mut self, name: &str, text: &str) -> i32 {
+        let reply = self.say(&format!("send {name} {text}"));
+        let (pid, echoed) = reply.split_once(' ').unwrap_or_else(|| panic!("{reply}"));
+        assert_eq!(echoed, text, "{reply}");
+        pid.parse().unwrap_or_else(|_| panic!("{reply}"))
+    }
+}
+
+impl Drop for WsClient {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_websocket_keeps_its_worker_across_a_hup_and_new_ones_reach_the_new_workers() {
+    let c = proxied(&["-w", "1"]);
+    let before = c.wait_settled(1, SETTLE);
+    let old = before.workers[0].pid;
+    let url = format!("ws://{}/ws", c.http);
+    let mut ws = WsClient::start();
+    assert_eq!(ws.say(&format!("open a {url}")), "ok");
+    assert_eq!(ws.echo_pid("a", "hello"), old);
+    c.signal(Signal::SIGHUP);
+    let doc = c.wait_for("the new worker ready, the old one draining", SETTLE, |d| {
+        d.generation == 2
+            && d.workers
+                .iter()
+                .any(|w| w.generation == 2 && w.state == WorkerState::Ready)
+    });
+    let new = doc.workers.iter().find(|w| w.generation == 2).unwrap().pid;
+    // The open socket stays where it is; its worker waits for it.
+    assert_eq!(ws.echo_pid("a", "still here"), old);
+    let draining = c.workers().unwrap();
+    assert!(
+        draining
+            .workers
+            .iter()
+            .any(|w| w.pid == old && w.state == WorkerState::Draining && w.in_flight == Some(1)),
+        "{draining:#?}"
+    );
+    assert_eq!(ws.say(&format!("open b {url}")), "ok");
+    assert_eq!(ws.echo_pid("b", "fresh"), new);
+    assert_eq!(ws.say("close a"), "ok");
+    c.wait_for("the old worker gone once its socket closed", SETTLE, |d| {
+        !pids(d).contains(&old)
+            && d.recent_exits
+                .iter()
+                .any(|e| e.pid == old && e.exit.reason == ExitReason::Drained)
+    });
+    assert_eq!(ws.echo_pid("b", "after"), new);
+}
+
+#[test]
+fn the_metrics_and_the_workers_document_count_requests() {
+    let c = proxied(&["-w", "2"]);
+    c.wait_settled(2, SETTLE);
+    for _ in 0..10 {
+        assert_eq!(get(c.http, "/").unwrap().0, 200);
+    }
+    assert_eq!(get(c.http, "/no-such-page").unwrap().0, 404);
+    // The document is republished on the manager's next pass.
+    let doc = c.wait_for("eleven requests counted", SETTLE, |d| {
+        d.workers.iter().filter_map(|w| w.requests).sum::<u64>() == 11
+    });
+    assert!(
+        doc.workers.iter().all(|w| w.requests.unwrap() >= 5),
+        "least busy spreads them: {doc:#?}"
+    );
+    assert!(doc.concurrency.is_some() && doc.queued == Some(0));
+    let m = get(c.admin, "/metrics").unwrap().1;
+    let v = |name: &str, labels: &[(&str, &str)]| metrics::value(&m, name, labels);
+    assert_eq!(
+        v(
+            "corral_http_requests_total",
+            &[("code", "200"), ("method", "GET")]
+        ),
+        Some(10.0),
+        "{m}"
+    );
+    assert_eq!(
+        v(
+            "corral_http_requests_total",
+            &[("code", "404"), ("method", "GET")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        v("corral_http_request_duration_seconds_count", &[]),
+        Some(11.0)
+    );
+    assert_eq!(v("corral_http_requests_in_flight", &[]), Some(0.0));
+    assert_eq!(v("corral_http_queue_length", &[]), Some(0.0));
+    assert_eq!(metrics::sum(&m, "corral_worker_requests_total"), 11.0);
+    assert_eq!(
+        v("corral_http_retries_total", &[("reason", "connect")]),
+        Some(0.0)
+    );
+    assert!(metrics::has(
+        &m,
+        "corral_http_queue_wait_seconds_bucket",
+        &["le"]
+    ));
+}
+
+#[test]
+fn the_builtin_worker_serves_behind_the_front_through_a_hup() {
+    let _heavy = heavy();
+    let c = corral().args(&["--proxy", "-w", "2"]).start();
+    c.wait_settled(2, SETTLE);
+    let loads = Loads::start(&c, "/");
+    c.signal(Signal::SIGHUP);
+    c.wait_for("generation 2", SETTLE, |d| {
+        d.generation == 2 && d.ready == 2 && d.running == 2
+    });
+    loads.progress();
+    loads.stop_clean(&c);
+}
