@@ -1,13 +1,21 @@
 #!/usr/bin/env python3
 """Autoscaling quality: `corral operator` sizing a real `corral run` pod
-through a load step (issue 6, figure 6).
+through a load step (issue 6, figure 6), twice in one cluster: on CPU with
+CPU-bound requests (the CPU run), then on Concurrency with I/O-bound
+requests behind `corral run --proxy` (the Concurrency run, issue 11).
 
     python3 bench/autoscale.py [--out-dir docs/benchmarks] [--smoke] [--corral PATH]
 
-Writes OUT/autoscale.json and OUT/autoscale.png (matplotlib, imported only
-for the chart) and prints a summary table. Exits non-zero when the run
-itself fails (cluster, manager or operator not coming up); a missed target
-is reported, not an error.
+Writes OUT/autoscale.json (the CPU run at the top level, the Concurrency
+run under "concurrency"), OUT/autoscale.png and
+OUT/autoscale-concurrency.png (matplotlib, imported only for the charts)
+and prints both tables and their key figures side by side. Exits 1 when
+the CPU run fails (cluster, manager or operator not coming up; nothing is
+written), 3 when only the Concurrency run failed (the JSON is written, with
+the error under "concurrency"); a missed target is reported, not an error.
+If the corral binary has no proxy mode (`corral run --help` lists no
+--proxy) the Concurrency run is skipped and says so: "not available:
+<reason>" is printed and stored.
 
 Method
 ------
@@ -66,6 +74,29 @@ Method
   - scale-down: time from the drop to the first decrease and to the ideal
     low count (bounded below by the 30 s stabilization window).
 
+The Concurrency run (same cluster and operator, its own pod and autoscaler;
+the CPU run's autoscaler is deleted first):
+* Pod: `corral run --proxy --worker-concurrency 10 -- uvicorn --fd {fd}
+  mysite.asgi:application` (tests/django_app, the bench venv's Uvicorn),
+  1 to 8 workers as above. corral accepts and hands each request to the
+  worker with the fewest in flight, at most 10 per worker (the rest wait
+  in corral's queue).
+* Load: the same open-loop generator on GET /delay/50, Django's async view
+  that awaits 50 ms: a request holds a slot for 50 ms and almost no CPU, so
+  r requests/s keep r x 0.05 requests in flight (Little's law) while the
+  CPU stays low; a CPU metric would not see this load.
+* Capacity: 8 requests in flight, what 4 workers hold at the target of 2
+  (`{type: Concurrency, target: 2}`, the pod's `concurrency` in /workers:
+  mean in flight per ready worker over corral's ~3 s window). Phases 20 %
+  of it (32 req/s, 1.6 in flight, ideal 1 worker) and 80 % (128 req/s, 6.4
+  in flight, ideal ceil(6.4 / 2) = 4). 80 %, not the CPU run's 90 %:
+  a request is in flight a few ms over its 50 ms (Django, Uvicorn, the
+  proxy), and 90 % (7.2) would put the ideal on the edge of 4 and 5.
+* Its target (issue 11): the desired count reaches the ideal during high
+  load. The same figures as the CPU run, with the signal in requests in
+  flight, the per-worker `in_flight` of /workers as the 1 s figure, and
+  the CPU per worker beside it (what a CPU metric would have seen).
+
 Contention: /cpu/{ms} burns wall-clock time, so when other processes compete
 for the 2 cores a request burns less CPU than 10 ms, the pod uses less than
 the offered cores and the autoscaler (rightly, by what it measures) settles
@@ -73,9 +104,9 @@ below the ideal count. The JSON and the table show the machine's CPU busy
 fraction and the count the measured pod CPU calls for; compare runs only on
 a quiet machine.
 
---smoke is the same code path in <= 30 s on a quiet machine (the API
-server's start is half of it): 2 s baseline, 7 s high, 3 s low, and a 1 s
-scale-down window, so it may or may not see a scale-down.
+--smoke is the same code path in <= 45 s on a quiet machine (the API
+server's start is a quarter of it): per run 2 s baseline, 7 s high, 3 s
+low, and a 1 s scale-down window, so it may or may not see a scale-down.
 
 Needs a release build, etcd (Debian's etcd-server) and the cached
 kube-apiserver (.ci/kube-apiserver.sh builds it), kubectl (.ci/k8s-tools.sh).
@@ -84,6 +115,7 @@ Traffic stays on 127.0.0.0/8.
 
 import argparse
 import asyncio
+import dataclasses
 import datetime
 import http.client
 import json
@@ -98,7 +130,7 @@ import tempfile
 import threading
 import time
 
-from stacks import free_port
+from stacks import DJANGO_DIR, free_port, proxy_unsupported
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NS = "corral-bench"
@@ -116,6 +148,45 @@ LOW_FRACTION = 0.2
 HIGH_FRACTION = 0.9
 TOLERANCE = 0.1  # the operator's tolerance band (src/operator/decide.rs)
 TARGET_DECISION_S = 2.0
+# The Concurrency run: I/O-bound requests (Django's async /delay/50 behind
+# corral --proxy), at most WORKER_CONCURRENCY in flight per worker.
+DELAY_MS = 50
+CONCURRENCY_TARGET = 2.0
+CAPACITY_IN_FLIGHT = 8.0  # 4 workers at the target
+WORKER_CONCURRENCY = 10
+
+
+@dataclasses.dataclass(frozen=True)
+class Scenario:
+    """One autoscaling run: what the pod serves, the metric, the load."""
+    key: str  # names the pod and the autoscaler
+    metric: str  # the WorkerAutoscaler metric type
+    target: float
+    cost: float  # per request, in the metric's unit x seconds (cores x s, or s in flight)
+    capacity: float  # the pod's capacity in the metric's unit: ideal workers x target at 100 %
+    path: str
+    signal: str  # the /workers field the operator reads
+    unit: str
+    what: str  # the signal, in words
+    high_fraction: float = HIGH_FRACTION
+
+    @property
+    def low_rps(self):
+        return LOW_FRACTION * self.capacity / self.cost
+
+    @property
+    def high_rps(self):
+        return self.high_fraction * self.capacity / self.cost
+
+
+CPU_RUN = Scenario("web", "CPU", CPU_TARGET, REQUEST_MS / 1000, CAPACITY_CORES, f"/cpu/{REQUEST_MS}",
+                   "cpu_utilisation", "cores", "CPU per worker")
+# 80 %, not 90 %: a request is in flight a few ms longer than its 50 ms
+# (Django, Uvicorn, the proxy), so the offered 6.4 in flight leaves the
+# ideal count at ceil(6.4 x overhead / 2) = 4 for up to 25 % overhead.
+CONCURRENCY_RUN = Scenario("web-conc", "Concurrency", CONCURRENCY_TARGET, DELAY_MS / 1000, CAPACITY_IN_FLIGHT,
+                           f"/delay/{DELAY_MS}", "concurrency", "requests", "requests in flight per worker",
+                           high_fraction=0.8)
 
 FULL = {"baseline": 30.0, "high": 90.0, "low": 90.0, "down_window": 30}
 SMOKE = {"baseline": 2.0, "high": 7.0, "low": 3.0, "down_window": 1}
@@ -133,6 +204,11 @@ _START = time.monotonic()
 
 def log(msg):
     print(f"autoscale: {time.monotonic() - _START:5.1f}s {msg}", file=sys.stderr, flush=True)
+
+
+# The exit code when the CPU run succeeded (autoscale.json written) but the
+# Concurrency run failed; bench/run.py reads the JSON and reports it.
+EXIT_CONCURRENCY_FAILED = 3
 
 
 class RunFailed(Exception):
@@ -162,7 +238,7 @@ class Procs:
     def __init__(self):
         self.children = []
 
-    def start(self, argv, logfile, env=None):
+    def start(self, argv, logfile, env=None, cwd=None):
         f = open(logfile, "wb")
         p = subprocess.Popen(
             argv,
@@ -170,6 +246,7 @@ class Procs:
             stdout=f,
             stderr=subprocess.STDOUT,
             env=env,
+            cwd=cwd,
             start_new_session=True,
         )
         f.close()
@@ -363,9 +440,10 @@ def parse_metric(text, name):
 
 
 class Sampler(threading.Thread):
-    def __init__(self, ip, operator_metrics, t0):
+    def __init__(self, ip, operator_metrics, t0, signal="cpu_utilisation"):
         super().__init__(daemon=True)
         self.ip = ip
+        self.signal = signal
         self.operator_metrics = operator_metrics
         self.t0 = t0
         self.samples = []
@@ -400,7 +478,7 @@ class Sampler(threading.Thread):
                 continue
             workers = []
             for w in doc.get("workers", []):
-                workers.append((w["pid"], w["state"], proc_cpu_seconds(w["pid"])))
+                workers.append((w["pid"], w["state"], proc_cpu_seconds(w["pid"]), w.get("in_flight")))
             busy, total = machine_cpu()
             queue = max((l.get("queue_length") or 0 for l in doc.get("listeners", [])), default=0)
             self.samples.append({
@@ -408,7 +486,9 @@ class Sampler(threading.Thread):
                 "desired": doc["desired"],
                 "running": doc["running"],
                 "ready": doc["ready"],
-                "util_window": doc["cpu_utilisation"],
+                "util_window": doc.get(self.signal),
+                "cpu_window": doc["cpu_utilisation"],
+                "queued": doc.get("queued"),
                 "workers": workers,
                 "queue": queue,
                 "busy": busy,
@@ -512,14 +592,14 @@ class Load(threading.Thread):
 # the run
 
 
-def autoscaler_spec(phases):
+def autoscaler_spec(phases, sc=CPU_RUN):
     return {
-        "selector": {"matchLabels": {"app": "web"}},
+        "selector": {"matchLabels": {"app": sc.key}},
         "adminPort": ADMIN_PORT,
         "tokenSecretRef": {"name": "web-corral", "key": "token"},
         "minWorkers": MIN_WORKERS,
         "maxWorkers": MAX_WORKERS,
-        "metrics": [{"type": "CPU", "target": CPU_TARGET}],
+        "metrics": [{"type": sc.metric, "target": sc.target}],
         "behavior": {
             "scaleUp": {
                 "stabilizationWindowSeconds": 0,
@@ -598,6 +678,154 @@ def start_operator(procs, corral, kube, workdir, sa, namespace, metrics_port):
     return operator
 
 
+def manager_argv(corral, sc, ip, token_file):
+    """The pod's `corral run`: the built-in worker for the CPU run; for the
+    Concurrency run, proxy mode before Uvicorn + Django (the venv's)."""
+    argv = [corral, "run", "-w", str(MIN_WORKERS), "--min-workers", str(MIN_WORKERS),
+            "--max-workers", str(MAX_WORKERS), "-b", f"{ip}:{HTTP_PORT}",
+            "--admin-bind", f"{ip}:{ADMIN_PORT}", "--admin-token-file", token_file]
+    if sc.metric != "Concurrency":
+        return argv, None
+    uvicorn = os.path.join(os.path.dirname(sys.executable), "uvicorn")
+    if not os.access(uvicorn, os.X_OK):
+        raise RunFailed(f"no uvicorn beside {sys.executable}: run this with the bench venv "
+                        "(bench/run.py sets it up)")
+    env = dict(os.environ, PYTHONPATH=DJANGO_DIR,
+               PATH=os.path.dirname(uvicorn) + ":" + os.environ.get("PATH", ""))
+    env.pop("WEB_CONCURRENCY", None)
+    return argv[:2] + ["--proxy", "--worker-concurrency", str(WORKER_CONCURRENCY)] + argv[2:] + [
+        "--", uvicorn, "--fd", "{fd}", "--no-access-log", "mysite.asgi:application"], env
+
+
+class Pod:
+    """One pod of a run: its manager at a loopback address, the low load
+    already flowing and /workers sampled, from start() on."""
+
+    def __init__(self, procs, corral, workdir, sc, op_port):
+        self.sc = sc
+        self.ip = pick_address()
+        token_file = os.path.join(workdir, "admin-token")
+        with open(token_file, "w") as f:
+            f.write(TOKEN)
+        argv, env = manager_argv(corral, sc, self.ip, token_file)
+        self.manager = procs.start(argv, os.path.join(workdir, f"manager-{sc.key}.log"), env=env,
+                                   cwd=DJANGO_DIR if env else None)
+        self.procs = procs
+
+        def manager_ready():
+            if self.manager.poll() is not None:
+                raise RunFailed(f"corral run exited {self.manager.returncode} (log: {workdir}/manager-{sc.key}.log)")
+            status, body = http_get(self.ip, ADMIN_PORT, "/workers")
+            return status == 200 and json.loads(body)["ready"] >= 1
+        wait_until(f"the {sc.metric} run's manager to serve", 60, manager_ready, every=0.05)
+        log(f"{sc.metric} run: manager ready at {self.ip}")
+        # The low load runs from now on, so the manager's window is steady
+        # at the baseline by the time the measured part starts.
+        self.t0 = time.monotonic()
+        self.wall0 = time.time()
+        self.self_cpu0 = time.process_time()
+        self.sampler = Sampler(self.ip, op_port, self.t0, sc.signal)
+        self.load = Load(self.ip, HTTP_PORT, sc.path, sc.low_rps, sc.high_rps, self.t0)
+        self.load.start()
+        self.sampler.start()
+
+    def halt(self):
+        self.load.abort.set()
+        self.load.join(REQUEST_TIMEOUT + 5)
+        self.sampler.halt.set()
+        self.sampler.join(5)
+
+    def stop(self):
+        self.halt()
+        self.procs.stop(self.manager)
+
+
+def measure(kube, pod, phases, operator, args):
+    """Creates the Pod object and its autoscaler, runs the measured phases
+    on the pod's load and returns the analysis."""
+    sc = pod.sc
+    name = sc.key
+    kube.create({"apiVersion": "v1", "kind": "Pod",
+                 "metadata": {"name": f"{name}-0", "namespace": NS, "labels": {"app": name}},
+                 "spec": {"containers": [{"name": "app", "image": "corral:bench"}]}})
+    kube.kubectl("patch", "pod", f"{name}-0", "-n", NS, "--subresource=status", "--type=merge", "-p",
+                 json.dumps({"status": {
+                     "phase": "Running", "podIP": pod.ip, "podIPs": [{"ip": pod.ip}],
+                     "conditions": [{"type": "Ready", "status": "True"}]}}))
+    spec = autoscaler_spec(phases, sc)
+    kube.create({"apiVersion": "corral.dev/v1alpha1", "kind": "WorkerAutoscaler",
+                 "metadata": {"name": name, "namespace": NS}, "spec": spec})
+
+    def measured():
+        wa = kube.get_json("workerautoscaler", name, "-n", NS) or {}
+        st = wa.get("status") or {}
+        conds = {c["type"]: c for c in st.get("conditions", [])}
+        invalid = conds.get("InvalidSpec", {})
+        if invalid.get("status") == "True":
+            raise RunFailed(f"the operator rejects metric type {sc.metric}: InvalidSpec: {invalid.get('message')}")
+        return st.get("pods") == 1 and conds.get("ScalingActive", {}).get("status") == "True"
+    try:
+        wait_until(f"the operator's first pass over the {sc.metric} run's pod", 30, measured, every=0.2)
+    except RunFailed as e:
+        if "rejects" in str(e):
+            raise
+        wa = kube.get_json("workerautoscaler", name, "-n", NS) or {}
+        raise RunFailed(f"{e}; autoscaler status: {json.dumps(wa.get('status'))}")
+    log(f"{sc.metric} run: autoscaler active; the measured part starts")
+
+    # The measured part: baseline, step up, hold, drop, hold.
+    load, sampler, t0 = pod.load, pod.sampler, pod.t0
+    t_base = time.monotonic() - t0
+    t_up = t_base + phases["baseline"]
+    t_down = t_up + phases["high"]
+    t_end = t_down + phases["low"]
+    load.phases(t_up, t_down, t_end)
+    load.join(t_end - t_base + REQUEST_TIMEOUT + 30)
+    sampler.halt.set()
+    sampler.join(10)
+    if load.is_alive() or load.error is not None:
+        raise RunFailed(f"the load generator failed: {load.error or 'did not finish'}")
+    gen_cpu = time.process_time() - pod.self_cpu0
+    elapsed = time.monotonic() - t0
+    if pod.manager.poll() is not None:
+        raise RunFailed(f"corral run exited {pod.manager.returncode} during the run")
+    if operator.poll() is not None:
+        raise RunFailed(f"corral operator exited {operator.returncode} during the run")
+    if len(sampler.samples) < 10:
+        raise RunFailed(f"only {len(sampler.samples)} samples of /workers")
+
+    events = []
+    evs = kube.get_json("events.v1.events.k8s.io", "-n", NS) or {"items": []}
+    for e in evs.get("items", []):
+        when = e.get("eventTime") or (e.get("series") or {}).get("lastObservedTime")
+        if not when or e.get("reason") not in ("ScaledUp", "ScaledDown"):
+            continue
+        if (e.get("regarding") or {}).get("name", name) != name:
+            continue  # the other run's autoscaler
+        events.append({"t": parse_time(when) - pod.wall0, "reason": e["reason"],
+                       "note": e.get("note"),
+                       "count": (e.get("series") or {}).get("count", 1)})
+    events.sort(key=lambda e: e["t"])
+    wa = kube.get_json("workerautoscaler", name, "-n", NS) or {}
+
+    # Report times from the start of the measured baseline.
+    samples = [dict(x, t=x["t"] - t_base) for x in sampler.samples if x["t"] >= t_base - 1.5]
+    operator_samples = [dict(x, t=x["t"] - t_base) for x in sampler.operator if x["t"] >= t_base]
+    events = [dict(e, t=e["t"] - t_base) for e in events]
+    load.results = [(r[0] - t_base,) + tuple(r[1:]) for r in load.results if r[0] >= t_base]
+    result = analyse(
+        phases=phases, spec=spec, samples=samples, operator=operator_samples,
+        load=load, events=events, t_up=t_up - t_base, t_down=t_down - t_base,
+        t_end=t_end - t_base,
+        low_rps=sc.low_rps, high_rps=sc.high_rps, gen_cpu=gen_cpu, elapsed=elapsed, sc=sc,
+    )
+    result["smoke"] = bool(args.smoke)
+    result["sampler_errors"] = sampler.errors
+    result["autoscaler_status"] = wa.get("status")
+    result["method"]["warmup_s"] = round(t_base, 2)
+    return result
+
+
 def run(args):
     phases = SMOKE if args.smoke else FULL
     corral = os.path.abspath(args.corral)
@@ -609,43 +837,13 @@ def run(args):
     wall_start = time.monotonic()
     loadavg_before = os.getloadavg()
     ok = False
-    load = sampler = None
-    # The API server takes ~6 s to come up: start the pod meanwhile.
+    pods = []
+    # The API server takes ~6 s to come up: start the CPU run's pod meanwhile.
     kube_thread = threading.Thread(target=kube.up, daemon=True)
     try:
         kube_thread.start()
-
-        ip = pick_address()
-        token_file = os.path.join(workdir, "admin-token")
-        with open(token_file, "w") as f:
-            f.write(TOKEN)
-        manager = procs.start(
-            [corral, "run", "-w", str(MIN_WORKERS), "--min-workers", str(MIN_WORKERS),
-             "--max-workers", str(MAX_WORKERS), "-b", f"{ip}:{HTTP_PORT}",
-             "--admin-bind", f"{ip}:{ADMIN_PORT}", "--admin-token-file", token_file],
-            os.path.join(workdir, "manager.log"),
-        )
-
-        def manager_ready():
-            if manager.poll() is not None:
-                raise RunFailed(f"corral run exited {manager.returncode}")
-            status, body = http_get(ip, ADMIN_PORT, "/workers")
-            return status == 200 and json.loads(body)["ready"] >= 1
-        wait_until("the manager to serve", 30, manager_ready, every=0.05)
-        log(f"manager ready at {ip}")
-
-        # The low load runs from now on, so the manager's CPU window is
-        # steady at the baseline by the time the measured part starts.
-        low_rps = LOW_FRACTION * CAPACITY_CORES / (REQUEST_MS / 1000)
-        high_rps = HIGH_FRACTION * CAPACITY_CORES / (REQUEST_MS / 1000)
         op_port = free_port()
-        t0 = time.monotonic()
-        wall0 = time.time()
-        self_cpu0 = time.process_time()
-        sampler = Sampler(ip, op_port, t0)
-        load = Load(ip, HTTP_PORT, f"/cpu/{REQUEST_MS}", low_rps, high_rps, t0)
-        load.start()
-        sampler.start()
+        pods.append(Pod(procs, corral, workdir, CPU_RUN, op_port))
 
         kube.done.wait(900)
         if kube.error is not None:
@@ -655,93 +853,42 @@ def run(args):
         log("API server ready")
 
         sa = install_operator(kube)
-        # The namespace, the admin token Secret the autoscaler names, and
-        # the Pod, whose status then says Running and Ready at the manager.
+        # The namespace and the admin token Secret the autoscalers name; each
+        # run then adds its Pod, whose status says Running and Ready at its
+        # manager, and its autoscaler.
         kube.create({"apiVersion": "v1", "kind": "List", "items": [
             {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}},
             {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "web-corral", "namespace": NS},
              "stringData": {"token": TOKEN}},
-            {"apiVersion": "v1", "kind": "Pod",
-             "metadata": {"name": "web-0", "namespace": NS, "labels": {"app": "web"}},
-             "spec": {"containers": [{"name": "app", "image": "corral:bench"}]}},
         ]})
-        kube.kubectl("patch", "pod", "web-0", "-n", NS, "--subresource=status", "--type=merge", "-p",
-                     json.dumps({"status": {
-                         "phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
-                         "conditions": [{"type": "Ready", "status": "True"}]}}))
         operator = start_operator(procs, corral, kube, workdir, sa, NS, op_port)
         log("operator leading")
 
-        spec = autoscaler_spec(phases)
-        kube.create({"apiVersion": "corral.dev/v1alpha1", "kind": "WorkerAutoscaler",
-                     "metadata": {"name": "web", "namespace": NS}, "spec": spec})
+        result = measure(kube, pods[0], phases, operator, args)
+        pods[0].stop()
+        # The CPU run's autoscaler goes, so the operator does not poll a
+        # stopped pod through the second run.
+        kube.kubectl("delete", "workerautoscaler", CPU_RUN.key, "-n", NS, check=False)
 
-        def measured():
-            wa = kube.get_json("workerautoscaler", "web", "-n", NS) or {}
-            st = wa.get("status") or {}
-            conds = {c["type"]: c["status"] for c in st.get("conditions", [])}
-            return st.get("pods") == 1 and conds.get("ScalingActive") == "True"
-        wait_until("the operator's first pass over the pod", 30, measured, every=0.2)
-        log("autoscaler active; the measured part starts")
-
-        # The measured part: baseline, step up, hold, drop, hold.
-        t_base = time.monotonic() - t0
-        t_up = t_base + phases["baseline"]
-        t_down = t_up + phases["high"]
-        t_end = t_down + phases["low"]
-        load.phases(t_up, t_down, t_end)
-        load.join(t_end - t_base + REQUEST_TIMEOUT + 30)
-        sampler.halt.set()
-        sampler.join(10)
-        if load.is_alive() or load.error is not None:
-            raise RunFailed(f"the load generator failed: {load.error or 'did not finish'}")
-        gen_cpu = time.process_time() - self_cpu0
-        elapsed = time.monotonic() - t0
-        if manager.poll() is not None:
-            raise RunFailed(f"corral run exited {manager.returncode} during the run")
-        if operator.poll() is not None:
-            raise RunFailed(f"corral operator exited {operator.returncode} during the run")
-        if len(sampler.samples) < 10:
-            raise RunFailed(f"only {len(sampler.samples)} samples of /workers")
-
-        events = []
-        evs = kube.get_json("events.v1.events.k8s.io", "-n", NS) or {"items": []}
-        for e in evs.get("items", []):
-            when = e.get("eventTime") or (e.get("series") or {}).get("lastObservedTime")
-            if not when or e.get("reason") not in ("ScaledUp", "ScaledDown"):
-                continue
-            events.append({"t": parse_time(when) - wall0, "reason": e["reason"],
-                           "note": e.get("note"),
-                           "count": (e.get("series") or {}).get("count", 1)})
-        events.sort(key=lambda e: e["t"])
-        wa = kube.get_json("workerautoscaler", "web", "-n", NS) or {}
-
-        # Report times from the start of the measured baseline.
-        samples = [dict(x, t=x["t"] - t_base) for x in sampler.samples if x["t"] >= t_base - 1.5]
-        operator_samples = [dict(x, t=x["t"] - t_base) for x in sampler.operator if x["t"] >= t_base]
-        events = [dict(e, t=e["t"] - t_base) for e in events]
-        load.results = [(r[0] - t_base,) + tuple(r[1:]) for r in load.results if r[0] >= t_base]
-        result = analyse(
-            phases=phases, spec=spec, samples=samples, operator=operator_samples,
-            load=load, events=events, t_up=t_up - t_base, t_down=t_down - t_base,
-            t_end=t_end - t_base,
-            low_rps=low_rps, high_rps=high_rps, gen_cpu=gen_cpu, elapsed=elapsed,
-        )
-        result["smoke"] = bool(args.smoke)
-        result["sampler_errors"] = sampler.errors
-        result["autoscaler_status"] = wa.get("status")
+        why = proxy_unsupported(corral)
+        if why:
+            log(f"Concurrency run: not available: {why}")
+            print(f"autoscale: Concurrency run: not available: {why}", flush=True)
+            result["concurrency"] = {"not_available": why}
+        else:
+            try:
+                pods.append(Pod(procs, corral, workdir, CONCURRENCY_RUN, op_port))
+                result["concurrency"] = measure(kube, pods[-1], phases, operator, args)
+            except RunFailed as e:
+                log(f"Concurrency run failed: {e}")
+                result["concurrency"] = {"error": str(e)}
         result["environment"] = environment(corral, kube, loadavg_before)
-        result["method"]["warmup_s"] = round(t_base, 2)
         result["wall_s"] = round(time.monotonic() - wall_start, 1)
-        ok = True
+        ok = "error" not in result["concurrency"]  # else the logs are kept
         return result
     finally:
-        if load is not None:
-            load.abort.set()
-            load.join(REQUEST_TIMEOUT + 5)
-        if sampler is not None:
-            sampler.halt.set()
-            sampler.join(5)
+        for pod in pods:
+            pod.halt()
         procs.stop_all()
         # kube-up.sh detaches the daemons: let a start under way finish
         # (it gives up by itself after KUBE_UP_TIMEOUT), then stop them.
@@ -798,37 +945,50 @@ def rnd(x, n=2):
 
 
 def analyse(*, phases, spec, samples, operator, load, events, t_up, t_down, t_end,
-            low_rps, high_rps, gen_cpu, elapsed):
-    target = CPU_TARGET
+            low_rps, high_rps, gen_cpu, elapsed, sc=CPU_RUN):
+    target = sc.target
     band_hi = target * (1 + TOLERANCE)
-    cost = REQUEST_MS / 1000
+    cost = sc.cost
+    is_cpu = sc.metric == "CPU"
     ideal_high = min(MAX_WORKERS, max(MIN_WORKERS, math.ceil(high_rps * cost / target - 1e-9)))
     ideal_low = min(MAX_WORKERS, max(MIN_WORKERS, math.ceil(low_rps * cost / target - 1e-9)))
 
     def offered(t):
         return high_rps if t_up <= t < t_down else (low_rps if 0 <= t < t_end else 0.0)
 
-    # Per-sample 1 s CPU per worker from /proc, machine busy fraction.
+    # Per-sample 1 s CPU per worker from /proc, machine busy fraction; for
+    # Concurrency, the requests in flight per worker right now (the
+    # per-worker in_flight of /workers), averaged over the last second.
+    for s in samples:
+        active = [w for w in s["workers"] if w[1] != "draining"]
+        flights = [w[3] for w in active if w[3] is not None]
+        s["in_flight"] = sum(w[3] or 0 for w in s["workers"])
+        s["in_flight_now"] = sum(flights) / len(active) if flights and active else None
     for i, s in enumerate(samples):
         j = i
         while j > 0 and s["t"] - samples[j - 1]["t"] <= 1.0 + 1e-6:
             j -= 1
         prev = samples[j] if j < i else None
-        s["util_1s"] = None
+        s["cpu_1s"] = None
         s["machine_busy"] = None
         if prev is not None and s["t"] - prev["t"] >= 0.5:
             dt = s["t"] - prev["t"]
-            before = {pid: c for pid, _, c in prev["workers"] if c is not None}
+            before = {w[0]: w[2] for w in prev["workers"] if w[2] is not None}
             cores = 0.0
-            for pid, _, c in s["workers"]:
-                if c is None:
+            for w in s["workers"]:
+                if w[2] is None:
                     continue
-                cores += c - before.get(pid, 0.0)  # a new worker: all its CPU
-            active = sum(1 for _, st, _ in s["workers"] if st != "draining") or 1
+                cores += w[2] - before.get(w[0], 0.0)  # a new worker: all its CPU
+            active = sum(1 for w in s["workers"] if w[1] != "draining") or 1
             s["pod_cores_1s"] = cores / dt
-            s["util_1s"] = cores / dt / active
+            s["cpu_1s"] = cores / dt / active
             if s["total"] > prev["total"]:
                 s["machine_busy"] = (s["busy"] - prev["busy"]) / (s["total"] - prev["total"])
+        if is_cpu:
+            s["util_1s"] = s["cpu_1s"]
+        else:
+            now = [x["in_flight_now"] for x in samples[j:i + 1] if x["in_flight_now"] is not None]
+            s["util_1s"] = sum(now) / len(now) if now else None
 
     # Desired-count changes.
     changes = []
@@ -849,7 +1009,7 @@ def analyse(*, phases, spec, samples, operator, load, events, t_up, t_down, t_en
     up_change = next((c for c in changes if t_up <= c["t"] < t_down and c["to"] > c["from"]), None)
     scale_up_decision = since(up_change["t"], t_up) if up_change else None
     up_event = next((e for e in events if e["reason"] == "ScaledUp" and e["t"] >= t_up - 0.5), None)
-    signal_over = first(lambda s: s["util_window"] > band_hi, t_up, t_down)
+    signal_over = first(lambda s: s["util_window"] is not None and s["util_window"] > band_hi, t_up, t_down)
 
     high = [s for s in samples if t_up <= s["t"] < t_down]
     peak = max((s["desired"] for s in high), default=None)
@@ -933,19 +1093,23 @@ def analyse(*, phases, spec, samples, operator, load, events, t_up, t_down, t_en
         if s["t"] < 0:
             continue
         sec = int(s["t"])
-        full.append({
+        point = {
             "t": round(s["t"], 2),
             "desired": s["desired"],
             "ready": s["ready"],
             "running": s["running"],
-            "cpu_per_worker_window": round(s["util_window"], 3),
-            "cpu_per_worker_1s": rnd(s.get("util_1s"), 3),
+            "cpu_per_worker_window": rnd(s["cpu_window"], 3),
+            "cpu_per_worker_1s": rnd(s.get("cpu_1s"), 3),
             "pod_cores_1s": rnd(s.get("pod_cores_1s"), 3),
             "machine_busy": rnd(s.get("machine_busy"), 3),
             "listen_queue": s["queue"],
             "offered_rps": offered(s["t"]),
             "served_rps": len(per_s.get(sec - 1, [])) if sec >= 1 else None,
-        })
+        }
+        if not is_cpu:  # the signal the operator reads, and corral's queue
+            point.update({"signal_window": rnd(s["util_window"], 3), "signal_1s": rnd(s.get("util_1s"), 3),
+                          "in_flight": s["in_flight"], "queued": s.get("queued")})
+        full.append(point)
         if s["t"] + 1e-9 >= next_t:
             next_t = s["t"] + TIMELINE_EVERY - 0.02
             timeline.append(full[-1])
@@ -956,15 +1120,21 @@ def analyse(*, phases, spec, samples, operator, load, events, t_up, t_down, t_en
                         "p50_ms": round(percentile(lats, 0.5) * 1000, 1),
                         "p99_ms": round(percentile(lats, 0.99) * 1000, 1)})
 
-    pod_cores_high = mean_of("pod_cores_1s", max(t_up, t_down - 30), t_down)
+    last30 = (max(t_up, t_down - 30), t_down)
+    pod_cores_high = mean_of("pod_cores_1s", *last30)
+    in_flight_high = mean_of("in_flight", *last30)
+    cpu_high = mean_of("cpu_window", *last30)
     target_met = scale_up_decision is not None and scale_up_decision <= TARGET_DECISION_S
+    clamp = lambda x: None if x is None else min(MAX_WORKERS, max(MIN_WORKERS, math.ceil(x - 1e-9)))
+    sig = "CPU window" if is_cpu else "concurrency window"
+    offered_what = "offered cores" if is_cpu else "offered requests in flight"
     rows = [
         {"metric": "scale-up decision after the step (desired rises at the manager)",
          "value": rnd(scale_up_decision), "unit": "s",
          "target": f"<= {TARGET_DECISION_S:g} s", "met": target_met},
         {"metric": "  same, from the operator's ScaledUp Event time",
          "value": rnd(since(up_event["t"], t_up) if up_event else None), "unit": "s"},
-        {"metric": "  of which: manager's CPU window crosses target x 1.1",
+        {"metric": f"  of which: manager's {sig} crosses target x 1.1",
          "value": rnd(since(signal_over, t_up)), "unit": "s"},
         {"metric": "first scale-up step", "value":
          f"{up_change['from']} -> {up_change['to']}" if up_change else None, "unit": "workers"},
@@ -974,22 +1144,32 @@ def analyse(*, phases, spec, samples, operator, load, events, t_up, t_down, t_en
          "unit": "s"},
         {"metric": "time to the settled count (desired at the drop)", "value": rnd(since(reach_settled, t_up)),
          "unit": "s", "note": f"{settled} workers"},
-        {"metric": f"time to target utilisation (manager's ~2 s window <= target x 1.1 for {SETTLE_HOLD:g} s)",
+        {"metric": f"time to target utilisation (manager's {sig} <= target x 1.1 for {SETTLE_HOLD:g} s)",
          "value": rnd(to_target_window), "unit": "s"},
-        {"metric": f"time to target utilisation (1 s CPU from /proc <= target x 1.1 for {SETTLE_HOLD:g} s)",
+        {"metric": f"time to target utilisation ({'1 s CPU from /proc' if is_cpu else '1 s of per-worker in_flight'}"
+                   f" <= target x 1.1 for {SETTLE_HOLD:g} s)",
          "value": rnd(to_target_1s), "unit": "s"},
-        {"metric": "ideal workers at high load, ceil(offered cores / target)", "value": ideal_high,
+        {"metric": f"ideal workers at high load, ceil({offered_what} / target)", "value": ideal_high,
          "unit": "workers"},
         {"metric": "  same, from the pod CPU measured at high load, last 30 s",
-         "value": None if pod_cores_high is None else
-         min(MAX_WORKERS, max(MIN_WORKERS, math.ceil(pod_cores_high / target - 1e-9))),
-         "unit": "workers", "note": f"pod CPU {rnd(pod_cores_high, 3)} cores"},
+         "value": clamp(None if pod_cores_high is None else pod_cores_high / target),
+         "unit": "workers", "note": f"pod CPU {rnd(pod_cores_high, 3)} cores"} if is_cpu else
+        {"metric": "  same, from the requests in flight measured at high load, last 30 s",
+         "value": clamp(None if in_flight_high is None else in_flight_high / target),
+         "unit": "workers", "note": f"{rnd(in_flight_high, 2)} in flight"},
         {"metric": "peak desired at high load", "value": peak, "unit": "workers"},
         {"metric": "settled desired at high load (at the drop)", "value": settled, "unit": "workers"},
         {"metric": "overshoot (peak - ideal)", "value": None if peak is None else max(0, peak - ideal_high),
          "unit": "workers"},
-        {"metric": "CPU per worker at high load, last 30 s (manager's window)",
-         "value": rnd(mean_of("util_window", max(t_up, t_down - 30), t_down), 3), "unit": "cores"},
+        {"metric": f"{sc.what} at high load, last 30 s (manager's window)",
+         "value": rnd(mean_of("util_window", *last30), 3), "unit": sc.unit},
+        *([] if is_cpu else [
+            {"metric": "CPU per worker at high load, last 30 s (manager's window)", "value": rnd(cpu_high, 3),
+             "unit": "cores", "note": "what a CPU metric would see: I/O-bound requests"},
+            {"metric": "requests queued in corral at high load, most at once",
+             "value": max((s.get("queued") or 0 for s in high), default=None), "unit": "requests",
+             "note": f"--worker-concurrency {WORKER_CONCURRENCY}"},
+        ]),
         {"metric": "desired-count changes during the baseline", "value": moves_base, "unit": "changes"},
         {"metric": "direction reversals during high load", "value": rev_high, "unit": "reversals",
          "note": f"{moves_high} changes"},
@@ -1013,21 +1193,50 @@ def analyse(*, phases, spec, samples, operator, load, events, t_up, t_down, t_en
          "value": rnd(mean_of("machine_busy", t_up, t_down), 3), "unit": "fraction"},
         {"metric": "load generator CPU", "value": rnd(gen_cpu / elapsed, 3), "unit": "cores"},
     ]
+    if not is_cpu:
+        # This run's target (issue 11): the ideal count is reached.
+        rows[0] = {k: v for k, v in rows[0].items() if k not in ("target", "met")}
+        for r in rows:
+            if r["metric"].startswith("time to the ideal count") and r["metric"].endswith("desired"):
+                r.update(target="reached at high load", met=reach_desired is not None)
+        target_met = reach_desired is not None
     return {
         "scale_up_decision_s": rnd(scale_up_decision, 3),
-        "target_s": TARGET_DECISION_S,
+        "target": f"scale-up decision <= {TARGET_DECISION_S:g} s" if is_cpu else
+                  f"the ideal count ({ideal_high}) reached at high load",
+        "target_s": TARGET_DECISION_S if is_cpu else None,
         "target_met": target_met,
         "rows": rows,
         "spec": spec,
+        "reached_ideal": reach_desired is not None,
+        "summary": {
+            "metric": sc.metric,
+            "scale_up_decision_s": rnd(scale_up_decision, 3),
+            "ideal_high": ideal_high,
+            "reach_ideal_desired_s": rnd(since(reach_desired, t_up)),
+            "reach_ideal_ready_s": rnd(since(reach_ready, t_up)),
+            "peak_desired": peak,
+            "settled_desired": settled,
+            "failed": sum(r["failed"] for r in (req["baseline"], req["high"], req["low"])),
+            "sent": sum(r["sent"] for r in (req["baseline"], req["high"], req["low"])),
+            "p99_high_ms": req["high"]["p99_ms"],
+            "scale_down_decision_s": rnd(scale_down_first),
+        },
         "method": {
-            "capacity_cores": CAPACITY_CORES,
-            "cpu_target": CPU_TARGET,
+            "metric": sc.metric,
+            "target": sc.target,
+            "signal": sc.signal,
+            "signal_unit": sc.unit,
+            "capacity": sc.capacity,
+            **({"capacity_cores": CAPACITY_CORES, "cpu_target": CPU_TARGET} if is_cpu else
+               {"capacity_in_flight": CAPACITY_IN_FLIGHT, "worker_concurrency": WORKER_CONCURRENCY,
+                "stack": "corral run --proxy -- uvicorn --fd {fd} mysite.asgi:application"}),
             "tolerance": TOLERANCE,
-            "request": f"GET /cpu/{REQUEST_MS}, new connection each, open loop",
+            "request": f"GET {sc.path}, new connection each, open loop",
             "low_rps": low_rps,
             "high_rps": high_rps,
             "low_fraction": LOW_FRACTION,
-            "high_fraction": HIGH_FRACTION,
+            "high_fraction": sc.high_fraction,
             "phases_s": {"baseline": phases["baseline"], "high": phases["high"], "low": phases["low"]},
             "step_up_at_s": t_up,
             "step_down_at_s": t_down,
@@ -1052,22 +1261,26 @@ def analyse(*, phases, spec, samples, operator, load, events, t_up, t_down, t_en
 
 
 def dump_json(result):
-    """Indented, with one line per sample of the long series."""
+    """Indented, with one line per sample of the long series; the
+    Concurrency run's result nested the same way under "concurrency"."""
     series = ("changes", "events", "timeline", "latency_per_s")
-    head = json.dumps({k: v for k, v in result.items() if k not in series and not k.startswith("_")},
-                      indent=1)
+    head = json.dumps({k: v for k, v in result.items()
+                       if k not in series and k != "concurrency" and not k.startswith("_")}, indent=1)
     parts = [head[:-2]]
     for k in series:
+        if k not in result:
+            continue
         lines = ",\n".join("  " + json.dumps(x, separators=(",", ":")) for x in result.get(k, []))
         parts.append(f',\n "{k}": [\n{lines}\n ]' if lines else f',\n "{k}": []')
+    if "concurrency" in result:
+        parts.append(',\n "concurrency": ' + dump_json(result["concurrency"]).rstrip())
     return "".join(parts) + "\n}\n"
 
 
-def print_table(result):
+def print_run(result, title):
     rows = result["rows"]
     width = max(len(r["metric"]) for r in rows)
-    print(f"\nAutoscaling quality ({'smoke' if result['smoke'] else 'full'} run, "
-          f"{result['wall_s']} s wall)")
+    print(f"\n{title}")
     print(f"{'metric':<{width}}  value")
     print(f"{'-' * width}  {'-' * 16}")
     for r in rows:
@@ -1078,6 +1291,47 @@ def print_table(result):
         if r.get("note"):
             extra += f"   ({r['note']})"
         print(f"{r['metric']:<{width}}  {v} {r['unit']}{extra}")
+
+
+SUMMARY_ROWS = [
+    ("scale_up_decision_s", "scale-up decision after the step", "s"),
+    ("ideal_high", "ideal workers at high load", "workers"),
+    ("reach_ideal_desired_s", "time to the ideal count desired", "s"),
+    ("reach_ideal_ready_s", "time to the ideal count ready", "s"),
+    ("peak_desired", "peak desired at high load", "workers"),
+    ("settled_desired", "settled desired at the drop", "workers"),
+    ("p99_high_ms", "p99 latency at high load", "ms"),
+    ("scale_down_decision_s", "scale-down decision after the drop", "s"),
+]
+
+
+def side_by_side(result):
+    """The CPU and the Concurrency run's key figures, as rows of cells."""
+    conc = result.get("concurrency", {})
+    cs = conc.get("summary")
+    other = ("not available: " + conc["not_available"] if "not_available" in conc else
+             "FAILED TO RUN: " + conc["error"] if "error" in conc else "-")
+    out = []
+    for key, label, unit in SUMMARY_ROWS:
+        out.append((f"{label} ({unit})", result["summary"].get(key), cs.get(key) if cs else other))
+    out.append(("requests failed / sent", f"{result['summary']['failed']} / {result['summary']['sent']}",
+                f"{cs['failed']} / {cs['sent']}" if cs else other))
+    return out
+
+
+def print_table(result):
+    print_run(result, f"Autoscaling quality, CPU run ({'smoke' if result['smoke'] else 'full'} run, "
+                      f"{result['wall_s']} s wall in all)")
+    conc = result.get("concurrency", {})
+    if "rows" in conc:
+        print_run(conc, "Autoscaling quality, Concurrency run (corral --proxy, I/O-bound requests)")
+    elif "not_available" in conc:
+        print(f"\nConcurrency run: not available: {conc['not_available']}")
+    elif "error" in conc:
+        print(f"\nConcurrency run: FAILED TO RUN: {conc['error']}")
+    print("\nSide by side                            CPU run        Concurrency run")
+    for label, a, b in side_by_side(result):
+        print(f"{label:<40}{'n/a' if a is None else a!s:<15}{'n/a' if b is None else b}")
     sys.stdout.flush()
 
 
@@ -1090,6 +1344,8 @@ def chart(result, path):
         raise RunFailed(
             "matplotlib is not installed: run this with the bench venv (bench/requirements.txt)")
     m = result["method"]
+    is_cpu = m.get("metric", "CPU") == "CPU"
+    target = m.get("target", m.get("cpu_target"))
     tl = result.get("_chart_timeline") or result["timeline"]
     t = [s["t"] for s in tl]
     fig, (ax1, ax2, ax3) = plt.subplots(3, 1, figsize=(10, 8.5), sharex=True,
@@ -1107,18 +1363,33 @@ def chart(result, path):
     ax1.set_ylabel("workers")
     ax1.set_ylim(0, MAX_WORKERS + 0.5)
     d = result["scale_up_decision_s"]
-    ax1.set_title(
-        f"corral operator, CPU target {m['cpu_target']} core/worker, load step "
-        f"{m['low_fraction']:.0%} -> {m['high_fraction']:.0%} of {m['capacity_cores']} cores; "
-        f"scale-up decision {'n/a' if d is None else f'{d:.2f} s'}", fontsize=10)
+    if is_cpu:
+        what = (f"CPU target {target} core/worker, load step {m['low_fraction']:.0%} -> {m['high_fraction']:.0%} "
+                f"of {m['capacity_cores']} cores")
+    else:
+        what = (f"Concurrency target {target:g} in flight per worker (--proxy, --worker-concurrency "
+                f"{m['worker_concurrency']}),\n{m['request'].split(',')[0]}, load step {m['low_fraction']:.0%} -> "
+                f"{m['high_fraction']:.0%} of {m['capacity_in_flight']:g} in flight")
+    ax1.set_title(f"corral operator, {what}; scale-up decision {'n/a' if d is None else f'{d:.2f} s'}",
+                  fontsize=10)
     ax1.legend(loc="upper right", fontsize=8)
-    ax2.plot(t, [s["cpu_per_worker_window"] for s in tl], label="CPU per worker, manager's ~2 s window")
-    ax2.plot(t, [s["cpu_per_worker_1s"] for s in tl], lw=0.8, alpha=0.7, label="CPU per worker, 1 s (/proc)")
-    ax2.axhline(m["cpu_target"], color="black", lw=1, label="target")
-    ax2.axhspan(m["cpu_target"] * (1 - m["tolerance"]), m["cpu_target"] * (1 + m["tolerance"]),
+    if is_cpu:
+        ax2.plot(t, [s["cpu_per_worker_window"] for s in tl], label="CPU per worker, manager's ~2 s window")
+        ax2.plot(t, [s["cpu_per_worker_1s"] for s in tl], lw=0.8, alpha=0.7, label="CPU per worker, 1 s (/proc)")
+        ax2.set_ylabel("cores per worker")
+        ax2.set_ylim(0, 1.1)
+    else:
+        window = [s.get("signal_window") for s in tl]
+        one_s = [s.get("signal_1s") for s in tl]
+        ax2.plot(t, window, label="in flight per worker, manager's window (concurrency)")
+        ax2.plot(t, one_s, lw=0.8, alpha=0.7, label="in flight per worker, 1 s (in_flight)")
+        ax2.plot(t, [s["cpu_per_worker_window"] for s in tl], lw=0.8, color="tab:grey",
+                 label="CPU per worker (cores), manager's window")
+        ax2.set_ylabel("requests in flight per worker")
+        ax2.set_ylim(0, max([target * 2.5] + [w * 1.1 for w in window + one_s if w is not None]))
+    ax2.axhline(target, color="black", lw=1, label="target")
+    ax2.axhspan(target * (1 - m["tolerance"]), target * (1 + m["tolerance"]),
                 color="green", alpha=0.12, label="tolerance band")
-    ax2.set_ylabel("cores per worker")
-    ax2.set_ylim(0, 1.1)
     ax2.legend(loc="upper right", fontsize=8)
     ax3.step(edges, [m["low_rps"], m["high_rps"], m["low_rps"], m["low_rps"]], where="post",
              label="offered req/s")
@@ -1142,7 +1413,7 @@ def chart(result, path):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out-dir", default=os.path.join(ROOT, "docs", "benchmarks"))
-    ap.add_argument("--smoke", action="store_true", help="a tiny step in <= 30 s, every code path")
+    ap.add_argument("--smoke", action="store_true", help="a tiny step per run in <= 45 s, every code path")
     ap.add_argument("--corral", default=os.path.join(ROOT, "target", "release", "corral"))
     ap.add_argument("--keep", action="store_true", help="keep the logs and cluster state directory")
     args = ap.parse_args()
@@ -1160,11 +1431,21 @@ def main():
         with open(os.path.join(args.out_dir, "autoscale.json"), "w") as f:
             f.write(dump_json(result))
         chart(result, os.path.join(args.out_dir, "autoscale.png"))
+        conc_png = os.path.join(args.out_dir, "autoscale-concurrency.png")
+        if "rows" in result["concurrency"]:
+            chart(result["concurrency"], conc_png)
+        elif os.path.exists(conc_png):
+            os.remove(conc_png)  # not an old run's chart beside this run's JSON
     except (RunFailed, Stopped) as e:
         print(f"autoscale: run failed: {e}", file=sys.stderr)
         return 1
     print_table(result)
-    print(f"\nwrote {os.path.join(args.out_dir, 'autoscale.json')} and autoscale.png")
+    wrote = ["autoscale.json", "autoscale.png"] + (["autoscale-concurrency.png"] if "rows" in result["concurrency"] else [])
+    print(f"\nwrote {', '.join(os.path.join(args.out_dir, w) for w in wrote)}")
+    if "error" in result["concurrency"]:
+        # The CPU run's results are written; the exit code still says a run failed.
+        print(f"autoscale: the Concurrency run failed: {result['concurrency']['error']}", file=sys.stderr)
+        return EXIT_CONCURRENCY_FAILED
     return 0
 
 

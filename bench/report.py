@@ -420,10 +420,32 @@ def markdown(s, raw, cfg, machine, stacks):
         add(f"not run: {a['error']}\n")
     else:
         d = a.get("scale_up_decision_s")
-        add(f"Scale-up decision {fmt(d, '.2f')} s after the load step; target <= 2 s: "
-            f"**{verdict(a.get('target_met'))}** (bench/autoscale.py, autoscale.json).\n")
+        add("Two runs of one pod under an open-loop load step (bench/autoscale.py, autoscale.json, "
+            "autoscale.png and autoscale-concurrency.png): `type: CPU` on CPU-bound requests to the built-in "
+            "worker, and `type: Concurrency` on I/O-bound requests (Django's async /delay/50) behind corral "
+            "--proxy with --worker-concurrency set.\n")
+        add(f"CPU run: scale-up decision {fmt(d, '.2f')} s after the load step; target <= 2 s: "
+            f"**{verdict(a.get('target_met'))}**.\n")
+        c = a.get("concurrency", {})
+        if "not_available" in c:
+            add(f"Concurrency run: **not available: {c['not_available']}**.\n")
+        elif "error" in c:
+            add(f"Concurrency run: **FAILED TO RUN: {c['error']}**.\n")
+        elif c:
+            add(f"Concurrency run: {c.get('target')}: **{verdict(c.get('target_met'))}**.\n")
+        if "summary" in a:
+            add("| figure | CPU run | Concurrency run |")
+            add("|---|---:|---:|")
+            for label, x, y in autoscale_side_by_side(a):
+                add(f"| {label} | {fmt_cell(x)} | {fmt_cell(y)} |")
+            add("")
+        add("CPU run:\n")
         L.extend(rows_table(a.get("rows")))
         add("")
+        if "rows" in c:
+            add("Concurrency run:\n")
+            L.extend(rows_table(c.get("rows")))
+            add("")
 
     add("## Figure 7: the operator at scale\n")
     o = raw.get("operator_scale", {})
@@ -457,6 +479,17 @@ def markdown(s, raw, cfg, machine, stacks):
         L.extend(f"- {e}" for e in s["errors"])
         add("")
     return "\n".join(L) + "\n"
+
+
+def autoscale_side_by_side(a):
+    """The CPU and the Concurrency run's key figures (bench/autoscale.py's
+    own table, so that both print the same)."""
+    import autoscale
+    return autoscale.side_by_side(a)
+
+
+def fmt_cell(v):
+    return "n/a" if v is None else str(v)
 
 
 def rows_table(rows):
