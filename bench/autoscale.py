@@ -1309,8 +1309,8 @@ def side_by_side(result):
     """The CPU and the Concurrency run's key figures, as rows of cells."""
     conc = result.get("concurrency", {})
     cs = conc.get("summary")
-    other = ("not available: " + conc["not_available"] if "not_available" in conc else
-             "FAILED TO RUN: " + conc["error"] if "error" in conc else "-")
+    # The reason is printed once, above the table.
+    other = "not available" if "not_available" in conc else "FAILED TO RUN" if "error" in conc else "-"
     out = []
     for key, label, unit in SUMMARY_ROWS:
         out.append((f"{label} ({unit})", result["summary"].get(key), cs.get(key) if cs else other))
