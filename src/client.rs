@@ -128,6 +128,26 @@ pub fn render_status(doc: &WorkersDoc, now: f64) -> String {
             .map(|c| format!(" memory cap {c}"))
             .unwrap_or_default()
     );
+    if let Some(c) = doc.concurrency {
+        out += &format!(
+            "proxy: {:.2} requests in flight per worker (recent mean), {} queued\n",
+            c,
+            doc.queued.unwrap_or(0)
+        );
+    }
+    // Proxy mode's per-worker columns; shared-socket mode does not see requests.
+    let proxied = doc.concurrency.is_some();
+    let requests = |w: &crate::contract::WorkerDoc| {
+        if proxied {
+            format!(
+                " {:>8} {:>9}",
+                w.in_flight.unwrap_or(0),
+                w.requests.unwrap_or(0)
+            )
+        } else {
+            String::new()
+        }
+    };
     for l in &doc.listeners {
         out += &format!(
             "listener {}  queue {} (max {} recently)\n",
@@ -137,8 +157,21 @@ pub fn render_status(doc: &WorkersDoc, now: f64) -> String {
         );
     }
     out += &format!(
-        "{:>3} {:>8} {:<9} {:>4} {:>8} {:>8} {:>6} {:>9}  {}\n",
-        "ID", "PID", "STATE", "GEN", "UPTIME", "RESTARTS", "CPU%", "RSS", "LAST EXIT"
+        "{:>3} {:>8} {:<9} {:>4} {:>8} {:>8} {:>6} {:>9}{}  {}\n",
+        "ID",
+        "PID",
+        "STATE",
+        "GEN",
+        "UPTIME",
+        "RESTARTS",
+        "CPU%",
+        "RSS",
+        if proxied {
+            format!(" {:>8} {:>9}", "INFLIGHT", "REQUESTS")
+        } else {
+            String::new()
+        },
+        "LAST EXIT"
     );
     for w in &doc.workers {
         let state = serde_json::to_value(w.state)
@@ -158,7 +191,7 @@ pub fn render_status(doc: &WorkersDoc, now: f64) -> String {
             })
             .unwrap_or_default();
         out += &format!(
-            "{:>3} {:>8} {:<9} {:>4} {:>7.0}s {:>8} {:>6.1} {:>8.1}M  {}\n",
+            "{:>3} {:>8} {:<9} {:>4} {:>7.0}s {:>8} {:>6.1} {:>8.1}M{}  {}\n",
             w.id,
             w.pid,
             state,
@@ -167,6 +200,7 @@ pub fn render_status(doc: &WorkersDoc, now: f64) -> String {
             w.restarts,
             w.cpu_utilisation * 100.0,
             w.rss_bytes as f64 / 1048576.0,
+            requests(w),
             last
         );
     }

@@ -83,6 +83,36 @@ fn negative_and_impossible_counts_are_refused() {
 }
 
 #[test]
+fn proxy_settings_are_refused_outside_proxy_mode_and_checked_in_it() {
+    refused(&["--worker-concurrency", "4"], "worker-concurrency");
+    refused(&["--max-requests", "100"], "max-requests");
+    refused(
+        &["--", "gunicorn", "-b", "unix:{socket}", "app"],
+        "{socket}",
+    );
+    refused(&["--proxy", "--kill-stuck"], "kill-stuck");
+    refused(
+        &["--proxy", "--forwarded-allow-ips", "10.0.0.0/99"],
+        "forwarded-allow-ips",
+    );
+    refused(
+        &["--proxy", "--worker-ready-path", "healthz"],
+        "worker-ready-path",
+    );
+    refused(&["--proxy", "--queue-timeout", "0"], "queue-timeout");
+    let long = format!("/tmp/{}", "d".repeat(100));
+    refused(&["--proxy", "--runtime-dir", &long], "runtime-dir");
+    let out = corral_cmd(&[
+        "run",
+        "--proxy",
+        "--worker-concurrency",
+        "8",
+        "--check-config",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+}
+
+#[test]
 fn out_of_range_durations_sizes_and_counts_are_refused_not_panics() {
     refused(&["--timeout", "1e20", "--check-config"], "--timeout");
     refused(&["--graceful-timeout", "1e300"], "--graceful-timeout");

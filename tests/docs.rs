@@ -79,6 +79,12 @@ fn the_admin_api_reference_covers_every_route_and_metric() {
     assert_mentions("admin-api.md", &text, routes);
 
     let (_, manager) = get(c.admin, "/metrics").unwrap();
+    // Proxy mode adds the request series.
+    let proxied = corral().args(&["--proxy"]).start();
+    proxied.wait_for("a ready worker", Duration::from_secs(30), |d| d.ready >= 1);
+    assert_eq!(get(proxied.http, "/").unwrap().0, 200);
+    let (_, front) = get(proxied.admin, "/metrics").unwrap();
+    drop(proxied);
     // The operator serves its metrics while it cannot reach an API server.
     let dir = std::env::temp_dir().join(format!("corral-docs-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -89,8 +95,13 @@ fn the_admin_api_reference_covers_every_route_and_metric() {
     let (_, op) = get(operator.metrics, "/metrics").unwrap();
     drop(operator);
     let _ = std::fs::remove_dir_all(&dir);
-    let names: BTreeSet<String> = metrics::type_names(&format!("{manager}{op}"));
-    for name in ["corral_workers", "corral_operator_scale_events_total"] {
+    let names: BTreeSet<String> = metrics::type_names(&format!("{manager}{front}{op}"));
+    for name in [
+        "corral_workers",
+        "corral_operator_scale_events_total",
+        "corral_http_requests_total",
+        "corral_worker_requests_total",
+    ] {
         assert!(names.contains(name), "{name} not exported: {names:?}");
     }
     assert_mentions("admin-api.md", &text, names);

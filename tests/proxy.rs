@@ -630,3 +630,26 @@ fn the_builtin_worker_serves_behind_the_front_through_a_hup() {
     loads.progress();
     loads.stop_clean(&c);
 }
+
+#[test]
+fn corral_status_shows_the_requests_of_each_worker() {
+    let c = proxied(&["-w", "2"]);
+    c.wait_settled(2, SETTLE);
+    for _ in 0..4 {
+        assert_eq!(get(c.http, "/").unwrap().0, 200);
+    }
+    c.wait_for("four requests counted", SETTLE, |d| {
+        d.workers.iter().filter_map(|w| w.requests).sum::<u64>() == 4
+    });
+    let out = Command::new(BIN)
+        .args(["status", "--admin", &c.admin.to_string()])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{table}");
+    assert!(
+        table.contains("INFLIGHT") && table.contains("REQUESTS"),
+        "{table}"
+    );
+    assert!(table.contains("requests in flight per worker"), "{table}");
+}
