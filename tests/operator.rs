@@ -434,6 +434,61 @@ async fn a_pod_without_concurrency_is_named_and_not_scaled_on_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_mode_pod_scales_on_concurrency() {
+    let env = setup("proxy").await;
+    let port = free_port();
+    let m = manager(
+        &env,
+        "127.0.0.14",
+        port,
+        &["--proxy", "-w", "1", "--max-workers", "6"],
+    );
+    k::ready_pod(&env.admin, &env.ns, "web-x", web(), "127.0.0.14").await;
+    // Six clients, each always waiting on a 300-ms request: about six in
+    // flight, against a target of 2 per worker: three workers. The waits
+    // cost no CPU, so a CPU metric would not move.
+    let load = Load::start(m.http, "/delay/300", 6, Duration::from_secs(120));
+    until_workers(&m, "concurrency under load", |d| {
+        d.concurrency.is_some_and(|c| c > 3.0)
+    })
+    .await;
+    let api = autoscaler(
+        &env,
+        "web",
+        spec(
+            port,
+            json!({
+                "minWorkers": 1,
+                "maxWorkers": 6,
+                "metrics": [{"type": "Concurrency", "target": 2}],
+                "behavior": {"scaleDown": {
+                    "stabilizationWindowSeconds": 0,
+                    "policies": [{"type": "Percent", "value": 100, "periodSeconds": 1}]
+                }}
+            }),
+        ),
+    )
+    .await;
+    let _op = Operator::start(&env.kubeconfig, &env.ns, "op-proxy", "lease-proxy", &[]);
+    until_workers(&m, "the scale-up on concurrency", |d| d.desired >= 3).await;
+    let wa = until_status(&api, "web", "the scale-up in the status", |wa| {
+        wa.status.as_ref().is_some_and(|s| s.workers >= 3)
+    })
+    .await;
+    let status = wa.status.as_ref().unwrap();
+    assert!(
+        status.utilisation.as_deref().unwrap_or("").ends_with("/2"),
+        "{status:#?}"
+    );
+    assert_eq!(pod_message(&wa, "web-x"), "", "{status:#?}");
+    assert!(events_of(&env, "ConcurrencyUnreported").await.is_empty());
+    let report = load.stop();
+    assert_eq!(report.failed, 0, "{report:?}");
+    // Idle, the pod goes back to minWorkers.
+    until_workers(&m, "the scale-down once idle", |d| d.desired == 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_specs_get_a_condition_and_touch_no_pod() {
     let env = setup("invalid").await;
     let (m, port) = one_pod(&env, "127.0.0.6", "web-i").await;
