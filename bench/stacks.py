@@ -293,7 +293,11 @@ class Running:
         self.pid = self.proc.pid
         _live.add(self)
         if stack.fronted:
-            self._start_nginx(sock)
+            try:
+                self._start_nginx(sock)
+            except BaseException:
+                self.stop(limit=10)
+                raise
 
     def _start_nginx(self, sock):
         prefix = os.path.join(self.dir, "nginx")
