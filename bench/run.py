@@ -117,8 +117,12 @@ def ensure_env():
             apt_env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
             install = sudo + ["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing]
             if subprocess.run(install, check=False, stdout=sys.stderr, env=apt_env).returncode != 0:
-                subprocess.run(sudo + ["apt-get", "update", "-q"], check=True, stdout=sys.stderr)
-                subprocess.run(install, check=True, stdout=sys.stderr, env=apt_env)
+                subprocess.run(sudo + ["apt-get", "update", "-q"], check=False, stdout=sys.stderr)
+                subprocess.run(install, check=False, stdout=sys.stderr, env=apt_env)
+            # Without wrk nothing can be measured; without nginx its stack is
+            # reported as not available.
+            if not os.path.exists("/usr/bin/wrk"):
+                sys.exit("wrk is missing and apt-get could not install it")
         py = os.path.join(venv, "bin", "python")
         env = dict(os.environ, CORRAL_BENCH_IN_VENV="1", CORRAL_BENCH_VENV_DIR=venv)
         os.execve(py, [py, os.path.abspath(__file__), *sys.argv[1:]], env)
