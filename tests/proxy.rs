@@ -573,9 +573,11 @@ fn the_metrics_and_the_workers_document_count_requests() {
         assert_eq!(get(c.http, "/").unwrap().0, 200);
     }
     assert_eq!(get(c.http, "/no-such-page").unwrap().0, 404);
-    // The document is republished on the manager's next pass.
-    let doc = c.wait_for("eleven requests counted", SETTLE, |d| {
+    // The document is republished on the manager's next pass; a request
+    // is done once its response's last byte has gone.
+    let doc = c.wait_for("eleven requests counted and done", SETTLE, |d| {
         d.workers.iter().filter_map(|w| w.requests).sum::<u64>() == 11
+            && d.workers.iter().all(|w| w.in_flight == Some(0))
     });
     assert!(
         doc.workers.iter().all(|w| w.requests.unwrap() >= 5),

@@ -9,7 +9,7 @@
 //! updates, never I/O.
 
 use std::collections::VecDeque;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -47,7 +47,7 @@ pub enum Refusal {
 #[derive(Debug)]
 struct Backend {
     key: Key,
-    socket: PathBuf,
+    socket: Arc<Path>,
     open: bool,
     load: Load,
 }
@@ -80,7 +80,8 @@ pub struct Backends {
 pub struct Lease {
     backends: Arc<Backends>,
     pub key: Key,
-    pub socket: PathBuf,
+    /// Shared, not copied: a lease is taken per request.
+    pub socket: Arc<Path>,
     armed: bool,
 }
 
@@ -205,7 +206,7 @@ impl Backends {
         }
         state.workers.push(Backend {
             key,
-            socket,
+            socket: socket.into(),
             open: true,
             load: Load {
                 key,
