@@ -4,7 +4,8 @@
 # only line on stdout. Progress goes to stderr.
 #
 #   KUBECONFIG=$(bash .ci/kube-up.sh DIR)     # start (returns once /readyz is 200)
-#   bash .ci/kube-up.sh --stop DIR            # stop what DIR/env records
+#   KUBECONFIG=$(bash .ci/kube-up.sh --node DIR)  # a whole node instead: kube-node.sh up
+#   bash .ci/kube-up.sh --stop DIR            # stop what DIR/env records (either kind)
 #
 # DIR receives:
 #   kubeconfig            server https://127.0.0.1:$KUBE_PORT, admin token
@@ -26,7 +27,7 @@ script_dir="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)"
 
 log() { echo "kube-up: $*" >&2; }
 die() { log "error: $*"; exit 1; }
-usage() { echo "usage: $0 DIR | $0 --stop DIR" >&2; exit 2; }
+usage() { echo "usage: $0 DIR | $0 --node DIR | $0 --stop DIR" >&2; exit 2; }
 
 # alive PID: process exists and is not a zombie
 alive() {
@@ -80,9 +81,16 @@ stop_dir() {
 }
 
 [[ $# -ge 1 ]] || usage
+if [[ $1 == --node ]]; then
+    [[ $# -eq 2 ]] || usage
+    exec bash "$script_dir/kube-node.sh" up "$2"
+fi
 if [[ $1 == --stop ]]; then
     [[ $# -eq 2 ]] || usage
     [[ -d $2 ]] || die "no such directory: $2"
+    if grep -qs '^NODE_NETNS=' "$2/env"; then
+        exec bash "$script_dir/kube-node.sh" down "$2"
+    fi
     stop_dir "$(cd -- "$2" && pwd)"
     exit 0
 fi
