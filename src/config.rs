@@ -12,7 +12,7 @@ use clap::{Args, ValueEnum};
 use serde::{Deserialize, Serialize};
 
 use crate::limits::MAX_WORKERS;
-use crate::units::{AllowIps, BindAddr, ByteSize, Mode, Secs};
+use crate::units::{AllowIps, BindAddr, ByteSize, CertReqs, Mode, Secs};
 
 /// One layer of settings. The same struct is filled by clap (flags, then
 /// env) and by the YAML file, so the two can never disagree on a key.
@@ -203,6 +203,27 @@ pub struct Settings {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kill_stuck: Option<bool>,
 
+    /// Proxy mode: TLS certificate chain (PEM) for the https:// binds, or
+    /// for every TCP bind when none is written https:// [default: no TLS].
+    #[arg(long, env = "CORRAL_CERTFILE", value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub certfile: Option<PathBuf>,
+
+    /// Proxy mode: the certificate's private key (PEM).
+    #[arg(long, env = "CORRAL_KEYFILE", value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keyfile: Option<PathBuf>,
+
+    /// Proxy mode: CA certificates (PEM) that client certificates are checked against.
+    #[arg(long, env = "CORRAL_CA_CERTS", value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_certs: Option<PathBuf>,
+
+    /// Proxy mode: client certificates: none (0), optional (1) or required (2) [default: none, required with --ca-certs].
+    #[arg(long, env = "CORRAL_CERT_REQS", value_name = "REQS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert_reqs: Option<CertReqs>,
+
     /// Address of the admin API (probes, /workers, /metrics) [default: 0.0.0.0:9000].
     #[arg(long, env = "CORRAL_ADMIN_BIND", value_name = "ADDR")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -308,6 +329,18 @@ pub struct ProxyConfig {
     pub max_requests_jitter: u64,
     pub request_timeout: Option<Duration>,
     pub kill_stuck: bool,
+    /// TLS for the https:// binds.
+    pub tls: Option<TlsFiles>,
+}
+
+/// Where the front's certificate comes from; the files are read at start,
+/// on HUP and when they change.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsFiles {
+    pub certfile: PathBuf,
+    pub keyfile: PathBuf,
+    pub ca_certs: Option<PathBuf>,
+    pub cert_reqs: CertReqs,
 }
 
 /// A setting that cannot be used; `field` is the flag/key name.
@@ -329,11 +362,43 @@ fn invalid(field: &'static str, message: impl Into<String>) -> ConfigError {
     }
 }
 
+/// Which binds serve TLS: those written `https://`, or, given a
+/// certificate and none so written, every TCP bind (Gunicorn's meaning of
+/// `--certfile`).
+fn tls_binds(
+    binds: Vec<BindAddr>,
+    proxy: Option<&ProxyConfig>,
+) -> Result<Vec<BindAddr>, ConfigError> {
+    let any_tls = binds.iter().any(|b| matches!(b, BindAddr::Tls(_)));
+    match proxy.map(|p| p.tls.is_some()) {
+        None if any_tls => Err(invalid(
+            "bind",
+            "https:// binds are served by proxy mode (--proxy)",
+        )),
+        Some(false) if any_tls => Err(invalid(
+            "bind",
+            "https:// binds need --certfile and --keyfile",
+        )),
+        Some(true) if !any_tls => Ok(binds
+            .into_iter()
+            .map(|b| match b {
+                BindAddr::Tcp(addr) => BindAddr::Tls(addr),
+                other => other,
+            })
+            .collect()),
+        _ => Ok(binds),
+    }
+}
+
 /// The proxy mode's part of the configuration; its settings are refused
 /// without `proxy`, where they would silently do nothing.
 fn proxy_config(s: &Settings) -> Result<Option<ProxyConfig>, ConfigError> {
     if s.proxy != Some(true) {
-        let given: [(&'static str, bool); 10] = [
+        let given: [(&'static str, bool); 14] = [
+            ("certfile", s.certfile.is_some()),
+            ("keyfile", s.keyfile.is_some()),
+            ("ca-certs", s.ca_certs.is_some()),
+            ("cert-reqs", s.cert_reqs.is_some()),
             ("runtime-dir", s.runtime_dir.is_some()),
             ("worker-concurrency", s.worker_concurrency.is_some()),
             ("max-queue", s.max_queue.is_some()),
@@ -377,7 +442,40 @@ fn proxy_config(s: &Settings) -> Result<Option<ProxyConfig>, ConfigError> {
     if kill_stuck && request_timeout.is_none() {
         return Err(invalid("kill-stuck", "needs --request-timeout"));
     }
+    let tls = match (&s.certfile, &s.keyfile) {
+        (None, None) => {
+            if s.ca_certs.is_some() || s.cert_reqs.is_some() {
+                return Err(invalid(
+                    "ca-certs",
+                    "client certificates need --certfile and --keyfile",
+                ));
+            }
+            None
+        }
+        (Some(_), None) => return Err(invalid("keyfile", "--certfile needs its --keyfile")),
+        (None, Some(_)) => return Err(invalid("certfile", "--keyfile needs its --certfile")),
+        (Some(cert), Some(key)) => {
+            let cert_reqs = s.cert_reqs.unwrap_or(if s.ca_certs.is_some() {
+                CertReqs::Required
+            } else {
+                CertReqs::None
+            });
+            if cert_reqs != CertReqs::None && s.ca_certs.is_none() {
+                return Err(invalid(
+                    "cert-reqs",
+                    "checking client certificates needs --ca-certs",
+                ));
+            }
+            Some(TlsFiles {
+                certfile: cert.clone(),
+                keyfile: key.clone(),
+                ca_certs: s.ca_certs.clone(),
+                cert_reqs,
+            })
+        }
+    };
     Ok(Some(ProxyConfig {
+        tls,
         runtime_dir: s.runtime_dir.clone(),
         worker_concurrency: s.worker_concurrency.filter(|n| *n > 0),
         max_queue,
@@ -433,6 +531,10 @@ impl Settings {
             max_requests_jitter: self.max_requests_jitter.or(lower.max_requests_jitter),
             request_timeout: self.request_timeout.or(lower.request_timeout),
             kill_stuck: self.kill_stuck.or(lower.kill_stuck),
+            certfile: self.certfile.or(lower.certfile),
+            keyfile: self.keyfile.or(lower.keyfile),
+            ca_certs: self.ca_certs.or(lower.ca_certs),
+            cert_reqs: self.cert_reqs.or(lower.cert_reqs),
             admin_bind: self.admin_bind.or(lower.admin_bind),
             admin_token_file: self.admin_token_file.or(lower.admin_token_file),
             log_format: self.log_format.or(lower.log_format),
@@ -487,6 +589,7 @@ impl Config {
                 return Err(invalid("bind", format!("{b} is listed twice")));
             }
         }
+        let binds = tls_binds(binds, proxy.as_ref())?;
         let backlog = s.backlog.unwrap_or(2048);
         if !(1..=65535).contains(&backlog) {
             return Err(invalid("backlog", "must be between 1 and 65535"));
@@ -675,6 +778,11 @@ impl Config {
         })
     }
 
+    /// The front's TLS files, in proxy mode with a certificate.
+    pub fn tls(&self) -> Option<&TlsFiles> {
+        self.proxy.as_ref().and_then(|p| p.tls.as_ref())
+    }
+
     /// The configuration written back as a settings layer, for
     /// `--print-config`: the output is itself a valid config file.
     pub fn to_settings(&self) -> Settings {
@@ -721,6 +829,10 @@ impl Config {
                 .as_ref()
                 .map(|p| Secs(p.request_timeout.unwrap_or_default())),
             kill_stuck: self.proxy.as_ref().map(|p| p.kill_stuck),
+            certfile: self.tls().map(|t| t.certfile.clone()),
+            keyfile: self.tls().map(|t| t.keyfile.clone()),
+            ca_certs: self.tls().and_then(|t| t.ca_certs.clone()),
+            cert_reqs: self.tls().map(|t| t.cert_reqs),
             admin_bind: Some(self.admin_bind),
             admin_token_file: self.admin_token_file.clone(),
             log_format: Some(self.log_format),

@@ -2,8 +2,10 @@
 //! [`client`] is the one client (pooled, with deadlines, http and https)
 //! for the CLI, the operator and the tests; [`server`] is the one accept
 //! loop (a global concurrency limit, a header-read timeout, graceful
-//! shutdown) for the admin API, the operator's metrics and the built-in
-//! worker.
+//! shutdown) for the admin API, the operator's metrics, the built-in
+//! worker and proxy mode's front, whose TLS is [`tls`].
 
 pub mod client;
+pub mod framing;
 pub mod server;
+pub mod tls;

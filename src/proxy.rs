@@ -27,6 +27,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
 use crate::config::ProxyConfig;
+use crate::http::framing;
 use crate::http::server::{self, Limits, Listener, Peer};
 pub use backends::{Backends, Key, Load};
 use backends::{Lease, Refusal};
@@ -35,13 +36,16 @@ pub use metrics::Metrics;
 use metrics::Retry;
 use pool::{ConnectError, Pool};
 
-/// The front's server limits: many clients, keep-alive, and at shutdown
-/// a second for a client that connected just in time to send its request.
+/// The front's server limits: many clients, keep-alive, HTTP/2, a
+/// header-read timeout that cuts off slowloris clients, and at shutdown a
+/// second for a client that connected just in time to send its request.
 const LIMITS: Limits = Limits {
     connections: 16384,
-    header_read_timeout: Duration::from_secs(30),
+    header_read_timeout: Duration::from_secs(10),
     shutdown_grace: None,
     first_request_grace: Duration::from_secs(1),
+    http2: true,
+    strict_framing: true,
 };
 
 /// Attempts per request at most: a request is sent again after a refused
@@ -152,8 +156,10 @@ impl Shared {
     async fn handle(&self, req: Request<Incoming>) -> Response<FrontBody> {
         let started = Instant::now();
         let method = req.method().clone();
+        let version = req.version();
         let response = self.forward(req, started).await;
-        self.metrics.answered(response.status().as_u16(), &method);
+        self.metrics
+            .answered(response.status().as_u16(), &method, version);
         if !matches!(response.body(), FrontBody::Proxied { .. }) {
             self.metrics.observe_duration(started.elapsed());
         }
@@ -161,14 +167,28 @@ impl Shared {
     }
 
     async fn forward(&self, mut req: Request<Incoming>, started: Instant) -> Response<FrontBody> {
-        let peer = req
-            .extensions()
-            .get::<Peer>()
-            .and_then(|p| p.0)
-            .map(|a| a.ip());
+        if req.extensions().get::<framing::Ambiguous>().is_some() {
+            // Never forwarded: a worker could read its length otherwise.
+            let mut r = answer(
+                StatusCode::BAD_REQUEST,
+                "the request's length is ambiguous (Content-Length with Transfer-Encoding, or twice)\n",
+            );
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return r;
+        }
+        let peer = req.extensions().get::<Peer>().copied();
         let upgrade = headers::is_upgrade(req.headers());
         let client_side = upgrade.then(|| hyper::upgrade::on(&mut req));
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
+        // HTTP/2 carries the host in the request target: a worker speaking
+        // HTTP/1.1 wants it as Host.
+        if !parts.headers.contains_key(header::HOST)
+            && let Some(authority) = parts.uri.authority()
+            && let Ok(host) = HeaderValue::from_str(authority.as_str())
+        {
+            parts.headers.insert(header::HOST, host);
+        }
         let mut head = Head {
             method: parts.method,
             uri: parts.uri.path_and_query().map_or_else(
@@ -178,7 +198,12 @@ impl Shared {
             headers: parts.headers,
         };
         headers::strip_hop_by_hop(&mut head.headers, upgrade);
-        headers::set_forwarded(&mut head.headers, peer, &self.config.forwarded_allow_ips);
+        headers::set_forwarded(
+            &mut head.headers,
+            peer.and_then(|p| p.addr).map(|a| a.ip()),
+            peer.is_some_and(|p| p.tls),
+            &self.config.forwarded_allow_ips,
+        );
         let mut body = match Held::read(body).await {
             Ok(b) => b,
             Err(e) => {

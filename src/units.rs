@@ -128,6 +128,8 @@ impl fmt::Display for ByteSize {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum BindAddr {
     Tcp(SocketAddr),
+    /// `https://host:port`: TCP served with TLS (proxy mode's front).
+    Tls(SocketAddr),
     Unix(PathBuf),
     /// A socket corral itself inherited at this descriptor number.
     Fd(i32),
@@ -138,6 +140,14 @@ impl FromStr for BindAddr {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let s = s.trim();
+        if let Some(rest) = s.strip_prefix("https://") {
+            return match rest.parse::<BindAddr>() {
+                Ok(BindAddr::Tcp(addr)) => Ok(BindAddr::Tls(addr)),
+                _ => Err(format!(
+                    "`{s}`: https:// takes a TCP address, as in https://0.0.0.0:8443"
+                )),
+            };
+        }
         if let Some(path) = s.strip_prefix("unix:") {
             if path.is_empty() {
                 return Err("`unix:` needs a path, as in unix:/run/app.sock".into());
@@ -173,6 +183,7 @@ impl fmt::Display for BindAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             BindAddr::Tcp(addr) => write!(f, "{addr}"),
+            BindAddr::Tls(addr) => write!(f, "https://{addr}"),
             BindAddr::Unix(path) => write!(f, "unix:{}", path.display()),
             BindAddr::Fd(fd) => write!(f, "fd://{fd}"),
         }
@@ -277,6 +288,41 @@ impl fmt::Display for AllowIps {
     }
 }
 
+/// Whether TLS clients must present a certificate (`--cert-reqs`):
+/// Gunicorn's numbers (`ssl.CERT_NONE`, `CERT_OPTIONAL`, `CERT_REQUIRED`)
+/// or their names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertReqs {
+    None,
+    Optional,
+    Required,
+}
+
+impl FromStr for CertReqs {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "0" | "none" => Ok(CertReqs::None),
+            "1" | "optional" => Ok(CertReqs::Optional),
+            "2" | "required" => Ok(CertReqs::Required),
+            _ => Err(format!(
+                "`{s}` is not one of none (0), optional (1), required (2)"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for CertReqs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CertReqs::None => "none",
+            CertReqs::Optional => "optional",
+            CertReqs::Required => "required",
+        })
+    }
+}
+
 /// YAML writes these either as numbers (`workers: 4`, `timeout: 30`) or
 /// strings (`timeout: 30s`); both go through `FromStr` so the rules match
 /// the flags exactly.
@@ -313,7 +359,7 @@ macro_rules! serde_via_str {
     )*};
 }
 
-serde_via_str!(Secs, ByteSize, BindAddr, Mode, AllowIps);
+serde_via_str!(Secs, ByteSize, BindAddr, Mode, AllowIps, CertReqs);
 
 #[cfg(test)]
 mod tests {
@@ -423,6 +469,15 @@ mod tests {
         assert!("unix:".parse::<BindAddr>().is_err());
         assert!("example.com:80".parse::<BindAddr>().is_err());
         assert!("1.2.3.4:99999".parse::<BindAddr>().is_err());
+        assert_eq!(
+            "https://:8443".parse::<BindAddr>().unwrap(),
+            BindAddr::Tls("0.0.0.0:8443".parse().unwrap())
+        );
+        assert_eq!(
+            BindAddr::Tls("127.0.0.1:8443".parse().unwrap()).to_string(),
+            "https://127.0.0.1:8443"
+        );
+        assert!("https://unix:/x".parse::<BindAddr>().is_err());
     }
 
     #[test]
@@ -444,6 +499,7 @@ mod tests {
                 let _ = s.parse::<BindAddr>();
                 let _ = s.parse::<Mode>();
                 let _ = s.parse::<AllowIps>();
+                let _ = s.parse::<CertReqs>();
             }
 
             #[test]

@@ -31,6 +31,8 @@ const LIMITS: Limits = Limits {
     header_read_timeout: Duration::from_secs(30),
     shutdown_grace: None,
     first_request_grace: Duration::from_secs(1),
+    http2: false,
+    strict_framing: false,
 };
 
 #[derive(Debug, thiserror::Error)]

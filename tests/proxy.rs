@@ -322,7 +322,7 @@ fn queue_overflow_is_answered_503_with_retry_after_never_a_reset() {
         metrics::value(
             &metrics,
             "corral_http_requests_total",
-            &[("code", "503"), ("method", "GET")]
+            &[("code", "503"), ("method", "GET"), ("protocol", "http/1.1")]
         ),
         Some(5.0),
         "{metrics}"
@@ -589,7 +589,7 @@ fn the_metrics_and_the_workers_document_count_requests() {
     assert_eq!(
         v(
             "corral_http_requests_total",
-            &[("code", "200"), ("method", "GET")]
+            &[("code", "200"), ("method", "GET"), ("protocol", "http/1.1")]
         ),
         Some(10.0),
         "{m}"
@@ -597,7 +597,7 @@ fn the_metrics_and_the_workers_document_count_requests() {
     assert_eq!(
         v(
             "corral_http_requests_total",
-            &[("code", "404"), ("method", "GET")]
+            &[("code", "404"), ("method", "GET"), ("protocol", "http/1.1")]
         ),
         Some(1.0)
     );

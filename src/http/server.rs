@@ -1,9 +1,13 @@
 //! The one accept loop for corral's own HTTP servers: the admin API, the
-//! operator's probes and metrics, and the built-in worker. It keeps a cap
-//! on the connections served at once across all of a server's listeners
-//! (the rest wait in the listen backlog), a header-read timeout so a slow
-//! client cannot hold a slot, and a graceful shutdown: stop accepting,
-//! serve what was already accepted, let answers in progress finish.
+//! operator's probes and metrics, the built-in worker and proxy mode's
+//! front. It keeps a cap on the connections served at once across all of a
+//! server's listeners (the rest wait in the listen backlog), a header-read
+//! timeout and size limits so a slow or greedy client cannot hold a slot,
+//! and a graceful shutdown: stop accepting, serve what was already
+//! accepted, let answers in progress finish (HTTP/2 connections get a
+//! GOAWAY and their open streams finish). Servers that allow it speak
+//! HTTP/2 as well: with prior knowledge on plain listeners (h2c), and by
+//! ALPN on TLS ones.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -14,11 +18,15 @@ use std::time::Duration;
 use bytes::Bytes;
 use hyper::body::{Body, Incoming};
 use hyper::{Request, Response};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
+
+use super::framing;
+use super::tls::Certs;
 
 /// How much one server takes on, and how it lets go.
 #[derive(Debug, Clone, Copy)]
@@ -34,7 +42,30 @@ pub struct Limits {
     /// request yet gets to send it: a client that connected just before
     /// the listener closed is answered, not reset with its request unread.
     pub first_request_grace: Duration,
+    /// HTTP/2 beside HTTP/1.1 (h2c by prior knowledge, h2 by ALPN).
+    pub http2: bool,
+    /// Mark HTTP/1.1 requests whose length could be read two ways
+    /// ([`framing::Ambiguous`]), for a front that must not forward them.
+    pub strict_framing: bool,
 }
+
+/// The largest request head (request line and headers) taken, in bytes;
+/// a larger one is answered 431. Gunicorn allows 4 KiB per line and 8 KiB
+/// per field, nginx 4 x 8 KiB by default: 64 KiB is above what any of
+/// them forward.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+
+/// Header fields per request at most (Gunicorn's `--limit-request-fields`).
+pub const MAX_HEADERS: usize = 100;
+
+/// HTTP/2 limits. Streams open at once per connection (nginx's default);
+/// streams a client may reset before the server has even taken them (the
+/// rapid reset attack, CVE-2023-44487: past it the connection is closed
+/// with GOAWAY); and the header list a client may send.
+const H2_MAX_STREAMS: u32 = 128;
+const H2_MAX_PENDING_RESETS: usize = 20;
+const H2_MAX_LOCAL_RESETS: usize = 256;
+const H2_MAX_HEADER_LIST: u32 = MAX_HEAD_BYTES as u32;
 
 /// corral's admin-style servers: a handful of probes, scrapes and operator
 /// calls at a time, never a flood.
@@ -43,23 +74,32 @@ pub const SMALL: Limits = Limits {
     header_read_timeout: Duration::from_secs(10),
     shutdown_grace: Some(Duration::from_secs(5)),
     first_request_grace: Duration::ZERO,
+    http2: false,
+    strict_framing: false,
 };
 
 /// A listener the server accepts on.
 pub enum Listener {
     Tcp(TcpListener),
+    /// TCP with TLS, under the (reloadable) certificate.
+    Tls(TcpListener, Arc<Certs>),
     Unix(UnixListener),
 }
 
 enum Conn {
     Tcp(TcpStream),
+    Tls(TcpStream, Arc<Certs>),
     Unix(UnixStream),
 }
 
-/// The client's address, in each request's extensions (`None` on a Unix
-/// socket): the proxy's X-Forwarded-For and its trust rule read it.
+/// Where a request came from, in each request's extensions: the proxy's
+/// X-Forwarded-* and its trust rule read it.
 #[derive(Debug, Clone, Copy)]
-pub struct Peer(pub Option<SocketAddr>);
+pub struct Peer {
+    /// `None` on a Unix socket.
+    pub addr: Option<SocketAddr>,
+    pub tls: bool,
+}
 
 /// What a handler may answer with: any body of bytes (a full one, or the
 /// proxy's stream from a worker).
@@ -146,13 +186,17 @@ pub async fn serve<F, Fut, B>(
 /// taken from the queue at shutdown, which must not wait for one).
 type Accepted = (Conn, Option<OwnedSemaphorePermit>);
 
+async fn accept_tcp(l: &TcpListener) -> std::io::Result<TcpStream> {
+    let (s, _) = l.accept().await?;
+    // Small answers must not wait for Nagle.
+    let _ = s.set_nodelay(true);
+    Ok(s)
+}
+
 async fn accept_one(listener: &Listener) -> std::io::Result<Conn> {
     match listener {
-        Listener::Tcp(l) => l.accept().await.map(|(s, _)| {
-            // Small answers must not wait for Nagle.
-            let _ = s.set_nodelay(true);
-            Conn::Tcp(s)
-        }),
+        Listener::Tcp(l) => accept_tcp(l).await.map(Conn::Tcp),
+        Listener::Tls(l, certs) => accept_tcp(l).await.map(|s| Conn::Tls(s, certs.clone())),
         Listener::Unix(l) => l.accept().await.map(|(s, _)| Conn::Unix(s)),
     }
 }
@@ -207,41 +251,94 @@ async fn connection<F, Fut, B>(
 {
     match conn {
         Conn::Tcp(s) => {
-            let peer = Peer(s.peer_addr().ok());
-            serve_io(TokioIo::new(s), peer, handle, limits, shutdown).await
+            let peer = Peer {
+                addr: s.peer_addr().ok(),
+                tls: false,
+            };
+            serve_io(s, peer, handle, limits, shutdown).await
         }
-        Conn::Unix(s) => serve_io(TokioIo::new(s), Peer(None), handle, limits, shutdown).await,
+        Conn::Tls(s, certs) => {
+            let peer = Peer {
+                addr: s.peer_addr().ok(),
+                tls: true,
+            };
+            // The handshake counts against the header-read timeout: a
+            // client that opens and stays silent is cut off all the same.
+            let acceptor = tokio_rustls::TlsAcceptor::from(certs.current());
+            match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(s)).await {
+                Ok(Ok(tls)) => serve_io(tls, peer, handle, limits, shutdown).await,
+                Ok(Err(e)) => debug!(error = %e, peer = ?peer.addr, "TLS handshake"),
+                Err(_) => debug!(peer = ?peer.addr, "TLS handshake timed out"),
+            }
+        }
+        Conn::Unix(s) => {
+            let peer = Peer {
+                addr: None,
+                tls: false,
+            };
+            serve_io(s, peer, handle, limits, shutdown).await
+        }
     }
     drop(permit);
 }
 
-async fn serve_io<I, F, Fut, B>(
-    io: I,
+async fn serve_io<S, F, Fut, B>(
+    stream: S,
     peer: Peer,
     handle: F,
     limits: Limits,
     mut shutdown: watch::Receiver<bool>,
 ) where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Response<B>> + Send + 'static,
     B: ResponseBody,
 {
+    let strict = limits.strict_framing;
+    let (stream, framing) = framing::Watch::new(stream, strict);
+    let io = TokioIo::new(stream);
     let requested = Arc::new(Notify::new());
     let service = {
         let requested = requested.clone();
         hyper::service::service_fn(move |mut req: Request<Incoming>| {
             requested.notify_one();
             req.extensions_mut().insert(peer);
+            // Requests on one HTTP/1 connection are served in order, so
+            // the oldest verdict is this request's.
+            if strict && req.version() != hyper::Version::HTTP_2 {
+                let verdict = framing
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .verdicts
+                    .pop_front();
+                if verdict == Some(true) {
+                    req.extensions_mut().insert(framing::Ambiguous);
+                }
+            }
             let answer = handle(req);
             async move { Ok::<_, Infallible>(answer.await) }
         })
     };
-    let conn = hyper::server::conn::http1::Builder::new()
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
-        .serve_connection(io, service)
-        .with_upgrades();
+        .max_buf_size(MAX_HEAD_BYTES)
+        .max_headers(MAX_HEADERS);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(H2_MAX_STREAMS)
+        .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
+        .max_local_error_reset_streams(H2_MAX_LOCAL_RESETS)
+        .max_header_list_size(H2_MAX_HEADER_LIST)
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    if !limits.http2 {
+        builder = builder.http1_only();
+    }
+    let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
     let result = tokio::select! {
         result = conn.as_mut() => result,

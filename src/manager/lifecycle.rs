@@ -128,6 +128,7 @@ impl Manager {
         if self.shutdown.is_some() {
             return;
         }
+        self.reload_certificate();
         let refused =
             |e: &dyn std::fmt::Display| error!(error = %e, "reload refused: config unchanged");
         let file = match &self.config_path {

@@ -38,19 +38,27 @@ impl Listener {
 
     /// A second descriptor of the socket for corral's own server (proxy
     /// mode's front), non-blocking; the socket closes once both are gone.
-    pub fn serve_copy(&self) -> io::Result<crate::http::server::Listener> {
+    /// An `https://` bind is served with `certs`.
+    pub fn serve_copy(
+        &self,
+        certs: Option<&std::sync::Arc<crate::http::tls::Certs>>,
+    ) -> io::Result<crate::http::server::Listener> {
+        use crate::http::server::Listener as Served;
         let copy = self.socket.try_clone()?;
         copy.set_nonblocking(true)?;
         let fd = std::os::fd::OwnedFd::from(copy);
-        Ok(if self.is_tcp {
-            crate::http::server::Listener::Tcp(tokio::net::TcpListener::from_std(
-                std::net::TcpListener::from(fd),
-            )?)
-        } else {
-            crate::http::server::Listener::Unix(tokio::net::UnixListener::from_std(
-                std::os::unix::net::UnixListener::from(fd),
-            )?)
-        })
+        let tcp = |fd| tokio::net::TcpListener::from_std(std::net::TcpListener::from(fd));
+        Ok(
+            if let (BindAddr::Tls(_), Some(certs)) = (&self.bind, certs) {
+                Served::Tls(tcp(fd)?, certs.clone())
+            } else if self.is_tcp {
+                Served::Tcp(tcp(fd)?)
+            } else {
+                crate::http::server::Listener::Unix(tokio::net::UnixListener::from_std(
+                    std::os::unix::net::UnixListener::from(fd),
+                )?)
+            },
+        )
     }
 }
 
@@ -124,7 +132,7 @@ fn open(
         source,
     };
     let socket = match bind {
-        BindAddr::Tcp(addr) => {
+        BindAddr::Tcp(addr) | BindAddr::Tls(addr) => {
             let wanted = SockAddr::from(*addr);
             match inherited.take_matching(&wanted) {
                 Some(s) => s,

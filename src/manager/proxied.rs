@@ -18,6 +18,7 @@ use tracing::{info, warn};
 use crate::config::ProxyConfig;
 use crate::contract::{ExitReason, WorkerState};
 use crate::http::server::Listener as ServerListener;
+use crate::http::tls::{Certs, TlsError};
 use crate::proxy::sockets::{DirError, RuntimeDir};
 use crate::proxy::{self, Front, Key, Load};
 
@@ -52,6 +53,8 @@ const CONCURRENCY_WINDOW: Duration = Duration::from_secs(3);
 pub(super) struct Proxied {
     pub front: Front,
     pub dir: RuntimeDir,
+    /// The front's certificate, with the task that watches its files.
+    pub tls: Option<(Arc<Certs>, tokio::task::JoinHandle<()>)>,
     pub config: ProxyConfig,
     /// Ready workers reported by the socket probes.
     pub ready_tx: mpsc::UnboundedSender<Key>,
@@ -80,14 +83,19 @@ impl Proxied {
         metrics: Arc<proxy::Metrics>,
     ) -> Result<Proxied, StartProxyError> {
         let dir = RuntimeDir::create(config.runtime_dir.as_deref())?;
+        let certs = config.tls.clone().map(Certs::new).transpose()?;
         let served = listeners
             .iter()
-            .map(Listener::serve_copy)
+            .map(|l| l.serve_copy(certs.as_ref()))
             .collect::<std::io::Result<Vec<ServerListener>>>()?;
         let front = Front::start(config, served, metrics);
         let (ready_tx, ready_rx) = mpsc::unbounded_channel();
         info!(runtime_dir = %dir.path().display(), "proxy mode: workers get their own sockets");
         Ok(Proxied {
+            tls: certs.map(|c| {
+                let watch = c.watch();
+                (c, watch)
+            }),
             front,
             dir,
             config: config.clone(),
@@ -150,6 +158,16 @@ pub enum StartProxyError {
     Dir(#[from] DirError),
     #[error("cannot serve on the listeners: {0}")]
     Listen(#[from] std::io::Error),
+    #[error("invalid value for `certfile`: {0}")]
+    Tls(#[from] TlsError),
+}
+
+impl Drop for Proxied {
+    fn drop(&mut self) {
+        if let Some((_, watch)) = &self.tls {
+            watch.abort();
+        }
+    }
 }
 
 fn key_of(w: &super::table::Worker) -> Key {
@@ -160,6 +178,14 @@ fn key_of(w: &super::table::Worker) -> Key {
 }
 
 impl Manager {
+    /// HUP: the front's certificate is read again (a bad one is refused
+    /// and the old one kept).
+    pub(super) fn reload_certificate(&self) {
+        if let Some(Some((certs, _))) = self.proxy.as_ref().map(|p| &p.tls) {
+            let _ = certs.reload("HUP");
+        }
+    }
+
     pub(super) fn on_proxy_event(&mut self, event: Event) {
         match event {
             Event::Answering(key) => self.on_answering(key),

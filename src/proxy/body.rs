@@ -26,7 +26,8 @@ pub const REPLAY_LIMIT: u64 = 64 * 1024;
 /// A request body on its way to a worker.
 pub enum Outgoing {
     Full(Option<Bytes>),
-    Stream(Incoming),
+    /// What was read ahead (up to [`REPLAY_LIMIT`]), then the rest.
+    Stream(Option<Bytes>, Incoming),
 }
 
 impl Body for Outgoing {
@@ -39,14 +40,17 @@ impl Body for Outgoing {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             Outgoing::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Outgoing::Stream(body) => Pin::new(body).poll_frame(cx),
+            Outgoing::Stream(ahead, body) => match ahead.take() {
+                Some(b) => Poll::Ready(Some(Ok(Frame::data(b)))),
+                None => Pin::new(body).poll_frame(cx),
+            },
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             Outgoing::Full(bytes) => bytes.is_none(),
-            Outgoing::Stream(body) => body.is_end_stream(),
+            Outgoing::Stream(ahead, body) => ahead.is_none() && body.is_end_stream(),
         }
     }
 
@@ -55,7 +59,16 @@ impl Body for Outgoing {
             Outgoing::Full(bytes) => {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }
-            Outgoing::Stream(body) => body.size_hint(),
+            Outgoing::Stream(ahead, body) => {
+                let extra = ahead.as_ref().map_or(0, |b| b.len() as u64);
+                let inner = body.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(inner.lower() + extra);
+                if let Some(upper) = inner.upper() {
+                    hint.set_upper(upper + extra);
+                }
+                hint
+            }
         }
     }
 }
@@ -64,20 +77,33 @@ impl Body for Outgoing {
 pub enum Held {
     /// Read whole: can be sent any number of times.
     Whole(Bytes),
-    /// Streaming; `None` once handed to a worker.
-    Stream(Option<Incoming>),
+    /// Streaming (what was read ahead, and the rest); `None` once handed
+    /// to a worker.
+    Stream(Option<(Option<Bytes>, Incoming)>),
 }
 
 impl Held {
-    /// Reads a small body whole; a large or unsized one is left to stream.
-    pub async fn read(body: Incoming) -> Result<Held, hyper::Error> {
+    /// Reads a body of up to [`REPLAY_LIMIT`] whole before anything goes to
+    /// a worker, so that it can be sent again and a broken one (a bad
+    /// chunk size) is refused before it is forwarded; a larger one streams
+    /// from what was read ahead on.
+    pub async fn read(mut body: Incoming) -> Result<Held, hyper::Error> {
         if body.is_end_stream() {
             return Ok(Held::Whole(Bytes::new()));
         }
-        if body.size_hint().upper().is_some_and(|n| n <= REPLAY_LIMIT) {
-            return Ok(Held::Whole(body.collect().await?.to_bytes()));
+        if body.size_hint().lower() > REPLAY_LIMIT {
+            return Ok(Held::Stream(Some((None, body))));
         }
-        Ok(Held::Stream(Some(body)))
+        let mut ahead = bytes::BytesMut::new();
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame?.into_data() {
+                ahead.extend_from_slice(&data);
+            }
+            if ahead.len() as u64 > REPLAY_LIMIT {
+                return Ok(Held::Stream(Some((Some(ahead.freeze()), body))));
+            }
+        }
+        Ok(Held::Whole(ahead.freeze()))
     }
 
     pub fn replayable(&self) -> bool {
@@ -89,14 +115,14 @@ impl Held {
         match self {
             Held::Whole(b) if b.is_empty() => Some(Outgoing::Full(None)),
             Held::Whole(b) => Some(Outgoing::Full(Some(b.clone()))),
-            Held::Stream(s) => s.take().map(Outgoing::Stream),
+            Held::Stream(s) => s.take().map(|(ahead, rest)| Outgoing::Stream(ahead, rest)),
         }
     }
 
     /// A body a worker connection handed back unsent.
     pub fn put_back(&mut self, body: Outgoing) {
-        if let (Held::Stream(slot), Outgoing::Stream(s)) = (self, body) {
-            *slot = Some(s);
+        if let (Held::Stream(slot), Outgoing::Stream(ahead, rest)) = (self, body) {
+            *slot = Some((ahead, rest));
         }
     }
 }

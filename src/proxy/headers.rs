@@ -64,8 +64,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
 
 /// Sets X-Forwarded-For, -Proto and -Host for the worker. From a trusted
 /// peer the incoming ones are kept (its address appended to the `For`
-/// chain); from anyone else they, and `Forwarded`, are replaced.
-pub fn set_forwarded(headers: &mut HeaderMap, peer: Option<IpAddr>, allow: &AllowIps) {
+/// chain); from anyone else they, and `Forwarded`, are replaced. `tls`:
+/// the client reached corral over TLS.
+pub fn set_forwarded(headers: &mut HeaderMap, peer: Option<IpAddr>, tls: bool, allow: &AllowIps) {
     let trusted = peer.is_some_and(|p| allow.allows(p));
     let peer_text = peer.map(|p| p.to_string());
     if trusted {
@@ -93,7 +94,8 @@ pub fn set_forwarded(headers: &mut HeaderMap, peer: Option<IpAddr>, allow: &Allo
         }
     }
     if !headers.contains_key(&X_FORWARDED_PROTO) {
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        let proto = if tls { "https" } else { "http" };
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     }
     if !headers.contains_key(&X_FORWARDED_HOST)
         && let Some(host) = headers.get(header::HOST).cloned()
@@ -161,7 +163,7 @@ mod tests {
             ("x-forwarded-proto", "https"),
             ("forwarded", "for=6.6.6.6"),
         ]);
-        set_forwarded(&mut h, Some("10.1.1.1".parse().unwrap()), &allow);
+        set_forwarded(&mut h, Some("10.1.1.1".parse().unwrap()), false, &allow);
         assert_eq!(get(&h, "x-forwarded-for"), Some("10.1.1.1"));
         assert_eq!(get(&h, "x-forwarded-proto"), Some("http"));
         assert_eq!(get(&h, "x-forwarded-host"), Some("example.com"));
@@ -178,7 +180,7 @@ mod tests {
             ("x-forwarded-proto", "https"),
             ("x-forwarded-host", "outer.example"),
         ]);
-        set_forwarded(&mut h, Some("127.0.0.1".parse().unwrap()), &allow);
+        set_forwarded(&mut h, Some("127.0.0.1".parse().unwrap()), true, &allow);
         assert_eq!(
             get(&h, "x-forwarded-for"),
             Some("1.2.3.4, 5.6.7.8, 127.0.0.1")
@@ -191,8 +193,8 @@ mod tests {
     fn a_unix_socket_client_is_not_trusted_and_sends_no_address() {
         let allow: AllowIps = "*".parse().unwrap();
         let mut h = map(&[("x-forwarded-for", "1.2.3.4")]);
-        set_forwarded(&mut h, None, &allow);
+        set_forwarded(&mut h, None, true, &allow);
         assert_eq!(get(&h, "x-forwarded-for"), None);
-        assert_eq!(get(&h, "x-forwarded-proto"), Some("http"));
+        assert_eq!(get(&h, "x-forwarded-proto"), Some("https"), "over TLS");
     }
 }

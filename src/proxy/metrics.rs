@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::Method;
+use hyper::{Method, Version};
 use prometheus::{Histogram, HistogramOpts, IntCounterVec, Opts, Registry};
 
 /// Why a request was sent a second time; the `reason` label.
@@ -63,9 +63,9 @@ impl Metrics {
         let requests = IntCounterVec::new(
             Opts::new(
                 "http_requests_total",
-                "Requests answered by the proxy, by status code and method.",
+                "Requests answered by the proxy, by status code, method and protocol.",
             ),
-            &["code", "method"],
+            &["code", "method", "protocol"],
         )?;
         let duration = Histogram::with_opts(HistogramOpts::new(
             "http_request_duration_seconds",
@@ -97,11 +97,16 @@ impl Metrics {
         }))
     }
 
-    pub fn answered(&self, code: u16, method: &Method) {
+    pub fn answered(&self, code: u16, method: &Method, version: Version) {
         let digits = itoa_code(code);
         let code = std::str::from_utf8(&digits).unwrap_or("0");
+        let protocol = match version {
+            Version::HTTP_2 => "h2",
+            Version::HTTP_10 => "http/1.0",
+            _ => "http/1.1",
+        };
         self.requests
-            .with_label_values(&[code, method_label(method)])
+            .with_label_values(&[code, method_label(method), protocol])
             .inc();
     }
 

@@ -259,7 +259,8 @@ fn await_logged_addr(
             let log = std::fs::read_to_string(log_path).unwrap_or_default();
             let found = log_fields(&log, message, field)
                 .iter()
-                .filter_map(|v| v.parse::<SocketAddr>().ok())
+                // A TLS listener logs itself as https://ADDR.
+                .filter_map(|v| v.trim_start_matches("https://").parse::<SocketAddr>().ok())
                 .find(|a| accept(a));
             if let Some(addr) = found {
                 return Ok(addr);

@@ -1,0 +1,408 @@
+//! A look at each HTTP/1.1 request's framing before hyper parses it, for
+//! the one case hyper accepts and a front must not: a request whose length
+//! two parties could read differently (request smuggling). hyper itself
+//! refuses differing duplicate `Content-Length`s, bad chunk sizes and
+//! obsolete line folding; it accepts `Content-Length` together with
+//! `Transfer-Encoding` (the chunked framing wins, as RFC 9112 allows) and
+//! identical duplicate `Content-Length`s. [`Watch`] reads the bytes as they
+//! pass (heads, then body lengths, chunk by chunk, to find the next head)
+//! and records a verdict per request in order; the server hands each
+//! request its verdict, and the front answers an ambiguous one 400 without
+//! forwarding it.
+
+use std::collections::VecDeque;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::server::{MAX_HEAD_BYTES, MAX_HEADERS};
+
+/// In a request's extensions when its framing could be read two ways.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ambiguous;
+
+const H2_PREFACE_HEAD: &[u8] = b"PRI * HTTP/2.0\r\n";
+
+/// Where the reader is in the byte stream.
+#[derive(Debug, Clone, PartialEq)]
+enum State {
+    /// Collecting a request head.
+    Head(Vec<u8>),
+    /// Skipping a body of known length.
+    Length(u64),
+    /// Reading a chunk-size line.
+    ChunkSize(Vec<u8>),
+    /// Skipping chunk data, then its CRLF.
+    ChunkData(u64),
+    /// Reading trailer lines after the last chunk, until an empty one.
+    Trailers(Vec<u8>),
+    /// Not HTTP/1.1 requests any more (HTTP/2, an upgrade, a framing error
+    /// hyper will refuse): nothing more to look at.
+    Done,
+}
+
+/// The framing rules, over bytes. Pure: no I/O.
+#[derive(Debug)]
+pub struct Reader {
+    state: State,
+    /// One per request head, in order: true when ambiguous.
+    pub verdicts: VecDeque<bool>,
+}
+
+impl Default for Reader {
+    fn default() -> Self {
+        Reader {
+            state: State::Head(Vec::new()),
+            verdicts: VecDeque::new(),
+        }
+    }
+}
+
+/// What a request head says about the body after it.
+enum Body {
+    None,
+    Length(u64),
+    Chunked,
+    /// Ambiguous, or an upgrade: the connection ends after it as far as
+    /// framing goes.
+    Stop,
+}
+
+fn judge(head: &[u8]) -> (bool, Body) {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    if !matches!(req.parse(head), Ok(httparse::Status::Complete(_))) {
+        // hyper answers what it cannot parse with 400 itself.
+        return (false, Body::Stop);
+    }
+    let (mut lengths, mut te, mut upgrade) = (Vec::new(), Vec::new(), false);
+    for h in req.headers.iter() {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            lengths.push(h.value);
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            te.push(h.value);
+        } else if h.name.eq_ignore_ascii_case("upgrade") {
+            upgrade = true;
+        }
+    }
+    if lengths.len() > 1 || (!lengths.is_empty() && !te.is_empty()) {
+        return (true, Body::Stop);
+    }
+    if upgrade {
+        return (false, Body::Stop);
+    }
+    if let Some(last) = te.last() {
+        let chunked = std::str::from_utf8(last).is_ok_and(|v| {
+            v.rsplit(',')
+                .next()
+                .is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"))
+        });
+        return (false, if chunked { Body::Chunked } else { Body::Stop });
+    }
+    match lengths.first() {
+        None => (false, Body::None),
+        Some(v) => match std::str::from_utf8(v)
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+        {
+            Some(0) => (false, Body::None),
+            Some(n) => (false, Body::Length(n)),
+            None => (false, Body::Stop),
+        },
+    }
+}
+
+/// The first CRLF-terminated line in `buf` from `from`, if whole.
+fn line_end(buf: &[u8]) -> Option<usize> {
+    buf.windows(2).position(|w| w == b"\r\n")
+}
+
+impl Reader {
+    /// Takes the next bytes the client sent.
+    pub fn feed(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            match &mut self.state {
+                State::Done => return,
+                State::Head(buf) => {
+                    // Blank lines before a request line are allowed (RFC 9112, 2.2).
+                    if buf.is_empty() {
+                        let skip = bytes
+                            .iter()
+                            .take_while(|b| **b == b'\r' || **b == b'\n')
+                            .count();
+                        bytes = &bytes[skip..];
+                        if bytes.is_empty() {
+                            return;
+                        }
+                    }
+                    let before = buf.len();
+                    buf.extend_from_slice(bytes);
+                    let search_from = before.saturating_sub(3);
+                    let Some(end) = buf[search_from..]
+                        .windows(4)
+                        .position(|w| w == b"\r\n\r\n")
+                        .map(|p| search_from + p + 4)
+                    else {
+                        if buf.len() > MAX_HEAD_BYTES {
+                            // hyper answers 431; nothing to read after it.
+                            self.state = State::Done;
+                        }
+                        return;
+                    };
+                    let used = end - before;
+                    // HTTP/2's preface reads as a head: the rest is frames.
+                    if buf.starts_with(H2_PREFACE_HEAD) {
+                        self.state = State::Done;
+                        return;
+                    }
+                    let (ambiguous, body) = judge(&buf[..end]);
+                    self.verdicts.push_back(ambiguous);
+                    self.state = match body {
+                        Body::None => State::Head(Vec::new()),
+                        Body::Length(n) => State::Length(n),
+                        Body::Chunked => State::ChunkSize(Vec::new()),
+                        Body::Stop => State::Done,
+                    };
+                    bytes = &bytes[used..];
+                }
+                State::Length(left) => {
+                    let take = (*left).min(bytes.len() as u64);
+                    *left -= take;
+                    bytes = &bytes[take as usize..];
+                    if *left == 0 {
+                        self.state = State::Head(Vec::new());
+                    }
+                }
+                State::ChunkSize(line) => {
+                    let before = line.len();
+                    line.extend_from_slice(bytes);
+                    let Some(end) = line_end(&line[before.saturating_sub(1)..])
+                        .map(|p| before.saturating_sub(1) + p)
+                    else {
+                        if line.len() > 4096 {
+                            self.state = State::Done;
+                        }
+                        return;
+                    };
+                    let size = std::str::from_utf8(&line[..end]).ok().and_then(|l| {
+                        let digits = l.split(';').next()?.trim();
+                        u64::from_str_radix(digits, 16).ok()
+                    });
+                    bytes = &bytes[end + 2 - before..];
+                    self.state = match size {
+                        None => State::Done,
+                        Some(0) => State::Trailers(Vec::new()),
+                        // The data, then its CRLF.
+                        Some(n) => State::ChunkData(n.saturating_add(2)),
+                    };
+                }
+                State::ChunkData(left) => {
+                    let take = (*left).min(bytes.len() as u64);
+                    *left -= take;
+                    bytes = &bytes[take as usize..];
+                    if *left == 0 {
+                        self.state = State::ChunkSize(Vec::new());
+                    }
+                }
+                State::Trailers(buf) => {
+                    let before = buf.len();
+                    buf.extend_from_slice(bytes);
+                    // An empty line: CRLF at the start, or CRLFCRLF.
+                    let end = if buf.starts_with(b"\r\n") {
+                        Some(2)
+                    } else {
+                        let from = before.saturating_sub(3);
+                        buf[from..]
+                            .windows(4)
+                            .position(|w| w == b"\r\n\r\n")
+                            .map(|p| from + p + 4)
+                    };
+                    let Some(end) = end else {
+                        if buf.len() > MAX_HEAD_BYTES {
+                            self.state = State::Done;
+                        }
+                        return;
+                    };
+                    bytes = &bytes[end - before..];
+                    self.state = State::Head(Vec::new());
+                }
+            }
+        }
+    }
+}
+
+/// A connection's read side, watched by a [`Reader`] when `active`
+/// (servers that are not a front pass their bytes straight through).
+pub struct Watch<T> {
+    inner: T,
+    reader: Arc<Mutex<Reader>>,
+    active: bool,
+}
+
+impl<T> Watch<T> {
+    pub fn new(inner: T, active: bool) -> (Watch<T>, Arc<Mutex<Reader>>) {
+        let reader = Arc::new(Mutex::new(Reader::default()));
+        (
+            Watch {
+                inner,
+                reader: reader.clone(),
+                active,
+            },
+            reader,
+        )
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Watch<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if self.active
+            && let Poll::Ready(Ok(())) = polled
+        {
+            let new = &buf.filled()[before..];
+            if !new.is_empty() {
+                self.reader
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .feed(new);
+            }
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Watch<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn verdicts(input: &[u8]) -> Vec<bool> {
+        let mut r = Reader::default();
+        r.feed(input);
+        r.verdicts.into_iter().collect()
+    }
+
+    /// Fed one byte at a time, the answer is the same.
+    fn verdicts_bytewise(input: &[u8]) -> Vec<bool> {
+        let mut r = Reader::default();
+        for b in input {
+            r.feed(std::slice::from_ref(b));
+        }
+        r.verdicts.into_iter().collect()
+    }
+
+    #[test]
+    fn length_and_chunked_bodies_are_skipped_to_the_next_head() {
+        let input = b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhelloGET /b HTTP/1.1\r\nHost: x\r\n\r\nPOST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n3;ext=1\r\nabc\r\n0\r\nX-Trailer: 1\r\n\r\nGET /d HTTP/1.1\r\nHost: x\r\n\r\n";
+        assert_eq!(verdicts(input), vec![false; 4]);
+        assert_eq!(verdicts_bytewise(input), vec![false; 4]);
+    }
+
+    #[test]
+    fn content_length_with_transfer_encoding_is_ambiguous() {
+        let input = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\n\r\n";
+        assert_eq!(
+            verdicts(input),
+            vec![true],
+            "nothing after it is read as a request"
+        );
+        let te_first =
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n";
+        assert_eq!(verdicts(te_first), vec![true]);
+    }
+
+    #[test]
+    fn duplicate_content_lengths_are_ambiguous_even_when_equal() {
+        let input = b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc";
+        assert_eq!(verdicts(input), vec![true]);
+    }
+
+    #[test]
+    fn an_http2_preface_stops_the_reader() {
+        let mut input = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        input.extend_from_slice(b"\x00\x00\x00\x04\x00\x00\x00\x00\x00");
+        assert!(verdicts(&input).is_empty());
+    }
+
+    #[test]
+    fn a_bad_chunk_size_stops_the_reader() {
+        let input =
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nGET / HTTP/1.1\r\n\r\n";
+        assert_eq!(
+            verdicts(input),
+            vec![false],
+            "hyper refuses the body itself"
+        );
+    }
+
+    #[test]
+    fn an_upgrade_hands_the_connection_over() {
+        let input = b"GET /ws HTTP/1.1\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\nGET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n";
+        assert_eq!(
+            verdicts(input),
+            vec![false],
+            "tunnel bytes are not requests"
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn any_bytes_are_read_without_panic_and_split_reads_agree(
+            input in proptest::collection::vec(any::<u8>(), 0..600),
+            cut in 0usize..600,
+        ) {
+            let whole = verdicts(&input);
+            let cut = cut.min(input.len());
+            let mut r = Reader::default();
+            r.feed(&input[..cut]);
+            r.feed(&input[cut..]);
+            prop_assert_eq!(whole, r.verdicts.into_iter().collect::<Vec<_>>());
+        }
+
+        #[test]
+        fn request_like_bytes_are_read_without_panic(
+            input in "(GET|POST) / HTTP/1.1\r\n((Content-Length|Transfer-Encoding): [0-9a-z, ]{0,8}\r\n){0,3}\r\n[0-9a-f;\r\n]{0,40}",
+        ) {
+            let _ = verdicts(input.as_bytes());
+            let _ = verdicts_bytewise(input.as_bytes());
+        }
+    }
+}

@@ -1,0 +1,613 @@
+//! Proxy mode's front as clients see it: HTTP/2 with real clients from
+//! Debian (curl, h2load), TLS with a test CA made by openssl (certificate
+//! reload on file change and HUP, a bad certificate refused, client
+//! certificates), and the hardening: request smuggling refused, slowloris
+//! clients cut off, an HTTP/2 rapid-reset client closed while others are
+//! served. Uvicorn serving Django behind it, as everywhere else.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use support::*;
+
+const SETTLE: Duration = Duration::from_secs(40);
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"))
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// A throwaway CA, and certificates it signs, written by openssl.
+struct Pki {
+    dir: PathBuf,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let dir = std::env::temp_dir().join(unique("corral-pki"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pki = Pki { dir };
+        pki.openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=corral test CA",
+        ]);
+        pki
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    fn openssl(&self, args: &[&str]) {
+        let out = run(Command::new("openssl").args(args).current_dir(&self.dir));
+        assert!(out.status.success(), "openssl {args:?}: {}", text(&out));
+    }
+
+    /// A certificate for `localhost` and 127.0.0.1 (or a client's, with
+    /// `client`), serial `serial`, as NAME.pem and NAME.key.
+    fn issue(&self, name: &str, serial: u32, client: bool) {
+        let ext = self.path(&format!("{name}.ext"));
+        std::fs::write(
+            &ext,
+            if client {
+                "extendedKeyUsage=clientAuth\n".to_string()
+            } else {
+                "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n"
+                    .to_string()
+            },
+        )
+        .unwrap();
+        let (key, csr, pem) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+        );
+        self.openssl(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+            "-subj",
+            &format!("/CN={name}"),
+        ]);
+        self.openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-set_serial",
+            &serial.to_string(),
+            "-days",
+            "2",
+            "-out",
+            &pem,
+            "-extfile",
+            ext.to_str().unwrap(),
+        ]);
+    }
+
+    /// Puts NAME's certificate and key where the server reads them, the
+    /// way a Secret volume update does: new files, renamed into place.
+    fn install(&self, name: &str) {
+        for (from, to) in [
+            (format!("{name}.pem"), "server.pem"),
+            (format!("{name}.key"), "server.key"),
+        ] {
+            let tmp = self.path(&format!("{to}.new"));
+            std::fs::copy(self.path(&from), &tmp).unwrap();
+            std::fs::rename(&tmp, self.path(to)).unwrap();
+        }
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn proxied_tls(pki: &Pki, extra: &[&str]) -> Corral {
+    let cert = pki.path("server.pem");
+    let key = pki.path("server.key");
+    let mut args = vec![
+        "--proxy",
+        "-w",
+        "2",
+        "--certfile",
+        cert.to_str().unwrap(),
+        "--keyfile",
+        key.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let c = corral().args(&args).django().start();
+    c.wait_settled(2, SETTLE);
+    c
+}
+
+/// curl against `url` with `args`; (status, http version, body).
+fn curl(url: &str, args: &[&str]) -> (String, String, String) {
+    let out = run(Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "10",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code} %{http_version}",
+        ])
+        .args(args)
+        .arg(url));
+    let all = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, tail) = all.rsplit_once('\n').unwrap_or(("", &all));
+    let (code, version) = tail.split_once(' ').unwrap_or((tail, ""));
+    if !out.status.success() {
+        return (
+            format!("error: {}", String::from_utf8_lossy(&out.stderr).trim()),
+            version.into(),
+            body.into(),
+        );
+    }
+    (code.into(), version.into(), body.into())
+}
+
+fn https(c: &Corral, path: &str) -> String {
+    format!("https://localhost:{}{path}", c.http.port())
+}
+
+fn tls_args(pki: &Pki, c: &Corral) -> Vec<String> {
+    vec![
+        "--cacert".into(),
+        pki.path("ca.pem").display().to_string(),
+        "--resolve".into(),
+        format!("localhost:{}:127.0.0.1", c.http.port()),
+    ]
+}
+
+/// The serial of the certificate the server presents now.
+fn served_serial(pki: &Pki, addr: SocketAddr) -> String {
+    let mut child = Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &addr.to_string(),
+            "-servername",
+            "localhost",
+            "-CAfile",
+        ])
+        .arg(pki.path("ca.pem"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    drop(child.stdin.take());
+    let out = child.wait_with_output().unwrap();
+    let pem = String::from_utf8_lossy(&out.stdout).to_string();
+    let mut x509 = Command::new("openssl")
+        .args(["x509", "-noout", "-serial"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    x509.stdin
+        .take()
+        .unwrap()
+        .write_all(pem.as_bytes())
+        .unwrap();
+    let out = x509.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// h2load over `url` for `secs`; (succeeded, failed + errored, output).
+fn h2load(url: &str, secs: u32, extra: &[&str]) -> std::thread::JoinHandle<(u64, u64, String)> {
+    let url = url.to_string();
+    let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+    std::thread::spawn(move || {
+        let out = run(Command::new("h2load")
+            .args(["-c", "4", "-m", "8", "-D", &secs.to_string()])
+            .args(&extra)
+            .arg(&url));
+        let all = text(&out);
+        // "requests: 9000 total, 9000 started, 9000 done, 9000 succeeded, 0 failed, 0 errored, 0 timeout"
+        let line = all
+            .lines()
+            .find(|l| l.starts_with("requests:"))
+            .unwrap_or_else(|| panic!("no summary from h2load: {all}"))
+            .to_string();
+        let count = |what: &str| -> u64 {
+            line.split(',')
+                .find(|p| p.trim().ends_with(what))
+                .and_then(|p| p.split_whitespace().rev().nth(1)?.parse().ok())
+                .unwrap_or_else(|| panic!("{what} in {line}"))
+        };
+        let bad = count("failed") + count("errored") + count("timeout");
+        (count("succeeded"), bad, all)
+    })
+}
+
+#[test]
+fn h2c_with_prior_knowledge_reaches_django_and_is_counted_as_h2() {
+    let c = corral().args(&["--proxy", "-w", "2"]).django().start();
+    c.wait_settled(2, SETTLE);
+    let url = format!("http://{}/", c.http);
+    let (code, version, body) = curl(&url, &["--http2-prior-knowledge"]);
+    assert_eq!((code.as_str(), version.as_str()), ("200", "2"), "{body}");
+    assert_eq!(body, "hello from django\n");
+    let (code, version, _) = curl(&url, &["--http1.1"]);
+    assert_eq!((code.as_str(), version.as_str()), ("200", "1.1"));
+    let m = get(c.admin, "/metrics").unwrap().1;
+    assert_eq!(
+        metrics::value(
+            &m,
+            "corral_http_requests_total",
+            &[("code", "200"), ("method", "GET"), ("protocol", "h2")]
+        ),
+        Some(1.0),
+        "{m}"
+    );
+}
+
+#[test]
+fn tls_serves_h2_and_http1_by_alpn_with_a_test_ca_and_only_tls_1_2_and_up() {
+    let pki = Pki::new();
+    pki.issue("one", 1, false);
+    pki.install("one");
+    let c = proxied_tls(&pki, &[]);
+    let args = tls_args(&pki, &c);
+    let mut h2: Vec<&str> = args.iter().map(String::as_str).collect();
+    h2.push("--http2");
+    let (code, version, body) = curl(&https(&c, "/"), &h2);
+    assert_eq!(
+        (code.as_str(), version.as_str()),
+        ("200", "2"),
+        "{body}\n{}",
+        c.log()
+    );
+    let mut h1: Vec<&str> = args.iter().map(String::as_str).collect();
+    h1.push("--http1.1");
+    let (code, version, body) = curl(&https(&c, "/forwarded"), &h1);
+    assert_eq!((code.as_str(), version.as_str()), ("200", "1.1"));
+    assert!(body.contains("proto=https"), "{body}");
+    let mut old: Vec<&str> = args.iter().map(String::as_str).collect();
+    old.extend(["--tlsv1.1", "--tls-max", "1.1"]);
+    let (code, _, _) = curl(&https(&c, "/"), &old);
+    assert!(code.starts_with("error"), "TLS 1.1 must be refused: {code}");
+    // Plain HTTP on the TLS port gets nothing served.
+    assert!(get(c.http, "/").is_err());
+}
+
+#[test]
+fn client_certificates_are_required_with_ca_certs() {
+    let pki = Pki::new();
+    pki.issue("one", 1, false);
+    pki.install("one");
+    pki.issue("client", 7, true);
+    let ca = pki.path("ca.pem");
+    let c = proxied_tls(
+        &pki,
+        &["--ca-certs", ca.to_str().unwrap(), "--cert-reqs", "2"],
+    );
+    let args = tls_args(&pki, &c);
+    let plain: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, _, _) = curl(&https(&c, "/"), &plain);
+    assert!(code.starts_with("error"), "no client certificate: {code}");
+    let (cert, key) = (pki.path("client.pem"), pki.path("client.key"));
+    let mut with: Vec<&str> = plain.clone();
+    with.extend([
+        "--cert",
+        cert.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+    ]);
+    let (code, _, body) = curl(&https(&c, "/"), &with);
+    assert_eq!(code, "200", "{body}");
+}
+
+#[test]
+fn a_rotated_certificate_is_served_under_load_and_a_bad_one_is_refused() {
+    let _heavy = heavy();
+    let pki = Pki::new();
+    pki.issue("one", 1, false);
+    pki.issue("two", 2, false);
+    pki.install("one");
+    let c = proxied_tls(&pki, &[]);
+    assert_eq!(served_serial(&pki, c.http), "serial=01");
+    let load = h2load(&https(&c, "/"), 8, &[]);
+    std::thread::sleep(Duration::from_secs(2));
+    pki.install("two");
+    eventually(
+        "the new certificate served",
+        Duration::from_secs(10),
+        || match served_serial(&pki, c.http) {
+            s if s == "serial=02" => Ok(()),
+            s => Err(s),
+        },
+    );
+    let (ok, bad, out) = load.join().unwrap();
+    assert!(ok > 100 && bad == 0, "{out}");
+    // A broken certificate is refused; the good one stays.
+    std::fs::write(pki.path("server.pem.new"), "not a certificate\n").unwrap();
+    std::fs::rename(pki.path("server.pem.new"), pki.path("server.pem")).unwrap();
+    wait_text(
+        "the bad certificate refused",
+        Duration::from_secs(10),
+        "new TLS certificate refused",
+        || c.log(),
+    );
+    assert_eq!(served_serial(&pki, c.http), "serial=02");
+    // HUP reads it again, and refuses it again, still serving.
+    c.signal(Signal::SIGHUP);
+    c.wait_for("generation 2", SETTLE, |d| {
+        d.generation == 2 && d.ready == 2
+    });
+    assert_eq!(served_serial(&pki, c.http), "serial=02");
+    pki.install("one");
+    c.signal(Signal::SIGHUP);
+    eventually(
+        "HUP loads the good one",
+        Duration::from_secs(10),
+        || match served_serial(&pki, c.http) {
+            s if s == "serial=01" => Ok(()),
+            s => Err(s),
+        },
+    );
+}
+
+#[test]
+fn h2load_across_a_hup_has_no_failed_request() {
+    let _heavy = heavy();
+    let c = corral().args(&["--proxy", "-w", "2"]).django().start();
+    c.wait_settled(2, SETTLE);
+    let load = h2load(&format!("http://{}/", c.http), 8, &[]);
+    std::thread::sleep(Duration::from_secs(2));
+    c.signal(Signal::SIGHUP);
+    c.wait_for("the new generation", SETTLE, |d| {
+        d.generation == 2 && d.ready == 2 && d.running == 2
+    });
+    let (ok, bad, out) = load.join().unwrap();
+    assert!(ok > 100 && bad == 0, "{out}\n{}", c.log());
+    eprintln!("h2load across HUP: {ok} succeeded, 0 failed");
+}
+
+/// Writes `raw` on a fresh connection; the answer, read to its end.
+fn raw(addr: SocketAddr, raw: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(raw).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).to_string()
+}
+
+#[test]
+fn requests_that_could_be_smuggled_are_refused_and_never_forwarded() {
+    let c = corral().args(&["--proxy", "-w", "1"]).django().start();
+    c.wait_settled(1, SETTLE);
+    let cases: [(&str, &[u8], &str); 5] = [
+        (
+            "Content-Length with Transfer-Encoding",
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /pid HTTP/1.1\r\nHost: x\r\n\r\n",
+            "HTTP/1.1 400",
+        ),
+        (
+            "duplicate Content-Length",
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc",
+            "HTTP/1.1 400",
+        ),
+        (
+            "differing Content-Lengths",
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 30\r\n\r\nabc",
+            "HTTP/1.1 400",
+        ),
+        (
+            "obsolete line folding",
+            b"GET / HTTP/1.1\r\nHost: x\r\nX-Folded: a\r\n b\r\n\r\n",
+            "HTTP/1.1 400",
+        ),
+        (
+            "a bad chunk size",
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+            "HTTP/1.1 400",
+        ),
+    ];
+    for (what, request, want) in cases {
+        let answer = raw(c.http, request);
+        assert!(answer.starts_with(want), "{what}: {answer:?}");
+    }
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(100_000)
+    );
+    let answer = raw(c.http, big.as_bytes());
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer:?}");
+    // Not one of them reached the worker.
+    let doc = c.workers().unwrap();
+    assert_eq!(doc.workers[0].requests, Some(0), "{doc:#?}");
+    // And an honest request still does.
+    assert_eq!(get(c.http, "/").unwrap().0, 200);
+}
+
+#[test]
+fn slowloris_clients_are_cut_off_and_do_not_starve_others() {
+    let _heavy = heavy();
+    let c = corral().args(&["--proxy", "-w", "1"]).django().start();
+    c.wait_settled(1, SETTLE);
+    // 300 clients that send a byte of headers every second, for at most
+    // 15 s (the header-read timeout is 10 s).
+    let slow: Vec<_> = (0..300)
+        .map(|_| {
+            let addr = c.http;
+            std::thread::spawn(move || {
+                let mut s = TcpStream::connect(addr).unwrap();
+                s.set_read_timeout(Some(Duration::from_millis(100)))
+                    .unwrap();
+                let started = Instant::now();
+                let head =
+                    b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+                for b in head.iter().cycle() {
+                    if started.elapsed() > Duration::from_secs(15) {
+                        return None;
+                    }
+                    if s.write_all(std::slice::from_ref(b)).is_err() {
+                        return Some(started.elapsed());
+                    }
+                    let mut buf = [0u8; 64];
+                    if let Ok(0) = s.read(&mut buf) {
+                        return Some(started.elapsed());
+                    }
+                    std::thread::sleep(Duration::from_millis(900));
+                }
+                None
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(2));
+    for _ in 0..20 {
+        let started = Instant::now();
+        assert_eq!(get(c.http, "/").unwrap().0, 200);
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "a normal client waited"
+        );
+    }
+    for t in slow {
+        let cut = t.join().unwrap().expect("a slow client was never cut off");
+        assert!(cut < Duration::from_secs(13), "cut after {cut:?}");
+    }
+}
+
+/// One HTTP/2 frame: length, type, flags, stream id, payload.
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+#[test]
+fn a_rapid_reset_client_is_cut_off_while_others_are_served() {
+    let c = corral().args(&["--proxy", "-w", "1"]).django().start();
+    c.wait_settled(1, SETTLE);
+    let mut s = TcpStream::connect(c.http).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(0x4, 0, 0, &[]));
+    // GET / (HPACK: :method GET, :scheme http, :path /, :authority x),
+    // then RST_STREAM CANCEL at once, a thousand times.
+    let headers = [0x82, 0x86, 0x84, 0x41, 0x01, b'x'];
+    for i in 0..1000u32 {
+        let id = 2 * i + 1;
+        out.extend(frame(0x1, 0x5, id, &headers));
+        out.extend(frame(0x3, 0, id, &8u32.to_be_bytes()));
+    }
+    let _ = s.write_all(&out);
+    // The server's answer ends in a GOAWAY and the connection closes.
+    let mut got = Vec::new();
+    let started = Instant::now();
+    let mut buf = [0u8; 16384];
+    while started.elapsed() < Duration::from_secs(10) {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    let mut goaway = false;
+    let mut rest = &got[..];
+    while rest.len() >= 9 {
+        let len = (usize::from(rest[0]) << 16) | (usize::from(rest[1]) << 8) | usize::from(rest[2]);
+        if rest[3] == 0x7 {
+            goaway = true;
+        }
+        rest = &rest[(9 + len).min(rest.len())..];
+    }
+    assert!(goaway, "no GOAWAY in {} bytes", got.len());
+    let doc = c.workers().unwrap();
+    assert!(
+        doc.workers[0].requests.unwrap_or(0) < 100,
+        "the resets were cut off early: {doc:#?}"
+    );
+    let (code, version, _) = curl(&format!("http://{}/", c.http), &["--http2-prior-knowledge"]);
+    assert_eq!((code.as_str(), version.as_str()), ("200", "2"));
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn ping_and_settings_floods_neither_grow_the_front_nor_starve_others() {
+    let c = corral().args(&["--proxy", "-w", "1"]).django().start();
+    c.wait_settled(1, SETTLE);
+    let before = rss_kib(c.child.id());
+    let mut s = TcpStream::connect(c.http).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
+    s.write_all(&frame(0x4, 0, 0, &[])).unwrap();
+    let mut flood = Vec::new();
+    for i in 0..20_000u64 {
+        flood.extend(frame(0x6, 0, 0, &i.to_be_bytes()));
+        flood.extend(frame(0x4, 0, 0, &[0x0, 0x3, 0, 0, 0, 100]));
+    }
+    // Never reading the answers, as a flooding client does not.
+    let writer = std::thread::spawn(move || {
+        let _ = s.set_write_timeout(Some(Duration::from_secs(5)));
+        let _ = s.write_all(&flood);
+        s
+    });
+    for _ in 0..5 {
+        let started = Instant::now();
+        let (code, version, _) = curl(&format!("http://{}/", c.http), &["--http2-prior-knowledge"]);
+        assert_eq!((code.as_str(), version.as_str()), ("200", "2"));
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+    drop(writer.join());
+    let after = rss_kib(c.child.id());
+    assert!(
+        after < before + 16 * 1024,
+        "the front grew from {before} KiB to {after} KiB"
+    );
+}
