@@ -31,7 +31,7 @@ use crate::http::framing;
 use crate::http::server::{self, Limits, Listener, Peer};
 pub use backends::{Backends, Key, Load};
 use backends::{Lease, Refusal};
-use body::{Done, FrontBody, Held, Outgoing};
+use body::{Ahead, Done, FrontBody, Held, Outgoing};
 pub use metrics::Metrics;
 use metrics::Retry;
 use pool::{ConnectError, Pool};
@@ -247,7 +247,9 @@ impl Shared {
             };
             match result {
                 Ok(Ok(response)) => {
-                    return self.respond(response, lease, sender, started, client_side);
+                    return self
+                        .respond(response, lease, sender, started, client_side)
+                        .await;
                 }
                 Ok(Err(mut failed)) => {
                     if let Some(unsent) = failed.take_message() {
@@ -285,7 +287,7 @@ impl Shared {
         )
     }
 
-    fn respond(
+    async fn respond(
         &self,
         mut response: Response<Incoming>,
         lease: Lease,
@@ -295,7 +297,7 @@ impl Shared {
     ) -> Response<FrontBody> {
         let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
         let worker_side = switching.then(|| hyper::upgrade::on(&mut response));
-        let (mut parts, body) = response.into_parts();
+        let (mut parts, mut body) = response.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers, switching);
         if let (Some(client_side), Some(worker_side)) = (client_side, worker_side) {
             tokio::spawn(tunnel(client_side, worker_side, lease));
@@ -309,13 +311,26 @@ impl Shared {
             metrics: self.metrics.clone(),
             started,
         };
-        Response::from_parts(
-            parts,
-            FrontBody::Proxied {
-                body,
-                done: Some(done),
-            },
-        )
+        match body::read_ahead(&mut body).await {
+            Ok(Ahead::Whole(bytes)) => {
+                done.release();
+                // A body the worker sent chunked goes with a Content-Length.
+                Response::from_parts(parts, FrontBody::Full(Some(bytes)))
+            }
+            Ok(Ahead::Partial(ahead)) => Response::from_parts(
+                parts,
+                FrontBody::Proxied {
+                    ahead,
+                    body,
+                    done: Some(done),
+                },
+            ),
+            Err(e) => {
+                warn!(worker = done.lease.key.id, error = %e, "worker failed mid-response");
+                drop(done);
+                answer(StatusCode::BAD_GATEWAY, "the worker failed to answer\n")
+            }
+        }
     }
 }
 

@@ -6,10 +6,11 @@
 //! head arrived, so a long response (server-sent events) keeps its worker
 //! counted as busy, and a draining worker is stopped only after it.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -148,7 +149,12 @@ impl Done {
 /// A response body on its way to the client.
 pub enum FrontBody {
     Full(Option<Bytes>),
-    Proxied { body: Incoming, done: Option<Done> },
+    /// Frames already read from the worker, then the rest of its body.
+    Proxied {
+        ahead: VecDeque<Frame<Bytes>>,
+        body: Incoming,
+        done: Option<Done>,
+    },
 }
 
 impl FrontBody {
@@ -158,6 +164,70 @@ impl FrontBody {
 
     pub fn empty() -> FrontBody {
         FrontBody::Full(None)
+    }
+}
+
+/// How long the front waits, once a worker's response head is in, for its
+/// body to follow before sending the head on alone.
+const READ_AHEAD_WAIT: Duration = Duration::from_millis(2);
+
+/// A worker's response body as far as it could be read at once.
+pub enum Ahead {
+    /// All of it (at most [`REPLAY_LIMIT`]): the client gets it in one
+    /// write with a Content-Length, and the worker is free already.
+    Whole(Bytes),
+    /// Its first frames; the rest streams.
+    Partial(VecDeque<Frame<Bytes>>),
+}
+
+/// Reads what of `body` arrives with its head: Uvicorn writes a response's
+/// head and body separately, and forwarding them as they come would cost
+/// the client (and the front) a write and a wakeup more per request. A
+/// stream (server-sent events) is held up by at most [`READ_AHEAD_WAIT`].
+pub async fn read_ahead(body: &mut Incoming) -> Result<Ahead, hyper::Error> {
+    let mut frames = VecDeque::new();
+    let mut size = 0u64;
+    loop {
+        if body.is_end_stream() {
+            break;
+        }
+        let next = if frames.is_empty() {
+            tokio::time::timeout(READ_AHEAD_WAIT, body.frame())
+                .await
+                .ok()
+        } else {
+            futures::FutureExt::now_or_never(body.frame())
+        };
+        match next {
+            None => return Ok(Ahead::Partial(frames)),
+            Some(None) => break,
+            Some(Some(frame)) => {
+                let frame = frame?;
+                size += frame.data_ref().map_or(0, |d| d.len() as u64);
+                let data_only = frame.is_data();
+                frames.push_back(frame);
+                if size > REPLAY_LIMIT || !data_only {
+                    return Ok(Ahead::Partial(frames));
+                }
+            }
+        }
+    }
+    let mut whole = bytes::BytesMut::with_capacity(size as usize);
+    for frame in frames {
+        if let Ok(data) = frame.into_data() {
+            whole.extend_from_slice(&data);
+        }
+    }
+    Ok(Ahead::Whole(whole.freeze()))
+}
+
+impl Done {
+    /// The whole response is in hand: the worker and its connection are
+    /// free before the client has it.
+    pub fn release(mut self) {
+        if let Some(sender) = self.sender.take() {
+            self.pool.checkin(self.lease.key, sender);
+        }
     }
 }
 
@@ -171,7 +241,10 @@ impl Body for FrontBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             FrontBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            FrontBody::Proxied { body, done } => {
+            FrontBody::Proxied { ahead, body, done } => {
+                if let Some(frame) = ahead.pop_front() {
+                    return Poll::Ready(Some(Ok(frame)));
+                }
                 let frame = Pin::new(body).poll_frame(cx);
                 match &frame {
                     Poll::Ready(None) => {
@@ -194,7 +267,7 @@ impl Body for FrontBody {
     fn is_end_stream(&self) -> bool {
         match self {
             FrontBody::Full(bytes) => bytes.is_none(),
-            FrontBody::Proxied { body, .. } => body.is_end_stream(),
+            FrontBody::Proxied { ahead, body, .. } => ahead.is_empty() && body.is_end_stream(),
         }
     }
 
@@ -203,7 +276,20 @@ impl Body for FrontBody {
             FrontBody::Full(bytes) => {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }
-            FrontBody::Proxied { body, .. } => body.size_hint(),
+            FrontBody::Proxied { ahead, body, .. } => {
+                let extra: u64 = ahead
+                    .iter()
+                    .filter_map(|f| f.data_ref())
+                    .map(|d| d.len() as u64)
+                    .sum();
+                let inner = body.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(inner.lower() + extra);
+                if let Some(upper) = inner.upper() {
+                    hint.set_upper(upper + extra);
+                }
+                hint
+            }
         }
     }
 }
@@ -213,10 +299,10 @@ impl Drop for FrontBody {
         // The client went away, or an empty body was never polled to its
         // end: the connection may hold an unread rest, so it is not reused,
         // unless the worker's body had ended.
-        if let FrontBody::Proxied { body, done } = self
+        if let FrontBody::Proxied { ahead, body, done } = self
             && let Some(d) = done.take()
         {
-            d.finish(body.is_end_stream());
+            d.finish(ahead.is_empty() && body.is_end_stream());
         }
     }
 }
