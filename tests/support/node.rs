@@ -1,0 +1,766 @@
+//! A real single-node Kubernetes cluster for the end-to-end tests:
+//! `.ci/kube-node.sh run DIR` (kubelet, containerd, kube-proxy and the
+//! control plane, all in a network namespace of their own), started once per
+//! test binary and stopped by the script itself when this process goes
+//! away (its stdin, a pipe from here, closes). The images are built by
+//! `.ci/node-images.sh` from the binary these tests were built with and
+//! imported into the node's containerd.
+//!
+//! Everything that talks to a pod or a NodePort runs inside the node's
+//! network namespace (a thread that `setns`es into it): the host has no
+//! route to the node's addresses, and must not, so that nothing leaves the
+//! machine. The API server is reached on the host's 127.0.0.1 through the
+//! script's bridge.
+//!
+//! `CORRAL_SKIP_NODE=1` skips these tests, saying so; nothing else does.
+
+#![allow(dead_code, reason = "tests use different parts")]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::support::{BIN, k8s_tool, root, run_with_stdin, unique};
+
+/// True (having said so) when CORRAL_SKIP_NODE=1.
+pub fn node_tests_skipped() -> bool {
+    let skip = std::env::var("CORRAL_SKIP_NODE").is_ok_and(|v| v == "1");
+    if skip {
+        eprintln!("node test skipped: CORRAL_SKIP_NODE=1");
+    }
+    skip
+}
+
+/// The node, or None (having said why) when CORRAL_SKIP_NODE=1.
+pub fn node() -> Option<&'static Node> {
+    if node_tests_skipped() {
+        return None;
+    }
+    static NODE: OnceLock<Node> = OnceLock::new();
+    Some(NODE.get_or_init(Node::start))
+}
+
+/// Where the node and its images live, and how to reach them.
+pub struct Node {
+    pub dir: PathBuf,
+    pub kubeconfig: PathBuf,
+    pub netns: String,
+    pub cgroup: String,
+    pub kube_port: u16,
+    pub admin_token: String,
+    pub images: Images,
+    /// The script's stdin: the node lives as long as this end is open.
+    _control: Mutex<(Child, ChildStdin)>,
+}
+
+/// The OCI archives imported into the node (its pause image aside, which
+/// the script builds and imports itself).
+#[derive(Clone, Debug)]
+pub struct Images {
+    pub corral: PathBuf,
+    pub mysite: PathBuf,
+}
+
+/// Image names as the manifests give them.
+pub const CORRAL_IMAGE: &str = "corral:0.1.0";
+pub const MYSITE_IMAGE: &str = "mysite:0.1.0";
+
+/// The parts of the node, as the script names their logs and pids.
+const PARTS: &[(&str, &str)] = &[
+    ("etcd", "ETCD_PID"),
+    ("kube-apiserver", "APISERVER_PID"),
+    ("kube-controller-manager", "KCM_PID"),
+    ("kube-scheduler", "SCHEDULER_PID"),
+    ("containerd", "CONTAINERD_PID"),
+    ("kubelet", "KUBELET_PID"),
+    ("kube-proxy", "PROXY_PID"),
+    ("socat-netns", "SOCAT_NETNS_PID"),
+    ("socat-host", "SOCAT_HOST_PID"),
+];
+
+impl Node {
+    fn start() -> Node {
+        let dir = std::env::temp_dir().join(unique("corral-node"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let up_log = dir.with_extension("up.log");
+        let mut cmd = Command::new("bash");
+        cmd.arg(root().join(".ci/kube-node.sh"))
+            .arg("run")
+            .arg(&dir)
+            .env("KUBECTL", k8s_tool("kubectl"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&up_log).unwrap());
+        if let Some(bin) = std::env::var_os("CORRAL_KUBE_NODE_BIN") {
+            cmd.env("KUBE_NODE_BIN", bin);
+        }
+        let mut child = cmd.spawn().expect("bash .ci/kube-node.sh run");
+        let stdin = child.stdin.take().unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let kubeconfig = loop {
+            match lines.next() {
+                Some(Ok(line)) => {
+                    if let Some(path) = line.strip_prefix("ready ") {
+                        break PathBuf::from(path);
+                    }
+                }
+                _ => panic!(
+                    "the node did not come up ({}):\n{}",
+                    up_log.display(),
+                    std::fs::read_to_string(&up_log).unwrap_or_default()
+                ),
+            }
+        };
+        let up = std::fs::read_to_string(&up_log).unwrap_or_default();
+        if let Some(line) = up.lines().find(|l| l.starts_with("kube-node: up in")) {
+            report(line.trim_start_matches("kube-node: "));
+        }
+        let env = read_env(&dir.join("env"));
+        let node = Node {
+            kubeconfig,
+            netns: env["NODE_NETNS"].clone(),
+            cgroup: env["NODE_CGROUP"].clone(),
+            kube_port: env["KUBE_PORT"].parse().unwrap(),
+            admin_token: env["KUBE_TOKEN"].clone(),
+            images: images().clone(),
+            _control: Mutex::new((child, stdin)),
+            dir,
+        };
+        let images = node.images.clone();
+        for (repo, archive) in [
+            ("docker.io/library/corral", &images.corral),
+            ("docker.io/library/mysite", &images.mysite),
+        ] {
+            let out = Command::new("bash")
+                .arg(root().join(".ci/kube-node.sh"))
+                .arg("import")
+                .arg(&node.dir)
+                .arg(repo)
+                .arg(archive)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "import {repo}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        node
+    }
+
+    pub fn env(&self) -> BTreeMap<String, String> {
+        read_env(&self.dir.join("env"))
+    }
+
+    /// Each part's state and its last log lines: what a failing test shows.
+    pub fn report(&self) -> String {
+        let env = self.env();
+        let mut out = String::new();
+        for (name, key) in PARTS {
+            let pid: i32 = env.get(*key).and_then(|p| p.parse().ok()).unwrap_or(0);
+            let alive = pid > 0 && Path::new(&format!("/proc/{pid}")).exists();
+            out += &format!(
+                "--- {name} (pid {pid}, {}) ---\n{}\n",
+                if alive { "running" } else { "NOT RUNNING" },
+                tail(&self.dir.join(format!("{name}.log")), 12)
+            );
+        }
+        out
+    }
+
+    /// A guard that prints [`Node::report`] if the test panics.
+    pub fn on_failure(&'static self) -> ReportOnPanic {
+        ReportOnPanic(self)
+    }
+
+    /// `kubectl ARGS` as the cluster's admin: success, stdout then stderr.
+    pub fn kubectl(&self, args: &[&str]) -> (bool, String) {
+        let out = Command::new(k8s_tool("kubectl"))
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    }
+
+    /// `kubectl ARGS`, which must succeed; its stdout.
+    pub fn kubectl_ok(&self, args: &[&str]) -> String {
+        let (ok, text) = self.kubectl(args);
+        assert!(ok, "kubectl {args:?}: {text}");
+        text
+    }
+
+    /// `kubectl get ARGS -o json`, parsed.
+    pub fn get_json(&self, args: &[&str]) -> Value {
+        let mut all = vec!["get"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["-o", "json"]);
+        let out = Command::new(k8s_tool("kubectl"))
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(&all)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "kubectl {all:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// `kubectl apply -f -` of `yaml` (JSON documents will do) in `ns`.
+    pub fn apply(&self, ns: &str, yaml: &str) {
+        let (ok, text) = run_with_stdin(
+            Command::new(k8s_tool("kubectl"))
+                .arg("--kubeconfig")
+                .arg(&self.kubeconfig)
+                .args(["apply", "-n", ns, "-f", "-"]),
+            yaml.as_bytes(),
+        );
+        assert!(ok, "kubectl apply: {text}\n{yaml}");
+    }
+
+    /// `helm ARGS` against the node, from the repository root.
+    pub fn helm(&self, args: &[&str]) -> (bool, String) {
+        let out = Command::new(k8s_tool("helm"))
+            .args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("HELM_CACHE_HOME", self.dir.join("helm/cache"))
+            .env("HELM_CONFIG_HOME", self.dir.join("helm/config"))
+            .env("HELM_DATA_HOME", self.dir.join("helm/data"))
+            .current_dir(root())
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    }
+
+    /// A fresh namespace (deleted first if an earlier run left it).
+    pub fn namespace(&self, name: &str) {
+        let _ = self.kubectl(&["delete", "namespace", name, "--wait=true", "--timeout=120s"]);
+        self.kubectl_ok(&["create", "namespace", name]);
+        // Pods need the namespace's default ServiceAccount (and its token).
+        crate::support::eventually_every(
+            "the namespace's default ServiceAccount token",
+            Duration::from_secs(60),
+            Duration::from_millis(250),
+            || {
+                let sa = self.get_json(&["serviceaccount", "default", "-n", name]);
+                match sa["secrets"].as_array().is_some_and(|s| !s.is_empty()) {
+                    true => Ok(()),
+                    false => Err(sa),
+                }
+            },
+        );
+    }
+
+    /// The pods of `ns` matching `selector`, as JSON objects.
+    pub fn pods(&self, ns: &str, selector: &str) -> Vec<Value> {
+        let list = self.get_json(&["pods", "-n", ns, "-l", selector]);
+        list["items"].as_array().unwrap().clone()
+    }
+
+    /// Waits until `deployment` has rolled out completely.
+    pub fn rollout(&self, ns: &str, deployment: &str, limit: Duration) {
+        let timeout = format!("--timeout={}s", limit.as_secs());
+        let (ok, text) = self.kubectl(&[
+            "rollout",
+            "status",
+            "-n",
+            ns,
+            &format!("deployment/{deployment}"),
+            &timeout,
+        ]);
+        if !ok {
+            let (_, pods) = self.kubectl(&["get", "pods", "-n", ns, "-o", "wide"]);
+            let (_, events) = self.kubectl(&["get", "events", "-n", ns]);
+            panic!(
+                "rollout of {deployment}: {text}\n{pods}\n{events}\n{}",
+                self.report()
+            );
+        }
+    }
+
+    /// The host pid of `container` of `pod` (a Pod's JSON): the process of
+    /// its cgroup that is PID 1 in the container's own PID namespace.
+    pub fn container_pid(&self, pod: &Value, container: &str) -> i32 {
+        let id = pod["status"]["containerStatuses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == container)
+            .and_then(|c| c["containerID"].as_str())
+            .and_then(|id| id.strip_prefix("containerd://"))
+            .unwrap_or_else(|| panic!("no containerID for {container} in {pod}"))
+            .to_string();
+        let base = PathBuf::from(format!("/sys/fs/cgroup/pids/{}/kubepods", self.cgroup));
+        let dir = find_dir(&base, &id).unwrap_or_else(|| panic!("no cgroup {id} under {base:?}"));
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap();
+        procs
+            .lines()
+            .filter_map(|p| p.parse::<i32>().ok())
+            .find(|pid| ns_pid(*pid) == Some(1))
+            .unwrap_or_else(|| panic!("no PID 1 among {procs:?} of container {id}"))
+    }
+
+    /// The address of `port` on the node's 127.0.0.1 (NodePorts, the API
+    /// server), reachable only from inside the namespace: see [`in_node`].
+    pub fn local(&self, port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    pub fn netns_path(&self) -> PathBuf {
+        PathBuf::from(format!("/run/netns/{}", self.netns))
+    }
+
+    /// The text of the container log of `container` in `pod` (kubelet's file).
+    pub fn container_log(&self, pod: &Value, container: &str) -> String {
+        let (_, text) = self.kubectl(&[
+            "logs",
+            "-n",
+            pod["metadata"]["namespace"].as_str().unwrap(),
+            pod["metadata"]["name"].as_str().unwrap(),
+            "-c",
+            container,
+        ]);
+        text
+    }
+}
+
+/// Prints the node's state when the test that holds it panics.
+pub struct ReportOnPanic(&'static Node);
+
+impl Drop for ReportOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("=== node parts ===\n{}", self.0.report());
+        }
+    }
+}
+
+/// A line for the closing report of the node tests: printed, and appended
+/// to $CORRAL_NODE_REPORT when set (.ci/test shows that file at the end).
+pub fn report(line: &str) {
+    eprintln!("node report: {line}");
+    if let Some(path) = std::env::var_os("CORRAL_NODE_REPORT")
+        && let Ok(mut f) = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(path)
+    {
+        let _ = writeln!(f, "{line}");
+    }
+}
+
+fn read_env(path: &Path) -> BTreeMap<String, String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| format!("({e})"));
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+fn find_dir(base: &Path, name: &str) -> Option<PathBuf> {
+    for entry in std::fs::read_dir(base).ok()?.flatten() {
+        let path = entry.path();
+        if !path.is_dir() {
+            continue;
+        }
+        if entry.file_name() == name {
+            return Some(path);
+        }
+        if let Some(found) = find_dir(&path, name) {
+            return Some(found);
+        }
+    }
+    None
+}
+
+/// The pid of `pid` in its own (innermost) PID namespace: NSpid's last field.
+pub fn ns_pid(pid: i32) -> Option<i32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|p| p.parse().ok())
+}
+
+/// A field of /proc/PID/status ("Uid", "Gid"...): its first value.
+pub fn proc_status(pid: i32, field: &str) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .and_then(|l| l.split_whitespace().next())
+        .map(str::to_string)
+}
+
+pub fn cmdline(pid: i32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .unwrap_or_default()
+        .split(|b| *b == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .collect()
+}
+
+/// The images, built once per test binary from [`BIN`].
+pub fn images() -> &'static Images {
+    static IMAGES: OnceLock<Images> = OnceLock::new();
+    IMAGES.get_or_init(|| build_images(&std::env::temp_dir().join(unique("corral-images"))))
+}
+
+fn build_images(out: &Path) -> Images {
+    let build = |kind: &str| -> PathBuf {
+        let o = Command::new("bash")
+            .arg(root().join(".ci/node-images.sh"))
+            .arg(kind)
+            .arg(out)
+            .arg(BIN)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "node-images.sh {kind}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        PathBuf::from(String::from_utf8_lossy(&o.stdout).trim())
+    };
+    Images {
+        corral: build("corral"),
+        mysite: build("mysite"),
+    }
+}
+
+/// Runs `f` on a thread inside the network namespace at `netns` (the
+/// sockets it makes belong to that namespace), and returns its result.
+pub fn in_netns<T: Send + 'static>(netns: &Path, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let netns = netns.to_path_buf();
+    std::thread::spawn(move || {
+        enter_netns(&netns);
+        f()
+    })
+    .join()
+    .unwrap()
+}
+
+fn enter_netns(netns: &Path) {
+    let file = std::fs::File::open(netns).unwrap_or_else(|e| panic!("{netns:?}: {e}"));
+    // SAFETY: setns on this thread only, with a valid descriptor.
+    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(
+        rc,
+        0,
+        "setns {netns:?}: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// One GET on a fresh connection from inside the node's namespace: status
+/// and body.
+pub fn netns_get(node: &Node, addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let path = path.to_string();
+    in_netns(&node.netns_path(), move || raw_get(addr, &path, &[]))
+}
+
+/// PUT with a bearer token, from inside the node's namespace.
+pub fn netns_request(
+    node: &Node,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: &str,
+) -> std::io::Result<(u16, String)> {
+    let (method, path, token, body) = (
+        method.to_string(),
+        path.to_string(),
+        token.to_string(),
+        body.to_string(),
+    );
+    in_netns(&node.netns_path(), move || {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAuthorization: Bearer {token}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(req.as_bytes())?;
+        read_answer(&mut s)
+    })
+}
+
+/// A GET written by hand with `Connection: close`: the status and body.
+fn raw_get(addr: SocketAddr, path: &str, headers: &[&str]) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for h in headers {
+        req += h;
+        req += "\r\n";
+    }
+    req += "\r\n";
+    s.write_all(req.as_bytes())?;
+    read_answer(&mut s)
+}
+
+fn read_answer(s: &mut TcpStream) -> std::io::Result<(u16, String)> {
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("no status line in {text:?}")))?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    // Chunked bodies (Django's) are de-chunked only as far as the tests need:
+    // they look for text in them.
+    Ok((status, body.to_string()))
+}
+
+/// What a [`NodeLoad`] counted.
+#[derive(Debug, Default)]
+pub struct LoadReport {
+    pub ok: u64,
+    pub failed: u64,
+    pub errors: Vec<String>,
+}
+
+/// Closed-loop load from inside the node's namespace: `conns` threads, each
+/// sending GETs on fresh connections one after another until stopped or
+/// `limit` passes; anything but a complete 200 is a failure.
+pub struct NodeLoad {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    threads: Vec<JoinHandle<Vec<String>>>,
+}
+
+impl NodeLoad {
+    pub fn start(
+        node: &Node,
+        addr: SocketAddr,
+        path: &str,
+        conns: usize,
+        limit: Duration,
+    ) -> NodeLoad {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
+        let deadline = Instant::now() + limit;
+        let threads = (0..conns)
+            .map(|_| {
+                let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+                let netns = node.netns_path();
+                let path = path.to_string();
+                std::thread::spawn(move || {
+                    enter_netns(&netns);
+                    let mut errors = Vec::new();
+                    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                        match raw_get(addr, &path, &[]) {
+                            Ok((200, _)) => {
+                                ok.fetch_add(1, Ordering::Relaxed);
+                            }
+                            other => {
+                                failed.fetch_add(1, Ordering::Relaxed);
+                                if errors.len() < 5 {
+                                    let text = match other {
+                                        Ok((code, body)) => {
+                                            format!("{code}: {}", &body[..body.len().min(200)])
+                                        }
+                                        Err(e) => e.to_string(),
+                                    };
+                                    errors.push(text);
+                                }
+                            }
+                        }
+                    }
+                    errors
+                })
+            })
+            .collect();
+        NodeLoad {
+            stop,
+            ok,
+            failed,
+            threads,
+        }
+    }
+
+    pub fn ok_so_far(&self) -> u64 {
+        self.ok.load(Ordering::Relaxed)
+    }
+
+    pub fn failed_so_far(&self) -> u64 {
+        self.failed.load(Ordering::Relaxed)
+    }
+
+    /// Waits until `n` more requests were answered (the load flows).
+    pub fn wait_progress(&self, n: u64, limit: Duration) {
+        let start = self.ok_so_far();
+        crate::support::eventually(&format!("{n} more answered requests"), limit, || {
+            match self.ok_so_far() - start {
+                done if done >= n => Ok(()),
+                done => Err(format!("{done} answered, {} failed", self.failed_so_far())),
+            }
+        });
+    }
+
+    pub fn stop(self) -> LoadReport {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut report = LoadReport::default();
+        for t in self.threads {
+            report.errors.extend(t.join().unwrap());
+        }
+        report.ok = self.ok.load(Ordering::Relaxed);
+        report.failed = self.failed.load(Ordering::Relaxed);
+        report
+    }
+}
+
+/// Debian's Prometheus inside the node's namespace (it scrapes pod
+/// addresses), with `config`; killed with its group on drop.
+pub struct NodePrometheus {
+    child: Child,
+    pub addr: SocketAddr,
+    dir: PathBuf,
+    netns: PathBuf,
+}
+
+impl NodePrometheus {
+    pub fn start(node: &Node, config: &str) -> NodePrometheus {
+        use std::os::unix::process::CommandExt;
+        let dir = node.dir.join(unique("prometheus"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("prometheus.yml"), config).unwrap();
+        let addr: SocketAddr = "127.0.0.1:9090".parse().unwrap();
+        let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
+        let child = Command::new("nsenter")
+            .arg(format!("--net={}", node.netns_path().display()))
+            .arg("prometheus")
+            .arg(format!(
+                "--config.file={}",
+                dir.join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address={addr}"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .expect("prometheus (Debian package) is installed by .ci/test");
+        let p = NodePrometheus {
+            child,
+            addr,
+            dir,
+            netns: node.netns_path(),
+        };
+        crate::support::eventually_every(
+            "Prometheus to be ready",
+            Duration::from_secs(90),
+            Duration::from_millis(250),
+            || match p.get("/-/ready") {
+                Ok((200, _)) => Ok(()),
+                other => Err(format!("{other:?}\n{}", p.log())),
+            },
+        );
+        p
+    }
+
+    fn get(&self, path: &str) -> std::io::Result<(u16, String)> {
+        let (addr, path) = (self.addr, path.to_string());
+        in_netns(&self.netns, move || raw_get(addr, &path, &[]))
+    }
+
+    pub fn log(&self) -> String {
+        tail(&self.dir.join("prometheus.log"), 20)
+    }
+
+    /// An API answer's `data` (GET PATH?query), or the error text.
+    pub fn api(&self, path: &str, params: &[(&str, &str)]) -> Result<Value, String> {
+        let mut query = String::new();
+        for (k, v) in params {
+            query += if query.is_empty() { "?" } else { "&" };
+            query += &format!("{k}={}", urlencode(v));
+        }
+        let (status, body) = self
+            .get(&format!("{path}{query}"))
+            .map_err(|e| e.to_string())?;
+        let answer: Value =
+            serde_json::from_str(&body).map_err(|e| format!("{status} {body}: {e}"))?;
+        match (status, answer["status"].as_str()) {
+            (200, Some("success")) => Ok(answer["data"].clone()),
+            _ => Err(format!("{status} {body}")),
+        }
+    }
+
+    /// An instant query's result vector.
+    pub fn query(&self, promql: &str) -> Vec<Value> {
+        self.api("/api/v1/query", &[("query", promql)])
+            .map(|d| d["result"].as_array().cloned().unwrap_or_default())
+            .unwrap_or_else(|e| panic!("{promql}: {e}"))
+    }
+}
+
+impl Drop for NodePrometheus {
+    fn drop(&mut self) {
+        use nix::sys::signal::{Signal, killpg};
+        use nix::unistd::Pid;
+        if std::thread::panicking() {
+            eprintln!("--- prometheus log ---\n{}", self.log());
+        }
+        let _ = killpg(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(b as char)
+            }
+            _ => out += &format!("%{b:02X}"),
+        }
+    }
+    out
+}
