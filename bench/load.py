@@ -14,31 +14,50 @@
 - `startup()`: from spawn to the listener accepting TCP (the manager's own
   start: every stack binds before it starts workers) and to the first 200.
 - `NewPidWatch`: the moment a worker not seen before answers GET /pid.
+- `tls_probe()`: one TLS handshake offering h2 and http/1.1, the
+  certificate checked against the run's CA: the protocol chosen by ALPN,
+  the TLS version and cipher.
+- `h2load()`: HTTP/2 throughput and latency from h2load (nghttp2-client),
+  fixed clients and streams per client, bounded duration; p50/p99 from its
+  per-request log.
+- `s_time()`: TLS handshakes per second, several `openssl s_time -new`
+  processes at once (each a loop of connect, full handshake, close; no
+  request, no session resumption).
 """
 
 import os
 import re
+import shutil
 import socket
+import ssl
 import subprocess
+import tempfile
 import threading
 import time
 from collections import Counter
 
 WRK = "/usr/bin/wrk"
+H2LOAD = shutil.which("h2load") or "/usr/bin/h2load"
+OPENSSL = shutil.which("openssl") or "/usr/bin/openssl"
 
 
-def get(addr, path, timeout=5.0):
-    """(status, body, None) or (None, None, failure kind)."""
+def get(addr, path, timeout=5.0, tls=None):
+    """(status, body, None) or (None, None, failure kind). With `tls` (an
+    ssl.SSLContext), over TLS to server name localhost."""
     s = socket.socket()
     s.settimeout(timeout)
     got = b""
     try:
         try:
             s.connect(addr)
+            if tls is not None:
+                s = tls.wrap_socket(s, server_hostname="localhost")
         except ConnectionRefusedError:
             return None, None, "refused"
         except socket.timeout:
             return None, None, "connect timeout"
+        except ssl.SSLError as e:
+            return None, None, f"TLS handshake failed: {e.reason or e}"
         except OSError as e:
             return None, None, f"connect error {e.errno}"
         try:
@@ -54,6 +73,9 @@ def get(addr, path, timeout=5.0):
             return None, None, "timeout" if not got else "timeout, partial answer"
         except (ConnectionResetError, BrokenPipeError):
             return None, None, "reset, unanswered" if not got else "reset, partial answer"
+        except ssl.SSLError as e:
+            if not complete(got):
+                return None, None, f"TLS error {e.reason or e}"
         except OSError as e:
             return None, None, f"error {e.errno}"
         if not got:
@@ -286,3 +308,122 @@ def wrk(addr, path, connections, threads, seconds, script=None):
     if res["rps"] is None:
         raise RuntimeError(f"wrk gave no result: {out[-500:]}")
     return res
+
+
+def tls_context(cafile, alpn):
+    """A client context that checks the server's certificate against cafile."""
+    ctx = ssl.create_default_context(cafile=cafile)
+    ctx.set_alpn_protocols(alpn)
+    return ctx
+
+
+def tls_probe(addr, cafile, timeout=5.0):
+    """One handshake offering h2 then http/1.1 (as h2load and browsers do),
+    the certificate checked: {"alpn", "version", "cipher"}."""
+    ctx = tls_context(cafile, ["h2", "http/1.1"])
+    with socket.create_connection(addr, timeout=timeout) as raw:
+        with ctx.wrap_socket(raw, server_hostname="localhost") as s:
+            return {"alpn": s.selected_alpn_protocol(), "version": s.version(), "cipher": s.cipher()[0]}
+
+
+def percentile(sorted_xs, p):
+    if not sorted_xs:
+        return None
+    return sorted_xs[min(len(sorted_xs) - 1, int(round(p / 100 * (len(sorted_xs) - 1))))]
+
+
+def h2load(url, clients, streams, threads, seconds):
+    """h2load -c clients -m streams -t threads -D seconds on url (ALPN h2
+    over TLS): requests/s, p50/p90/p99 ms from its --log-file, the counts it
+    prints (failed, errored, timeout, non-2xx), and the negotiated TLS
+    protocol, cipher and application protocol."""
+    fd, log_file = tempfile.mkstemp(prefix="corral-bench-h2load-", suffix=".tsv")
+    os.close(fd)
+    argv = [H2LOAD, "-c", str(clients), "-m", str(streams), "-t", str(threads), "-D", str(seconds),
+            "--log-file", log_file, url]
+    try:
+        run = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
+        with open(log_file) as f:
+            rows = [line.split("\t") for line in f if line.strip()]
+    finally:
+        os.unlink(log_file)
+    out = run.stdout + run.stderr
+    res = {"rps": None, "p50_ms": None, "p90_ms": None, "p99_ms": None, "requests": None, "succeeded": None,
+           "failed": None, "errored": None, "timeout": None, "non_2xx": None, "tls_protocol": None,
+           "cipher": None, "server_temp_key": None, "application_protocol": None}
+    m = re.search(r"finished in ([\d.]+)(\w+), ([\d.]+) req/s", out)
+    if m:
+        res["rps"] = float(m.group(3))
+    m = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, "
+                  r"(\d+) errored, (\d+) timeout", out)
+    if m:
+        res["requests"], res["succeeded"], res["failed"], res["errored"], res["timeout"] = (
+            int(m.group(3)), int(m.group(4)), int(m.group(5)), int(m.group(6)), int(m.group(7)))
+    m = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
+    if m:
+        res["non_2xx"] = sum(int(x) for x in m.groups()[1:])
+    for key, label in (("tls_protocol", "TLS Protocol"), ("cipher", "Cipher"), ("server_temp_key", "Server Temp Key"),
+                       ("application_protocol", "Application protocol")):
+        m = re.search(rf"^{label}: (.+)$", out, re.M)
+        if m:
+            res[key] = m.group(1).strip()
+    # Per request: start (us since the epoch), status, microseconds to the
+    # end of the response.
+    lat = sorted(int(r[2]) / 1000 for r in rows if len(r) >= 3 and r[2].strip().isdigit())
+    for pct, key in ((50, "p50_ms"), (90, "p90_ms"), (99, "p99_ms")):
+        res[key] = percentile(lat, pct)
+    res["logged"] = len(lat)
+    if res["rps"] is None or res["requests"] is None:
+        raise RuntimeError(f"h2load exited {run.returncode} with no result: {out.strip()[-500:]}")
+    if res["application_protocol"] != "h2":
+        raise RuntimeError(f"h2load did not negotiate h2 (application protocol {res['application_protocol']}): "
+                           f"{out.strip()[-300:]}")
+    return res
+
+
+def s_time(addr, processes, seconds):
+    """`processes` concurrent `openssl s_time -connect addr -new` for about
+    `seconds`: full handshakes (no resumption, no request) per second.
+
+    s_time times itself in whole seconds (time(NULL)), so all of them start
+    at the same point of a second, chosen to make the loop last `seconds`,
+    and each one's own wall time, from spawn to exit, is the divisor: the
+    rate is the sum of each process's connections over its wall time. Each
+    connection prints '*' (or 'r' had a session been reused: must be 0); a
+    failed handshake ends s_time early without its summary, counted as an
+    error."""
+    # s_time loops until time(NULL) passes its start second + -time: from
+    # just after a boundary, -time N lasts N + 1 s; -time is at least 1, so
+    # 1 s asked runs from mid-second (1.5 s).
+    opt = max(1, seconds - 1)
+    start_at = min(0.5, opt + 1 - seconds) + 0.005
+    time.sleep((start_at - time.time() % 1.0) % 1.0)
+    argv = [OPENSSL, "s_time", "-connect", f"{addr[0]}:{addr[1]}", "-new", "-time", str(opt)]
+    procs = []
+    for _ in range(processes):
+        procs.append((time.monotonic(), subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                                         stdin=subprocess.DEVNULL, text=True)))
+    rate, total, reused, walls, errors = 0.0, 0, 0, [], []
+    for t0, p in procs:
+        try:
+            out, err = p.communicate(timeout=seconds + 60)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            out, err = p.communicate()
+            errors.append("timed out")
+        wall = time.monotonic() - t0
+        m = re.search(r"^(\d+) connections in [\d.]+s;", out, re.M)
+        # One mark per connection: '*' a new session ('t', '3' very old
+        # versions), 'r' a reused one.
+        marks = "".join(line for line in out.splitlines() if line and set(line) <= set("*rt3"))
+        n = int(m.group(1)) if m else len(marks)
+        reused += marks.count("r")
+        if p.returncode != 0 or not m:
+            why = next((line for line in (err or out).strip().splitlines() if line.strip() != "ERROR"),
+                       "no output")[:200]
+            errors.append(f"s_time exited {p.returncode} after {n} connections: {why}")
+        total += n
+        walls.append(round(wall, 3))
+        rate += n / wall if wall > 0 else 0
+    return {"handshakes_per_s": rate, "handshakes": total, "processes": processes, "seconds": seconds,
+            "walls_s": walls, "reused": reused, "errors": errors}

@@ -17,6 +17,16 @@ for all.
 A stack this machine cannot run (a corral binary whose `run --help` has no
 --proxy, no nginx) says why in `unavailable()`; the run prints that and
 reports its figures as not measured.
+
+Figures 8 and 9 (HTTP/2 and TLS at the front) start the two fronts,
+corral --proxy and nginx -> gunicorn, with TLS: `stack.start(app,
+tls=certs)`, where `make_certs()` has written a throwaway CA and one server
+certificate (ECDSA P-256, for localhost and 127.0.0.1) with openssl, the
+same files for both fronts. corral gets `-b https://127.0.0.1:PORT
+--certfile F --keyfile K`; nginx `listen 127.0.0.1:PORT ssl http2` with the
+same certificate and `ssl_protocols TLSv1.2 TLSv1.3` (corral's versions).
+`Stack.tls_unavailable()` says why a front cannot (a corral without
+--certfile, an nginx without its ssl or http_v2 module).
 """
 
 import functools
@@ -47,6 +57,77 @@ def nginx_binary():
     return shutil.which("nginx") or next((p for p in NGINX_PATHS if os.access(p, os.X_OK)), None)
 
 
+def tool(name):
+    """Path of a tool from Debian (h2load, openssl), or None."""
+    path = shutil.which(name) or f"/usr/bin/{name}"
+    return path if os.access(path, os.X_OK) else None
+
+
+@functools.lru_cache(maxsize=None)
+def tls_unsupported(corral):
+    """None if `corral run --help` lists --certfile (the TLS front), else why not."""
+    try:
+        out = subprocess.run([corral, "run", "--help"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"`{corral} run --help` failed: {e}"
+    if "--certfile" not in out.stdout + out.stderr:
+        return f"`{os.path.basename(corral)} run --help` lists no --certfile (this build has no TLS front)"
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def nginx_tls_unsupported():
+    """None if nginx was built with its ssl and http_v2 modules, else why not."""
+    nginx = nginx_binary()
+    if nginx is None:
+        return "nginx not found (apt-get install nginx; .ci/test installs it)"
+    try:
+        out = subprocess.run([nginx, "-V"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"`{nginx} -V` failed: {e}"
+    missing = [m for m in ("http_ssl_module", "http_v2_module") if f"--with-{m}" not in out.stdout + out.stderr]
+    if missing:
+        return f"{nginx} was built without {' and '.join(missing)}"
+    return None
+
+
+class Certs:
+    """A throwaway CA and a server certificate it signs, in `dir`: ca.pem,
+    server.pem (the leaf alone, the chain both fronts serve) and server.key,
+    ECDSA P-256, for DNS:localhost and IP:127.0.0.1, valid 2 days."""
+
+    def __init__(self, dir_):
+        self.dir = dir_
+        self.ca, self.cert, self.key = (os.path.join(dir_, n) for n in ("ca.pem", "server.pem", "server.key"))
+
+    def describe(self):
+        return {"key": "ECDSA P-256", "signature": "ecdsa-with-SHA256", "chain": "leaf only, signed by a throwaway CA",
+                "subject_alt_names": ["DNS:localhost", "IP:127.0.0.1"]}
+
+
+def make_certs(dir_):
+    """Writes the CA and the server certificate with openssl; a Certs."""
+    openssl = tool("openssl")
+    if openssl is None:
+        raise RuntimeError("openssl not found (apt-get install openssl; .ci/test installs it)")
+    os.makedirs(dir_, exist_ok=True)
+    with open(os.path.join(dir_, "server.ext"), "w") as f:
+        f.write("subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n"
+                "keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    for argv in (
+        ["req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=corral bench CA"],
+        ["req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost"],
+        ["x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-set_serial", "1",
+         "-days", "2", "-sha256", "-extfile", "server.ext", "-out", "server.pem"],
+    ):
+        out = subprocess.run([openssl, *argv], cwd=dir_, capture_output=True, text=True, timeout=60)
+        if out.returncode != 0:
+            raise RuntimeError(f"openssl {' '.join(argv[:2])} exited {out.returncode}: {out.stderr.strip()[-300:]}")
+    os.chmod(os.path.join(dir_, "server.key"), 0o600)
+    return Certs(dir_)
+
+
 @functools.lru_cache(maxsize=None)
 def proxy_unsupported(corral):
     """None if `corral run --help` lists --proxy, else why not."""
@@ -59,9 +140,18 @@ def proxy_unsupported(corral):
     return None
 
 
-def nginx_conf(prefix, port, upstream_sock, worker_processes):
+def nginx_conf(prefix, port, upstream_sock, worker_processes, tls=None):
     """nginx.conf for the front: 127.0.0.1 only, every path in `prefix`,
-    pooled keep-alive HTTP/1.1 to gunicorn's Unix socket."""
+    pooled keep-alive HTTP/1.1 to gunicorn's Unix socket. With `tls` (a
+    Certs), HTTP/2 and HTTP/1.1 over TLS by ALPN on that port (nginx 1.22's
+    `listen ... ssl http2`), TLS 1.2 and 1.3 as corral, nginx's defaults
+    otherwise (no session cache, tickets on)."""
+    listen = f"listen 127.0.0.1:{port} backlog=2048;"
+    if tls is not None:
+        listen = (f"listen 127.0.0.1:{port} ssl http2 backlog=2048;\n"
+                  f"        ssl_certificate {tls.cert};\n"
+                  f"        ssl_certificate_key {tls.key};\n"
+                  "        ssl_protocols TLSv1.2 TLSv1.3;")
     user = ""
     if os.geteuid() == 0:
         # A root master drops its workers to an unprivileged user, as in
@@ -94,7 +184,7 @@ http {{
         keepalive_timeout 1s;
     }}
     server {{
-        listen 127.0.0.1:{port} backlog=2048;
+        {listen}
         location / {{
             proxy_pass http://gunicorn;
             proxy_http_version 1.1;
@@ -200,6 +290,14 @@ class Stack:
         """A separate front process (nginx) before the manager's workers."""
         return self.kind == "nginx"
 
+    def tls_unavailable(self):
+        """None if this stack can be the TLS + HTTP/2 front (figures 8, 9), else why not."""
+        if self.proxy:
+            return proxy_unsupported(self.corral) or tls_unsupported(self.corral)
+        if self.fronted:
+            return nginx_tls_unsupported()
+        return f"{self.label} has no TLS front"
+
     def unavailable(self):
         """None if this machine can run the stack, else why not."""
         if self.proxy:
@@ -208,7 +306,7 @@ class Stack:
             return "nginx not found (apt-get install nginx; .ci/test installs it)"
         return None
 
-    def argv(self, app, port, admin, token_file, upstream_sock=None):
+    def argv(self, app, port, admin, token_file, upstream_sock=None, tls=None):
         n = str(self.workers)
         bin_ = lambda name: os.path.join(self.venv, "bin", name)
         target = APPS.get(app)
@@ -221,8 +319,11 @@ class Stack:
         if self.kind == "uvicorn":
             return [bin_("uvicorn"), "--workers", n, "--host", "127.0.0.1", "--port", str(port),
                     "--no-access-log", target]
-        corral = [self.corral, "run", "-w", n, "-b", f"127.0.0.1:{port}",
+        bind = f"127.0.0.1:{port}" if tls is None else f"https://127.0.0.1:{port}"
+        corral = [self.corral, "run", "-w", n, "-b", bind,
                   "--admin-bind", f"127.0.0.1:{admin}", "--admin-token-file", token_file]
+        if tls is not None:  # proxy mode only (start() checks)
+            corral += ["--certfile", tls.cert, "--keyfile", tls.key]
         if self.kind == "proxy":
             return corral[:2] + ["--proxy"] + corral[2:] + [
                 "--", bin_("uvicorn"), "--fd", "{fd}", "--no-access-log", target]
@@ -248,8 +349,12 @@ class Stack:
             return f"{front} (worker_processes {self.nginx_workers}); {out.stdout.strip()}"
         return out.stdout.strip()
 
-    def start(self, app):
-        return Running(self, app)
+    def start(self, app, tls=None):
+        """A started instance; with `tls` (a Certs), its front serves TLS
+        (h2 or http/1.1 by ALPN) on its port: corral --proxy and nginx only."""
+        if tls is not None and not (self.proxy or self.fronted):
+            raise ValueError(f"{self.label} has no TLS front")
+        return Running(self, app, tls)
 
 
 def all_stacks(venv, corral, workers, nginx_workers=1):
@@ -267,8 +372,8 @@ def all_stacks(venv, corral, workers, nginx_workers=1):
 class Running:
     """A started stack: manager process, its ports, and the verbs on it."""
 
-    def __init__(self, stack, app):
-        self.stack, self.app = stack, app
+    def __init__(self, stack, app, tls=None):
+        self.stack, self.app, self.tls = stack, app, tls
         self.port, self.admin = free_port(), free_port()
         self.dir = tempfile.mkdtemp(prefix=f"corral-bench-{stack.key}-")
         self.token = secrets.token_hex(16)
@@ -287,7 +392,7 @@ class Running:
         if stack.fronted:
             os.chmod(self.dir, 0o711)  # nginx's unprivileged workers reach the socket
         self.t0 = time.monotonic()
-        self.proc = subprocess.Popen(stack.argv(app, self.port, self.admin, self.token_file, sock),
+        self.proc = subprocess.Popen(stack.argv(app, self.port, self.admin, self.token_file, sock, tls),
                                      cwd=DJANGO_DIR, env=env, stdout=self.log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, start_new_session=True)
         self.pid = self.proc.pid
@@ -304,7 +409,7 @@ class Running:
         os.mkdir(prefix)
         conf = os.path.join(prefix, "nginx.conf")
         with open(conf, "w") as f:
-            f.write(nginx_conf(prefix, self.port, sock, self.stack.nginx_workers))
+            f.write(nginx_conf(prefix, self.port, sock, self.stack.nginx_workers, self.tls))
         self.front_log = os.path.join(prefix, "error.log")
         self.front = subprocess.Popen(
             [nginx_binary(), "-p", prefix, "-c", conf, "-e", self.front_log, "-g", "daemon off;"],
@@ -319,6 +424,9 @@ class Running:
     @property
     def addr(self):
         return ("127.0.0.1", self.port)
+
+    def url(self, path="/"):
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}{path}"
 
     def workers(self):
         pids = children(self.pid)
