@@ -12,6 +12,11 @@
   of a worker under load, and last TERM with slow requests in flight
   (figure 5).
 - `startup_run`: one more start-to-first-200 sample (figure 3).
+- `tls_run`: start a front (corral --proxy or nginx -> gunicorn) with TLS
+  on Django, wait for a 200 over TLS (the certificate checked against the
+  run's CA), check that ALPN picks h2, then HTTP/2 throughput with h2load
+  (figure 8) and the TLS handshake rate with `openssl s_time` (figure 9),
+  each with the front's own CPU over what it served, stop.
 
 Every step that fails records an error string instead of a number, so
 one broken stack does not hide the others' results.
@@ -330,3 +335,88 @@ def term_with_slow_requests(inst, cfg):
     waiter.join()
     return {"counts": dict(results), "requests": n_slow, "slow_ms": cfg.slow_ms,
             "exit_s": exited["s"] if exited.get("code") is not None else None, "exit_code": exited.get("code")}
+
+
+def front_pids(inst):
+    """The processes that terminate TLS: corral's manager (the --proxy
+    front is a thread of it), nginx's master and workers."""
+    return inst.front_pids() if inst.stack.fronted else [inst.pid]
+
+
+def front_cpu(pids):
+    total = 0.0
+    for pid in pids:
+        try:
+            total += cpu_seconds(pid)
+        except OSError:
+            pass
+    return total
+
+
+def wait_tls_ready(inst, cafile, limit=60.0):
+    """Seconds from spawn to the first 200 on /healthz over TLS (HTTP/1.1 by
+    ALPN, the certificate checked for localhost against the run's CA)."""
+    ctx = load.tls_context(cafile, ["http/1.1"])
+    deadline = inst.t0 + limit
+    last = None
+    while time.monotonic() < deadline and inst.alive():
+        status, _, failure = load.get(inst.addr, "/healthz", timeout=2, tls=ctx)
+        if status == 200:
+            return time.monotonic() - inst.t0
+        last = failure or f"status {status}"
+        time.sleep(0.02)
+    raise RuntimeError(f"no 200 on /healthz over TLS within {limit}s (last: {last}); log: {inst.log_tail()}")
+
+
+def tls_run(stack, cfg, certs, out, h2=True, handshake=True):
+    """Figures 8 and 9 on one TLS instance of a front, into out: 'ready_s',
+    'negotiated' (ALPN, version, cipher of a checked handshake), 'h2'
+    (h2load) and 'handshake' (s_time), each {'error': ...} if it failed."""
+    inst = stack.start("django", tls=certs)
+    try:
+        out["ready_s"] = wait_tls_ready(inst, certs.ca)
+        inst.wait_workers(stack.workers, limit=30)
+        time.sleep(cfg.settle)
+        out["negotiated"] = load.tls_probe(inst.addr, certs.ca)
+        if out["negotiated"]["alpn"] != "h2":
+            raise RuntimeError(f"ALPN chose {out['negotiated']['alpn']!r}, not h2, when offered h2 and http/1.1")
+        if h2:
+            step(out, "h2", lambda: h2_measure(inst, cfg))
+        if handshake:
+            step(out, "handshake", lambda: handshake_measure(inst, cfg))
+        if not inst.alive():
+            raise RuntimeError(f"exited during the TLS runs: {inst.log_tail()}")
+    except Exception as e:  # noqa: BLE001 - recorded and reported, never hidden
+        out["error"] = f"{type(e).__name__}: {e}"
+    finally:
+        inst.stop()
+    return out
+
+
+def h2_measure(inst, cfg):
+    """Figure 8: h2load over TLS (h2 by ALPN), GET / on Django, after a
+    warm-up run; the front's CPU per request served (h2load's count)."""
+    url = inst.url("/")
+    if cfg.h2_warmup:
+        load.h2load(url, cfg.h2_clients, cfg.h2_streams, cfg.h2_threads, cfg.h2_warmup)
+    pids = front_pids(inst)
+    c0 = front_cpu(pids)
+    res = load.h2load(url, cfg.h2_clients, cfg.h2_streams, cfg.h2_threads, cfg.h2_duration)
+    cpu = front_cpu(pids) - c0
+    res["front_cpu_s"] = round(cpu, 3)
+    res["front_cpu_us_per_request"] = round(cpu / res["requests"] * 1e6, 2) if res["requests"] else None
+    return res
+
+
+def handshake_measure(inst, cfg):
+    """Figure 9: full TLS handshakes per second (openssl s_time -new, no
+    request); the front's CPU per handshake."""
+    pids = front_pids(inst)
+    c0 = front_cpu(pids)
+    res = load.s_time(inst.addr, cfg.handshake_clients, cfg.handshake_duration)
+    cpu = front_cpu(pids) - c0
+    res["front_cpu_s"] = round(cpu, 3)
+    res["front_cpu_us_per_handshake"] = round(cpu / res["handshakes"] * 1e6, 2) if res["handshakes"] else None
+    if not res["handshakes"]:
+        raise RuntimeError(f"no handshake completed: {'; '.join(res['errors']) or 'no error printed'}")
+    return res

@@ -5,8 +5,10 @@ number per stack and figure, with its ratio to the reference stack
 (Gunicorn + UvicornWorker) and each target judged met or MISSED: corral's
 shared-socket targets (issue 1) and proxy mode's (issue 11: throughput
 against nginx -> gunicorn and gunicorn direct, the proxy's CPU per request,
-the mixed load's p99, 0 failed in figure 5). A target whose stack did not
-run is "not measured", with the reason.
+the mixed load's p99, 0 failed in figure 5) and HTTP/2 + TLS at the front
+(issue 13: h2load throughput over TLS and the TLS handshake rate of
+corral --proxy, each against nginx). A target whose stack did not run is
+"not measured", with the reason.
 `markdown()` renders that as the table printed and written to results.md;
 `chart()` draws results.png.
 """
@@ -20,6 +22,8 @@ NGINX = "nginx"
 PROXY_CPU_US = 25.0  # the proxy's own CPU per request, at most
 PROXY_VS_NGINX = 1.0  # Django throughput with --proxy, at least, x nginx -> gunicorn
 PROXY_VS_REF = 0.95  # ... and x gunicorn direct
+H2_VS_NGINX = 1.0  # figure 8: HTTP/2 over TLS throughput, corral --proxy x nginx, at least
+HANDSHAKE_VS_NGINX = 1.0  # figure 9: TLS handshakes per second, corral --proxy x nginx, at least
 # Figure 7's per-pass table (operator_scale.json's passes).
 PASS_COLUMNS = ["kind", "cpu_s", "wall_s", "gets", "puts", "rss_mib", "open_fds", "api_connections"]
 SCENARIOS = [
@@ -147,8 +151,55 @@ def summarize(raw, stacks, cfg):
             elif lc:
                 errors.append(f"figure 5 {st.label} {key}: {sc.get('error', 'not run')}")
         s["stacks"][st.key] = row
+    summarize_tls(s, raw.get("tls", {}), errors)
     judge(s)
     return s
+
+
+def summarize_tls(s, tls, errors):
+    """Figures 8 and 9 into the fronts' rows: row['fig8'] (h2load) and
+    row['fig9'] (s_time), the mean over rounds; s['tls_unavailable']."""
+    s["tls_unavailable"] = tls.get("unavailable", {"h2": {}, "handshake": {}})
+    s["tls_certificate"] = tls.get("certificate")
+    for key, runs in tls.get("runs", {}).items():
+        row = s["stacks"].get(key)
+        if row is None:
+            continue
+        h2, hs = [], []
+        for r in runs:
+            if "error" in r:
+                errors.append(f"figures 8-9 {row['label']}: {r['error']}")
+            for fig, name, into in (("h2", "figure 8", h2), ("handshake", "figure 9", hs)):
+                part = r.get(fig)
+                if part is None:
+                    continue
+                if "error" in part:
+                    errors.append(f"{name} {row['label']}: {part['error']}")
+                else:
+                    into.append((part, r.get("negotiated", {})))
+        if h2:
+            row["fig8"] = {
+                "rps": mean(p["rps"] for p, _ in h2),
+                "p50_ms": mean(p["p50_ms"] for p, _ in h2),
+                "p99_ms": mean(p["p99_ms"] for p, _ in h2),
+                "requests": sum(p["requests"] for p, _ in h2),
+                "errors": sum((p["failed"] or 0) + (p["errored"] or 0) + (p["timeout"] or 0) + (p["non_2xx"] or 0)
+                              for p, _ in h2),
+                "front_cpu_us_per_request": median(p.get("front_cpu_us_per_request") for p, _ in h2),
+                "tls": sorted({f"{p['tls_protocol']} {p['cipher']} {p['server_temp_key']}" for p, _ in h2}),
+                "alpn": sorted({p["application_protocol"] for p, _ in h2}),
+                "rounds": len(h2),
+            }
+        if hs:
+            row["fig9"] = {
+                "handshakes_per_s": mean(p["handshakes_per_s"] for p, _ in hs),
+                "handshakes": sum(p["handshakes"] for p, _ in hs),
+                "errors": sum(len(p["errors"]) for p, _ in hs),
+                "reused": sum(p["reused"] for p, _ in hs),
+                "front_cpu_us_per_handshake": median(p.get("front_cpu_us_per_handshake") for p, _ in hs),
+                "tls": sorted({f"{n.get('version')} {n.get('cipher')}" for _, n in hs}),
+                "rounds": len(hs),
+            }
 
 
 def judge(s):
@@ -174,7 +225,26 @@ def judge(s):
         targets.append({"figure": 5, "what": f"zero failed where gunicorn drops any: {key}",
                         "value": None if c is None else c["failed"], "unit": "failed", "met": met})
     judge_proxy(s, targets)
+    judge_tls(s, targets)
     s["targets"] = targets
+
+
+def judge_tls(s, targets):
+    """Issue 13's targets: corral --proxy >= 1.0x nginx on figures 8 and 9."""
+    rows, gone = s["stacks"], s.get("tls_unavailable", {})
+    for figure, fig, field, what, want in (
+        (8, "h2", "rps", f"corral --proxy HTTP/2 (h2 over TLS) Django throughput >= {H2_VS_NGINX:.2f}x "
+                         "nginx (HTTP/2, TLS) -> gunicorn", H2_VS_NGINX),
+        (9, "handshake", "handshakes_per_s", f"corral --proxy TLS handshakes per second >= {HANDSHAKE_VS_NGINX:.2f}x "
+                                             "nginx", HANDSHAKE_VS_NGINX),
+    ):
+        key = f"fig{figure}"
+        r = ratio(rows.get(PROXY, {}).get(key, {}).get(field), rows.get(NGINX, {}).get(key, {}).get(field))
+        t = {"figure": figure, "what": what, "value": r, "unit": "x", "met": None if r is None else r >= want}
+        if r is None:
+            why = [f"{u['label']}: not available: {u['reason']}" for k, u in gone.get(fig, {}).items()]
+            t["why"] = "; ".join(why) or "not measured in this run (see FAILED TO RUN)"
+        targets.append(t)
 
 
 def judge_proxy(s, targets):
@@ -467,6 +537,8 @@ def markdown(s, raw, cfg, machine, stacks):
         L.extend(rows_table([{k: p[k] for k in PASS_COLUMNS} for p in o.get("passes", [])]))
         add("")
 
+    L.extend(tls_sections(s, raw, cfg, machine))
+
     add("## Targets\n")
     add("| figure | target | value | verdict |")
     add("|---|---|---:|---|")
@@ -521,7 +593,7 @@ def chart(s, path, cfg):
     palette = {"gunicorn": "#888888", "uvicorn": "#c9a227", "corral": "#2a7ab0", "proxy": "#7b3fa0",
                "nginx": "#b5533c", "builtin": "#5aa05a"}
     colors = [palette.get(k, "#444444") for k in keys]
-    fig, ax = plt.subplots(2, 3, figsize=(16, 9))
+    fig, ax = plt.subplots(3, 3, figsize=(16, 13))
     fig.suptitle(f"corral vs the stacks it replaces, {cfg.workers} workers"
                  f"{' (SMOKE RUN: meaningless numbers)' if cfg.smoke else ''}")
 
@@ -590,6 +662,95 @@ def chart(s, path, cfg):
                    ha="center", va="bottom", fontsize=7)
     a.set_title("5. failed requests (fresh connection per request)", fontsize=10)
     a.set_ylabel("requests")
+
+    # 8, 9: the two TLS fronts.
+    tls_keys = [k for k in (PROXY, NGINX) if k in rows]
+    tls_labels = [labels[keys.index(k)] for k in tls_keys]
+    tls_colors = [colors[keys.index(k)] for k in tls_keys]
+    for a, fig_key, field, title, ylabel, spec in (
+        (ax[2][0], "fig8", "rps", f"8. HTTP/2 over TLS: Django req/s (h2load -c{cfg.h2_clients} -m{cfg.h2_streams})",
+         "requests/s", "{:.0f}"),
+        (ax[2][1], "fig9", "handshakes_per_s", "9. TLS handshakes/s (openssl s_time -new)", "handshakes/s", "{:.0f}"),
+        (ax[2][2], "fig9", "front_cpu_us_per_handshake", "9. front CPU per TLS handshake", "us", "{:.1f}"),
+    ):
+        values = [rows[k].get(fig_key, {}).get(field) for k in tls_keys]
+        b = a.bar(range(len(values)), [v or 0 for v in values], color=tls_colors)
+        a.set_xticks(list(range(len(values))), tls_labels, fontsize=8)
+        a.set_title(title, fontsize=10)
+        a.set_ylabel(ylabel)
+        for rect, v in zip(b, values):
+            a.annotate("not measured" if v is None else spec.format(v),
+                       (rect.get_x() + rect.get_width() / 2, rect.get_height()), ha="center", va="bottom", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def tls_sections(s, raw, cfg, machine=None):
+    """Figures 8 and 9 of results.md, each with its target."""
+    L = []
+    add = L.append
+    rows = s["stacks"]
+    gone = s.get("tls_unavailable", {})
+    cert = s.get("tls_certificate")
+    targets = {t["figure"]: t for t in s["targets"] if t["figure"] in (8, 9)}
+    common = ("corral --proxy (`-b https://127.0.0.1:PORT --certfile F --keyfile K`) and nginx (`listen ... ssl "
+              "http2`, `ssl_protocols TLSv1.2 TLSv1.3`, 1 worker process) -> gunicorn + UvicornWorker, Django, "
+              f"{cfg.workers} workers, a fresh instance per round, {cfg.tls_rounds} round(s) in alternating order; "
+              "both serve the same " + (f"{cert['key']} certificate ({cert['chain']})" if cert else "certificate")
+              + " made with openssl for this run. The front's CPU is corral's manager process (the front is a "
+              "thread of it) and nginx's master and worker, from /proc (10-ms ticks).")
+    common += (f" Clients: {machine.get('h2load', '?')} and {machine.get('openssl', '?')}, on 127.0.0.1."
+               if machine else "")
+    verdict_line = lambda t: f"\nTarget: {t['what']}: {xr(t['value'])}, **{tverdict(t)}**\n"
+
+    add("## Figure 8: HTTP/2 over TLS, throughput\n")
+    warm = f"after a {cfg.h2_warmup}-s h2load warm-up" if cfg.h2_warmup else "no warm-up"
+    add(f"{common} h2load -c{cfg.h2_clients} -m{cfg.h2_streams} -t{cfg.h2_threads} -D {cfg.h2_duration} "
+        f"(h2 by ALPN; {cfg.h2_clients * cfg.h2_streams} streams in flight), GET /, {warm}; p50/p99 from "
+        "h2load's per-request log. Errors: failed, errored, timed out and non-2xx.\n")
+    add("| stack | req/s | vs nginx | p50 ms | p99 ms | errors | front CPU per request us | TLS (h2load) | ALPN |")
+    add("|---|---:|---:|---:|---:|---:|---:|---|---|")
+    ngx8 = rows.get(NGINX, {}).get("fig8", {})
+    for key in (PROXY, NGINX):
+        row = rows.get(key, {})
+        f8 = row.get("fig8")
+        if key in gone.get("h2", {}):
+            add(f"| {gone['h2'][key]['label']} | not available: {gone['h2'][key]['reason']} | | | | | | | |")
+        elif f8 is None:
+            add(f"| {row.get('label', key)} | not measured (see FAILED TO RUN) | | | | | | | |")
+        else:
+            add(f"| {row['label']} | {fmt(f8['rps'])} | {xr(ratio(f8['rps'], ngx8.get('rps')))} | "
+                f"{fmt(f8['p50_ms'], '.2f')} | {fmt(f8['p99_ms'], '.2f')} | {f8['errors']} | "
+                f"{fmt(f8['front_cpu_us_per_request'], '.1f')} | {', '.join(f8['tls'])} | {', '.join(f8['alpn'])} |")
+    if 8 in targets:
+        add(verdict_line(targets[8]))
+
+    add("## Figure 9: TLS handshakes per second\n")
+    add(f"The fronts, instances and certificate of figure 8. {cfg.handshake_clients} `openssl s_time -connect 127.0.0.1:PORT -new` at once for "
+        f"{cfg.handshake_duration} s: each a loop of connect, full handshake (no session resumption), close, "
+        "no request, so the front's TLS is measured and not Django; the rate is the sum over the processes of "
+        "their handshakes over their own wall time. The client runs on the same cores and costs about as "
+        "much per handshake as the server, so the front's CPU per handshake is shown beside. "
+        "\"Reused\" counts resumed sessions (must be 0).\n")
+    add("| stack | handshakes/s | vs nginx | front CPU per handshake us | handshakes | reused | errors | TLS |")
+    add("|---|---:|---:|---:|---:|---:|---:|---|")
+    ngx9 = rows.get(NGINX, {}).get("fig9", {})
+    for key in (PROXY, NGINX):
+        row = rows.get(key, {})
+        f9 = row.get("fig9")
+        if key in gone.get("handshake", {}):
+            u = gone["handshake"][key]
+            add(f"| {u['label']} | not available: {u['reason']} | | | | | | |")
+        elif f9 is None:
+            add(f"| {row.get('label', key)} | not measured (see FAILED TO RUN) | | | | | | |")
+        else:
+            add(f"| {row['label']} | {fmt(f9['handshakes_per_s'])} | "
+                f"{xr(ratio(f9['handshakes_per_s'], ngx9.get('handshakes_per_s')))} | "
+                f"{fmt(f9['front_cpu_us_per_handshake'], '.1f')} | {f9['handshakes']} | {f9['reused']} | "
+                f"{f9['errors']} | {', '.join(f9['tls'])} |")
+    if 9 in targets:
+        add(verdict_line(targets[9]))
+    if "figures_8_9_s" in raw:
+        add(f"Figures 8 and 9 took {raw['figures_8_9_s']:.0f} s.\n")
+    return L

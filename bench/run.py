@@ -22,10 +22,19 @@ corral's built-in worker (no Python: the floor). Figures:
    CPU on a CPU-bound step, and Concurrency on an I/O-bound step behind
    --proxy;
 7. the operator at 1,000 pods: CPU per reconcile pass and peak RSS
-   (bench/operator_scale.py, run in a thread).
+   (bench/operator_scale.py, run in a thread);
+8. HTTP/2 over TLS (h2 by ALPN): Django throughput with h2load through
+   corral --proxy and through nginx (HTTP/2, TLS) -> gunicorn;
+9. the TLS handshake rate of those two fronts (openssl s_time -new:
+   full handshakes, no request).
+Figures 8 and 9 share a throwaway CA and an ECDSA P-256 server certificate
+made with openssl in a temporary directory; both fronts serve the same
+files (docs/benchmarks/http2-tls.md).
 
 A stack the machine cannot run (a corral binary without --proxy, no nginx)
-is printed as "not available: <reason>" and its figures as not measured.
+is printed as "not available: <reason>" and its figures as not measured;
+so is a front without TLS (a corral without --certfile) or a missing tool
+(h2load, openssl) for figures 8 and 9.
 
 Prints the table and writes results.md, results.json and results.png into
 --out-dir. Exits non-zero when a figure failed to run (not for a missed
@@ -33,8 +42,9 @@ target). --smoke: the same code paths with tiny durations (about a minute).
 
 Sets itself up: the venv from .ci/python-env.sh (the stacks, pinned in
 tests/requirements.txt, and matplotlib, bench/requirements.txt, in
-~/.cache/corral/bench-venv), and wrk and nginx from Debian if missing
-(.ci/test installs both too); then re-executes inside the venv.
+~/.cache/corral/bench-venv), and wrk, nginx, h2load (nghttp2-client) and
+openssl from Debian if missing (.ci/test installs them too); then
+re-executes inside the venv.
 Traffic goes to 127.0.0.1 only; every load is bounded in time.
 """
 
@@ -48,6 +58,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -86,13 +97,28 @@ class Config:
     nginx_workers: int = 1
     autoscale_timeout: int = 900
     shared_instance: bool = False  # figures 1-3 on the figure 4-5 instance (smoke)
+    # Figures 8 and 9: corral --proxy and nginx -> gunicorn with TLS, a fresh
+    # instance of each per round, the order alternating as in figure 1.
+    tls_rounds: int = 2
+    # h2load -c8 -m4: 32 streams in flight, as figure 1's 32 connections,
+    # multiplexed over 8 HTTP/2 connections; one thread, as wrk.
+    h2_clients: int = 8
+    h2_streams: int = 4
+    h2_threads: int = 1
+    h2_duration: int = 10  # s per measured h2load run
+    h2_warmup: int = 2  # s of h2load before it
+    # openssl s_time processes at once, each one handshake at a time: two
+    # keep one server thread busy here without a queue of clients on 2 cores.
+    handshake_clients: int = 2
+    handshake_duration: int = 10  # s of handshakes
 
 
 def smoke_config(workers):
     return Config(smoke=True, workers=workers, stacks=["gunicorn", "corral", "proxy", "nginx", "builtin"],
                   apps=["django"], duration=1, warmup=0, rounds=0, shared_instance=True, idle=0.3, settle=0.1,
                   start_samples=1, reps=1, hups=1, clients=4, tail=0.2, slow_ms=300, in_flight_wait=0.15,
-                  mixed_duration=1, autoscale_timeout=180)
+                  mixed_duration=1, autoscale_timeout=180, tls_rounds=1, h2_duration=1, h2_warmup=0,
+                  handshake_duration=1)
 
 
 def log(msg):
@@ -108,9 +134,11 @@ def ensure_env():
             env=dict(os.environ, CORRAL_VENV=os.environ.get(
                 "CORRAL_BENCH_VENV", os.path.expanduser("~/.cache/corral/bench-venv"))),
         ).stdout.strip().splitlines()[-1]
-        from stacks import nginx_binary
+        from stacks import nginx_binary, tool
         missing = [pkg for pkg, there in (("wrk", lambda: os.path.exists("/usr/bin/wrk")),
-                                          ("nginx", lambda: nginx_binary() is not None)) if not there()]
+                                          ("nginx", lambda: nginx_binary() is not None),
+                                          ("nghttp2-client", lambda: tool("h2load") is not None),
+                                          ("openssl", lambda: tool("openssl") is not None)) if not there()]
         if missing:
             log(f"installing {' '.join(missing)} (apt-get)")
             sudo = [] if os.geteuid() == 0 else ["sudo"]
@@ -120,13 +148,24 @@ def ensure_env():
                 subprocess.run(sudo + ["apt-get", "update", "-q"], check=False, stdout=sys.stderr)
                 subprocess.run(install, check=False, stdout=sys.stderr, env=apt_env)
             # Without wrk nothing can be measured; without nginx its stack is
-            # reported as not available.
+            # reported as not available, without h2load or openssl figures 8
+            # and 9.
             if not os.path.exists("/usr/bin/wrk"):
                 sys.exit("wrk is missing and apt-get could not install it")
         py = os.path.join(venv, "bin", "python")
         env = dict(os.environ, CORRAL_BENCH_IN_VENV="1", CORRAL_BENCH_VENV_DIR=venv)
         os.execve(py, [py, os.path.abspath(__file__), *sys.argv[1:]], env)
     return os.environ["CORRAL_BENCH_VENV_DIR"]
+
+
+def tool_version(name, *argv):
+    """First line of `name argv...`, or why there is none (figures 8, 9)."""
+    from stacks import tool
+    path = tool(name)
+    if path is None:
+        return "not found"
+    out = subprocess.run([path, *argv], capture_output=True, text=True)
+    return ((out.stdout or out.stderr).strip().splitlines() or ["?"])[0]
 
 
 def machine_info(stacks):
@@ -144,10 +183,83 @@ def machine_info(stacks):
         "kernel": platform.release(),
         "python": platform.python_version(),
         "wrk": (wrk.stdout or wrk.stderr).split("Copyright")[0].strip(),
+        "h2load": tool_version("h2load", "--version"),
+        "openssl": tool_version("openssl", "version"),
         "git": subprocess.run(["git", "-C", ROOT, "describe", "--always", "--dirty"],
                               capture_output=True, text=True).stdout.strip(),
         "versions": {st.key: st.version() for st in stacks},
     }
+
+
+TLS_FRONTS = ("proxy", "nginx")  # figures 8 and 9: corral --proxy against nginx
+
+
+def tls_figures(cfg, stacks, unavailable, labels):
+    """Figures 8 and 9: a throwaway CA and server certificate in a
+    temporary directory, then per round each TLS front on a fresh instance
+    (order alternating). Whatever cannot run is in 'unavailable' (per
+    figure, per front: {label, reason}), printed as "not available"."""
+    import figures
+    import stacks as stacks_mod
+    out = {"unavailable": {"h2": {}, "handshake": {}}, "runs": {}}
+    fronts = []
+    for key in TLS_FRONTS:
+        st = next((x for x in stacks if x.key == key), None)
+        if st is None:
+            why = unavailable[key]["reason"] if key in unavailable else "not among this run's stacks"
+        else:
+            why = st.tls_unavailable()
+        for fig in ("h2", "handshake"):
+            if why:
+                out["unavailable"][fig][key] = {"label": labels[key], "reason": why}
+        if not why:
+            fronts.append(st)
+    for fig, name, pkg in (("h2", "h2load", "nghttp2-client"), ("handshake", "openssl", "openssl")):
+        if stacks_mod.tool(name) is None:
+            for key in TLS_FRONTS:
+                out["unavailable"][fig].setdefault(key, {"label": labels[key], "reason": (
+                    f"{name} not found (apt-get install {pkg}; .ci/test installs it)")})
+    tmp = tempfile.mkdtemp(prefix="corral-bench-tls-")
+    try:
+        certs = None
+        if any(k not in out["unavailable"]["h2"] or k not in out["unavailable"]["handshake"] for k in TLS_FRONTS):
+            try:
+                certs = stacks_mod.make_certs(tmp)
+                out["certificate"] = certs.describe()
+            except Exception as e:  # noqa: BLE001 - no certificate, nothing over TLS
+                for fig in ("h2", "handshake"):
+                    for key in TLS_FRONTS:
+                        out["unavailable"][fig].setdefault(key, {"label": labels[key],
+                                                                 "reason": f"no test certificate: {e}"})
+        for fig, title in (("h2", "figure 8 (HTTP/2 over TLS)"), ("handshake", "figure 9 (TLS handshakes)")):
+            for key, u in out["unavailable"][fig].items():
+                msg = f"{title}: {u['label']}: not available: {u['reason']}"
+                log(msg)
+                print(msg, flush=True)
+        runnable = [st for st in fronts
+                    if st.key not in out["unavailable"]["h2"] or st.key not in out["unavailable"]["handshake"]]
+        for rnd in range(cfg.tls_rounds if certs else 0):
+            order = runnable if rnd % 2 == 0 else runnable[::-1]
+            for st in order:
+                log(f"figures 8-9 round {rnd + 1}/{cfg.tls_rounds}: {st.label}, TLS")
+                r = figures.tls_run(st, cfg, certs, {}, h2=st.key not in out["unavailable"]["h2"],
+                                    handshake=st.key not in out["unavailable"]["handshake"])
+                out["runs"].setdefault(st.key, []).append(r)
+                if "error" in r:
+                    log(f"  failed: {r['error']}")
+                h2, hs = r.get("h2", {}), r.get("handshake", {})
+                if "rps" in h2:
+                    log(f"  h2: {h2['rps']:.0f} req/s, p99 {h2['p99_ms']} ms, {h2['tls_protocol']} {h2['cipher']}, "
+                        f"front {h2['front_cpu_us_per_request']} us CPU/request")
+                if "handshakes_per_s" in hs:
+                    log(f"  TLS handshakes: {hs['handshakes_per_s']:.0f}/s, front "
+                        f"{hs['front_cpu_us_per_handshake']} us CPU/handshake")
+                for k in ("h2", "handshake"):
+                    if "error" in r.get(k, {}):
+                        log(f"  {k} failed: {r[k]['error']}")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
 
 
 def start_autoscale(args, cfg):
@@ -250,7 +362,9 @@ def main():
     cfg = smoke_config(args.workers) if args.smoke else Config(workers=args.workers)
     stacks = []
     unavailable = {}
+    labels = {}
     for st in all_stacks(venv, args.corral, args.workers, cfg.nginx_workers):
+        labels[st.key] = st.label
         if st.key not in cfg.stacks:
             continue
         why = st.unavailable()
@@ -316,6 +430,12 @@ def main():
     raw["figures_1_5_s"] = round(time.monotonic() - wall0, 1)
     log(f"figures 1-5 took {raw['figures_1_5_s']:.0f}s")
 
+    # Figures 8 and 9: HTTP/2 and TLS at the front, corral --proxy against nginx.
+    t8 = time.monotonic()
+    raw["tls"] = tls_figures(cfg, stacks, unavailable, labels)
+    raw["figures_8_9_s"] = round(time.monotonic() - t8, 1)
+    log(f"figures 8-9 took {raw['figures_8_9_s']:.0f}s")
+
     # Figure 6, by the other script.
     if args.skip_autoscale:
         raw["autoscale"] = {"error": "skipped (--skip-autoscale)"}
@@ -350,7 +470,8 @@ def main():
     print(md)
     for name in ("results.md", "results.json", "results.png"):
         print(f"wrote {os.path.join(args.out_dir, name)}")
-    print(f"wall time: {raw['wall_s']:.0f} s (figures 1-5: {raw['figures_1_5_s']:.0f} s)")
+    print(f"wall time: {raw['wall_s']:.0f} s (figures 1-5: {raw['figures_1_5_s']:.0f} s, "
+          f"figures 8-9: {raw['figures_8_9_s']:.0f} s)")
     if summary["errors"]:
         print(f"{len(summary['errors'])} measurement(s) FAILED TO RUN", file=sys.stderr)
         sys.exit(1)
