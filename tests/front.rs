@@ -611,3 +611,118 @@ fn ping_and_settings_floods_neither_grow_the_front_nor_starve_others() {
         "the front grew from {before} KiB to {after} KiB"
     );
 }
+
+/// Applies the `add` operations of a JSON patch (RFC 6902) to `doc`: what
+/// the example's TLS patch uses.
+fn json_patch_add(doc: &mut serde_json::Value, ops: &serde_json::Value) {
+    for op in ops.as_array().unwrap() {
+        assert_eq!(op["op"], "add", "only add is used: {op}");
+        let path = op["path"].as_str().unwrap();
+        let (parent, last) = path.rsplit_once('/').unwrap();
+        let target = doc
+            .pointer_mut(parent)
+            .unwrap_or_else(|| panic!("{parent}"));
+        let value = op["value"].clone();
+        match target {
+            serde_json::Value::Array(a) if last == "-" => a.push(value),
+            serde_json::Value::Array(a) => a.insert(last.parse().unwrap(), value),
+            serde_json::Value::Object(o) => {
+                o.insert(last.to_string(), value);
+            }
+            other => panic!("cannot add under {other}"),
+        }
+    }
+}
+
+fn yaml_docs(path: &str) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(root().join(path)).unwrap();
+    serde_saphyr::from_multiple(&text).unwrap()
+}
+
+#[test]
+fn the_django_example_with_its_tls_patch_serves_h2_over_tls() {
+    let mut deployment = yaml_docs("manifests/examples/django/deployment.yaml")
+        .into_iter()
+        .find(|d| d["kind"] == "Deployment")
+        .unwrap();
+    let patch = yaml_docs("manifests/examples/django-tls/deployment-patch.yaml")
+        .into_iter()
+        .next()
+        .unwrap();
+    json_patch_add(&mut deployment, &patch);
+    let mut service = yaml_docs("manifests/examples/django/service.yaml")
+        .into_iter()
+        .find(|d| d["kind"] == "Service")
+        .unwrap();
+    json_patch_add(
+        &mut service,
+        &yaml_docs("manifests/examples/django-tls/service-patch.yaml")[0],
+    );
+    assert!(
+        service["spec"]["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["port"] == 443)
+    );
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    let mounts = container["volumeMounts"].as_array().unwrap();
+    assert!(mounts.iter().any(|m| m["mountPath"] == "/etc/corral/tls"));
+    // The pod's arguments, with the Secret volumes' paths made local and
+    // the addresses on loopback.
+    let pki = Pki::new();
+    pki.issue("one", 1, false);
+    pki.install("one");
+    let token = pki.path("token");
+    std::fs::write(&token, "a-token-of-at-least-16-chars\n").unwrap();
+    let args: Vec<String> = container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            a.as_str()
+                .unwrap()
+                .replace(
+                    "/etc/corral/tls/tls.crt",
+                    pki.path("server.pem").to_str().unwrap(),
+                )
+                .replace(
+                    "/etc/corral/tls/tls.key",
+                    pki.path("server.key").to_str().unwrap(),
+                )
+                .replace("/etc/corral/token", token.to_str().unwrap())
+                .replace("https://0.0.0.0:8443", "https://127.0.0.1:0")
+                .replace("0.0.0.0:8000", "127.0.0.1:0")
+        })
+        .filter(|a| !a.starts_with("--admin-bind="))
+        .collect();
+    assert!(args.contains(&"--proxy".to_string()), "{args:?}");
+    let split = args.iter().position(|a| a == "--").unwrap();
+    let flags: Vec<&str> = args[..split].iter().map(String::as_str).collect();
+    let c = corral()
+        .without_bind()
+        .args(&flags)
+        .command(&args[split + 1..])
+        .cwd(django_dir())
+        .env("PATH", &path_with_venv())
+        .start();
+    c.wait_for("Django to serve", SETTLE, |d| d.ready >= 1);
+    let tls_port = log_fields(&c.log(), "listening", "listener")
+        .iter()
+        .filter_map(|l| l.strip_prefix("https://")?.parse::<SocketAddr>().ok())
+        .next()
+        .unwrap_or_else(|| panic!("no https listener logged:\n{}", c.log()))
+        .port();
+    let url = format!("https://localhost:{tls_port}/");
+    let (code, version, body) = curl(
+        &url,
+        &[
+            "--http2",
+            "--cacert",
+            pki.path("ca.pem").to_str().unwrap(),
+            "--resolve",
+            &format!("localhost:{tls_port}:127.0.0.1"),
+        ],
+    );
+    assert_eq!((code.as_str(), version.as_str()), ("200", "2"), "{body}");
+}

@@ -160,6 +160,7 @@ fn open(
         socket.set_tcp_nodelay(true).map_err(err)?;
     }
     let name = match (local.as_socket(), local.as_pathname()) {
+        (Some(addr), _) if matches!(bind, BindAddr::Tls(_)) => format!("https://{addr}"),
         (Some(addr), _) => addr.to_string(),
         (None, Some(path)) => format!("unix:{}", path.display()),
         _ => bind.to_string(),
