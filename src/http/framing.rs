@@ -120,6 +120,14 @@ fn line_end(buf: &[u8]) -> Option<usize> {
     buf.windows(2).position(|w| w == b"\r\n")
 }
 
+/// Passes over up to `left` of `bytes`; true once `left` is used up.
+fn skip(left: &mut u64, bytes: &mut &[u8]) -> bool {
+    let take = (*left).min(bytes.len() as u64);
+    *left -= take;
+    *bytes = &bytes[take as usize..];
+    *left == 0
+}
+
 impl Reader {
     /// Takes the next bytes the client sent.
     pub fn feed(&mut self, mut bytes: &[u8]) {
@@ -169,10 +177,7 @@ impl Reader {
                     bytes = &bytes[used..];
                 }
                 State::Length(left) => {
-                    let take = (*left).min(bytes.len() as u64);
-                    *left -= take;
-                    bytes = &bytes[take as usize..];
-                    if *left == 0 {
+                    if skip(left, &mut bytes) {
                         self.state = State::Head(Vec::new());
                     }
                 }
@@ -200,10 +205,7 @@ impl Reader {
                     };
                 }
                 State::ChunkData(left) => {
-                    let take = (*left).min(bytes.len() as u64);
-                    *left -= take;
-                    bytes = &bytes[take as usize..];
-                    if *left == 0 {
+                    if skip(left, &mut bytes) {
                         self.state = State::ChunkSize(Vec::new());
                     }
                 }

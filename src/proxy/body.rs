@@ -60,18 +60,22 @@ impl Body for Outgoing {
             Outgoing::Full(bytes) => {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }
-            Outgoing::Stream(ahead, body) => {
-                let extra = ahead.as_ref().map_or(0, |b| b.len() as u64);
-                let inner = body.size_hint();
-                let mut hint = SizeHint::new();
-                hint.set_lower(inner.lower() + extra);
-                if let Some(upper) = inner.upper() {
-                    hint.set_upper(upper + extra);
-                }
-                hint
-            }
+            Outgoing::Stream(ahead, body) => plus(
+                body.size_hint(),
+                ahead.as_ref().map_or(0, |b| b.len() as u64),
+            ),
         }
     }
+}
+
+/// `hint` with `extra` bytes read ahead put back in front.
+fn plus(hint: SizeHint, extra: u64) -> SizeHint {
+    let mut out = SizeHint::new();
+    out.set_lower(hint.lower() + extra);
+    if let Some(upper) = hint.upper() {
+        out.set_upper(upper + extra);
+    }
+    out
 }
 
 /// The client's request body while the front decides where it goes.
@@ -282,13 +286,7 @@ impl Body for FrontBody {
                     .filter_map(|f| f.data_ref())
                     .map(|d| d.len() as u64)
                     .sum();
-                let inner = body.size_hint();
-                let mut hint = SizeHint::new();
-                hint.set_lower(inner.lower() + extra);
-                if let Some(upper) = inner.upper() {
-                    hint.set_upper(upper + extra);
-                }
-                hint
+                plus(body.size_hint(), extra)
             }
         }
     }
