@@ -101,7 +101,10 @@ fn proxy_settings_are_refused_outside_proxy_mode_and_checked_in_it() {
     );
     refused(&["--proxy", "--queue-timeout", "0"], "queue-timeout");
     let long = format!("/tmp/{}", "d".repeat(100));
-    refused(&["--proxy", "-b", "127.0.0.1:0", "--runtime-dir", &long], "runtime-dir");
+    refused(
+        &["--proxy", "-b", "127.0.0.1:0", "--runtime-dir", &long],
+        "runtime-dir",
+    );
     let out = corral_cmd(&[
         "run",
         "--proxy",
