@@ -727,7 +727,7 @@ def tls_sections(s, raw, cfg, machine=None):
         add(verdict_line(targets[8]))
 
     add("## Figure 9: TLS handshakes per second\n")
-    add(f"The fronts, instances and certificate of figure 8. {cfg.handshake_clients} `openssl s_time -connect 127.0.0.1:PORT -new` at once for "
+    add(f"The fronts, instances and certificate of figure 8. {cfg.handshake_clients} `openssl s_time -connect 127.0.0.1:PORT -new` at once for about "
         f"{cfg.handshake_duration} s: each a loop of connect, full handshake (no session resumption), close, "
         "no request, so the front's TLS is measured and not Django; the rate is the sum over the processes of "
         "their handshakes over their own wall time. The client runs on the same cores and costs about as "
