@@ -346,7 +346,12 @@ pub async fn install(client: &Client) {
         Duration::from_secs(30),
         Duration::from_millis(200),
         || async {
-            let discovery = Discovery::new(client.clone()).run().await.unwrap();
+            // While the group registers, one of discovery's calls can 404:
+            // that is "not served yet", not a failure.
+            let discovery = Discovery::new(client.clone())
+                .run()
+                .await
+                .map_err(|e| vec![e.to_string()])?;
             let groups: Vec<String> = discovery.groups().map(|g| g.name().to_string()).collect();
             match groups.iter().any(|g| g == "corral.dev") {
                 true => Ok(()),
