@@ -263,7 +263,7 @@ fn pid1_manifest(node_port: u16) -> String {
                 "name": "corral",
                 "image": CORRAL_IMAGE,
                 "imagePullPolicy": "IfNotPresent",
-                "args": ["run", "--bind=0.0.0.0:8000", "--admin-bind=0.0.0.0:9000", "--shutdown-delay=8s"],
+                "args": ["run", "--bind=0.0.0.0:8000", "--admin-bind=0.0.0.0:9000", "--shutdown-delay=12s"],
                 "ports": [{"name": "http", "containerPort": 8000}, {"name": "admin", "containerPort": 9000}],
                 "livenessProbe": {"httpGet": {"path": "/livez", "port": "admin"}, "periodSeconds": 2},
                 "readinessProbe": {"httpGet": {"path": "/readyz", "port": "admin"}, "periodSeconds": 1, "failureThreshold": 1},
@@ -357,8 +357,16 @@ fn corral_runs_as_pid_1_in_a_pod_and_answers_the_kubelets_probes() {
     );
 
     // Through the Service's NodePort on the node's 127.0.0.1.
-    let (status, body) = netns_get(node, node.local(30081), "/").unwrap();
-    assert_eq!(status, 200, "{body}");
+    // (once kube-proxy has the pod's endpoint in its rules)
+    let body = eventually_every(
+        "an answer on the NodePort",
+        WAIT,
+        EVERY,
+        || match netns_get(node, node.local(30081), "/") {
+            Ok((200, body)) => Ok(body),
+            other => Err(format!("{other:?}")),
+        },
+    );
     assert!(body.contains("corral built-in worker"), "{body}");
 
     // The probes keep passing: no restart after several liveness periods.
@@ -373,9 +381,13 @@ fn corral_runs_as_pid_1_in_a_pod_and_answers_the_kubelets_probes() {
     // the grace period.
     let started = std::time::Instant::now();
     node.kubectl_ok(&["delete", "pod", "corral", "-n", ns, "--wait=false"]);
+    std::thread::sleep(Duration::from_secs(1));
+    let app = std::net::SocketAddr::new(pod_ip(&pod), 8000);
+    let (status, _) = netns_get(node, app, "/").unwrap();
+    assert_eq!(status, 200, "still serving during the shutdown delay");
     eventually_every(
         "Ready to turn False while terminating",
-        Duration::from_secs(8),
+        Duration::from_secs(10),
         Duration::from_millis(200),
         || {
             let pod = node.get_json(&["pod", "corral", "-n", ns]);
@@ -385,8 +397,6 @@ fn corral_runs_as_pid_1_in_a_pod_and_answers_the_kubelets_probes() {
             }
         },
     );
-    let (status, _) = netns_get(node, std::net::SocketAddr::new(pod_ip(&pod), 8000), "/").unwrap();
-    assert_eq!(status, 200, "still serving during the shutdown delay");
     eventually_every("the pod to be gone", Duration::from_secs(30), EVERY, || {
         let (ok, text) = node.kubectl(&["get", "pod", "corral", "-n", ns]);
         if ok { Err(text) } else { Ok(()) }
@@ -397,4 +407,688 @@ fn corral_runs_as_pid_1_in_a_pod_and_answers_the_kubelets_probes() {
         "corral took {took:?} to stop (grace period 30s)"
     );
     node.kubectl_ok(&["delete", "namespace", ns, "--wait=false"]);
+}
+
+// --- the chart, and the Django example --------------------------------------------
+
+/// The chart installed once with helm, as its README says (release `corral`
+/// in corral-system, the image from the node's containerd): two operator
+/// replicas, Ready.
+fn operator(node: &'static Node) {
+    static INSTALLED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    INSTALLED.get_or_init(|| {
+        let (ok, text) = node.helm(&[
+            "install",
+            "corral",
+            "charts/corral",
+            "--namespace",
+            "corral-system",
+            "--create-namespace",
+            "--wait",
+            "--timeout",
+            "180s",
+        ]);
+        if !ok {
+            let (_, pods) = node.kubectl(&["get", "pods", "-n", "corral-system", "-o", "wide"]);
+            let (_, events) = node.kubectl(&["get", "events", "-n", "corral-system"]);
+            panic!("helm install: {text}\n{pods}\n{events}\n{}", node.report());
+        }
+        node.rollout("corral-system", "corral", WAIT);
+    });
+}
+
+fn operator_pods(node: &Node) -> Vec<Value> {
+    node.pods("corral-system", "app.kubernetes.io/name=corral-operator")
+        .into_iter()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .collect()
+}
+
+fn name(obj: &Value) -> String {
+    obj["metadata"]["name"].as_str().unwrap().to_string()
+}
+
+/// The Lease's holder: `<pod name>-1` (the operator's identity is its
+/// hostname, the pod's name, and its pid, 1).
+fn lease_holder(node: &Node) -> Option<String> {
+    let (ok, text) = node.kubectl(&[
+        "get",
+        "lease",
+        "corral-operator",
+        "-n",
+        "corral-system",
+        "-o",
+        "jsonpath={.spec.holderIdentity}",
+    ]);
+    (ok && !text.is_empty()).then(|| text.trim().trim_end_matches("-1").to_string())
+}
+
+/// The Django example's documents (manifests/examples/django), by kind,
+/// with one change: the app asks a quarter of a core instead of one, since
+/// this node's two cores also hold the control plane, the operators and a
+/// rollout's surge pod (the scheduler would leave that one Pending).
+fn example() -> Vec<Value> {
+    let mut docs = Vec::new();
+    for file in [
+        "secret.yaml",
+        "deployment.yaml",
+        "service.yaml",
+        "workerautoscaler.yaml",
+    ] {
+        let text =
+            std::fs::read_to_string(root().join("manifests/examples/django").join(file)).unwrap();
+        let parsed: Vec<Value> = serde_saphyr::from_multiple(&text).unwrap();
+        docs.extend(parsed.into_iter().filter(Value::is_object));
+    }
+    app_container(&mut docs)["resources"]["requests"]["cpu"] = "250m".into();
+    docs
+}
+
+fn kind<'a>(docs: &'a mut [Value], kind: &str) -> &'a mut Value {
+    docs.iter_mut().find(|d| d["kind"] == kind).unwrap()
+}
+
+fn yaml(docs: &[&Value]) -> String {
+    docs.iter()
+        .map(|d| d.to_string())
+        .collect::<Vec<_>>()
+        .join("\n---\n")
+}
+
+/// The app container of the example's Deployment.
+fn app_container(docs: &mut [Value]) -> &mut Value {
+    &mut kind(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+}
+
+/// The example's Service as a NodePort on `port`.
+fn node_port(docs: &mut [Value], port: u16) {
+    let svc = kind(docs, "Service");
+    svc["spec"]["type"] = "NodePort".into();
+    svc["spec"]["ports"][0]["nodePort"] = port.into();
+}
+
+fn ready_pods(node: &Node, ns: &str, selector: &str, n: usize) -> Vec<Value> {
+    eventually_every(
+        &format!("{n} Ready pods {selector} in {ns}"),
+        WAIT,
+        EVERY,
+        || {
+            let pods: Vec<Value> = node
+                .pods(ns, selector)
+                .into_iter()
+                .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+                .collect();
+            let ready = pods
+                .iter()
+                .filter(|p| condition(p, "Ready").as_deref() == Some("True"))
+                .count();
+            match ready == n && pods.len() == n {
+                true => Ok(pods),
+                false => Err(pods
+                    .iter()
+                    .map(|p| (name(p), p["status"]["phase"].clone()))
+                    .collect::<Vec<_>>()),
+            }
+        },
+    )
+}
+
+fn autoscaler(node: &Node, ns: &str, name: &str) -> Value {
+    node.get_json(&["workerautoscaler", name, "-n", ns])
+}
+
+#[test]
+fn helm_installs_two_operators_and_the_lease_moves_when_the_leader_goes() {
+    let Some(node) = node() else { return };
+    let _turn = heavy();
+    let _report = node.on_failure();
+    operator(node);
+    let pods = operator_pods(node);
+    assert_eq!(pods.len(), 2, "{pods:?}");
+    for pod in &pods {
+        assert_eq!(
+            condition(pod, "Ready").as_deref(),
+            Some("True"),
+            "{}",
+            pod["status"]
+        );
+        // In-cluster: the kubelet mounted the ServiceAccount's token.
+        let mounts = pod["spec"]["containers"][0]["volumeMounts"].to_string();
+        assert!(
+            mounts.contains("/var/run/secrets/kubernetes.io/serviceaccount"),
+            "{mounts}"
+        );
+        assert_eq!(ns_pid(node.container_pid(pod, "operator")), Some(1));
+    }
+    let names: Vec<String> = pods.iter().map(name).collect();
+    let leader =
+        eventually_every(
+            "a lease holder among the pods",
+            WAIT,
+            EVERY,
+            || match lease_holder(node) {
+                Some(h) if names.contains(&h) => Ok(h),
+                other => Err(other),
+            },
+        );
+    let standby = names.iter().find(|n| **n != leader).unwrap().clone();
+
+    // Something for the leader to reconcile: a pod of the corral image with
+    // its admin token, and an autoscaler asking two workers of it.
+    let ns = "e2e-lease";
+    node.namespace(ns);
+    let token = "e2e-lease-token-0123456789abcdef";
+    let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "web-corral"},
+                        "stringData": {"token": token}});
+    let pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "web", "labels": {"app": "web"}},
+        "spec": {
+            "securityContext": {"runAsNonRoot": true},
+            "containers": [{
+                "name": "web", "image": CORRAL_IMAGE,
+                "args": ["run", "--bind=0.0.0.0:8000", "--admin-bind=0.0.0.0:9000", "-w", "1",
+                         "--max-workers=4", "--admin-token-file=/etc/corral/token"],
+                "ports": [{"name": "admin", "containerPort": 9000}],
+                "readinessProbe": {"httpGet": {"path": "/readyz", "port": "admin"}, "periodSeconds": 1},
+                "volumeMounts": [{"name": "token", "mountPath": "/etc/corral", "readOnly": true}],
+            }],
+            "volumes": [{"name": "token", "secret": {"secretName": "web-corral"}}],
+        },
+    });
+    let wa = |min: u32| {
+        json!({
+            "apiVersion": "corral.dev/v1alpha1", "kind": "WorkerAutoscaler",
+            "metadata": {"name": "web"},
+            "spec": {"selector": {"matchLabels": {"app": "web"}}, "adminPort": 9000,
+                     "tokenSecretRef": {"name": "web-corral", "key": "token"},
+                     "minWorkers": min, "maxWorkers": 4, "pollIntervalSeconds": 1,
+                     "metrics": [{"type": "QueueLength", "target": 0}]},
+        })
+    };
+    node.apply(ns, &yaml(&[&secret, &pod, &wa(2)]));
+    let web = ready_pods(node, ns, "app=web", 1).remove(0);
+    eventually_every(
+        "the leader to give the pod two workers",
+        WAIT,
+        EVERY,
+        || {
+            let doc = workers(node, &web);
+            if doc.desired == 2 && doc.ready == 2 {
+                Ok(())
+            } else {
+                Err(format!("{doc:?}"))
+            }
+        },
+    );
+
+    // The leader's pod goes: it releases the lease on TERM and another
+    // replica takes it, the standby or the Deployment's replacement,
+    // whichever asks first, and reconciles from then on.
+    let started = std::time::Instant::now();
+    node.kubectl_ok(&[
+        "delete",
+        "pod",
+        &leader,
+        "-n",
+        "corral-system",
+        "--wait=false",
+    ]);
+    let survivor = eventually_every(
+        "another replica to hold the lease",
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        || match lease_holder(node) {
+            Some(h) if h != leader => Ok(h),
+            other => Err(other),
+        },
+    );
+    let handover = started.elapsed();
+    node::report(&format!(
+        "lease handover after the leader's pod was deleted: {:.1}s, to the {}",
+        handover.as_secs_f64(),
+        if survivor == standby {
+            "standby"
+        } else {
+            "replacement pod"
+        }
+    ));
+    node.apply(ns, &yaml(&[&wa(3)]));
+    eventually_every(
+        "the survivor to give the pod three workers",
+        WAIT,
+        EVERY,
+        || {
+            let doc = workers(node, &web);
+            if doc.desired == 3 && doc.ready == 3 {
+                Ok(())
+            } else {
+                Err(format!("{doc:?}"))
+            }
+        },
+    );
+    let status = autoscaler(node, ns, "web")["status"].clone();
+    assert!(status.to_string().contains("\"web\""), "{status}");
+    // The Deployment replaces the deleted pod; both Ready again.
+    node.rollout("corral-system", "corral", WAIT);
+    let survivor_pod = operator_pods(node)
+        .into_iter()
+        .find(|p| name(p) == survivor)
+        .unwrap();
+    let log = node.container_log(&survivor_pod, "operator");
+    assert!(log.contains("leading"), "{log}");
+    assert!(
+        !log.contains("Forbidden"),
+        "the chart's RBAC lacks a permission:\n{log}"
+    );
+    node.kubectl_ok(&["delete", "namespace", ns, "--wait=false"]);
+}
+
+#[test]
+fn the_django_example_runs_with_the_limits_the_kubelet_set() {
+    let Some(node) = node() else { return };
+    let _turn = heavy();
+    let _report = node.on_failure();
+    operator(node);
+    let ns = "e2e-django";
+    node.namespace(ns);
+    let mut docs = example();
+    // A CPU limit of 1 and no WEB_CONCURRENCY: one worker by default; a
+    // memory limit the guard sizes workers against.
+    let c = app_container(&mut docs);
+    assert!(c["env"].is_null(), "the example sets no WEB_CONCURRENCY");
+    c["resources"]["limits"] = json!({"cpu": "1", "memory": "256Mi"});
+    let wa = kind(&mut docs, "WorkerAutoscaler");
+    wa["spec"]["minWorkers"] = 8.into();
+    wa["spec"]["maxWorkers"] = 12.into();
+    wa["spec"]["pollIntervalSeconds"] = 2.into();
+    let (app, wa): (Vec<&Value>, Vec<&Value>) =
+        docs.iter().partition(|d| d["kind"] != "WorkerAutoscaler");
+    node.apply(ns, &yaml(&app));
+    node.rollout(ns, "mysite", WAIT);
+    let pods = ready_pods(node, ns, "app=mysite", 2);
+    for pod in &pods {
+        let pid = node.container_pid(pod, "app");
+        assert_eq!(ns_pid(pid), Some(1));
+        assert_eq!(proc_status(pid, "Uid").as_deref(), Some("65532"));
+        let argv = cmdline(pid);
+        assert_eq!(
+            argv[..2],
+            ["corral".to_string(), "run".to_string()],
+            "{argv:?}"
+        );
+        assert!(argv.iter().any(|a| a == "uvicorn"), "{argv:?}");
+        let doc = workers(node, pod);
+        assert_eq!((doc.configured, doc.desired), (1, 1), "{doc:?}");
+        assert_eq!(doc.limits.memory_limit_bytes, Some(256 << 20), "{doc:?}");
+        let (status, body) =
+            netns_get(node, std::net::SocketAddr::new(pod_ip(pod), 8000), "/").unwrap();
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("hello from django"), "{body}");
+    }
+
+    // The autoscaler asks eight workers of each pod; the memory guard holds
+    // each at what 256Mi fits, and the status says so.
+    node.apply(ns, &yaml(&wa));
+    let status = eventually_every("limitedBy memoryGuard for both pods", WAIT, EVERY, || {
+        let status = autoscaler(node, ns, "mysite")["status"].clone();
+        let limited = status["podStatus"]
+            .as_array()
+            .map(|ps| {
+                ps.iter()
+                    .filter(|p| p["limitedBy"] == "memoryGuard")
+                    .count()
+            })
+            .unwrap_or(0);
+        if limited == 2 {
+            Ok(status)
+        } else {
+            Err(status)
+        }
+    });
+    for pod in &pods {
+        let doc = workers(node, pod);
+        let cap = doc.limits.memory_cap.expect("a memory cap");
+        assert!(cap < 8 && doc.desired <= cap, "{doc:?}\n{status}");
+        assert!(doc.desired >= 1, "{doc:?}");
+    }
+    // Held there for a while: no OOM kill, no restart.
+    std::thread::sleep(Duration::from_secs(10));
+    for pod in node.pods(ns, "app=mysite") {
+        assert_eq!(restarts(&pod), 0, "{}", pod["status"]);
+        let last = pod["status"]["containerStatuses"][0]["lastState"].to_string();
+        assert!(!last.contains("OOMKilled"), "{last}");
+    }
+    let summary: Vec<String> = pods
+        .iter()
+        .map(|p| {
+            let d = workers(node, p);
+            format!(
+                "{} workers (memory cap {:?})",
+                d.desired, d.limits.memory_cap
+            )
+        })
+        .collect();
+    node::report(&format!(
+        "django example, CPU limit 1 and 256Mi, autoscaler min 8: {}",
+        summary.join(", ")
+    ));
+    node.kubectl_ok(&["delete", "namespace", ns, "--wait=false"]);
+}
+
+/// Load through the NodePort during `kubectl rollout restart`, until the
+/// rollout is complete: (answered, failed, some errors).
+fn restart_under_load(node: &Node, ns: &str, port: u16) -> node::LoadReport {
+    let load = node::NodeLoad::start(node, node.local(port), "/", 4, Duration::from_secs(240));
+    load.wait_progress(50, WAIT);
+    node.kubectl_ok(&["rollout", "restart", "-n", ns, "deployment/mysite"]);
+    std::thread::sleep(Duration::from_secs(1));
+    node.rollout(ns, "mysite", Duration::from_secs(180));
+    // The old pods are gone from the endpoints by now; let their shutdown
+    // finish under the load too.
+    eventually_every("the old pods to be gone", WAIT, EVERY, || {
+        let pods = node.pods(ns, "app=mysite");
+        if pods.len() == 2 {
+            Ok(())
+        } else {
+            Err(pods.len())
+        }
+    });
+    load.wait_progress(50, WAIT);
+    load.stop()
+}
+
+#[test]
+fn a_rollout_restart_under_load_through_the_node_port_fails_no_request() {
+    let Some(node) = node() else { return };
+    let _turn = heavy();
+    let _report = node.on_failure();
+    let ns = "e2e-rollout";
+    node.namespace(ns);
+    let mut docs = example();
+    node_port(&mut docs, 30082);
+    let app: Vec<&Value> = docs
+        .iter()
+        .filter(|d| d["kind"] != "WorkerAutoscaler")
+        .collect();
+    assert!(
+        app_container(&mut docs.clone())["lifecycle"].is_null(),
+        "the example has no preStop hook: corral's --shutdown-delay does its job"
+    );
+    node.apply(ns, &yaml(&app));
+    node.rollout(ns, "mysite", WAIT);
+    ready_pods(node, ns, "app=mysite", 2);
+
+    let with_delay = restart_under_load(node, ns, 30082);
+    node::report(&format!(
+        "rollout restart under load, --shutdown-delay=5s: {} failed of {} ({:?})",
+        with_delay.failed,
+        with_delay.ok + with_delay.failed,
+        with_delay.errors
+    ));
+
+    // The same without the delay: what it saves.
+    let mut docs = example();
+    node_port(&mut docs, 30082);
+    let args = app_container(&mut docs)["args"].as_array_mut().unwrap();
+    for a in args.iter_mut() {
+        if a.as_str()
+            .is_some_and(|s| s.starts_with("--shutdown-delay="))
+        {
+            *a = "--shutdown-delay=0s".into();
+        }
+    }
+    let app: Vec<&Value> = docs
+        .iter()
+        .filter(|d| d["kind"] != "WorkerAutoscaler")
+        .collect();
+    node.apply(ns, &yaml(&app));
+    node.rollout(ns, "mysite", Duration::from_secs(180));
+    ready_pods(node, ns, "app=mysite", 2);
+    let without = restart_under_load(node, ns, 30082);
+    node::report(&format!(
+        "rollout restart under load, --shutdown-delay=0s: {} failed of {} ({:?})",
+        without.failed,
+        without.ok + without.failed,
+        without.errors
+    ));
+    assert_eq!(with_delay.failed, 0, "{with_delay:?}");
+    assert!(with_delay.ok >= 100, "{with_delay:?}");
+    node.kubectl_ok(&["delete", "namespace", ns, "--wait=false"]);
+}
+
+#[test]
+fn a_cpu_load_step_through_the_node_port_makes_the_operator_add_workers() {
+    let Some(node) = node() else { return };
+    let _turn = heavy();
+    let _report = node.on_failure();
+    operator(node);
+    let ns = "e2e-cpu";
+    node.namespace(ns);
+    let mut docs = example();
+    node_port(&mut docs, 30083);
+    kind(&mut docs, "Deployment")["spec"]["replicas"] = 1.into();
+    app_container(&mut docs)["resources"]["limits"] = json!({"cpu": "1", "memory": "1Gi"});
+    let wa = kind(&mut docs, "WorkerAutoscaler");
+    wa["spec"]["minWorkers"] = 1.into();
+    wa["spec"]["maxWorkers"] = 4.into();
+    wa["spec"]["pollIntervalSeconds"] = 2.into();
+    wa["spec"]["metrics"] = json!([{"type": "CPU", "target": 0.4}]);
+    wa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] = 600.into();
+    let all: Vec<&Value> = docs.iter().collect();
+    node.apply(ns, &yaml(&all));
+    node.rollout(ns, "mysite", WAIT);
+    let pod = ready_pods(node, ns, "app=mysite", 1).remove(0);
+    eventually_every(
+        "the autoscaler to be Ready on the idle pod",
+        WAIT,
+        EVERY,
+        || {
+            let status = autoscaler(node, ns, "mysite")["status"].clone();
+            let ready = status["conditions"].as_array().is_some_and(|cs| {
+                cs.iter()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            });
+            if ready { Ok(()) } else { Err(status) }
+        },
+    );
+    assert_eq!(workers(node, &pod).desired, 1);
+
+    let load = node::NodeLoad::start(
+        node,
+        node.local(30083),
+        "/cpu/50",
+        3,
+        Duration::from_secs(180),
+    );
+    load.wait_progress(10, WAIT);
+    let started = std::time::Instant::now();
+    let doc = eventually_every("the operator to add workers", WAIT, EVERY, || {
+        let doc = workers(node, &pod);
+        if doc.desired >= 2 {
+            Ok(doc)
+        } else {
+            Err(format!("{doc:?}"))
+        }
+    });
+    node::report(&format!(
+        "CPU load step through the NodePort: {} workers {:.1}s after the load flowed",
+        doc.desired,
+        started.elapsed().as_secs_f64()
+    ));
+    let report = load.stop();
+    assert_eq!(report.failed, 0, "{report:?}");
+
+    // Deleting the autoscaler hands the pod back to its default (one worker).
+    node.kubectl_ok(&[
+        "delete",
+        "workerautoscaler",
+        "mysite",
+        "-n",
+        ns,
+        "--wait=true",
+        "--timeout=60s",
+    ]);
+    eventually_every("the default count", WAIT, EVERY, || {
+        let doc = workers(node, &pod);
+        if doc.desired == 1 && doc.requested.is_none() {
+            Ok(())
+        } else {
+            Err(format!("{doc:?}"))
+        }
+    });
+    node.kubectl_ok(&["delete", "namespace", ns, "--wait=false"]);
+}
+
+#[test]
+fn kubernetes_sd_discovers_and_scrapes_the_pods_and_the_operator() {
+    let Some(node) = node() else { return };
+    let _turn = heavy();
+    let _report = node.on_failure();
+    operator(node);
+    let ns = "e2e-prom";
+    node.namespace(ns);
+    let mut docs = example();
+    kind(&mut docs, "Deployment")["spec"]["replicas"] = 1.into();
+    let wa = kind(&mut docs, "WorkerAutoscaler");
+    // Above the pod's default (its node's two CPUs): one scale event.
+    wa["spec"]["minWorkers"] = 3.into();
+    wa["spec"]["pollIntervalSeconds"] = 2.into();
+    let all: Vec<&Value> = docs.iter().collect();
+    node.apply(ns, &yaml(&all));
+    node.rollout(ns, "mysite", WAIT);
+    let pod = ready_pods(node, ns, "app=mysite", 1).remove(0);
+    eventually_every("the operator to scale the pod", WAIT, EVERY, || {
+        let doc = workers(node, &pod);
+        if doc.desired == 3 {
+            Ok(())
+        } else {
+            Err(format!("{doc:?}"))
+        }
+    });
+
+    // Prometheus reads pods from the API server as its own ServiceAccount
+    // (list and watch pods, nothing else).
+    let rbac = json!({
+    "apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "prometheus", "namespace": ns}},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+         "metadata": {"name": "e2e-prometheus"},
+         "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+         "metadata": {"name": "e2e-prometheus"},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "e2e-prometheus"},
+         "subjects": [{"kind": "ServiceAccount", "name": "prometheus", "namespace": ns}]},
+    ]});
+    node.apply(ns, &rbac.to_string());
+    let secret = eventually_every("the prometheus ServiceAccount's token", WAIT, EVERY, || {
+        let sa = node.get_json(&["serviceaccount", "prometheus", "-n", ns]);
+        sa["secrets"][0]["name"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or(sa)
+    });
+    let token = node.kubectl_ok(&[
+        "get",
+        "secret",
+        &secret,
+        "-n",
+        ns,
+        "-o",
+        "jsonpath={.data.token}",
+    ]);
+    let (ok, token) =
+        support::run_with_stdin(Command::new("base64").arg("-d"), token.trim().as_bytes());
+    assert!(ok, "{token}");
+    let token_file = node.dir.join("prometheus.token");
+    std::fs::write(&token_file, token.trim()).unwrap();
+    let config = format!(
+        "global: {{scrape_interval: 1s}}\n\
+         scrape_configs:\n\
+         - job_name: corral\n\
+         \x20 kubernetes_sd_configs:\n\
+         \x20 - role: pod\n\
+         \x20   api_server: https://127.0.0.1:{port}\n\
+         \x20   namespaces: {{names: [{ns}, corral-system]}}\n\
+         \x20   tls_config: {{ca_file: {ca}}}\n\
+         \x20   authorization: {{credentials_file: {token}}}\n\
+         \x20 relabel_configs:\n\
+         \x20 - {{source_labels: [__meta_kubernetes_pod_container_port_name], regex: 'admin|metrics', action: keep}}\n\
+         \x20 - {{source_labels: [__meta_kubernetes_pod_phase], regex: Running, action: keep}}\n\
+         \x20 - {{source_labels: [__meta_kubernetes_namespace], target_label: namespace}}\n\
+         \x20 - {{source_labels: [__meta_kubernetes_pod_name], target_label: pod}}\n",
+        port = node.kube_port,
+        ca = node.dir.join("pki/ca.crt").display(),
+        token = token_file.display(),
+    );
+    let prometheus = node::NodePrometheus::start(node, &config);
+    let operators = operator_pods(node).len();
+    eventually_every(
+        "every discovered target up",
+        WAIT,
+        Duration::from_secs(1),
+        || {
+            let data = prometheus.api("/api/v1/targets", &[("state", "active")])?;
+            let targets = data["activeTargets"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let up = |namespace: &str| {
+                targets
+                    .iter()
+                    .filter(|t| t["labels"]["namespace"] == namespace && t["health"] == "up")
+                    .count()
+            };
+            match (up(ns), up("corral-system")) {
+                (1, n) if n == operators => Ok(()),
+                seen => Err(format!("{seen:?}: {targets:?}")),
+            }
+        },
+    );
+
+    // Every query of the chart's dashboard (variables All) has data.
+    let text =
+        std::fs::read_to_string(root().join("charts/corral/dashboards/corral.json")).unwrap();
+    let dashboard: Value = serde_json::from_str(&text).unwrap();
+    let mut queries = Vec::new();
+    let mut panels: Vec<&Value> = dashboard["panels"].as_array().unwrap().iter().collect();
+    while let Some(panel) = panels.pop() {
+        if let Some(inner) = panel["panels"].as_array() {
+            panels.extend(inner);
+        }
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            queries.push(
+                target["expr"]
+                    .as_str()
+                    .unwrap()
+                    .replace("$namespace", ".*")
+                    .replace("$pod", ".*")
+                    .replace("$__rate_interval", "10s"),
+            );
+        }
+    }
+    assert!(queries.len() >= 10, "{queries:?}");
+    eventually_every(
+        "every dashboard query to have data",
+        Duration::from_secs(60),
+        Duration::from_secs(2),
+        || {
+            let empty: Vec<&String> = queries
+                .iter()
+                .filter(|q| {
+                    !prometheus
+                        .query(q)
+                        .iter()
+                        .any(|r| r["value"][1].as_str().is_some_and(|v| v != "NaN"))
+                })
+                .collect();
+            if empty.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{empty:#?}"))
+            }
+        },
+    );
+    node.kubectl_ok(&["delete", "namespace", ns, "--wait=false"]);
+    node.kubectl_ok(&["delete", "clusterrolebinding,clusterrole", "e2e-prometheus"]);
 }

@@ -547,10 +547,34 @@ fn read_answer(s: &mut TcpStream) -> std::io::Result<(u16, String)> {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| std::io::Error::other(format!("no status line in {text:?}")))?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    // Chunked bodies (Django's) are de-chunked only as far as the tests need:
-    // they look for text in them.
-    Ok((status, body.to_string()))
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let chunked = head
+        .lines()
+        .any(|l| l.to_ascii_lowercase().starts_with("transfer-encoding:") && l.contains("chunked"));
+    Ok((
+        status,
+        if chunked {
+            dechunk(body)
+        } else {
+            body.to_string()
+        },
+    ))
+}
+
+/// A chunked body's data.
+fn dechunk(mut rest: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16) else {
+            break;
+        };
+        if n == 0 || after.len() < n {
+            break;
+        }
+        out += &after[..n];
+        rest = after[n..].strip_prefix("\r\n").unwrap_or(&after[n..]);
+    }
+    out
 }
 
 /// What a [`NodeLoad`] counted.
@@ -653,8 +677,17 @@ impl NodeLoad {
     }
 }
 
-/// Debian's Prometheus inside the node's namespace (it scrapes pod
-/// addresses), with `config`; killed with its group on drop.
+/// A Prometheus-compatible scraper inside the node's namespace (it scrapes
+/// pod addresses and asks the API server for them), with `config` (a
+/// Prometheus scrape configuration); killed with its group on drop.
+///
+/// Debian's VictoriaMetrics (`victoria-metrics`, single node), not Debian's
+/// Prometheus: bookworm's prometheus 2.42 is built without the kubernetes
+/// service discovery (its source package drops discovery/kubernetes, and
+/// the binary rejects `kubernetes_sd_configs` as an unknown field).
+/// VictoriaMetrics reads the same scrape configuration (kubernetes_sd_configs,
+/// relabel_configs, tls_config, authorization) and answers the same
+/// /api/v1/query and /api/v1/targets.
 pub struct NodePrometheus {
     child: Child,
     pub addr: SocketAddr,
@@ -665,28 +698,29 @@ pub struct NodePrometheus {
 impl NodePrometheus {
     pub fn start(node: &Node, config: &str) -> NodePrometheus {
         use std::os::unix::process::CommandExt;
-        let dir = node.dir.join(unique("prometheus"));
+        let dir = node.dir.join(unique("scraper"));
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("prometheus.yml"), config).unwrap();
-        let addr: SocketAddr = "127.0.0.1:9090".parse().unwrap();
-        let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
+        std::fs::write(dir.join("scrape.yml"), config).unwrap();
+        let addr: SocketAddr = "127.0.0.1:8428".parse().unwrap();
+        let log = std::fs::File::create(dir.join("scraper.log")).unwrap();
         let child = Command::new("nsenter")
             .arg(format!("--net={}", node.netns_path().display()))
-            .arg("prometheus")
+            .arg("victoria-metrics")
             .arg(format!(
-                "--config.file={}",
-                dir.join("prometheus.yml").display()
+                "-promscrape.config={}",
+                dir.join("scrape.yml").display()
             ))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("data").display()
-            ))
-            .arg(format!("--web.listen-address={addr}"))
+            .arg("-promscrape.config.strictParse")
+            .arg(format!("-storageDataPath={}", dir.join("data").display()))
+            .arg(format!("-httpListenAddr={addr}"))
+            // Answer with the newest samples (the default hides the last 30 s).
+            .arg("-search.latencyOffset=0s")
+            .arg("-retentionPeriod=1d")
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .process_group(0)
             .spawn()
-            .expect("prometheus (Debian package) is installed by .ci/test");
+            .expect("victoria-metrics (Debian package) is installed by .ci/test");
         let p = NodePrometheus {
             child,
             addr,
@@ -694,10 +728,10 @@ impl NodePrometheus {
             netns: node.netns_path(),
         };
         crate::support::eventually_every(
-            "Prometheus to be ready",
+            "the scraper to be ready",
             Duration::from_secs(90),
             Duration::from_millis(250),
-            || match p.get("/-/ready") {
+            || match p.get("/health") {
                 Ok((200, _)) => Ok(()),
                 other => Err(format!("{other:?}\n{}", p.log())),
             },
@@ -711,7 +745,7 @@ impl NodePrometheus {
     }
 
     pub fn log(&self) -> String {
-        tail(&self.dir.join("prometheus.log"), 20)
+        tail(&self.dir.join("scraper.log"), 20)
     }
 
     /// An API answer's `data` (GET PATH?query), or the error text.
@@ -745,7 +779,7 @@ impl Drop for NodePrometheus {
         use nix::sys::signal::{Signal, killpg};
         use nix::unistd::Pid;
         if std::thread::panicking() {
-            eprintln!("--- prometheus log ---\n{}", self.log());
+            eprintln!("--- scraper log ---\n{}", self.log());
         }
         let _ = killpg(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL);
         let _ = self.child.wait();
