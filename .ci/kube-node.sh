@@ -211,7 +211,7 @@ down() {
         done
         cg_remove "$NODE_CGROUP"
     fi
-    if [[ -n ${NODE_NETNS:-} ]] && ip netns list | grep -qw "$NODE_NETNS"; then
+    if [[ -n ${NODE_NETNS:-} ]] && grep -qw "$NODE_NETNS" <<<"$(ip netns list)"; then
         log "deleting network namespace $NODE_NETNS"
         ip netns del "$NODE_NETNS" || log "warning: ip netns del $NODE_NETNS failed"
     fi
@@ -229,7 +229,7 @@ check_netns() { # check_netns LABEL LINKS_REGEX NSENTER_ARGS...
     local routes devs links bad
     routes="$(nsenter "$@" ip -o route show table all 2>&1 && nsenter "$@" ip -o -6 route show table all 2>&1)" ||
         { echo "$label: ip route: $routes"; return 1; }
-    if echo "$routes" | grep -qE '^default '; then
+    if grep -qE '^default ' <<<"$routes"; then
         echo "$label: has a default route:"; echo "$routes"; return 1
     fi
     devs="$(echo "$routes" | grep -oE ' dev [^ ]+' | awk '{print $2}' | sort -u)"
@@ -262,7 +262,7 @@ check() {
         out="$(check_netns "pod namespace $ns (pid $pid)" 'lo|eth0' --net="/proc/$pid/ns/net")" || { log "$out"; failed=1; }
     done
     # and the host: the node added no route there
-    if ip route show table all | grep -qE "^(10\.87\.|10\.88\.|10\.96\.)"; then
+    if grep -qE "^(10\.87\.|10\.88\.|10\.96\.)" <<<"$(ip route show table all)"; then
         log "the host has a route into the node's ranges:"; ip route show table all | grep -E "^(10\.87\.|10\.88\.|10\.96\.)" >&2
         failed=1
     fi
@@ -358,8 +358,10 @@ https_ok() { # https_ok URL [TOKEN]: 2xx over https with the node's CA
 # not-ready taint (each controller acts as its own ServiceAccount,
 # --use-service-account-credentials, as kubeadm sets it up).
 node_ready() {
-    "$kubectl" --kubeconfig "$dir/kubeconfig" get node "$NODE_NAME" \
-        -o jsonpath='{.status.conditions[?(@.type=="Ready")].status} {.spec.taints}' 2>/dev/null | grep -qx 'True '
+    local state
+    state="$("$kubectl" --kubeconfig "$dir/kubeconfig" get node "$NODE_NAME" \
+        -o jsonpath='{.status.conditions[?(@.type=="Ready")].status} {.spec.taints}' 2>/dev/null)" || return 1
+    [[ $state == 'True ' ]]
 }
 
 pick_port() { # a port free on the host's loopback (the namespace's is empty)
@@ -636,7 +638,11 @@ EOF
     local pause_tar
     pause_tar="$(bash "$script_dir/node-images.sh" pause "$dir/images" "$bin_dir/pause")"
     import_image localhost/corral/pause "$pause_tar" 2>&1 | sed 's/^/  /' >&2
-    in_node_mnt ctr --address "$dir/containerd/containerd.sock" -n k8s.io images ls -q | grep -qx "$pause_ref" ||
+    # (the list first, then grep: `ctr | grep -q` fails under pipefail when
+    # grep's early exit gives ctr a SIGPIPE, which made up fail once)
+    local images
+    images="$(in_node_mnt ctr --address "$dir/containerd/containerd.sock" -n k8s.io images ls -q)"
+    grep -qx "$pause_ref" <<<"$images" ||
         die "the pause image is not in containerd as $pause_ref"
     took pause-image "$t0"
 

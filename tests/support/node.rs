@@ -45,8 +45,21 @@ pub fn node() -> Option<&'static Node> {
     if node_tests_skipped() {
         return None;
     }
-    static NODE: OnceLock<Node> = OnceLock::new();
-    Some(NODE.get_or_init(Node::start))
+    // A node that failed to come up fails every test with its reason, once
+    // brought up (not again per test).
+    static NODE: OnceLock<Result<Node, String>> = OnceLock::new();
+    let node = NODE.get_or_init(|| {
+        std::panic::catch_unwind(Node::start).map_err(|e| {
+            e.downcast_ref::<String>()
+                .cloned()
+                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default()
+        })
+    });
+    match node {
+        Ok(node) => Some(node),
+        Err(e) => panic!("the node is not up: {e}"),
+    }
 }
 
 /// Where the node and its images live, and how to reach them.
