@@ -579,6 +579,8 @@ fn rss_kib(pid: u32) -> u64 {
 
 #[test]
 fn ping_and_settings_floods_neither_grow_the_front_nor_starve_others() {
+    // Not beside the other load tests: "not starved" is a time bound.
+    let _heavy = heavy();
     let c = corral().args(&["--proxy", "-w", "1"]).django().start();
     c.wait_settled(1, SETTLE);
     let before = rss_kib(c.child.id());
@@ -602,7 +604,11 @@ fn ping_and_settings_floods_neither_grow_the_front_nor_starve_others() {
         let started = Instant::now();
         let (code, version, _) = curl(&format!("http://{}/", c.http), &["--http2-prior-knowledge"]);
         assert_eq!((code.as_str(), version.as_str()), ("200", "2"));
-        assert!(started.elapsed() < Duration::from_secs(2));
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "starved for {:?}",
+            started.elapsed()
+        );
     }
     drop(writer.join());
     let after = rss_kib(c.child.id());
