@@ -727,6 +727,10 @@ fn the_django_example_runs_with_the_limits_the_kubelet_set() {
         assert!(body.contains("hello from django"), "{body}");
     }
 
+    // With pods up, the network check covers their namespaces too.
+    let check = node.check_network();
+    assert!(check.contains("no route off the machine"), "{check}");
+
     // The autoscaler asks eight workers of each pod; the memory guard holds
     // each at what 256Mi fits, and the status says so.
     node.apply(ns, &yaml(&wa));

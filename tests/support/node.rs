@@ -196,6 +196,20 @@ impl Node {
         ReportOnPanic(self)
     }
 
+    /// `kube-node.sh check`: in the node's network namespace and in every
+    /// pod's, no route that could lead off the machine. Panics if there is.
+    pub fn check_network(&self) -> String {
+        let out = Command::new("bash")
+            .arg(root().join(".ci/kube-node.sh"))
+            .arg("check")
+            .arg(&self.dir)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "the network check failed:\n{text}");
+        text
+    }
+
     /// `kubectl ARGS` as the cluster's admin: success, stdout then stderr.
     pub fn kubectl(&self, args: &[&str]) -> (bool, String) {
         let out = Command::new(k8s_tool("kubectl"))
