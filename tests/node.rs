@@ -921,7 +921,23 @@ fn a_cpu_load_step_through_the_node_port_makes_the_operator_add_workers() {
         started.elapsed().as_secs_f64()
     ));
     let report = load.stop();
-    assert_eq!(report.failed, 0, "{report:?}");
+    if report.failed > 0 {
+        // What the failures were, and what the pod and the cluster saw.
+        let pod = node.get_json(&["pod", &name(&pod), "-n", ns]);
+        let log = node.container_log(&pod, "app");
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        let (_, events) = node.kubectl(&["get", "events", "-n", ns]);
+        let (_, endpoints) = node.kubectl(&["get", "endpoints", "-n", ns, "-o", "wide"]);
+        panic!(
+            "{} of {} requests failed through the NodePort: {:?}\n--- pod status ---\n{}\n\
+             --- endpoints ---\n{endpoints}\n--- events ---\n{events}\n--- app log (last lines) ---\n{}",
+            report.failed,
+            report.ok + report.failed,
+            report.errors,
+            pod["status"],
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+    }
 
     // Deleting the autoscaler hands the pod back to its default (one worker).
     node.kubectl_ok(&[
