@@ -215,6 +215,12 @@ down() {
         log "deleting network namespace $NODE_NETNS"
         ip netns del "$NODE_NETNS" || log "warning: ip netns del $NODE_NETNS failed"
     fi
+    # The bulky state goes (the images, containers' snapshots, etcd's data);
+    # the logs stay for a look afterwards. Only once nothing of the node
+    # runs: its private mount namespace, and every mount in it, is gone then.
+    if ! alive "${ANCHOR_PID:-}" && [[ -z "$(cg_pids "${NODE_CGROUP:-none}")" ]]; then
+        rm -rf "$dir/containerd" "$dir/images" "$dir/etcd" "$dir/kubelet" "$dir/cni/ipam"
+    fi
     rm -f "$dir/env"
     log "down in $((SECONDS - start))s"
 }
