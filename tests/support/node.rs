@@ -619,6 +619,8 @@ pub struct NodeLoad {
     stop: Arc<AtomicBool>,
     ok: Arc<AtomicU64>,
     failed: Arc<AtomicU64>,
+    /// The first failures of all threads, for the messages while waiting.
+    sample: Arc<Mutex<Vec<String>>>,
     threads: Vec<JoinHandle<Vec<String>>>,
 }
 
@@ -633,10 +635,12 @@ impl NodeLoad {
         let stop = Arc::new(AtomicBool::new(false));
         let ok = Arc::new(AtomicU64::new(0));
         let failed = Arc::new(AtomicU64::new(0));
+        let sample = Arc::new(Mutex::new(Vec::new()));
         let deadline = Instant::now() + limit;
         let threads = (0..conns)
             .map(|_| {
                 let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+                let sample = sample.clone();
                 let netns = node.netns_path();
                 let path = path.to_string();
                 std::thread::spawn(move || {
@@ -656,6 +660,11 @@ impl NodeLoad {
                                         }
                                         Err(e) => e.to_string(),
                                     };
+                                    let mut shared = sample.lock().unwrap();
+                                    if shared.len() < 10 {
+                                        shared.push(text.clone());
+                                    }
+                                    drop(shared);
                                     errors.push(text);
                                 }
                             }
@@ -669,6 +678,7 @@ impl NodeLoad {
             stop,
             ok,
             failed,
+            sample,
             threads,
         }
     }
@@ -687,7 +697,11 @@ impl NodeLoad {
         crate::support::eventually(&format!("{n} more answered requests"), limit, || {
             match self.ok_so_far() - start {
                 done if done >= n => Ok(()),
-                done => Err(format!("{done} answered, {} failed", self.failed_so_far())),
+                done => Err(format!(
+                    "{done} answered, {} failed, first failures: {:?}",
+                    self.failed_so_far(),
+                    self.sample.lock().unwrap()
+                )),
             }
         });
     }
