@@ -64,15 +64,28 @@ def tool(name):
 
 
 @functools.lru_cache(maxsize=None)
-def tls_unsupported(corral):
-    """None if `corral run --help` lists --certfile (the TLS front), else why not."""
+def run_help(corral):
+    """`corral run --help`'s text (one spawn per binary), or why there is none."""
     try:
         out = subprocess.run([corral, "run", "--help"], capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired) as e:
-        return f"`{corral} run --help` failed: {e}"
-    if "--certfile" not in out.stdout + out.stderr:
-        return f"`{os.path.basename(corral)} run --help` lists no --certfile (this build has no TLS front)"
+        return None, f"`{corral} run --help` failed: {e}"
+    return out.stdout + out.stderr, None
+
+
+def run_flag_missing(corral, flag, what):
+    """None if `corral run --help` lists `flag`, else why not."""
+    text, why = run_help(corral)
+    if why:
+        return why
+    if flag not in text:
+        return f"`{os.path.basename(corral)} run --help` lists no {flag} (this build has no {what})"
     return None
+
+
+def tls_unsupported(corral):
+    """None if `corral run --help` lists --certfile (the TLS front), else why not."""
+    return run_flag_missing(corral, "--certfile", "TLS front")
 
 
 @functools.lru_cache(maxsize=None)
@@ -128,16 +141,9 @@ def make_certs(dir_):
     return Certs(dir_)
 
 
-@functools.lru_cache(maxsize=None)
 def proxy_unsupported(corral):
     """None if `corral run --help` lists --proxy, else why not."""
-    try:
-        out = subprocess.run([corral, "run", "--help"], capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        return f"`{corral} run --help` failed: {e}"
-    if "--proxy" not in out.stdout + out.stderr:
-        return f"`{os.path.basename(corral)} run --help` lists no --proxy (this build has no proxy mode)"
-    return None
+    return run_flag_missing(corral, "--proxy", "proxy mode")
 
 
 def nginx_conf(prefix, port, upstream_sock, worker_processes, tls=None):
