@@ -51,6 +51,7 @@ APPS = {"hello": "hello_asgi:app", "django": "mysite.asgi:application"}
 
 
 NGINX_PATHS = ("/usr/sbin/nginx", "/usr/bin/nginx")
+NGINX_MISSING = "nginx not found (apt-get install nginx; .ci/test installs it)"
 
 
 def nginx_binary():
@@ -93,7 +94,7 @@ def nginx_tls_unsupported():
     """None if nginx was built with its ssl and http_v2 modules, else why not."""
     nginx = nginx_binary()
     if nginx is None:
-        return "nginx not found (apt-get install nginx; .ci/test installs it)"
+        return NGINX_MISSING
     try:
         out = subprocess.run([nginx, "-V"], capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired) as e:
@@ -221,17 +222,21 @@ def rss_kib(pid):
     return 0
 
 
+def stat_fields(pid):
+    """/proc/<pid>/stat after the command name: state, ppid, ... (field 3 on)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()
+
+
 def cpu_seconds(pid):
     """User + system CPU time of one process (not its children)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
+    fields = stat_fields(pid)
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def parent_of(pid):
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[1])
+        return int(stat_fields(pid)[1])
     except (OSError, IndexError, ValueError):
         return None
 
@@ -256,8 +261,7 @@ def children(ppid):
         if not entry.isdigit():
             continue
         try:
-            with open(f"/proc/{entry}/stat") as f:
-                rest = f.read().rsplit(")", 1)[1].split()
+            rest = stat_fields(entry)
             if int(rest[1]) != ppid or rest[0] in "ZX":
                 continue
             with open(f"/proc/{entry}/cmdline", "rb") as f:
@@ -309,19 +313,17 @@ class Stack:
         if self.proxy:
             return proxy_unsupported(self.corral)
         if self.fronted and nginx_binary() is None:
-            return "nginx not found (apt-get install nginx; .ci/test installs it)"
+            return NGINX_MISSING
         return None
 
     def argv(self, app, port, admin, token_file, upstream_sock=None, tls=None):
         n = str(self.workers)
         bin_ = lambda name: os.path.join(self.venv, "bin", name)
         target = APPS.get(app)
-        if self.kind == "gunicorn":
+        if self.kind in ("gunicorn", "nginx"):  # behind nginx, gunicorn on a Unix socket
+            bind = f"unix:{upstream_sock}" if self.fronted else f"127.0.0.1:{port}"
             return [bin_("gunicorn"), "-k", "uvicorn_worker.UvicornWorker", "-w", n,
-                    "-b", f"127.0.0.1:{port}", "--no-control-socket", target]
-        if self.kind == "nginx":  # the gunicorn behind nginx, on a Unix socket
-            return [bin_("gunicorn"), "-k", "uvicorn_worker.UvicornWorker", "-w", n,
-                    "-b", f"unix:{upstream_sock}", "--no-control-socket", target]
+                    "-b", bind, "--no-control-socket", target]
         if self.kind == "uvicorn":
             return [bin_("uvicorn"), "--workers", n, "--host", "127.0.0.1", "--port", str(port),
                     "--no-access-log", target]
@@ -330,20 +332,18 @@ class Stack:
                   "--admin-bind", f"127.0.0.1:{admin}", "--admin-token-file", token_file]
         if tls is not None:  # proxy mode only (start() checks)
             corral += ["--certfile", tls.cert, "--keyfile", tls.key]
-        if self.kind == "proxy":
-            return corral[:2] + ["--proxy"] + corral[2:] + [
-                "--", bin_("uvicorn"), "--fd", "{fd}", "--no-access-log", target]
-        if self.kind == "corral":
-            return corral + ["--", bin_("uvicorn"), "--fd", "{fd}", "--no-access-log", target]
-        return corral  # built-in worker
+        if self.builtin:
+            return corral
+        if self.proxy:
+            corral[2:2] = ["--proxy"]
+        return corral + ["--", bin_("uvicorn"), "--fd", "{fd}", "--no-access-log", target]
 
     def version(self):
         if self.is_corral:
             out = subprocess.run([self.corral, "--version"], capture_output=True, text=True)
             return out.stdout.strip()
         py = os.path.join(self.venv, "bin", "python")
-        mods = {"gunicorn": ["gunicorn", "uvicorn_worker", "uvicorn"], "uvicorn": ["uvicorn"],
-                "nginx": ["gunicorn", "uvicorn_worker", "uvicorn"]}[self.kind]
+        mods = ["uvicorn"] if self.kind == "uvicorn" else ["gunicorn", "uvicorn_worker", "uvicorn"]
         code = ("import importlib.metadata as m, sys; "
                 "print(' '.join(f'{n}={m.version(n)}' for n in sys.argv[1:]))")
         names = [m.replace("_", "-") for m in mods]
