@@ -373,6 +373,8 @@ def http_get(host, port, path, timeout=2.0):
 
 
 def wait_until(what, limit, fn, every=0.1):
+    """Polls fn until it returns a true value; fn raises RunFailed to give
+    up at once (a process it waits on exited), anything else is retried."""
     deadline = time.monotonic() + limit
     last = None
     while time.monotonic() < deadline:
@@ -380,6 +382,8 @@ def wait_until(what, limit, fn, every=0.1):
             v = fn()
             if v:
                 return v
+        except RunFailed:
+            raise
         except Exception as e:  # keep polling until the deadline
             last = e
         time.sleep(every)
