@@ -105,11 +105,8 @@ impl Node {
         let dir = std::env::temp_dir().join(unique("corral-node"));
         std::fs::create_dir_all(&dir).unwrap();
         let up_log = dir.with_extension("up.log");
-        let mut cmd = Command::new("bash");
-        cmd.arg(root().join(".ci/kube-node.sh"))
-            .arg("run")
-            .arg(&dir)
-            .env("KUBECTL", k8s_tool("kubectl"))
+        let mut cmd = kube_node("run", &dir);
+        cmd.env("KUBECTL", k8s_tool("kubectl"))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&up_log).unwrap());
@@ -153,20 +150,8 @@ impl Node {
             ("docker.io/library/corral", &images.corral),
             ("docker.io/library/mysite", &images.mysite),
         ] {
-            let out = Command::new("bash")
-                .arg(root().join(".ci/kube-node.sh"))
-                .arg("import")
-                .arg(&node.dir)
-                .arg(repo)
-                .arg(archive)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "import {repo}: {}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
+            let (ok, text) = output_text(kube_node("import", &node.dir).arg(repo).arg(archive));
+            assert!(ok, "import {repo}: {text}");
         }
         node
     }
@@ -199,33 +184,22 @@ impl Node {
     /// `kube-node.sh check`: in the node's network namespace and in every
     /// pod's, no route that could lead off the machine. Panics if there is.
     pub fn check_network(&self) -> String {
-        let out = Command::new("bash")
-            .arg(root().join(".ci/kube-node.sh"))
-            .arg("check")
-            .arg(&self.dir)
-            .output()
-            .unwrap();
+        let out = kube_node("check", &self.dir).output().unwrap();
         let text = String::from_utf8_lossy(&out.stderr).into_owned();
         assert!(out.status.success(), "the network check failed:\n{text}");
         text
     }
 
+    /// `kubectl` as the cluster's admin, arguments to add.
+    fn kubectl_command(&self) -> Command {
+        let mut cmd = Command::new(k8s_tool("kubectl"));
+        cmd.arg("--kubeconfig").arg(&self.kubeconfig);
+        cmd
+    }
+
     /// `kubectl ARGS` as the cluster's admin: success, stdout then stderr.
     pub fn kubectl(&self, args: &[&str]) -> (bool, String) {
-        let out = Command::new(k8s_tool("kubectl"))
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        )
+        output_text(self.kubectl_command().args(args))
     }
 
     /// `kubectl ARGS`, which must succeed; its stdout.
@@ -240,12 +214,7 @@ impl Node {
         let mut all = vec!["get"];
         all.extend_from_slice(args);
         all.extend_from_slice(&["-o", "json"]);
-        let out = Command::new(k8s_tool("kubectl"))
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .args(&all)
-            .output()
-            .unwrap();
+        let out = self.kubectl_command().args(&all).output().unwrap();
         assert!(
             out.status.success(),
             "kubectl {all:?}: {}",
@@ -257,10 +226,7 @@ impl Node {
     /// `kubectl apply -f -` of `yaml` (JSON documents will do) in `ns`.
     pub fn apply(&self, ns: &str, yaml: &str) {
         let (ok, text) = run_with_stdin(
-            Command::new(k8s_tool("kubectl"))
-                .arg("--kubeconfig")
-                .arg(&self.kubeconfig)
-                .args(["apply", "-n", ns, "-f", "-"]),
+            self.kubectl_command().args(["apply", "-n", ns, "-f", "-"]),
             yaml.as_bytes(),
         );
         assert!(ok, "kubectl apply: {text}\n{yaml}");
@@ -268,22 +234,14 @@ impl Node {
 
     /// `helm ARGS` against the node, from the repository root.
     pub fn helm(&self, args: &[&str]) -> (bool, String) {
-        let out = Command::new(k8s_tool("helm"))
-            .args(args)
-            .env("KUBECONFIG", &self.kubeconfig)
-            .env("HELM_CACHE_HOME", self.dir.join("helm/cache"))
-            .env("HELM_CONFIG_HOME", self.dir.join("helm/config"))
-            .env("HELM_DATA_HOME", self.dir.join("helm/data"))
-            .current_dir(root())
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
+        output_text(
+            Command::new(k8s_tool("helm"))
+                .args(args)
+                .env("KUBECONFIG", &self.kubeconfig)
+                .env("HELM_CACHE_HOME", self.dir.join("helm/cache"))
+                .env("HELM_CONFIG_HOME", self.dir.join("helm/config"))
+                .env("HELM_DATA_HOME", self.dir.join("helm/data"))
+                .current_dir(root()),
         )
     }
 
@@ -402,6 +360,30 @@ pub fn report(line: &str) {
     {
         let _ = writeln!(f, "{line}");
     }
+}
+
+/// `bash .ci/kube-node.sh SUBCOMMAND DIR`, arguments to add.
+fn kube_node(subcommand: &str, dir: &Path) -> Command {
+    let mut cmd = Command::new("bash");
+    cmd.arg(root().join(".ci/kube-node.sh"))
+        .arg(subcommand)
+        .arg(dir);
+    cmd
+}
+
+/// Runs `cmd` to its end: success, stdout then stderr.
+fn output_text(cmd: &mut Command) -> (bool, String) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("start {cmd:?}: {e}"));
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
 }
 
 fn read_env(path: &Path) -> BTreeMap<String, String> {
