@@ -597,14 +597,14 @@ def chart(s, path, cfg):
     fig.suptitle(f"corral vs the stacks it replaces, {cfg.workers} workers"
                  f"{' (SMOKE RUN: meaningless numbers)' if cfg.smoke else ''}")
 
-    def bars(a, values, title, ylabel, fmt_="{:.0f}"):
+    def bars(a, values, title, ylabel, fmt_="{:.0f}", names=labels, hues=colors, missing="-"):
         xs = range(len(values))
-        b = a.bar(xs, [v or 0 for v in values], color=colors[: len(values)])
-        a.set_xticks(list(xs), labels[: len(values)], fontsize=8)
+        b = a.bar(xs, [v or 0 for v in values], color=hues[: len(values)])
+        a.set_xticks(list(xs), names[: len(values)], fontsize=8)
         a.set_title(title, fontsize=10)
         a.set_ylabel(ylabel)
         for rect, v in zip(b, values):
-            a.annotate("-" if v is None else fmt_.format(v), (rect.get_x() + rect.get_width() / 2, rect.get_height()),
+            a.annotate(missing if v is None else fmt_.format(v), (rect.get_x() + rect.get_width() / 2, rect.get_height()),
                        ha="center", va="bottom", fontsize=8)
 
     # 1: throughput, grouped by app.
@@ -673,14 +673,8 @@ def chart(s, path, cfg):
         (ax[2][1], "fig9", "handshakes_per_s", "9. TLS handshakes/s (openssl s_time -new)", "handshakes/s", "{:.0f}"),
         (ax[2][2], "fig9", "front_cpu_us_per_handshake", "9. front CPU per TLS handshake", "us", "{:.1f}"),
     ):
-        values = [rows[k].get(fig_key, {}).get(field) for k in tls_keys]
-        b = a.bar(range(len(values)), [v or 0 for v in values], color=tls_colors)
-        a.set_xticks(list(range(len(values))), tls_labels, fontsize=8)
-        a.set_title(title, fontsize=10)
-        a.set_ylabel(ylabel)
-        for rect, v in zip(b, values):
-            a.annotate("not measured" if v is None else spec.format(v),
-                       (rect.get_x() + rect.get_width() / 2, rect.get_height()), ha="center", va="bottom", fontsize=8)
+        bars(a, [rows[k].get(fig_key, {}).get(field) for k in tls_keys], title, ylabel, spec,
+             names=tls_labels, hues=tls_colors, missing="not measured")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
