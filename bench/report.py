@@ -698,6 +698,21 @@ def tls_sections(s, raw, cfg, machine=None):
                if machine else "")
     verdict_line = lambda t: f"\nTarget: {t['what']}: {xr(t['value'])}, **{tverdict(t)}**\n"
 
+    def front_rows(fig, part, columns, cells):
+        """One table row per front: `cells(row, figures)` where measured,
+        else "not available" (with the reason) or "not measured"."""
+        for key in (PROXY, NGINX):
+            row = rows.get(key, {})
+            f = row.get(part)
+            pad = " |" * (columns - 2)
+            if key in gone.get(fig, {}):
+                u = gone[fig][key]
+                add(f"| {u['label']} | not available: {u['reason']} |{pad}")
+            elif f is None:
+                add(f"| {row.get('label', key)} | not measured (see FAILED TO RUN) |{pad}")
+            else:
+                add(f"| {row['label']} | {cells(f)} |")
+
     add("## Figure 8: HTTP/2 over TLS, throughput\n")
     warm = f"after a {cfg.h2_warmup}-s h2load warm-up" if cfg.h2_warmup else "no warm-up"
     add(f"{common} h2load -c{cfg.h2_clients} -m{cfg.h2_streams} -t{cfg.h2_threads} -D {cfg.h2_duration} "
@@ -706,17 +721,10 @@ def tls_sections(s, raw, cfg, machine=None):
     add("| stack | req/s | vs nginx | p50 ms | p99 ms | errors | front CPU per request us | TLS (h2load) | ALPN |")
     add("|---|---:|---:|---:|---:|---:|---:|---|---|")
     ngx8 = rows.get(NGINX, {}).get("fig8", {})
-    for key in (PROXY, NGINX):
-        row = rows.get(key, {})
-        f8 = row.get("fig8")
-        if key in gone.get("h2", {}):
-            add(f"| {gone['h2'][key]['label']} | not available: {gone['h2'][key]['reason']} | | | | | | | |")
-        elif f8 is None:
-            add(f"| {row.get('label', key)} | not measured (see FAILED TO RUN) | | | | | | | |")
-        else:
-            add(f"| {row['label']} | {fmt(f8['rps'])} | {xr(ratio(f8['rps'], ngx8.get('rps')))} | "
-                f"{fmt(f8['p50_ms'], '.2f')} | {fmt(f8['p99_ms'], '.2f')} | {f8['errors']} | "
-                f"{fmt(f8['front_cpu_us_per_request'], '.1f')} | {', '.join(f8['tls'])} | {', '.join(f8['alpn'])} |")
+    front_rows("h2", "fig8", 9, lambda f8: (
+        f"{fmt(f8['rps'])} | {xr(ratio(f8['rps'], ngx8.get('rps')))} | "
+        f"{fmt(f8['p50_ms'], '.2f')} | {fmt(f8['p99_ms'], '.2f')} | {f8['errors']} | "
+        f"{fmt(f8['front_cpu_us_per_request'], '.1f')} | {', '.join(f8['tls'])} | {', '.join(f8['alpn'])}"))
     if 8 in targets:
         add(verdict_line(targets[8]))
 
@@ -730,19 +738,10 @@ def tls_sections(s, raw, cfg, machine=None):
     add("| stack | handshakes/s | vs nginx | front CPU per handshake us | handshakes | reused | errors | TLS |")
     add("|---|---:|---:|---:|---:|---:|---:|---|")
     ngx9 = rows.get(NGINX, {}).get("fig9", {})
-    for key in (PROXY, NGINX):
-        row = rows.get(key, {})
-        f9 = row.get("fig9")
-        if key in gone.get("handshake", {}):
-            u = gone["handshake"][key]
-            add(f"| {u['label']} | not available: {u['reason']} | | | | | | |")
-        elif f9 is None:
-            add(f"| {row.get('label', key)} | not measured (see FAILED TO RUN) | | | | | | |")
-        else:
-            add(f"| {row['label']} | {fmt(f9['handshakes_per_s'])} | "
-                f"{xr(ratio(f9['handshakes_per_s'], ngx9.get('handshakes_per_s')))} | "
-                f"{fmt(f9['front_cpu_us_per_handshake'], '.1f')} | {f9['handshakes']} | {f9['reused']} | "
-                f"{f9['errors']} | {', '.join(f9['tls'])} |")
+    front_rows("handshake", "fig9", 8, lambda f9: (
+        f"{fmt(f9['handshakes_per_s'])} | {xr(ratio(f9['handshakes_per_s'], ngx9.get('handshakes_per_s')))} | "
+        f"{fmt(f9['front_cpu_us_per_handshake'], '.1f')} | {f9['handshakes']} | {f9['reused']} | "
+        f"{f9['errors']} | {', '.join(f9['tls'])}"))
     if 9 in targets:
         add(verdict_line(targets[9]))
     if "figures_8_9_s" in raw:
