@@ -502,47 +502,14 @@ fn enter_netns(netns: &Path) {
 /// and body.
 pub fn netns_get(node: &Node, addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     let path = path.to_string();
-    in_netns(&node.netns_path(), move || raw_get(addr, &path, &[]))
-}
-
-/// PUT with a bearer token, from inside the node's namespace.
-pub fn netns_request(
-    node: &Node,
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    token: &str,
-    body: &str,
-) -> std::io::Result<(u16, String)> {
-    let (method, path, token, body) = (
-        method.to_string(),
-        path.to_string(),
-        token.to_string(),
-        body.to_string(),
-    );
-    in_netns(&node.netns_path(), move || {
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-        s.set_read_timeout(Some(Duration::from_secs(30)))?;
-        let req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAuthorization: Bearer {token}\r\n\
-             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        s.write_all(req.as_bytes())?;
-        read_answer(&mut s)
-    })
+    in_netns(&node.netns_path(), move || raw_get(addr, &path))
 }
 
 /// A GET written by hand with `Connection: close`: the status and body.
-fn raw_get(addr: SocketAddr, path: &str, headers: &[&str]) -> std::io::Result<(u16, String)> {
+fn raw_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let mut req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    for h in headers {
-        req += h;
-        req += "\r\n";
-    }
-    req += "\r\n";
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     s.write_all(req.as_bytes())?;
     read_answer(&mut s)
 }
@@ -629,7 +596,7 @@ impl NodeLoad {
                     enter_netns(&netns);
                     let mut errors = Vec::new();
                     while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                        match raw_get(addr, &path, &[]) {
+                        match raw_get(addr, &path) {
                             Ok((200, _)) => {
                                 ok.fetch_add(1, Ordering::Relaxed);
                             }
@@ -764,7 +731,7 @@ impl NodePrometheus {
 
     fn get(&self, path: &str) -> std::io::Result<(u16, String)> {
         let (addr, path) = (self.addr, path.to_string());
-        in_netns(&self.netns, move || raw_get(addr, &path, &[]))
+        in_netns(&self.netns, move || raw_get(addr, &path))
     }
 
     pub fn log(&self) -> String {
