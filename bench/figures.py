@@ -81,8 +81,9 @@ def measure_throughput(inst, app, cfg, out):
             "manager_idle_cpu_percent": round(cpu * 100, 3),
             "workers_rss_kib": sum(rss_kib(p) for p in inst.workers()),
         }
-        if inst.front_pids():
-            out["idle"]["front_rss_kib"] = sum(rss_kib(p) for p in inst.front_pids())
+        front = inst.front_pids()
+        if front:
+            out["idle"]["front_rss_kib"] = sum(rss_kib(p) for p in front)
     if cfg.warmup:
         load.wrk(inst.addr, "/", cfg.connections, cfg.wrk_threads, cfg.warmup)
     peak = [rss_kib(inst.pid)]
@@ -97,7 +98,7 @@ def measure_throughput(inst, app, cfg, out):
     front = inst.front_pids()
     n0 = served(inst)
     c0 = cpu_seconds(inst.pid)
-    f0 = [cpu_seconds(p) for p in front]
+    f0 = front_cpu(front)
     workers = inst.workers()
     w0 = [cpu_seconds(p) for p in workers]
     try:
@@ -106,7 +107,7 @@ def measure_throughput(inst, app, cfg, out):
         stop.set()
         sampler.join()
     manager_cpu = cpu_seconds(inst.pid) - c0
-    front_cpu = sum(cpu_seconds(p) for p in front) - sum(f0) if front else None
+    front_used = front_cpu(front) - f0 if front else None
     w1 = [cpu_seconds(p) for p in workers]
     n1 = served(inst)
     # Requests served in the window: the stack's own count where it keeps
@@ -126,8 +127,8 @@ def measure_throughput(inst, app, cfg, out):
         "manager_cpu_us_per_request": per_request(manager_cpu),
     }
     if front:
-        out["under_load"]["front_cpu_s"] = round(front_cpu, 3)
-        out["under_load"]["front_cpu_us_per_request"] = per_request(front_cpu)
+        out["under_load"]["front_cpu_s"] = round(front_used, 3)
+        out["under_load"]["front_cpu_us_per_request"] = per_request(front_used)
     if not inst.alive():
         raise RuntimeError(f"exited during the run: {inst.log_tail()}")
     if app == "django" and cfg.mixed_duration:
@@ -337,13 +338,14 @@ def term_with_slow_requests(inst, cfg):
             "exit_s": exited["s"] if exited.get("code") is not None else None, "exit_code": exited.get("code")}
 
 
-def front_pids(inst):
+def tls_pids(inst):
     """The processes that terminate TLS: corral's manager (the --proxy
     front is a thread of it), nginx's master and workers."""
     return inst.front_pids() if inst.stack.fronted else [inst.pid]
 
 
 def front_cpu(pids):
+    """CPU seconds of these processes together (one that is gone counts 0)."""
     total = 0.0
     for pid in pids:
         try:
@@ -393,30 +395,33 @@ def tls_run(stack, cfg, certs, out, h2=True, handshake=True):
     return out
 
 
+def with_tls_cpu(inst, run, count, per_key):
+    """run()'s result with the TLS front's CPU over it: 'front_cpu_s' and,
+    under per_key, microseconds per res[count] (None if there were none)."""
+    pids = tls_pids(inst)
+    c0 = front_cpu(pids)
+    res = run()
+    cpu = front_cpu(pids) - c0
+    res["front_cpu_s"] = round(cpu, 3)
+    res[per_key] = round(cpu / res[count] * 1e6, 2) if res[count] else None
+    return res
+
+
 def h2_measure(inst, cfg):
     """Figure 8: h2load over TLS (h2 by ALPN), GET / on Django, after a
     warm-up run; the front's CPU per request served (h2load's count)."""
     url = inst.url("/")
     if cfg.h2_warmup:
         load.h2load(url, cfg.h2_clients, cfg.h2_streams, cfg.h2_threads, cfg.h2_warmup)
-    pids = front_pids(inst)
-    c0 = front_cpu(pids)
-    res = load.h2load(url, cfg.h2_clients, cfg.h2_streams, cfg.h2_threads, cfg.h2_duration)
-    cpu = front_cpu(pids) - c0
-    res["front_cpu_s"] = round(cpu, 3)
-    res["front_cpu_us_per_request"] = round(cpu / res["requests"] * 1e6, 2) if res["requests"] else None
-    return res
+    run = lambda: load.h2load(url, cfg.h2_clients, cfg.h2_streams, cfg.h2_threads, cfg.h2_duration)
+    return with_tls_cpu(inst, run, "requests", "front_cpu_us_per_request")
 
 
 def handshake_measure(inst, cfg):
     """Figure 9: full TLS handshakes per second (openssl s_time -new, no
     request); the front's CPU per handshake."""
-    pids = front_pids(inst)
-    c0 = front_cpu(pids)
-    res = load.s_time(inst.addr, cfg.handshake_clients, cfg.handshake_duration)
-    cpu = front_cpu(pids) - c0
-    res["front_cpu_s"] = round(cpu, 3)
-    res["front_cpu_us_per_handshake"] = round(cpu / res["handshakes"] * 1e6, 2) if res["handshakes"] else None
+    res = with_tls_cpu(inst, lambda: load.s_time(inst.addr, cfg.handshake_clients, cfg.handshake_duration),
+                       "handshakes", "front_cpu_us_per_handshake")
     if not res["handshakes"]:
         raise RuntimeError(f"no handshake completed: {'; '.join(res['errors']) or 'no error printed'}")
     return res
