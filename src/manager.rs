@@ -416,13 +416,7 @@ impl Manager {
         let socket = match &self.proxy {
             Some(p) => match p.socket_for(id, spawn::binds_itself(&self.command.args)) {
                 Ok(s) => Some(s),
-                Err(e) => {
-                    self.failures += 1;
-                    let delay = plan::backoff(self.failures, self.config.restart_backoff_max);
-                    self.next_spawn_at = now + delay;
-                    error!(error = %e, worker = id, "cannot make the worker's socket");
-                    return;
-                }
+                Err(e) => return self.start_failed(now, &e, "cannot make the worker's socket"),
             },
             None => None,
         };
@@ -503,13 +497,16 @@ impl Manager {
                 }
                 self.table.workers.push(worker);
             }
-            Err(e) => {
-                self.failures += 1;
-                let delay = plan::backoff(self.failures, self.config.restart_backoff_max);
-                self.next_spawn_at = now + delay;
-                error!(error = %e, failures = self.failures, "worker failed to start");
-            }
+            Err(e) => self.start_failed(now, &e, "worker failed to start"),
         }
+    }
+
+    /// A start that failed counts as a crash: the next waits for the backoff.
+    fn start_failed(&mut self, now: Instant, error: &dyn std::fmt::Display, what: &str) {
+        self.failures += 1;
+        let delay = plan::backoff(self.failures, self.config.restart_backoff_max);
+        self.next_spawn_at = now + delay;
+        error!(error = %error, failures = self.failures, "{what}");
     }
 
     /// One pass: advance the shutdown, ask the planner, act, publish.
@@ -644,9 +641,7 @@ impl Manager {
                         "killing worker past its deadline"
                     );
                     w.mark_killed();
-                    let pid = w.pid;
-                    self.processes.signal_group(pid, Sig::SIGKILL);
-                    self.processes.signal(pid, Sig::SIGKILL);
+                    self.processes.kill(w.pid);
                 }
             }
         }

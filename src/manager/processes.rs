@@ -13,6 +13,13 @@ pub trait Processes: Send {
     fn signal(&mut self, pid: Pid, signal: Signal);
     /// The worker and whatever it started in its process group.
     fn signal_group(&mut self, pid: Pid, signal: Signal);
+
+    /// SIGKILL to the group and to the worker itself (which may have left
+    /// its group).
+    fn kill(&mut self, pid: Pid) {
+        self.signal_group(pid, Signal::SIGKILL);
+        self.signal(pid, Signal::SIGKILL);
+    }
 }
 
 /// The real thing: fork/exec and kill(2).

@@ -290,10 +290,8 @@ impl Manager {
                     "worker refuses connections on its socket: replacing it"
                 );
                 w.begin_stop(ExitReason::Crashed, now);
-                w.stop_reason = Some(ExitReason::Crashed);
                 w.mark_killed();
-                self.processes.signal_group(w.pid, Sig::SIGKILL);
-                self.processes.signal(w.pid, Sig::SIGKILL);
+                self.processes.kill(w.pid);
             }
         }
     }
