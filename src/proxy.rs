@@ -158,8 +158,7 @@ impl Shared {
         let method = req.method().clone();
         let version = req.version();
         let response = self.forward(req, started).await;
-        self.metrics
-            .answered(response.status().as_u16(), &method, version);
+        self.metrics.answered(response.status(), &method, version);
         if !matches!(response.body(), FrontBody::Proxied { .. }) {
             self.metrics.observe_duration(started.elapsed());
         }
@@ -315,7 +314,7 @@ impl Shared {
             Ok(Ahead::Whole(bytes)) => {
                 done.release();
                 // A body the worker sent chunked goes with a Content-Length.
-                Response::from_parts(parts, FrontBody::Full(Some(bytes)))
+                Response::from_parts(parts, FrontBody::full(bytes))
             }
             Ok(Ahead::Partial(ahead)) => Response::from_parts(
                 parts,

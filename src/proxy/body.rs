@@ -13,7 +13,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use super::backends::Lease;
@@ -26,7 +26,7 @@ pub const REPLAY_LIMIT: u64 = 64 * 1024;
 
 /// A request body on its way to a worker.
 pub enum Outgoing {
-    Full(Option<Bytes>),
+    Full(Full<Bytes>),
     /// What was read ahead (up to [`REPLAY_LIMIT`]), then the rest.
     Stream(Option<Bytes>, Incoming),
 }
@@ -40,7 +40,7 @@ impl Body for Outgoing {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
-            Outgoing::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Outgoing::Full(full) => full_frame(full, cx),
             Outgoing::Stream(ahead, body) => match ahead.take() {
                 Some(b) => Poll::Ready(Some(Ok(Frame::data(b)))),
                 None => Pin::new(body).poll_frame(cx),
@@ -50,22 +50,30 @@ impl Body for Outgoing {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            Outgoing::Full(bytes) => bytes.is_none(),
+            Outgoing::Full(full) => full.is_end_stream(),
             Outgoing::Stream(ahead, body) => ahead.is_none() && body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            Outgoing::Full(bytes) => {
-                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
-            }
+            Outgoing::Full(full) => full.size_hint(),
             Outgoing::Stream(ahead, body) => plus(
                 body.size_hint(),
                 ahead.as_ref().map_or(0, |b| b.len() as u64),
             ),
         }
     }
+}
+
+/// A whole body's next frame: `Full` cannot fail.
+fn full_frame(
+    full: &mut Full<Bytes>,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    Pin::new(full)
+        .poll_frame(cx)
+        .map(|frame| frame.map(|f| f.map_err(|never| match never {})))
 }
 
 /// `hint` with `extra` bytes read ahead put back in front.
@@ -118,8 +126,7 @@ impl Held {
     /// The body for one attempt; `None` when a stream was already sent.
     pub fn take(&mut self) -> Option<Outgoing> {
         match self {
-            Held::Whole(b) if b.is_empty() => Some(Outgoing::Full(None)),
-            Held::Whole(b) => Some(Outgoing::Full(Some(b.clone()))),
+            Held::Whole(b) => Some(Outgoing::Full(Full::new(b.clone()))),
             Held::Stream(s) => s.take().map(|(ahead, rest)| Outgoing::Stream(ahead, rest)),
         }
     }
@@ -152,7 +159,7 @@ impl Done {
 
 /// A response body on its way to the client.
 pub enum FrontBody {
-    Full(Option<Bytes>),
+    Full(Full<Bytes>),
     /// Frames already read from the worker, then the rest of its body.
     Proxied {
         ahead: VecDeque<Frame<Bytes>>,
@@ -163,11 +170,11 @@ pub enum FrontBody {
 
 impl FrontBody {
     pub fn full(bytes: impl Into<Bytes>) -> FrontBody {
-        FrontBody::Full(Some(bytes.into()))
+        FrontBody::Full(Full::new(bytes.into()))
     }
 
     pub fn empty() -> FrontBody {
-        FrontBody::Full(None)
+        FrontBody::Full(Full::default())
     }
 }
 
@@ -244,7 +251,7 @@ impl Body for FrontBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
-            FrontBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            FrontBody::Full(full) => full_frame(full, cx),
             FrontBody::Proxied { ahead, body, done } => {
                 if let Some(frame) = ahead.pop_front() {
                     return Poll::Ready(Some(Ok(frame)));
@@ -270,16 +277,14 @@ impl Body for FrontBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            FrontBody::Full(bytes) => bytes.is_none(),
+            FrontBody::Full(full) => full.is_end_stream(),
             FrontBody::Proxied { ahead, body, .. } => ahead.is_empty() && body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            FrontBody::Full(bytes) => {
-                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
-            }
+            FrontBody::Full(full) => full.size_hint(),
             FrontBody::Proxied { ahead, body, .. } => {
                 let extra: u64 = ahead
                     .iter()

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::{Method, Version};
+use hyper::{Method, StatusCode, Version};
 use prometheus::{Histogram, HistogramOpts, IntCounterVec, Opts, Registry};
 
 /// Why a request was sent a second time; the `reason` label.
@@ -97,16 +97,14 @@ impl Metrics {
         }))
     }
 
-    pub fn answered(&self, code: u16, method: &Method, version: Version) {
-        let digits = itoa_code(code);
-        let code = std::str::from_utf8(&digits).unwrap_or("0");
+    pub fn answered(&self, code: StatusCode, method: &Method, version: Version) {
         let protocol = match version {
             Version::HTTP_2 => "h2",
             Version::HTTP_10 => "http/1.0",
             _ => "http/1.1",
         };
         self.requests
-            .with_label_values(&[code, method_label(method), protocol])
+            .with_label_values(&[code.as_str(), method_label(method), protocol])
             .inc();
     }
 
@@ -121,14 +119,4 @@ impl Metrics {
     pub fn retried(&self, why: Retry) {
         self.retries.with_label_values(&[why.as_str()]).inc();
     }
-}
-
-/// A status code's three digits, without allocating.
-fn itoa_code(code: u16) -> [u8; 3] {
-    let code = code.min(999);
-    [
-        b'0' + (code / 100) as u8,
-        b'0' + (code / 10 % 10) as u8,
-        b'0' + (code % 10) as u8,
-    ]
 }
