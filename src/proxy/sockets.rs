@@ -25,6 +25,10 @@ pub enum DirError {
     TooLong { base: PathBuf },
 }
 
+fn socket_path(dir: &Path, slot: u32) -> PathBuf {
+    dir.join(format!("worker-{slot}.sock"))
+}
+
 #[derive(Debug)]
 pub struct RuntimeDir {
     path: PathBuf,
@@ -41,19 +45,21 @@ impl RuntimeDir {
                 .unwrap_or_else(std::env::temp_dir)
         });
         let pid = std::process::id();
-        for n in 0..100 {
-            let path = base.join(format!("corral-{pid}-{n}"));
-            let dir = RuntimeDir { path };
-            if dir
-                .socket_path(crate::limits::MAX_WORKERS)
+        let fits = |dir: &Path| {
+            socket_path(dir, crate::limits::MAX_WORKERS)
                 .as_os_str()
                 .len()
-                > MAX_SOCKET_PATH
-            {
+                <= MAX_SOCKET_PATH
+        };
+        for n in 0..100 {
+            let path = base.join(format!("corral-{pid}-{n}"));
+            if !fits(&path) {
                 return Err(DirError::TooLong { base });
             }
-            match std::fs::DirBuilder::new().mode(0o700).create(&dir.path) {
-                Ok(()) => return Ok(dir),
+            // Made before it is owned: a directory someone else holds is
+            // never removed by a drop here.
+            match std::fs::DirBuilder::new().mode(0o700).create(&path) {
+                Ok(()) => return Ok(RuntimeDir { path }),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
                 Err(source) => return Err(DirError::Create { base, source }),
             }
@@ -69,7 +75,7 @@ impl RuntimeDir {
     }
 
     pub fn socket_path(&self, slot: u32) -> PathBuf {
-        self.path.join(format!("worker-{slot}.sock"))
+        socket_path(&self.path, slot)
     }
 
     /// A fresh socket for `slot`, bound and not listening, close-on-exec
