@@ -27,6 +27,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use corral::http::client::url;
 use serde_json::Value;
 
 use crate::support::{BIN, k8s_tool, root, run_with_stdin, unique};
@@ -740,13 +741,10 @@ impl NodePrometheus {
 
     /// An API answer's `data` (GET PATH?query), or the error text.
     pub fn api(&self, path: &str, params: &[(&str, &str)]) -> Result<Value, String> {
-        let mut query = String::new();
-        for (k, v) in params {
-            query += if query.is_empty() { "?" } else { "&" };
-            query += &format!("{k}={}", urlencode(v));
-        }
+        // The project's URL builder encodes the query; the request is raw.
+        let uri = url(&self.addr.to_string(), path, params).map_err(|e| e.to_string())?;
         let (status, body) = self
-            .get(&format!("{path}{query}"))
+            .get(uri.path_and_query().map_or(path, |pq| pq.as_str()))
             .map_err(|e| e.to_string())?;
         let answer: Value =
             serde_json::from_str(&body).map_err(|e| format!("{status} {body}: {e}"))?;
@@ -774,17 +772,4 @@ impl Drop for NodePrometheus {
         let _ = killpg(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL);
         let _ = self.child.wait();
     }
-}
-
-fn urlencode(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                out.push(b as char)
-            }
-            _ => out += &format!("%{b:02X}"),
-        }
-    }
-    out
 }
