@@ -656,15 +656,23 @@ impl NodeLoad {
         });
     }
 
-    pub fn stop(self) -> LoadReport {
+    pub fn stop(mut self) -> LoadReport {
         self.stop.store(true, Ordering::Relaxed);
         let mut report = LoadReport::default();
-        for t in self.threads {
+        for t in std::mem::take(&mut self.threads) {
             report.errors.extend(t.join().unwrap());
         }
         report.ok = self.ok.load(Ordering::Relaxed);
         report.failed = self.failed.load(Ordering::Relaxed);
         report
+    }
+}
+
+/// A test that fails while its load runs does not leave the load on the
+/// node for the tests after it (the threads end after their request).
+impl Drop for NodeLoad {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 }
 
