@@ -192,6 +192,7 @@ def machine_info(stacks):
 
 
 TLS_FRONTS = ("proxy", "nginx")  # figures 8 and 9: corral --proxy against nginx
+TLS_FIGS = ("h2", "handshake")  # figure 8 (h2load), figure 9 (s_time)
 
 
 def tls_figures(cfg, stacks, unavailable, labels):
@@ -201,7 +202,15 @@ def tls_figures(cfg, stacks, unavailable, labels):
     figure, per front: {label, reason}), printed as "not available"."""
     import figures
     import stacks as stacks_mod
-    out = {"unavailable": {"h2": {}, "handshake": {}}, "runs": {}}
+    out = {"unavailable": {fig: {} for fig in TLS_FIGS}, "runs": {}}
+    gone = out["unavailable"]
+
+    def mark(figs, keys, reason):
+        """Figures `figs` of fronts `keys` not available, the first reason kept."""
+        for fig in figs:
+            for key in keys:
+                gone[fig].setdefault(key, {"label": labels[key], "reason": reason})
+
     fronts = []
     for key in TLS_FRONTS:
         st = next((x for x in stacks if x.key == key), None)
@@ -209,41 +218,35 @@ def tls_figures(cfg, stacks, unavailable, labels):
             why = unavailable[key]["reason"] if key in unavailable else "not among this run's stacks"
         else:
             why = st.tls_unavailable()
-        for fig in ("h2", "handshake"):
-            if why:
-                out["unavailable"][fig][key] = {"label": labels[key], "reason": why}
-        if not why:
+        if why:
+            mark(TLS_FIGS, [key], why)
+        else:
             fronts.append(st)
     for fig, name, pkg in (("h2", "h2load", "nghttp2-client"), ("handshake", "openssl", "openssl")):
         if stacks_mod.tool(name) is None:
-            for key in TLS_FRONTS:
-                out["unavailable"][fig].setdefault(key, {"label": labels[key], "reason": (
-                    f"{name} not found (apt-get install {pkg}; .ci/test installs it)")})
+            mark([fig], TLS_FRONTS, f"{name} not found (apt-get install {pkg}; .ci/test installs it)")
+    wanted = lambda key: any(key not in gone[fig] for fig in TLS_FIGS)
     tmp = tempfile.mkdtemp(prefix="corral-bench-tls-")
     try:
         certs = None
-        if any(k not in out["unavailable"]["h2"] or k not in out["unavailable"]["handshake"] for k in TLS_FRONTS):
+        if any(wanted(k) for k in TLS_FRONTS):
             try:
                 certs = stacks_mod.make_certs(tmp)
                 out["certificate"] = certs.describe()
             except Exception as e:  # noqa: BLE001 - no certificate, nothing over TLS
-                for fig in ("h2", "handshake"):
-                    for key in TLS_FRONTS:
-                        out["unavailable"][fig].setdefault(key, {"label": labels[key],
-                                                                 "reason": f"no test certificate: {e}"})
+                mark(TLS_FIGS, TLS_FRONTS, f"no test certificate: {e}")
         for fig, title in (("h2", "figure 8 (HTTP/2 over TLS)"), ("handshake", "figure 9 (TLS handshakes)")):
-            for key, u in out["unavailable"][fig].items():
+            for key, u in gone[fig].items():
                 msg = f"{title}: {u['label']}: not available: {u['reason']}"
                 log(msg)
                 print(msg, flush=True)
-        runnable = [st for st in fronts
-                    if st.key not in out["unavailable"]["h2"] or st.key not in out["unavailable"]["handshake"]]
+        runnable = [st for st in fronts if wanted(st.key)]
         for rnd in range(cfg.tls_rounds if certs else 0):
             order = runnable if rnd % 2 == 0 else runnable[::-1]
             for st in order:
                 log(f"figures 8-9 round {rnd + 1}/{cfg.tls_rounds}: {st.label}, TLS")
-                r = figures.tls_run(st, cfg, certs, {}, h2=st.key not in out["unavailable"]["h2"],
-                                    handshake=st.key not in out["unavailable"]["handshake"])
+                r = figures.tls_run(st, cfg, certs, {}, h2=st.key not in gone["h2"],
+                                    handshake=st.key not in gone["handshake"])
                 out["runs"].setdefault(st.key, []).append(r)
                 if "error" in r:
                     log(f"  failed: {r['error']}")
