@@ -130,7 +130,7 @@ import tempfile
 import threading
 import time
 
-from stacks import DJANGO_DIR, free_port, proxy_unsupported
+from stacks import APPS, DJANGO_DIR, app_env, free_port, proxy_unsupported
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NS = "corral-bench"
@@ -694,11 +694,8 @@ def manager_argv(corral, sc, ip, token_file):
     if not os.access(uvicorn, os.X_OK):
         raise RunFailed(f"no uvicorn beside {sys.executable}: run this with the bench venv "
                         "(bench/run.py sets it up)")
-    env = dict(os.environ, PYTHONPATH=DJANGO_DIR,
-               PATH=os.path.dirname(uvicorn) + ":" + os.environ.get("PATH", ""))
-    env.pop("WEB_CONCURRENCY", None)
     return argv[:2] + ["--proxy", "--worker-concurrency", str(WORKER_CONCURRENCY)] + argv[2:] + [
-        "--", uvicorn, "--fd", "{fd}", "--no-access-log", "mysite.asgi:application"], env
+        "--", uvicorn, "--fd", "{fd}", "--no-access-log", APPS["django"]], app_env(os.path.dirname(uvicorn))
 
 
 class Pod:

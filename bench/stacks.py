@@ -50,6 +50,14 @@ DJANGO_DIR = os.path.join(ROOT, "tests", "django_app")
 APPS = {"hello": "hello_asgi:app", "django": "mysite.asgi:application"}
 
 
+def app_env(bin_dir):
+    """The environment of a Python stack: tests/django_app importable, the
+    venv's tools first on PATH, no WEB_CONCURRENCY to change worker counts."""
+    env = dict(os.environ, PYTHONPATH=DJANGO_DIR, PATH=bin_dir + ":" + os.environ.get("PATH", ""))
+    env.pop("WEB_CONCURRENCY", None)
+    return env
+
+
 NGINX_PATHS = ("/usr/sbin/nginx", "/usr/bin/nginx")
 NGINX_MISSING = "nginx not found (apt-get install nginx; .ci/test installs it)"
 
@@ -391,8 +399,7 @@ class Running:
         self.desired = stack.workers
         self.front = self.front_log = None
         self.seen_workers = set()
-        env = dict(os.environ, PYTHONPATH=DJANGO_DIR, PATH=os.path.join(stack.venv, "bin") + ":" + os.environ["PATH"])
-        env.pop("WEB_CONCURRENCY", None)
+        env = app_env(os.path.join(stack.venv, "bin"))
         self.log = open(self.log_path, "wb")
         sock = os.path.join(self.dir, "gunicorn.sock")
         if stack.fronted:
