@@ -374,8 +374,9 @@ def tls_run(stack, cfg, certs, out, h2=True, handshake=True):
     """Figures 8 and 9 on one TLS instance of a front, into out: 'ready_s',
     'negotiated' (ALPN, version, cipher of a checked handshake), 'h2'
     (h2load) and 'handshake' (s_time), each {'error': ...} if it failed."""
-    inst = stack.start("django", tls=certs)
+    inst = None
     try:
+        inst = stack.start("django", tls=certs)
         out["ready_s"] = wait_tls_ready(inst, certs.ca)
         inst.wait_workers(stack.workers, limit=30)
         time.sleep(cfg.settle)
@@ -391,7 +392,8 @@ def tls_run(stack, cfg, certs, out, h2=True, handshake=True):
     except Exception as e:  # noqa: BLE001 - recorded and reported, never hidden
         out["error"] = f"{type(e).__name__}: {e}"
     finally:
-        inst.stop()
+        if inst is not None:
+            inst.stop()
     return out
 
 
