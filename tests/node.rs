@@ -319,7 +319,7 @@ fn corral_runs_as_pid_1_in_a_pod_and_answers_the_kubelets_probes() {
     let _turn = heavy();
     let _report = node.on_failure();
     let ns = "e2e-pid1";
-    node.namespace(ns);
+    let _ns = node.namespace(ns);
     node.apply(ns, &pid1_manifest(30081));
     let pod = eventually_every("the pod to be Ready", WAIT, EVERY, || {
         let pod = node.get_json(&["pod", "corral", "-n", ns]);
@@ -406,7 +406,6 @@ fn corral_runs_as_pid_1_in_a_pod_and_answers_the_kubelets_probes() {
         took < Duration::from_secs(25),
         "corral took {took:?} to stop (grace period 30s)"
     );
-    node.kubectl_ok(&["delete", "namespace", ns, "--wait=false"]);
 }
 
 // --- the chart, and the Django example --------------------------------------------
@@ -576,7 +575,7 @@ fn helm_installs_two_operators_and_the_lease_moves_when_the_leader_goes() {
     // Something for the leader to reconcile: a pod of the corral image with
     // its admin token, and an autoscaler asking two workers of it.
     let ns = "e2e-lease";
-    node.namespace(ns);
+    let _ns = node.namespace(ns);
     let token = "e2e-lease-token-0123456789abcdef";
     let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "web-corral"},
                         "stringData": {"token": token}});
@@ -681,7 +680,6 @@ fn helm_installs_two_operators_and_the_lease_moves_when_the_leader_goes() {
         !log.contains("Forbidden"),
         "the chart's RBAC lacks a permission:\n{log}"
     );
-    node.kubectl_ok(&["delete", "namespace", ns, "--wait=false"]);
 }
 
 #[test]
@@ -691,7 +689,7 @@ fn the_django_example_runs_with_the_limits_the_kubelet_set() {
     let _report = node.on_failure();
     operator(node);
     let ns = "e2e-django";
-    node.namespace(ns);
+    let _ns = node.namespace(ns);
     let mut docs = example();
     // A CPU limit of 1 and no WEB_CONCURRENCY: one worker by default; a
     // memory limit the guard sizes workers against.
@@ -777,7 +775,6 @@ fn the_django_example_runs_with_the_limits_the_kubelet_set() {
         "django example, CPU limit 1 and 256Mi, autoscaler min 8: {}",
         summary.join(", ")
     ));
-    node.kubectl_ok(&["delete", "namespace", ns, "--wait=false"]);
 }
 
 /// Load through the NodePort during `kubectl rollout restart`, until the
@@ -808,7 +805,7 @@ fn a_rollout_restart_under_load_through_the_node_port_fails_no_request() {
     let _turn = heavy();
     let _report = node.on_failure();
     let ns = "e2e-rollout";
-    node.namespace(ns);
+    let _ns = node.namespace(ns);
     let mut docs = example();
     node_port(&mut docs, 30082);
     let app: Vec<&Value> = docs
@@ -858,7 +855,6 @@ fn a_rollout_restart_under_load_through_the_node_port_fails_no_request() {
     ));
     assert_eq!(with_delay.failed, 0, "{with_delay:?}");
     assert!(with_delay.ok >= 100, "{with_delay:?}");
-    node.kubectl_ok(&["delete", "namespace", ns, "--wait=false"]);
 }
 
 #[test]
@@ -868,7 +864,7 @@ fn a_cpu_load_step_through_the_node_port_makes_the_operator_add_workers() {
     let _report = node.on_failure();
     operator(node);
     let ns = "e2e-cpu";
-    node.namespace(ns);
+    let _ns = node.namespace(ns);
     let mut docs = example();
     node_port(&mut docs, 30083);
     kind(&mut docs, "Deployment")["spec"]["replicas"] = 1.into();
@@ -957,7 +953,6 @@ fn a_cpu_load_step_through_the_node_port_makes_the_operator_add_workers() {
             Err(format!("{doc:?}"))
         }
     });
-    node.kubectl_ok(&["delete", "namespace", ns, "--wait=false"]);
 }
 
 #[test]
@@ -967,7 +962,7 @@ fn kubernetes_sd_discovers_and_scrapes_the_pods_and_the_operator() {
     let _report = node.on_failure();
     operator(node);
     let ns = "e2e-prom";
-    node.namespace(ns);
+    let _ns = node.namespace(ns);
     let mut docs = example();
     kind(&mut docs, "Deployment")["spec"]["replicas"] = 1.into();
     let wa = kind(&mut docs, "WorkerAutoscaler");
@@ -1109,6 +1104,5 @@ fn kubernetes_sd_discovers_and_scrapes_the_pods_and_the_operator() {
             }
         },
     );
-    node.kubectl_ok(&["delete", "namespace", ns, "--wait=false"]);
     node.kubectl_ok(&["delete", "clusterrolebinding,clusterrole", "e2e-prometheus"]);
 }

@@ -246,8 +246,10 @@ impl Node {
         )
     }
 
-    /// A fresh namespace (deleted first if an earlier run left it).
-    pub fn namespace(&self, name: &str) {
+    /// A fresh namespace (deleted first if an earlier run left it), deleted
+    /// again when the guard goes, so a failing test's pods do not run on
+    /// into the tests after it.
+    pub fn namespace(&'static self, name: &str) -> Namespace {
         let _ = self.kubectl(&["delete", "namespace", name, "--wait=true", "--timeout=120s"]);
         self.kubectl_ok(&["create", "namespace", name]);
         // Pods need the namespace's default ServiceAccount (and its token).
@@ -263,6 +265,10 @@ impl Node {
                 }
             },
         );
+        Namespace {
+            node: self,
+            name: name.to_string(),
+        }
     }
 
     /// The pods of `ns` matching `selector`, as JSON objects.
@@ -335,6 +341,20 @@ impl Node {
             container,
         ]);
         text
+    }
+}
+
+/// A namespace of the node, deleted (without waiting) on drop.
+pub struct Namespace {
+    node: &'static Node,
+    name: String,
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        let _ = self
+            .node
+            .kubectl(&["delete", "namespace", &self.name, "--wait=false"]);
     }
 }
 
