@@ -14,7 +14,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use node::{CORRAL_IMAGE, Node, cmdline, netns_get, node, ns_pid, proc_status};
+use node::{CORRAL_IMAGE, Node, cmdline, netns_get, node_turn, ns_pid, proc_status};
 use serde_json::{Value, json};
 use support::{eventually_every, heavy, root};
 
@@ -315,9 +315,9 @@ fn workers(node: &Node, pod: &Value) -> corral::contract::WorkersDoc {
 
 #[test]
 fn corral_runs_as_pid_1_in_a_pod_and_answers_the_kubelets_probes() {
-    let Some(node) = node() else { return };
-    let _turn = heavy();
-    let _report = node.on_failure();
+    let Some((node, _turn)) = node_turn() else {
+        return;
+    };
     let ns = "e2e-pid1";
     let _ns = node.namespace(ns);
     node.apply(ns, &pid1_manifest(30081));
@@ -538,9 +538,9 @@ fn autoscaler(node: &Node, ns: &str, name: &str) -> Value {
 
 #[test]
 fn helm_installs_two_operators_and_the_lease_moves_when_the_leader_goes() {
-    let Some(node) = node() else { return };
-    let _turn = heavy();
-    let _report = node.on_failure();
+    let Some((node, _turn)) = node_turn() else {
+        return;
+    };
     operator(node);
     let pods = operator_pods(node);
     assert_eq!(pods.len(), 2, "{pods:?}");
@@ -684,9 +684,9 @@ fn helm_installs_two_operators_and_the_lease_moves_when_the_leader_goes() {
 
 #[test]
 fn the_django_example_runs_with_the_limits_the_kubelet_set() {
-    let Some(node) = node() else { return };
-    let _turn = heavy();
-    let _report = node.on_failure();
+    let Some((node, _turn)) = node_turn() else {
+        return;
+    };
     operator(node);
     let ns = "e2e-django";
     let _ns = node.namespace(ns);
@@ -801,9 +801,9 @@ fn restart_under_load(node: &Node, ns: &str, port: u16) -> node::LoadReport {
 
 #[test]
 fn a_rollout_restart_under_load_through_the_node_port_fails_no_request() {
-    let Some(node) = node() else { return };
-    let _turn = heavy();
-    let _report = node.on_failure();
+    let Some((node, _turn)) = node_turn() else {
+        return;
+    };
     let ns = "e2e-rollout";
     let _ns = node.namespace(ns);
     let mut docs = example();
@@ -859,9 +859,9 @@ fn a_rollout_restart_under_load_through_the_node_port_fails_no_request() {
 
 #[test]
 fn a_cpu_load_step_through_the_node_port_makes_the_operator_add_workers() {
-    let Some(node) = node() else { return };
-    let _turn = heavy();
-    let _report = node.on_failure();
+    let Some((node, _turn)) = node_turn() else {
+        return;
+    };
     operator(node);
     let ns = "e2e-cpu";
     let _ns = node.namespace(ns);
@@ -957,9 +957,9 @@ fn a_cpu_load_step_through_the_node_port_makes_the_operator_add_workers() {
 
 #[test]
 fn kubernetes_sd_discovers_and_scrapes_the_pods_and_the_operator() {
-    let Some(node) = node() else { return };
-    let _turn = heavy();
-    let _report = node.on_failure();
+    let Some((node, _turn)) = node_turn() else {
+        return;
+    };
     operator(node);
     let ns = "e2e-prom";
     let _ns = node.namespace(ns);

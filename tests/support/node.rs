@@ -23,14 +23,14 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use corral::http::client::url;
 use serde_json::Value;
 
-use crate::support::{BIN, k8s_tool, root, run_with_stdin, unique};
+use crate::support::{BIN, heavy, k8s_tool, root, run_with_stdin, unique};
 
 /// True (having said so) when CORRAL_SKIP_NODE=1.
 pub fn node_tests_skipped() -> bool {
@@ -61,6 +61,20 @@ pub fn node() -> Option<&'static Node> {
         Ok(node) => Some(node),
         Err(e) => panic!("the node is not up: {e}"),
     }
+}
+
+/// The node and a test's turn on it (the tests take turns: see [`heavy`]),
+/// or None (having said why) when CORRAL_SKIP_NODE=1. Hold the [`Turn`] to
+/// the test's end: if the test panics, it prints [`Node::report`].
+pub fn node_turn() -> Option<(&'static Node, Turn)> {
+    let node = node()?;
+    Some((
+        node,
+        Turn {
+            node,
+            _heavy: heavy(),
+        },
+    ))
 }
 
 /// Where the node and its images live, and how to reach them.
@@ -175,11 +189,6 @@ impl Node {
             );
         }
         out
-    }
-
-    /// A guard that prints [`Node::report`] if the test panics.
-    pub fn on_failure(&'static self) -> ReportOnPanic {
-        ReportOnPanic(self)
     }
 
     /// `kube-node.sh check`: in the node's network namespace and in every
@@ -358,13 +367,17 @@ impl Drop for Namespace {
     }
 }
 
-/// Prints the node's state when the test that holds it panics.
-pub struct ReportOnPanic(&'static Node);
+/// A test's turn on the node; prints the node's state (still in the turn)
+/// when the test that holds it panics.
+pub struct Turn {
+    node: &'static Node,
+    _heavy: MutexGuard<'static, ()>,
+}
 
-impl Drop for ReportOnPanic {
+impl Drop for Turn {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!("=== node parts ===\n{}", self.0.report());
+            eprintln!("=== node parts ===\n{}", self.node.report());
         }
     }
 }
