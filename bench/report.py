@@ -698,13 +698,17 @@ def tls_sections(s, raw, cfg, machine=None):
                if machine else "")
     verdict_line = lambda t: f"\nTarget: {t['what']}: {xr(t['value'])}, **{tverdict(t)}**\n"
 
-    def front_rows(fig, part, columns, cells):
-        """One table row per front: `cells(row, figures)` where measured,
-        else "not available" (with the reason) or "not measured"."""
+    def front_table(fig, part, columns, cells):
+        """The table of `columns` (name, markdown alignment), one row per
+        front: `cells(f)` after the label, f being the row's summary of
+        `part`, where measured; else "not available" (with the reason) or
+        "not measured"."""
+        add("| " + " | ".join(name for name, _ in columns) + " |")
+        add("|" + "|".join(align for _, align in columns) + "|")
+        pad = " |" * (len(columns) - 2)
         for key in (PROXY, NGINX):
             row = rows.get(key, {})
             f = row.get(part)
-            pad = " |" * (columns - 2)
             if key in gone.get(fig, {}):
                 u = gone[fig][key]
                 add(f"| {u['label']} | not available: {u['reason']} |{pad}")
@@ -718,10 +722,10 @@ def tls_sections(s, raw, cfg, machine=None):
     add(f"{common} h2load -c{cfg.h2_clients} -m{cfg.h2_streams} -t{cfg.h2_threads} -D {cfg.h2_duration} "
         f"(h2 by ALPN; {cfg.h2_clients * cfg.h2_streams} streams in flight), GET /, {warm}; p50/p99 from "
         "h2load's per-request log. Errors: failed, errored, timed out and non-2xx.\n")
-    add("| stack | req/s | vs nginx | p50 ms | p99 ms | errors | front CPU per request us | TLS (h2load) | ALPN |")
-    add("|---|---:|---:|---:|---:|---:|---:|---|---|")
     ngx8 = rows.get(NGINX, {}).get("fig8", {})
-    front_rows("h2", "fig8", 9, lambda f8: (
+    front_table("h2", "fig8", [("stack", "---"), ("req/s", "---:"), ("vs nginx", "---:"), ("p50 ms", "---:"),
+                               ("p99 ms", "---:"), ("errors", "---:"), ("front CPU per request us", "---:"),
+                               ("TLS (h2load)", "---"), ("ALPN", "---")], lambda f8: (
         f"{fmt(f8['rps'])} | {xr(ratio(f8['rps'], ngx8.get('rps')))} | "
         f"{fmt(f8['p50_ms'], '.2f')} | {fmt(f8['p99_ms'], '.2f')} | {f8['errors']} | "
         f"{fmt(f8['front_cpu_us_per_request'], '.1f')} | {', '.join(f8['tls'])} | {', '.join(f8['alpn'])}"))
@@ -735,10 +739,10 @@ def tls_sections(s, raw, cfg, machine=None):
         "their handshakes over their own wall time. The client runs on the same cores and costs about as "
         "much per handshake as the server, so the front's CPU per handshake is shown beside. "
         "\"Reused\" counts resumed sessions (must be 0).\n")
-    add("| stack | handshakes/s | vs nginx | front CPU per handshake us | handshakes | reused | errors | TLS |")
-    add("|---|---:|---:|---:|---:|---:|---:|---|")
     ngx9 = rows.get(NGINX, {}).get("fig9", {})
-    front_rows("handshake", "fig9", 8, lambda f9: (
+    front_table("handshake", "fig9", [("stack", "---"), ("handshakes/s", "---:"), ("vs nginx", "---:"),
+                                      ("front CPU per handshake us", "---:"), ("handshakes", "---:"),
+                                      ("reused", "---:"), ("errors", "---:"), ("TLS", "---")], lambda f9: (
         f"{fmt(f9['handshakes_per_s'])} | {xr(ratio(f9['handshakes_per_s'], ngx9.get('handshakes_per_s')))} | "
         f"{fmt(f9['front_cpu_us_per_handshake'], '.1f')} | {f9['handshakes']} | {f9['reused']} | "
         f"{f9['errors']} | {', '.join(f9['tls'])}"))
