@@ -14,9 +14,10 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use corral::contract::WorkersDoc;
 use node::{CORRAL_IMAGE, Node, cmdline, netns_get, node_turn, ns_pid, proc_status};
 use serde_json::{Value, json};
-use support::{eventually_every, heavy, root};
+use support::{Text, eventually_every, heavy, root};
 
 const WAIT: Duration = Duration::from_secs(120);
 const EVERY: Duration = Duration::from_millis(500);
@@ -306,11 +307,28 @@ fn pod_ip(pod: &Value) -> std::net::IpAddr {
     pod["status"]["podIP"].as_str().unwrap().parse().unwrap()
 }
 
-fn workers(node: &Node, pod: &Value) -> corral::contract::WorkersDoc {
+fn workers(node: &Node, pod: &Value) -> WorkersDoc {
     let addr = std::net::SocketAddr::new(pod_ip(pod), 9000);
     let (status, body) = netns_get(node, addr, "/workers").unwrap();
     assert_eq!(status, 200, "{body}");
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+/// Waits until the pod's /workers document satisfies `cond`; returns it.
+fn wait_workers(
+    node: &Node,
+    pod: &Value,
+    what: &str,
+    cond: impl Fn(&WorkersDoc) -> bool,
+) -> WorkersDoc {
+    eventually_every(what, WAIT, EVERY, || {
+        let doc = workers(node, pod);
+        if cond(&doc) {
+            Ok(doc)
+        } else {
+            Err(Text(format!("{doc:?}")))
+        }
+    })
 }
 
 #[test]
@@ -607,19 +625,9 @@ fn helm_installs_two_operators_and_the_lease_moves_when_the_leader_goes() {
     };
     node.apply(ns, &yaml(&[&secret, &pod, &wa(2)]));
     let web = ready_pods(node, ns, "app=web", 1).remove(0);
-    eventually_every(
-        "the leader to give the pod two workers",
-        WAIT,
-        EVERY,
-        || {
-            let doc = workers(node, &web);
-            if doc.desired == 2 && doc.ready == 2 {
-                Ok(())
-            } else {
-                Err(format!("{doc:?}"))
-            }
-        },
-    );
+    wait_workers(node, &web, "the leader to give the pod two workers", |d| {
+        d.desired == 2 && d.ready == 2
+    });
 
     // The leader's pod goes: it releases the lease on TERM and another
     // replica takes it, the standby or the Deployment's replacement,
@@ -653,18 +661,11 @@ fn helm_installs_two_operators_and_the_lease_moves_when_the_leader_goes() {
         }
     ));
     node.apply(ns, &yaml(&[&wa(3)]));
-    eventually_every(
+    wait_workers(
+        node,
+        &web,
         "the survivor to give the pod three workers",
-        WAIT,
-        EVERY,
-        || {
-            let doc = workers(node, &web);
-            if doc.desired == 3 && doc.ready == 3 {
-                Ok(())
-            } else {
-                Err(format!("{doc:?}"))
-            }
-        },
+        |d| d.desired == 3 && d.ready == 3,
     );
     let status = autoscaler(node, ns, "web")["status"].clone();
     assert!(status.to_string().contains("\"web\""), "{status}");
@@ -903,13 +904,8 @@ fn a_cpu_load_step_through_the_node_port_makes_the_operator_add_workers() {
     );
     load.wait_progress(10, WAIT);
     let started = std::time::Instant::now();
-    let doc = eventually_every("the operator to add workers", WAIT, EVERY, || {
-        let doc = workers(node, &pod);
-        if doc.desired >= 2 {
-            Ok(doc)
-        } else {
-            Err(format!("{doc:?}"))
-        }
+    let doc = wait_workers(node, &pod, "the operator to add workers", |d| {
+        d.desired >= 2
     });
     node::report(&format!(
         "CPU load step through the NodePort: {} workers {:.1}s after the load flowed",
@@ -945,13 +941,8 @@ fn a_cpu_load_step_through_the_node_port_makes_the_operator_add_workers() {
         "--wait=true",
         "--timeout=60s",
     ]);
-    eventually_every("the default count", WAIT, EVERY, || {
-        let doc = workers(node, &pod);
-        if doc.desired == 1 && doc.requested.is_none() {
-            Ok(())
-        } else {
-            Err(format!("{doc:?}"))
-        }
+    wait_workers(node, &pod, "the default count", |d| {
+        d.desired == 1 && d.requested.is_none()
     });
 }
 
@@ -973,13 +964,8 @@ fn kubernetes_sd_discovers_and_scrapes_the_pods_and_the_operator() {
     node.apply(ns, &yaml(&all));
     node.rollout(ns, "mysite", WAIT);
     let pod = ready_pods(node, ns, "app=mysite", 1).remove(0);
-    eventually_every("the operator to scale the pod", WAIT, EVERY, || {
-        let doc = workers(node, &pod);
-        if doc.desired == 3 {
-            Ok(())
-        } else {
-            Err(format!("{doc:?}"))
-        }
+    wait_workers(node, &pod, "the operator to scale the pod", |d| {
+        d.desired == 3
     });
 
     // Prometheus reads pods from the API server as its own ServiceAccount
