@@ -57,6 +57,16 @@ def failures(counts):
     return sum(v for k, v in counts.items() if k != "ok")
 
 
+def wrk_summary(runs):
+    """Mean req/s, p50 and p99 of wrk results, and their errors summed."""
+    return {
+        "rps": mean(w["rps"] for w in runs),
+        "p50_ms": mean(w["p50_ms"] for w in runs),
+        "p99_ms": mean(w["p99_ms"] for w in runs),
+        "errors": sum(w["errors"] + w["non_2xx"] for w in runs),
+    }
+
+
 def summarize(raw, stacks, cfg):
     """One row per stack per figure, errors collected, targets judged."""
     errors = []
@@ -72,14 +82,10 @@ def summarize(raw, stacks, cfg):
                 if "error" in r:
                     errors.append(f"figure 1 {st.label} {app}: {r['error']}")
             if ok:
-                row["fig1"][app] = {
-                    "rps": mean(r["wrk"]["rps"] for r in ok),
-                    "p50_ms": mean(r["wrk"]["p50_ms"] for r in ok),
-                    "p99_ms": mean(r["wrk"]["p99_ms"] for r in ok),
-                    "errors": sum(r["wrk"]["errors"] + r["wrk"]["non_2xx"] for r in ok),
-                    "busiest_worker_share": mean(busiest(r.get("under_load", {}).get("workers_cpu_s")) for r in ok),
-                    "rounds": len(ok),
-                }
+                row["fig1"][app] = dict(
+                    wrk_summary([r["wrk"] for r in ok]),
+                    busiest_worker_share=mean(busiest(r.get("under_load", {}).get("workers_cpu_s")) for r in ok),
+                    rounds=len(ok))
             for r in rounds:
                 if "mixed" in r:
                     mixed.append(r["mixed"])
@@ -90,13 +96,7 @@ def summarize(raw, stacks, cfg):
                 if "startup" in r and app in ("django", "builtin"):
                     starts.append(r["startup"])
         if mixed:
-            row["fig1b"] = {
-                "rps": mean(m["rps"] for m in mixed),
-                "p50_ms": mean(m["p50_ms"] for m in mixed),
-                "p99_ms": mean(m["p99_ms"] for m in mixed),
-                "errors": sum(m["errors"] + m["non_2xx"] for m in mixed),
-                "rounds": len(mixed),
-            }
+            row["fig1b"] = dict(wrk_summary(mixed), rounds=len(mixed))
         if idle:
             row["fig2"] = {
                 "manager_rss_kib": median(i["manager_rss_kib"] for i in idle),
