@@ -399,7 +399,17 @@ fn corral_runs_as_pid_1_in_a_pod_and_answers_the_kubelets_probes() {
     // the grace period.
     let started = std::time::Instant::now();
     node.kubectl_ok(&["delete", "pod", "corral", "-n", ns, "--wait=false"]);
-    std::thread::sleep(Duration::from_secs(1));
+    // TERM has arrived once /readyz says 503.
+    let admin = std::net::SocketAddr::new(pod_ip(&pod), 9000);
+    eventually_every(
+        "/readyz to answer 503 after TERM",
+        Duration::from_secs(10),
+        Duration::from_millis(200),
+        || match netns_get(node, admin, "/readyz") {
+            Ok((503, _)) => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
     let app = std::net::SocketAddr::new(pod_ip(&pod), 8000);
     let (status, _) = netns_get(node, app, "/").unwrap();
     assert_eq!(status, 200, "still serving during the shutdown delay");
