@@ -794,7 +794,7 @@ fn restart_under_load(node: &Node, ns: &str, port: u16) -> node::LoadReport {
     let load = node::NodeLoad::start(node, node.local(port), "/", 4, Duration::from_secs(240));
     load.wait_progress(50, WAIT);
     node.kubectl_ok(&["rollout", "restart", "-n", ns, "deployment/mysite"]);
-    std::thread::sleep(Duration::from_secs(1));
+    // `rollout status` waits for the restart's new generation to be observed.
     node.rollout(ns, "mysite", Duration::from_secs(180));
     // The old pods are gone from the endpoints by now; let their shutdown
     // finish under the load too.
