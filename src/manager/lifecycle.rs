@@ -105,16 +105,29 @@ impl Manager {
             );
             return;
         }
+        self.ask_workers_to_stop(quick, now);
+    }
+
+    /// Every worker not already draining is asked to stop (a quick
+    /// shutdown asks them all, with QUIT and a second's grace). In proxy
+    /// mode a graceful stop signal waits until the worker holds no request.
+    pub(super) fn ask_workers_to_stop(&mut self, quick: bool, now: Instant) {
         let (signal, grace) = if quick {
             (Sig::SIGQUIT, Duration::from_secs(1))
         } else {
             (Sig::SIGTERM, self.config.graceful_timeout)
         };
+        let when_idle = self.proxy.is_some() && !quick;
         for w in &mut self.table.workers {
-            if !w.is_draining() || quick {
-                self.processes.signal(w.pid, signal);
-                w.begin_stop(ExitReason::Drained, now + grace);
+            if w.is_draining() && !quick {
+                continue;
             }
+            if when_idle {
+                w.awaiting_idle = true;
+            } else {
+                self.processes.signal(w.pid, signal);
+            }
+            w.begin_stop(ExitReason::Drained, now + grace);
         }
         info!(
             workers = self.table.workers.len(),

@@ -229,23 +229,7 @@ impl Manager {
             return;
         }
         p.workers_told = true;
-        let grace = if quick {
-            Duration::from_secs(1)
-        } else {
-            self.config.graceful_timeout
-        };
-        for w in &mut self.table.workers {
-            if quick {
-                self.processes.signal(w.pid, Sig::SIGQUIT);
-            } else if !w.is_draining() {
-                w.awaiting_idle = true;
-            }
-            w.begin_stop(ExitReason::Drained, now + grace);
-        }
-        info!(
-            workers = self.table.workers.len(),
-            quick, "workers asked to stop"
-        );
+        self.ask_workers_to_stop(quick, now);
     }
 
     /// Brings the front and the table into step; see the module comment.
