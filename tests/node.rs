@@ -314,6 +314,21 @@ fn workers(node: &Node, pod: &Value) -> WorkersDoc {
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
 }
 
+/// Checks that `container` of `pod` runs `corral run` as PID 1 of its PID
+/// namespace, as the image's user (65532); its command line.
+fn corral_pid_1(node: &Node, pod: &Value, container: &str) -> Vec<String> {
+    let pid = node.container_pid(pod, container);
+    assert_eq!(ns_pid(pid), Some(1));
+    assert_eq!(proc_status(pid, "Uid").as_deref(), Some("65532"));
+    let argv = cmdline(pid);
+    assert_eq!(
+        argv[..2],
+        ["corral".to_string(), "run".to_string()],
+        "{argv:?}"
+    );
+    argv
+}
+
 /// Waits until the pod's /workers document satisfies `cond`; returns it.
 fn wait_workers(
     node: &Node,
@@ -349,15 +364,7 @@ fn corral_runs_as_pid_1_in_a_pod_and_answers_the_kubelets_probes() {
 
     // PID 1 of its container, as the image's user, running the image's
     // entrypoint with the pod's arguments.
-    let pid = node.container_pid(&pod, "corral");
-    assert_eq!(ns_pid(pid), Some(1));
-    assert_eq!(proc_status(pid, "Uid").as_deref(), Some("65532"));
-    let argv = cmdline(pid);
-    assert_eq!(
-        argv[..2],
-        ["corral".to_string(), "run".to_string()],
-        "{argv:?}"
-    );
+    corral_pid_1(node, &pod, "corral");
 
     // The kubelet's limits reached it: a CPU limit of 1 and no
     // WEB_CONCURRENCY give one worker; the memory limit is the cgroup's.
@@ -717,15 +724,7 @@ fn the_django_example_runs_with_the_limits_the_kubelet_set() {
     node.rollout(ns, "mysite", WAIT);
     let pods = ready_pods(node, ns, "app=mysite", 2);
     for pod in &pods {
-        let pid = node.container_pid(pod, "app");
-        assert_eq!(ns_pid(pid), Some(1));
-        assert_eq!(proc_status(pid, "Uid").as_deref(), Some("65532"));
-        let argv = cmdline(pid);
-        assert_eq!(
-            argv[..2],
-            ["corral".to_string(), "run".to_string()],
-            "{argv:?}"
-        );
+        let argv = corral_pid_1(node, pod, "app");
         assert!(argv.iter().any(|a| a == "uvicorn"), "{argv:?}");
         let doc = workers(node, pod);
         assert_eq!((doc.configured, doc.desired), (1, 1), "{doc:?}");
