@@ -816,53 +816,46 @@ fn a_rollout_restart_under_load_through_the_node_port_fails_no_request() {
     };
     let ns = "e2e-rollout";
     let _ns = node.namespace(ns);
-    let mut docs = example();
-    node_port(&mut docs, 30082);
-    let app: Vec<&Value> = docs
-        .iter()
-        .filter(|d| d["kind"] != "WorkerAutoscaler")
-        .collect();
     assert!(
-        app_container(&mut docs.clone())["lifecycle"].is_null(),
+        app_container(&mut example())["lifecycle"].is_null(),
         "the example has no preStop hook: corral's --shutdown-delay does its job"
     );
-    node.apply(ns, &yaml(&app));
-    node.rollout(ns, "mysite", WAIT);
-    ready_pods(node, ns, "app=mysite", 2);
-
-    let with_delay = restart_under_load(node, ns, 30082);
-    node::report(&format!(
-        "rollout restart under load, --shutdown-delay=5s: {} failed of {} ({:?})",
-        with_delay.failed,
-        with_delay.ok + with_delay.failed,
-        with_delay.errors
-    ));
-
-    // The same without the delay: what it saves.
-    let mut docs = example();
-    node_port(&mut docs, 30082);
-    let args = app_container(&mut docs)["args"].as_array_mut().unwrap();
-    for a in args.iter_mut() {
-        if a.as_str()
-            .is_some_and(|s| s.starts_with("--shutdown-delay="))
-        {
-            *a = "--shutdown-delay=0s".into();
+    // The example's Deployment (its --shutdown-delay, or `delay`) rolled
+    // out, then restarted under load; the count reported.
+    let run = |delay: Option<&str>, limit: Duration| {
+        let mut docs = example();
+        node_port(&mut docs, 30082);
+        let args = app_container(&mut docs)["args"].as_array_mut().unwrap();
+        let arg = args
+            .iter_mut()
+            .find(|a| {
+                a.as_str()
+                    .is_some_and(|s| s.starts_with("--shutdown-delay="))
+            })
+            .expect("the example sets --shutdown-delay");
+        if let Some(delay) = delay {
+            *arg = format!("--shutdown-delay={delay}").into();
         }
-    }
-    let app: Vec<&Value> = docs
-        .iter()
-        .filter(|d| d["kind"] != "WorkerAutoscaler")
-        .collect();
-    node.apply(ns, &yaml(&app));
-    node.rollout(ns, "mysite", Duration::from_secs(180));
-    ready_pods(node, ns, "app=mysite", 2);
-    let without = restart_under_load(node, ns, 30082);
-    node::report(&format!(
-        "rollout restart under load, --shutdown-delay=0s: {} failed of {} ({:?})",
-        without.failed,
-        without.ok + without.failed,
-        without.errors
-    ));
+        let arg = arg.as_str().unwrap().to_string();
+        let app: Vec<&Value> = docs
+            .iter()
+            .filter(|d| d["kind"] != "WorkerAutoscaler")
+            .collect();
+        node.apply(ns, &yaml(&app));
+        node.rollout(ns, "mysite", limit);
+        ready_pods(node, ns, "app=mysite", 2);
+        let report = restart_under_load(node, ns, 30082);
+        node::report(&format!(
+            "rollout restart under load, {arg}: {} failed of {} ({:?})",
+            report.failed,
+            report.ok + report.failed,
+            report.errors
+        ));
+        report
+    };
+    let with_delay = run(None, WAIT);
+    // The same without the delay: what it saves.
+    run(Some("0s"), Duration::from_secs(180));
     assert_eq!(with_delay.failed, 0, "{with_delay:?}");
     assert!(with_delay.ok >= 100, "{with_delay:?}");
 }
