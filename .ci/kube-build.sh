@@ -147,12 +147,16 @@ print_paths() {
     local c
     for c in "${components[@]}"; do echo "$cache/$c"; done
 }
-missing_components
-if [[ ${#missing[@]} -eq 0 ]]; then
-    log "cached: ${components[*]} in $cache"
-    print_paths
-    exit 0
-fi
+# exit_if_cached: print the paths and stop when nothing needs building
+exit_if_cached() {
+    missing_components
+    if [[ ${#missing[@]} -eq 0 ]]; then
+        log "cached: ${components[*]} in $cache"
+        print_paths
+        exit 0
+    fi
+}
+exit_if_cached
 
 # --- build -------------------------------------------------------------------
 mkdir -p "$cache"
@@ -162,12 +166,7 @@ if ! flock -n 9; then
     log "another build is running, waiting for it"
     flock 9
 fi
-missing_components
-if [[ ${#missing[@]} -eq 0 ]]; then
-    log "cached: ${components[*]} in $cache"
-    print_paths
-    exit 0
-fi
+exit_if_cached
 
 log "building ${missing[*]} $version (Debian $deb_version) in $cache; takes 10-20 min a large component"
 start=$SECONDS
