@@ -142,6 +142,39 @@ struct Head {
 }
 
 impl Head {
+    /// A client's request head as a worker gets it: the target in origin
+    /// form, `Host` from an HTTP/2 request's authority, hop-by-hop fields
+    /// gone and the forwarded fields set.
+    fn for_worker(
+        mut parts: hyper::http::request::Parts,
+        peer: Option<Peer>,
+        upgrade: bool,
+        allow: &crate::units::AllowIps,
+    ) -> Head {
+        if !parts.headers.contains_key(header::HOST)
+            && let Some(authority) = parts.uri.authority()
+            && let Ok(host) = HeaderValue::from_str(authority.as_str())
+        {
+            parts.headers.insert(header::HOST, host);
+        }
+        let mut head = Head {
+            method: parts.method,
+            uri: parts.uri.path_and_query().map_or_else(
+                || Uri::from_static("/"),
+                |pq| Uri::try_from(pq.as_str()).unwrap_or_else(|_| Uri::from_static("/")),
+            ),
+            headers: parts.headers,
+        };
+        headers::strip_hop_by_hop(&mut head.headers, upgrade);
+        headers::set_forwarded(
+            &mut head.headers,
+            peer.and_then(|p| p.addr).map(|a| a.ip()),
+            peer.is_some_and(|p| p.tls),
+            allow,
+        );
+        head
+    }
+
     fn request(&self, body: Outgoing) -> Request<Outgoing> {
         let mut req = Request::new(body);
         *req.method_mut() = self.method.clone();
@@ -179,30 +212,8 @@ impl Shared {
         let peer = req.extensions().get::<Peer>().copied();
         let upgrade = headers::is_upgrade(req.headers());
         let client_side = upgrade.then(|| hyper::upgrade::on(&mut req));
-        let (mut parts, body) = req.into_parts();
-        // HTTP/2 carries the host in the request target: a worker speaking
-        // HTTP/1.1 wants it as Host.
-        if !parts.headers.contains_key(header::HOST)
-            && let Some(authority) = parts.uri.authority()
-            && let Ok(host) = HeaderValue::from_str(authority.as_str())
-        {
-            parts.headers.insert(header::HOST, host);
-        }
-        let mut head = Head {
-            method: parts.method,
-            uri: parts.uri.path_and_query().map_or_else(
-                || Uri::from_static("/"),
-                |pq| Uri::try_from(pq.as_str()).unwrap_or_else(|_| Uri::from_static("/")),
-            ),
-            headers: parts.headers,
-        };
-        headers::strip_hop_by_hop(&mut head.headers, upgrade);
-        headers::set_forwarded(
-            &mut head.headers,
-            peer.and_then(|p| p.addr).map(|a| a.ip()),
-            peer.is_some_and(|p| p.tls),
-            &self.config.forwarded_allow_ips,
-        );
+        let (parts, body) = req.into_parts();
+        let head = Head::for_worker(parts, peer, upgrade, &self.config.forwarded_allow_ips);
         let mut body = match Held::read(body).await {
             Ok(b) => b,
             Err(e) => {
