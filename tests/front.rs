@@ -40,28 +40,39 @@ impl Pki {
         let dir = std::env::temp_dir().join(unique("corral-pki"));
         std::fs::create_dir_all(&dir).unwrap();
         let pki = Pki { dir };
-        pki.openssl(&[
+        pki.new_key(
+            "ca.key",
+            &[
+                "-x509",
+                "-out",
+                "ca.pem",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=corral test CA",
+            ],
+        );
+        pki
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// `openssl req` with a new P-256 key written to `key`, and `args`.
+    fn new_key(&self, key: &str, args: &[&str]) {
+        let mut all = vec![
             "req",
-            "-x509",
             "-newkey",
             "ec",
             "-pkeyopt",
             "ec_paramgen_curve:P-256",
             "-nodes",
             "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=corral test CA",
-        ]);
-        pki
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.join(name)
+            key,
+        ];
+        all.extend_from_slice(args);
+        self.openssl(&all);
     }
 
     fn openssl(&self, args: &[&str]) {
@@ -88,20 +99,8 @@ impl Pki {
             format!("{name}.csr"),
             format!("{name}.pem"),
         );
-        self.openssl(&[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            &key,
-            "-out",
-            &csr,
-            "-subj",
-            &format!("/CN={name}"),
-        ]);
+        let subject = format!("/CN={name}");
+        self.new_key(&key, &["-out", &csr, "-subj", &subject]);
         self.openssl(&[
             "x509",
             "-req",
