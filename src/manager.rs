@@ -378,8 +378,8 @@ impl Manager {
         };
         // Whatever the worker left running in its group goes with it.
         self.processes.signal_group(pid, Sig::SIGKILL);
-        if let Some(p) = &self.proxy {
-            p.dir.remove(w.facts.id);
+        if let Some(p) = &mut self.proxy {
+            p.forget(w.facts.id);
         }
         self.counters.exited(gone.reason);
         let worker = w.facts.id;
@@ -483,7 +483,7 @@ impl Manager {
                 worker.facts.retire_at = self.config.max_worker_lifetime.map(|limit| {
                     now + limit + plan::jitter(self.config.max_worker_lifetime_jitter, random())
                 });
-                if let Some(p) = &self.proxy {
+                if let Some(p) = &mut self.proxy {
                     worker.facts.max_requests = p.config.max_requests.map(|limit| {
                         plan::request_limit(limit, p.config.max_requests_jitter, random())
                     });

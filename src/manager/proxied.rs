@@ -5,7 +5,7 @@
 //! stop signal only once idle, the front's counts read back for the
 //! planner (requests, stuck) and the documents (in flight, concurrency).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -56,6 +56,8 @@ pub(super) struct Proxied {
     /// The front's certificate, with the task that watches its files.
     pub tls: Option<(Arc<Certs>, tokio::task::JoinHandle<()>)>,
     pub config: ProxyConfig,
+    /// The socket probe of each slot's booting worker.
+    pub boots: HashMap<u32, tokio::task::AbortHandle>,
     /// Ready workers reported by the socket probes.
     pub ready_tx: mpsc::UnboundedSender<Key>,
     pub ready_rx: mpsc::UnboundedReceiver<Key>,
@@ -99,6 +101,7 @@ impl Proxied {
             front,
             dir,
             config: config.clone(),
+            boots: HashMap::new(),
             ready_tx,
             ready_rx,
             concurrency: VecDeque::new(),
@@ -122,12 +125,13 @@ impl Proxied {
     }
 
     /// Watches a booting worker's socket until it answers, for at most
-    /// `limit` (the boot timeout aborts it after that anyway).
-    pub fn watch_boot(&self, key: Key, limit: Duration) {
+    /// `limit` (the boot timeout aborts it after that anyway), or until the
+    /// worker is gone ([`Proxied::forget`]).
+    pub fn watch_boot(&mut self, key: Key, limit: Duration) {
         let socket = self.dir.socket_path(key.id);
         let path = self.config.worker_ready_path.clone();
         let tx = self.ready_tx.clone();
-        tokio::spawn(async move {
+        let probe = tokio::spawn(async move {
             let deadline = tokio::time::Instant::now() + limit;
             while tokio::time::Instant::now() < deadline && !tx.is_closed() {
                 if proxy::answers(&socket, path.as_deref()).await {
@@ -137,6 +141,17 @@ impl Proxied {
                 tokio::time::sleep(READY_POLL).await;
             }
         });
+        if let Some(old) = self.boots.insert(key.id, probe.abort_handle()) {
+            old.abort();
+        }
+    }
+
+    /// A worker of `slot` is gone: its socket and its boot probe with it.
+    pub fn forget(&mut self, slot: u32) {
+        self.dir.remove(slot);
+        if let Some(probe) = self.boots.remove(&slot) {
+            probe.abort();
+        }
     }
 
     pub fn load(&self, key: Key) -> Option<&Load> {
