@@ -463,9 +463,10 @@ fn operator(node: &'static Node) {
             "180s",
         ]);
         if !ok {
-            let (_, pods) = node.kubectl(&["get", "pods", "-n", "corral-system", "-o", "wide"]);
-            let (_, events) = node.kubectl(&["get", "events", "-n", "corral-system"]);
-            panic!("helm install: {text}\n{pods}\n{events}\n{}", node.report());
+            panic!(
+                "helm install: {text}\n{}",
+                node.namespace_report("corral-system")
+            );
         }
         node.rollout("corral-system", "corral", WAIT);
     });

@@ -191,6 +191,14 @@ impl Node {
         out
     }
 
+    /// What a failed rollout in `ns` shows: its pods, its events, and
+    /// [`Node::report`].
+    pub fn namespace_report(&self, ns: &str) -> String {
+        let (_, pods) = self.kubectl(&["get", "pods", "-n", ns, "-o", "wide"]);
+        let (_, events) = self.kubectl(&["get", "events", "-n", ns]);
+        format!("{pods}\n{events}\n{}", self.report())
+    }
+
     /// `kube-node.sh check`: in the node's network namespace and in every
     /// pod's, no route that could lead off the machine. Panics if there is.
     pub fn check_network(&self) -> String {
@@ -298,11 +306,9 @@ impl Node {
             &timeout,
         ]);
         if !ok {
-            let (_, pods) = self.kubectl(&["get", "pods", "-n", ns, "-o", "wide"]);
-            let (_, events) = self.kubectl(&["get", "events", "-n", ns]);
             panic!(
-                "rollout of {deployment}: {text}\n{pods}\n{events}\n{}",
-                self.report()
+                "rollout of {deployment}: {text}\n{}",
+                self.namespace_report(ns)
             );
         }
     }
