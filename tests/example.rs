@@ -225,25 +225,7 @@ async fn the_operator_as_deployed_reconciles_the_django_example() {
 /// runs against what the example's manager and the operator exported, and
 /// every one has data but the cgroup memory limit: this host sets none.
 async fn dashboard_queries_answer(prometheus: &Prometheus) {
-    let text =
-        std::fs::read_to_string(root().join("charts/corral/dashboards/corral.json")).unwrap();
-    let dashboard: Value = serde_json::from_str(&text).unwrap();
-    let mut queries = Vec::new();
-    let mut panels: Vec<&Value> = dashboard["panels"].as_array().unwrap().iter().collect();
-    while let Some(panel) = panels.pop() {
-        if let Some(inner) = panel["panels"].as_array() {
-            panels.extend(inner);
-        }
-        for target in panel["targets"].as_array().into_iter().flatten() {
-            let expr = target["expr"]
-                .as_str()
-                .unwrap()
-                .replace("$namespace", ".*")
-                .replace("$pod", ".*")
-                .replace("$__rate_interval", "10s");
-            queries.push(expr);
-        }
-    }
+    let queries = dashboard_queries();
     assert!(queries.len() >= 10, "{queries:?}");
     // Every query, every second (a round of queries per check), until
     // all have data but the cgroup memory limit's.

@@ -1051,26 +1051,7 @@ fn kubernetes_sd_discovers_and_scrapes_the_pods_and_the_operator() {
     );
 
     // Every query of the chart's dashboard (variables All) has data.
-    let text =
-        std::fs::read_to_string(root().join("charts/corral/dashboards/corral.json")).unwrap();
-    let dashboard: Value = serde_json::from_str(&text).unwrap();
-    let mut queries = Vec::new();
-    let mut panels: Vec<&Value> = dashboard["panels"].as_array().unwrap().iter().collect();
-    while let Some(panel) = panels.pop() {
-        if let Some(inner) = panel["panels"].as_array() {
-            panels.extend(inner);
-        }
-        for target in panel["targets"].as_array().into_iter().flatten() {
-            queries.push(
-                target["expr"]
-                    .as_str()
-                    .unwrap()
-                    .replace("$namespace", ".*")
-                    .replace("$pod", ".*")
-                    .replace("$__rate_interval", "10s"),
-            );
-        }
-    }
+    let queries = support::dashboard_queries();
     assert!(queries.len() >= 10, "{queries:?}");
     eventually_every(
         "every dashboard query to have data",

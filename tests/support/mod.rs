@@ -905,3 +905,30 @@ pub fn children_of(ppid: i32) -> Vec<(i32, char)> {
     }
     out
 }
+
+/// Every query of the chart's Grafana dashboard, with its variables set to
+/// All and the rate interval to 10 s, as the dashboard tests run them.
+pub fn dashboard_queries() -> Vec<String> {
+    let text =
+        std::fs::read_to_string(root().join("charts/corral/dashboards/corral.json")).unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let mut queries = Vec::new();
+    let mut panels: Vec<&serde_json::Value> =
+        dashboard["panels"].as_array().unwrap().iter().collect();
+    while let Some(panel) = panels.pop() {
+        if let Some(inner) = panel["panels"].as_array() {
+            panels.extend(inner);
+        }
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            queries.push(
+                target["expr"]
+                    .as_str()
+                    .unwrap()
+                    .replace("$namespace", ".*")
+                    .replace("$pod", ".*")
+                    .replace("$__rate_interval", "10s"),
+            );
+        }
+    }
+    queries
+}
