@@ -9,137 +9,14 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
+use support::tls::{LOCAL, Pki, Usage, curl, run, text};
 use support::*;
 
 const SETTLE: Duration = Duration::from_secs(40);
-
-fn run(cmd: &mut Command) -> Output {
-    cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"))
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-/// A throwaway CA, and certificates it signs, written by openssl.
-struct Pki {
-    dir: PathBuf,
-}
-
-impl Pki {
-    fn new() -> Pki {
-        let dir = std::env::temp_dir().join(unique("corral-pki"));
-        std::fs::create_dir_all(&dir).unwrap();
-        let pki = Pki { dir };
-        pki.new_key(
-            "ca.key",
-            &[
-                "-x509",
-                "-out",
-                "ca.pem",
-                "-days",
-                "2",
-                "-subj",
-                "/CN=corral test CA",
-            ],
-        );
-        pki
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.join(name)
-    }
-
-    /// `openssl req` with a new P-256 key written to `key`, and `args`.
-    fn new_key(&self, key: &str, args: &[&str]) {
-        let mut all = vec![
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            key,
-        ];
-        all.extend_from_slice(args);
-        self.openssl(&all);
-    }
-
-    fn openssl(&self, args: &[&str]) {
-        let out = run(Command::new("openssl").args(args).current_dir(&self.dir));
-        assert!(out.status.success(), "openssl {args:?}: {}", text(&out));
-    }
-
-    /// A certificate for `localhost` and 127.0.0.1 (or a client's, with
-    /// `client`), serial `serial`, as NAME.pem and NAME.key.
-    fn issue(&self, name: &str, serial: u32, client: bool) {
-        let ext = self.path(&format!("{name}.ext"));
-        std::fs::write(
-            &ext,
-            if client {
-                "extendedKeyUsage=clientAuth\n".to_string()
-            } else {
-                "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n"
-                    .to_string()
-            },
-        )
-        .unwrap();
-        let (key, csr, pem) = (
-            format!("{name}.key"),
-            format!("{name}.csr"),
-            format!("{name}.pem"),
-        );
-        let subject = format!("/CN={name}");
-        self.new_key(&key, &["-out", &csr, "-subj", &subject]);
-        self.openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-set_serial",
-            &serial.to_string(),
-            "-days",
-            "2",
-            "-out",
-            &pem,
-            "-extfile",
-            ext.to_str().unwrap(),
-        ]);
-    }
-
-    /// Puts NAME's certificate and key where the server reads them, the
-    /// way a Secret volume update does: new files, renamed into place.
-    fn install(&self, name: &str) {
-        for (from, to) in [
-            (format!("{name}.pem"), "server.pem"),
-            (format!("{name}.key"), "server.key"),
-        ] {
-            let tmp = self.path(&format!("{to}.new"));
-            std::fs::copy(self.path(&from), &tmp).unwrap();
-            std::fs::rename(&tmp, self.path(to)).unwrap();
-        }
-    }
-}
-
-impl Drop for Pki {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 fn proxied_tls(pki: &Pki, extra: &[&str]) -> Corral {
     let cert = pki.path("server.pem");
@@ -159,33 +36,6 @@ fn proxied_tls(pki: &Pki, extra: &[&str]) -> Corral {
     c
 }
 
-/// curl against `url` with `args`; (status, http version, body).
-fn curl(url: &str, args: &[&str]) -> (String, String, String) {
-    let out = run(Command::new("curl")
-        .args([
-            "-sS",
-            "--max-time",
-            "10",
-            "-o",
-            "-",
-            "-w",
-            "\n%{http_code} %{http_version}",
-        ])
-        .args(args)
-        .arg(url));
-    let all = String::from_utf8_lossy(&out.stdout).to_string();
-    let (body, tail) = all.rsplit_once('\n').unwrap_or(("", &all));
-    let (code, version) = tail.split_once(' ').unwrap_or((tail, ""));
-    if !out.status.success() {
-        return (
-            format!("error: {}", String::from_utf8_lossy(&out.stderr).trim()),
-            version.into(),
-            body.into(),
-        );
-    }
-    (code.into(), version.into(), body.into())
-}
-
 fn https(c: &Corral, path: &str) -> String {
     format!("https://localhost:{}{path}", c.http.port())
 }
@@ -197,41 +47,6 @@ fn tls_args(pki: &Pki, c: &Corral) -> Vec<String> {
         "--resolve".into(),
         format!("localhost:{}:127.0.0.1", c.http.port()),
     ]
-}
-
-/// The serial of the certificate the server presents now.
-fn served_serial(pki: &Pki, addr: SocketAddr) -> String {
-    let mut child = Command::new("openssl")
-        .args([
-            "s_client",
-            "-connect",
-            &addr.to_string(),
-            "-servername",
-            "localhost",
-            "-CAfile",
-        ])
-        .arg(pki.path("ca.pem"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    drop(child.stdin.take());
-    let out = child.wait_with_output().unwrap();
-    let pem = String::from_utf8_lossy(&out.stdout).to_string();
-    let mut x509 = Command::new("openssl")
-        .args(["x509", "-noout", "-serial"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    x509.stdin
-        .take()
-        .unwrap()
-        .write_all(pem.as_bytes())
-        .unwrap();
-    let out = x509.wait_with_output().unwrap();
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// h2load over `url` for `secs`; (succeeded, failed + errored, output).
@@ -286,7 +101,7 @@ fn h2c_with_prior_knowledge_reaches_django_and_is_counted_as_h2() {
 #[test]
 fn tls_serves_h2_and_http1_by_alpn_with_a_test_ca_and_only_tls_1_2_and_up() {
     let pki = Pki::new();
-    pki.issue("one", 1, false);
+    pki.issue("one", 1, Usage::Server(LOCAL));
     pki.install("one");
     let c = proxied_tls(&pki, &[]);
     let args = tls_args(&pki, &c);
@@ -315,9 +130,9 @@ fn tls_serves_h2_and_http1_by_alpn_with_a_test_ca_and_only_tls_1_2_and_up() {
 #[test]
 fn client_certificates_are_required_with_ca_certs() {
     let pki = Pki::new();
-    pki.issue("one", 1, false);
+    pki.issue("one", 1, Usage::Server(LOCAL));
     pki.install("one");
-    pki.issue("client", 7, true);
+    pki.issue("client", 7, Usage::Client);
     let ca = pki.path("ca.pem");
     let c = proxied_tls(
         &pki,
@@ -343,18 +158,18 @@ fn client_certificates_are_required_with_ca_certs() {
 fn a_rotated_certificate_is_served_under_load_and_a_bad_one_is_refused() {
     let _heavy = heavy();
     let pki = Pki::new();
-    pki.issue("one", 1, false);
-    pki.issue("two", 2, false);
+    pki.issue("one", 1, Usage::Server(LOCAL));
+    pki.issue("two", 2, Usage::Server(LOCAL));
     pki.install("one");
     let c = proxied_tls(&pki, &[]);
-    assert_eq!(served_serial(&pki, c.http), "serial=01");
+    assert_eq!(pki.served_serial(c.http), "serial=01");
     let load = h2load(&https(&c, "/"), 8, &[]);
     std::thread::sleep(Duration::from_secs(2));
     pki.install("two");
     eventually(
         "the new certificate served",
         Duration::from_secs(10),
-        || match served_serial(&pki, c.http) {
+        || match pki.served_serial(c.http) {
             s if s == "serial=02" => Ok(()),
             s => Err(s),
         },
@@ -370,19 +185,19 @@ fn a_rotated_certificate_is_served_under_load_and_a_bad_one_is_refused() {
         "new TLS certificate refused",
         || c.log(),
     );
-    assert_eq!(served_serial(&pki, c.http), "serial=02");
+    assert_eq!(pki.served_serial(c.http), "serial=02");
     // HUP reads it again, and refuses it again, still serving.
     c.signal(Signal::SIGHUP);
     c.wait_for("generation 2", SETTLE, |d| {
         d.generation == 2 && d.ready == 2
     });
-    assert_eq!(served_serial(&pki, c.http), "serial=02");
+    assert_eq!(pki.served_serial(c.http), "serial=02");
     pki.install("one");
     c.signal(Signal::SIGHUP);
     eventually(
         "HUP loads the good one",
         Duration::from_secs(10),
-        || match served_serial(&pki, c.http) {
+        || match pki.served_serial(c.http) {
             s if s == "serial=01" => Ok(()),
             s => Err(s),
         },
@@ -676,7 +491,7 @@ fn the_django_example_with_its_tls_patch_serves_h2_over_tls() {
     // The pod's arguments, with the Secret volumes' paths made local and
     // the addresses on loopback.
     let pki = Pki::new();
-    pki.issue("one", 1, false);
+    pki.issue("one", 1, Usage::Server(LOCAL));
     pki.install("one");
     let token = pki.path("token");
     std::fs::write(&token, "a-token-of-at-least-16-chars\n").unwrap();

@@ -27,6 +27,7 @@ use nix::unistd::Pid;
 pub mod cluster;
 pub mod metrics;
 pub mod prometheus;
+pub mod tls;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_corral");
 
