@@ -390,6 +390,49 @@ fn tls_binds(
     }
 }
 
+/// Gunicorn's TLS flags made one setting: a certificate needs its key,
+/// client certificates need both and a CA to check them against. Used by
+/// `corral run --proxy` and by the operator's metrics listener.
+pub fn tls_files(
+    certfile: Option<&PathBuf>,
+    keyfile: Option<&PathBuf>,
+    ca_certs: Option<&PathBuf>,
+    cert_reqs: Option<CertReqs>,
+) -> Result<Option<TlsFiles>, ConfigError> {
+    match (certfile, keyfile) {
+        (None, None) => {
+            if ca_certs.is_some() || cert_reqs.is_some() {
+                return Err(invalid(
+                    "ca-certs",
+                    "client certificates need --certfile and --keyfile",
+                ));
+            }
+            Ok(None)
+        }
+        (Some(_), None) => Err(invalid("keyfile", "--certfile needs its --keyfile")),
+        (None, Some(_)) => Err(invalid("certfile", "--keyfile needs its --certfile")),
+        (Some(cert), Some(key)) => {
+            let cert_reqs = cert_reqs.unwrap_or(if ca_certs.is_some() {
+                CertReqs::Required
+            } else {
+                CertReqs::None
+            });
+            if cert_reqs != CertReqs::None && ca_certs.is_none() {
+                return Err(invalid(
+                    "cert-reqs",
+                    "checking client certificates needs --ca-certs",
+                ));
+            }
+            Ok(Some(TlsFiles {
+                certfile: cert.clone(),
+                keyfile: key.clone(),
+                ca_certs: ca_certs.cloned(),
+                cert_reqs,
+            }))
+        }
+    }
+}
+
 /// The proxy mode's part of the configuration; its settings are refused
 /// without `proxy`, where they would silently do nothing.
 fn proxy_config(s: &Settings) -> Result<Option<ProxyConfig>, ConfigError> {
@@ -442,38 +485,12 @@ fn proxy_config(s: &Settings) -> Result<Option<ProxyConfig>, ConfigError> {
     if kill_stuck && request_timeout.is_none() {
         return Err(invalid("kill-stuck", "needs --request-timeout"));
     }
-    let tls = match (&s.certfile, &s.keyfile) {
-        (None, None) => {
-            if s.ca_certs.is_some() || s.cert_reqs.is_some() {
-                return Err(invalid(
-                    "ca-certs",
-                    "client certificates need --certfile and --keyfile",
-                ));
-            }
-            None
-        }
-        (Some(_), None) => return Err(invalid("keyfile", "--certfile needs its --keyfile")),
-        (None, Some(_)) => return Err(invalid("certfile", "--keyfile needs its --certfile")),
-        (Some(cert), Some(key)) => {
-            let cert_reqs = s.cert_reqs.unwrap_or(if s.ca_certs.is_some() {
-                CertReqs::Required
-            } else {
-                CertReqs::None
-            });
-            if cert_reqs != CertReqs::None && s.ca_certs.is_none() {
-                return Err(invalid(
-                    "cert-reqs",
-                    "checking client certificates needs --ca-certs",
-                ));
-            }
-            Some(TlsFiles {
-                certfile: cert.clone(),
-                keyfile: key.clone(),
-                ca_certs: s.ca_certs.clone(),
-                cert_reqs,
-            })
-        }
-    };
+    let tls = tls_files(
+        s.certfile.as_ref(),
+        s.keyfile.as_ref(),
+        s.ca_certs.as_ref(),
+        s.cert_reqs,
+    )?;
     Ok(Some(ProxyConfig {
         tls,
         runtime_dir: s.runtime_dir.clone(),

@@ -26,6 +26,8 @@ fn main() -> ExitCode {
             .map(|()| 0)
             .map_err(|e| match e {
                 corral::operator::OperatorError::Usage(_)
+                | corral::operator::OperatorError::Flags(_)
+                | corral::operator::OperatorError::Tls(_)
                 | corral::operator::OperatorError::Bind { .. } => (2, e.to_string()),
                 _ => (1, e.to_string()),
             }),

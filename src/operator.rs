@@ -32,6 +32,8 @@ use tracing::{debug, info, warn};
 
 use crate::cli::OperatorArgs;
 use crate::config::LogFormat;
+use crate::http::server::Listener;
+use crate::http::tls::Certs;
 use crd::WorkerAutoscaler;
 use metrics::OperatorMetrics;
 use reconcile::Context;
@@ -55,6 +57,10 @@ pub enum OperatorError {
     Metrics(#[from] prometheus::Error),
     #[error("bad argument: {0}")]
     Usage(String),
+    #[error("{0}")]
+    Flags(#[from] crate::config::ConfigError),
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::http::tls::TlsError),
 }
 
 /// The CRD as YAML, for `corral crd` and manifests/crd.yaml.
@@ -85,6 +91,12 @@ pub fn main(args: OperatorArgs) -> Result<(), OperatorError> {
 }
 
 async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
+    let tls = crate::config::tls_files(
+        args.certfile.as_ref(),
+        args.keyfile.as_ref(),
+        args.ca_certs.as_ref(),
+        args.cert_reqs,
+    )?;
     let metrics = Arc::new(OperatorMetrics::new()?);
     let health = Arc::new(Health {
         connected: AtomicBool::new(false),
@@ -96,10 +108,21 @@ async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
             addr: args.metrics_bind,
             source,
         })?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
     match listener.local_addr() {
-        Ok(addr) => info!(%addr, "serving /livez, /readyz and /metrics"),
+        Ok(addr) => info!(%addr, scheme, "serving /livez, /readyz and /metrics"),
         Err(e) => warn!(error = %e, "metrics listener address"),
     }
+    // A Secret volume's update swaps the files under a running operator:
+    // the watch picks the new certificate up, a bad one keeps the old.
+    let (listener, cert_watch) = match tls {
+        Some(files) => {
+            let certs = Certs::new(files)?;
+            let watch = certs.watch();
+            (Listener::Tls(listener, certs), Some(watch))
+        }
+        None => (Listener::Tcp(listener), None),
+    };
     let (stop_http, http_stopped) = tokio::sync::watch::channel(false);
     let server = {
         let (health, metrics) = (health.clone(), metrics.clone());
@@ -108,7 +131,7 @@ async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
             async move { answer }
         };
         tokio::spawn(crate::http::server::serve(
-            vec![crate::http::server::Listener::Tcp(listener)],
+            vec![listener],
             crate::http::server::SMALL,
             handle,
             http_stopped,
@@ -117,6 +140,9 @@ async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
     let result = operate(args, &health, metrics).await;
     let _ = stop_http.send(true);
     let _ = server.await;
+    if let Some(watch) = cert_watch {
+        watch.abort();
+    }
     result
 }
 

@@ -159,3 +159,70 @@ fn the_monitors_fit_the_prometheus_operator_schemas() {
         "{text}"
     );
 }
+
+#[test]
+fn metrics_tls_serves_the_operator_from_a_secret_and_the_service_monitor_checks_it() {
+    let tls = "metrics.tls.enabled=true,metrics.tls.secretName=corral-metrics-tls";
+    let docs = render(&[
+        "--set",
+        &format!("{tls},metrics.serviceMonitor.enabled=true"),
+    ]);
+    let pod = &of_kind(&docs, "Deployment")[0]["spec"]["template"]["spec"];
+    assert_eq!(
+        pod["volumes"][0]["secret"]["secretName"], "corral-metrics-tls",
+        "{pod}"
+    );
+    let container = &pod["containers"][0];
+    assert_eq!(container["volumeMounts"][0]["mountPath"], "/etc/corral/tls");
+    assert_eq!(container["volumeMounts"][0]["readOnly"], true);
+    for probe in ["livenessProbe", "readinessProbe"] {
+        assert_eq!(container[probe]["httpGet"]["scheme"], "HTTPS", "{probe}");
+    }
+    let args: Vec<&str> = container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    for file in [
+        "--certfile=/etc/corral/tls/tls.crt",
+        "--keyfile=/etc/corral/tls/tls.key",
+    ] {
+        assert!(args.contains(&file), "{args:?}");
+    }
+    let out = Command::new(BIN)
+        .args(&args)
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let monitors: Vec<serde_json::Value> = of_kind(&docs, "ServiceMonitor")
+        .into_iter()
+        .cloned()
+        .collect();
+    let endpoint = &monitors[0]["spec"]["endpoints"][0];
+    assert_eq!(endpoint["scheme"], "https");
+    assert_eq!(
+        endpoint["tlsConfig"]["serverName"],
+        "corral-metrics.corral-system.svc"
+    );
+    assert_eq!(
+        endpoint["tlsConfig"]["ca"]["secret"]["name"],
+        "corral-metrics-tls"
+    );
+    let (ok, text) = validate_monitors(&monitors);
+    assert!(ok, "{text}");
+
+    let (ok, text) = helm(&[
+        "template",
+        "charts/corral",
+        "--set",
+        "metrics.tls.enabled=true",
+    ]);
+    assert!(!ok && text.contains("metrics.tls.secretName"), "{text}");
+}

@@ -841,3 +841,74 @@ async fn the_chart_render_and_the_manifests_are_accepted_by_the_api_server() {
         assert!(ok, "{}: {text}", file.display());
     }
 }
+
+/// The chart's `metrics.tls` setup: the operator serves its probes and
+/// metrics over HTTPS from a certificate's files, serves a rotated one
+/// without a restart (a Secret volume update), and refuses TLS flags that
+/// do not make a certificate before it starts anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_serves_its_metrics_over_tls_and_takes_a_rotated_certificate() {
+    use support::tls::{LOCAL, Pki, Usage, curl};
+    let env = setup("tls").await;
+    let pki = Pki::new();
+    pki.issue("one", 1, Usage::Server(LOCAL));
+    pki.issue("two", 2, Usage::Server(LOCAL));
+    pki.install("one");
+    let server_args = pki.server_args();
+    let args: Vec<&str> = server_args.iter().map(String::as_str).collect();
+    let mut op = Operator::start(&env.kubeconfig, &env.ns, "op-tls", "lease-tls", &args);
+    let port = op.metrics.port();
+    let url = |path: &str| format!("https://localhost:{port}{path}");
+    let ca = pki.path("ca.pem").display().to_string();
+    let resolve = format!("localhost:{port}:127.0.0.1");
+    let checked = ["--cacert", ca.as_str(), "--resolve", resolve.as_str()];
+    eventually("the operator ready over HTTPS", WAIT, || {
+        match curl(&url("/readyz"), &checked) {
+            (code, _, body) if code == "200" => Ok(body),
+            other => Err(other),
+        }
+    });
+    let (code, _, body) = curl(&url("/metrics"), &checked);
+    assert_eq!(code, "200", "{body}");
+    assert!(
+        body.contains("corral_operator_reconciliations_total"),
+        "{body}"
+    );
+    assert!(
+        !matches!(get(op.metrics, "/livez"), Ok((200, _))),
+        "plain HTTP answered on the TLS port"
+    );
+
+    assert_eq!(pki.served_serial(op.metrics), "serial=01");
+    pki.install("two");
+    eventually("the rotated certificate served", WAIT, || {
+        match pki.served_serial(op.metrics) {
+            s if s == "serial=02" => Ok(()),
+            s => Err(s),
+        }
+    });
+    assert_eq!(curl(&url("/livez"), &checked).0, "200");
+    assert!(op.is_running(), "{}", op.log());
+
+    let missing = pki.path("missing.pem").display().to_string();
+    for (flags, names) in [
+        (vec!["--certfile", ca.as_str()], "keyfile"),
+        (
+            vec!["--certfile", missing.as_str(), "--keyfile", ca.as_str()],
+            "missing.pem",
+        ),
+        (vec!["--ca-certs", ca.as_str()], "ca-certs"),
+    ] {
+        let out = std::process::Command::new(BIN)
+            .args(["operator", "--metrics-bind", "127.0.0.1:0"])
+            .args(&flags)
+            .env("KUBECONFIG", &env.kubeconfig)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains(names),
+            "{flags:?}: {stderr}"
+        );
+    }
+}

@@ -1,11 +1,12 @@
-//! TLS for corral's front, with rustls (the TLS stack the binary already
-//! carries for kube and its HTTP client): TLS 1.2 and 1.3 only, ALPN `h2`
-//! then `http/1.1`, optional client certificates. The certificate is read
-//! again on HUP and whenever its files change (a Kubernetes Secret volume
-//! swaps a symlink), and a new one replaces the old only if it loads: a
-//! bad certificate is refused with a log line and the old one kept. Each
-//! connection takes the configuration current at its handshake, so a swap
-//! never touches a connection already open.
+//! TLS for corral's front and for the operator's metrics listener, with
+//! rustls (the TLS stack the binary already carries for kube and its HTTP
+//! client): TLS 1.2 and 1.3 only, ALPN `h2` then `http/1.1`, optional
+//! client certificates. The certificate is read again on HUP and whenever
+//! its files change (a Kubernetes Secret volume swaps a symlink), and a new
+//! one replaces the old only if it loads: a bad certificate is refused with
+//! a log line and the old one kept. Each connection takes the
+//! configuration current at its handshake, so a swap never touches a
+//! connection already open.
 
 use std::io;
 use std::path::{Path, PathBuf};
