@@ -17,6 +17,7 @@ use std::time::Duration;
 use corral::contract::WorkersDoc;
 use node::{CORRAL_IMAGE, Node, cmdline, netns_get, node_turn, ns_pid, proc_status};
 use serde_json::{Value, json};
+use support::tls::{Pki, Usage, curl};
 use support::{Text, eventually_every, heavy, root};
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -445,19 +446,52 @@ fn corral_runs_as_pid_1_in_a_pod_and_answers_the_kubelets_probes() {
 
 // --- the chart, and the Django example --------------------------------------------
 
+/// The DNS name the operators' metrics certificate is for (the chart's
+/// metrics Service), which scrapers check it against.
+const METRICS_NAME: &str = "corral-metrics.corral-system.svc";
+
+/// The CA that signed the operators' metrics certificate.
+fn metrics_ca(node: &Node) -> std::path::PathBuf {
+    node.dir.join("metrics-ca.pem")
+}
+
 /// The chart installed once with helm, as its README says (release `corral`
-/// in corral-system, the image from the node's containerd): two operator
-/// replicas, Ready.
+/// in corral-system, the image from the node's containerd), with its TLS
+/// setup: the metrics served from a kubernetes.io/tls Secret. Two operator
+/// replicas, Ready (the kubelet's probes over HTTPS).
 fn operator(node: &'static Node) {
     static INSTALLED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
     INSTALLED.get_or_init(|| {
+        let pki = Pki::new();
+        pki.issue(
+            "metrics",
+            1,
+            Usage::Server(&[&format!("DNS:{METRICS_NAME}")]),
+        );
+        std::fs::copy(pki.path("ca.pem"), metrics_ca(node)).unwrap();
+        node.kubectl_ok(&["create", "namespace", "corral-system"]);
+        let file =
+            |key: &str, name: &str| format!("--from-file={key}={}", pki.path(name).display());
+        node.kubectl_ok(&[
+            "create",
+            "secret",
+            "generic",
+            "corral-metrics-tls",
+            "--type=kubernetes.io/tls",
+            &file("tls.crt", "metrics.pem"),
+            &file("tls.key", "metrics.key"),
+            &file("ca.crt", "ca.pem"),
+            "-n",
+            "corral-system",
+        ]);
         let (ok, text) = node.helm(&[
             "install",
             "corral",
             "charts/corral",
             "--namespace",
             "corral-system",
-            "--create-namespace",
+            "--set",
+            "metrics.tls.enabled=true,metrics.tls.secretName=corral-metrics-tls",
             "--wait",
             "--timeout",
             "180s",
@@ -594,6 +628,24 @@ fn helm_installs_two_operators_and_the_lease_moves_when_the_leader_goes() {
             "{mounts}"
         );
         assert_eq!(ns_pid(node.container_pid(pod, "operator")), Some(1));
+        // The chart's TLS setup: the kubelet probed over HTTPS, and the
+        // metrics are served with the Secret's certificate.
+        let probe = &pod["spec"]["containers"][0]["readinessProbe"]["httpGet"];
+        assert_eq!(probe["scheme"], "HTTPS", "{probe}");
+        let ip = pod_ip(pod);
+        let ca = metrics_ca(node).display().to_string();
+        let resolve = format!("{METRICS_NAME}:8080:{ip}");
+        let url = format!("https://{METRICS_NAME}:8080/metrics");
+        let (code, _, body) = node::in_netns(&node.netns_path(), move || {
+            curl(
+                &url,
+                &["--cacert", ca.as_str(), "--resolve", resolve.as_str()],
+            )
+        });
+        assert!(
+            code == "200" && body.contains("corral_operator_"),
+            "{code}: {body}"
+        );
     }
     let names: Vec<String> = pods.iter().map(name).collect();
     let leader =
@@ -792,7 +844,8 @@ fn the_django_example_runs_with_the_limits_the_kubelet_set() {
 /// rollout is complete: (answered, failed, some errors).
 fn restart_under_load(node: &Node, ns: &str, port: u16) -> node::LoadReport {
     let load = node::NodeLoad::start(node, node.local(port), "/", 4, Duration::from_secs(240));
-    load.wait_progress(50, WAIT);
+    let why = || node.service_report(ns, "mysite");
+    load.wait_progress(50, WAIT, why);
     node.kubectl_ok(&["rollout", "restart", "-n", ns, "deployment/mysite"]);
     // `rollout status` waits for the restart's new generation to be observed.
     node.rollout(ns, "mysite", Duration::from_secs(180));
@@ -806,7 +859,7 @@ fn restart_under_load(node: &Node, ns: &str, port: u16) -> node::LoadReport {
             Err(pods.len())
         }
     });
-    load.wait_progress(50, WAIT);
+    load.wait_progress(50, WAIT, why);
     load.stop()
 }
 
@@ -905,7 +958,7 @@ fn a_cpu_load_step_through_the_node_port_makes_the_operator_add_workers() {
         3,
         Duration::from_secs(180),
     );
-    load.wait_progress(10, WAIT);
+    load.wait_progress(10, WAIT, || node.service_report(ns, "mysite"));
     let started = std::time::Instant::now();
     let doc = wait_workers(node, &pod, "the operator to add workers", |d| {
         d.desired >= 2
@@ -922,14 +975,13 @@ fn a_cpu_load_step_through_the_node_port_makes_the_operator_add_workers() {
         let log = node.container_log(&pod, "app");
         let tail: Vec<&str> = log.lines().rev().take(40).collect();
         let (_, events) = node.kubectl(&["get", "events", "-n", ns]);
-        let (_, endpoints) = node.kubectl(&["get", "endpoints", "-n", ns, "-o", "wide"]);
         panic!(
-            "{} of {} requests failed through the NodePort: {:?}\n--- pod status ---\n{}\n\
-             --- endpoints ---\n{endpoints}\n--- events ---\n{events}\n--- app log (last lines) ---\n{}",
+            "{} of {} requests failed through the NodePort: {:?}\n{}\n--- events ---\n{events}\n\
+             --- app log (last lines) ---\n{}",
             report.failed,
             report.ok + report.failed,
             report.errors,
-            pod["status"],
+            node.service_report(ns, "mysite"),
             tail.into_iter().rev().collect::<Vec<_>>().join("\n")
         );
     }
@@ -1013,16 +1065,31 @@ fn kubernetes_sd_discovers_and_scrapes_the_pods_and_the_operator() {
          \x20 kubernetes_sd_configs:\n\
          \x20 - role: pod\n\
          \x20   api_server: https://127.0.0.1:{port}\n\
-         \x20   namespaces: {{names: [{ns}, corral-system]}}\n\
+         \x20   namespaces: {{names: [{ns}]}}\n\
          \x20   tls_config: {{ca_file: {ca}}}\n\
          \x20   authorization: {{credentials_file: {token}}}\n\
          \x20 relabel_configs:\n\
-         \x20 - {{source_labels: [__meta_kubernetes_pod_container_port_name], regex: 'admin|metrics', action: keep}}\n\
+         \x20 - {{source_labels: [__meta_kubernetes_pod_container_port_name], regex: admin, action: keep}}\n\
+         \x20 - {{source_labels: [__meta_kubernetes_pod_phase], regex: Running, action: keep}}\n\
+         \x20 - {{source_labels: [__meta_kubernetes_namespace], target_label: namespace}}\n\
+         \x20 - {{source_labels: [__meta_kubernetes_pod_name], target_label: pod}}\n\
+         - job_name: corral-operator\n\
+         \x20 scheme: https\n\
+         \x20 tls_config: {{ca_file: {metrics_ca}, server_name: {METRICS_NAME}}}\n\
+         \x20 kubernetes_sd_configs:\n\
+         \x20 - role: pod\n\
+         \x20   api_server: https://127.0.0.1:{port}\n\
+         \x20   namespaces: {{names: [corral-system]}}\n\
+         \x20   tls_config: {{ca_file: {ca}}}\n\
+         \x20   authorization: {{credentials_file: {token}}}\n\
+         \x20 relabel_configs:\n\
+         \x20 - {{source_labels: [__meta_kubernetes_pod_container_port_name], regex: metrics, action: keep}}\n\
          \x20 - {{source_labels: [__meta_kubernetes_pod_phase], regex: Running, action: keep}}\n\
          \x20 - {{source_labels: [__meta_kubernetes_namespace], target_label: namespace}}\n\
          \x20 - {{source_labels: [__meta_kubernetes_pod_name], target_label: pod}}\n",
         port = node.kube_port,
         ca = node.dir.join("pki/ca.crt").display(),
+        metrics_ca = metrics_ca(node).display(),
         token = token_file.display(),
     );
     let prometheus = node::NodePrometheus::start(node, &config);
