@@ -563,11 +563,15 @@ EOF
         --cacert "$dir/pki/ca.crt" -H "Authorization: Bearer $admin" "https://127.0.0.1:$KUBE_PORT/readyz"
 
     # --- kube-controller-manager and kube-scheduler -----------------------------------------
+    # The endpoint controllers log each sync of a Service (--vmodule): what a
+    # load failing through a NodePort is read against (tests/support/node.rs
+    # service_report), a few hundred KB a run.
     start kube-controller-manager KCM_PID no "$bin_dir/kube-controller-manager" \
         --kubeconfig="$dir/kube-controller-manager.kubeconfig" \
         --leader-elect=false --port=0 --secure-port=10257 --bind-address=127.0.0.1 \
         --service-account-private-key-file="$dir/pki/sa.key" --root-ca-file="$dir/pki/ca.crt" \
-        --use-service-account-credentials=true --profiling=false
+        --use-service-account-credentials=true --profiling=false \
+        --v=2 --vmodule=endpointslice_controller=4,reconciler=4,endpoints_controller=4
     start kube-scheduler SCHEDULER_PID no "$bin_dir/kube-scheduler" \
         --kubeconfig="$dir/kube-scheduler.kubeconfig" \
         --leader-elect=false --port=0 --secure-port=10259 --bind-address=127.0.0.1 --profiling=false

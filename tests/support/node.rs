@@ -175,6 +175,77 @@ impl Node {
         read_env(&self.dir.join("env"))
     }
 
+    /// What requests to `service` of `ns` meet, for a load through its
+    /// NodePort that fails: the pods (IP, Ready), the EndpointSlices
+    /// kube-proxy reads, kube-proxy's iptables rules for the Service, each
+    /// pod asked directly on its address (past kube-proxy) and what listens
+    /// in it, and the controllers' and kube-proxy's log lines about it. It
+    /// tells a Service kube-proxy routes nowhere from a pod that refuses.
+    pub fn service_report(&self, ns: &str, service: &str) -> String {
+        let (_, pods) = self.kubectl(&["get", "pods", "-n", ns, "-o", "wide"]);
+        let (_, slices) = self.kubectl(&["get", "endpointslices", "-n", ns, "-o", "yaml"]);
+        let key = format!("{ns}/{service}");
+        let rules = Command::new("ip")
+            .args(["netns", "exec", &self.netns, "iptables-save"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_else(|e| format!("({e})"));
+        let rules: Vec<&str> = rules.lines().filter(|l| l.contains(&key)).collect();
+        let mut direct = String::new();
+        let list = self.get_json(&["pods", "-n", ns]);
+        for pod in list["items"].as_array().into_iter().flatten() {
+            let name = pod["metadata"]["name"].as_str().unwrap_or("?");
+            let Some(ip) = pod["status"]["podIP"]
+                .as_str()
+                .and_then(|ip| ip.parse().ok())
+            else {
+                direct += &format!("{name}: no IP\n");
+                continue;
+            };
+            for (port, path) in [(8000, "/"), (9000, "/readyz")] {
+                let answer = netns_get(self, SocketAddr::new(ip, port), path)
+                    .map(|(code, body)| format!("{code} {}", &body[..body.len().min(120)]))
+                    .unwrap_or_else(|e| format!("error: {e}"));
+                direct += &format!("{name} {ip}:{port}{path}: {answer}\n");
+            }
+            for container in pod["status"]["containerStatuses"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                if container["state"]["running"].is_null() {
+                    continue;
+                }
+                let name = container["name"].as_str().unwrap_or("?");
+                let pid = self.container_pid(pod, name);
+                let listening = Command::new("nsenter")
+                    .arg(format!("--net=/proc/{pid}/ns/net"))
+                    .args(["ss", "-ltn"])
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                    .unwrap_or_else(|e| format!("({e})"));
+                direct += &format!("listening in {name} (pid {pid}):\n{listening}");
+            }
+        }
+        let mentions = |part: &str| {
+            let log =
+                std::fs::read_to_string(self.dir.join(format!("{part}.log"))).unwrap_or_default();
+            let lines: Vec<&str> = log
+                .lines()
+                .filter(|l| l.contains(&key) || l.contains(&format!("\"{key}\"")))
+                .collect();
+            lines[lines.len().saturating_sub(15)..].join("\n")
+        };
+        format!(
+            "=== pods ===\n{pods}\n=== endpointslices ===\n{slices}\n=== iptables rules for {key} ===\n{}\n\
+             === the pods asked directly ===\n{direct}\n=== kube-controller-manager on {key} ===\n{}\n\
+             === kube-proxy on {key} ===\n{}\n",
+            rules.join("\n"),
+            mentions("kube-controller-manager"),
+            mentions("kube-proxy"),
+        )
+    }
+
     /// Each part's state and its last log lines: what a failing test shows.
     pub fn report(&self) -> String {
         let env = self.env();
@@ -680,19 +751,24 @@ impl NodeLoad {
         self.failed.load(Ordering::Relaxed)
     }
 
-    /// Waits until `n` more requests were answered (the load flows).
-    pub fn wait_progress(&self, n: u64, limit: Duration) {
+    /// Waits until `n` more requests were answered (the load flows); if
+    /// they are not within `limit`, panics with the first failures and
+    /// `why()`: what the requests met on their way.
+    pub fn wait_progress(&self, n: u64, limit: Duration, why: impl Fn() -> String) {
         let start = self.ok_so_far();
-        crate::support::eventually(&format!("{n} more answered requests"), limit, || {
-            match self.ok_so_far() - start {
-                done if done >= n => Ok(()),
-                done => Err(format!(
-                    "{done} answered, {} failed, first failures: {:?}",
+        let deadline = Instant::now() + limit;
+        while self.ok_so_far() - start < n {
+            if Instant::now() >= deadline {
+                panic!(
+                    "{} of {n} more requests answered in {limit:?}, {} failed, first failures: {:?}\n{}",
+                    self.ok_so_far() - start,
                     self.failed_so_far(),
-                    self.sample.lock().unwrap()
-                )),
+                    self.sample.lock().unwrap(),
+                    why()
+                );
             }
-        });
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     pub fn stop(mut self) -> LoadReport {
