@@ -130,7 +130,7 @@ import tempfile
 import threading
 import time
 
-from stacks import APPS, DJANGO_DIR, app_env, free_port, proxy_unsupported
+from stacks import APPS, DJANGO_DIR, app_env, cpu_seconds, free_port, proxy_unsupported
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NS = "corral-bench"
@@ -196,7 +196,6 @@ SETTLE_HOLD = 10.0  # how long utilisation must stay at or under the band to cou
 TIMELINE_EVERY = 0.5
 MAX_INFLIGHT = 4000
 REQUEST_TIMEOUT = 10.0
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 _START = time.monotonic()
@@ -411,10 +410,9 @@ def pick_address():
 
 
 def proc_cpu_seconds(pid):
+    """stacks.cpu_seconds, or None once the process is gone."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+        return cpu_seconds(pid)
     except (OSError, IndexError, ValueError):
         return None
 
