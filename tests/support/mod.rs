@@ -616,15 +616,26 @@ pub struct Report {
     pub errors: Vec<String>,
 }
 
+impl Report {
+    /// Every failed request, unanswered ones included.
+    pub fn failures(&self) -> u64 {
+        self.failed + self.unanswered
+    }
+}
+
 /// One load thread's way of sending a request: the status, or whether it
 /// was a reset before any response byte, with the error's text.
-type LoadClient = Box<dyn Fn() -> Result<u16, (bool, String)> + Send>;
+pub type LoadClient = Box<dyn Fn() -> Result<u16, (bool, String)> + Send>;
 
 /// Closed-loop load: `conns` threads, each sending requests one after
-/// another until stopped or `limit` passes.
+/// another until stopped, dropped, or `limit` passes.
 pub struct Load {
     stop: Arc<AtomicBool>,
     ok: Arc<AtomicU64>,
+    /// Failures so far, unanswered ones included.
+    failed: Arc<AtomicU64>,
+    /// The first failures of all threads, for the messages while waiting.
+    sample: Arc<Mutex<Vec<String>>>,
     threads: Vec<JoinHandle<(u64, u64, Vec<String>)>>,
 }
 
@@ -632,14 +643,7 @@ impl Load {
     /// Each request on a fresh connection (`Connection: close`).
     pub fn start(addr: SocketAddr, path: &str, conns: usize, limit: Duration) -> Load {
         let path = path.to_string();
-        Load::run(conns, limit, move || {
-            let path = path.clone();
-            Box::new(move || match raw_get(addr, &path) {
-                Ok(code) => Ok(code),
-                Err(e) if e.to_string() == UNANSWERED => Err((true, e.to_string())),
-                Err(e) => Err((false, e.to_string())),
-            })
-        })
+        Load::with_clients(conns, limit, move || fresh_connections(addr, &path))
     }
 
     /// Each thread keeps one keep-alive connection (corral's pooled
@@ -647,7 +651,7 @@ impl Load {
     /// and proxies in front of corral do.
     pub fn start_keep_alive(addr: SocketAddr, path: &str, conns: usize, limit: Duration) -> Load {
         let uri = url(&addr.to_string(), path, &[]).unwrap();
-        Load::run(conns, limit, move || {
+        Load::with_clients(conns, limit, move || {
             let client = Client::new();
             let uri = uri.clone();
             Box::new(move || {
@@ -659,72 +663,108 @@ impl Load {
         })
     }
 
-    /// `conns` threads, each making requests with its own `client` until
-    /// stopped or `limit` passes; an error is (unanswered?, text).
-    fn run(
+    /// `conns` threads, each making requests with the client `client()`
+    /// makes on that thread (where it may first enter a network namespace)
+    /// until stopped or `limit` passes.
+    pub fn with_clients(
         conns: usize,
         limit: Duration,
         client: impl Fn() -> LoadClient + Send + Sync + 'static,
     ) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let ok = Arc::new(AtomicU64::new(0));
+        let failed_so_far = Arc::new(AtomicU64::new(0));
+        let sample = Arc::new(Mutex::new(Vec::new()));
         let deadline = Instant::now() + limit;
         let client = Arc::new(client);
         let threads = (0..conns)
             .map(|_| {
-                let stop = stop.clone();
-                let ok = ok.clone();
-                let client = client.clone();
+                let (stop, ok, client) = (stop.clone(), ok.clone(), client.clone());
+                let (failed_so_far, sample) = (failed_so_far.clone(), sample.clone());
                 std::thread::spawn(move || {
                     let send = client();
                     let mut failed = 0;
                     let mut unanswered = 0;
                     let mut errors = Vec::new();
                     while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                        match send() {
+                        let error = match send() {
                             Ok(200) => {
                                 ok.fetch_add(1, Ordering::Relaxed);
+                                continue;
                             }
                             Err((true, e)) => {
                                 unanswered += 1;
-                                if errors.len() < 5 {
-                                    errors.push(e);
-                                }
+                                e
                             }
-                            other => {
+                            Err((false, e)) => {
                                 failed += 1;
-                                if errors.len() < 5 {
-                                    errors.push(format!("{other:?}"));
-                                }
+                                e
                             }
+                            Ok(status) => {
+                                failed += 1;
+                                format!("status {status}")
+                            }
+                        };
+                        failed_so_far.fetch_add(1, Ordering::Relaxed);
+                        if errors.len() < 5 {
+                            let mut shared = sample.lock().unwrap();
+                            if shared.len() < 10 {
+                                shared.push(error.clone());
+                            }
+                            drop(shared);
+                            errors.push(error);
                         }
                     }
                     (failed, unanswered, errors)
                 })
             })
             .collect();
-        Load { stop, ok, threads }
+        Load {
+            stop,
+            ok,
+            failed: failed_so_far,
+            sample,
+            threads,
+        }
     }
 
     pub fn ok_so_far(&self) -> u64 {
         self.ok.load(Ordering::Relaxed)
     }
 
-    /// Waits until at least `n` more requests succeeded (the load is flowing).
-    pub fn wait_progress(&self, n: u64, limit: Duration) {
-        let start = self.ok_so_far();
-        eventually(&format!("{n} more answered requests"), limit, || {
-            match self.ok_so_far() - start {
-                done if done >= n => Ok(()),
-                done => Err(format!("{done} answered")),
-            }
-        });
+    pub fn failed_so_far(&self) -> u64 {
+        self.failed.load(Ordering::Relaxed)
     }
 
-    pub fn stop(self) -> Report {
+    /// Waits until at least `n` more requests succeeded (the load is flowing).
+    pub fn wait_progress(&self, n: u64, limit: Duration) {
+        self.wait_progress_or(n, limit, String::new);
+    }
+
+    /// [`Load::wait_progress`]; if the requests do not flow within
+    /// `limit`, panics with the first failures and `why()`: what the
+    /// requests met on their way.
+    pub fn wait_progress_or(&self, n: u64, limit: Duration, why: impl Fn() -> String) {
+        let start = self.ok_so_far();
+        let deadline = Instant::now() + limit;
+        while self.ok_so_far() - start < n {
+            if Instant::now() >= deadline {
+                panic!(
+                    "{} of {n} more requests answered in {limit:?}, {} failed, first failures: {:?}\n{}",
+                    self.ok_so_far() - start,
+                    self.failed_so_far(),
+                    self.sample.lock().unwrap(),
+                    why()
+                );
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    pub fn stop(mut self) -> Report {
         self.stop.store(true, Ordering::Relaxed);
         let mut report = Report::default();
-        for t in self.threads {
+        for t in std::mem::take(&mut self.threads) {
             let (failed, unanswered, errors) = t.join().unwrap();
             report.failed += failed;
             report.unanswered += unanswered;
@@ -733,6 +773,24 @@ impl Load {
         report.ok = self.ok.load(Ordering::Relaxed);
         report
     }
+}
+
+/// A test that fails while its load runs does not leave the load running
+/// into the tests after it (the threads end after their request).
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A load client sending each GET of `path` on a fresh connection to `addr`.
+pub fn fresh_connections(addr: SocketAddr, path: &str) -> LoadClient {
+    let path = path.to_string();
+    Box::new(move || match raw_get(addr, &path) {
+        Ok(code) => Ok(code),
+        Err(e) if e.to_string() == UNANSWERED => Err((true, e.to_string())),
+        Err(e) => Err((false, e.to_string())),
+    })
 }
 
 /// A request in a thread, for slow requests that must survive a shutdown.

@@ -22,15 +22,13 @@ use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
 
 use corral::http::client::url;
 use serde_json::Value;
 
-use crate::support::{BIN, heavy, k8s_tool, root, run_with_stdin, unique};
+use crate::support::{BIN, Load, fresh_connections, heavy, k8s_tool, root, run_with_stdin, unique};
 
 /// True (having said so) when CORRAL_SKIP_NODE=1.
 pub fn node_tests_skipped() -> bool {
@@ -664,131 +662,17 @@ fn dechunk(mut rest: &str) -> String {
     out
 }
 
-/// What a [`NodeLoad`] counted.
-#[derive(Debug, Default)]
-pub struct LoadReport {
-    pub ok: u64,
-    pub failed: u64,
-    pub errors: Vec<String>,
-}
-
-/// Closed-loop load from inside the node's namespace: `conns` threads, each
-/// sending GETs on fresh connections one after another until stopped or
-/// `limit` passes; anything but a complete 200 is a failure.
-pub struct NodeLoad {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicU64>,
-    failed: Arc<AtomicU64>,
-    /// The first failures of all threads, for the messages while waiting.
-    sample: Arc<Mutex<Vec<String>>>,
-    threads: Vec<JoinHandle<Vec<String>>>,
-}
-
-impl NodeLoad {
-    pub fn start(
-        node: &Node,
-        addr: SocketAddr,
-        path: &str,
-        conns: usize,
-        limit: Duration,
-    ) -> NodeLoad {
-        let stop = Arc::new(AtomicBool::new(false));
-        let ok = Arc::new(AtomicU64::new(0));
-        let failed = Arc::new(AtomicU64::new(0));
-        let sample = Arc::new(Mutex::new(Vec::new()));
-        let deadline = Instant::now() + limit;
-        let threads = (0..conns)
-            .map(|_| {
-                let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
-                let sample = sample.clone();
-                let netns = node.netns_path();
-                let path = path.to_string();
-                std::thread::spawn(move || {
-                    enter_netns(&netns);
-                    let mut errors = Vec::new();
-                    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                        match raw_get(addr, &path) {
-                            Ok((200, _)) => {
-                                ok.fetch_add(1, Ordering::Relaxed);
-                            }
-                            other => {
-                                failed.fetch_add(1, Ordering::Relaxed);
-                                if errors.len() < 5 {
-                                    let text = match other {
-                                        Ok((code, body)) => {
-                                            format!("{code}: {}", &body[..body.len().min(200)])
-                                        }
-                                        Err(e) => e.to_string(),
-                                    };
-                                    let mut shared = sample.lock().unwrap();
-                                    if shared.len() < 10 {
-                                        shared.push(text.clone());
-                                    }
-                                    drop(shared);
-                                    errors.push(text);
-                                }
-                            }
-                        }
-                    }
-                    errors
-                })
-            })
-            .collect();
-        NodeLoad {
-            stop,
-            ok,
-            failed,
-            sample,
-            threads,
-        }
-    }
-
-    pub fn ok_so_far(&self) -> u64 {
-        self.ok.load(Ordering::Relaxed)
-    }
-
-    pub fn failed_so_far(&self) -> u64 {
-        self.failed.load(Ordering::Relaxed)
-    }
-
-    /// Waits until `n` more requests were answered (the load flows); if
-    /// they are not within `limit`, panics with the first failures and
-    /// `why()`: what the requests met on their way.
-    pub fn wait_progress(&self, n: u64, limit: Duration, why: impl Fn() -> String) {
-        let start = self.ok_so_far();
-        let deadline = Instant::now() + limit;
-        while self.ok_so_far() - start < n {
-            if Instant::now() >= deadline {
-                panic!(
-                    "{} of {n} more requests answered in {limit:?}, {} failed, first failures: {:?}\n{}",
-                    self.ok_so_far() - start,
-                    self.failed_so_far(),
-                    self.sample.lock().unwrap(),
-                    why()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    pub fn stop(mut self) -> LoadReport {
-        self.stop.store(true, Ordering::Relaxed);
-        let mut report = LoadReport::default();
-        for t in std::mem::take(&mut self.threads) {
-            report.errors.extend(t.join().unwrap());
-        }
-        report.ok = self.ok.load(Ordering::Relaxed);
-        report.failed = self.failed.load(Ordering::Relaxed);
-        report
-    }
-}
-
-/// A test that fails while its load runs does not leave the load on the
-/// node for the tests after it (the threads end after their request).
-impl Drop for NodeLoad {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
+/// Closed-loop load from inside the node's namespace (support's [`Load`]:
+/// `conns` threads, GETs on fresh connections, until stopped or `limit`
+/// passes; anything but a complete 200 is a failure), for NodePorts and
+/// pod addresses.
+pub fn load(node: &Node, addr: SocketAddr, path: &str, conns: usize, limit: Duration) -> Load {
+    let netns = node.netns_path();
+    let path = path.to_string();
+    Load::with_clients(conns, limit, move || {
+        enter_netns(&netns);
+        fresh_connections(addr, &path)
+    })
 }
 
 /// A Prometheus-compatible scraper inside the node's namespace (it scrapes
