@@ -91,12 +91,16 @@ pub fn main(args: OperatorArgs) -> Result<(), OperatorError> {
 }
 
 async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
-    let tls = crate::config::tls_files(
+    // The certificate is read before anything binds: a bad one changes
+    // nothing.
+    let certs = crate::config::tls_files(
         args.certfile.as_ref(),
         args.keyfile.as_ref(),
         args.ca_certs.as_ref(),
         args.cert_reqs,
-    )?;
+    )?
+    .map(Certs::new)
+    .transpose()?;
     let metrics = Arc::new(OperatorMetrics::new()?);
     let health = Arc::new(Health {
         connected: AtomicBool::new(false),
@@ -108,16 +112,15 @@ async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
             addr: args.metrics_bind,
             source,
         })?;
-    let scheme = if tls.is_some() { "https" } else { "http" };
+    let scheme = if certs.is_some() { "https" } else { "http" };
     match listener.local_addr() {
         Ok(addr) => info!(%addr, scheme, "serving /livez, /readyz and /metrics"),
         Err(e) => warn!(error = %e, "metrics listener address"),
     }
     // A Secret volume's update swaps the files under a running operator:
     // the watch picks the new certificate up, a bad one keeps the old.
-    let (listener, cert_watch) = match tls {
-        Some(files) => {
-            let certs = Certs::new(files)?;
+    let (listener, cert_watch) = match certs {
+        Some(certs) => {
             let watch = certs.watch();
             (Listener::Tls(listener, certs), Some(watch))
         }
