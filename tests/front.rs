@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use support::tls::{LOCAL, Pki, Usage, curl, run, text};
+use support::tls::{LOCAL, Pki, Usage, curl};
 use support::*;
 
 const SETTLE: Duration = Duration::from_secs(40);
@@ -54,11 +54,12 @@ fn h2load(url: &str, secs: u32, extra: &[&str]) -> std::thread::JoinHandle<(u64,
     let url = url.to_string();
     let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
     std::thread::spawn(move || {
-        let out = run(Command::new("h2load")
-            .args(["-c", "4", "-m", "8", "-D", &secs.to_string()])
-            .args(&extra)
-            .arg(&url));
-        let all = text(&out);
+        let (_, all) = output_text(
+            Command::new("h2load")
+                .args(["-c", "4", "-m", "8", "-D", &secs.to_string()])
+                .args(&extra)
+                .arg(&url),
+        );
         // "requests: 9000 total, 9000 started, 9000 done, 9000 succeeded, 0 failed, 0 errored, 0 timeout"
         let line = all
             .lines()

@@ -631,13 +631,23 @@ pub type LoadClient = Box<dyn Fn() -> Result<u16, (bool, String)> + Send>;
 /// another until stopped, dropped, or `limit` passes.
 pub struct Load {
     stop: Arc<AtomicBool>,
-    ok: Arc<AtomicU64>,
-    /// Failures so far, unanswered ones included.
-    failed: Arc<AtomicU64>,
-    /// The first failures of all threads, for the messages while waiting.
-    sample: Arc<Mutex<Vec<String>>>,
-    threads: Vec<JoinHandle<(u64, u64, Vec<String>)>>,
+    counts: Arc<Counts>,
+    threads: Vec<JoinHandle<()>>,
 }
+
+/// What the threads of a [`Load`] counted so far.
+#[derive(Default)]
+struct Counts {
+    ok: AtomicU64,
+    /// Every failure but the unanswered ones.
+    failed: AtomicU64,
+    unanswered: AtomicU64,
+    /// The first failures of all threads, for messages and the report.
+    sample: Mutex<Vec<String>>,
+}
+
+/// How many failures a load keeps the text of.
+const SAMPLE: usize = 20;
 
 impl Load {
     /// Each request on a fresh connection (`Connection: close`).
@@ -672,68 +682,47 @@ impl Load {
         client: impl Fn() -> LoadClient + Send + Sync + 'static,
     ) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
-        let ok = Arc::new(AtomicU64::new(0));
-        let failed_so_far = Arc::new(AtomicU64::new(0));
-        let sample = Arc::new(Mutex::new(Vec::new()));
+        let counts = Arc::new(Counts::default());
         let deadline = Instant::now() + limit;
         let client = Arc::new(client);
         let threads = (0..conns)
             .map(|_| {
-                let (stop, ok, client) = (stop.clone(), ok.clone(), client.clone());
-                let (failed_so_far, sample) = (failed_so_far.clone(), sample.clone());
+                let (stop, counts, client) = (stop.clone(), counts.clone(), client.clone());
                 std::thread::spawn(move || {
                     let send = client();
-                    let mut failed = 0;
-                    let mut unanswered = 0;
-                    let mut errors = Vec::new();
                     while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                        let error = match send() {
+                        let (count, error) = match send() {
                             Ok(200) => {
-                                ok.fetch_add(1, Ordering::Relaxed);
+                                counts.ok.fetch_add(1, Ordering::Relaxed);
                                 continue;
                             }
-                            Err((true, e)) => {
-                                unanswered += 1;
-                                e
-                            }
-                            Err((false, e)) => {
-                                failed += 1;
-                                e
-                            }
-                            Ok(status) => {
-                                failed += 1;
-                                format!("status {status}")
-                            }
+                            Err((true, e)) => (&counts.unanswered, e),
+                            Err((false, e)) => (&counts.failed, e),
+                            Ok(status) => (&counts.failed, format!("status {status}")),
                         };
-                        failed_so_far.fetch_add(1, Ordering::Relaxed);
-                        if errors.len() < 5 {
-                            let mut shared = sample.lock().unwrap();
-                            if shared.len() < 10 {
-                                shared.push(error.clone());
-                            }
-                            drop(shared);
-                            errors.push(error);
+                        count.fetch_add(1, Ordering::Relaxed);
+                        let mut sample = counts.sample.lock().unwrap();
+                        if sample.len() < SAMPLE {
+                            sample.push(error);
                         }
                     }
-                    (failed, unanswered, errors)
                 })
             })
             .collect();
         Load {
             stop,
-            ok,
-            failed: failed_so_far,
-            sample,
+            counts,
             threads,
         }
     }
 
     pub fn ok_so_far(&self) -> u64 {
-        self.ok.load(Ordering::Relaxed)
+        self.counts.ok.load(Ordering::Relaxed)
     }
 
+    /// Failures so far, unanswered ones included.
     pub fn failed_so_far(&self) -> u64 {
-        self.failed.load(Ordering::Relaxed)
+        self.counts.failed.load(Ordering::Relaxed) + self.counts.unanswered.load(Ordering::Relaxed)
     }
 
     /// Waits until at least `n` more requests succeeded (the load is flowing).
@@ -753,7 +742,7 @@ impl Load {
                     "{} of {n} more requests answered in {limit:?}, {} failed, first failures: {:?}\n{}",
                     self.ok_so_far() - start,
                     self.failed_so_far(),
-                    self.sample.lock().unwrap(),
+                    self.counts.sample.lock().unwrap(),
                     why()
                 );
             }
@@ -763,15 +752,16 @@ impl Load {
 
     pub fn stop(mut self) -> Report {
         self.stop.store(true, Ordering::Relaxed);
-        let mut report = Report::default();
         for t in std::mem::take(&mut self.threads) {
-            let (failed, unanswered, errors) = t.join().unwrap();
-            report.failed += failed;
-            report.unanswered += unanswered;
-            report.errors.extend(errors);
+            t.join().unwrap();
         }
-        report.ok = self.ok.load(Ordering::Relaxed);
-        report
+        let counts = &self.counts;
+        Report {
+            ok: counts.ok.load(Ordering::Relaxed),
+            failed: counts.failed.load(Ordering::Relaxed),
+            unanswered: counts.unanswered.load(Ordering::Relaxed),
+            errors: std::mem::take(&mut *counts.sample.lock().unwrap()),
+        }
     }
 }
 
@@ -923,12 +913,23 @@ pub fn run_with_stdin(cmd: &mut Command, input: &[u8]) -> (bool, String) {
         .unwrap_or_else(|e| panic!("start {cmd:?}: {e}"));
     child.stdin.take().unwrap().write_all(input).unwrap();
     let out = child.wait_with_output().unwrap();
-    let text = format!(
+    (out.status.success(), joined(&out))
+}
+
+/// Runs `cmd` to its end: success, and stdout then stderr.
+pub fn output_text(cmd: &mut Command) -> (bool, String) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("start {cmd:?}: {e}"));
+    (out.status.success(), joined(&out))
+}
+
+fn joined(out: &std::process::Output) -> String {
+    format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    )
 }
 
 /// Polls until `text()` contains `needle`; on a timeout, shows the last text.

@@ -28,7 +28,9 @@ use std::time::Duration;
 use corral::http::client::url;
 use serde_json::Value;
 
-use crate::support::{BIN, Load, fresh_connections, heavy, k8s_tool, root, run_with_stdin, unique};
+use crate::support::{
+    BIN, Load, fresh_connections, heavy, k8s_tool, output_text, root, run_with_stdin, unique,
+};
 
 /// True (having said so) when CORRAL_SKIP_NODE=1.
 pub fn node_tests_skipped() -> bool {
@@ -180,63 +182,69 @@ impl Node {
     /// in it, and the controllers' and kube-proxy's log lines about it. It
     /// tells a Service kube-proxy routes nowhere from a pod that refuses.
     pub fn service_report(&self, ns: &str, service: &str) -> String {
-        let (_, pods) = self.kubectl(&["get", "pods", "-n", ns, "-o", "wide"]);
+        // It runs while a test is failing: nothing here may panic and hide
+        // that failure.
         let (_, slices) = self.kubectl(&["get", "endpointslices", "-n", ns, "-o", "yaml"]);
         let key = format!("{ns}/{service}");
-        let rules = Command::new("ip")
-            .args(["netns", "exec", &self.netns, "iptables-save"])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_else(|e| format!("({e})"));
+        let (_, rules) =
+            output_text(Command::new("ip").args(["netns", "exec", &self.netns, "iptables-save"]));
         let rules: Vec<&str> = rules.lines().filter(|l| l.contains(&key)).collect();
-        let mut direct = String::new();
-        let list = self.get_json(&["pods", "-n", ns]);
+        let (_, list) = self.kubectl(&["get", "pods", "-n", ns, "-o", "json"]);
+        let list: Value = serde_json::from_str(&list).unwrap_or_default();
+        let mut pods = String::new();
         for pod in list["items"].as_array().into_iter().flatten() {
             let name = pod["metadata"]["name"].as_str().unwrap_or("?");
+            let ready = pod["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|c| c["type"] == "Ready")
+                .map_or(Value::Null, |c| c["status"].clone());
             let Some(ip) = pod["status"]["podIP"]
                 .as_str()
                 .and_then(|ip| ip.parse().ok())
             else {
-                direct += &format!("{name}: no IP\n");
+                pods += &format!("{name}: no IP, Ready {ready}\n");
                 continue;
             };
+            pods += &format!("{name}: {ip}, Ready {ready}\n");
             for (port, path) in [(8000, "/"), (9000, "/readyz")] {
                 let answer = netns_get(self, SocketAddr::new(ip, port), path)
                     .map(|(code, body)| format!("{code} {}", &body[..body.len().min(120)]))
                     .unwrap_or_else(|e| format!("error: {e}"));
-                direct += &format!("{name} {ip}:{port}{path}: {answer}\n");
+                pods += &format!("  asked directly, {ip}:{port}{path}: {answer}\n");
             }
             for container in pod["status"]["containerStatuses"]
                 .as_array()
                 .into_iter()
                 .flatten()
+                .filter(|c| !c["state"]["running"].is_null())
             {
-                if container["state"]["running"].is_null() {
-                    continue;
-                }
                 let name = container["name"].as_str().unwrap_or("?");
-                let pid = self.container_pid(pod, name);
-                let listening = Command::new("nsenter")
-                    .arg(format!("--net=/proc/{pid}/ns/net"))
-                    .args(["ss", "-ltn"])
-                    .output()
-                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-                    .unwrap_or_else(|e| format!("({e})"));
-                direct += &format!("listening in {name} (pid {pid}):\n{listening}");
+                let listening = match self.try_container_pid(pod, name) {
+                    Ok(pid) => {
+                        output_text(
+                            Command::new("nsenter")
+                                .arg(format!("--net=/proc/{pid}/ns/net"))
+                                .args(["ss", "-ltn"]),
+                        )
+                        .1
+                    }
+                    Err(e) => format!("({e})\n"),
+                };
+                pods += &format!("  listening in {name}:\n{listening}");
             }
         }
         let mentions = |part: &str| {
             let log =
                 std::fs::read_to_string(self.dir.join(format!("{part}.log"))).unwrap_or_default();
-            let lines: Vec<&str> = log
-                .lines()
-                .filter(|l| l.contains(&key) || l.contains(&format!("\"{key}\"")))
-                .collect();
+            let lines: Vec<&str> = log.lines().filter(|l| l.contains(&key)).collect();
             lines[lines.len().saturating_sub(15)..].join("\n")
         };
         format!(
-            "=== pods ===\n{pods}\n=== endpointslices ===\n{slices}\n=== iptables rules for {key} ===\n{}\n\
-             === the pods asked directly ===\n{direct}\n=== kube-controller-manager on {key} ===\n{}\n\
+            "=== pods, each asked past kube-proxy ===\n{pods}\n=== endpointslices ===\n{slices}\n\
+             === iptables rules for {key} ===\n{}\n\
+             === kube-controller-manager on {key} ===\n{}\n\
              === kube-proxy on {key} ===\n{}\n",
             rules.join("\n"),
             mentions("kube-controller-manager"),
@@ -385,23 +393,29 @@ impl Node {
     /// The host pid of `container` of `pod` (a Pod's JSON): the process of
     /// its cgroup that is PID 1 in the container's own PID namespace.
     pub fn container_pid(&self, pod: &Value, container: &str) -> i32 {
+        self.try_container_pid(pod, container)
+            .unwrap_or_else(|e| panic!("{e} (container {container} of {pod})"))
+    }
+
+    /// [`Node::container_pid`], or why there is none.
+    fn try_container_pid(&self, pod: &Value, container: &str) -> Result<i32, String> {
         let id = pod["status"]["containerStatuses"]
             .as_array()
-            .unwrap()
-            .iter()
+            .into_iter()
+            .flatten()
             .find(|c| c["name"] == container)
             .and_then(|c| c["containerID"].as_str())
             .and_then(|id| id.strip_prefix("containerd://"))
-            .unwrap_or_else(|| panic!("no containerID for {container} in {pod}"))
+            .ok_or("no containerID")?
             .to_string();
         let base = PathBuf::from(format!("/sys/fs/cgroup/pids/{}/kubepods", self.cgroup));
-        let dir = find_dir(&base, &id).unwrap_or_else(|| panic!("no cgroup {id} under {base:?}"));
-        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap();
+        let dir = find_dir(&base, &id).ok_or_else(|| format!("no cgroup {id} under {base:?}"))?;
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).map_err(|e| e.to_string())?;
         procs
             .lines()
             .filter_map(|p| p.parse::<i32>().ok())
             .find(|pid| ns_pid(*pid) == Some(1))
-            .unwrap_or_else(|| panic!("no PID 1 among {procs:?} of container {id}"))
+            .ok_or_else(|| format!("no PID 1 among {procs:?} of container {id}"))
     }
 
     /// The address of `port` on the node's 127.0.0.1 (NodePorts, the API
@@ -478,21 +492,6 @@ fn kube_node(subcommand: &str, dir: &Path) -> Command {
         .arg(subcommand)
         .arg(dir);
     cmd
-}
-
-/// Runs `cmd` to its end: success, stdout then stderr.
-fn output_text(cmd: &mut Command) -> (bool, String) {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("start {cmd:?}: {e}"));
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
 }
 
 fn read_env(path: &Path) -> BTreeMap<String, String> {

@@ -6,9 +6,9 @@
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
-use super::unique;
+use super::{output_text, unique};
 
 /// The names of a certificate for a server on loopback.
 pub const LOCAL: &[&str] = &["DNS:localhost", "IP:127.0.0.1"];
@@ -18,18 +18,6 @@ pub enum Usage<'a> {
     /// A server under these subjectAltName entries (`DNS:...`, `IP:...`).
     Server(&'a [&'a str]),
     Client,
-}
-
-pub fn run(cmd: &mut Command) -> Output {
-    cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"))
-}
-
-pub fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 /// A CA valid for two days, and certificates it signs, in a directory
@@ -79,8 +67,8 @@ impl Pki {
     }
 
     fn openssl(&self, args: &[&str]) {
-        let out = run(Command::new("openssl").args(args).current_dir(&self.dir));
-        assert!(out.status.success(), "openssl {args:?}: {}", text(&out));
+        let (ok, text) = output_text(Command::new("openssl").args(args).current_dir(&self.dir));
+        assert!(ok, "openssl {args:?}: {text}");
     }
 
     /// A certificate for `usage`, serial `serial`, as NAME.pem and NAME.key.
@@ -193,18 +181,19 @@ impl Drop for Pki {
 /// curl against `url` with `args`; (status, http version, body), the
 /// status `error: ...` when curl failed.
 pub fn curl(url: &str, args: &[&str]) -> (String, String, String) {
-    let out = run(Command::new("curl")
-        .args([
-            "-sS",
-            "--max-time",
-            "10",
-            "-o",
-            "-",
-            "-w",
-            "\n%{http_code} %{http_version}",
-        ])
-        .args(args)
-        .arg(url));
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "-sS",
+        "--max-time",
+        "10",
+        "-o",
+        "-",
+        "-w",
+        "\n%{http_code} %{http_version}",
+    ])
+    .args(args)
+    .arg(url);
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     let all = String::from_utf8_lossy(&out.stdout).to_string();
     let (body, tail) = all.rsplit_once('\n').unwrap_or(("", &all));
     let (code, version) = tail.split_once(' ').unwrap_or((tail, ""));
