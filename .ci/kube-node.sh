@@ -571,7 +571,7 @@ EOF
         --leader-elect=false --port=0 --secure-port=10257 --bind-address=127.0.0.1 \
         --service-account-private-key-file="$dir/pki/sa.key" --root-ca-file="$dir/pki/ca.crt" \
         --use-service-account-credentials=true --profiling=false \
-        --v=2 --vmodule=endpointslice_controller=4,reconciler=4,endpoints_controller=4
+        --v=2 --vmodule=endpointslice_controller=4,endpoints_controller=4
     start kube-scheduler SCHEDULER_PID no "$bin_dir/kube-scheduler" \
         --kubeconfig="$dir/kube-scheduler.kubeconfig" \
         --leader-elect=false --port=0 --secure-port=10259 --bind-address=127.0.0.1 --profiling=false

@@ -1083,39 +1083,41 @@ fn kubernetes_sd_discovers_and_scrapes_the_pods_and_the_operator() {
     assert!(ok, "{token}");
     let token_file = node.dir.join("prometheus.token");
     std::fs::write(&token_file, token.trim()).unwrap();
+    // One job per kind of target: pods of NAMESPACE whose container port
+    // is named PORT, scraped with SCRAPE (the operators' over HTTPS).
+    let job = |name: &str, namespace: &str, port_name: &str, scrape: &str| {
+        format!(
+            "- job_name: {name}\n{scrape}\
+             \x20 kubernetes_sd_configs:\n\
+             \x20 - role: pod\n\
+             \x20   api_server: https://127.0.0.1:{port}\n\
+             \x20   namespaces: {{names: [{namespace}]}}\n\
+             \x20   tls_config: {{ca_file: {ca}}}\n\
+             \x20   authorization: {{credentials_file: {token}}}\n\
+             \x20 relabel_configs:\n\
+             \x20 - {{source_labels: [__meta_kubernetes_pod_container_port_name], regex: {port_name}, action: keep}}\n\
+             \x20 - {{source_labels: [__meta_kubernetes_pod_phase], regex: Running, action: keep}}\n\
+             \x20 - {{source_labels: [__meta_kubernetes_namespace], target_label: namespace}}\n\
+             \x20 - {{source_labels: [__meta_kubernetes_pod_name], target_label: pod}}\n",
+            port = node.kube_port,
+            ca = node.dir.join("pki/ca.crt").display(),
+            token = token_file.display(),
+        )
+    };
+    let operators_tls = format!(
+        "\x20 scheme: https\n\
+         \x20 tls_config: {{ca_file: {}, server_name: {METRICS_NAME}}}\n",
+        metrics_ca(node).display()
+    );
     let config = format!(
-        "global: {{scrape_interval: 1s}}\n\
-         scrape_configs:\n\
-         - job_name: corral\n\
-         \x20 kubernetes_sd_configs:\n\
-         \x20 - role: pod\n\
-         \x20   api_server: https://127.0.0.1:{port}\n\
-         \x20   namespaces: {{names: [{ns}]}}\n\
-         \x20   tls_config: {{ca_file: {ca}}}\n\
-         \x20   authorization: {{credentials_file: {token}}}\n\
-         \x20 relabel_configs:\n\
-         \x20 - {{source_labels: [__meta_kubernetes_pod_container_port_name], regex: admin, action: keep}}\n\
-         \x20 - {{source_labels: [__meta_kubernetes_pod_phase], regex: Running, action: keep}}\n\
-         \x20 - {{source_labels: [__meta_kubernetes_namespace], target_label: namespace}}\n\
-         \x20 - {{source_labels: [__meta_kubernetes_pod_name], target_label: pod}}\n\
-         - job_name: corral-operator\n\
-         \x20 scheme: https\n\
-         \x20 tls_config: {{ca_file: {metrics_ca}, server_name: {METRICS_NAME}}}\n\
-         \x20 kubernetes_sd_configs:\n\
-         \x20 - role: pod\n\
-         \x20   api_server: https://127.0.0.1:{port}\n\
-         \x20   namespaces: {{names: [corral-system]}}\n\
-         \x20   tls_config: {{ca_file: {ca}}}\n\
-         \x20   authorization: {{credentials_file: {token}}}\n\
-         \x20 relabel_configs:\n\
-         \x20 - {{source_labels: [__meta_kubernetes_pod_container_port_name], regex: metrics, action: keep}}\n\
-         \x20 - {{source_labels: [__meta_kubernetes_pod_phase], regex: Running, action: keep}}\n\
-         \x20 - {{source_labels: [__meta_kubernetes_namespace], target_label: namespace}}\n\
-         \x20 - {{source_labels: [__meta_kubernetes_pod_name], target_label: pod}}\n",
-        port = node.kube_port,
-        ca = node.dir.join("pki/ca.crt").display(),
-        metrics_ca = metrics_ca(node).display(),
-        token = token_file.display(),
+        "global: {{scrape_interval: 1s}}\nscrape_configs:\n{}{}",
+        job("corral", ns, "admin", ""),
+        job(
+            "corral-operator",
+            "corral-system",
+            "metrics",
+            &operators_tls
+        ),
     );
     let prometheus = node::NodePrometheus::start(node, &config);
     let operators = operator_pods(node).len();
