@@ -241,14 +241,67 @@ impl Node {
             let lines: Vec<&str> = log.lines().filter(|l| l.contains(&key)).collect();
             lines[lines.len().saturating_sub(15)..].join("\n")
         };
+        let (_, node_ports) = self.kubectl(&[
+            "get",
+            "service",
+            service,
+            "-n",
+            ns,
+            "-o",
+            "jsonpath={.spec.ports[*].nodePort}",
+        ]);
+        let paths: String = node_ports
+            .split_whitespace()
+            .filter(|p| p.parse::<u16>().is_ok())
+            .map(|port| self.node_port_path(port))
+            .collect();
         format!(
             "=== pods, each asked past kube-proxy ===\n{pods}\n=== endpointslices ===\n{slices}\n\
              === iptables rules for {key} ===\n{}\n\
+             {paths}\
              === kube-controller-manager on {key} ===\n{}\n\
              === kube-proxy on {key} ===\n{}\n",
             rules.join("\n"),
             mentions("kube-controller-manager"),
             mentions("kube-proxy"),
+        )
+    }
+
+    /// The way from the namespace's 127.0.0.1 to NodePort `port`, as the
+    /// kernel has it: who listens on the port (kube-proxy holds it open),
+    /// the nat and filter rules a packet meets with their packet counters,
+    /// conntrack's entries for the port, rules in the legacy tables (a
+    /// second backend would be traversed too), the sysctls, a request from a
+    /// new process, and kube-proxy's own counts of its syncs.
+    fn node_port_path(&self, port: &str) -> String {
+        const SCRIPT: &str = r#"p=$1
+echo "--- listening on :$p"; ss -ltnp "sport = :$p"
+echo "--- nat rules on the way, with [packets:bytes]"
+iptables-save -c -t nat | grep -E -- "-A (OUTPUT|POSTROUTING|KUBE-POSTROUTING|KUBE-NODEPORTS) |-j KUBE-NODEPORTS|--dport $p "
+echo "--- filter rules that refuse or match :$p"
+iptables-save -c -t filter | grep -E -- "REJECT|--dport $p "
+echo "--- conntrack, destination port $p"; conntrack -L -p tcp --dport "$p" 2>&1 | tail -n 6
+echo "--- rules in the legacy tables: $(iptables-legacy-save 2>/dev/null | grep -c -- '^-A')"
+sysctl net.ipv4.conf.all.route_localnet net.ipv4.conf.lo.route_localnet net.ipv4.ip_forward
+echo "--- a request from a new process: $(curl -sS -m 3 -o /dev/null -w '%{http_code}' "http://127.0.0.1:$p/" 2>&1)"
+echo "--- kube-proxy's syncs"
+curl -sS -m 3 http://127.0.0.1:10249/metrics 2>&1 | grep -E '^kubeproxy_(sync_proxy_rules_(last_timestamp_seconds|endpoint_changes_total|service_changes_total|iptables_restore_failures_total)|network_programming_duration_seconds_count) '
+echo "now $(date +%s.%N)"
+"#;
+        let (_, text) = output_text(
+            Command::new("ip")
+                .args(["netns", "exec", &self.netns, "sh", "-c", SCRIPT, "sh"])
+                .arg(port),
+        );
+        let thread = match port.parse() {
+            Ok(port) => match netns_get(self, self.local(port), "/") {
+                Ok((code, _)) => code.to_string(),
+                Err(e) => e.to_string(),
+            },
+            Err(e) => format!("{e}"),
+        };
+        format!(
+            "=== the way to NodePort {port} ===\n{text}--- a request from a new thread in the namespace: {thread}\n"
         )
     }
 
