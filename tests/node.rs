@@ -250,6 +250,44 @@ fn the_images_agree_with_their_dockerfiles() {
     }
 }
 
+// --- a part that fails ------------------------------------------------------------
+
+/// A part of the node that cannot start fails `up` with that part's log
+/// tail and leaves nothing behind (no network namespace, no cgroup, no
+/// process): the run fails, naming it, instead of skipping anything.
+#[test]
+fn a_part_that_fails_stops_the_node_with_its_log_tail() {
+    if node::node_tests_skipped() {
+        return;
+    }
+    let _turn = heavy();
+    for part in ["kubelet", "containerd"] {
+        let message = format!("{part}: refusing to start, a stand-in for this test");
+        let (ok, stderr, dir) = node::up_with_failing(part, &message);
+        assert!(!ok, "up succeeded without a real {part}:\n{stderr}");
+        let tail = format!("--- last lines of {}/{part}.log ---", dir.display());
+        let at = stderr
+            .find(&tail)
+            .unwrap_or_else(|| panic!("no {part} log tail in up's output:\n{stderr}"));
+        assert!(
+            stderr[at..].contains(&message) && stderr.contains(&format!("error: {part} exited")),
+            "{stderr}"
+        );
+        let id = stderr
+            .lines()
+            .find_map(|l| l.split("network namespace ").nth(1))
+            .map(|ns| ns.trim().to_string())
+            .unwrap_or_else(|| panic!("no network namespace named in:\n{stderr}"));
+        let (_, namespaces) = support::output_text(Command::new("ip").args(["netns", "list"]));
+        assert!(!namespaces.contains(&id), "{id} left behind:\n{namespaces}");
+        for hierarchy in std::fs::read_dir("/sys/fs/cgroup").unwrap() {
+            let cgroup = hierarchy.unwrap().path().join(&id);
+            assert!(!cgroup.exists(), "{} left behind", cgroup.display());
+        }
+        assert!(!dir.join("env").exists(), "the node's env file left behind");
+    }
+}
+
 // --- corral as PID 1 ------------------------------------------------------------
 
 /// A pod of the corral image running the built-in worker, its probes on the

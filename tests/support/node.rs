@@ -539,6 +539,46 @@ pub fn report(line: &str) {
 }
 
 /// `bash .ci/kube-node.sh SUBCOMMAND DIR`, arguments to add.
+/// `kube-node.sh up` with `part` (kubelet or containerd) replaced by a
+/// program that says `message` and exits 1 at once: whether `up` succeeded,
+/// what it wrote on stderr, and the node's directory. The other parts are
+/// the real ones; kubelet is swapped in a copy of the binaries' directory,
+/// containerd (Debian's, found on PATH) by a directory put first on PATH.
+pub fn up_with_failing(part: &str, message: &str) -> (bool, String, PathBuf) {
+    use std::os::unix::fs::{PermissionsExt, symlink};
+    let dir = std::env::temp_dir().join(unique(&format!("corral-node-no-{part}")));
+    let fakes = dir.with_extension("fakes");
+    std::fs::create_dir_all(&fakes).unwrap();
+    let fake = fakes.join(part);
+    std::fs::write(&fake, format!("#!/bin/sh\necho '{message}' >&2\nexit 1\n")).unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut cmd = kube_node("up", &dir);
+    cmd.env("KUBECTL", k8s_tool("kubectl"))
+        .env("KUBE_NODE_TIMEOUT", "60");
+    let bin = PathBuf::from(
+        std::env::var_os("CORRAL_KUBE_NODE_BIN").expect("CORRAL_KUBE_NODE_BIN (set by .ci/test)"),
+    );
+    if part == "containerd" {
+        let path = std::env::var("PATH").unwrap_or_default();
+        cmd.env("PATH", format!("{}:{path}", fakes.display()))
+            .env("KUBE_NODE_BIN", &bin);
+    } else {
+        for entry in std::fs::read_dir(&bin).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_name() != part {
+                symlink(entry.path(), fakes.join(entry.file_name())).unwrap();
+            }
+        }
+        cmd.env("KUBE_NODE_BIN", &fakes);
+    }
+    let out = cmd.output().expect("bash .ci/kube-node.sh up");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        dir,
+    )
+}
+
 fn kube_node(subcommand: &str, dir: &Path) -> Command {
     let mut cmd = Command::new("bash");
     cmd.arg(root().join(".ci/kube-node.sh"))
