@@ -263,8 +263,9 @@ fn a_part_that_fails_stops_the_node_with_its_log_tail() {
     let _turn = heavy();
     for part in ["kubelet", "containerd"] {
         let message = format!("{part}: refusing to start, a stand-in for this test");
-        let (ok, stderr, dir) = node::up_with_failing(part, &message);
-        assert!(!ok, "up succeeded without a real {part}:\n{stderr}");
+        let up = node::up_with_failing(part, &message);
+        let (stderr, dir) = (&up.stderr, &up.dir);
+        assert!(!up.ok, "up succeeded without a real {part}:\n{stderr}");
         let tail = format!("--- last lines of {}/{part}.log ---", dir.display());
         let at = stderr
             .find(&tail)

@@ -252,7 +252,7 @@ impl Node {
         ]);
         let paths: String = node_ports
             .split_whitespace()
-            .filter(|p| p.parse::<u16>().is_ok())
+            .filter_map(|p| p.parse().ok())
             .map(|port| self.node_port_path(port))
             .collect();
         format!(
@@ -273,7 +273,7 @@ impl Node {
     /// conntrack's entries for the port, rules in the legacy tables (a
     /// second backend would be traversed too), the sysctls, a request from a
     /// new process, and kube-proxy's own counts of its syncs.
-    fn node_port_path(&self, port: &str) -> String {
+    fn node_port_path(&self, port: u16) -> String {
         const SCRIPT: &str = r#"p=$1
 echo "--- listening on :$p"; ss -ltnp "sport = :$p"
 echo "--- nat rules on the way, with [packets:bytes]"
@@ -291,14 +291,11 @@ echo "now $(date +%s.%N)"
         let (_, text) = output_text(
             Command::new("ip")
                 .args(["netns", "exec", &self.netns, "sh", "-c", SCRIPT, "sh"])
-                .arg(port),
+                .arg(port.to_string()),
         );
-        let thread = match port.parse() {
-            Ok(port) => match netns_get(self, self.local(port), "/") {
-                Ok((code, _)) => code.to_string(),
-                Err(e) => e.to_string(),
-            },
-            Err(e) => format!("{e}"),
+        let thread = match netns_get(self, self.local(port), "/") {
+            Ok((code, _)) => code.to_string(),
+            Err(e) => e.to_string(),
         };
         format!(
             "=== the way to NodePort {port} ===\n{text}--- a request from a new thread in the namespace: {thread}\n"
@@ -538,13 +535,27 @@ pub fn report(line: &str) {
     }
 }
 
-/// `bash .ci/kube-node.sh SUBCOMMAND DIR`, arguments to add.
+/// What `kube-node.sh up` did with a part replaced: see [`up_with_failing`].
+/// Dropped, it runs `down` on its directory, so an `up` that wrongly
+/// succeeded leaves no node running behind a failing test (`down` does
+/// nothing where `up` already stopped everything).
+pub struct FailedUp {
+    pub ok: bool,
+    pub stderr: String,
+    pub dir: PathBuf,
+}
+
+impl Drop for FailedUp {
+    fn drop(&mut self) {
+        let _ = kube_node("down", &self.dir).output();
+    }
+}
+
 /// `kube-node.sh up` with `part` (kubelet or containerd) replaced by a
-/// program that says `message` and exits 1 at once: whether `up` succeeded,
-/// what it wrote on stderr, and the node's directory. The other parts are
+/// program that says `message` and exits 1 at once. The other parts are
 /// the real ones; kubelet is swapped in a copy of the binaries' directory,
 /// containerd (Debian's, found on PATH) by a directory put first on PATH.
-pub fn up_with_failing(part: &str, message: &str) -> (bool, String, PathBuf) {
+pub fn up_with_failing(part: &str, message: &str) -> FailedUp {
     use std::os::unix::fs::{PermissionsExt, symlink};
     let dir = std::env::temp_dir().join(unique(&format!("corral-node-no-{part}")));
     let fakes = dir.with_extension("fakes");
@@ -572,13 +583,14 @@ pub fn up_with_failing(part: &str, message: &str) -> (bool, String, PathBuf) {
         cmd.env("KUBE_NODE_BIN", &fakes);
     }
     let out = cmd.output().expect("bash .ci/kube-node.sh up");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+    FailedUp {
+        ok: out.status.success(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         dir,
-    )
+    }
 }
 
+/// `bash .ci/kube-node.sh SUBCOMMAND DIR`, arguments to add.
 fn kube_node(subcommand: &str, dir: &Path) -> Command {
     let mut cmd = Command::new("bash");
     cmd.arg(root().join(".ci/kube-node.sh"))
