@@ -73,10 +73,6 @@ apt_update() {
     fi
 }
 
-installed() {
-    dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'
-}
-
 # --- deb-src entry (needed to learn the version and fetch the source) -------
 have_deb_src() {
     grep -rqsE '^(deb-src[[:space:]]|Types:.*deb-src)' \
@@ -97,14 +93,7 @@ EOF
 fi
 
 # --- packages ----------------------------------------------------------------
-missing=()
-for p in "${packages[@]}"; do installed "$p" || missing+=("$p"); done
-if [[ ${#missing[@]} -gt 0 ]]; then
-    apt_update
-    log "installing ${missing[*]}"
-    as_root env DEBIAN_FRONTEND=noninteractive \
-        apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
-fi
+bash "$(dirname -- "${BASH_SOURCE[0]}")/apt-install.sh" "${packages[@]}"
 command -v etcd >/dev/null || die "etcd not found after installing etcd-server"
 [[ -x $go_bin/go ]] || die "$go_bin/go missing"
 recipe=""   # e.g. reflect2-1.0.2-pr104990

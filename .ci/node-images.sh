@@ -52,15 +52,9 @@ kind="$1" out="$2" binary="$3"
 mkdir -p "$out"
 out="$(cd -- "$out" && pwd)"
 
-need=()
-command -v umoci >/dev/null || need+=(umoci)
-command -v objcopy >/dev/null || need+=(binutils)
-[[ $kind != mysite ]] || command -v debootstrap >/dev/null || need+=(debootstrap)
-if [[ ${#need[@]} -gt 0 ]]; then
-    log "installing ${need[*]}"
-    apt-get update -qq >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >&2
-fi
+need=(umoci binutils)
+[[ $kind != mysite ]] || need+=(debootstrap)
+bash "$script_dir/apt-install.sh" "${need[@]}"
 
 work="$(mktemp -d "$out/.build-$kind-XXXXXX")"
 trap 'rm -rf "$work"' EXIT
