@@ -32,9 +32,20 @@
 # the namespace listening on DIR/apiserver.sock, socat on the host's
 # 127.0.0.1:PORT connecting to it), so the API server answers on the host's
 # 127.0.0.1:PORT and on the namespace's 127.0.0.1:PORT alike and one
-# kubeconfig serves both. Tests reach NodePorts on the namespace's
-# 127.0.0.1 (kube-proxy sets route_localnet there), by running their client
-# inside it (setns, `nsenter --net=/run/netns/NAME`).
+# kubeconfig serves both.
+#
+# NodePorts are reached as real clients reach them: from another host, at
+# the node's address. That host is the namespace `corral-client-<id>`
+# (10.86.0.2), whose one link is a veth to the node's namespace (client0,
+# 10.86.0.1) and whose one route leads to the node's address; tests run
+# their clients there (setns, `nsenter --net=/run/netns/NAME`). Not from
+# the node's own namespace: a connection made there is confirmed in
+# conntrack on its way out, before kube-proxy's filter rules see it come in,
+# so one made while the Service still has no endpoints (REJECT) leaves an
+# untranslated entry behind, and a client that reuses that source port (a
+# tight connect loop does) keeps meeting it, refused, long after the DNAT
+# is in place. A packet from another host is confirmed only once it has
+# passed the filter rules: a refused SYN leaves nothing behind.
 #
 # Mounts and the host's files: containerd and kubelet run in a private mount
 # namespace (held by an anchor process, `unshare --mount --propagation
@@ -69,6 +80,10 @@ set -euo pipefail
 script_dir="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)"
 components=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy pause)
 NODE_IP=10.87.0.1
+# The client host: a namespace of its own on a veth to the node's, as a
+# machine on the node's network would be (see "NodePorts" above).
+CLIENT_IP=10.86.0.2
+CLIENT_GATEWAY=10.86.0.1
 POD_CIDR=10.88.0.0/16
 SERVICE_CIDR=10.96.0.0/16
 SERVICE_IP=10.96.0.1
@@ -211,10 +226,13 @@ down() {
         done
         cg_remove "$NODE_CGROUP"
     fi
-    if [[ -n ${NODE_NETNS:-} ]] && grep -qw "$NODE_NETNS" <<<"$(ip netns list)"; then
-        log "deleting network namespace $NODE_NETNS"
-        ip netns del "$NODE_NETNS" || log "warning: ip netns del $NODE_NETNS failed"
-    fi
+    local netns
+    for netns in "${NODE_NETNS:-}" "${CLIENT_NETNS:-}"; do
+        if [[ -n $netns ]] && grep -qw "$netns" <<<"$(ip netns list)"; then
+            log "deleting network namespace $netns"
+            ip netns del "$netns" || log "warning: ip netns del $netns failed"
+        fi
+    done
     # The bulky state goes (the images, containers' snapshots, etcd's data);
     # the logs stay for a look afterwards. Only once nothing of the node
     # runs: its private mount namespace, and every mount in it, is gone then.
@@ -226,10 +244,10 @@ down() {
 }
 
 # --- the no-route-off-the-machine assertion ------------------------------------
-# In the node's namespace: no interface but lo, cni0 and the pods' veths, no
-# route on any other, no default route, outside addresses unreachable. In
-# every pod's: the same with lo and eth0 (its veth to cni0, whose gateway is
-# the node's namespace).
+# In the node's namespace: no interface but lo, cni0, the pods' veths and
+# client0, no route on any other, no default route, outside addresses
+# unreachable. In every pod's, and in the client's: the same with lo and
+# eth0 (its veth to cni0, or to client0, in the node's namespace).
 check_netns() { # check_netns LABEL LINKS_REGEX NSENTER_ARGS...
     local label="$1" allowed="$2"; shift 2
     local routes devs links bad
@@ -259,7 +277,8 @@ check_netns() { # check_netns LABEL LINKS_REGEX NSENTER_ARGS...
 check() {
     read_env || die "no $dir/env"
     local failed=0 pid ns seen=" " out
-    out="$(check_netns "node namespace $NODE_NETNS" 'lo|cni0|veth[0-9a-f]+' --net="/run/netns/$NODE_NETNS")" || { log "$out"; failed=1; }
+    out="$(check_netns "node namespace $NODE_NETNS" 'lo|cni0|client0|veth[0-9a-f]+' --net="/run/netns/$NODE_NETNS")" || { log "$out"; failed=1; }
+    out="$(check_netns "client namespace $CLIENT_NETNS" 'lo|eth0' --net="/run/netns/$CLIENT_NETNS")" || { log "$out"; failed=1; }
     # every pod: the network namespace of each process in the node's kubepods
     for pid in $(cg_pids "$NODE_CGROUP/kubepods"); do
         ns="$(readlink "/proc/$pid/ns/net" 2>/dev/null)" || continue
@@ -268,12 +287,12 @@ check() {
         out="$(check_netns "pod namespace $ns (pid $pid)" 'lo|eth0' --net="/proc/$pid/ns/net")" || { log "$out"; failed=1; }
     done
     # and the host: the node added no route there
-    if grep -qE "^(10\.87\.|10\.88\.|10\.96\.)" <<<"$(ip route show table all)"; then
-        log "the host has a route into the node's ranges:"; ip route show table all | grep -E "^(10\.87\.|10\.88\.|10\.96\.)" >&2
+    if grep -qE "^(10\.8[678]\.|10\.96\.)" <<<"$(ip route show table all)"; then
+        log "the host has a route into the node's ranges:"; ip route show table all | grep -E "^(10\.8[678]\.|10\.96\.)" >&2
         failed=1
     fi
     [[ $failed -eq 0 ]] || die "the network check failed: a route could lead off the machine"
-    log "network check: no route off the machine (node namespace and $(($(wc -w <<<"$seen"))) pod namespaces)"
+    log "network check: no route off the machine (node and client namespaces and $(($(wc -w <<<"$seen"))) pod namespaces)"
 }
 
 # --- import -----------------------------------------------------------------------
@@ -390,23 +409,9 @@ up() {
     local t_all t0 bin_dir
     t_all="$(now_ms)"
 
-    # --- what it needs ------------------------------------------------------------
-    local need=()
-    command -v containerd >/dev/null || need+=(containerd)
-    command -v runc >/dev/null || need+=(runc)
-    [[ -x /usr/lib/cni/bridge ]] || need+=(containernetworking-plugins)
-    command -v iptables >/dev/null || need+=(iptables)
-    command -v socat >/dev/null || need+=(socat)
-    command -v conntrack >/dev/null || need+=(conntrack)
-    command -v umoci >/dev/null || need+=(umoci)
-    command -v etcd >/dev/null || need+=(etcd-server)
-    command -v curl >/dev/null || need+=(curl)
-    command -v openssl >/dev/null || need+=(openssl)
-    if [[ ${#need[@]} -gt 0 ]]; then
-        log "installing ${need[*]}"
-        apt-get update -qq >&2
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >&2
-    fi
+    # --- what it needs (.ci/test installed it all before the tests) ------------
+    bash "$script_dir/apt-install.sh" containerd runc containernetworking-plugins \
+        iptables socat conntrack umoci etcd-server curl openssl iproute2
     if [[ -n ${KUBE_NODE_BIN:-} ]]; then
         bin_dir="$KUBE_NODE_BIN"
     else
@@ -448,7 +453,17 @@ up() {
     ip netns add "$NODE_NETNS"
     ip -n "$NODE_NETNS" link set lo up
     ip -n "$NODE_NETNS" addr add "$NODE_IP/32" dev lo
-    in_node sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.all.route_localnet=1
+    in_node sysctl -qw net.ipv4.ip_forward=1
+    record CLIENT_NETNS "corral-client-$id"
+    ip netns del "$CLIENT_NETNS" 2>/dev/null || true
+    ip netns add "$CLIENT_NETNS"
+    ip -n "$CLIENT_NETNS" link set lo up
+    ip -n "$NODE_NETNS" link add client0 type veth peer name eth0 netns "$CLIENT_NETNS"
+    ip -n "$NODE_NETNS" addr add "$CLIENT_GATEWAY/24" dev client0
+    ip -n "$NODE_NETNS" link set client0 up
+    ip -n "$CLIENT_NETNS" addr add "$CLIENT_IP/24" dev eth0
+    ip -n "$CLIENT_NETNS" link set eth0 up
+    ip -n "$CLIENT_NETNS" route add "$NODE_IP/32" via "$CLIENT_GATEWAY"
     took netns "$t0"
 
     # --- cgroups ----------------------------------------------------------------------

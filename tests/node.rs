@@ -4,7 +4,10 @@
 //! the kubelet's probes, the chart installed with helm, the Django example
 //! rolled out under load, the operator scaling it, and Prometheus
 //! discovering it all. The tests take turns (one node, two cores).
-//! `CORRAL_SKIP_NODE=1` skips them, saying so.
+//!
+//! They need root and the node's parts, so a plain `cargo test` reports
+//! them ignored; `.ci/test` runs them (`cargo test --test node --
+//! --ignored`) unless `CORRAL_SKIP_NODE=1`, and says when it skips them.
 
 #[path = "support/node.rs"]
 mod node;
@@ -199,10 +202,8 @@ fn agrees(archive: &Path, dockerfile_path: &str) -> Vec<String> {
 }
 
 #[test]
+#[ignore = "needs root and the node: .ci/test runs it with --ignored"]
 fn the_images_agree_with_their_dockerfiles() {
-    if node::node_tests_skipped() {
-        return;
-    }
     let _turn = heavy();
     let images = node::images();
     let corral = agrees(&images.corral, "Dockerfile");
@@ -256,10 +257,8 @@ fn the_images_agree_with_their_dockerfiles() {
 /// tail and leaves nothing behind (no network namespace, no cgroup, no
 /// process): the run fails, naming it, instead of skipping anything.
 #[test]
+#[ignore = "needs root and the node: .ci/test runs it with --ignored"]
 fn a_part_that_fails_stops_the_node_with_its_log_tail() {
-    if node::node_tests_skipped() {
-        return;
-    }
     let _turn = heavy();
     for part in ["kubelet", "containerd"] {
         let message = format!("{part}: refusing to start, a stand-in for this test");
@@ -274,15 +273,21 @@ fn a_part_that_fails_stops_the_node_with_its_log_tail() {
             stderr[at..].contains(&message) && stderr.contains(&format!("error: {part} exited")),
             "{stderr}"
         );
-        let id = stderr
+        // The node's namespace and its client's, both deleted.
+        let deleted: Vec<String> = stderr
             .lines()
-            .find_map(|l| l.split("network namespace ").nth(1))
+            .filter_map(|l| l.split("deleting network namespace ").nth(1))
             .map(|ns| ns.trim().to_string())
-            .unwrap_or_else(|| panic!("no network namespace named in:\n{stderr}"));
+            .collect();
+        assert_eq!(deleted.len(), 2, "{deleted:?} in:\n{stderr}");
         let (_, namespaces) = support::output_text(Command::new("ip").args(["netns", "list"]));
-        assert!(!namespaces.contains(&id), "{id} left behind:\n{namespaces}");
+        for ns in &deleted {
+            assert!(!namespaces.contains(ns), "{ns} left behind:\n{namespaces}");
+        }
+        let id = &deleted[0];
+        assert!(id.starts_with("corral-node-"), "{deleted:?}");
         for hierarchy in std::fs::read_dir("/sys/fs/cgroup").unwrap() {
-            let cgroup = hierarchy.unwrap().path().join(&id);
+            let cgroup = hierarchy.unwrap().path().join(id);
             assert!(!cgroup.exists(), "{} left behind", cgroup.display());
         }
         assert!(!dir.join("env").exists(), "the node's env file left behind");
@@ -321,6 +326,36 @@ fn pid1_manifest(node_port: u16) -> String {
                  "ports": [{"port": 80, "targetPort": "http", "nodePort": node_port}]},
     });
     format!("{pod}\n---\n{service}")
+}
+
+/// A load through a NodePort that starts while the Service has no endpoint
+/// yet (kube-proxy refuses every connection then) is served as soon as the
+/// pod is Ready: the refused connections leave nothing behind that keeps
+/// later ones from the DNAT (docs/node.md, "NodePort refusals").
+#[test]
+#[ignore = "needs root and the node: .ci/test runs it with --ignored"]
+fn a_load_refused_before_its_pod_is_ready_is_served_once_it_is() {
+    let (node, _turn) = node_turn();
+    let ns = "e2e-early";
+    let _ns = node.namespace(ns);
+    let manifest = pid1_manifest(30084);
+    let (pod, service) = manifest.split_once("\n---\n").unwrap();
+    node.apply(ns, service);
+    let load = node.node_port_load(30084, "/", 4, Duration::from_secs(240));
+    eventually_every("the load refused", WAIT, EVERY, || {
+        match load.failed_so_far() {
+            n if n >= 1000 => Ok(()),
+            n => Err(n),
+        }
+    });
+    node.apply(ns, pod);
+    load.wait_progress_or(500, WAIT, || node.service_report(ns, "corral"));
+    let report = load.stop();
+    node::report(&format!(
+        "a load through a NodePort from before its pod was ready: {} refused, then {} answered",
+        report.failures(),
+        report.ok
+    ));
 }
 
 fn condition(pod: &Value, type_: &str) -> Option<String> {
@@ -387,10 +422,9 @@ fn wait_workers(
 }
 
 #[test]
+#[ignore = "needs root and the node: .ci/test runs it with --ignored"]
 fn corral_runs_as_pid_1_in_a_pod_and_answers_the_kubelets_probes() {
-    let Some((node, _turn)) = node_turn() else {
-        return;
-    };
+    let (node, _turn) = node_turn();
     let ns = "e2e-pid1";
     let _ns = node.namespace(ns);
     node.apply(ns, &pid1_manifest(30081));
@@ -421,17 +455,14 @@ fn corral_runs_as_pid_1_in_a_pod_and_answers_the_kubelets_probes() {
         "{doc:?}"
     );
 
-    // Through the Service's NodePort on the node's 127.0.0.1.
+    // Through the Service's NodePort at the node's address, from the client host.
     // (once kube-proxy has the pod's endpoint in its rules)
-    let body = eventually_every(
-        "an answer on the NodePort",
-        WAIT,
-        EVERY,
-        || match netns_get(node, node.local(30081), "/") {
+    let body = eventually_every("an answer on the NodePort", WAIT, EVERY, || {
+        match node.node_port_get(30081, "/") {
             Ok((200, body)) => Ok(body),
             other => Err(format!("{other:?}")),
-        },
-    );
+        }
+    });
     assert!(body.contains("corral built-in worker"), "{body}");
 
     // The probes keep passing: no restart after several liveness periods.
@@ -664,10 +695,9 @@ fn autoscaler(node: &Node, ns: &str, name: &str) -> Value {
 }
 
 #[test]
+#[ignore = "needs root and the node: .ci/test runs it with --ignored"]
 fn helm_installs_two_operators_and_the_lease_moves_when_the_leader_goes() {
-    let Some((node, _turn)) = node_turn() else {
-        return;
-    };
+    let (node, _turn) = node_turn();
     operator(node);
     let pods = operator_pods(node);
     assert_eq!(pods.len(), 2, "{pods:?}");
@@ -811,10 +841,9 @@ fn helm_installs_two_operators_and_the_lease_moves_when_the_leader_goes() {
 }
 
 #[test]
+#[ignore = "needs root and the node: .ci/test runs it with --ignored"]
 fn the_django_example_runs_with_the_limits_the_kubelet_set() {
-    let Some((node, _turn)) = node_turn() else {
-        return;
-    };
+    let (node, _turn) = node_turn();
     operator(node);
     let ns = "e2e-django";
     let _ns = node.namespace(ns);
@@ -900,7 +929,7 @@ fn the_django_example_runs_with_the_limits_the_kubelet_set() {
 /// Load through the NodePort during `kubectl rollout restart`, until the
 /// rollout is complete: (answered, failed, some errors).
 fn restart_under_load(node: &Node, ns: &str, port: u16) -> support::Report {
-    let load = node::load(node, node.local(port), "/", 4, Duration::from_secs(240));
+    let load = node.node_port_load(port, "/", 4, Duration::from_secs(240));
     let why = || node.service_report(ns, "mysite");
     load.wait_progress_or(50, WAIT, why);
     node.kubectl_ok(&["rollout", "restart", "-n", ns, "deployment/mysite"]);
@@ -921,10 +950,9 @@ fn restart_under_load(node: &Node, ns: &str, port: u16) -> support::Report {
 }
 
 #[test]
+#[ignore = "needs root and the node: .ci/test runs it with --ignored"]
 fn a_rollout_restart_under_load_through_the_node_port_fails_no_request() {
-    let Some((node, _turn)) = node_turn() else {
-        return;
-    };
+    let (node, _turn) = node_turn();
     let ns = "e2e-rollout";
     let _ns = node.namespace(ns);
     assert!(
@@ -972,10 +1000,9 @@ fn a_rollout_restart_under_load_through_the_node_port_fails_no_request() {
 }
 
 #[test]
+#[ignore = "needs root and the node: .ci/test runs it with --ignored"]
 fn a_cpu_load_step_through_the_node_port_makes_the_operator_add_workers() {
-    let Some((node, _turn)) = node_turn() else {
-        return;
-    };
+    let (node, _turn) = node_turn();
     operator(node);
     let ns = "e2e-cpu";
     let _ns = node.namespace(ns);
@@ -1015,13 +1042,7 @@ fn a_cpu_load_step_through_the_node_port_makes_the_operator_add_workers() {
         "{seen}"
     );
 
-    let load = node::load(
-        node,
-        node.local(30083),
-        "/cpu/50",
-        3,
-        Duration::from_secs(180),
-    );
+    let load = node.node_port_load(30083, "/cpu/50", 3, Duration::from_secs(180));
     load.wait_progress_or(10, WAIT, || node.service_report(ns, "mysite"));
     let started = std::time::Instant::now();
     let doc = wait_workers(node, &pod, "the operator to add workers", |d| {
@@ -1066,10 +1087,9 @@ fn a_cpu_load_step_through_the_node_port_makes_the_operator_add_workers() {
 }
 
 #[test]
+#[ignore = "needs root and the node: .ci/test runs it with --ignored"]
 fn kubernetes_sd_discovers_and_scrapes_the_pods_and_the_operator() {
-    let Some((node, _turn)) = node_turn() else {
-        return;
-    };
+    let (node, _turn) = node_turn();
     operator(node);
     let ns = "e2e-prom";
     let _ns = node.namespace(ns);

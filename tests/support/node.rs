@@ -6,13 +6,16 @@
 //! `.ci/node-images.sh` from the binary these tests were built with and
 //! imported into the node's containerd.
 //!
-//! Everything that talks to a pod or a NodePort runs inside the node's
-//! network namespace (a thread that `setns`es into it): the host has no
-//! route to the node's addresses, and must not, so that nothing leaves the
-//! machine. The API server is reached on the host's 127.0.0.1 through the
-//! script's bridge.
+//! Everything that talks to a pod runs inside the node's network namespace
+//! (a thread that `setns`es into it); NodePorts are reached as real clients
+//! reach them, from another host: the client namespace the script makes,
+//! linked to the node's by a veth, asking the node's address. The host has
+//! no route to the node's addresses, and must not, so that nothing leaves
+//! the machine. The API server is reached on the host's 127.0.0.1 through
+//! the script's bridge.
 //!
-//! `CORRAL_SKIP_NODE=1` skips these tests, saying so; nothing else does.
+//! The tests are `#[ignore]`d for a plain `cargo test`: `.ci/test` runs
+//! them with `--ignored` unless `CORRAL_SKIP_NODE=1`.
 
 #![allow(dead_code, reason = "tests use different parts")]
 
@@ -32,20 +35,8 @@ use crate::support::{
     BIN, Load, fresh_connections, heavy, k8s_tool, output_text, root, run_with_stdin, unique,
 };
 
-/// True (having said so) when CORRAL_SKIP_NODE=1.
-pub fn node_tests_skipped() -> bool {
-    let skip = std::env::var("CORRAL_SKIP_NODE").is_ok_and(|v| v == "1");
-    if skip {
-        eprintln!("node test skipped: CORRAL_SKIP_NODE=1");
-    }
-    skip
-}
-
-/// The node, or None (having said why) when CORRAL_SKIP_NODE=1.
-pub fn node() -> Option<&'static Node> {
-    if node_tests_skipped() {
-        return None;
-    }
+/// The node, brought up once per test binary.
+pub fn node() -> &'static Node {
     // A node that failed to come up fails every test with its reason, once
     // brought up (not again per test).
     static NODE: OnceLock<Result<Node, String>> = OnceLock::new();
@@ -58,23 +49,23 @@ pub fn node() -> Option<&'static Node> {
         })
     });
     match node {
-        Ok(node) => Some(node),
+        Ok(node) => node,
         Err(e) => panic!("the node is not up: {e}"),
     }
 }
 
-/// The node and a test's turn on it (the tests take turns: see [`heavy`]),
-/// or None (having said why) when CORRAL_SKIP_NODE=1. Hold the [`Turn`] to
-/// the test's end: if the test panics, it prints [`Node::report`].
-pub fn node_turn() -> Option<(&'static Node, Turn)> {
-    let node = node()?;
-    Some((
+/// The node and a test's turn on it (the tests take turns: see [`heavy`]).
+/// Hold the [`Turn`] to the test's end: if the test panics, it prints
+/// [`Node::report`].
+pub fn node_turn() -> (&'static Node, Turn) {
+    let node = node();
+    (
         node,
         Turn {
             node,
             _heavy: heavy(),
         },
-    ))
+    )
 }
 
 /// Where the node and its images live, and how to reach them.
@@ -82,6 +73,10 @@ pub struct Node {
     pub dir: PathBuf,
     pub kubeconfig: PathBuf,
     pub netns: String,
+    /// The client host's network namespace: see [`Node::node_port`].
+    pub client_netns: String,
+    /// The node's address, where clients reach its NodePorts.
+    pub ip: std::net::IpAddr,
     pub cgroup: String,
     pub kube_port: u16,
     pub admin_token: String,
@@ -153,6 +148,8 @@ impl Node {
         let node = Node {
             kubeconfig,
             netns: env["NODE_NETNS"].clone(),
+            client_netns: env["CLIENT_NETNS"].clone(),
+            ip: env["NODE_IP"].parse().unwrap(),
             cgroup: env["NODE_CGROUP"].clone(),
             kube_port: env["KUBE_PORT"].parse().unwrap(),
             admin_token: env["KUBE_TOKEN"].clone(),
@@ -267,23 +264,23 @@ impl Node {
         )
     }
 
-    /// The way from the namespace's 127.0.0.1 to NodePort `port`, as the
-    /// kernel has it: who listens on the port (kube-proxy holds it open),
-    /// the nat and filter rules a packet meets with their packet counters,
-    /// conntrack's entries for the port, rules in the legacy tables (a
-    /// second backend would be traversed too), the sysctls, a request from a
-    /// new process, and kube-proxy's own counts of its syncs.
+    /// The way from the client host to NodePort `port`, as the kernel has
+    /// it: who listens on the port (kube-proxy holds it open), the nat and
+    /// filter rules a packet meets with their packet counters, conntrack's
+    /// entries for the port, rules in the legacy tables (a second backend
+    /// would be traversed too), the sysctls, a request from a new process
+    /// and from a new thread on the client host, and kube-proxy's own counts
+    /// of its syncs.
     fn node_port_path(&self, port: u16) -> String {
         const SCRIPT: &str = r#"p=$1
 echo "--- listening on :$p"; ss -ltnp "sport = :$p"
 echo "--- nat rules on the way, with [packets:bytes]"
-iptables-save -c -t nat | grep -E -- "-A (OUTPUT|POSTROUTING|KUBE-POSTROUTING|KUBE-NODEPORTS) |-j KUBE-NODEPORTS|--dport $p "
+iptables-save -c -t nat | grep -E -- "-A (PREROUTING|POSTROUTING|KUBE-POSTROUTING|KUBE-NODEPORTS) |-j KUBE-NODEPORTS|--dport $p "
 echo "--- filter rules that refuse or match :$p"
 iptables-save -c -t filter | grep -E -- "REJECT|--dport $p "
 echo "--- conntrack, destination port $p"; conntrack -L -p tcp --dport "$p" 2>&1 | tail -n 6
 echo "--- rules in the legacy tables: $(iptables-legacy-save 2>/dev/null | grep -c -- '^-A')"
-sysctl net.ipv4.conf.all.route_localnet net.ipv4.conf.lo.route_localnet net.ipv4.ip_forward
-echo "--- a request from a new process: $(curl -sS -m 3 -o /dev/null -w '%{http_code}' "http://127.0.0.1:$p/" 2>&1)"
+sysctl net.ipv4.ip_forward net.ipv4.conf.client0.rp_filter
 echo "--- kube-proxy's syncs"
 curl -sS -m 3 http://127.0.0.1:10249/metrics 2>&1 | grep -E '^kubeproxy_(sync_proxy_rules_(last_timestamp_seconds|endpoint_changes_total|service_changes_total|iptables_restore_failures_total)|network_programming_duration_seconds_count) '
 echo "now $(date +%s.%N)"
@@ -293,12 +290,29 @@ echo "now $(date +%s.%N)"
                 .args(["netns", "exec", &self.netns, "sh", "-c", SCRIPT, "sh"])
                 .arg(port.to_string()),
         );
-        let thread = match netns_get(self, self.local(port), "/") {
+        let url = format!("http://{}/", self.node_port(port));
+        let (_, process) = output_text(
+            Command::new("ip")
+                .args(["netns", "exec", &self.client_netns])
+                .args([
+                    "curl",
+                    "-sS",
+                    "-m",
+                    "3",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                ])
+                .arg(&url),
+        );
+        let thread = match self.node_port_get(port, "/") {
             Ok((code, _)) => code.to_string(),
             Err(e) => e.to_string(),
         };
         format!(
-            "=== the way to NodePort {port} ===\n{text}--- a request from a new thread in the namespace: {thread}\n"
+            "=== the way to NodePort {port} ===\n{text}--- from the client host, a request from a new process: {process}\n\
+             --- and from a new thread: {thread}\n"
         )
     }
 
@@ -468,14 +482,42 @@ echo "now $(date +%s.%N)"
             .ok_or_else(|| format!("no PID 1 among {procs:?} of container {id}"))
     }
 
-    /// The address of `port` on the node's 127.0.0.1 (NodePorts, the API
-    /// server), reachable only from inside the namespace: see [`in_node`].
-    pub fn local(&self, port: u16) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], port))
+    /// NodePort `port` at the node's address, as a client on another host
+    /// reaches it: from the client namespace only (see
+    /// [`Node::node_port_get`] and [`Node::node_port_load`]).
+    pub fn node_port(&self, port: u16) -> SocketAddr {
+        SocketAddr::new(self.ip, port)
+    }
+
+    /// One GET of `path` through NodePort `port`, on a fresh connection
+    /// from the client host: status and body.
+    pub fn node_port_get(&self, port: u16, path: &str) -> std::io::Result<(u16, String)> {
+        let (addr, path) = (self.node_port(port), path.to_string());
+        in_netns(&self.client_netns_path(), move || raw_get(addr, &path))
+    }
+
+    /// Closed-loop load through NodePort `port` from the client host
+    /// (support's [`Load`]: `conns` threads, GETs on fresh connections,
+    /// until stopped or `limit` passes; anything but a complete 200 is a
+    /// failure).
+    pub fn node_port_load(&self, port: u16, path: &str, conns: usize, limit: Duration) -> Load {
+        let (netns, addr, path) = (
+            self.client_netns_path(),
+            self.node_port(port),
+            path.to_string(),
+        );
+        Load::with_clients(conns, limit, move || {
+            enter_netns(&netns);
+            fresh_connections(addr, &path)
+        })
     }
 
     pub fn netns_path(&self) -> PathBuf {
         PathBuf::from(format!("/run/netns/{}", self.netns))
+    }
+
+    fn client_netns_path(&self) -> PathBuf {
+        PathBuf::from(format!("/run/netns/{}", self.client_netns))
     }
 
     /// The text of the container log of `container` in `pod` (kubelet's file).
@@ -711,8 +753,8 @@ fn enter_netns(netns: &Path) {
     );
 }
 
-/// One GET on a fresh connection from inside the node's namespace: status
-/// and body.
+/// One GET on a fresh connection from inside the node's namespace (a pod's
+/// address): status and body.
 pub fn netns_get(node: &Node, addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     let path = path.to_string();
     in_netns(&node.netns_path(), move || raw_get(addr, &path))
@@ -764,19 +806,6 @@ fn dechunk(mut rest: &str) -> String {
         rest = after[n..].strip_prefix("\r\n").unwrap_or(&after[n..]);
     }
     out
-}
-
-/// Closed-loop load from inside the node's namespace (support's [`Load`]:
-/// `conns` threads, GETs on fresh connections, until stopped or `limit`
-/// passes; anything but a complete 200 is a failure), for NodePorts and
-/// pod addresses.
-pub fn load(node: &Node, addr: SocketAddr, path: &str, conns: usize, limit: Duration) -> Load {
-    let netns = node.netns_path();
-    let path = path.to_string();
-    Load::with_clients(conns, limit, move || {
-        enter_netns(&netns);
-        fresh_connections(addr, &path)
-    })
 }
 
 /// A Prometheus-compatible scraper inside the node's namespace (it scrapes
