@@ -10,6 +10,8 @@ mod support;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
@@ -164,8 +166,8 @@ fn a_rotated_certificate_is_served_under_load_and_a_bad_one_is_refused() {
     pki.install("one");
     let c = proxied_tls(&pki, &[]);
     assert_eq!(pki.served_serial(c.http), "serial=01");
-    let load = h2load(&https(&c, "/"), 8, &[]);
-    std::thread::sleep(Duration::from_secs(2));
+    let load = h2load(&https(&c, "/"), 12, &[]);
+    until_answered(&c, 100);
     pki.install("two");
     eventually(
         "the new certificate served",
@@ -175,6 +177,7 @@ fn a_rotated_certificate_is_served_under_load_and_a_bad_one_is_refused() {
             s => Err(s),
         },
     );
+    assert!(!load.is_finished(), "the rotation was over before the load");
     let (ok, bad, out) = load.join().unwrap();
     assert!(ok > 100 && bad == 0, "{out}");
     // A broken certificate is refused; the good one stays.
@@ -210,15 +213,24 @@ fn h2load_across_a_hup_has_no_failed_request() {
     let _heavy = heavy();
     let c = corral().args(&["--proxy", "-w", "2"]).django().start();
     c.wait_settled(2, SETTLE);
-    let load = h2load(&format!("http://{}/", c.http), 8, &[]);
-    std::thread::sleep(Duration::from_secs(2));
+    let load = h2load(&format!("http://{}/", c.http), 15, &[]);
+    until_answered(&c, 100);
     c.signal(Signal::SIGHUP);
     c.wait_for("the new generation", SETTLE, |d| {
         d.generation == 2 && d.ready == 2 && d.running == 2
     });
+    assert!(!load.is_finished(), "the roll was over before the load");
     let (ok, bad, out) = load.join().unwrap();
     assert!(ok > 100 && bad == 0, "{out}\n{}", c.log());
     eprintln!("h2load across HUP: {ok} succeeded, 0 failed");
+}
+
+/// Waits until the workers have answered `n` requests (a load started in
+/// another process flows).
+fn until_answered(c: &Corral, n: u64) {
+    c.wait_for("the load to flow", SETTLE, |d| {
+        d.workers.iter().filter_map(|w| w.requests).sum::<u64>() >= n
+    });
 }
 
 /// Writes `raw` on a fresh connection; the answer, read to its end.
@@ -286,9 +298,10 @@ fn slowloris_clients_are_cut_off_and_do_not_starve_others() {
     c.wait_settled(1, SETTLE);
     // 300 clients that send a byte of headers every second, for at most
     // 15 s (the header-read timeout is 10 s).
+    let (sending, cut) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let slow: Vec<_> = (0..300)
         .map(|_| {
-            let addr = c.http;
+            let (addr, sending, cut) = (c.http, sending.clone(), cut.clone());
             std::thread::spawn(move || {
                 let mut s = TcpStream::connect(addr).unwrap();
                 s.set_read_timeout(Some(Duration::from_millis(100)))
@@ -296,16 +309,23 @@ fn slowloris_clients_are_cut_off_and_do_not_starve_others() {
                 let started = Instant::now();
                 let head =
                     b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
-                for b in head.iter().cycle() {
+                let was_cut = || {
+                    cut.fetch_add(1, Ordering::SeqCst);
+                    Some(started.elapsed())
+                };
+                for (i, b) in head.iter().cycle().enumerate() {
                     if started.elapsed() > Duration::from_secs(15) {
                         return None;
                     }
                     if s.write_all(std::slice::from_ref(b)).is_err() {
-                        return Some(started.elapsed());
+                        return was_cut();
+                    }
+                    if i == 0 {
+                        sending.fetch_add(1, Ordering::SeqCst);
                     }
                     let mut buf = [0u8; 64];
                     if let Ok(0) = s.read(&mut buf) {
-                        return Some(started.elapsed());
+                        return was_cut();
                     }
                     std::thread::sleep(Duration::from_millis(900));
                 }
@@ -313,15 +333,22 @@ fn slowloris_clients_are_cut_off_and_do_not_starve_others() {
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_secs(2));
+    eventually("every slow client sending", SETTLE, || {
+        match sending.load(Ordering::SeqCst) {
+            300 => Ok(()),
+            n => Err(n),
+        }
+    });
+    // Normal clients are answered while the slow ones hold their
+    // connections (none is cut off yet: that takes the 10-s timeout).
     for _ in 0..20 {
-        let started = Instant::now();
         assert_eq!(get(c.http, "/").unwrap().0, 200);
-        assert!(
-            started.elapsed() < Duration::from_secs(2),
-            "a normal client waited"
-        );
     }
+    assert_eq!(
+        cut.load(Ordering::SeqCst),
+        0,
+        "the normal clients were answered only once slow ones were cut off"
+    );
     for t in slow {
         let cut = t.join().unwrap().expect("a slow client was never cut off");
         assert!(cut < Duration::from_secs(13), "cut after {cut:?}");

@@ -370,31 +370,64 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    async fn started(
-        limits: Limits,
-    ) -> (std::net::SocketAddr, watch::Sender<bool>, Arc<AtomicUsize>) {
+    /// What the test server's handlers have done: each one counts itself
+    /// in `active` (and the most seen at once), then waits for a permit of
+    /// `release` before it answers, so a test decides when answers go.
+    struct Handlers {
+        started: AtomicUsize,
+        active: AtomicUsize,
+        most_active: AtomicUsize,
+        release: Semaphore,
+    }
+
+    impl Handlers {
+        fn new() -> Handlers {
+            Handlers {
+                started: AtomicUsize::new(0),
+                active: AtomicUsize::new(0),
+                most_active: AtomicUsize::new(0),
+                release: Semaphore::new(0),
+            }
+        }
+
+        /// Waits (at most 10 s) until `cond` holds of the handlers.
+        async fn until(&self, what: &str, cond: impl Fn(&Handlers) -> bool) {
+            tokio::time::timeout(Duration::from_secs(10), async {
+                while !cond(self) {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            })
+            .await
+            .unwrap_or_else(|_| panic!("{what}: never happened"));
+        }
+    }
+
+    async fn started(limits: Limits) -> (SocketAddr, watch::Sender<bool>, Arc<Handlers>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = watch::channel(false);
-        let busy = Arc::new(AtomicUsize::new(0));
-        let seen = busy.clone();
+        let handlers = Arc::new(Handlers::new());
+        let seen = handlers.clone();
         tokio::spawn(serve(
             vec![Listener::Tcp(listener)],
             limits,
             move |_req| {
-                let seen = seen.clone();
+                let h = seen.clone();
                 async move {
-                    seen.fetch_add(1, Ordering::SeqCst);
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    h.started.fetch_add(1, Ordering::SeqCst);
+                    let now = h.active.fetch_add(1, Ordering::SeqCst) + 1;
+                    h.most_active.fetch_max(now, Ordering::SeqCst);
+                    h.release.acquire().await.unwrap().forget();
+                    h.active.fetch_sub(1, Ordering::SeqCst);
                     Response::new(Full::new(Bytes::from_static(b"ok")))
                 }
             },
             rx,
         ));
-        (addr, tx, busy)
+        (addr, tx, handlers)
     }
 
-    async fn get(addr: std::net::SocketAddr) -> String {
+    async fn get(addr: SocketAddr) -> String {
         let mut s = TcpStream::connect(addr).await.unwrap();
         s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
             .await
@@ -410,15 +443,34 @@ mod tests {
             connections: 2,
             ..SMALL
         };
-        let (addr, _tx, seen) = started(limits).await;
+        let (addr, _tx, h) = started(limits).await;
         let clients: Vec<_> = (0..5).map(|_| tokio::spawn(get(addr))).collect();
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        assert_eq!(seen.load(Ordering::SeqCst), 2, "only two served at once");
+        // Two are served; the others wait in the backlog until a place
+        // frees. One answer at a time: each frees one place, and the next
+        // client takes it.
+        h.until("two handlers busy", |h| {
+            h.active.load(Ordering::SeqCst) == 2
+        })
+        .await;
+        for done in 1..=5 {
+            h.release.add_permits(1);
+            let busy = 2.min(5 - done);
+            h.until("the next client taken in", |h| {
+                h.started.load(Ordering::SeqCst) == (done + 2).min(5)
+                    && h.active.load(Ordering::SeqCst) == busy
+            })
+            .await;
+        }
         for c in clients {
             assert!(c.await.unwrap().starts_with("HTTP/1.1 200"));
         }
         assert_eq!(
-            seen.load(Ordering::SeqCst),
+            h.most_active.load(Ordering::SeqCst),
+            2,
+            "never more than two served at once"
+        );
+        assert_eq!(
+            h.started.load(Ordering::SeqCst),
             5,
             "the rest waited, none was refused"
         );
@@ -438,15 +490,30 @@ mod tests {
         assert!(read.is_ok(), "the server closed the slow connection");
     }
 
+    /// Waits (at most 10 s) until a new connection to `addr` is refused.
+    async fn until_refused(addr: SocketAddr) {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while TcpStream::connect(addr).await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the listener never closed");
+    }
+
     #[tokio::test]
     async fn shutdown_finishes_answers_in_progress_and_stops_accepting() {
-        let (addr, tx, _) = started(SMALL).await;
+        let (addr, tx, h) = started(SMALL).await;
         let pending = tokio::spawn(get(addr));
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        h.until("the request in the handler", |h| {
+            h.active.load(Ordering::SeqCst) == 1
+        })
+        .await;
         tx.send(true).unwrap();
+        // The listener closes while the answer is still held back.
+        until_refused(addr).await;
+        h.release.add_permits(1);
         assert!(pending.await.unwrap().starts_with("HTTP/1.1 200"));
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(TcpStream::connect(addr).await.is_err(), "listener closed");
     }
 
     #[tokio::test]
@@ -455,11 +522,13 @@ mod tests {
             first_request_grace: Duration::from_secs(2),
             ..SMALL
         };
-        let (addr, tx, _) = started(limits).await;
+        let (addr, tx, h) = started(limits).await;
+        h.release.add_permits(1);
         let mut s = TcpStream::connect(addr).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(50)).await;
         tx.send(true).unwrap();
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Its request is written once shutdown is under way: the listener
+        // has closed.
+        until_refused(addr).await;
         s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
             .await
             .unwrap();
