@@ -60,7 +60,7 @@ fn readiness_follows_boot_scale_down_and_shutdown() {
             "--boot-grace",
             "1500ms",
             "--shutdown-delay",
-            "1s",
+            "3s",
         ])
         .command(&["sh", "-c", "exec sleep 600"])
         .start();
@@ -82,7 +82,7 @@ fn readiness_follows_boot_scale_down_and_shutdown() {
     });
     assert_eq!(get(c.admin, "/readyz").unwrap().0, 200);
     c.signal(Signal::SIGTERM);
-    let body = not_ready_within(c.admin, Duration::from_millis(500));
+    let body = not_ready_within(c.admin, Duration::from_secs(3));
     assert!(body.contains("shutting down"), "{body}");
     // Live, and the API still answers, all through the delay.
     assert_eq!(get(c.admin, "/livez").unwrap().0, 200);
@@ -508,8 +508,9 @@ fn the_cli_clients_show_and_change_a_running_manager() {
     let (code, out, err) = run(&["restart", "--token-file", token.path()]);
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("generation 2"), "{out}");
+    let (_held, port) = refusing_port();
     let (code, _, err) = Command::new(BIN)
-        .args(["status", "--admin", &format!("127.0.0.1:{}", free_port())])
+        .args(["status", "--admin", &format!("127.0.0.1:{port}")])
         .output()
         .map(|o| {
             (

@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use support::*;
@@ -32,7 +32,6 @@ fn refused(args: &[&str], needle: &str) {
     let admin = format!("127.0.0.1:{}", free_port());
     let mut full = vec!["run", "--admin-bind", &admin];
     full.extend_from_slice(args);
-    let started = Instant::now();
     let out = corral_cmd(&full);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
@@ -41,7 +40,6 @@ fn refused(args: &[&str], needle: &str) {
         "{args:?}: stderr does not name {needle:?}: {stderr}"
     );
     assert!(!stderr.contains("worker started"), "{stderr}");
-    assert!(started.elapsed() < Duration::from_secs(5));
     // Nothing stayed behind holding the admin port.
     std::net::TcpListener::bind(&admin).expect("admin port released");
 }

@@ -197,7 +197,7 @@ fn term_finishes_in_flight_requests(kind: Kind) {
             "-w",
             "2",
             "--shutdown-delay",
-            "1500ms",
+            "3s",
             "--graceful-timeout",
             "20s",
         ],
@@ -212,7 +212,7 @@ fn term_finishes_in_flight_requests(kind: Kind) {
     load.wait_progress(50, Duration::from_secs(10));
     c.signal(Signal::SIGTERM);
     // Not ready at once, while still serving through the delay.
-    let body = not_ready_within(c.admin, Duration::from_millis(500));
+    let body = not_ready_within(c.admin, Duration::from_secs(3));
     assert!(body.contains("shutting down"), "{body}");
     load.wait_progress(20, Duration::from_secs(5));
     // Kubernetes stops routing during the delay: so does the load.

@@ -247,7 +247,7 @@ fn term_finishes_slow_requests_then_refuses_late_connections() {
         "-w",
         "2",
         "--shutdown-delay",
-        "1s",
+        "3s",
         "--graceful-timeout",
         "20s",
     ]);
@@ -262,7 +262,7 @@ fn term_finishes_slow_requests_then_refuses_late_connections() {
         }
     });
     c.signal(Signal::SIGTERM);
-    let body = not_ready_within(c.admin, Duration::from_millis(500));
+    let body = not_ready_within(c.admin, Duration::from_secs(3));
     assert!(body.contains("shutting down"), "{body}");
     // Kubernetes stops routing during the delay: so does the load.
     loads.progress();

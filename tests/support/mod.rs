@@ -38,15 +38,43 @@ pub fn heavy() -> MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// A port nobody listens on right now, for the servers whose port must be
-/// known before they start (etcd, kube-apiserver, Prometheus, a pod's admin
-/// port an autoscaler names); corral itself binds port 0 and logs its address.
+/// A free port on 127.0.0.1, for the servers whose port must be known
+/// before they start (etcd, kube-apiserver, Prometheus); corral itself
+/// binds port 0 and logs its address, and tests read it there.
+///
+/// Not a port the kernel picks for a bind to port 0: that one comes from
+/// the ephemeral range, from which every outgoing connection on the
+/// machine takes its source port too, so one of them can take it before
+/// the server binds it. These come from below that range (10000-29999,
+/// under the NodePorts), from a slice of 500 of this test process's own,
+/// each checked free and never handed out twice.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    const FIRST: u16 = 10_000;
+    const SLICE: u16 = 500;
+    const SLICES: u16 = 40;
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let base = FIRST + (std::process::id() % u32::from(SLICES)) as u16 * SLICE;
+    for _ in 0..SLICE {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed) % u64::from(SLICE);
+        let port = base + n as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {base}..{}", base + SLICE)
+}
+
+/// A port on 127.0.0.1 that refuses connections for as long as the socket
+/// returned is held: bound and never listening, so no other process can
+/// take it meanwhile.
+pub fn refusing_port() -> (socket2::Socket, u16) {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    socket
+        .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    let port = socket.local_addr().unwrap().as_socket().unwrap().port();
+    (socket, port)
 }
 
 /// A name no other call in this test run gets: `prefix-PID-N`.
@@ -596,7 +624,9 @@ pub fn wait_http(addr: SocketAddr, path: &str, limit: Duration) {
     });
 }
 
-/// Awaits a 503 from the admin API's /readyz within `limit`; returns its body.
+/// Awaits a 503 from the admin API's /readyz within `limit` (after TERM:
+/// the manager's --shutdown-delay, while it still serves); returns its
+/// body.
 pub fn not_ready_within(admin: SocketAddr, limit: Duration) -> String {
     eventually("/readyz to answer 503", limit, || {
         match get(admin, "/readyz").unwrap() {
