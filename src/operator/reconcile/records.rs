@@ -1,0 +1,123 @@
+//! What the operator remembers of each pod between passes: its scaling
+//! history (for stabilization windows and rate policies), when it last
+//! changed the pod, and whether the pod was already named for not
+//! reporting concurrency. Keyed `autoscaler-uid/pod-name`, so that two
+//! autoscalers selecting one pod keep apart; pruned to the pods each pass
+//! still selects.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+
+use super::super::decide::History;
+
+/// One pod's record.
+#[derive(Debug, Clone)]
+pub struct PodRecord {
+    pub history: History,
+    /// When the operator last changed the pod's count (RFC 3339).
+    pub last_scale: Option<String>,
+}
+
+/// Every pod's record, shared by the passes of all autoscalers.
+#[derive(Debug, Default)]
+pub struct PodRecords {
+    records: Mutex<HashMap<String, PodRecord>>,
+    /// Pods already named in a `ConcurrencyUnreported` Event, so that a
+    /// shared-mode pod gets one when it is first seen so, not one a pass.
+    unreported: Mutex<HashSet<String>>,
+}
+
+/// The key of `pod` under the autoscaler `uid`.
+pub fn key(uid: &str, pod: &str) -> String {
+    format!("{uid}/{pod}")
+}
+
+impl PodRecords {
+    pub fn get(&self, key: &str) -> Option<PodRecord> {
+        self.records.lock().ok()?.get(key).cloned()
+    }
+
+    pub fn put(&self, key: String, record: PodRecord) {
+        if let Ok(mut records) = self.records.lock() {
+            records.insert(key, record);
+        }
+    }
+
+    /// Whether the pod has just stopped reporting concurrency (or is seen
+    /// for the first time without it); a pod that reports it again is
+    /// forgotten, so that losing it later is told again.
+    pub fn newly_unreported(&self, key: &str, missing: bool) -> bool {
+        let Ok(mut unreported) = self.unreported.lock() else {
+            return false;
+        };
+        if missing {
+            unreported.insert(key.to_string())
+        } else {
+            unreported.remove(key);
+            false
+        }
+    }
+
+    /// Keeps, of autoscaler `uid`'s records, only those of the pods in
+    /// `live` (rolled-out, deleted and relabelled pods go): a long-running
+    /// controller would otherwise keep every pod it ever saw. Other
+    /// autoscalers' records stay.
+    pub fn keep_only<'a>(&self, uid: &str, live: impl IntoIterator<Item = &'a str>) {
+        let prefix = key(uid, "");
+        let live: HashSet<String> = live.into_iter().map(|pod| key(uid, pod)).collect();
+        let keep = |k: &String| !k.starts_with(&prefix) || live.contains(k);
+        if let Ok(mut records) = self.records.lock() {
+            records.retain(|k, _| keep(k));
+        }
+        if let Ok(mut unreported) = self.unreported.lock() {
+            unreported.retain(keep);
+        }
+    }
+
+    /// Forgets every record of autoscaler `uid` (it was deleted).
+    pub fn forget(&self, uid: &str) {
+        self.keep_only(uid, []);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> PodRecord {
+        PodRecord {
+            history: History::starting_at(2, 0.0, 0),
+            last_scale: None,
+        }
+    }
+
+    #[test]
+    fn a_pod_without_concurrency_is_told_once_until_it_reports_it() {
+        let records = PodRecords::default();
+        assert!(records.newly_unreported("uid/web-1", true));
+        assert!(!records.newly_unreported("uid/web-1", true));
+        assert!(records.newly_unreported("uid/web-2", true));
+        assert!(!records.newly_unreported("uid/web-1", false));
+        assert!(records.newly_unreported("uid/web-1", true));
+    }
+
+    #[test]
+    fn pods_no_longer_selected_are_forgotten_and_other_autoscalers_kept() {
+        let records = PodRecords::default();
+        for k in ["a/web-1", "a/web-2", "b/web-1"] {
+            records.put(k.into(), record());
+            records.newly_unreported(k, true);
+        }
+        records.keep_only("a", ["web-2"]);
+        assert!(records.get("a/web-1").is_none());
+        assert!(records.get("a/web-2").is_some());
+        assert!(records.get("b/web-1").is_some());
+        // web-1 of a is seen anew: it is told again.
+        assert!(records.newly_unreported("a/web-1", true));
+        assert!(!records.newly_unreported("b/web-1", true));
+        records.forget("b");
+        assert!(records.get("b/web-1").is_none());
+        assert!(records.get("a/web-2").is_some());
+        assert!(records.newly_unreported("b/web-1", true));
+    }
+}
