@@ -62,7 +62,7 @@ pub struct OperatorArgs {
 
     /// Client certificates: none (0), optional (1) or required (2) [default: none, required with --ca-certs].
     #[arg(long, env = "CORRAL_OPERATOR_CERT_REQS", value_name = "REQS")]
-    pub cert_reqs: Option<crate::units::CertReqs>,
+    pub cert_reqs: Option<crate::values::CertReqs>,
 
     /// Watch only this namespace [default: all].
     #[arg(long, env = "CORRAL_OPERATOR_NAMESPACE")]

@@ -12,7 +12,7 @@ use clap::{Args, ValueEnum};
 use serde::{Deserialize, Serialize};
 
 use crate::limits::MAX_WORKERS;
-use crate::units::{AllowIps, BindAddr, ByteSize, CertReqs, Mode, Secs};
+use crate::values::{AllowIps, BindAddr, ByteSize, CertReqs, Mode, Secs};
 
 /// One layer of settings. The same struct is filled by clap (flags, then
 /// env) and by the YAML file, so the two can never disagree on a key.

@@ -1,7 +1,7 @@
 //! The supervisor: owns the listeners and the worker table, and runs one
 //! event loop that turns signals, notify messages, child exits, admin
 //! commands and timer ticks into actions. Decisions come from
-//! [`plan::decide`]; [`Manager::step`] carries them out. The rooms around
+//! [`plan::next_actions`]; [`Manager::step`] carries them out. The rooms around
 //! it: the worker table and its transitions ([`table`]), the manager's own
 //! lifecycle ([`lifecycle`]), measurement ([`measure`]), what the outside
 //! sees ([`view`]) and the commands it takes ([`commands`]). It knows
@@ -14,9 +14,9 @@ pub mod listener;
 mod measure;
 pub mod notify;
 pub mod plan;
-pub mod probe;
 pub mod processes;
 mod proxied;
+pub mod readings;
 pub mod reexec;
 pub mod signals;
 pub mod spawn;
@@ -46,9 +46,9 @@ use lifecycle::Shutdown;
 use listener::{Inherited, Listener};
 use notify::{Message, NotifySocket};
 use plan::{Action, View, WorkerFacts};
-use probe::CgroupPaths;
 use processes::Processes;
 use proxied::{Proxied, StartProxyError};
+use readings::CgroupPaths;
 use reexec::HandOff;
 use signals::{Signal, Signals};
 use table::{Table, Worker};
@@ -88,7 +88,7 @@ pub struct Manager {
     notify: NotifySocket,
     admin_fd: RawFd,
     cgroup_paths: Option<CgroupPaths>,
-    cgroup: probe::Cgroup,
+    cgroup: readings::Cgroup,
     manager_rss: u64,
     queue_samples: Vec<VecDeque<(Instant, u32)>>,
     table: Table,
@@ -218,7 +218,7 @@ impl Manager {
             admin_fd: start.admin_fd,
             cgroup_paths,
             cgroup,
-            manager_rss: probe::self_rss().unwrap_or(0),
+            manager_rss: readings::self_rss().unwrap_or(0),
             table: Table::default(),
             generation: 1,
             requested: None,
@@ -256,7 +256,7 @@ impl Manager {
         self.reap();
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        let mut last_probe = now() - Duration::from_secs(10);
+        let mut last_measured = now() - Duration::from_secs(10);
         loop {
             tokio::select! {
                 sig = signals.recv() => self.on_signal(sig),
@@ -269,9 +269,9 @@ impl Manager {
                 _ = tick.tick() => {
                     self.sample_queues();
                     self.sample_concurrency();
-                    if last_probe.elapsed() >= Duration::from_secs(1) {
-                        last_probe = now();
-                        self.probe();
+                    if now().duration_since(last_measured) >= Duration::from_secs(1) {
+                        last_measured = now();
+                        self.measure();
                     }
                 }
             }
@@ -319,6 +319,8 @@ impl Manager {
             return;
         };
         let now = now();
+        // Told after the loop, which holds the worker's entry.
+        let mut ready = false;
         for m in messages {
             match m {
                 Message::Ready => {
@@ -329,8 +331,7 @@ impl Manager {
                             boot_ms = now.duration_since(w.facts.started).as_millis() as u64,
                             "worker ready"
                         );
-                        self.failures = 0;
-                        self.ever_ready = true;
+                        ready = true;
                     }
                 }
                 Message::Stopping => {}
@@ -344,6 +345,9 @@ impl Manager {
                 }
                 Message::Status(text) => w.status = Some(text),
             }
+        }
+        if ready {
+            self.worker_became_ready();
         }
     }
 
@@ -395,9 +399,7 @@ impl Manager {
             );
             return;
         }
-        self.failures += 1;
-        let delay = plan::backoff(self.failures, self.config.restart_backoff_max);
-        self.next_spawn_at = now() + delay;
+        let delay = self.worker_failed(now());
         warn!(
             worker,
             pid = pid.as_raw(),
@@ -503,10 +505,24 @@ impl Manager {
 
     /// A start that failed counts as a crash: the next waits for the backoff.
     fn start_failed(&mut self, now: Instant, error: &dyn std::fmt::Display, what: &str) {
+        self.worker_failed(now);
+        error!(error = %error, failures = self.failures, "{what}");
+    }
+
+    /// A worker became ready: the failures in a row are over, and the
+    /// workers can boot.
+    fn worker_became_ready(&mut self) {
+        self.failures = 0;
+        self.ever_ready = true;
+    }
+
+    /// A worker crashed or could not start: the next start waits for the
+    /// backoff, which is returned.
+    fn worker_failed(&mut self, now: Instant) -> Duration {
         self.failures += 1;
         let delay = plan::backoff(self.failures, self.config.restart_backoff_max);
         self.next_spawn_at = now + delay;
-        error!(error = %error, failures = self.failures, "{what}");
+        delay
     }
 
     /// One pass: advance the shutdown, ask the planner, act, publish.
@@ -545,7 +561,7 @@ impl Manager {
             workers: &facts,
             policy: &policy,
         };
-        for action in plan::decide(&view, now) {
+        for action in plan::next_actions(&view, now) {
             self.act(action, now);
         }
         self.sync_front(now);
@@ -582,8 +598,7 @@ impl Manager {
                         pid = w.pid.as_raw(),
                         "worker ready (alive past the boot grace)"
                     );
-                    self.failures = 0;
-                    self.ever_ready = true;
+                    self.worker_became_ready();
                 }
             }
             Action::Drain(id) => {

@@ -9,10 +9,11 @@
 //! module only moves requests.
 
 pub mod backends;
-pub mod body;
 pub mod headers;
 pub mod metrics;
 pub mod pool;
+pub mod request_body;
+pub mod response_body;
 pub mod sockets;
 
 use std::sync::Arc;
@@ -30,11 +31,12 @@ use crate::config::ProxyConfig;
 use crate::http::framing;
 use crate::http::server::{self, Limits, Listener, Peer};
 pub use backends::{Backends, Key, Load};
-use backends::{Lease, Refusal};
-use body::{Ahead, Done, FrontBody, Held, Outgoing};
+use backends::{Place, Refusal};
 pub use metrics::Metrics;
 use metrics::Retry;
 use pool::{ConnectError, Pool};
+use request_body::{Held, Outgoing};
+use response_body::{Ahead, Done, FrontBody};
 
 /// The front's server limits: many clients, keep-alive, HTTP/2, a
 /// header-read timeout that cuts off slowloris clients, and at shutdown a
@@ -149,7 +151,7 @@ impl Head {
         mut parts: hyper::http::request::Parts,
         peer: Option<Peer>,
         upgrade: bool,
-        allow: &crate::units::AllowIps,
+        allow: &crate::values::AllowIps,
     ) -> Head {
         if !parts.headers.contains_key(header::HOST)
             && let Some(authority) = parts.uri.authority()
@@ -229,13 +231,13 @@ impl Shared {
         let mut retried = false;
         for _ in 0..MAX_ATTEMPTS {
             let waited = Instant::now();
-            let lease = match self.backends.acquire(avoid).await {
+            let place = match self.backends.acquire(avoid).await {
                 Ok(l) => l,
                 Err(refusal) => return refused(refusal),
             };
             self.metrics.observe_queue_wait(waited.elapsed());
-            let key = lease.key;
-            let mut sender = match self.pool.checkout(key, &lease.socket).await {
+            let key = place.key;
+            let mut sender = match self.pool.checkout(key, &place.socket).await {
                 Ok(s) => s,
                 Err(e) => {
                     if matches!(e, ConnectError::Refused(_)) {
@@ -258,7 +260,7 @@ impl Shared {
             match result {
                 Ok(Ok(response)) => {
                     return self
-                        .respond(response, lease, sender, started, client_side)
+                        .respond(response, place, sender, started, client_side)
                         .await;
                 }
                 Ok(Err(mut failed)) => {
@@ -300,7 +302,7 @@ impl Shared {
     async fn respond(
         &self,
         mut response: Response<Incoming>,
-        lease: Lease,
+        place: Place,
         sender: pool::Sender,
         started: Instant,
         client_side: Option<hyper::upgrade::OnUpgrade>,
@@ -310,18 +312,18 @@ impl Shared {
         let (mut parts, mut body) = response.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers, switching);
         if let (Some(client_side), Some(worker_side)) = (client_side, worker_side) {
-            tokio::spawn(tunnel(client_side, worker_side, lease));
+            tokio::spawn(tunnel(client_side, worker_side, place));
             drop(sender);
             return Response::from_parts(parts, FrontBody::empty());
         }
         let done = Done {
-            lease,
+            place,
             sender: Some(sender),
             pool: self.pool.clone(),
             metrics: self.metrics.clone(),
             started,
         };
-        match body::read_ahead(&mut body).await {
+        match response_body::read_ahead(&mut body).await {
             Ok(Ahead::Whole(bytes)) => {
                 done.release();
                 // A body the worker sent chunked goes with a Content-Length.
@@ -336,7 +338,7 @@ impl Shared {
                 },
             ),
             Err(e) => {
-                warn!(worker = done.lease.key.id, error = %e, "worker failed mid-response");
+                warn!(worker = done.place.key.id, error = %e, "worker failed mid-response");
                 drop(done);
                 answer(StatusCode::BAD_GATEWAY, "the worker failed to answer\n")
             }
@@ -362,7 +364,7 @@ fn refused(refusal: Refusal) -> Response<FrontBody> {
 async fn tunnel(
     client: hyper::upgrade::OnUpgrade,
     worker: hyper::upgrade::OnUpgrade,
-    lease: Lease,
+    place: Place,
 ) {
     match tokio::try_join!(client, worker) {
         Ok((client, worker)) => {
@@ -374,34 +376,5 @@ async fn tunnel(
         }
         Err(e) => debug!(error = %e, "upgrade failed"),
     }
-    drop(lease);
-}
-
-/// Whether a worker answers on its socket: it accepts a connection, and
-/// with `path`, a GET of it gets a status below 500 within two seconds.
-pub async fn answers(socket: &std::path::Path, path: Option<&str>) -> bool {
-    let Ok(stream) = tokio::net::UnixStream::connect(socket).await else {
-        return false;
-    };
-    let Some(path) = path else {
-        return true;
-    };
-    let probe = async {
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .ok()?;
-        tokio::spawn(conn);
-        let req = Request::get(path)
-            .header(header::HOST, "localhost")
-            .header(header::USER_AGENT, "corral-ready-probe")
-            .body(http_body_util::Empty::<bytes::Bytes>::new())
-            .ok()?;
-        let response = sender.send_request(req).await.ok()?;
-        Some(response.status().as_u16() < 500)
-    };
-    tokio::time::timeout(Duration::from_secs(2), probe)
-        .await
-        .ok()
-        .flatten()
-        .unwrap_or(false)
+    drop(place);
 }

@@ -13,7 +13,7 @@ use crate::cli::RunArgs;
 use crate::config::{Config, Host, Settings};
 use crate::manager::processes::System;
 use crate::manager::reexec::HandOff;
-use crate::manager::{Manager, Snapshot, Startup, probe};
+use crate::manager::{Manager, Snapshot, Startup, readings};
 use crate::telemetry;
 
 /// A failure before the supervision loop runs: the exit status and why.
@@ -33,8 +33,8 @@ fn usage(message: impl ToString) -> RunError {
 
 /// Facts about this machine and process that defaults depend on.
 fn host() -> Host {
-    let machine = probe::machine_cpus();
-    let quota = probe::CgroupPaths::detect().and_then(|p| p.read().cpu_quota_cores);
+    let machine = readings::machine_cpus();
+    let quota = readings::CgroupPaths::detect().and_then(|p| p.read().cpu_quota_cores);
     let activated = std::env::var("LISTEN_PID")
         .ok()
         .and_then(|p| p.parse::<u32>().ok())
@@ -45,7 +45,7 @@ fn host() -> Host {
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
     Host {
-        cpus: probe::cpus_allowed(quota, machine),
+        cpus: readings::cpus_allowed(quota, machine),
         web_concurrency: std::env::var("WEB_CONCURRENCY").ok(),
         in_kubernetes: std::env::var_os("KUBERNETES_SERVICE_HOST").is_some(),
         listen_fds: if activated {

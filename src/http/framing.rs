@@ -18,7 +18,14 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::server::{MAX_HEAD_BYTES, MAX_HEADERS};
+/// The largest request head (request line and headers) taken, in bytes;
+/// a larger one is answered 431. Gunicorn allows 4 KiB per line and 8 KiB
+/// per field, nginx 4 x 8 KiB by default: 64 KiB is above what any of
+/// them forward.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+
+/// Header fields per request at most (Gunicorn's `--limit-request-fields`).
+pub const MAX_HEADERS: usize = 100;
 
 /// In a request's extensions when its framing could be read two ways.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,7 +56,7 @@ enum State {
 pub struct Reader {
     state: State,
     /// One per request head, in order: true when ambiguous.
-    pub verdicts: VecDeque<bool>,
+    verdicts: VecDeque<bool>,
 }
 
 impl Default for Reader {
@@ -245,7 +252,7 @@ pub struct Watch<T> {
 }
 
 impl<T> Watch<T> {
-    pub fn new(inner: T, active: bool) -> (Watch<T>, Arc<Mutex<Reader>>) {
+    pub fn new(inner: T, active: bool) -> (Watch<T>, Verdicts) {
         let reader = Arc::new(Mutex::new(Reader::default()));
         (
             Watch {
@@ -253,8 +260,22 @@ impl<T> Watch<T> {
                 reader: reader.clone(),
                 active,
             },
-            reader,
+            Verdicts(reader),
         )
+    }
+}
+
+/// The verdicts of a watched connection, taken by the server as its
+/// requests come.
+pub struct Verdicts(Arc<Mutex<Reader>>);
+
+impl Verdicts {
+    /// Whether the next request in order was found ambiguous. Requests on
+    /// one HTTP/1 connection are served in order, so the oldest verdict is
+    /// the next request's.
+    pub fn next_is_ambiguous(&self) -> bool {
+        let mut reader = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        reader.verdicts.pop_front() == Some(true)
     }
 }
 

@@ -25,7 +25,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
-use super::framing;
+use super::framing::{self, MAX_HEAD_BYTES, MAX_HEADERS};
 use super::tls::Certs;
 
 /// How much one server takes on, and how it lets go.
@@ -48,15 +48,6 @@ pub struct Limits {
     /// ([`framing::Ambiguous`]), for a front that must not forward them.
     pub strict_framing: bool,
 }
-
-/// The largest request head (request line and headers) taken, in bytes;
-/// a larger one is answered 431. Gunicorn allows 4 KiB per line and 8 KiB
-/// per field, nginx 4 x 8 KiB by default: 64 KiB is above what any of
-/// them forward.
-pub const MAX_HEAD_BYTES: usize = 64 * 1024;
-
-/// Header fields per request at most (Gunicorn's `--limit-request-fields`).
-pub const MAX_HEADERS: usize = 100;
 
 /// HTTP/2 limits. Streams open at once per connection (nginx's default);
 /// streams a client may reset before the server has even taken them (the
@@ -295,7 +286,7 @@ async fn serve_io<S, F, Fut, B>(
     B: ResponseBody,
 {
     let strict = limits.strict_framing;
-    let (stream, framing) = framing::Watch::new(stream, strict);
+    let (stream, verdicts) = framing::Watch::new(stream, strict);
     let io = TokioIo::new(stream);
     let requested = Arc::new(Notify::new());
     let service = {
@@ -303,17 +294,8 @@ async fn serve_io<S, F, Fut, B>(
         hyper::service::service_fn(move |mut req: Request<Incoming>| {
             requested.notify_one();
             req.extensions_mut().insert(peer);
-            // Requests on one HTTP/1 connection are served in order, so
-            // the oldest verdict is this request's.
-            if strict && req.version() != hyper::Version::HTTP_2 {
-                let verdict = framing
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .verdicts
-                    .pop_front();
-                if verdict == Some(true) {
-                    req.extensions_mut().insert(framing::Ambiguous);
-                }
+            if strict && req.version() != hyper::Version::HTTP_2 && verdicts.next_is_ambiguous() {
+                req.extensions_mut().insert(framing::Ambiguous);
             }
             let answer = handle(req);
             async move { Ok::<_, Infallible>(answer.await) }

@@ -20,7 +20,7 @@ use rustls::server::WebPkiClientVerifier;
 use tracing::{error, info};
 
 use crate::config::TlsFiles;
-use crate::units::CertReqs;
+use crate::values::CertReqs;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {

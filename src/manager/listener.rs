@@ -11,7 +11,7 @@ use std::path::Path;
 
 use socket2::{Domain, SockAddr, Socket, Type};
 
-use crate::units::BindAddr;
+use crate::values::BindAddr;
 
 /// One listening socket the manager holds for its workers.
 #[derive(Debug)]
@@ -259,7 +259,7 @@ mod tests {
         assert!(l.socket.tcp_nodelay().unwrap(), "TCP_NODELAY must be set");
         assert!(l.socket.is_listener().unwrap());
         assert!(l.name.starts_with("127.0.0.1:"));
-        let queue = crate::manager::probe::listen_queue(l.fd()).unwrap();
+        let queue = crate::manager::readings::listen_queue(l.fd()).unwrap();
         assert_eq!(queue.backlog, 77);
     }
 

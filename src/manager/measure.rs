@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use super::probe;
+use super::readings;
 use super::{Manager, now};
 
 /// How far back the listen-queue maximum looks.
@@ -26,7 +26,7 @@ impl Manager {
             if !l.is_tcp {
                 continue;
             }
-            if let Some(q) = probe::listen_queue(l.socket.as_raw_fd()) {
+            if let Some(q) = readings::listen_queue(l.socket.as_raw_fd()) {
                 samples.push_back((now, q.waiting));
                 while samples
                     .front()
@@ -39,10 +39,10 @@ impl Manager {
     }
 
     /// Every second: worker CPU and memory, the cgroup, the manager itself.
-    pub(super) fn probe(&mut self) {
+    pub(super) fn measure(&mut self) {
         let now = now();
         for w in &mut self.table.workers {
-            if let Some(u) = probe::proc_usage(w.pid.as_raw()) {
+            if let Some(u) = readings::proc_usage(w.pid.as_raw()) {
                 w.usage = Some(u);
                 w.facts.rss_over = match self.config.max_worker_memory {
                     Some(limit) if u.rss_bytes > limit => w.facts.rss_over.saturating_add(1),
@@ -58,7 +58,7 @@ impl Manager {
         if let Some(paths) = &self.cgroup_paths {
             self.cgroup = paths.read();
         }
-        self.manager_rss = probe::self_rss().unwrap_or(self.manager_rss);
+        self.manager_rss = readings::self_rss().unwrap_or(self.manager_rss);
     }
 }
 

@@ -1,7 +1,7 @@
 //! Pure supervision decisions. Given what is known about the workers and
 //! the clock's reading, say what to do next: start workers, mark silent ones
 //! ready, drain the surplus, abort hung ones, kill the ones past their
-//! deadline. No I/O and no clock reads here; the manager calls [`decide`]
+//! deadline. No I/O and no clock reads here; the manager calls [`next_actions`]
 //! after every event and carries out the actions.
 
 use std::time::{Duration, Instant};
@@ -119,7 +119,7 @@ impl Recycle {
 }
 
 /// One pass over the workers.
-pub fn decide(view: &View<'_>, now: Instant) -> Vec<Action> {
+pub fn next_actions(view: &View<'_>, now: Instant) -> Vec<Action> {
     let mut actions = Vec::new();
     let policy = view.policy;
 

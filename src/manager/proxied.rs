@@ -134,7 +134,7 @@ impl Proxied {
         let probe = tokio::spawn(async move {
             let deadline = tokio::time::Instant::now() + limit;
             while tokio::time::Instant::now() < deadline && !tx.is_closed() {
-                if proxy::answers(&socket, path.as_deref()).await {
+                if proxy::pool::answers(&socket, path.as_deref()).await {
                     let _ = tx.send(key);
                     return;
                 }
@@ -223,8 +223,7 @@ impl Manager {
             boot_ms = now().duration_since(w.facts.started).as_millis() as u64,
             "worker ready (answers on its socket)"
         );
-        self.failures = 0;
-        self.ever_ready = true;
+        self.worker_became_ready();
     }
 
     /// At shutdown, once the front has let its clients go (or the graceful

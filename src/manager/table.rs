@@ -12,7 +12,7 @@ use nix::unistd::Pid;
 use crate::contract::{ExitDoc, ExitReason, RecentExit, WorkerState};
 
 use super::plan::WorkerFacts;
-use super::probe::ProcUsage;
+use super::readings::ProcUsage;
 
 /// How many ended workers `/workers` remembers.
 const RECENT_EXITS: usize = 16;
@@ -113,10 +113,6 @@ impl Table {
         (1..)
             .find(|id| !self.workers.iter().any(|w| w.facts.id == *id))
             .unwrap_or(1)
-    }
-
-    pub fn by_pid(&mut self, pid: Pid) -> Option<&mut Worker> {
-        self.workers.iter_mut().find(|w| w.pid == pid)
     }
 
     pub fn by_id(&mut self, id: u32) -> Option<&mut Worker> {

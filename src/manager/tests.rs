@@ -13,7 +13,7 @@ use super::*;
 use crate::config::Settings;
 use crate::contract::LimitReason;
 use crate::manager::spawn::{SpawnError, SpawnSpec};
-use crate::units::BindAddr;
+use crate::values::BindAddr;
 
 /// What the fake was asked: every pid it handed out, every signal.
 #[derive(Debug, Default)]
@@ -205,7 +205,7 @@ async fn a_rolling_restart_surges_first_and_drains_only_after_the_new_worker_is_
 #[tokio::test(start_paused = true)]
 async fn scaling_down_drains_the_idlest_worker_and_kills_it_at_the_deadline() {
     let (mut m, fake, _rx) = manager(Settings {
-        graceful_timeout: Some(crate::units::Secs(Duration::from_secs(10))),
+        graceful_timeout: Some(crate::values::Secs(Duration::from_secs(10))),
         ..settings(3)
     });
     let pids = settled(&mut m, &fake);
@@ -246,8 +246,8 @@ async fn scaling_down_drains_the_idlest_worker_and_kills_it_at_the_deadline() {
 #[tokio::test(start_paused = true)]
 async fn shutdown_waits_for_the_delay_then_stops_everyone_and_exits_when_they_are_gone() {
     let (mut m, fake, rx) = manager(Settings {
-        shutdown_delay: Some(crate::units::Secs(Duration::from_secs(5))),
-        graceful_timeout: Some(crate::units::Secs(Duration::from_secs(30))),
+        shutdown_delay: Some(crate::values::Secs(Duration::from_secs(5))),
+        graceful_timeout: Some(crate::values::Secs(Duration::from_secs(30))),
         ..settings(2)
     });
     let pids = settled(&mut m, &fake);
@@ -289,7 +289,7 @@ async fn shutdown_waits_for_the_delay_then_stops_everyone_and_exits_when_they_ar
 #[tokio::test(start_paused = true)]
 async fn a_quick_shutdown_during_the_delay_stops_everyone_at_once() {
     let (mut m, fake, _rx) = manager(Settings {
-        shutdown_delay: Some(crate::units::Secs(Duration::from_secs(5))),
+        shutdown_delay: Some(crate::values::Secs(Duration::from_secs(5))),
         ..settings(1)
     });
     let pid = settled(&mut m, &fake)[0];
@@ -325,7 +325,7 @@ async fn a_crash_loop_before_any_worker_was_ready_ends_the_manager() {
 #[tokio::test(start_paused = true)]
 async fn an_old_worker_is_recycled_after_its_successor_is_ready() {
     let (mut m, fake, _rx) = manager(Settings {
-        max_worker_lifetime: Some(crate::units::Secs(Duration::from_secs(60))),
+        max_worker_lifetime: Some(crate::values::Secs(Duration::from_secs(60))),
         ..settings(1)
     });
     let old = settled(&mut m, &fake)[0];

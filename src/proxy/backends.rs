@@ -1,10 +1,10 @@
 //! The front's table of workers: which take requests, how many each holds,
-//! and the requests waiting for one. A request leaves with a [`Lease`] on
+//! and the requests waiting for one. A request leaves with a [`Place`] on
 //! the worker with the fewest in flight (ties go round in turn), at most
 //! `--worker-concurrency` per worker; when none has room it waits in a
 //! bounded FIFO queue and is handed the next freed place directly. The
 //! manager opens a worker once it is ready and closes it to drain; a closed
-//! worker whose last lease ends wakes the manager, which then sends the
+//! worker whose last place ends wakes the manager, which then sends the
 //! stop signal. One mutex guards it all: every operation is a few field
 //! updates, never I/O.
 
@@ -53,7 +53,7 @@ struct Backend {
 }
 
 struct Waiter {
-    tx: oneshot::Sender<Lease>,
+    tx: oneshot::Sender<Place>,
     avoid: Option<Key>,
 }
 
@@ -77,15 +77,15 @@ pub struct Backends {
 
 /// A place on one worker, held from dispatch until the response has been
 /// sent; dropping it frees the place.
-pub struct Lease {
+pub struct Place {
     backends: Arc<Backends>,
     pub key: Key,
-    /// Shared, not copied: a lease is taken per request.
+    /// Shared, not copied: a place is taken per request.
     pub socket: Arc<Path>,
     armed: bool,
 }
 
-impl Drop for Lease {
+impl Drop for Place {
     fn drop(&mut self) {
         if self.armed {
             self.backends.release(self.key);
@@ -113,7 +113,7 @@ impl Backends {
     /// A place on the least busy open worker, waiting in the queue if none
     /// has room. `avoid` is the worker a retry must not go back to, unless
     /// it is the only one open.
-    pub async fn acquire(self: &Arc<Self>, avoid: Option<Key>) -> Result<Lease, Refusal> {
+    pub async fn acquire(self: &Arc<Self>, avoid: Option<Key>) -> Result<Place, Refusal> {
         let rx = {
             let mut state = self.lock();
             if let Some(i) = self.pick(&state, avoid) {
@@ -128,7 +128,7 @@ impl Backends {
             rx
         };
         match tokio::time::timeout(self.queue_timeout, rx).await {
-            Ok(Ok(lease)) => Ok(lease),
+            Ok(Ok(place)) => Ok(place),
             _ => Err(Refusal::Timeout),
         }
     }
@@ -149,18 +149,18 @@ impl Backends {
         best(avoid).or_else(|| avoid.and_then(|_| best(None)))
     }
 
-    fn grant(self: &Arc<Self>, state: &mut State, i: usize) -> Lease {
+    fn grant(self: &Arc<Self>, state: &mut State, i: usize) -> Place {
         let b = &mut state.workers[i];
         b.load.in_flight += 1;
         b.load.requests += 1;
-        let lease = Lease {
+        let place = Place {
             backends: self.clone(),
             key: b.key,
             socket: b.socket.clone(),
             armed: true,
         };
         state.next = (i + 1) % state.workers.len();
-        lease
+        place
     }
 
     fn release(self: &Arc<Self>, key: Key) {
@@ -185,11 +185,11 @@ impl Backends {
                 return;
             };
             let w = state.waiters.pop_front().expect("a waiter was just seen");
-            let lease = self.grant(state, i);
-            if let Err(mut lease) = w.tx.send(lease) {
+            let place = self.grant(state, i);
+            if let Err(mut place) = w.tx.send(place) {
                 // It gave up as the place came: take the place back here,
-                // under the lock already held, not in the lease's drop.
-                lease.armed = false;
+                // under the lock already held, not in the place's drop.
+                place.armed = false;
                 let b = &mut state.workers[i];
                 b.load.in_flight -= 1;
                 b.load.requests -= 1;

@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use hyper::HeaderMap;
 use hyper::header::{self, HeaderName, HeaderValue};
 
-use crate::units::AllowIps;
+use crate::values::AllowIps;
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");

@@ -4,7 +4,10 @@
 //! over, so a worker that refuses it leaves the request (body and all) in
 //! the front's hands to send elsewhere, and `try_send_request` gives back
 //! a request the connection closed before writing. Those are the two
-//! "never reached a worker" cases a retry is always safe for.
+//! "never reached a worker" cases a retry is always safe for. The same
+//! connections answer the booting worker's readiness probe ([`answers`]):
+//! one way of speaking HTTP to a worker, whatever the purpose. (Outside
+//! the request path, corral's HTTP client is `http::client`.)
 
 use std::collections::HashMap;
 use std::io;
@@ -12,13 +15,15 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use http_body_util::Full;
 use hyper::client::conn::http1::{self, SendRequest};
+use hyper::{Request, header};
 use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
 use tracing::debug;
 
 use super::backends::Key;
-use super::body::Outgoing;
+use super::request_body::Outgoing;
 
 /// Idle connections kept per worker; more are closed when they come back.
 const IDLE_PER_WORKER: usize = 64;
@@ -50,26 +55,10 @@ pub enum ConnectError {
 impl Pool {
     /// An idle connection ready for a request, else a new one.
     pub async fn checkout(&self, key: Key, socket: &Path) -> Result<Sender, ConnectError> {
-        if let Some(sender) = self.take_idle(key) {
-            return Ok(sender);
+        match self.take_idle(key) {
+            Some(sender) => Ok(sender),
+            None => connect(socket).await,
         }
-        let stream = UnixStream::connect(socket)
-            .await
-            .map_err(|e| match e.kind() {
-                io::ErrorKind::ConnectionRefused | io::ErrorKind::NotFound => {
-                    ConnectError::Refused(e)
-                }
-                _ => ConnectError::Other(e),
-            })?;
-        let (sender, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                debug!(error = %e, "worker connection");
-            }
-        });
-        Ok(sender)
     }
 
     fn take_idle(&self, key: Key) -> Option<Sender> {
@@ -99,4 +88,46 @@ impl Pool {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         idle.retain(|k, _| alive(*k));
     }
+}
+
+/// A new connection to the worker listening on `socket`.
+async fn connect(socket: &Path) -> Result<Sender, ConnectError> {
+    let stream = UnixStream::connect(socket)
+        .await
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::ConnectionRefused | io::ErrorKind::NotFound => ConnectError::Refused(e),
+            _ => ConnectError::Other(e),
+        })?;
+    let (sender, conn) = http1::Builder::new()
+        .handshake(TokioIo::new(stream))
+        .await?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            debug!(error = %e, "worker connection");
+        }
+    });
+    Ok(sender)
+}
+
+/// Whether the worker on `socket` is ready: it accepts a connection, and,
+/// given a `path`, answers a GET of it with a status under 500 within 2 s.
+pub async fn answers(socket: &Path, path: Option<&str>) -> bool {
+    let probe = async {
+        let mut sender = connect(socket).await.ok()?;
+        let Some(path) = path else {
+            return Some(true);
+        };
+        let req = Request::get(path)
+            .header(header::HOST, "localhost")
+            .header(header::USER_AGENT, "corral-ready-probe")
+            .body(Outgoing::Full(Full::default()))
+            .ok()?;
+        let response = sender.send_request(req).await.ok()?;
+        Some(response.status().as_u16() < 500)
+    };
+    tokio::time::timeout(Duration::from_secs(2), probe)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
 }

@@ -17,7 +17,7 @@ fn worker(id: u32, generation: u64, state: WorkerState, t0: Instant) -> WorkerFa
 
 fn run(desired: u32, generation: u64, workers: &[WorkerFacts], now: Instant) -> Vec<Action> {
     let p = policy();
-    decide(
+    next_actions(
         &View {
             desired,
             generation,
@@ -69,14 +69,14 @@ fn no_spawn_while_backing_off() {
         policy: &p,
     };
     assert!(
-        decide(&view, t0).is_empty(),
+        next_actions(&view, t0).is_empty(),
         "no start, and no drain for want of a successor"
     );
     let allowed = View {
         may_spawn: true,
         ..view
     };
-    assert_eq!(spawns(&decide(&allowed, t0)), 2);
+    assert_eq!(spawns(&next_actions(&allowed, t0)), 2);
 }
 
 #[test]
@@ -170,9 +170,9 @@ fn silent_workers_become_ready_after_the_grace_in_auto_mode() {
         workers: &ws,
         policy: &p,
     };
-    assert!(decide(&view, t0 + Duration::from_millis(500)).is_empty());
+    assert!(next_actions(&view, t0 + Duration::from_millis(500)).is_empty());
     assert_eq!(
-        decide(&view, t0 + Duration::from_secs(1)),
+        next_actions(&view, t0 + Duration::from_secs(1)),
         vec![Action::MarkReady(1)]
     );
 }
@@ -279,7 +279,7 @@ fn memory_recycling_needs_enough_samples_in_a_row_and_one_at_a_time() {
         workers: &ws,
         policy: &off,
     };
-    assert!(decide(&view, t0).is_empty(), "no limit, no recycling");
+    assert!(next_actions(&view, t0).is_empty(), "no limit, no recycling");
 }
 
 #[test]

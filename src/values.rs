@@ -1,8 +1,9 @@
 //! Value types that configuration is written in: durations (`30`, `30s`,
-//! `500ms`, `2m`), byte sizes (`512Mi`, `1G`, `1048576`) and bind addresses
-//! (`host:port`, `[::]:port`, `unix:/path`, `fd://N`). Each parses the same
-//! way from a flag, an environment variable and the YAML file, so an error
-//! reads the same wherever the value came from.
+//! `500ms`, `2m`), byte sizes (`512Mi`, `1G`, `1048576`), bind addresses
+//! (`host:port`, `[::]:port`, `unix:/path`, `fd://N`), file modes, the
+//! peers trusted with forwarding headers, and the TLS client-certificate
+//! rule. Each parses the same way from a flag, an environment variable and
+//! the YAML file, so an error reads the same wherever the value came from.
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -10,6 +11,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
+use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A duration written in seconds, optionally with a unit suffix.
@@ -218,8 +220,8 @@ impl fmt::Display for Mode {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AllowIps {
     pub any: bool,
-    /// (network, prefix length) pairs; a bare address is a full-length prefix.
-    pub nets: Vec<(IpAddr, u8)>,
+    /// A bare address is a full-length prefix.
+    pub nets: Vec<IpNet>,
 }
 
 impl AllowIps {
@@ -229,18 +231,8 @@ impl AllowIps {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(peer, IpAddr::V4),
             v4 => v4,
         };
-        self.any
-            || self.nets.iter().any(|(net, len)| match (net, peer) {
-                (IpAddr::V4(n), IpAddr::V4(p)) => prefix_eq(&n.octets(), &p.octets(), *len),
-                (IpAddr::V6(n), IpAddr::V6(p)) => prefix_eq(&n.octets(), &p.octets(), *len),
-                _ => false,
-            })
+        self.any || self.nets.iter().any(|net| net.contains(&peer))
     }
-}
-
-fn prefix_eq(a: &[u8], b: &[u8], len: u8) -> bool {
-    let (whole, rest) = ((len / 8) as usize, len % 8);
-    a[..whole] == b[..whole] && (rest == 0 || (a[whole] ^ b[whole]) >> (8 - rest) == 0)
 }
 
 impl FromStr for AllowIps {
@@ -266,13 +258,11 @@ impl FromStr for AllowIps {
             let full = if addr.is_ipv4() { 32 } else { 128 };
             let len = match len {
                 None => full,
-                Some(l) => l
-                    .parse::<u8>()
-                    .ok()
-                    .filter(|l| *l <= full)
-                    .ok_or_else(|| format!("`{item}`: the prefix length must be 0..={full}"))?,
+                Some(l) => l.parse::<u8>().unwrap_or(u8::MAX),
             };
-            allow.nets.push((addr, len));
+            let net = IpNet::new(addr, len)
+                .map_err(|_| format!("`{item}`: the prefix length must be 0..={full}"))?;
+            allow.nets.push(net);
         }
         Ok(allow)
     }
@@ -280,7 +270,7 @@ impl FromStr for AllowIps {
 
 impl fmt::Display for AllowIps {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut items: Vec<String> = self.nets.iter().map(|(a, l)| format!("{a}/{l}")).collect();
+        let mut items: Vec<String> = self.nets.iter().map(IpNet::to_string).collect();
         if self.any {
             items.insert(0, "*".into());
         }
