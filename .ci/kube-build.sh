@@ -223,26 +223,17 @@ done
 # (enum/default/example) made the v1 -> internal conversion fail, and
 # Convert_v1_CustomResourceDefinitionSpec_To_apiextensions_... swallowed that
 # error, leaving a half-converted spec that validation then rejects.
-pr104990() {
-    cat <<'PATCH'
---- a/staging/src/k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1/conversion.go
-+++ b/staging/src/k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1/conversion.go
-@@ -17,6 +17,8 @@
- package v1
- 
- import (
-+	"bytes"
-+
- 	"k8s.io/apiextensions-apiserver/pkg/apis/apiextensions"
- 	apiequality "k8s.io/apimachinery/pkg/api/equality"
- 	"k8s.io/apimachinery/pkg/conversion"
+# pr104990's change to JSON conversion, the same in the v1 and v1beta1
+# packages: json_null_hunk VERSION
+json_null_hunk() {
+    cat <<PATCH
 @@ -36,24 +38,33 @@
  	return nil
  }
  
-+var nullLiteral = []byte(`null`)
++var nullLiteral = []byte(\`null\`)
 +
- func Convert_apiextensions_JSON_To_v1_JSON(in *apiextensions.JSON, out *JSON, s conversion.Scope) error {
+ func Convert_apiextensions_JSON_To_${1}_JSON(in *apiextensions.JSON, out *JSON, s conversion.Scope) error {
  	raw, err := json.Marshal(*in)
  	if err != nil {
  		return err
@@ -257,7 +248,7 @@ pr104990() {
  	return nil
  }
  
- func Convert_v1_JSON_To_apiextensions_JSON(in *JSON, out *apiextensions.JSON, s conversion.Scope) error {
+ func Convert_${1}_JSON_To_apiextensions_JSON(in *JSON, out *apiextensions.JSON, s conversion.Scope) error {
  	if in != nil {
  		var i interface{}
 -		if err := json.Unmarshal(in.Raw, &i); err != nil {
@@ -274,6 +265,24 @@ pr104990() {
  	}
  	return nil
  }
+PATCH
+}
+pr104990() {
+    cat <<'PATCH'
+--- a/staging/src/k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1/conversion.go
++++ b/staging/src/k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1/conversion.go
+@@ -17,6 +17,8 @@
+ package v1
+ 
+ import (
++	"bytes"
++
+ 	"k8s.io/apiextensions-apiserver/pkg/apis/apiextensions"
+ 	apiequality "k8s.io/apimachinery/pkg/api/equality"
+ 	"k8s.io/apimachinery/pkg/conversion"
+PATCH
+    json_null_hunk v1
+    cat <<'PATCH'
 @@ -103,7 +114,7 @@
  
  func Convert_v1_CustomResourceDefinitionSpec_To_apiextensions_CustomResourceDefinitionSpec(in *CustomResourceDefinitionSpec, out *apiextensions.CustomResourceDefinitionSpec, s conversion.Scope) error {
@@ -294,45 +303,8 @@ pr104990() {
  	"k8s.io/apimachinery/pkg/conversion"
  	"k8s.io/apimachinery/pkg/util/json"
  
-@@ -36,24 +38,33 @@
- 	return nil
- }
- 
-+var nullLiteral = []byte(`null`)
-+
- func Convert_apiextensions_JSON_To_v1beta1_JSON(in *apiextensions.JSON, out *JSON, s conversion.Scope) error {
- 	raw, err := json.Marshal(*in)
- 	if err != nil {
- 		return err
- 	}
--	out.Raw = raw
-+	if len(raw) == 0 || bytes.Equal(raw, nullLiteral) {
-+		// match JSON#UnmarshalJSON treatment of literal nulls
-+		out.Raw = nil
-+	} else {
-+		out.Raw = raw
-+	}
- 	return nil
- }
- 
- func Convert_v1beta1_JSON_To_apiextensions_JSON(in *JSON, out *apiextensions.JSON, s conversion.Scope) error {
- 	if in != nil {
- 		var i interface{}
--		if err := json.Unmarshal(in.Raw, &i); err != nil {
--			return err
-+		if len(in.Raw) > 0 && !bytes.Equal(in.Raw, nullLiteral) {
-+			if err := json.Unmarshal(in.Raw, &i); err != nil {
-+				return err
-+			}
- 		}
- 		*out = i
- 	} else {
--		out = nil
-+		*out = nil
- 	}
- 	return nil
- }
 PATCH
+    json_null_hunk v1beta1
 }
 for f in "${fixes[@]}"; do
     log "applying source fix $f"
