@@ -30,18 +30,7 @@ const EVERY: Duration = Duration::from_millis(500);
 
 /// `tar -xOf ARCHIVE MEMBER`.
 fn tar_member(archive: &Path, member: &str) -> Vec<u8> {
-    let out = Command::new("tar")
-        .arg("-xOf")
-        .arg(archive)
-        .arg(member)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "tar {archive:?} {member}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
+    support::stdout_of(Command::new("tar").arg("-xOf").arg(archive).arg(member))
 }
 
 fn blob(archive: &Path, digest: &str) -> Vec<u8> {
@@ -73,20 +62,15 @@ fn image(archive: &Path) -> (Value, Vec<String>) {
         // umoci's `insert` layers end without tar's two zero blocks, which Go's
         // archive/tar (containerd) accepts and GNU tar reports ("Unexpected EOF
         // in archive") after listing every entry: its status is not the test.
-        let out = Command::new("sh")
-            .arg("-c")
-            .arg("tar -xOf \"$1\" \"./blobs/sha256/$2\" | tar -tzf - 2>/dev/null; true")
-            .arg("sh")
-            .arg(archive)
-            .arg(digest)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let out = support::stdout_of(
+            Command::new("sh")
+                .arg("-c")
+                .arg("tar -xOf \"$1\" \"./blobs/sha256/$2\" | tar -tzf - 2>/dev/null; true")
+                .arg("sh")
+                .arg(archive)
+                .arg(digest),
         );
-        let text = String::from_utf8_lossy(&out.stdout);
+        let text = String::from_utf8_lossy(&out);
         paths.extend(text.lines().map(|l| l.trim_start_matches("./").to_string()));
     }
     (config["config"].clone(), paths)
@@ -342,9 +326,11 @@ fn a_load_refused_before_its_pod_is_ready_is_served_once_it_is() {
     let (pod, service) = manifest.split_once("\n---\n").unwrap();
     node.apply(ns, service);
     let load = node.node_port_load(30084, "/", 4, Duration::from_secs(240));
+    // Refused, and from another host not always at once: the node's ICMP
+    // answers to one client are rate-limited, so some tries time out.
     eventually_every("the load refused", WAIT, EVERY, || {
         match load.failed_so_far() {
-            n if n >= 1000 => Ok(()),
+            n if n >= 50 => Ok(()),
             n => Err(n),
         }
     });
@@ -929,6 +915,7 @@ fn the_django_example_runs_with_the_limits_the_kubelet_set() {
 /// Load through the NodePort during `kubectl rollout restart`, until the
 /// rollout is complete: (answered, failed, some errors).
 fn restart_under_load(node: &Node, ns: &str, port: u16) -> support::Report {
+    node.until_node_port_serves(ns, "mysite", port);
     let load = node.node_port_load(port, "/", 4, Duration::from_secs(240));
     let why = || node.service_report(ns, "mysite");
     load.wait_progress_or(50, WAIT, why);
@@ -1042,6 +1029,7 @@ fn a_cpu_load_step_through_the_node_port_makes_the_operator_add_workers() {
         "{seen}"
     );
 
+    node.until_node_port_serves(ns, "mysite", 30083);
     let load = node.node_port_load(30083, "/cpu/50", 3, Duration::from_secs(180));
     load.wait_progress_or(10, WAIT, || node.service_report(ns, "mysite"));
     let started = std::time::Instant::now();

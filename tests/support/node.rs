@@ -32,7 +32,8 @@ use corral::http::client::url;
 use serde_json::Value;
 
 use crate::support::{
-    BIN, Load, fresh_connections, heavy, k8s_tool, output_text, root, run_with_stdin, unique,
+    BIN, Load, fresh_connections, heavy, k8s_tool, output_text, root, run_with_stdin, stdout_of,
+    unique,
 };
 
 /// The node, brought up once per test binary.
@@ -373,13 +374,7 @@ echo "now $(date +%s.%N)"
         let mut all = vec!["get"];
         all.extend_from_slice(args);
         all.extend_from_slice(&["-o", "json"]);
-        let out = self.kubectl_command().args(&all).output().unwrap();
-        assert!(
-            out.status.success(),
-            "kubectl {all:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
+        serde_json::from_slice(&stdout_of(self.kubectl_command().args(&all))).unwrap()
     }
 
     /// `kubectl apply -f -` of `yaml` (JSON documents will do) in `ns`.
@@ -494,6 +489,24 @@ echo "now $(date +%s.%N)"
     pub fn node_port_get(&self, port: u16, path: &str) -> std::io::Result<(u16, String)> {
         let (addr, path) = (self.node_port(port), path.to_string());
         in_netns(&self.client_netns_path(), move || raw_get(addr, &path))
+    }
+
+    /// Waits until NodePort `port` (of `service` in `ns`) answers 200 from
+    /// the client host: kube-proxy has the Service's first endpoint in its
+    /// rules. Until then the port is refused by design, so a load that must
+    /// not fail starts after this.
+    pub fn until_node_port_serves(&self, ns: &str, service: &str, port: u16) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            match self.node_port_get(port, "/") {
+                Ok((200, _)) => return,
+                other if std::time::Instant::now() > deadline => panic!(
+                    "NodePort {port} never answered: {other:?}\n{}",
+                    self.service_report(ns, service)
+                ),
+                _ => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
     }
 
     /// Closed-loop load through NodePort `port` from the client host
@@ -709,19 +722,14 @@ pub fn images() -> &'static Images {
 
 fn build_images(out: &Path) -> Images {
     let build = |kind: &str| -> PathBuf {
-        let o = Command::new("bash")
-            .arg(root().join(".ci/node-images.sh"))
-            .arg(kind)
-            .arg(out)
-            .arg(BIN)
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "node-images.sh {kind}: {}",
-            String::from_utf8_lossy(&o.stderr)
+        let built = stdout_of(
+            Command::new("bash")
+                .arg(root().join(".ci/node-images.sh"))
+                .arg(kind)
+                .arg(out)
+                .arg(BIN),
         );
-        PathBuf::from(String::from_utf8_lossy(&o.stdout).trim())
+        PathBuf::from(String::from_utf8_lossy(&built).trim())
     };
     Images {
         corral: build("corral"),
