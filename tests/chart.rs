@@ -7,7 +7,7 @@ mod support;
 
 use std::process::Command;
 
-use support::{BIN, helm, root, validate_monitors};
+use support::{BIN, helm, root, stdout_of, validate_monitors};
 
 fn render(extra: &[&str]) -> Vec<serde_json::Value> {
     let mut args = vec![
@@ -33,16 +33,7 @@ fn accepted_args(container: &serde_json::Value) -> Vec<String> {
         .iter()
         .map(|a| a.as_str().unwrap().to_string())
         .collect();
-    let out = Command::new(BIN)
-        .args(&args)
-        .arg("--help")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "corral {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    stdout_of(Command::new(BIN).args(&args).arg("--help"));
     args
 }
 

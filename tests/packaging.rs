@@ -5,7 +5,7 @@ mod support;
 
 use std::process::Command;
 
-use support::{BIN, path_with_venv, root};
+use support::{BIN, path_with_venv, root, stdout_of};
 
 #[test]
 fn manifests_crd_yaml_is_what_corral_crd_prints() {
@@ -113,12 +113,7 @@ fn the_dockerfile_builds_a_non_root_image_whose_command_the_binary_accepts() {
     assert_eq!(file.exec_form("ENTRYPOINT "), vec!["corral"]);
     let mut cmd = file.exec_form("CMD ");
     cmd.push("--check-config".into());
-    let out = Command::new(BIN).args(&cmd).output().unwrap();
-    assert!(
-        out.status.success(),
-        "`corral {cmd:?}`: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    stdout_of(Command::new(BIN).args(&cmd));
     // The ports it exposes are the defaults it listens on.
     let printed = Command::new(BIN)
         .args(["run", "--print-config"])
@@ -168,16 +163,7 @@ fn the_django_example_dockerfile_copies_corral_in_and_runs_it() {
     let mut args = vec!["run".to_string(), "--check-config".into()];
     args.extend(file.exec_form("CMD "));
     assert!(args.contains(&"{fd}".to_string()), "{args:?}");
-    let out = Command::new(BIN)
-        .args(&args)
-        .env("PATH", path_with_venv())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "`corral {args:?}`: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    stdout_of(Command::new(BIN).args(&args).env("PATH", path_with_venv()));
 }
 
 /// hadolint (from PyPI, installed by .ci/test) on both Dockerfiles, at its

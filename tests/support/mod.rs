@@ -947,6 +947,20 @@ pub fn run_with_stdin(cmd: &mut Command, input: &[u8]) -> (bool, String) {
 }
 
 /// Runs `cmd` to its end: success, and stdout then stderr.
+/// Runs `cmd` to its end and returns its stdout; panics, naming it and
+/// showing its stderr, if it failed.
+pub fn stdout_of(cmd: &mut Command) -> Vec<u8> {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("start {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
 pub fn output_text(cmd: &mut Command) -> (bool, String) {
     let out = cmd
         .output()
