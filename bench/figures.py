@@ -1,27 +1,11 @@
-"""The measurements behind figures 1-5, one stack instance at a time.
+"""The measurements of figures 1-5, 8 and 9, one stack instance at a time:
+throughput, latency and the manager's footprint (1, 1b, 2), start-up (3),
+scale-up (4), failed requests through restarts, scale-down, SIGKILL and
+TERM (5), HTTP/2 over TLS and TLS handshakes at the front (8, 9). A step
+that fails records an error string instead of a number, so one broken
+stack does not hide the others' results."""
 
-- `throughput_run`: start a stack on one app, time its start (figure 3),
-  measure the idle manager (figure 2, Django only), warm up, run wrk
-  (figure 1) while sampling the manager's CPU and memory, and its CPU per
-  request served (for `--proxy` the front's own cost; for nginx -> gunicorn
-  nginx's too), then on Django the mixed load (figure 1b: 90 % `/`, 10 %
-  `/cpu/20`), stop.
-- `lifecycle_run`: start a stack on Django, time its start (figure 3),
-  then under the same instance: scale up timed to the new worker serving
-  (figure 4), scale down under load, rolling restarts under load, SIGKILL
-  of a worker under load, and last TERM with slow requests in flight
-  (figure 5).
-- `startup_run`: one more start-to-first-200 sample (figure 3).
-- `tls_run`: start a front (corral --proxy or nginx -> gunicorn) with TLS
-  on Django, wait for a 200 over TLS (the certificate checked against the
-  run's CA), check that ALPN picks h2, then HTTP/2 throughput with h2load
-  (figure 8) and the TLS handshake rate with `openssl s_time` (figure 9),
-  each with the front's own CPU over what it served, stop.
-
-Every step that fails records an error string instead of a number, so
-one broken stack does not hide the others' results.
-"""
-
+import json
 import os
 import signal
 import tempfile
@@ -30,7 +14,8 @@ import time
 from collections import Counter
 
 import load
-from stacks import cpu_seconds, rss_kib
+from procs import RunFailed
+from sampling import cpu_seconds, status_kib
 
 
 def health_path(stack, app):
@@ -40,8 +25,8 @@ def health_path(stack, app):
 def startup_sample(inst, path, limit=60.0):
     spawned, accepting, first = load.startup(inst.addr, path, inst.t0, inst.pid, limit=limit, alive=inst.alive)
     if first is None or spawned is None:
-        raise RuntimeError(f"no 200 on {path} within {limit}s (first worker spawned: {spawned}, port "
-                           f"accepting: {accepting}); log: {inst.log_tail()}")
+        raise RunFailed(f"no 200 on {path} within {limit}s (first worker spawned: {spawned}, port "
+                        f"accepting: {accepting}); log: {inst.log_tail()}")
     return {"spawned_s": spawned, "accepting_s": accepting, "first_200_s": first, "manager_share": spawned / first}
 
 
@@ -63,7 +48,7 @@ def served(inst):
         m = inst.metrics()
     except OSError:
         return None
-    total = [v for k, v in m.items() if k.startswith("corral_http_requests_total{") or k == "corral_http_requests_total"]
+    total = [v for k, v in m.items() if k.split("{")[0] == "corral_http_requests_total"]
     return sum(total) if total else None
 
 
@@ -77,21 +62,21 @@ def measure_throughput(inst, app, cfg, out):
         time.sleep(cfg.idle)
         cpu = (cpu_seconds(inst.pid) - c0) / (time.monotonic() - t0)
         out["idle"] = {
-            "manager_rss_kib": rss_kib(inst.pid),
+            "manager_rss_kib": status_kib(inst.pid),
             "manager_idle_cpu_percent": round(cpu * 100, 3),
-            "workers_rss_kib": sum(rss_kib(p) for p in inst.workers()),
+            "workers_rss_kib": sum(status_kib(p) for p in inst.workers()),
         }
         front = inst.front_pids()
         if front:
-            out["idle"]["front_rss_kib"] = sum(rss_kib(p) for p in front)
+            out["idle"]["front_rss_kib"] = sum(status_kib(p) for p in front)
     if cfg.warmup:
         load.wrk(inst.addr, "/", cfg.connections, cfg.wrk_threads, cfg.warmup)
-    peak = [rss_kib(inst.pid)]
+    peak = [status_kib(inst.pid)]
     stop = threading.Event()
 
     def sample_rss():
         while not stop.wait(0.25):
-            peak.append(rss_kib(inst.pid))
+            peak.append(status_kib(inst.pid))
 
     sampler = threading.Thread(target=sample_rss, daemon=True)
     sampler.start()
@@ -130,7 +115,7 @@ def measure_throughput(inst, app, cfg, out):
         out["under_load"]["front_cpu_s"] = round(front_used, 3)
         out["under_load"]["front_cpu_us_per_request"] = per_request(front_used)
     if not inst.alive():
-        raise RuntimeError(f"exited during the run: {inst.log_tail()}")
+        raise RunFailed(f"exited during the run: {inst.log_tail()}")
     if app == "django" and cfg.mixed_duration:
         out["mixed"] = mixed_run(inst, cfg)
 
@@ -145,7 +130,7 @@ def mixed_run(inst, cfg):
     finally:
         os.unlink(script)
     if not inst.alive():
-        raise RuntimeError(f"exited during the mixed run: {inst.log_tail()}")
+        raise RunFailed(f"exited during the mixed run: {inst.log_tail()}")
     return res
 
 
@@ -249,10 +234,10 @@ def scale_up(inst, n, api_ready):
             while time.monotonic() < deadline:
                 try:
                     _, doc = inst.admin_request("GET", "/workers")
-                    if doc.get("ready", 0) >= n + 1:
+                    if json.loads(doc).get("ready", 0) >= n + 1:
                         api_ready.append(time.monotonic() - t)
                         break
-                except OSError:
+                except (OSError, ValueError):
                     pass
                 time.sleep(0.01)
         when = watch.wait()
@@ -263,7 +248,7 @@ def scale_up(inst, n, api_ready):
             except ProcessLookupError:
                 pass
     if when is None:
-        raise RuntimeError(f"no new worker answered /pid within 60s; log: {inst.log_tail()}")
+        raise RunFailed(f"no new worker answered /pid within 60s; log: {inst.log_tail()}")
     return when - t
 
 
@@ -301,7 +286,7 @@ def under_load(inst, cfg, action):
     finally:
         counts = lp.stop()
     if not inst.alive():
-        raise RuntimeError(f"manager exited: {inst.log_tail()}")
+        raise RunFailed(f"manager exited: {inst.log_tail()}")
     return counts
 
 
@@ -317,9 +302,7 @@ def term_with_slow_requests(inst, cfg):
         with lock:
             results[r] += 1
 
-    threads = [threading.Thread(target=one, daemon=True) for _ in range(n_slow)]
-    for t in threads:
-        t.start()
+    threads = load.start_threads(one, n_slow)
     time.sleep(cfg.in_flight_wait)  # accepted and being served
     exited = {}
 
@@ -367,7 +350,7 @@ def wait_tls_ready(inst, cafile, limit=60.0):
             return time.monotonic() - inst.t0
         last = failure or f"status {status}"
         time.sleep(0.02)
-    raise RuntimeError(f"no 200 on /healthz over TLS within {limit}s (last: {last}); log: {inst.log_tail()}")
+    raise RunFailed(f"no 200 on /healthz over TLS within {limit}s (last: {last}); log: {inst.log_tail()}")
 
 
 def tls_run(stack, cfg, certs, out, h2=True, handshake=True):
@@ -382,13 +365,13 @@ def tls_run(stack, cfg, certs, out, h2=True, handshake=True):
         time.sleep(cfg.settle)
         out["negotiated"] = load.tls_probe(inst.addr, certs.ca)
         if out["negotiated"]["alpn"] != "h2":
-            raise RuntimeError(f"ALPN chose {out['negotiated']['alpn']!r}, not h2, when offered h2 and http/1.1")
+            raise RunFailed(f"ALPN chose {out['negotiated']['alpn']!r}, not h2, when offered h2 and http/1.1")
         if h2:
             step(out, "h2", lambda: h2_measure(inst, cfg))
         if handshake:
             step(out, "handshake", lambda: handshake_measure(inst, cfg))
         if not inst.alive():
-            raise RuntimeError(f"exited during the TLS runs: {inst.log_tail()}")
+            raise RunFailed(f"exited during the TLS runs: {inst.log_tail()}")
     except Exception as e:  # noqa: BLE001 - recorded and reported, never hidden
         out["error"] = f"{type(e).__name__}: {e}"
     finally:
@@ -425,5 +408,5 @@ def handshake_measure(inst, cfg):
     res = with_tls_cpu(inst, lambda: load.s_time(inst.addr, cfg.handshake_clients, cfg.handshake_duration),
                        "handshakes", "front_cpu_us_per_handshake")
     if not res["handshakes"]:
-        raise RuntimeError(f"no handshake completed: {'; '.join(res['errors']) or 'no error printed'}")
+        raise RunFailed(f"no handshake completed: {'; '.join(res['errors']) or 'no error printed'}")
     return res

@@ -1,30 +1,10 @@
-"""Load and probes, all to 127.0.0.1.
+"""Load and probes, all to 127.0.0.0/8 and bounded in time: wrk and
+h2load (throughput, latency), `openssl s_time` (TLS handshakes), single
+requests with every way they fail classified (`get`), a closed loop of
+clients (`ClosedLoop`), an open-loop step load (`OpenLoop`), and the
+start-up and new-worker probes."""
 
-- `wrk()`: throughput and latency from wrk (keep-alive, fixed connections,
-  bounded duration), its output parsed; `mixed_script()` makes the Lua
-  script of a mixed load (every n-th request to another path).
-- `get()`: one HTTP/1.1 request on a fresh connection, with every way it
-  can fail classified (refused, reset before any response byte, closed
-  unanswered, timeout, partial answer, non-200 status).
-- `ClosedLoop`: several clients, each sending one request per fresh
-  connection until stopped; counts successes and failures by kind. A fresh
-  connection per request is the fair measure for restarts: with keep-alive,
-  a client that reuses a connection the server has just closed sees an
-  error that HTTP clients retry, which says nothing about the server.
-- `startup()`: from spawn to the listener accepting TCP (the manager's own
-  start: every stack binds before it starts workers) and to the first 200.
-- `NewPidWatch`: the moment a worker not seen before answers GET /pid.
-- `tls_probe()`: one TLS handshake offering h2 and http/1.1, the
-  certificate checked against the run's CA: the protocol chosen by ALPN,
-  the TLS version and cipher.
-- `h2load()`: HTTP/2 throughput and latency from h2load (nghttp2-client),
-  fixed clients and streams per client, bounded duration; p50/p99 from its
-  per-request log.
-- `s_time()`: TLS handshakes per second, several `openssl s_time -new`
-  processes at once (each a loop of connect, full handshake, close; no
-  request, no session resumption).
-"""
-
+import asyncio
 import os
 import re
 import shutil
@@ -35,6 +15,9 @@ import tempfile
 import threading
 import time
 from collections import Counter
+
+from procs import RunFailed
+from sampling import has_child, percentile
 
 WRK = "/usr/bin/wrk"
 H2LOAD = shutil.which("h2load") or "/usr/bin/h2load"
@@ -118,6 +101,13 @@ def dechunk(body):
     return out
 
 
+def start_threads(target, n):
+    threads = [threading.Thread(target=target, daemon=True) for _ in range(n)]
+    for t in threads:
+        t.start()
+    return threads
+
+
 def outcome(result):
     status, _, failure = result
     if failure:
@@ -126,7 +116,11 @@ def outcome(result):
 
 
 class ClosedLoop:
-    """`clients` threads, each a request per fresh connection, until stop()."""
+    """`clients` threads, each a request per fresh connection, until stop();
+    counts successes and failures by kind. A fresh connection per request
+    is the fair measure for restarts: with keep-alive, a client that reuses
+    a connection the server has just closed sees an error that HTTP clients
+    retry, which says nothing about the server."""
 
     def __init__(self, addr, path, clients, limit):
         self.addr, self.path = addr, path
@@ -134,9 +128,7 @@ class ClosedLoop:
         self.lock = threading.Lock()
         self.halt = threading.Event()
         self.deadline = time.monotonic() + limit
-        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
-        for t in self.threads:
-            t.start()
+        self.threads = start_threads(self._run, clients)
 
     def _run(self):
         local = Counter()
@@ -159,7 +151,7 @@ class ClosedLoop:
         start, deadline = self.ok(), time.monotonic() + limit
         while self.ok() < start + n:
             if time.monotonic() > deadline:
-                raise RuntimeError(f"load to {self.path} made no progress: {dict(self.counts)}")
+                raise RunFailed(f"load to {self.path} made no progress: {dict(self.counts)}")
             time.sleep(0.02)
 
     def stop(self):
@@ -167,18 +159,6 @@ class ClosedLoop:
         for t in self.threads:
             t.join(timeout=15)
         return dict(self.counts)
-
-
-def has_child(pid):
-    """Whether pid has a child yet (any of its threads may have spawned it)."""
-    try:
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{tid}/children") as f:
-                if f.read().strip():
-                    return True
-    except OSError:
-        pass
-    return False
 
 
 def startup(addr, path, t0, pid, limit=60.0, alive=lambda: True):
@@ -227,9 +207,7 @@ class NewPidWatch:
         self.when, self.pid = None, None
         self.deadline = time.monotonic() + limit
         self.lock = threading.Lock()
-        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
-        for t in self.threads:
-            t.start()
+        self.threads = start_threads(self._run, clients)
 
     def _run(self):
         while not self.found.is_set() and time.monotonic() < self.deadline:
@@ -255,6 +233,81 @@ class NewPidWatch:
         for t in self.threads:
             t.join(timeout=6)
         return self.when
+
+
+class OpenLoop(threading.Thread):
+    """Requests at fixed times, each on a new connection (`Connection:
+    close`), whatever the answers do, as many independent clients would.
+    Runs at the low rate from its start; `phases()` fixes when the step
+    up, the drop and the end come (seconds since t0). `results`: (time
+    scheduled, latency s or None, status or failure)."""
+
+    TIMEOUT = 10.0  # per request
+    MAX_IN_FLIGHT = 4000  # beyond, a request is counted as dropped, not sent
+
+    def __init__(self, host, port, path, low_rps, high_rps, t0):
+        super().__init__(daemon=True)
+        self.host, self.port = host, port
+        self.low_rps, self.high_rps = low_rps, high_rps
+        self.t0 = t0
+        self.t_up = self.t_down = self.t_end = float("inf")
+        self.abort = threading.Event()
+        self.results = []
+        self.dropped = 0
+        self.error = None
+        self.request = f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n".encode()
+
+    def phases(self, t_up, t_down, t_end):
+        self.t_end, self.t_down, self.t_up = t_end, t_down, t_up
+
+    def rate(self, t):
+        return self.high_rps if self.t_up <= t < self.t_down else self.low_rps
+
+    async def one(self, t_sched):
+        start = time.monotonic()
+        writer = None
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(self.host, self.port), self.TIMEOUT)
+            writer.write(self.request)
+            remaining = self.TIMEOUT - (time.monotonic() - start)
+            data = await asyncio.wait_for(reader.read(), max(remaining, 0.001))
+            status = int(data[9:12]) if data.startswith(b"HTTP/1.") else "bad response"
+            self.results.append((t_sched, time.monotonic() - start, status))
+        except asyncio.TimeoutError:
+            self.results.append((t_sched, None, "timeout"))
+        except (OSError, ValueError) as e:
+            self.results.append((t_sched, None, type(e).__name__))
+        finally:
+            if writer is not None:
+                writer.close()
+
+    async def generate(self):
+        tasks = set()
+        at = 0.0
+        while at < self.t_end and not self.abort.is_set():
+            delay = self.t0 + at - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(min(delay, 0.5))
+                continue  # re-read the phases, which may have been set meanwhile
+            if len(tasks) >= self.MAX_IN_FLIGHT:
+                self.dropped += 1
+            else:
+                task = asyncio.create_task(self.one(at))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            nxt = at + 1.0 / self.rate(at)
+            for boundary in (self.t_up, self.t_down, self.t_end):
+                if at < boundary < nxt:
+                    nxt = boundary  # the step lands exactly on its time
+            at = nxt
+        if tasks:
+            await asyncio.wait(tasks, timeout=self.TIMEOUT + 2)
+
+    def run(self):
+        try:
+            asyncio.run(self.generate())
+        except Exception as e:  # noqa: BLE001 - the run reports it
+            self.error = e
 
 
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0, "m": 60000.0}
@@ -306,7 +359,7 @@ def wrk(addr, path, connections, threads, seconds, script=None):
     if m:
         res["non_2xx"] = int(m.group(1))
     if res["rps"] is None:
-        raise RuntimeError(f"wrk gave no result: {out[-500:]}")
+        raise RunFailed(f"wrk gave no result: {out[-500:]}")
     return res
 
 
@@ -324,12 +377,6 @@ def tls_probe(addr, cafile, timeout=5.0):
     with socket.create_connection(addr, timeout=timeout) as raw:
         with ctx.wrap_socket(raw, server_hostname="localhost") as s:
             return {"alpn": s.selected_alpn_protocol(), "version": s.version(), "cipher": s.cipher()[0]}
-
-
-def percentile(sorted_xs, p):
-    if not sorted_xs:
-        return None
-    return sorted_xs[min(len(sorted_xs) - 1, int(round(p / 100 * (len(sorted_xs) - 1))))]
 
 
 def h2load(url, clients, streams, threads, seconds):
@@ -369,15 +416,15 @@ def h2load(url, clients, streams, threads, seconds):
             res[key] = m.group(1).strip()
     # Per request: start (us since the epoch), status, microseconds to the
     # end of the response.
-    lat = sorted(int(r[2]) / 1000 for r in rows if len(r) >= 3 and r[2].strip().isdigit())
-    for pct, key in ((50, "p50_ms"), (90, "p90_ms"), (99, "p99_ms")):
-        res[key] = percentile(lat, pct)
+    lat = [int(r[2]) / 1000 for r in rows if len(r) >= 3 and r[2].strip().isdigit()]
+    for q, key in ((0.5, "p50_ms"), (0.9, "p90_ms"), (0.99, "p99_ms")):
+        res[key] = percentile(lat, q)
     res["logged"] = len(lat)
     if res["rps"] is None or res["requests"] is None:
-        raise RuntimeError(f"h2load exited {run.returncode} with no result: {out.strip()[-500:]}")
+        raise RunFailed(f"h2load exited {run.returncode} with no result: {out.strip()[-500:]}")
     if res["application_protocol"] != "h2":
-        raise RuntimeError(f"h2load did not negotiate h2 (application protocol {res['application_protocol']}): "
-                           f"{out.strip()[-300:]}")
+        raise RunFailed(f"h2load did not negotiate h2 (application protocol {res['application_protocol']}): "
+                        f"{out.strip()[-300:]}")
     return res
 
 

@@ -3,12 +3,10 @@
 
     bench/run.py [--smoke] [--out-dir docs/benchmarks] [--corral target/release/corral] [--workers 2]
 
-Stacks, same apps, same worker count: gunicorn -k uvicorn_worker.UvicornWorker
-(the reference), uvicorn --workers, corral run -- uvicorn --fd {fd} (shared
-socket), corral run --proxy -- uvicorn --fd {fd} (corral in the request
-path, a Unix socket per worker), the seed's production stack nginx (Debian)
--> gunicorn + UvicornWorker (a Unix socket, pooled keep-alive), and
-corral's built-in worker (no Python: the floor). Figures:
+Stacks (bench/stacks.py), same apps, same worker count: gunicorn +
+UvicornWorker (the reference), uvicorn --workers, corral on the shared
+socket, corral --proxy, nginx -> gunicorn (the seed's production stack)
+and corral's built-in worker (the floor). Figures:
 
 1. throughput and p50/p99 latency (wrk, keep-alive), hello ASGI and Django;
    1b. p99 of a mixed Django load (90 % /, 10 % /cpu/20);
@@ -18,50 +16,51 @@ corral's built-in worker (no Python: the floor). Figures:
 4. scale up: PUT /workers or TTIN to the new worker serving;
 5. failed requests during rolling restarts, scale down, SIGKILL of a
    worker, TERM with slow requests in flight;
-6. autoscaling with the operator (bench/autoscale.py, run as a subprocess):
-   CPU on a CPU-bound step, and Concurrency on an I/O-bound step behind
-   --proxy;
-7. the operator at 1,000 pods: CPU per reconcile pass and peak RSS
-   (bench/operator_scale.py, run in a thread);
-8. HTTP/2 over TLS (h2 by ALPN): Django throughput with h2load through
-   corral --proxy and through nginx (HTTP/2, TLS) -> gunicorn;
-9. the TLS handshake rate of those two fronts (openssl s_time -new:
-   full handshakes, no request).
-Figures 8 and 9 share a throwaway CA and an ECDSA P-256 server certificate
-made with openssl in a temporary directory; both fronts serve the same
-files (docs/benchmarks/http2-tls.md).
+6. autoscaling with the operator (bench/autoscale.py, a subprocess);
+7. the operator at 1,000 pods (bench/operator_scale.py, in a thread);
+8. HTTP/2 over TLS: Django throughput with h2load, corral --proxy and
+   nginx -> gunicorn (docs/benchmarks/http2-tls.md);
+9. the TLS handshake rate of those two fronts (openssl s_time -new).
 
-A stack the machine cannot run (a corral binary without --proxy, no nginx)
-is printed as "not available: <reason>" and its figures as not measured;
-so is a front without TLS (a corral without --certfile) or a missing tool
-(h2load, openssl) for figures 8 and 9.
-
-Prints the table and writes results.md, results.json and results.png into
---out-dir. Exits non-zero when a figure failed to run (not for a missed
-target). --smoke: the same code paths with tiny durations (about a minute).
-
-Sets itself up: the venv from .ci/python-env.sh (the stacks, pinned in
-tests/requirements.txt, and matplotlib, bench/requirements.txt, in
-~/.cache/corral/bench-venv), and wrk, nginx, h2load (nghttp2-client) and
-openssl from Debian if missing (.ci/test installs them too); then
-re-executes inside the venv.
+A stack or tool this machine lacks is printed as "not available:
+<reason>" and its figures as not measured. Prints the table and writes
+results.md, results.json and results.png into --out-dir; exits non-zero
+when a figure failed to run (not for a missed target). --smoke: the same
+code paths with tiny durations (about a minute). Sets itself up (the venv
+of .ci/python-env.sh with bench/requirements.txt, and wrk, nginx, h2load
+and openssl from Debian if missing), then re-executes inside the venv.
 Traffic goes to 127.0.0.1 only; every load is bounded in time.
+
+The kit, a module per job: stacks (the stacks, started and stopped),
+load (load generators and probes), sampling (/proc, /workers, metrics,
+the percentile), figures (figures 1-5, 8, 9), summary (numbers and
+targets), report (results.md), charts (the PNGs), procs (children, log,
+waits), cluster (API server and operator, figures 6 and 7), autoscale
+and autoscale_analysis (figure 6), operator_scale and fake_admin (figure 7).
 """
 
 import argparse
 import atexit
+import concurrent.futures
 import datetime
 import json
 import os
 import platform
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import asdict, dataclass, field
+
+import charts
+import figures
+import operator_scale
+import procs
+import report
+from procs import log
+from stacks import all_stacks, make_certs, nginx_binary, stop_all, tool
+from summary import summarize
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH)
@@ -69,6 +68,7 @@ ROOT = os.path.dirname(BENCH)
 
 @dataclass
 class Config:
+    """What a run measures, and for how long (smoke_config(): tiny)."""
     smoke: bool = False
     workers: int = 2
     stacks: list = field(default_factory=lambda: ["gunicorn", "uvicorn", "corral", "proxy", "nginx", "builtin"])
@@ -121,10 +121,6 @@ def smoke_config(workers):
                   handshake_duration=1)
 
 
-def log(msg):
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
 def ensure_env():
     """Venv and wrk; re-exec inside the venv (where matplotlib is)."""
     if os.environ.get("CORRAL_BENCH_IN_VENV") != "1":
@@ -134,7 +130,6 @@ def ensure_env():
             env=dict(os.environ, CORRAL_VENV=os.environ.get(
                 "CORRAL_BENCH_VENV", os.path.expanduser("~/.cache/corral/bench-venv"))),
         ).stdout.strip().splitlines()[-1]
-        from stacks import nginx_binary, tool
         missing = [pkg for pkg, there in (("wrk", lambda: os.path.exists("/usr/bin/wrk")),
                                           ("nginx", lambda: nginx_binary() is not None),
                                           ("nghttp2-client", lambda: tool("h2load") is not None),
@@ -160,7 +155,6 @@ def ensure_env():
 
 def tool_version(name, *argv):
     """First line of `name argv...`, or why there is none (figures 8, 9)."""
-    from stacks import tool
     path = tool(name)
     if path is None:
         return "not found"
@@ -200,8 +194,6 @@ def tls_figures(cfg, stacks, unavailable, labels):
     temporary directory, then per round each TLS front on a fresh instance
     (order alternating). Whatever cannot run is in 'unavailable' (per
     figure, per front: {label, reason}), printed as "not available"."""
-    import figures
-    import stacks as stacks_mod
     out = {"unavailable": {fig: {} for fig in TLS_FIGS}, "runs": {}}
     gone = out["unavailable"]
 
@@ -223,7 +215,7 @@ def tls_figures(cfg, stacks, unavailable, labels):
         else:
             fronts.append(st)
     for fig, name, pkg in (("h2", "h2load", "nghttp2-client"), ("handshake", "openssl", "openssl")):
-        if stacks_mod.tool(name) is None:
+        if tool(name) is None:
             mark([fig], TLS_FRONTS, f"{name} not found (apt-get install {pkg}; .ci/test installs it)")
     wanted = lambda key: any(key not in gone[fig] for fig in TLS_FIGS)
     tmp = tempfile.mkdtemp(prefix="corral-bench-tls-")
@@ -231,7 +223,7 @@ def tls_figures(cfg, stacks, unavailable, labels):
         certs = None
         if any(wanted(k) for k in TLS_FRONTS):
             try:
-                certs = stacks_mod.make_certs(tmp)
+                certs = make_certs(tmp)
                 out["certificate"] = certs.describe()
             except Exception as e:  # noqa: BLE001 - no certificate, nothing over TLS
                 mark(TLS_FIGS, TLS_FRONTS, f"no test certificate: {e}")
@@ -273,7 +265,8 @@ def start_autoscale(args, cfg):
         return {"error": "bench/autoscale.py is missing"}
     if os.path.exists(out):
         os.remove(out)
-    argv = [sys.executable, script, "--out-dir", args.out_dir, "--corral", args.corral] + (["--smoke"] if cfg.smoke else [])
+    argv = [sys.executable, script, "--out-dir", args.out_dir, "--corral", args.corral]
+    argv += ["--smoke"] if cfg.smoke else []
     log("figure 6: " + " ".join(argv))
     proc = subprocess.Popen(argv, cwd=ROOT, stdout=sys.stderr, stderr=sys.stderr, start_new_session=True)
     # Should this run die first, the child still stops its cluster and pod.
@@ -289,12 +282,7 @@ def finish_autoscale(started, cfg):
     try:
         proc.wait(timeout=max(1, cfg.autoscale_timeout - (time.monotonic() - started["t0"])))
     except subprocess.TimeoutExpired:
-        proc.terminate()  # it stops its cluster and pod on TERM
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
-            proc.wait()
+        procs.stop(proc, wait=30)  # on TERM it stops its cluster and pod
         return {"error": f"bench/autoscale.py took more than {cfg.autoscale_timeout}s"}
     took = time.monotonic() - started["t0"]
     if proc.returncode not in (0, 3):  # 3: the CPU run's JSON is written, the Concurrency run failed
@@ -312,26 +300,106 @@ def finish_autoscale(started, cfg):
 
 
 def start_operator_scale(args, cfg):
-    """Starts figure 7 (bench/operator_scale.py's run()) in a thread."""
-    import operator_scale
-    holder = {}
-
-    def work():
-        try:
-            holder.update(operator_scale.run(args.corral, args.out_dir, smoke=cfg.smoke))
-        except Exception as e:  # noqa: BLE001 - reported as failed to run
-            holder["error"] = f"{type(e).__name__}: {e}"
+    """Starts figure 7 (bench/operator_scale.py's run()) in a thread; a future."""
     log("figure 7: bench/operator_scale.py" + (" --smoke" if cfg.smoke else ""))
-    thread = threading.Thread(target=work, name="operator-scale")
-    thread.start()
-    return thread, holder
+    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="operator-scale")
+    return pool.submit(operator_scale.run, args.corral, args.out_dir, smoke=cfg.smoke)
 
 
-def finish_operator_scale(started):
+def finish_operator_scale(future):
     """Waits for figure 7; its result, or {"error": ...}."""
-    thread, holder = started
-    thread.join()
-    return holder if holder else {"error": "bench/operator_scale.py returned nothing"}
+    try:
+        return future.result()
+    except Exception as e:  # noqa: BLE001 - reported as failed to run
+        return {"error": f"{type(e).__name__}: {e}"}
+
+
+def select_stacks(cfg, venv, corral):
+    """This run's stacks that the machine can run; the others' reasons, and
+    every stack's label."""
+    stacks, unavailable, labels = [], {}, {}
+    for st in all_stacks(venv, corral, cfg.workers, cfg.nginx_workers):
+        labels[st.key] = st.label
+        if st.key not in cfg.stacks:
+            continue
+        why = st.unavailable()
+        if why:
+            unavailable[st.key] = {"label": st.label, "reason": why}
+            log(f"{st.label}: not available: {why}")
+            print(f"{st.label}: not available: {why}", flush=True)
+        else:
+            stacks.append(st)
+    return stacks, unavailable, labels
+
+
+def figures_1_5(cfg, stacks, raw):
+    """Rounds of every stack on every app (figures 1-3, the stack order
+    reversed each round), then one Django instance per stack for figures 4
+    and 5 (in the smoke run figures 1-3 on it first), then more start-up
+    samples, up to cfg.start_samples per stack."""
+    for rnd in range(cfg.rounds):
+        for st in stacks if rnd % 2 == 0 else stacks[::-1]:
+            for app in (["builtin"] if st.builtin else cfg.apps):
+                log(f"figure 1-3 round {rnd + 1}/{cfg.rounds}: {st.label}, {app}")
+                out = {}
+                try:
+                    figures.throughput_run(st, app, cfg, out)
+                except Exception as e:  # noqa: BLE001 - reported as failed to run
+                    out["error"] = f"{type(e).__name__}: {e}"
+                    log(f"  failed: {out['error']}")
+                raw["throughput"].setdefault(st.key, {}).setdefault(app, []).append(out)
+                if "wrk" in out:
+                    per = out.get("under_load", {}).get("manager_cpu_us_per_request")
+                    log(f"  {out['wrk']['rps']:.0f} req/s, p99 {out['wrk']['p99_ms']} ms, manager {per} us CPU/request")
+                if "mixed" in out:
+                    log(f"  mixed: {out['mixed']['rps']:.0f} req/s, p99 {out['mixed']['p99_ms']} ms")
+    for st in stacks:
+        log(f"figures 4-5: {st.label}")
+        tp = None
+        if cfg.shared_instance:
+            tp = {}
+            raw["throughput"].setdefault(st.key, {}).setdefault("builtin" if st.builtin else "django", []).append(tp)
+        raw["lifecycle"][st.key] = lc = figures.lifecycle_run(st, cfg, tp)
+        log("  " + json.dumps({k: v.get("counts", v.get("seconds", v.get("error", v.get("n/a"))))
+                               for k, v in lc.items() if isinstance(v, dict) and k != "startup"}))
+    have = cfg.rounds + 1  # the figure 4-5 instance's start is one too
+    for _ in range(max(0, cfg.start_samples - have)):
+        for st in stacks:
+            try:
+                sample = figures.startup_run(st, "builtin" if st.builtin else "django")
+            except Exception as e:  # noqa: BLE001 - reported as failed to run
+                sample = {"error": f"{type(e).__name__}: {e}"}
+            raw["startup_extra"].setdefault(st.key, []).append(sample)
+
+
+def write_results(args, cfg, raw, stacks, wall0):
+    """results.md, results.json and results.png, and the table printed;
+    returns the measurements that failed to run."""
+    machine = machine_info(stacks)
+    summary = summarize(raw, stacks, cfg)
+    if "error" in raw["autoscale"] and not args.skip_autoscale:
+        summary["errors"].append(f"figure 6: {raw['autoscale']['error']}")
+    if "error" in raw["autoscale"].get("concurrency", {}):
+        summary["errors"].append(f"figure 6, Concurrency run: {raw['autoscale']['concurrency']['error']}")
+    if "error" in raw["operator_scale"] and not args.skip_operator_scale:
+        summary["errors"].append(f"figure 7: {raw['operator_scale']['error']}")
+    raw["wall_s"] = round(time.monotonic() - wall0, 1)
+    md = report.markdown(summary, raw, cfg, machine, stacks)
+    with open(os.path.join(args.out_dir, "results.md"), "w") as f:
+        f.write(md)
+    with open(os.path.join(args.out_dir, "results.json"), "w") as f:
+        json.dump({"machine": machine, "config": asdict(cfg), "summary": summary, "raw": raw}, f, indent=1,
+                  default=str)
+    try:
+        charts.results(summary, os.path.join(args.out_dir, "results.png"), cfg)
+    except Exception as e:  # noqa: BLE001 - reported as failed to run
+        summary["errors"].append(f"chart: {type(e).__name__}: {e}")
+    print(md)
+    for name in ("results.md", "results.json", "results.png"):
+        print(f"wrote {os.path.join(args.out_dir, name)}")
+    print(f"wall time: {raw['wall_s']:.0f} s (figures 1-5: {raw['figures_1_5_s']:.0f} s, "
+          f"figures 8-9: {raw['figures_8_9_s']:.0f} s)")
+    return summary["errors"]
 
 
 def main():
@@ -348,88 +416,26 @@ def main():
     if not os.access(args.corral, os.X_OK):
         sys.exit(f"{args.corral} missing: cargo build --release")
     venv = ensure_env()
-    sys.path.insert(0, BENCH)
-    import figures
-    import report
-    import stacks as stacks_mod
-    from stacks import all_stacks
-
     # A TERM or HUP (a caller's timeout) unwinds through the `finally`s, and
     # whatever is still running is stopped on the way out.
-    def terminate(signum, _frame):
-        raise SystemExit(f"stopped by signal {signum}")
-    signal.signal(signal.SIGTERM, terminate)
-    signal.signal(signal.SIGHUP, terminate)
-    atexit.register(stacks_mod.stop_all)
+    procs.stop_on_signals()
+    atexit.register(stop_all)
 
     cfg = smoke_config(args.workers) if args.smoke else Config(workers=args.workers)
-    stacks = []
-    unavailable = {}
-    labels = {}
-    for st in all_stacks(venv, args.corral, args.workers, cfg.nginx_workers):
-        labels[st.key] = st.label
-        if st.key not in cfg.stacks:
-            continue
-        why = st.unavailable()
-        if why:
-            unavailable[st.key] = {"label": st.label, "reason": why}
-            log(f"{st.label}: not available: {why}")
-            print(f"{st.label}: not available: {why}", flush=True)
-        else:
-            stacks.append(st)
+    stacks, unavailable, labels = select_stacks(cfg, venv, args.corral)
     os.makedirs(args.out_dir, exist_ok=True)
     wall0 = time.monotonic()
     raw = {"throughput": {}, "lifecycle": {}, "startup_extra": {}, "unavailable": unavailable}
-    # The smoke run only proves the code paths, so figure 6 (mostly the API
-    # server's start) runs beside figures 1-5 to stay near a minute; the full
-    # run keeps every figure alone on the machine.
+    # The smoke run only proves the code paths, so figures 6 and 7 (mostly
+    # the API server's start) run beside figures 1-5 to stay near a minute;
+    # the full run keeps every figure alone on the machine.
     autoscale = scale = None
     if cfg.smoke and not args.skip_autoscale:
         autoscale = start_autoscale(args, cfg)
     if cfg.smoke and not args.skip_operator_scale:
         scale = start_operator_scale(args, cfg)
 
-    # Figures 1, 2 and the first start-up samples: rounds of every stack on
-    # every app, the stack order reversed each round.
-    for rnd in range(cfg.rounds):
-        order = stacks if rnd % 2 == 0 else stacks[::-1]
-        for st in order:
-            for app in (["builtin"] if st.builtin else cfg.apps):
-                log(f"figure 1-3 round {rnd + 1}/{cfg.rounds}: {st.label}, {app}")
-                out = {}
-                try:
-                    figures.throughput_run(st, app, cfg, out)
-                except Exception as e:  # noqa: BLE001 - reported as failed to run
-                    out["error"] = f"{type(e).__name__}: {e}"
-                    log(f"  failed: {out['error']}")
-                raw["throughput"].setdefault(st.key, {}).setdefault(app, []).append(out)
-                if "wrk" in out:
-                    per = out.get("under_load", {}).get("manager_cpu_us_per_request")
-                    log(f"  {out['wrk']['rps']:.0f} req/s, p99 {out['wrk']['p99_ms']} ms, manager {per} us CPU/request")
-                if "mixed" in out:
-                    log(f"  mixed: {out['mixed']['rps']:.0f} req/s, p99 {out['mixed']['p99_ms']} ms")
-
-    # Figures 4 and 5 (and a start-up sample), one Django instance per stack;
-    # in the smoke run, figures 1-3 on that same instance first.
-    for st in stacks:
-        log(f"figures 4-5: {st.label}")
-        tp = None
-        if cfg.shared_instance:
-            tp = {}
-            raw["throughput"].setdefault(st.key, {}).setdefault("builtin" if st.builtin else "django", []).append(tp)
-        raw["lifecycle"][st.key] = lc = figures.lifecycle_run(st, cfg, tp)
-        log("  " + json.dumps({k: v.get("counts", v.get("seconds", v.get("error", v.get("n/a"))))
-                               for k, v in lc.items() if isinstance(v, dict) and k != "startup"}))
-
-    # Figure 3: more start-up samples, up to cfg.start_samples per stack.
-    have = cfg.rounds + 1  # the figure 4-5 instance's start is one too
-    for _ in range(max(0, cfg.start_samples - have)):
-        for st in stacks:
-            try:
-                raw["startup_extra"].setdefault(st.key, []).append(figures.startup_run(st, "builtin" if st.builtin else "django"))
-            except Exception as e:  # noqa: BLE001
-                raw["startup_extra"].setdefault(st.key, []).append({"error": f"{type(e).__name__}: {e}"})
-
+    figures_1_5(cfg, stacks, raw)
     raw["figures_1_5_s"] = round(time.monotonic() - wall0, 1)
     log(f"figures 1-5 took {raw['figures_1_5_s']:.0f}s")
 
@@ -439,46 +445,22 @@ def main():
     raw["figures_8_9_s"] = round(time.monotonic() - t8, 1)
     log(f"figures 8-9 took {raw['figures_8_9_s']:.0f}s")
 
-    # Figure 6, by the other script.
     if args.skip_autoscale:
         raw["autoscale"] = {"error": "skipped (--skip-autoscale)"}
     else:
         raw["autoscale"] = finish_autoscale(autoscale or start_autoscale(args, cfg), cfg)
-
-    # Figure 7, alone on the machine too in the full run.
     if args.skip_operator_scale:
         raw["operator_scale"] = {"error": "skipped (--skip-operator-scale)"}
     else:
         raw["operator_scale"] = finish_operator_scale(scale or start_operator_scale(args, cfg))
-
-    machine = machine_info(stacks)
-    summary = report.summarize(raw, stacks, cfg)
-    if "error" in raw["autoscale"] and not args.skip_autoscale:
-        summary["errors"].append(f"figure 6: {raw['autoscale']['error']}")
-    if "error" in raw["autoscale"].get("concurrency", {}):
-        summary["errors"].append(f"figure 6, Concurrency run: {raw['autoscale']['concurrency']['error']}")
-    if "error" in raw["operator_scale"] and not args.skip_operator_scale:
-        summary["errors"].append(f"figure 7: {raw['operator_scale']['error']}")
-    raw["wall_s"] = round(time.monotonic() - wall0, 1)
-    md = report.markdown(summary, raw, cfg, machine, stacks)
-    with open(os.path.join(args.out_dir, "results.md"), "w") as f:
-        f.write(md)
-    with open(os.path.join(args.out_dir, "results.json"), "w") as f:
-        json.dump({"machine": machine, "config": asdict(cfg), "summary": summary, "raw": raw}, f, indent=1,
-                  default=str)
-    try:
-        report.chart(summary, os.path.join(args.out_dir, "results.png"), cfg)
-    except Exception as e:  # noqa: BLE001
-        summary["errors"].append(f"chart: {type(e).__name__}: {e}")
-    print(md)
-    for name in ("results.md", "results.json", "results.png"):
-        print(f"wrote {os.path.join(args.out_dir, name)}")
-    print(f"wall time: {raw['wall_s']:.0f} s (figures 1-5: {raw['figures_1_5_s']:.0f} s, "
-          f"figures 8-9: {raw['figures_8_9_s']:.0f} s)")
-    if summary["errors"]:
-        print(f"{len(summary['errors'])} measurement(s) FAILED TO RUN", file=sys.stderr)
+    errors = write_results(args, cfg, raw, stacks, wall0)
+    if errors:
+        print(f"{len(errors)} measurement(s) FAILED TO RUN", file=sys.stderr)
         sys.exit(1)
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except procs.Stopped as e:
+        sys.exit(str(e))

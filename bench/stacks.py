@@ -1,37 +1,11 @@
-"""The stacks under comparison, and how to start, steer and stop each one.
-
-A stack is a process manager plus its workers: Gunicorn with Uvicorn
-workers (the reference), Uvicorn's own --workers supervisor, corral running
-`uvicorn --fd {fd}` on the shared socket, corral in proxy mode (`corral run
---proxy`: corral accepts and forwards each request to the least busy
-worker, each worker on its own Unix socket), corral with its built-in
-worker (no Python: the floor), and the seed's production stack, Debian's
-nginx in front of Gunicorn + UvicornWorker on a Unix socket. `Running`
-wraps one started instance: its manager pid (for nginx -> gunicorn, the
-gunicorn master; nginx is the `front`), its worker pids (the manager's
-children, from /proc), and the uniform verbs the figures need (scale
-up/down, rolling restart, graceful stop), mapped to each stack's own
-interface: PUT /workers for corral, TTIN/TTOU for the others; HUP and TERM
-for all.
-
-A stack this machine cannot run (a corral binary whose `run --help` has no
---proxy, no nginx) says why in `unavailable()`; the run prints that and
-reports its figures as not measured.
-
-Figures 8 and 9 (HTTP/2 and TLS at the front) start the two fronts,
-corral --proxy and nginx -> gunicorn, with TLS: `stack.start(app,
-tls=certs)`, where `make_certs()` has written a throwaway CA and one server
-certificate (ECDSA P-256, for localhost and 127.0.0.1) with openssl, the
-same files for both fronts. corral gets `-b https://127.0.0.1:PORT
---certfile F --keyfile K`; nginx `listen 127.0.0.1:PORT ssl http2` with the
-same certificate and `ssl_protocols TLSv1.2 TLSv1.3` (corral's versions).
-`Stack.tls_unavailable()` says why a front cannot (a corral without
---certfile, an nginx without its ssl or http_v2 module).
-"""
+"""The stacks under comparison (figures 1-5, 8 and 9), and how to start,
+steer and stop each one: a `Stack` is a process manager and its workers,
+`Running` one started instance with the verbs the figures need (scale,
+rolling restart, graceful stop), mapped to each stack's own interface:
+PUT /workers for corral, TTIN/TTOU for the others, HUP and TERM for all."""
 
 import functools
 import grp
-import json
 import os
 import pwd
 import secrets
@@ -41,13 +15,19 @@ import socket
 import subprocess
 import tempfile
 import time
-import urllib.request
+
+import procs
+from procs import RunFailed
+from sampling import children, parent_of, prometheus, request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DJANGO_DIR = os.path.join(ROOT, "tests", "django_app")
 
 # ASGI application per app name; the built-in worker serves its own app.
 APPS = {"hello": "hello_asgi:app", "django": "mysite.asgi:application"}
+
+NGINX_PATHS = ("/usr/sbin/nginx", "/usr/bin/nginx")
+NGINX_MISSING = "nginx not found (apt-get install nginx; .ci/test installs it)"
 
 
 def app_env(bin_dir):
@@ -56,10 +36,6 @@ def app_env(bin_dir):
     env = dict(os.environ, PYTHONPATH=DJANGO_DIR, PATH=bin_dir + ":" + os.environ.get("PATH", ""))
     env.pop("WEB_CONCURRENCY", None)
     return env
-
-
-NGINX_PATHS = ("/usr/sbin/nginx", "/usr/bin/nginx")
-NGINX_MISSING = "nginx not found (apt-get install nginx; .ci/test installs it)"
 
 
 def nginx_binary():
@@ -72,29 +48,26 @@ def tool(name):
     return path if os.access(path, os.X_OK) else None
 
 
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @functools.lru_cache(maxsize=None)
-def run_help(corral):
-    """`corral run --help`'s text (one spawn per binary), or why there is none."""
+def run_flag_missing(corral, flag, what):
+    """None if `corral run --help` lists `flag`, else why not."""
     try:
         out = subprocess.run([corral, "run", "--help"], capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired) as e:
-        return None, f"`{corral} run --help` failed: {e}"
-    return out.stdout + out.stderr, None
-
-
-def run_flag_missing(corral, flag, what):
-    """None if `corral run --help` lists `flag`, else why not."""
-    text, why = run_help(corral)
-    if why:
-        return why
-    if flag not in text:
+        return f"`{corral} run --help` failed: {e}"
+    if flag not in out.stdout + out.stderr:
         return f"`{os.path.basename(corral)} run --help` lists no {flag} (this build has no {what})"
     return None
 
 
-def tls_unsupported(corral):
-    """None if `corral run --help` lists --certfile (the TLS front), else why not."""
-    return run_flag_missing(corral, "--certfile", "TLS front")
+def proxy_unsupported(corral):
+    return run_flag_missing(corral, "--proxy", "proxy mode")
 
 
 @functools.lru_cache(maxsize=None)
@@ -108,15 +81,13 @@ def nginx_tls_unsupported():
     except (OSError, subprocess.TimeoutExpired) as e:
         return f"`{nginx} -V` failed: {e}"
     missing = [m for m in ("http_ssl_module", "http_v2_module") if f"--with-{m}" not in out.stdout + out.stderr]
-    if missing:
-        return f"{nginx} was built without {' and '.join(missing)}"
-    return None
+    return f"{nginx} was built without {' and '.join(missing)}" if missing else None
 
 
 class Certs:
     """A throwaway CA and a server certificate it signs, in `dir`: ca.pem,
-    server.pem (the leaf alone, the chain both fronts serve) and server.key,
-    ECDSA P-256, for DNS:localhost and IP:127.0.0.1, valid 2 days."""
+    server.pem (the leaf alone, the chain both TLS fronts serve) and
+    server.key, ECDSA P-256, for DNS:localhost and IP:127.0.0.1, valid 2 days."""
 
     def __init__(self, dir_):
         self.dir = dir_
@@ -131,7 +102,7 @@ def make_certs(dir_):
     """Writes the CA and the server certificate with openssl; a Certs."""
     openssl = tool("openssl")
     if openssl is None:
-        raise RuntimeError("openssl not found (apt-get install openssl; .ci/test installs it)")
+        raise RunFailed("openssl not found (apt-get install openssl; .ci/test installs it)")
     os.makedirs(dir_, exist_ok=True)
     with open(os.path.join(dir_, "server.ext"), "w") as f:
         f.write("subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n"
@@ -145,14 +116,9 @@ def make_certs(dir_):
     ):
         out = subprocess.run([openssl, *argv], cwd=dir_, capture_output=True, text=True, timeout=60)
         if out.returncode != 0:
-            raise RuntimeError(f"openssl {' '.join(argv[:2])} exited {out.returncode}: {out.stderr.strip()[-300:]}")
+            raise RunFailed(f"openssl {' '.join(argv[:2])} exited {out.returncode}: {out.stderr.strip()[-300:]}")
     os.chmod(os.path.join(dir_, "server.key"), 0o600)
     return Certs(dir_)
-
-
-def proxy_unsupported(corral):
-    """None if `corral run --help` lists --proxy, else why not."""
-    return run_flag_missing(corral, "--proxy", "proxy mode")
 
 
 def nginx_conf(prefix, port, upstream_sock, worker_processes, tls=None):
@@ -213,116 +179,40 @@ http {{
 """
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def rss_kib(pid):
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def stat_fields(pid):
-    """/proc/<pid>/stat after the command name: state, ppid, ... (field 3 on)."""
-    with open(f"/proc/{pid}/stat") as f:
-        return f.read().rsplit(")", 1)[1].split()
-
-
-def cpu_seconds(pid):
-    """User + system CPU time of one process (not its children)."""
-    fields = stat_fields(pid)
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def parent_of(pid):
-    try:
-        return int(stat_fields(pid)[1])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-# Every started instance until it is stopped, so that a failing run stops
-# them all (stop_all(), from run.py's exit path).
-_live = set()
-
-
-def stop_all():
-    for inst in list(_live):
-        try:
-            inst.stop(limit=10)
-        except Exception:  # noqa: BLE001 - keep stopping the others
-            pass
-
-
-def children(ppid):
-    """Pids of the live (non-zombie) children of ppid, helpers excluded."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            rest = stat_fields(entry)
-            if int(rest[1]) != ppid or rest[0] in "ZX":
-                continue
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmd = f.read()
-            if b"resource_tracker" in cmd:  # multiprocessing's helper, not a worker
-                continue
-            out.append(int(entry))
-        except (OSError, IndexError, ValueError):
-            continue
-    return sorted(out)
-
-
 class Stack:
-    """One way of serving the app with N workers."""
+    """One way of serving the app with N workers. Kinds: gunicorn (with
+    UvicornWorker, the reference), uvicorn (--workers), corral (`uvicorn
+    --fd {fd}` on the shared socket), proxy (`corral run --proxy`: corral
+    forwards each request to the least busy worker, each on a Unix socket
+    of its own), nginx (Debian's, before gunicorn on a Unix socket: the
+    seed's production stack) and builtin (corral's own worker, no Python:
+    the floor)."""
 
     def __init__(self, key, label, kind, venv, corral, workers, nginx_workers=1):
         self.key, self.label, self.kind = key, label, kind
         self.venv, self.corral, self.workers = venv, corral, workers
         self.nginx_workers = nginx_workers
-
-    @property
-    def builtin(self):
-        return self.kind == "builtin"
-
-    @property
-    def is_corral(self):
-        return self.kind in ("corral", "builtin", "proxy")
-
-    @property
-    def proxy(self):
-        """corral in the request path (`corral run --proxy`)."""
-        return self.kind == "proxy"
-
-    @property
-    def fronted(self):
-        """A separate front process (nginx) before the manager's workers."""
-        return self.kind == "nginx"
-
-    def tls_unavailable(self):
-        """None if this stack can be the TLS + HTTP/2 front (figures 8, 9), else why not."""
-        if self.proxy:
-            return proxy_unsupported(self.corral) or tls_unsupported(self.corral)
-        if self.fronted:
-            return nginx_tls_unsupported()
-        return f"{self.label} has no TLS front"
+        self.builtin = kind == "builtin"
+        self.is_corral = kind in ("corral", "builtin", "proxy")
+        self.proxy = kind == "proxy"  # corral in the request path
+        self.fronted = kind == "nginx"  # a front process (nginx) before the manager's workers
 
     def unavailable(self):
-        """None if this machine can run the stack, else why not."""
+        """None if this machine can run the stack, else why not (printed,
+        and its figures reported as not measured)."""
         if self.proxy:
             return proxy_unsupported(self.corral)
         if self.fronted and nginx_binary() is None:
             return NGINX_MISSING
         return None
+
+    def tls_unavailable(self):
+        """None if this stack can be the TLS + HTTP/2 front (figures 8, 9), else why not."""
+        if self.proxy:
+            return proxy_unsupported(self.corral) or run_flag_missing(self.corral, "--certfile", "TLS front")
+        if self.fronted:
+            return nginx_tls_unsupported()
+        return f"{self.label} has no TLS front"
 
     def argv(self, app, port, admin, token_file, upstream_sock=None, tls=None):
         n = str(self.workers)
@@ -348,14 +238,12 @@ class Stack:
 
     def version(self):
         if self.is_corral:
-            out = subprocess.run([self.corral, "--version"], capture_output=True, text=True)
-            return out.stdout.strip()
+            return subprocess.run([self.corral, "--version"], capture_output=True, text=True).stdout.strip()
         py = os.path.join(self.venv, "bin", "python")
         mods = ["uvicorn"] if self.kind == "uvicorn" else ["gunicorn", "uvicorn_worker", "uvicorn"]
         code = ("import importlib.metadata as m, sys; "
                 "print(' '.join(f'{n}={m.version(n)}' for n in sys.argv[1:]))")
-        names = [m.replace("_", "-") for m in mods]
-        out = subprocess.run([py, "-c", code, *names], capture_output=True, text=True)
+        out = subprocess.run([py, "-c", code, *(m.replace("_", "-") for m in mods)], capture_output=True, text=True)
         if self.fronted:
             nginx = nginx_binary()
             v = subprocess.run([nginx, "-v"], capture_output=True, text=True) if nginx else None
@@ -383,8 +271,23 @@ def all_stacks(venv, corral, workers, nginx_workers=1):
     ]
 
 
+# Every started instance until it is stopped, so that a failing run stops
+# them all (stop_all(), from run.py's exit path).
+_live = set()
+
+
+def stop_all():
+    for inst in list(_live):
+        try:
+            inst.stop(limit=10)
+        except Exception:  # noqa: BLE001 - keep stopping the others
+            pass
+
+
 class Running:
-    """A started stack: manager process, its ports, and the verbs on it."""
+    """A started stack: its manager process (for nginx -> gunicorn the
+    gunicorn master, nginx being the `front`), its ports and workers (the
+    manager's children, from /proc), and the verbs on it."""
 
     def __init__(self, stack, app, tls=None):
         self.stack, self.app, self.tls = stack, app, tls
@@ -399,15 +302,12 @@ class Running:
         self.desired = stack.workers
         self.front = self.front_log = None
         self.seen_workers = set()
-        env = app_env(os.path.join(stack.venv, "bin"))
-        self.log = open(self.log_path, "wb")
         sock = os.path.join(self.dir, "gunicorn.sock")
         if stack.fronted:
             os.chmod(self.dir, 0o711)  # nginx's unprivileged workers reach the socket
         self.t0 = time.monotonic()
-        self.proc = subprocess.Popen(stack.argv(app, self.port, self.admin, self.token_file, sock, tls),
-                                     cwd=DJANGO_DIR, env=env, stdout=self.log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
+        self.proc = procs.spawn(stack.argv(app, self.port, self.admin, self.token_file, sock, tls), self.log_path,
+                                "ab", cwd=DJANGO_DIR, env=app_env(os.path.join(stack.venv, "bin")))
         self.pid = self.proc.pid
         _live.add(self)
         if stack.fronted:
@@ -424,9 +324,8 @@ class Running:
         with open(conf, "w") as f:
             f.write(nginx_conf(prefix, self.port, sock, self.stack.nginx_workers, self.tls))
         self.front_log = os.path.join(prefix, "error.log")
-        self.front = subprocess.Popen(
-            [nginx_binary(), "-p", prefix, "-c", conf, "-e", self.front_log, "-g", "daemon off;"],
-            stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.front = procs.spawn([nginx_binary(), "-p", prefix, "-c", conf, "-e", self.front_log,
+                                  "-g", "daemon off;"], self.log_path, "ab")
 
     def front_pids(self):
         """The front's processes (nginx master and workers), if there is one."""
@@ -459,36 +358,21 @@ class Running:
                 pass
         return "\n".join(out)
 
-    def metrics(self):
-        """corral's /metrics as {sample name with labels: value}."""
-        req = urllib.request.Request(f"http://127.0.0.1:{self.admin}/metrics",
-                                     headers={"Authorization": f"Bearer {self.token}"})
-        with urllib.request.urlopen(req, timeout=5) as r:
-            text = r.read().decode()
-        out = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                name, _, value = line.rpartition(" ")
-                try:
-                    out[name] = float(value)
-                except ValueError:
-                    pass
-        return out
-
     def admin_request(self, method, path, body=None):
-        req = urllib.request.Request(f"http://127.0.0.1:{self.admin}{path}", method=method,
-                                     data=None if body is None else json.dumps(body).encode(),
-                                     headers={"Authorization": f"Bearer {self.token}",
-                                              "Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=5) as r:
-            return r.status, json.loads(r.read() or b"null")
+        """(status, body bytes) from corral's admin API, with the token."""
+        return request("127.0.0.1", self.admin, method, path, body, self.token)
+
+    def metrics(self):
+        """corral's /metrics as {sample name with labels: value}, {} if refused."""
+        status, text = self.admin_request("GET", "/metrics")
+        return prometheus(text.decode()) if status == 200 else {}
 
     def set_workers(self, n):
         """Ask for n workers: PUT /workers on corral, TTIN/TTOU on the others."""
         if self.stack.is_corral:
             status, _ = self.admin_request("PUT", "/workers", {"desired": n})
             if status != 200:
-                raise RuntimeError(f"PUT /workers -> {status}")
+                raise RunFailed(f"PUT /workers -> {status}")
         else:
             sig = signal.SIGTTIN if n > self.desired else signal.SIGTTOU
             for _ in range(abs(n - self.desired)):
@@ -506,10 +390,10 @@ class Running:
             if len(pids) == n and not set(pids) & set(gone):
                 return pids
             if not self.alive():
-                raise RuntimeError(f"{self.stack.label} exited: {self.log_tail()}")
+                raise RunFailed(f"{self.stack.label} exited: {self.log_tail()}")
             time.sleep(0.02)
-        raise RuntimeError(f"{self.stack.label}: not {n} workers (without {sorted(gone)}) within {limit}s, "
-                           f"have {self.workers()}")
+        raise RunFailed(f"{self.stack.label}: not {n} workers (without {sorted(gone)}) within {limit}s, "
+                        f"have {self.workers()}")
 
     def wait_exit(self, limit):
         try:
@@ -523,38 +407,14 @@ class Running:
         starts each worker in its own process group)."""
         try:
             self.workers()
-            for proc in filter(None, (self.proc, self.front)):
-                if proc.poll() is None:
-                    try:
-                        os.killpg(proc.pid, signal.SIGTERM)
-                    except ProcessLookupError:
-                        pass
-            for proc in filter(None, (self.proc, self.front)):
-                try:
-                    proc.wait(timeout=limit)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
-                # Orphans left in the group (a worker that outlived its manager).
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
+            procs.stop(*filter(None, (self.proc, self.front)), wait=limit)
             for pid in self.seen_workers:
-                if parent_of(pid) != 1:
-                    continue  # gone, or not an orphan (a reused pid)
-                for kill in (os.killpg, os.kill):  # its own group (corral's workers), or just it
+                if parent_of(pid) == 1:  # an orphan (not gone, not a reused pid)
+                    procs.kill_group(pid)
                     try:
-                        kill(pid, signal.SIGKILL)
+                        os.kill(pid, signal.SIGKILL)
                     except (ProcessLookupError, PermissionError):
                         pass
         finally:
             _live.discard(self)
-            self.log.close()
             shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.stop()

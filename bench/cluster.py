@@ -1,0 +1,177 @@
+"""The cluster of figures 6 and 7: the throwaway etcd + kube-apiserver of
+.ci/kube-up.sh, kubectl and HTTPS against it as its admin, the operator's
+CRD and RBAC from manifests/, `corral operator` running as its
+ServiceAccount, and Pod objects made Running and Ready at a loopback
+address (there is no kubelet)."""
+
+import http.client
+import json
+import os
+import ssl
+import subprocess
+import threading
+
+from procs import RunFailed, wait_until
+from sampling import request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+KUBE_UP = os.path.join(ROOT, ".ci", "kube-up.sh")
+
+
+class Kube:
+    """The API server of .ci/kube-up.sh in workdir/kube, started in a
+    thread by start() (it takes seconds: the caller goes on meanwhile),
+    waited for by wait_up() and stopped by stop()."""
+
+    def __init__(self, workdir):
+        self.dir = os.path.join(workdir, "kube")
+        self.kubeconfig = self.kubectl_bin = self.error = None
+        # Set when _up() returns. Not Thread.join: before Python 3.13 a join
+        # interrupted by a signal's exception leaves the thread marked as
+        # stopped, and a second join returns at once.
+        self.done = threading.Event()
+        self.local = threading.local()
+        self.thread = threading.Thread(target=self._up, daemon=True)
+
+    def start(self):
+        self.thread.start()
+
+    def _up(self):
+        try:
+            tools = subprocess.run(["bash", os.path.join(ROOT, ".ci", "k8s-tools.sh")], capture_output=True,
+                                   text=True, check=True, timeout=600).stdout.strip().splitlines()[-1]
+            self.kubectl_bin = os.path.join(tools, "kubectl")
+            # The apiserver .ci/test built: kube-up.sh would otherwise ask
+            # kube-apiserver.sh, which builds one if its cache has none.
+            env = dict(os.environ)
+            if env.get("CORRAL_KUBE_APISERVER"):
+                env.setdefault("KUBE_APISERVER", env["CORRAL_KUBE_APISERVER"])
+            r = subprocess.run(["bash", KUBE_UP, self.dir], capture_output=True, text=True, timeout=900, env=env)
+            if r.returncode != 0:
+                raise RunFailed(f"kube-up.sh failed:\n{r.stderr[-2000:]}")
+            self.kubeconfig = r.stdout.strip().splitlines()[-1]
+            with open(os.path.join(self.dir, "env")) as f:
+                state = dict(line.strip().split("=", 1) for line in f if "=" in line)
+            self.server, self.token = f"127.0.0.1:{state['KUBE_PORT']}", state["KUBE_TOKEN"]
+        except Exception as e:  # noqa: BLE001 - the run reports it
+            self.error = e
+        finally:
+            self.done.set()
+
+    def wait_up(self):
+        self.done.wait(900)
+        if self.error is not None or self.kubeconfig is None:
+            raise RunFailed(f"API server: {self.error or 'did not come up'}")
+
+    def stop(self):
+        """Stops the daemons kube-up.sh detached, once a start under way is
+        over (it gives up by itself after KUBE_UP_TIMEOUT)."""
+        if self.thread.is_alive():
+            self.done.wait(200)
+        if os.path.isdir(self.dir):
+            subprocess.run(["bash", KUBE_UP, "--stop", self.dir], capture_output=True, timeout=120)
+
+    def kubectl(self, *args, stdin=None, check=True, timeout=30):
+        r = subprocess.run([self.kubectl_bin, *args], input=stdin, capture_output=True, text=True,
+                           env=dict(os.environ, KUBECONFIG=self.kubeconfig), timeout=timeout)
+        if check and r.returncode != 0:
+            raise RunFailed(f"kubectl {' '.join(args)}: {r.stderr.strip()}")
+        return r
+
+    def create(self, obj):
+        return self.kubectl("create", "-f", "-", stdin=json.dumps(obj))
+
+    def get_json(self, *args):
+        r = self.kubectl("get", *args, "-o", "json", check=False)
+        return json.loads(r.stdout) if r.returncode == 0 else None
+
+    def api(self, method, path, body, content_type="application/json"):
+        """One request as admin over HTTPS, one keep-alive connection per
+        thread (figure 7 creates its pods from several)."""
+        if getattr(self.local, "conn", None) is None:
+            tls = ssl.create_default_context()
+            tls.check_hostname = False
+            tls.verify_mode = ssl.CERT_NONE  # a throwaway self-signed server on loopback
+            self.local.conn = http.client.HTTPSConnection(self.server, timeout=30, context=tls)
+        conn = self.local.conn
+        try:
+            conn.request(method, path, body=json.dumps(body), headers={
+                "Authorization": f"Bearer {self.token}", "Content-Type": content_type})
+            r = conn.getresponse()
+            answer = r.read()
+        except (OSError, http.client.HTTPException):
+            conn.close()
+            self.local.conn = None
+            raise
+        if r.status >= 300:
+            raise RunFailed(f"{method} {path}: {r.status} {answer[:300]!r}")
+
+    def ready_pod(self, name, namespace, labels, ip):
+        """A Pod, then its status Running and Ready at ip."""
+        base = f"/api/v1/namespaces/{namespace}/pods"
+        self.api("POST", base, {"apiVersion": "v1", "kind": "Pod",
+                                "metadata": {"name": name, "namespace": namespace, "labels": labels},
+                                "spec": {"containers": [{"name": "app", "image": "corral:bench"}]}})
+        self.api("PATCH", f"{base}/{name}/status", {"status": {
+            "phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
+            "conditions": [{"type": "Ready", "status": "True"}]}}, "application/merge-patch+json")
+
+    def namespace(self, name, secret, token):
+        """The namespace and the admin token Secret the autoscalers name."""
+        self.create({"apiVersion": "v1", "kind": "List", "items": [
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}},
+            {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": secret, "namespace": name},
+             "stringData": {"token": token}}]})
+
+
+def install_operator(kube):
+    """Applies the CRD and the operator's RBAC as shipped; returns the
+    operator's ServiceAccount (name, namespace), read from what was applied.
+    Nothing runs the Deployment in it: there is no kubelet."""
+    applied = json.loads(kube.kubectl(
+        "apply", "-f", os.path.join(ROOT, "manifests", "crd.yaml"),
+        "-f", os.path.join(ROOT, "manifests", "operator.yaml"), "-o", "json").stdout)
+    sa = next((i["metadata"] for i in applied.get("items", [applied]) if i.get("kind") == "ServiceAccount"), None)
+    if sa is None:
+        raise RunFailed("manifests/operator.yaml has no ServiceAccount")
+    return sa["name"], sa.get("namespace", "default")
+
+
+def operator_kubeconfig(kube, workdir, sa):
+    """A kubeconfig holding a token of the ServiceAccount `sa` (name, namespace)."""
+    sa_name, sa_ns = sa
+    # The API server looks the ServiceAccount up in a cache that lags its
+    # creation by a moment.
+    token = wait_until("a token for the operator's ServiceAccount", 30, lambda: kube.kubectl(
+        "create", "token", sa_name, "-n", sa_ns, "--duration=2h", check=False).stdout.strip(), every=0.2)
+    path = os.path.join(workdir, "operator.kubeconfig")
+    with open(path, "w") as f:
+        f.write("apiVersion: v1\nkind: Config\nclusters:\n- name: bench\n  cluster:\n"
+                f"    server: https://{kube.server}\n    insecure-skip-tls-verify: true\n"
+                f"users:\n- name: {sa_name}\n  user:\n    token: {token}\n"
+                f"contexts:\n- name: bench\n  context:\n    cluster: bench\n    user: {sa_name}\n"
+                "current-context: bench\n")
+    os.chmod(path, 0o600)
+    return path
+
+
+def start_operator(procs, corral, kube, workdir, namespace, metrics_port):
+    """`corral operator` as its ServiceAccount, watching `namespace`;
+    returns its process once it leads. Its log is workdir/operator.log."""
+    sa = install_operator(kube)
+    # The CRD's kind is served a moment after it is created; the operator's
+    # watch would back off if started before.
+    wait_until("the WorkerAutoscaler kind to be served", 30, lambda: kube.kubectl(
+        "get", "workerautoscalers", "-n", namespace, check=False).returncode == 0, every=0.2)
+    env = dict(os.environ, KUBECONFIG=operator_kubeconfig(kube, workdir, sa), CORRAL_LOG_LEVEL="info")
+    operator = procs.start([corral, "operator", "--metrics-bind", f"127.0.0.1:{metrics_port}",
+                            "--namespace", namespace, "--lease-namespace", sa[1], "--lease-name", "corral-bench",
+                            "--identity", "bench-operator"], os.path.join(workdir, "operator.log"), env=env)
+
+    def leading():
+        if operator.poll() is not None:
+            raise RunFailed(f"corral operator exited {operator.returncode}")
+        status, body = request("127.0.0.1", metrics_port, "GET", "/readyz", timeout=2)
+        return status == 200 and b"leader" in body
+    wait_until("the operator to lead", 30, leading)
+    return operator

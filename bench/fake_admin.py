@@ -1,0 +1,189 @@
+#!/usr/bin/env python3
+"""Figure 7's fake managers: one process answers the admin API of every
+pod, on its own loopback address each, with the WorkersDoc and the 422
+ErrorDoc a real `corral run` gave, only each pod's worker count and CPU
+set; a control API on 127.0.0.1 sets the load and counts the requests.
+bench/operator_scale.py starts it (`start()`)."""
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+
+from procs import RunFailed, wait_until
+from sampling import request
+from stacks import free_port
+
+
+def pod_ips(n):
+    """127.1.0.1, 127.1.0.2, ...: n loopback addresses, one per pod."""
+    return [f"127.1.{i // 256}.{i % 256}" for i in range(1, n + 1)]
+
+
+class FakePod:
+    """One pod's manager: the real manager's WorkersDoc with this pod's
+    worker count, and its CPU (a load in cores over the workers)."""
+
+    def __init__(self, doc, refused):
+        self.template, self.refused = doc, refused
+        self.desired, self.requested = doc["configured"], None
+
+    def doc(self, load):
+        util = load / self.desired
+        slots = self.template["workers"]
+        workers = [dict(slots[i % len(slots)], id=i + 1, pid=100001 + i, cpu_utilisation=util)
+                   for i in range(self.desired)]
+        return dict(self.template, desired=self.desired, requested=self.requested, running=self.desired,
+                    ready=self.desired, cpu_utilisation=util, workers=workers)
+
+    def scale(self, body, load):
+        """PUT /workers: (status, answer); outside the limits, or not a
+        count, the real manager's 422."""
+        n = body.get("desired", -1) if isinstance(body, dict) and set(body) == {"desired"} else -1
+        limits = self.template["limits"]
+        if n is None:
+            self.desired, self.requested = self.template["configured"], None
+        elif isinstance(n, int) and not isinstance(n, bool) and limits["min"] <= n <= limits["max"]:
+            self.desired = self.requested = n
+        else:
+            return 422, self.refused
+        return 200, self.doc(load)
+
+
+class FakeAdmin:
+    """Every fake pod behind one asyncio loop, plus a control API on
+    127.0.0.1 (GET /stats: requests served; PUT /load: cores per pod)."""
+
+    def __init__(self, ips, port, token, doc, refused, load):
+        self.pods = {ip: FakePod(doc, refused) for ip in ips}
+        self.port, self.token = port, token
+        self.load = load
+        self.stats = {"gets": 0, "puts": 0, "put_status": {}}
+
+    def admin(self, ip, method, path, headers, body):
+        pod = self.pods[ip]
+        if path.rstrip("/") != "/workers":
+            return 404, {"error": f"no route {path}"}
+        if method == "GET":
+            self.stats["gets"] += 1
+            return 200, pod.doc(self.load)
+        if method != "PUT":
+            return 405, {"error": f"{method} is not allowed on /workers"}
+        self.stats["puts"] += 1
+        if headers.get("authorization") != f"Bearer {self.token}":
+            status, answer = 401, {"error": "missing or wrong bearer token"}
+        else:
+            try:
+                status, answer = pod.scale(json.loads(body or b"null"), self.load)
+            except ValueError as e:
+                status, answer = 400, {"error": f"body is not JSON: {e}"}
+        codes = self.stats["put_status"]
+        codes[str(status)] = codes.get(str(status), 0) + 1
+        return status, answer
+
+    def control(self, method, path, body):
+        if method == "GET" and path == "/stats":
+            return 200, self.stats
+        if method == "PUT" and path == "/load":
+            self.load = float(json.loads(body)["cores"])
+            return 200, {"cores": self.load}
+        return 404, {"error": f"no route {method} {path}"}
+
+    async def handle(self, reader, writer):
+        try:
+            method, path, headers, body = await read_request(reader)
+            ip = writer.get_extra_info("sockname")[0]
+            if ip in self.pods:
+                status, answer = self.admin(ip, method, path, headers, body)
+            else:
+                status, answer = self.control(method, path, body)
+            writer.write(response(status, answer))
+            await writer.drain()
+        except (OSError, ValueError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    async def serve(self, control_port):
+        # Held, so that no server is ever collected while it should listen.
+        self.servers = [await asyncio.start_server(self.handle, ip, self.port, backlog=1024) for ip in self.pods]
+        self.servers.append(await asyncio.start_server(self.handle, "127.0.0.1", control_port))
+        print(f"serving {len(self.pods)} pods on :{self.port}, control on 127.0.0.1:{control_port}", flush=True)
+        await asyncio.Event().wait()
+
+
+async def read_request(reader):
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    method, target, _ = lines[0].split(" ", 2)
+    headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:] if ":" in line)}
+    length = int(headers.get("content-length", "0"))
+    body = await reader.readexactly(length) if length else b""
+    return method, target, headers, body
+
+
+REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
+           405: "Method Not Allowed", 422: "Unprocessable Entity"}
+
+
+def response(status, answer):
+    body = json.dumps(answer).encode()
+    head = (f"HTTP/1.1 {status} {REASONS[status]}\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\nconnection: close\r\n\r\n")
+    return head.encode() + body
+
+
+class FakeClient:
+    """The benchmark's side of the fake server's control API."""
+
+    def __init__(self, control_port):
+        self.port = control_port
+
+    def stats(self):
+        return json.loads(request("127.0.0.1", self.port, "GET", "/stats", timeout=10)[1])
+
+    def set_load(self, cores):
+        request("127.0.0.1", self.port, "PUT", "/load", {"cores": cores}, timeout=10)
+
+
+def start(procs, workdir, pods, port, token_file, documents, load):
+    """This file as a process of its own, serving `documents` (the real
+    manager's WorkersDoc and 422) for `pods` pods with `load` cores each;
+    returns its control client once it answers."""
+    path = os.path.join(workdir, "documents.json")
+    with open(path, "w") as f:
+        json.dump(documents, f)
+    control = free_port()
+    proc = procs.start([sys.executable, os.path.abspath(__file__), "--pods", str(pods), "--port", str(port),
+                        "--control-port", str(control), "--token-file", token_file, "--documents", path,
+                        "--load", str(load)], os.path.join(workdir, "fake.log"))
+    client = FakeClient(control)
+
+    def up():
+        if proc.poll() is not None:
+            raise RunFailed(f"the fake admin server exited {proc.returncode}: see {workdir}/fake.log")
+        return client.stats()
+    wait_until("the fake admin server", 60, up, every=0.1)
+    return client
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--pods", type=int, required=True)
+    ap.add_argument("--port", type=int, required=True, help="every pod's admin port")
+    ap.add_argument("--control-port", type=int, required=True)
+    ap.add_argument("--token-file", required=True)
+    ap.add_argument("--documents", required=True, help="JSON: [WorkersDoc, 422 ErrorDoc] of a real corral run")
+    ap.add_argument("--load", type=float, required=True, help="cores per pod")
+    args = ap.parse_args()
+    with open(args.token_file) as f:
+        token = f.read().strip()
+    with open(args.documents) as f:
+        doc, refused = json.load(f)
+    fake = FakeAdmin(pod_ips(args.pods), args.port, token, doc, refused, args.load)
+    asyncio.run(fake.serve(args.control_port))
+
+
+if __name__ == "__main__":
+    main()

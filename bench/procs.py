@@ -1,0 +1,100 @@
+"""Process control: every child the benchmark starts runs in a session of
+its own and is stopped by process group, also when a run fails or is
+signalled. Also the one progress line (`log`) and polling with a deadline
+(`wait_until`)."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+
+def log(msg):
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+class RunFailed(Exception):
+    """A figure cannot go on: a process exited, a wait timed out."""
+
+
+class Stopped(BaseException):
+    """A signal asked us to stop; not an Exception, so no retry loop eats it."""
+
+
+def stop_on_signals():
+    """TERM and HUP (a caller's timeout) raise Stopped, so that the `finally`
+    blocks on the way out still stop every child."""
+    def terminate(signum, _frame):
+        raise Stopped(f"stopped by signal {signum}")
+    signal.signal(signal.SIGTERM, terminate)
+    signal.signal(signal.SIGHUP, terminate)
+
+
+def spawn(argv, log_path, mode="wb", **popen):
+    """A child in a session of its own (its group can be stopped whole),
+    stdout and stderr to log_path."""
+    with open(log_path, mode) as out:
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True, **popen)
+
+
+def kill_group(pgid, sig=signal.SIGKILL):
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def stop(*procs, wait=5.0):
+    """TERM the children's process groups together, KILL a group whose
+    leader is still there after `wait` s, then KILL what is left in each
+    group (a worker that outlived its manager)."""
+    for p in procs:
+        if p.poll() is None:
+            kill_group(p.pid, signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(wait)
+        except subprocess.TimeoutExpired:
+            kill_group(p.pid)
+            p.wait()
+        kill_group(p.pid)
+
+
+class Procs:
+    """The children of one run, stopped together when it ends."""
+
+    def __init__(self):
+        self.children = []
+
+    def start(self, argv, log_path, **popen):
+        p = spawn(argv, log_path, **popen)
+        self.children.append(p)
+        return p
+
+    def stop_all(self):
+        for p in reversed(self.children):
+            try:
+                stop(p)
+            except Exception as e:  # noqa: BLE001 - keep stopping the others
+                log(f"stopping pid {p.pid}: {e}")
+
+
+def wait_until(what, limit, fn, every=0.1):
+    """Polls fn until it returns a true value, which is returned; fn raises
+    RunFailed to give up at once (a process it waits on exited), anything
+    else it raises is retried until the deadline."""
+    deadline = time.monotonic() + limit
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            v = fn()
+            if v:
+                return v
+        except RunFailed:
+            raise
+        except Exception as e:  # noqa: BLE001 - polled again until the deadline
+            last = e
+        time.sleep(every)
+    raise RunFailed(f"timed out after {limit:.0f}s waiting for {what}" + (f" ({last})" if last else ""))
