@@ -11,7 +11,7 @@ use tokio::time::advance;
 
 use super::*;
 use crate::config::Settings;
-use crate::contract::LimitReason;
+use crate::contract::{LimitReason, WorkerState};
 use crate::manager::spawn::{SpawnError, SpawnSpec};
 use crate::values::BindAddr;
 
