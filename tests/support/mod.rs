@@ -521,9 +521,12 @@ pub fn get(addr: SocketAddr, path: &str) -> Result<(u16, String), HttpError> {
     request(addr, "GET", path, &[], "")
 }
 
-/// The error text of a connection reset before a single response byte:
-/// the server accepted the connection and closed it with the request unread.
-pub const UNANSWERED: &str = "reset before any response byte";
+/// The error text of a connection closed before a single response byte:
+/// the server accepted the connection and closed it with the request
+/// unread. The client sees a reset when the request had reached the
+/// server's socket by then, and an end of stream when it had not: the
+/// same event, told apart only by timing.
+pub const UNANSWERED: &str = "closed before any response byte";
 
 /// A GET written by hand on a fresh connection with `Connection: close`,
 /// for the load generator only. It stays raw because it is the measuring
@@ -540,11 +543,18 @@ fn raw_get(addr: SocketAddr, path: &str) -> std::io::Result<u16> {
     );
     s.write_all(req.as_bytes())?;
     let mut raw = Vec::new();
-    if let Err(e) = s.read_to_end(&mut raw) {
-        if e.kind() == std::io::ErrorKind::ConnectionReset && raw.is_empty() {
+    match s.read_to_end(&mut raw) {
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset && raw.is_empty() => {
             return Err(std::io::Error::new(e.kind(), UNANSWERED));
         }
-        return Err(e);
+        Err(e) => return Err(e),
+        Ok(0) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                UNANSWERED,
+            ));
+        }
+        Ok(_) => {}
     }
     let text = String::from_utf8_lossy(&raw);
     text.split(' ')
@@ -896,6 +906,22 @@ pub fn path_with_venv() -> String {
 }
 
 /// `helm ARGS` from the repository root: success, stdout then stderr.
+/// `helm template corral charts/corral --namespace corral-system EXTRA...`:
+/// the chart rendered as its manifests are; panics if helm refuses.
+pub fn render_chart(extra: &[&str]) -> String {
+    let mut args = vec![
+        "template",
+        "corral",
+        "charts/corral",
+        "--namespace",
+        "corral-system",
+    ];
+    args.extend_from_slice(extra);
+    let (ok, text) = helm(&args);
+    assert!(ok, "{text}");
+    text
+}
+
 pub fn helm(args: &[&str]) -> (bool, String) {
     let out = Command::new(k8s_tool("helm"))
         .args(args)
