@@ -7,20 +7,10 @@ mod support;
 
 use std::process::Command;
 
-use support::{BIN, helm, root, stdout_of, validate_monitors};
+use support::{BIN, helm, render_chart, root, stdout_of, validate_monitors};
 
 fn render(extra: &[&str]) -> Vec<serde_json::Value> {
-    let mut args = vec![
-        "template",
-        "corral",
-        "charts/corral",
-        "--namespace",
-        "corral-system",
-    ];
-    args.extend_from_slice(extra);
-    let (ok, text) = helm(&args);
-    assert!(ok, "{text}");
-    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text).unwrap();
+    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&render_chart(extra)).unwrap();
     docs.into_iter().filter(|d| d.is_object()).collect()
 }
 
@@ -75,14 +65,7 @@ fn the_chart_crd_and_default_render_are_those_of_manifests() {
         std::fs::read_to_string(root().join("manifests/crd.yaml")).unwrap(),
         "chart CRD is stale"
     );
-    let (ok, render) = helm(&[
-        "template",
-        "corral",
-        "charts/corral",
-        "--namespace",
-        "corral-system",
-    ]);
-    assert!(ok, "{render}");
+    let render = render_chart(&[]);
     let plain = std::fs::read_to_string(root().join("manifests/operator.yaml")).unwrap();
     let stale = "manifests/operator.yaml differs from the chart's default render: \
                  regenerate it with `bash .ci/render-manifests.sh`";

@@ -823,18 +823,12 @@ async fn the_chart_render_and_the_manifests_are_accepted_by_the_api_server() {
     let kubeconfig = shared.kubeconfig("admin-dryrun", &shared.admin_token);
     // Every optional object the server can check (the monitors need the
     // Prometheus Operator's CRDs: tests/chart.rs checks them).
-    let (ok, render) = helm(&[
-        "template",
-        "corral",
-        "charts/corral",
-        "--namespace",
-        "corral-system",
+    let render = render_chart(&[
         "--kube-version",
         "1.20.0",
         "--set",
         "podDisruptionBudget.enabled=true,dashboard.enabled=true",
     ]);
-    assert!(ok, "{render}");
     let (ok, text) = kubectl_dry_run(&kubeconfig, render.as_bytes());
     assert!(ok, "{text}");
     for kind in ["deployment.apps", "poddisruptionbudget.policy", "configmap"] {

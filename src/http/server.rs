@@ -362,6 +362,17 @@ mod tests {
         release: Semaphore,
     }
 
+    /// Waits (at most 10 s) until `check` holds.
+    async fn until<F: Future<Output = bool>>(what: &str, check: impl Fn() -> F) {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while !check().await {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{what}: never happened"));
+    }
+
     impl Handlers {
         fn new() -> Handlers {
             Handlers {
@@ -374,13 +385,7 @@ mod tests {
 
         /// Waits (at most 10 s) until `cond` holds of the handlers.
         async fn until(&self, what: &str, cond: impl Fn(&Handlers) -> bool) {
-            tokio::time::timeout(Duration::from_secs(10), async {
-                while !cond(self) {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-            })
-            .await
-            .unwrap_or_else(|_| panic!("{what}: never happened"));
+            until(what, || std::future::ready(cond(self))).await;
         }
     }
 
@@ -474,13 +479,10 @@ mod tests {
 
     /// Waits (at most 10 s) until a new connection to `addr` is refused.
     async fn until_refused(addr: SocketAddr) {
-        tokio::time::timeout(Duration::from_secs(10), async {
-            while TcpStream::connect(addr).await.is_ok() {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
+        until("the listener to close", || async move {
+            TcpStream::connect(addr).await.is_err()
         })
-        .await
-        .expect("the listener never closed");
+        .await;
     }
 
     #[tokio::test]

@@ -107,26 +107,23 @@ fn a_pod_without_concurrency_is_not_scaled_on_it() {
 
 #[test]
 fn bounds_apply_and_are_named() {
-    let d = decide(
-        &pod(4, vec![(cpu(0.1), Some(1.0))]),
-        &History::default(),
-        &no_limits(),
-        0.0,
-    )
-    .unwrap();
+    // Four workers on a CPU target, no rate limits: where the value leads.
+    let at = |target: f64, value: f64| {
+        let d = decide(
+            &pod(4, vec![(cpu(target), Some(value))]),
+            &History::default(),
+            &no_limits(),
+            0.0,
+        )
+        .unwrap();
+        (d.desired, d.limited_by)
+    };
     assert_eq!(
-        (d.desired, d.limited_by),
+        at(0.1, 1.0),
         (12, Some(Limit::Bound(LimitReason::MaxWorkers)))
     );
-    let d = decide(
-        &pod(4, vec![(cpu(0.7), Some(0.0))]),
-        &History::default(),
-        &no_limits(),
-        0.0,
-    )
-    .unwrap();
     assert_eq!(
-        (d.desired, d.limited_by),
+        at(0.7, 0.0),
         (1, Some(Limit::Bound(LimitReason::MinWorkers)))
     );
 }
