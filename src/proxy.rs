@@ -213,7 +213,7 @@ impl Shared {
         }
         let peer = req.extensions().get::<Peer>().copied();
         let upgrade = headers::is_upgrade(req.headers());
-        let client_side = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let mut client_side = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (parts, body) = req.into_parts();
         let head = Head::for_worker(parts, peer, upgrade, &self.config.forwarded_allow_ips);
         let mut body = match Held::read(body).await {
@@ -259,9 +259,28 @@ impl Shared {
             };
             match result {
                 Ok(Ok(response)) => {
-                    return self
-                        .respond(response, place, sender, started, client_side)
-                        .await;
+                    match self
+                        .respond(response, place, sender, started, client_side.take())
+                        .await
+                    {
+                        Ok(response) => return response,
+                        // Nothing has gone to the client yet: as good as no
+                        // answer at all.
+                        Err(error) if retry_ok && !retried => {
+                            retried = true;
+                            debug!(worker = key.id, error = %error, "broken answer: retrying once");
+                            self.metrics.retried(Retry::NoResponse);
+                            avoid = Some(key);
+                            continue;
+                        }
+                        Err(error) => {
+                            warn!(worker = key.id, error = %error, method = %head.method, path = %head.uri, "worker failed mid-response");
+                            return answer(
+                                StatusCode::BAD_GATEWAY,
+                                "the worker failed to answer\n",
+                            );
+                        }
+                    }
                 }
                 Ok(Err(mut failed)) => {
                     if let Some(unsent) = failed.take_message() {
@@ -306,7 +325,7 @@ impl Shared {
         sender: pool::Sender,
         started: Instant,
         client_side: Option<hyper::upgrade::OnUpgrade>,
-    ) -> Response<FrontBody> {
+    ) -> Result<Response<FrontBody>, hyper::Error> {
         let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
         let worker_side = switching.then(|| hyper::upgrade::on(&mut response));
         let (mut parts, mut body) = response.into_parts();
@@ -314,7 +333,7 @@ impl Shared {
         if let (Some(client_side), Some(worker_side)) = (client_side, worker_side) {
             tokio::spawn(tunnel(client_side, worker_side, place));
             drop(sender);
-            return Response::from_parts(parts, FrontBody::empty());
+            return Ok(Response::from_parts(parts, FrontBody::empty()));
         }
         let done = Done {
             place,
@@ -323,13 +342,15 @@ impl Shared {
             metrics: self.metrics.clone(),
             started,
         };
-        match response_body::read_ahead(&mut body).await {
-            Ok(Ahead::Whole(bytes)) => {
+        // A worker that fails while its answer is read ahead has sent the
+        // client nothing yet: the caller may send the request elsewhere.
+        Ok(match response_body::read_ahead(&mut body).await? {
+            Ahead::Whole(bytes) => {
                 done.release();
                 // A body the worker sent chunked goes with a Content-Length.
                 Response::from_parts(parts, FrontBody::full(bytes))
             }
-            Ok(Ahead::Partial(ahead)) => Response::from_parts(
+            Ahead::Partial(ahead) => Response::from_parts(
                 parts,
                 FrontBody::Proxied {
                     ahead,
@@ -337,12 +358,7 @@ impl Shared {
                     done: Some(done),
                 },
             ),
-            Err(e) => {
-                warn!(worker = done.place.key.id, error = %e, "worker failed mid-response");
-                drop(done);
-                answer(StatusCode::BAD_GATEWAY, "the worker failed to answer\n")
-            }
-        }
+        })
     }
 }
 

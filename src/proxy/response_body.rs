@@ -78,14 +78,24 @@ pub enum Ahead {
 /// head and body separately, and forwarding them as they come would cost
 /// the client (and the front) a write and a wakeup more per request. A
 /// stream (server-sent events) is held up by at most [`READ_AHEAD_WAIT`].
+/// A body whose length the worker gave, up to [`READ_AHEAD_LIMIT`], is
+/// read whole however long it takes to come, so a worker that dies
+/// before it has sent it has sent the client nothing, and the request
+/// can go elsewhere.
 pub async fn read_ahead(body: &mut Incoming) -> Result<Ahead, hyper::Error> {
+    let small = body
+        .size_hint()
+        .exact()
+        .is_some_and(|n| n <= READ_AHEAD_LIMIT);
     let mut frames = VecDeque::new();
     let mut size = 0u64;
     loop {
         if body.is_end_stream() {
             break;
         }
-        let next = if frames.is_empty() {
+        let next = if small {
+            Some(body.frame().await)
+        } else if frames.is_empty() {
             tokio::time::timeout(READ_AHEAD_WAIT, body.frame())
                 .await
                 .ok()
