@@ -4,7 +4,7 @@ report.summarize()'s summary) and autoscale.png / autoscale-concurrency.png
 the run). matplotlib is imported here only, when a chart is drawn."""
 
 
-from summary import NGINX, PROXY, SCENARIOS
+from report import NGINX, PROXY, SCENARIOS
 
 
 def pyplot():

@@ -1,22 +1,232 @@
-"""What is read: `markdown()` renders results.md from the summary
-(summary.py) and figures 6 and 7's own results; bench/autoscale.py and
-bench/operator_scale.py print their figure's section of it."""
+"""Figures 1-5, 8 and 9 reduced from the raw measurements (rounds, samples,
+repetitions) to one number per stack and figure (`summarize()`), the
+issues' targets judged against the reference, gunicorn + UvicornWorker
+(corral's shared socket: issue 1, proxy mode: issue 11, HTTP/2 + TLS at the
+front: issue 13; a target whose stack did not run is "not measured", with
+the reason), and results.md rendered from that and figures 6 and 7's own
+results (`markdown()`); bench/autoscale.py and bench/operator_scale.py
+print their figure's section of it."""
 
-from summary import NGINX, PROXY, PROXY_CPU_US, REF, SCENARIOS, ratio
+import statistics
 
+REF, CORRAL, PROXY, NGINX = "gunicorn", "corral", "proxy", "nginx"
+PROXY_CPU_US = 25.0  # the proxy's own CPU per request, at most
+PROXY_VS_NGINX = 1.0  # Django throughput with --proxy, at least, x nginx -> gunicorn
+PROXY_VS_REF = 0.95  # ... and x gunicorn direct
+H2_VS_NGINX = 1.0  # figure 8: HTTP/2 over TLS throughput, corral --proxy x nginx, at least
+HANDSHAKE_VS_NGINX = 1.0  # figure 9: TLS handshakes per second, corral --proxy x nginx, at least
+SCENARIOS = [
+    ("hup", "rolling restart (HUP) x{hups}"),
+    ("scale_down", "scale down {n1} -> {n} x{reps}"),
+    ("sigkill", "SIGKILL of one worker x{reps}"),
+    ("term", "TERM, {slow} slow requests in flight"),
+]
 # Figure 7's per-pass table (operator_scale.json's passes).
 PASS_COLUMNS = ["kind", "cpu_s", "wall_s", "gets", "puts", "rss_mib", "open_fds", "api_connections"]
+# Figure 6's key figures, the CPU and the Concurrency run side by side.
+SUMMARY_ROWS = [
+    ("scale_up_decision_s", "scale-up decision after the step", "s"),
+    ("ideal_high", "ideal workers at high load", "workers"),
+    ("reach_ideal_desired_s", "time to the ideal count desired", "s"),
+    ("reach_ideal_ready_s", "time to the ideal count ready", "s"),
+    ("peak_desired", "peak desired at high load", "workers"),
+    ("settled_desired", "settled desired at the drop", "workers"),
+    ("p99_high_ms", "p99 latency at high load", "ms"),
+    ("scale_down_decision_s", "scale-down decision after the drop", "s"),
+]
 
 
-def target_lines(s, figure):
-    """The targets of one figure (ratios), a line each."""
-    return [f"\nTarget: {t['what']}: {xr(t['value'])}, **{tverdict(t)}**" for t in s["targets"]
-            if t["figure"] == figure]
+def median(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
 
 
-def measured(s, fig):
-    """(key, row, row[fig]) of each stack with figure `fig` measured."""
-    return [(key, row, row[fig]) for key, row in s["stacks"].items() if row.get(fig)]
+def mean(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.fmean(xs) if xs else None
+
+
+def medians(items, *keys):
+    return {k: median(i.get(k) for i in items) for k in keys}
+
+
+def ratio(a, b):
+    return a / b if a is not None and b else None
+
+
+def judged(value, ok):
+    return None if value is None else ok(value)
+
+
+def wrk_summary(runs):
+    """Mean req/s, p50 and p99 of wrk results, and their errors summed."""
+    return {**{k: mean(w[k] for w in runs) for k in ("rps", "p50_ms", "p99_ms")},
+            "errors": sum(w["errors"] + w["non_2xx"] for w in runs)}
+
+
+def summarize(raw, stacks, cfg):
+    """One row per stack per figure, errors collected, targets judged."""
+    errors = []
+    s = {"stacks": {}, "errors": errors, "unavailable": raw.get("unavailable", {})}
+    for st in stacks:
+        row = s["stacks"][st.key] = {"label": st.label, "fig1": {}}
+        idle, under, starts, mixed = [], [], [], []
+        for app, rounds in raw["throughput"].get(st.key, {}).items():
+            errors += [f"figure 1 {st.label} {app}: {r['error']}" for r in rounds if "error" in r]
+            ok = [r for r in rounds if "wrk" in r]
+            if ok:
+                cpu = [r.get("under_load", {}).get("workers_cpu_s") for r in ok]
+                # The busiest worker's share of all workers' CPU (1/N = even).
+                row["fig1"][app] = dict(wrk_summary([r["wrk"] for r in ok]), busiest_worker_share=mean(
+                    max(c) / sum(c) if c and sum(c) > 0 else None for c in cpu), rounds=len(ok))
+            main = app in ("django", "builtin")
+            mixed += [r["mixed"] for r in rounds if "mixed" in r]
+            idle += [r["idle"] for r in rounds if "idle" in r]
+            under += [r["under_load"] for r in rounds if main and "manager_cpu_percent" in r.get("under_load", {})]
+            starts += [r["startup"] for r in rounds if main and "startup" in r]
+        if mixed:
+            row["fig1b"] = dict(wrk_summary(mixed), rounds=len(mixed))
+        if idle:
+            row["fig2"] = {
+                **medians(idle, "manager_rss_kib", "manager_idle_cpu_percent", "workers_rss_kib"),
+                "manager_cpu_under_load_percent": median(u["manager_cpu_percent"] for u in under),
+                "manager_peak_rss_under_load_kib": max((u["manager_peak_rss_kib"] for u in under), default=None),
+                # The manager process's own CPU over the requests served in the
+                # Django wrk run: for --proxy the proxy's cost per request.
+                "manager_cpu_us_per_request": median(u.get("manager_cpu_us_per_request") for u in under),
+                "front_rss_kib": median(i.get("front_rss_kib") for i in idle),
+                "front_cpu_us_per_request": median(u.get("front_cpu_us_per_request") for u in under),
+            }
+        else:
+            errors.append(f"figure 2 {st.label}: no idle measurement")
+        lc = raw["lifecycle"].get(st.key, {})
+        starts += [lc["startup"]] if "startup" in lc else []
+        for extra in raw["startup_extra"].get(st.key, []):
+            if "error" in extra:
+                errors.append(f"figure 3 {st.label}: {extra['error']}")
+            else:
+                starts.append(extra)
+        if starts:
+            row["fig3"] = {**medians(starts, "first_200_s", "spawned_s", "accepting_s", "manager_share"),
+                           "samples": len(starts)}
+        else:
+            errors.append(f"figure 3 {st.label}: no start-up sample")
+        if "error" in lc:
+            errors.append(f"figures 4-5 {st.label}: {lc['error']}")
+        up = lc.get("scale_up", {})
+        if "seconds" in up:
+            row["fig4"] = {"seconds": median(up["seconds"]), "samples": len(up["seconds"]),
+                           "api_ready_seconds": median(up.get("api_ready_seconds", []))}
+        elif "n/a" in up:
+            row["fig4"] = {"seconds": None, "samples": 0, "api_ready_seconds": None, "n/a": up["n/a"]}
+        elif lc:
+            errors.append(f"figure 4 {st.label}: {up.get('error', 'not run')}")
+        row["fig5"] = {}
+        for key, _ in SCENARIOS:
+            sc = lc.get(key, {})
+            if "counts" in sc:
+                kinds = {k: v for k, v in sc["counts"].items() if k != "ok"}
+                row["fig5"][key] = {"failed": sum(kinds.values()), "total": sum(sc["counts"].values()),
+                                    "kinds": kinds, **({"exit_s": sc.get("exit_s")} if key == "term" else {})}
+            elif lc:
+                errors.append(f"figure 5 {st.label} {key}: {sc.get('error', 'not run')}")
+    summarize_tls(s, raw.get("tls", {}), errors)
+    judge(s)
+    return s
+
+
+def summarize_tls(s, tls, errors):
+    """Figures 8 and 9 into the fronts' rows: row['fig8'] (h2load) and
+    row['fig9'] (s_time), the mean over rounds; s['tls_unavailable']."""
+    s["tls_unavailable"] = tls.get("unavailable", {"h2": {}, "handshake": {}})
+    s["tls_certificate"] = tls.get("certificate")
+    for key, runs in tls.get("runs", {}).items():
+        row = s["stacks"].get(key)
+        if row is None:
+            continue
+        h2, hs = [], []
+        for r in runs:
+            if "error" in r:
+                errors.append(f"figures 8-9 {row['label']}: {r['error']}")
+            for fig, name, into in (("h2", "figure 8", h2), ("handshake", "figure 9", hs)):
+                part = r.get(fig)
+                if part is not None and "error" in part:
+                    errors.append(f"{name} {row['label']}: {part['error']}")
+                elif part is not None:
+                    into.append((part, r.get("negotiated", {})))
+        if h2:
+            row["fig8"] = {
+                **{k: mean(p[k] for p, _ in h2) for k in ("rps", "p50_ms", "p99_ms")},
+                "requests": sum(p["requests"] for p, _ in h2),
+                "errors": sum(sum(p[k] or 0 for k in ("failed", "errored", "timeout", "non_2xx")) for p, _ in h2),
+                "front_cpu_us_per_request": median(p.get("front_cpu_us_per_request") for p, _ in h2),
+                "tls": sorted({f"{p['tls_protocol']} {p['cipher']} {p['server_temp_key']}" for p, _ in h2}),
+                "alpn": sorted({p["application_protocol"] for p, _ in h2}),
+                "rounds": len(h2),
+            }
+        if hs:
+            row["fig9"] = {
+                "handshakes_per_s": mean(p["handshakes_per_s"] for p, _ in hs),
+                "handshakes": sum(p["handshakes"] for p, _ in hs),
+                "errors": sum(len(p["errors"]) for p, _ in hs),
+                "reused": sum(p["reused"] for p, _ in hs),
+                "front_cpu_us_per_handshake": median(p.get("front_cpu_us_per_handshake") for p, _ in hs),
+                "tls": sorted({f"{n.get('version')} {n.get('cipher')}" for _, n in hs}),
+                "rounds": len(hs),
+            }
+
+
+def judge(s):
+    """s['targets']: corral's (issue 1), proxy mode's (issue 11) and the TLS
+    front's (issue 13); the last two say why when not measured."""
+    rows, gone, tls_gone = s["stacks"], s.get("unavailable", {}), s.get("tls_unavailable", {})
+    ref, cor, pro, ngx = (rows.get(k, {}) for k in (REF, CORRAL, PROXY, NGINX))
+    targets = s["targets"] = []
+
+    def add(figure, what, value, unit, met, why=None):
+        targets.append({"figure": figure, "what": what, "value": value, "unit": unit, "met": met,
+                        **({"why": why} if met is None and why else {})})
+
+    def unmet(*keys):
+        """Why a proxy-mode target has no value: a stack not run."""
+        return "; ".join(f"{gone[k]['label']} not available: {gone[k]['reason']}" for k in keys if k in gone) \
+            or "not measured in this run"
+
+    rps = lambda row, app="django": row.get("fig1", {}).get(app, {}).get("rps")
+    for app in ("hello", "django"):
+        r = ratio(rps(cor, app), rps(ref, app))
+        add(1, f"corral + uvicorn throughput >= 1.0x gunicorn ({app})", r, "x", judged(r, lambda r: r >= 1.0))
+    r = ratio(cor.get("fig2", {}).get("manager_rss_kib"), ref.get("fig2", {}).get("manager_rss_kib"))
+    add(2, "corral manager RSS <= 1/4 of the gunicorn master", r, "x", judged(r, lambda r: r <= 0.25))
+    for key, _ in SCENARIOS:
+        g, c = ref.get("fig5", {}).get(key), cor.get("fig5", {}).get(key)
+        # The target applies where gunicorn drops requests.
+        met = None if g is None or c is None else "n/a" if g["failed"] == 0 else c["failed"] == 0
+        add(5, f"zero failed where gunicorn drops any: {key}", None if c is None else c["failed"], "failed", met)
+    for other, want, name in ((ngx, PROXY_VS_NGINX, "nginx -> gunicorn"), (ref, PROXY_VS_REF, "gunicorn direct")):
+        r = ratio(rps(pro), rps(other))
+        add(1, f"corral --proxy Django throughput >= {want:.2f}x {name}", r, "x", judged(r, lambda r: r >= want),
+            unmet(PROXY, NGINX if other is ngx else REF))
+    us = pro.get("fig2", {}).get("manager_cpu_us_per_request")
+    add(2, f"corral --proxy: the proxy's own CPU per request <= {PROXY_CPU_US:g} us", us, "us",
+        judged(us, lambda us: us <= PROXY_CPU_US), unmet(PROXY))
+    r = ratio(pro.get("fig1b", {}).get("p99_ms"), ref.get("fig1b", {}).get("p99_ms"))
+    add("1b", "corral --proxy p99 of the mixed Django load <= gunicorn direct's", r, "x",
+        judged(r, lambda r: r <= 1.0), unmet(PROXY, REF))
+    for key, _ in SCENARIOS:
+        c = pro.get("fig5", {}).get(key)
+        failed = None if c is None else c["failed"]
+        add(5, f"corral --proxy zero failed: {key}", failed, "failed", judged(failed, lambda f: f == 0), unmet(PROXY))
+    for figure, fig, field, what, want in (
+        (8, "h2", "rps", f"corral --proxy HTTP/2 (h2 over TLS) Django throughput >= {H2_VS_NGINX:.2f}x "
+                         "nginx (HTTP/2, TLS) -> gunicorn", H2_VS_NGINX),
+        (9, "handshake", "handshakes_per_s", f"corral --proxy TLS handshakes per second >= {HANDSHAKE_VS_NGINX:.2f}x "
+                                             "nginx", HANDSHAKE_VS_NGINX),
+    ):
+        r = ratio(pro.get(f"fig{figure}", {}).get(field), ngx.get(f"fig{figure}", {}).get(field))
+        add(figure, what, r, "x", judged(r, lambda r: r >= want),
+            "; ".join(f"{u['label']}: not available: {u['reason']}" for u in tls_gone.get(fig, {}).values())
+            or "not measured in this run (see FAILED TO RUN)")
 
 
 def verdict(met, why=None):
@@ -36,12 +246,29 @@ def tvalue(t):
     return {"x": f"{v:.2f}x", "us": f"{v:.1f} us"}.get(unit, f"{v} {unit or ''}".strip())
 
 
+def target_lines(s, figure):
+    """The targets of one figure, a line each."""
+    return [f"\nTarget: {t['what']}: {tvalue(t)}, **{tverdict(t)}**" for t in s["targets"] if t["figure"] == figure]
+
+
+def measured(s, fig):
+    """(row, row[fig]) of each stack with figure `fig` measured."""
+    return [(row, row[fig]) for row in s["stacks"].values() if row.get(fig)]
+
+
 def fmt(x, spec=".0f", none="-"):
     return none if x is None else format(x, spec)
 
 
 def xr(x):
     return "-" if x is None else f"{x:.2f}x"
+
+
+def vs(x, row, *path):
+    """x over `row`'s value at path (figure, [app,] field), as "1.23x"."""
+    for key in path[:-1]:
+        row = row.get(key, {})
+    return xr(ratio(x, row.get(path[-1])))
 
 
 def table(header, align, rows):
@@ -55,7 +282,7 @@ def markdown(s, raw, cfg, machine, stacks):
     """results.md: the machine and versions, a section per figure, the targets."""
     L = overview(s, raw, cfg, machine, stacks)
     for section in (fig1, fig1b, fig2, fig3, fig4, fig5):
-        L += section(s, cfg)
+        L += section(s, cfg, s["stacks"].get(REF, {}))
     L += fig6(raw.get("autoscale", {})) + fig7(raw.get("operator_scale", {})) + tls_sections(s, raw, cfg, machine)
     L += ["## Targets\n"] + table(["figure", "target", "value", "verdict"], "llrl",
                                   [[t["figure"], t["what"], tvalue(t), f"**{tverdict(t)}**"] for t in s["targets"]])
@@ -82,16 +309,14 @@ def overview(s, raw, cfg, machine, stacks):
     ]
 
 
-def fig1(s, cfg):
-    ref = s["stacks"].get(REF, {})
+def fig1(s, cfg, ref):
     rows = []
     for app in ("hello", "django"):
         for key, row in s["stacks"].items():
             f1 = row.get("fig1", {}).get("builtin" if key == "builtin" and app == "hello" else app)
             if f1 is not None:
                 busiest = f1["busiest_worker_share"]
-                vs = ratio(f1["rps"], ref.get("fig1", {}).get(app, {}).get("rps"))
-                rows.append([row["label"], app, fmt(f1["rps"]), xr(vs),
+                rows.append([row["label"], app, fmt(f1["rps"]), vs(f1["rps"], ref, "fig1", app, "rps"),
                              fmt(f1["p50_ms"], ".2f"), fmt(f1["p99_ms"], ".2f"), f1["errors"],
                              f"{fmt(None if busiest is None else busiest * 100)} %"])
     return [
@@ -108,8 +333,7 @@ def fig1(s, cfg):
     ]
 
 
-def fig1b(s, cfg):
-    ref = s["stacks"].get(REF, {})
+def fig1b(s, cfg, ref):
     return [
         "## Figure 1b: mixed Django load\n",
         f"wrk -t{cfg.wrk_threads} -c{cfg.connections} as above, on the same instance right after the Django run, "
@@ -120,17 +344,13 @@ def fig1b(s, cfg):
         "worker with the fewest in flight.\n",
         *table(["stack", "req/s", "p50 ms", "p99 ms", "p99 vs gunicorn", "errors"], "lrrrrr", [
             [row["label"], fmt(m["rps"]), fmt(m["p50_ms"], ".2f"), fmt(m["p99_ms"], ".2f"),
-             xr(ratio(m["p99_ms"], ref.get("fig1b", {}).get("p99_ms"))), m["errors"]]
-            for _, row, m in measured(s, "fig1b")]),
+             vs(m["p99_ms"], ref, "fig1b", "p99_ms"), m["errors"]]
+            for row, m in measured(s, "fig1b")]),
         *target_lines(s, "1b"), "",
     ]
 
 
-def fig2(s, cfg):
-    ref = s["stacks"].get(REF, {})
-    targets = {t["what"]: t for t in s["targets"] if t["figure"] == 2}
-    rss = targets["corral manager RSS <= 1/4 of the gunicorn master"]
-    cpu = targets[f"corral --proxy: the proxy's own CPU per request <= {PROXY_CPU_US:g} us"]
+def fig2(s, cfg, ref):
     mib = lambda f2, k: fmt(None if f2.get(k) is None else f2[k] / 1024, ".1f")
     return [
         "## Figure 2: manager footprint\n",
@@ -145,19 +365,17 @@ def fig2(s, cfg):
                 "workers RSS MiB", "manager CPU per request us", "front RSS MiB", "front CPU per request us"],
                "lrrrrrrrrr", [
             [row["label"], mib(f2, "manager_rss_kib"),
-             xr(ratio(f2["manager_rss_kib"], ref.get("fig2", {}).get("manager_rss_kib"))),
+             vs(f2["manager_rss_kib"], ref, "fig2", "manager_rss_kib"),
              fmt(f2["manager_idle_cpu_percent"], ".2f"), fmt(f2["manager_cpu_under_load_percent"], ".2f"),
              mib(f2, "manager_peak_rss_under_load_kib"), mib(f2, "workers_rss_kib"),
              fmt(f2.get("manager_cpu_us_per_request"), ".1f"), mib(f2, "front_rss_kib"),
              fmt(f2.get("front_cpu_us_per_request"), ".1f")]
-            for _, row, f2 in measured(s, "fig2")]),
-        f"\nTarget: {rss['what']}: {xr(rss['value'])}, **{verdict(rss['met'])}**\n",
-        f"Target: {cpu['what']}: {tvalue(cpu)}, **{tverdict(cpu)}**\n",
+            for row, f2 in measured(s, "fig2")]),
+        *target_lines(s, 2), "",
     ]
 
 
-def fig3(s, cfg):
-    ref = s["stacks"].get(REF, {})
+def fig3(s, cfg, ref):
     return [
         "## Figure 3: start to first 200\n",
         "From spawning the manager to the first 200 on /healthz (Django), median of the samples. The "
@@ -168,25 +386,24 @@ def fig3(s, cfg):
         *table(["stack", "first 200 ms", "vs gunicorn", "first worker spawned ms", "manager share",
                 "port accepting ms", "samples"], "lrrrrrr", [
             [row["label"], fmt(f3["first_200_s"] * 1000),
-             xr(ratio(f3["first_200_s"], ref.get("fig3", {}).get("first_200_s"))),
+             vs(f3["first_200_s"], ref, "fig3", "first_200_s"),
              fmt(f3["spawned_s"] * 1000, ".1f"), f"{f3['manager_share'] * 100:.1f} %",
              fmt(None if f3["accepting_s"] is None else f3["accepting_s"] * 1000, ".1f"), f3["samples"]]
-            for _, row, f3 in measured(s, "fig3")]),
+            for row, f3 in measured(s, "fig3")]),
         "",
     ]
 
 
-def fig4(s, cfg):
-    ref = s["stacks"].get(REF, {})
+def fig4(s, cfg, ref):
     rows = []
-    for key, row, f4 in measured(s, "fig4"):
+    for key, row in s["stacks"].items():
+        f4 = row.get("fig4")
         how = {"corral": "PUT /workers (boot grace)", "builtin": "PUT /workers (READY=1)",
                "proxy": "PUT /workers (exact readiness)"}.get(key, "TTIN")
-        if "n/a" in f4:
+        if f4 and "n/a" in f4:
             rows.append([row["label"], how, "n/a", "-", "-"])
-        else:
-            rows.append([row["label"], how, fmt(f4["seconds"], ".3f"),
-                         xr(ratio(f4["seconds"], ref.get("fig4", {}).get("seconds"))),
+        elif f4:
+            rows.append([row["label"], how, fmt(f4["seconds"], ".3f"), vs(f4["seconds"], ref, "fig4", "seconds"),
                          fmt(f4["api_ready_seconds"], ".3f")])
     rows += [[st["label"], "-", "not available", "-", "-"] for st in s.get("unavailable", {}).values()]
     return [
@@ -207,7 +424,7 @@ def fig4(s, cfg):
     ]
 
 
-def fig5(s, cfg):
+def fig5(s, cfg, ref):
     stack_rows = s["stacks"].values()
     targets = {t["what"]: t for t in s["targets"] if t["figure"] == 5}
     fill = {"hups": cfg.hups, "reps": cfg.reps, "n": cfg.workers, "n1": cfg.workers + 1, "slow": 4 * cfg.workers}
@@ -248,12 +465,18 @@ def fig6(a):
         return ["## Figure 6: autoscaling with the operator\n", f"not run: {a['error']}\n"]
     c = a.get("concurrency", {})
     if "not_available" in c:
-        conc = f"Concurrency run: **not available: {c['not_available']}**.\n"
+        conc, other = f"Concurrency run: **not available: {c['not_available']}**.\n", "not available"
     elif "error" in c:
-        conc = f"Concurrency run: **FAILED TO RUN: {c['error']}**.\n"
+        conc, other = f"Concurrency run: **FAILED TO RUN: {c['error']}**.\n", "FAILED TO RUN"
     else:
         conc = f"Concurrency run: {c.get('target')}: **{verdict(c.get('target_met'))}**.\n" if c else None
+        other = "-"
     cell = lambda v: "n/a" if v is None else str(v)
+    cs = c.get("summary")
+    # The CPU and the Concurrency run's key figures; a reason is printed once, above.
+    side = [[f"{label} ({unit})", cell(a["summary"].get(key)), cell(cs.get(key)) if cs else other]
+            for key, label, unit in SUMMARY_ROWS] + [["requests failed / sent", *(
+                f"{x['failed']} / {x['sent']}" if x else other for x in (a["summary"], cs))]] if "summary" in a else []
     return [
         "## Figure 6: autoscaling with the operator\n",
         "Two runs of one pod under an open-loop load step (bench/autoscale.py, autoscale.json, "
@@ -263,8 +486,7 @@ def fig6(a):
         f"CPU run: scale-up decision {fmt(a.get('scale_up_decision_s'), '.2f')} s after the load step; "
         f"target <= 2 s: **{verdict(a.get('target_met'))}**.\n",
         *([conc] if conc else []),
-        *(table(["figure", "CPU run", "Concurrency run"], "lrr",
-                [[label, cell(x), cell(y)] for label, x, y in side_by_side(a)]) + [""] if "summary" in a else []),
+        *(table(["figure", "CPU run", "Concurrency run"], "lrr", side) + [""] if side else []),
         "CPU run:\n", *rows_table(a.get("rows")), "",
         *(["Concurrency run:\n", *rows_table(c.get("rows")), ""] if "rows" in c else []),
     ]
@@ -273,8 +495,6 @@ def fig6(a):
 def fig7(o):
     if "error" in o:
         return ["## Figure 7: the operator at scale\n", f"not run: {o['error']}\n"]
-    cpu_ok = o["cpu_per_pass_max_s"] <= o["targets"]["cpu_per_pass_s"]
-    rss_ok = o["peak_rss_mib"] <= o["targets"]["peak_rss_mib"]
     return [
         "## Figure 7: the operator at scale\n",
         f"`corral operator` reconciling one WorkerAutoscaler over {o['pods']} pods (a real API server; the "
@@ -282,8 +502,9 @@ def fig7(o):
         f"measured passes every {o['poll_interval_s']} s, scaling (every pod PUT) and steady (every pod read) "
         f"alternating. CPU per pass: median {fmt(o['cpu_per_pass_median_s'], '.2f')} s, max "
         f"{fmt(o['cpu_per_pass_max_s'], '.2f')} s; target <= {o['targets']['cpu_per_pass_s']:g} s: "
-        f"**{verdict(cpu_ok)}**. Peak RSS {fmt(o['peak_rss_mib'], '.1f')} MiB; target <= "
-        f"{o['targets']['peak_rss_mib']:g} MiB: **{verdict(rss_ok)}** (bench/operator_scale.py, "
+        f"**{verdict(o['cpu_per_pass_max_s'] <= o['targets']['cpu_per_pass_s'])}**. Peak RSS "
+        f"{fmt(o['peak_rss_mib'], '.1f')} MiB; target <= {o['targets']['peak_rss_mib']:g} MiB: "
+        f"**{verdict(o['peak_rss_mib'] <= o['targets']['peak_rss_mib'])}** (bench/operator_scale.py, "
         "operator_scale.json, method in docs/benchmarks/operator-scale.md).\n",
         *rows_table(o.get("rows")), "",
         *rows_table([{k: p[k] for k in PASS_COLUMNS} for p in o.get("passes", [])]), "",
@@ -313,8 +534,8 @@ def tls_sections(s, raw, cfg, machine):
               f"Clients: {machine.get('h2load', '?')} and {machine.get('openssl', '?')}, on 127.0.0.1.")
 
     def front_table(fig, part, header, align, cells):
-        """A row per front: its label and cells(its summary of `part`) where
-        measured, else "not available" (with the reason) or "not measured"."""
+        """A row per front: cells(its summary of `part`) where measured,
+        else "not available" (with the reason) or "not measured"."""
         pad = " |" * (len(header) - 2)
         out = []
         for key in (PROXY, NGINX):
@@ -324,11 +545,9 @@ def tls_sections(s, raw, cfg, machine):
             elif row.get(part) is None:
                 out.append(f"| {row.get('label', key)} | not measured (see FAILED TO RUN) |{pad}")
             else:
-                out.append([row["label"], *cells(row[part])])
+                out.append([row["label"], *cells(row[part], rows.get(NGINX, {}).get(part, {}))])
         return table(header, align, out)
 
-    ngx8 = rows.get(NGINX, {}).get("fig8", {})
-    ngx9 = rows.get(NGINX, {}).get("fig9", {})
     warm = f"after a {cfg.h2_warmup}-s h2load warm-up" if cfg.h2_warmup else "no warm-up"
     return [
         "## Figure 8: HTTP/2 over TLS, throughput\n",
@@ -336,8 +555,8 @@ def tls_sections(s, raw, cfg, machine):
         f"(h2 by ALPN; {cfg.h2_clients * cfg.h2_streams} streams in flight), GET /, {warm}; p50/p99 from "
         "h2load's per-request log. Errors: failed, errored, timed out and non-2xx.\n",
         *front_table("h2", "fig8", ["stack", "req/s", "vs nginx", "p50 ms", "p99 ms", "errors",
-                                    "front CPU per request us", "TLS (h2load)", "ALPN"], "lrrrrrrll", lambda f8: [
-            fmt(f8["rps"]), xr(ratio(f8["rps"], ngx8.get("rps"))), fmt(f8["p50_ms"], ".2f"),
+                                    "front CPU per request us", "TLS (h2load)", "ALPN"], "lrrrrrrll", lambda f8, n: [
+            fmt(f8["rps"]), vs(f8["rps"], n, "rps"), fmt(f8["p50_ms"], ".2f"),
             fmt(f8["p99_ms"], ".2f"), f8["errors"], fmt(f8["front_cpu_us_per_request"], ".1f"),
             ", ".join(f8["tls"]), ", ".join(f8["alpn"])]),
         *(line + "\n" for line in target_lines(s, 8)),
@@ -349,36 +568,10 @@ def tls_sections(s, raw, cfg, machine):
         "on the same cores and costs about as much per handshake as the server, so the front's CPU per "
         "handshake is shown beside. \"Reused\" counts resumed sessions (must be 0).\n",
         *front_table("handshake", "fig9", ["stack", "handshakes/s", "vs nginx", "front CPU per handshake us",
-                                           "handshakes", "reused", "errors", "TLS"], "lrrrrrrl", lambda f9: [
-            fmt(f9["handshakes_per_s"]), xr(ratio(f9["handshakes_per_s"], ngx9.get("handshakes_per_s"))),
+                                           "handshakes", "reused", "errors", "TLS"], "lrrrrrrl", lambda f9, n: [
+            fmt(f9["handshakes_per_s"]), vs(f9["handshakes_per_s"], n, "handshakes_per_s"),
             fmt(f9["front_cpu_us_per_handshake"], ".1f"), f9["handshakes"], f9["reused"], f9["errors"],
             ", ".join(f9["tls"])]),
         *(line + "\n" for line in target_lines(s, 9)),
         *([f"Figures 8 and 9 took {raw['figures_8_9_s']:.0f} s.\n"] if "figures_8_9_s" in raw else []),
     ]
-
-
-# Figure 6's key figures, the CPU and the Concurrency run side by side.
-SUMMARY_ROWS = [
-    ("scale_up_decision_s", "scale-up decision after the step", "s"),
-    ("ideal_high", "ideal workers at high load", "workers"),
-    ("reach_ideal_desired_s", "time to the ideal count desired", "s"),
-    ("reach_ideal_ready_s", "time to the ideal count ready", "s"),
-    ("peak_desired", "peak desired at high load", "workers"),
-    ("settled_desired", "settled desired at the drop", "workers"),
-    ("p99_high_ms", "p99 latency at high load", "ms"),
-    ("scale_down_decision_s", "scale-down decision after the drop", "s"),
-]
-
-
-def side_by_side(result):
-    """Figure 6's CPU and Concurrency run's key figures, as rows of cells."""
-    conc = result.get("concurrency", {})
-    cs = conc.get("summary")
-    # The reason is printed once, above the table.
-    other = "not available" if "not_available" in conc else "FAILED TO RUN" if "error" in conc else "-"
-    out = [(f"{label} ({unit})", result["summary"].get(key), cs.get(key) if cs else other)
-           for key, label, unit in SUMMARY_ROWS]
-    out.append(("requests failed / sent", f"{result['summary']['failed']} / {result['summary']['sent']}",
-                f"{cs['failed']} / {cs['sent']}" if cs else other))
-    return out

@@ -33,10 +33,10 @@ Traffic goes to 127.0.0.1 only; every load is bounded in time.
 
 The kit, a module per job: stacks (the stacks, started and stopped),
 load (load generators and probes), sampling (/proc, /workers, metrics,
-the percentile), figures (figures 1-5, 8, 9), summary (numbers and
-targets), report (results.md), charts (the PNGs), procs (children, log,
-waits), cluster (API server and operator, figures 6 and 7), autoscale
-and autoscale_analysis (figure 6), operator_scale and fake_admin (figure 7).
+the percentile), figures (figures 1-5, 8, 9), report (numbers, targets
+and results.md), charts (the PNGs), procs (children, log, waits), cluster
+(API server and operator, figures 6 and 7), autoscale and
+autoscale_analysis (figure 6), operator_scale and fake_admin (figure 7).
 """
 
 import argparse
@@ -60,7 +60,7 @@ import procs
 import report
 from procs import log
 from stacks import all_stacks, make_certs, nginx_binary, stop_all, tool
-from summary import summarize
+from report import summarize
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH)
