@@ -70,6 +70,11 @@ def rnd(x, n=2):
     return None if x is None else round(x, n)
 
 
+def workers_for(x):
+    """The worker count that carries x at the target, within the limits."""
+    return None if x is None else min(MAX_WORKERS, max(MIN_WORKERS, math.ceil(x - 1e-9)))
+
+
 def per_second(samples, is_cpu):
     """Adds to each sample the 1-s figures: CPU per worker and pod CPU from
     /proc, the machine's busy fraction, and for Concurrency the requests in
@@ -85,19 +90,16 @@ def per_second(samples, is_cpu):
         while j > 0 and s["t"] - samples[j - 1]["t"] <= 1.0 + 1e-6:
             j -= 1
         prev = samples[j] if j < i else None
-        s["cpu_1s"] = None
-        s["machine_busy"] = None
+        s["cpu_1s"] = s["machine_busy"] = None
         if prev is not None and s["t"] - prev["t"] >= 0.5:
             dt = s["t"] - prev["t"]
             before = {w[0]: w[2] for w in prev["workers"] if w[2] is not None}
             cores = 0.0
             for w in s["workers"]:
-                if w[2] is None:
-                    continue
-                cores += w[2] - before.get(w[0], 0.0)  # a new worker: all its CPU
-            active = sum(1 for w in s["workers"] if w[1] != "draining") or 1
+                if w[2] is not None:
+                    cores += w[2] - before.get(w[0], 0.0)  # a new worker: all its CPU
             s["pod_cores_1s"] = cores / dt
-            s["cpu_1s"] = cores / dt / active
+            s["cpu_1s"] = cores / dt / (sum(1 for w in s["workers"] if w[1] != "draining") or 1)
             if s["total"] > prev["total"]:
                 s["machine_busy"] = (s["busy"] - prev["busy"]) / (s["total"] - prev["total"])
         if is_cpu:
@@ -110,29 +112,18 @@ def per_second(samples, is_cpu):
 def request_stats(results, dropped, t_up, t_down, t_end):
     """Sent, failed and latency of the load's requests per phase, and the
     failures by kind."""
-    def req_stats(lo, hi):
+    def phase(lo, hi):
         rs = [r for r in results if lo <= r[0] < hi]
-        okl = [r[1] for r in rs if r[2] == 200]
-        return {
-            "sent": len(rs),
-            "ok": len(okl),
-            "failed": len(rs) - len(okl),
-            "p50_ms": rnd(percentile(okl, 0.5) * 1000 if okl else None, 1),
-            "p99_ms": rnd(percentile(okl, 0.99) * 1000 if okl else None, 1),
-            "max_ms": rnd(max(okl) * 1000 if okl else None, 1),
-        }
-    req = {
-        "baseline": req_stats(0, t_up),
-        "high": req_stats(t_up, t_down),
-        "low": req_stats(t_down, t_end),
-        "dropped_over_inflight_cap": dropped,
-    }
+        ok = [r[1] for r in rs if r[2] == 200]
+        ms = lambda x: rnd(x * 1000 if ok else None, 1)
+        return {"sent": len(rs), "ok": len(ok), "failed": len(rs) - len(ok), "p50_ms": ms(ok and percentile(ok, 0.5)),
+                "p99_ms": ms(ok and percentile(ok, 0.99)), "max_ms": ms(ok and max(ok))}
     errors = {}
     for r in results:
         if r[2] != 200:
             errors[str(r[2])] = errors.get(str(r[2]), 0) + 1
-    req["errors"] = errors
-    return req
+    return {"baseline": phase(0, t_up), "high": phase(t_up, t_down), "low": phase(t_down, t_end),
+            "dropped_over_inflight_cap": dropped, "errors": errors}
 
 
 def series(samples, results, offered, is_cpu):
@@ -142,68 +133,40 @@ def series(samples, results, offered, is_cpu):
     for t_s, lat, st in results:
         if st == 200:
             per_s.setdefault(int(t_s + lat), []).append(lat)
-    full = []  # every sample, for the chart; the JSON keeps one per TIMELINE_EVERY
-    timeline = []
-    next_t = 0.0
-    for s in samples:
-        if s["t"] < 0:
-            continue
+    full, timeline, next_t = [], [], 0.0
+    for s in (s for s in samples if s["t"] >= 0):
         sec = int(s["t"])
-        point = {
-            "t": round(s["t"], 2),
-            "desired": s["desired"],
-            "ready": s["ready"],
-            "running": s["running"],
-            "cpu_per_worker_window": rnd(s["cpu_window"], 3),
-            "cpu_per_worker_1s": rnd(s.get("cpu_1s"), 3),
-            "pod_cores_1s": rnd(s.get("pod_cores_1s"), 3),
-            "machine_busy": rnd(s.get("machine_busy"), 3),
-            "listen_queue": s["queue"],
-            "offered_rps": offered(s["t"]),
+        full.append({
+            "t": round(s["t"], 2), "desired": s["desired"], "ready": s["ready"], "running": s["running"],
+            "cpu_per_worker_window": rnd(s["cpu_window"], 3), "cpu_per_worker_1s": rnd(s.get("cpu_1s"), 3),
+            "pod_cores_1s": rnd(s.get("pod_cores_1s"), 3), "machine_busy": rnd(s.get("machine_busy"), 3),
+            "listen_queue": s["queue"], "offered_rps": offered(s["t"]),
             "served_rps": len(per_s.get(sec - 1, [])) if sec >= 1 else None,
-        }
-        if not is_cpu:  # the signal the operator reads, and corral's queue
-            point.update({"signal_window": rnd(s["util_window"], 3), "signal_1s": rnd(s.get("util_1s"), 3),
-                          "in_flight": s["in_flight"], "queued": s.get("queued")})
-        full.append(point)
+            # For Concurrency, the signal the operator reads, and corral's queue.
+            **({} if is_cpu else {"signal_window": rnd(s["util_window"], 3), "signal_1s": rnd(s.get("util_1s"), 3),
+                                  "in_flight": s["in_flight"], "queued": s.get("queued")}),
+        })
         if s["t"] + 1e-9 >= next_t:
             next_t = s["t"] + TIMELINE_EVERY - 0.02
             timeline.append(full[-1])
-    latency = []
-    for sec in sorted(per_s):
-        lats = per_s[sec]
-        latency.append({"t": sec, "served": len(lats),
-                        "p50_ms": round(percentile(lats, 0.5) * 1000, 1),
-                        "p99_ms": round(percentile(lats, 0.99) * 1000, 1)})
+    latency = [{"t": sec, "served": len(per_s[sec]), "p50_ms": round(percentile(per_s[sec], 0.5) * 1000, 1),
+                "p99_ms": round(percentile(per_s[sec], 0.99) * 1000, 1)} for sec in sorted(per_s)]
     return full, timeline, latency
 
 
 def analyse(*, phases, spec, samples, operator, load, events, t_up, t_down, t_end, gen_cpu, elapsed, sc):
     """The run's figures (rows, summary), its method, and its series
     (desired-count changes, Events, timeline, latency per second)."""
-    low_rps, high_rps = sc.low_rps, sc.high_rps
-    target = sc.target
+    low_rps, high_rps, target, is_cpu = sc.low_rps, sc.high_rps, sc.target, sc.metric == "CPU"
     band_hi = target * (1 + TOLERANCE)
-    cost = sc.cost
-    is_cpu = sc.metric == "CPU"
-    ideal_high = min(MAX_WORKERS, max(MIN_WORKERS, math.ceil(high_rps * cost / target - 1e-9)))
-    ideal_low = min(MAX_WORKERS, max(MIN_WORKERS, math.ceil(low_rps * cost / target - 1e-9)))
-
-    def offered(t):
-        return high_rps if t_up <= t < t_down else (low_rps if 0 <= t < t_end else 0.0)
-
+    ideal_high, ideal_low = workers_for(high_rps * sc.cost / target), workers_for(low_rps * sc.cost / target)
+    offered = lambda t: high_rps if t_up <= t < t_down else (low_rps if 0 <= t < t_end else 0.0)
     per_second(samples, is_cpu)
-    # Desired-count changes.
-    changes = []
-    for a, b in zip(samples, samples[1:]):
-        if b["desired"] != a["desired"]:
-            changes.append({"t": round(b["t"], 2), "from": a["desired"], "to": b["desired"]})
+    changes = [{"t": round(b["t"], 2), "from": a["desired"], "to": b["desired"]}
+               for a, b in zip(samples, samples[1:]) if b["desired"] != a["desired"]]
 
     def first(pred, after, before=float("inf")):
-        for s in samples:
-            if after <= s["t"] < before and pred(s):
-                return s["t"]
-        return None
+        return next((s["t"] for s in samples if after <= s["t"] < before and pred(s)), None)
 
     def since(t, ref):
         return None if t is None else t - ref
@@ -213,7 +176,6 @@ def analyse(*, phases, spec, samples, operator, load, events, t_up, t_down, t_en
     scale_up_decision = since(up_change["t"], t_up) if up_change else None
     up_event = next((e for e in events if e["reason"] == "ScaledUp" and e["t"] >= t_up - 0.5), None)
     signal_over = first(lambda s: s["util_window"] is not None and s["util_window"] > band_hi, t_up, t_down)
-
     high = [s for s in samples if t_up <= s["t"] < t_down]
     peak = max((s["desired"] for s in high), default=None)
     settled = high[-1]["desired"] if high else None
@@ -227,166 +189,119 @@ def analyse(*, phases, spec, samples, operator, load, events, t_up, t_down, t_en
         for `hold` seconds (or until the drop, if that comes sooner)."""
         pts = [(s["t"], s[key]) for s in high if s.get(key) is not None]
         for i, (t, v) in enumerate(pts):
-            if v > band_hi:
-                continue
-            end = min(t + hold, t_down)
-            if all(w <= band_hi for u, w in pts[i:] if u < end):
+            if v <= band_hi and all(w <= band_hi for u, w in pts[i:] if u < min(t + hold, t_down)):
                 return since(t, t_up)
         return None
-
-    to_target_window = settle_time("util_window")
-    to_target_1s = settle_time("util_1s")
 
     def reversals(lo, hi):
         dirs = [1 if c["to"] > c["from"] else -1 for c in changes if lo <= c["t"] < hi]
         return sum(1 for a, b in zip(dirs, dirs[1:]) if a != b), len(dirs)
 
-    rev_high, moves_high = reversals(t_up, t_down)
-    rev_low, moves_low = reversals(t_down, t_end + 5)
-    _, moves_base = reversals(0, t_up)
-    down_change = next((c for c in changes if c["t"] >= t_down and c["to"] < c["from"]), None)
-    scale_down_first = since(down_change["t"], t_down) if down_change else None
-    reach_low = first(lambda s: s["desired"] <= ideal_low, t_down)
-    reach_low_ready = first(lambda s: s["ready"] <= ideal_low and s["running"] <= ideal_low, t_down)
-    # samples after t_end are not taken; a scale-down after the run is unseen.
-    req = request_stats(load.results, load.dropped, t_up, t_down, t_end)
-
     def mean_of(key, lo, hi):
         v = [s[key] for s in samples if lo <= s["t"] < hi and s.get(key) is not None]
         return sum(v) / len(v) if v else None
 
-    ops = [o for o in operator]
+    rev_high, moves_high = reversals(t_up, t_down)
+    rev_low, moves_low = reversals(t_down, t_end + 5)
+    moves_base = reversals(0, t_up)[1]
+    down_change = next((c for c in changes if c["t"] >= t_down and c["to"] < c["from"]), None)
+    scale_down_first = since(down_change["t"], t_down) if down_change else None
+    reach_low = first(lambda s: s["desired"] <= ideal_low, t_down)
+    reach_low_ready = first(lambda s: s["ready"] <= ideal_low and s["running"] <= ideal_low, t_down)
+    # Samples after t_end are not taken; a scale-down after the run is unseen.
+    req = request_stats(load.results, load.dropped, t_up, t_down, t_end)
+    phases_req = (req["baseline"], req["high"], req["low"])
+    failed, sent = sum(r["failed"] for r in phases_req), sum(r["sent"] for r in phases_req)
+    ops = operator
     passes_per_s = None
     if len(ops) >= 2 and ops[-1]["t"] > ops[0]["t"]:
         passes_per_s = (ops[-1]["ok"] + ops[-1]["error"] - ops[0]["ok"] - ops[0]["error"]) / (
             ops[-1]["t"] - ops[0]["t"])
     full, timeline, latency = series(samples, load.results, offered, is_cpu)
-
     last30 = (max(t_up, t_down - 30), t_down)
-    pod_cores_high = mean_of("pod_cores_1s", *last30)
-    in_flight_high = mean_of("in_flight", *last30)
-    cpu_high = mean_of("cpu_window", *last30)
-    target_met = scale_up_decision is not None and scale_up_decision <= TARGET_DECISION_S
-    clamp = lambda x: None if x is None else min(MAX_WORKERS, max(MIN_WORKERS, math.ceil(x - 1e-9)))
+    pod_cores_high, in_flight_high = mean_of("pod_cores_1s", *last30), mean_of("in_flight", *last30)
+    # The CPU run's target is the decision's delay, the Concurrency run's
+    # (issue 11) the ideal count reached.
+    target_met = (scale_up_decision is not None and scale_up_decision <= TARGET_DECISION_S if is_cpu
+                  else reach_desired is not None)
+    up_target = {"target": f"<= {TARGET_DECISION_S:g} s", "met": target_met} if is_cpu else {}
+    ideal_target = {} if is_cpu else {"target": "reached at high load", "met": target_met}
     sig = "CPU window" if is_cpu else "concurrency window"
-    offered_what = "offered cores" if is_cpu else "offered requests in flight"
+    R = lambda metric, value, unit, **more: {"metric": metric, "value": value, "unit": unit, **more}
     rows = [
-        {"metric": "scale-up decision after the step (desired rises at the manager)",
-         "value": rnd(scale_up_decision), "unit": "s",
-         "target": f"<= {TARGET_DECISION_S:g} s", "met": target_met},
-        {"metric": "  same, from the operator's ScaledUp Event time",
-         "value": rnd(since(up_event["t"], t_up) if up_event else None), "unit": "s"},
-        {"metric": f"  of which: manager's {sig} crosses target x 1.1",
-         "value": rnd(since(signal_over, t_up)), "unit": "s"},
-        {"metric": "first scale-up step", "value":
-         f"{up_change['from']} -> {up_change['to']}" if up_change else None, "unit": "workers"},
-        {"metric": f"time to the ideal count ({ideal_high}) desired", "value": rnd(since(reach_desired, t_up)),
-         "unit": "s"},
-        {"metric": f"time to the ideal count ({ideal_high}) ready", "value": rnd(since(reach_ready, t_up)),
-         "unit": "s"},
-        {"metric": "time to the settled count (desired at the drop)", "value": rnd(since(reach_settled, t_up)),
-         "unit": "s", "note": f"{settled} workers"},
-        {"metric": f"time to target utilisation (manager's {sig} <= target x 1.1 for {SETTLE_HOLD:g} s)",
-         "value": rnd(to_target_window), "unit": "s"},
-        {"metric": f"time to target utilisation ({'1 s CPU from /proc' if is_cpu else '1 s of per-worker in_flight'}"
-                   f" <= target x 1.1 for {SETTLE_HOLD:g} s)",
-         "value": rnd(to_target_1s), "unit": "s"},
-        {"metric": f"ideal workers at high load, ceil({offered_what} / target)", "value": ideal_high,
-         "unit": "workers"},
-        {"metric": "  same, from the pod CPU measured at high load, last 30 s",
-         "value": clamp(None if pod_cores_high is None else pod_cores_high / target),
-         "unit": "workers", "note": f"pod CPU {rnd(pod_cores_high, 3)} cores"} if is_cpu else
-        {"metric": "  same, from the requests in flight measured at high load, last 30 s",
-         "value": clamp(None if in_flight_high is None else in_flight_high / target),
-         "unit": "workers", "note": f"{rnd(in_flight_high, 2)} in flight"},
-        {"metric": "peak desired at high load", "value": peak, "unit": "workers"},
-        {"metric": "settled desired at high load (at the drop)", "value": settled, "unit": "workers"},
-        {"metric": "overshoot (peak - ideal)", "value": None if peak is None else max(0, peak - ideal_high),
-         "unit": "workers"},
-        {"metric": f"{sc.what} at high load, last 30 s (manager's window)",
-         "value": rnd(mean_of("util_window", *last30), 3), "unit": sc.unit},
+        R("scale-up decision after the step (desired rises at the manager)", rnd(scale_up_decision), "s",
+          **up_target),
+        R("  same, from the operator's ScaledUp Event time", rnd(since(up_event["t"], t_up) if up_event else None),
+          "s"),
+        R(f"  of which: manager's {sig} crosses target x 1.1", rnd(since(signal_over, t_up)), "s"),
+        R("first scale-up step", f"{up_change['from']} -> {up_change['to']}" if up_change else None, "workers"),
+        R(f"time to the ideal count ({ideal_high}) desired", rnd(since(reach_desired, t_up)), "s", **ideal_target),
+        R(f"time to the ideal count ({ideal_high}) ready", rnd(since(reach_ready, t_up)), "s"),
+        R("time to the settled count (desired at the drop)", rnd(since(reach_settled, t_up)), "s",
+          note=f"{settled} workers"),
+        R(f"time to target utilisation (manager's {sig} <= target x 1.1 for {SETTLE_HOLD:g} s)",
+          rnd(settle_time("util_window")), "s"),
+        R(f"time to target utilisation ({'1 s CPU from /proc' if is_cpu else '1 s of per-worker in_flight'}"
+          f" <= target x 1.1 for {SETTLE_HOLD:g} s)", rnd(settle_time("util_1s")), "s"),
+        R(f"ideal workers at high load, ceil({'offered cores' if is_cpu else 'offered requests in flight'} / target)",
+          ideal_high, "workers"),
+        R("  same, from the pod CPU measured at high load, last 30 s",
+          workers_for(None if pod_cores_high is None else pod_cores_high / target), "workers",
+          note=f"pod CPU {rnd(pod_cores_high, 3)} cores") if is_cpu else
+        R("  same, from the requests in flight measured at high load, last 30 s",
+          workers_for(None if in_flight_high is None else in_flight_high / target), "workers",
+          note=f"{rnd(in_flight_high, 2)} in flight"),
+        R("peak desired at high load", peak, "workers"),
+        R("settled desired at high load (at the drop)", settled, "workers"),
+        R("overshoot (peak - ideal)", None if peak is None else max(0, peak - ideal_high), "workers"),
+        R(f"{sc.what} at high load, last 30 s (manager's window)", rnd(mean_of("util_window", *last30), 3), sc.unit),
         *([] if is_cpu else [
-            {"metric": "CPU per worker at high load, last 30 s (manager's window)", "value": rnd(cpu_high, 3),
-             "unit": "cores", "note": "what a CPU metric would see: I/O-bound requests"},
-            {"metric": "requests queued in corral at high load, most at once",
-             "value": max((s.get("queued") or 0 for s in high), default=None), "unit": "requests",
-             "note": f"--worker-concurrency {WORKER_CONCURRENCY}"},
+            R("CPU per worker at high load, last 30 s (manager's window)", rnd(mean_of("cpu_window", *last30), 3),
+              "cores", note="what a CPU metric would see: I/O-bound requests"),
+            R("requests queued in corral at high load, most at once",
+              max((s.get("queued") or 0 for s in high), default=None), "requests",
+              note=f"--worker-concurrency {WORKER_CONCURRENCY}"),
         ]),
-        {"metric": "desired-count changes during the baseline", "value": moves_base, "unit": "changes"},
-        {"metric": "direction reversals during high load", "value": rev_high, "unit": "reversals",
-         "note": f"{moves_high} changes"},
-        {"metric": "direction reversals during low load after the drop", "value": rev_low, "unit": "reversals",
-         "note": f"{moves_low} changes"},
-        {"metric": "scale-down decision after the drop", "value": rnd(scale_down_first), "unit": "s",
-         "note": f"stabilization window {phases['down_window']} s"},
-        {"metric": f"time to ideal low count ({ideal_low}) after the drop",
-         "value": rnd(since(reach_low, t_down)), "unit": "s"},
-        {"metric": f"time to ideal low count ({ideal_low}) after the drop, others drained",
-         "value": rnd(since(reach_low_ready, t_down)), "unit": "s"},
-        {"metric": "requests failed / sent", "value":
-         f"{sum(r['failed'] for r in (req['baseline'], req['high'], req['low']))} / "
-         f"{sum(r['sent'] for r in (req['baseline'], req['high'], req['low']))}", "unit": "requests"},
-        {"metric": "p99 latency at high load", "value": req["high"]["p99_ms"], "unit": "ms"},
-        {"metric": "p99 latency at baseline", "value": req["baseline"]["p99_ms"], "unit": "ms"},
-        {"metric": f"operator passes per second (pollIntervalSeconds {spec['pollIntervalSeconds']})",
-         "value": rnd(passes_per_s),
-         "unit": "1/s"},
-        {"metric": "machine CPU busy at high load (2 cores = 1.0)",
-         "value": rnd(mean_of("machine_busy", t_up, t_down), 3), "unit": "fraction"},
-        {"metric": "load generator CPU", "value": rnd(gen_cpu / elapsed, 3), "unit": "cores"},
+        R("desired-count changes during the baseline", moves_base, "changes"),
+        R("direction reversals during high load", rev_high, "reversals", note=f"{moves_high} changes"),
+        R("direction reversals during low load after the drop", rev_low, "reversals", note=f"{moves_low} changes"),
+        R("scale-down decision after the drop", rnd(scale_down_first), "s",
+          note=f"stabilization window {phases['down_window']} s"),
+        R(f"time to ideal low count ({ideal_low}) after the drop", rnd(since(reach_low, t_down)), "s"),
+        R(f"time to ideal low count ({ideal_low}) after the drop, others drained",
+          rnd(since(reach_low_ready, t_down)), "s"),
+        R("requests failed / sent", f"{failed} / {sent}", "requests"),
+        R("p99 latency at high load", req["high"]["p99_ms"], "ms"),
+        R("p99 latency at baseline", req["baseline"]["p99_ms"], "ms"),
+        R(f"operator passes per second (pollIntervalSeconds {spec['pollIntervalSeconds']})", rnd(passes_per_s),
+          "1/s"),
+        R("machine CPU busy at high load (2 cores = 1.0)", rnd(mean_of("machine_busy", t_up, t_down), 3), "fraction"),
+        R("load generator CPU", rnd(gen_cpu / elapsed, 3), "cores"),
     ]
-    if not is_cpu:
-        # This run's target (issue 11): the ideal count is reached.
-        rows[0] = {k: v for k, v in rows[0].items() if k not in ("target", "met")}
-        for r in rows:
-            if r["metric"].startswith("time to the ideal count") and r["metric"].endswith("desired"):
-                r.update(target="reached at high load", met=reach_desired is not None)
-        target_met = reach_desired is not None
     return {
         "scale_up_decision_s": rnd(scale_up_decision, 3),
         "target": f"scale-up decision <= {TARGET_DECISION_S:g} s" if is_cpu else
                   f"the ideal count ({ideal_high}) reached at high load",
         "target_s": TARGET_DECISION_S if is_cpu else None,
-        "target_met": target_met,
-        "rows": rows,
-        "spec": spec,
-        "reached_ideal": reach_desired is not None,
+        "target_met": target_met, "rows": rows, "spec": spec, "reached_ideal": reach_desired is not None,
         "summary": {
-            "metric": sc.metric,
-            "scale_up_decision_s": rnd(scale_up_decision, 3),
-            "ideal_high": ideal_high,
+            "metric": sc.metric, "scale_up_decision_s": rnd(scale_up_decision, 3), "ideal_high": ideal_high,
             "reach_ideal_desired_s": rnd(since(reach_desired, t_up)),
-            "reach_ideal_ready_s": rnd(since(reach_ready, t_up)),
-            "peak_desired": peak,
-            "settled_desired": settled,
-            "failed": sum(r["failed"] for r in (req["baseline"], req["high"], req["low"])),
-            "sent": sum(r["sent"] for r in (req["baseline"], req["high"], req["low"])),
-            "p99_high_ms": req["high"]["p99_ms"],
+            "reach_ideal_ready_s": rnd(since(reach_ready, t_up)), "peak_desired": peak, "settled_desired": settled,
+            "failed": failed, "sent": sent, "p99_high_ms": req["high"]["p99_ms"],
             "scale_down_decision_s": rnd(scale_down_first),
         },
         "method": {
-            "metric": sc.metric,
-            "target": sc.target,
-            "signal": sc.signal,
-            "signal_unit": sc.unit,
+            "metric": sc.metric, "target": sc.target, "signal": sc.signal, "signal_unit": sc.unit,
             "capacity": sc.capacity,
             **({"capacity_cores": CAPACITY_CORES, "cpu_target": CPU_TARGET} if is_cpu else
                {"capacity_in_flight": CAPACITY_IN_FLIGHT, "worker_concurrency": WORKER_CONCURRENCY,
                 "stack": "corral run --proxy -- uvicorn --fd {fd} mysite.asgi:application"}),
-            "tolerance": TOLERANCE,
-            "request": f"GET {sc.path}, new connection each, open loop",
-            "low_rps": low_rps,
-            "high_rps": high_rps,
-            "low_fraction": LOW_FRACTION,
-            "high_fraction": sc.high_fraction,
-            "phases_s": {"baseline": phases["baseline"], "high": phases["high"], "low": phases["low"]},
-            "step_up_at_s": t_up,
-            "step_down_at_s": t_down,
-            "end_s": t_end,
-            "ideal_high": ideal_high,
-            "ideal_low": ideal_low,
-            "desired_before_step": desired_at_up,
-            "sample_every_s": SAMPLE_EVERY,
+            "tolerance": TOLERANCE, "request": f"GET {sc.path}, new connection each, open loop",
+            "low_rps": low_rps, "high_rps": high_rps, "low_fraction": LOW_FRACTION, "high_fraction": sc.high_fraction,
+            "phases_s": {k: phases[k] for k in ("baseline", "high", "low")},
+            "step_up_at_s": t_up, "step_down_at_s": t_down, "end_s": t_end, "ideal_high": ideal_high,
+            "ideal_low": ideal_low, "desired_before_step": desired_at_up, "sample_every_s": SAMPLE_EVERY,
         },
         "changes": changes,
         "events": [dict(e, t=round(e["t"], 3)) for e in events],
