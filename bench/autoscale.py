@@ -15,7 +15,6 @@ JSON); a missed target is reported, not an error. A corral without
 --proxy has the Concurrency run "not available: <reason>".
 """
 
-import argparse
 import datetime
 import importlib.util
 import json
@@ -24,16 +23,15 @@ import random
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 
 import charts
+import cluster
 import report
 from autoscale_analysis import (CONCURRENCY_RUN, CPU_RUN, FULL, MAX_WORKERS, MIN_WORKERS, SAMPLE_EVERY, SMOKE,
                                 WORKER_CONCURRENCY, analyse)
-from cluster import Kube, start_operator
 from load import OpenLoop
-from procs import Procs, RunFailed, Stopped, log, stop, stop_on_signals, wait_until
+from procs import RunFailed, log, stop, wait_until
 from sampling import WorkersSampler, request
 from stacks import APPS, DJANGO_DIR, app_env, free_port, proxy_unsupported
 
@@ -43,7 +41,6 @@ SECRET = "web-corral"
 TOKEN = "bench-admin-token-" + "".join(random.choice("0123456789abcdef") for _ in range(24))
 HTTP_PORT = 8000
 ADMIN_PORT = 9000
-
 # The exit code when the CPU run succeeded (autoscale.json written) but the
 # Concurrency run failed; bench/run.py reads the JSON and reports it.
 EXIT_CONCURRENCY_FAILED = 3
@@ -54,11 +51,9 @@ def pick_address():
     distinct, so the fixed ports of a pod are fine)."""
     for _ in range(50):
         ip = f"127.{random.randint(100, 250)}.{random.randint(0, 250)}.{random.randint(2, 250)}"
-        socks = []
+        socks = [socket.socket() for _ in (HTTP_PORT, ADMIN_PORT)]
         try:
-            for port in (HTTP_PORT, ADMIN_PORT):
-                s = socket.socket()
-                socks.append(s)
+            for s, port in zip(socks, (HTTP_PORT, ADMIN_PORT)):
                 s.bind((ip, port))
             return ip
         except OSError:
@@ -90,8 +85,7 @@ class Pod:
     already flowing and /workers sampled, from start on."""
 
     def __init__(self, procs, corral, workdir, sc, op_port):
-        self.sc = sc
-        self.ip = pick_address()
+        self.sc, self.ip = sc, pick_address()
         token_file = os.path.join(workdir, "admin-token")
         with open(token_file, "w") as f:
             f.write(TOKEN)
@@ -108,9 +102,7 @@ class Pod:
         log(f"figure 6, {sc.metric} run: manager ready at {self.ip}")
         # The low load runs from now on, so the manager's window is steady
         # at the baseline by the time the measured part starts.
-        self.t0 = time.monotonic()
-        self.wall0 = time.time()
-        self.self_cpu0 = time.process_time()
+        self.t0, self.wall0, self.self_cpu0 = time.monotonic(), time.time(), time.process_time()
         self.sampler = WorkersSampler(self.ip, ADMIN_PORT, op_port, self.t0, sc.signal, SAMPLE_EVERY)
         self.load = OpenLoop(self.ip, HTTP_PORT, sc.path, sc.low_rps, sc.high_rps, self.t0)
         self.load.start()
@@ -122,33 +114,18 @@ class Pod:
         self.sampler.halt.set()
         self.sampler.join(5)
 
-    def stop(self):
-        self.halt()
-        stop(self.manager)
-
 
 def autoscaler_spec(phases, sc):
+    policy = lambda kind, value: {"type": kind, "value": value, "periodSeconds": 15}
     return {
-        "selector": {"matchLabels": {"app": sc.key}},
-        "adminPort": ADMIN_PORT,
-        "tokenSecretRef": {"name": SECRET, "key": "token"},
-        "minWorkers": MIN_WORKERS,
-        "maxWorkers": MAX_WORKERS,
+        "selector": {"matchLabels": {"app": sc.key}}, "adminPort": ADMIN_PORT,
+        "tokenSecretRef": {"name": SECRET, "key": "token"}, "minWorkers": MIN_WORKERS, "maxWorkers": MAX_WORKERS,
         "metrics": [{"type": sc.metric, "target": sc.target}],
         "behavior": {
-            "scaleUp": {
-                "stabilizationWindowSeconds": 0,
-                "selectPolicy": "Max",
-                "policies": [
-                    {"type": "Workers", "value": 4, "periodSeconds": 15},
-                    {"type": "Percent", "value": 100, "periodSeconds": 15},
-                ],
-            },
-            "scaleDown": {
-                "stabilizationWindowSeconds": phases["down_window"],
-                "selectPolicy": "Max",
-                "policies": [{"type": "Percent", "value": 50, "periodSeconds": 15}],
-            },
+            "scaleUp": {"stabilizationWindowSeconds": 0, "selectPolicy": "Max",
+                        "policies": [policy("Workers", 4), policy("Percent", 100)]},
+            "scaleDown": {"stabilizationWindowSeconds": phases["down_window"], "selectPolicy": "Max",
+                          "policies": [policy("Percent", 50)]},
         },
         "pollIntervalSeconds": 1,
     }
@@ -161,12 +138,10 @@ def autoscaler_status(kube, name):
 def measure(kube, pod, phases, operator, args):
     """Creates the Pod object and its autoscaler, runs the measured phases
     on the pod's load and returns the analysis."""
-    sc = pod.sc
-    name = sc.key
+    sc, name = pod.sc, pod.sc.key
     kube.ready_pod(f"{name}-0", NS, {"app": name}, pod.ip)
     spec = autoscaler_spec(phases, sc)
-    kube.create({"apiVersion": "corral.dev/v1alpha1", "kind": "WorkerAutoscaler",
-                 "metadata": {"name": name, "namespace": NS}, "spec": spec})
+    kube.autoscaler(name, NS, spec)
 
     def measured():
         st = autoscaler_status(kube, name) or {}
@@ -195,12 +170,10 @@ def measure(kube, pod, phases, operator, args):
     sampler.join(10)
     if load.is_alive() or load.error is not None:
         raise RunFailed(f"the load generator failed: {load.error or 'did not finish'}")
-    gen_cpu = time.process_time() - pod.self_cpu0
-    elapsed = time.monotonic() - t0
-    if pod.manager.poll() is not None:
-        raise RunFailed(f"corral run exited {pod.manager.returncode} during the run")
-    if operator.poll() is not None:
-        raise RunFailed(f"corral operator exited {operator.returncode} during the run")
+    gen_cpu, elapsed = time.process_time() - pod.self_cpu0, time.monotonic() - t0
+    for what, proc in (("corral run", pod.manager), ("corral operator", operator)):
+        if proc.poll() is not None:
+            raise RunFailed(f"{what} exited {proc.returncode} during the run")
     if len(sampler.samples) < 10:
         raise RunFailed(f"only {len(sampler.samples)} samples of /workers")
 
@@ -209,26 +182,20 @@ def measure(kube, pod, phases, operator, args):
     events = []
     for e in (kube.get_json("events.v1.events.k8s.io", "-n", NS) or {"items": []}).get("items", []):
         when = e.get("eventTime") or (e.get("series") or {}).get("lastObservedTime")
-        if not when or e.get("reason") not in ("ScaledUp", "ScaledDown"):
-            continue
-        if (e.get("regarding") or {}).get("name", name) != name:
-            continue  # the other run's autoscaler
-        t = datetime.datetime.fromisoformat(when.replace("Z", "+00:00")).timestamp() - pod.wall0 - t_base
-        events.append({"t": t, "reason": e["reason"], "note": e.get("note"),
-                       "count": (e.get("series") or {}).get("count", 1)})
+        if when and e.get("reason") in ("ScaledUp", "ScaledDown") and (e.get("regarding") or {}).get(
+                "name", name) == name:  # not the other run's autoscaler
+            t = datetime.datetime.fromisoformat(when.replace("Z", "+00:00")).timestamp() - pod.wall0 - t_base
+            events.append({"t": t, "reason": e["reason"], "note": e.get("note"),
+                           "count": (e.get("series") or {}).get("count", 1)})
     events.sort(key=lambda e: e["t"])
     status = autoscaler_status(kube, name)
     samples = [dict(x, t=x["t"] - t_base) for x in sampler.samples if x["t"] >= t_base - 1.5]
     operator_samples = [dict(x, t=x["t"] - t_base) for x in sampler.operator if x["t"] >= t_base]
     load.results = [(r[0] - t_base,) + tuple(r[1:]) for r in load.results if r[0] >= t_base]
-    result = analyse(
-        phases=phases, spec=spec, samples=samples, operator=operator_samples,
-        load=load, events=events, t_up=t_up - t_base, t_down=t_down - t_base,
-        t_end=t_end - t_base, gen_cpu=gen_cpu, elapsed=elapsed, sc=sc,
-    )
-    result["smoke"] = bool(args.smoke)
-    result["sampler_errors"] = sampler.errors
-    result["autoscaler_status"] = status
+    result = analyse(phases=phases, spec=spec, samples=samples, operator=operator_samples, load=load, events=events,
+                     t_up=t_up - t_base, t_down=t_down - t_base, t_end=t_end - t_base, gen_cpu=gen_cpu,
+                     elapsed=elapsed, sc=sc)
+    result.update(smoke=bool(args.smoke), sampler_errors=sampler.errors, autoscaler_status=status)
     result["method"]["warmup_s"] = round(t_base, 2)
     return result
 
@@ -238,57 +205,45 @@ def run(args):
     corral = os.path.abspath(args.corral)
     if not os.access(corral, os.X_OK):
         raise RunFailed(f"{corral} is not an executable: cargo build --release first")
-    workdir = tempfile.mkdtemp(prefix="corral-autoscale-")
-    procs = Procs()
-    kube = Kube(workdir)
-    wall_start = time.monotonic()
-    loadavg_before = os.getloadavg()
-    ok = False
+    wall_start, loadavg_before = time.monotonic(), os.getloadavg()
     pods = []
-    try:
-        # The API server takes ~6 s to come up: start the CPU run's pod meanwhile.
-        kube.start()
-        op_port = free_port()
-        pods.append(Pod(procs, corral, workdir, CPU_RUN, op_port))
-        kube.wait_up()
-        log("figure 6: API server ready")
-        # Each run then adds its Pod, whose status says Running and Ready at
-        # its manager, and its autoscaler.
-        kube.namespace(NS, SECRET, TOKEN)
-        operator = start_operator(procs, corral, kube, workdir, NS, op_port)
-        log("figure 6: operator leading")
-
-        result = measure(kube, pods[0], phases, operator, args)
-        pods[0].stop()
-        # The CPU run's autoscaler goes, so the operator does not poll a
-        # stopped pod through the second run.
-        kube.kubectl("delete", "workerautoscaler", CPU_RUN.key, "-n", NS, check=False)
-
-        why = proxy_unsupported(corral)
-        if why:
-            log(f"figure 6, Concurrency run: not available: {why}")
-            print(f"autoscale: Concurrency run: not available: {why}", flush=True)
-            result["concurrency"] = {"not_available": why}
-        else:
-            try:
-                pods.append(Pod(procs, corral, workdir, CONCURRENCY_RUN, op_port))
-                result["concurrency"] = measure(kube, pods[-1], phases, operator, args)
-            except RunFailed as e:
-                log(f"figure 6, Concurrency run failed: {e}")
-                result["concurrency"] = {"error": str(e)}
-        result["environment"] = environment(corral, kube, loadavg_before)
-        result["wall_s"] = round(time.monotonic() - wall_start, 1)
-        ok = "error" not in result["concurrency"]  # else the logs are kept
-        return result
-    finally:
-        for pod in pods:
-            pod.halt()
-        procs.stop_all()
-        kube.stop()
-        if ok and not args.keep:
-            subprocess.run(["rm", "-rf", workdir])
-        else:
-            log(f"figure 6: logs kept in {workdir}")
+    with cluster.cluster("autoscale", "figure 6", args.keep) as c:
+        try:
+            # The API server takes ~6 s to come up: start the CPU run's pod meanwhile.
+            op_port = free_port()
+            pods.append(Pod(c.procs, corral, c.workdir, CPU_RUN, op_port))
+            c.kube.wait_up()
+            log("figure 6: API server ready")
+            # Each run then adds its Pod, whose status says Running and Ready at
+            # its manager, and its autoscaler.
+            c.kube.namespace(NS, SECRET, TOKEN)
+            operator = cluster.start_operator(c.procs, corral, c.kube, c.workdir, NS, op_port)
+            log("figure 6: operator leading")
+            result = measure(c.kube, pods[0], phases, operator, args)
+            pods[0].halt()
+            stop(pods[0].manager)
+            # The CPU run's autoscaler goes, so the operator does not poll a
+            # stopped pod through the second run.
+            c.kube.kubectl("delete", "workerautoscaler", CPU_RUN.key, "-n", NS, check=False)
+            why = proxy_unsupported(corral)
+            if why:
+                log(f"figure 6, Concurrency run: not available: {why}")
+                print(f"autoscale: Concurrency run: not available: {why}", flush=True)
+                result["concurrency"] = {"not_available": why}
+            else:
+                try:
+                    pods.append(Pod(c.procs, corral, c.workdir, CONCURRENCY_RUN, op_port))
+                    result["concurrency"] = measure(c.kube, pods[-1], phases, operator, args)
+                except RunFailed as e:
+                    log(f"figure 6, Concurrency run failed: {e}")
+                    result["concurrency"] = {"error": str(e)}
+            result["environment"] = environment(corral, c.kube, loadavg_before)
+            result["wall_s"] = round(time.monotonic() - wall_start, 1)
+            c.ok = "error" not in result["concurrency"]  # else the logs are kept
+            return result
+        finally:
+            for pod in pods:
+                pod.halt()
 
 
 def environment(corral, kube, loadavg_before):
@@ -301,15 +256,10 @@ def environment(corral, kube, loadavg_before):
         version = json.loads(kube.kubectl("version", "-o", "json", check=False).stdout)["serverVersion"]["gitVersion"]
     except (ValueError, KeyError):
         version = None
-    return {
-        "corral": out([corral, "--version"]),
-        "commit": out(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"]),
-        "kube_apiserver": version,
-        "cpus": os.cpu_count(),
-        "loadavg_before": [round(x, 2) for x in loadavg_before],
-        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
-        "python": sys.version.split()[0],
-    }
+    return {"corral": out([corral, "--version"]), "commit": out(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"]),
+            "kube_apiserver": version, "cpus": os.cpu_count(),
+            "loadavg_before": [round(x, 2) for x in loadavg_before],
+            "loadavg_after": [round(x, 2) for x in os.getloadavg()], "python": sys.version.split()[0]}
 
 
 def dump_json(result):
@@ -319,55 +269,46 @@ def dump_json(result):
     head = json.dumps({k: v for k, v in result.items()
                        if k not in series and k != "concurrency" and not k.startswith("_")}, indent=1)
     parts = [head[:-2]]
-    for k in series:
-        if k not in result:
-            continue
-        lines = ",\n".join("  " + json.dumps(x, separators=(",", ":")) for x in result.get(k, []))
+    for k in (k for k in series if k in result):
+        lines = ",\n".join("  " + json.dumps(x, separators=(",", ":")) for x in result[k])
         parts.append(f',\n "{k}": [\n{lines}\n ]' if lines else f',\n "{k}": []')
     if "concurrency" in result:
         parts.append(',\n "concurrency": ' + dump_json(result["concurrency"]).rstrip())
     return "".join(parts) + "\n}\n"
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out-dir", default=os.path.join(ROOT, "docs", "benchmarks"))
-    ap.add_argument("--smoke", action="store_true", help="a tiny step per run in <= 45 s, every code path")
-    ap.add_argument("--corral", default=os.path.join(ROOT, "target", "release", "corral"))
-    ap.add_argument("--keep", action="store_true", help="keep the logs and cluster state directory")
-    args = ap.parse_args()
+def main(args):
     # Fail early, before a minute of benchmark, if the chart cannot be drawn.
     if importlib.util.find_spec("matplotlib") is None:
         print("autoscale: matplotlib is not installed: run this with the bench venv "
               "(pip install -r bench/requirements.txt)", file=sys.stderr)
         return 2
-    stop_on_signals()
-    try:
-        result = run(args)
-        os.makedirs(args.out_dir, exist_ok=True)
-        with open(os.path.join(args.out_dir, "autoscale.json"), "w") as f:
-            f.write(dump_json(result))
-        charts.autoscale(result, os.path.join(args.out_dir, "autoscale.png"), MAX_WORKERS, OpenLoop.TIMEOUT)
-        conc_png = os.path.join(args.out_dir, "autoscale-concurrency.png")
-        if "rows" in result["concurrency"]:
-            charts.autoscale(result["concurrency"], conc_png, MAX_WORKERS, OpenLoop.TIMEOUT)
-        elif os.path.exists(conc_png):
-            os.remove(conc_png)  # not an old run's chart beside this run's JSON
-    except (RunFailed, Stopped) as e:
-        print(f"autoscale: run failed: {e}", file=sys.stderr)
-        return 1
+    result = run(args)
+    conc = result["concurrency"]
+    os.makedirs(args.out_dir, exist_ok=True)
+    with open(os.path.join(args.out_dir, "autoscale.json"), "w") as f:
+        f.write(dump_json(result))
+    wrote = ["autoscale.json", "autoscale.png"] + (["autoscale-concurrency.png"] if "rows" in conc else [])
+    charts.autoscale(result, os.path.join(args.out_dir, "autoscale.png"), MAX_WORKERS, OpenLoop.TIMEOUT)
+    conc_png = os.path.join(args.out_dir, "autoscale-concurrency.png")
+    if "rows" in conc:
+        charts.autoscale(conc, conc_png, MAX_WORKERS, OpenLoop.TIMEOUT)
+    elif os.path.exists(conc_png):
+        os.remove(conc_png)  # not an old run's chart beside this run's JSON
     print(f"autoscale: {'smoke' if result['smoke'] else 'full'} run, {result['wall_s']} s wall in all\n")
     print("\n".join(report.fig6(result)), flush=True)
-    wrote = ["autoscale.json", "autoscale.png"]
-    if "rows" in result["concurrency"]:
-        wrote.append("autoscale-concurrency.png")
     print(f"\nwrote {', '.join(os.path.join(args.out_dir, w) for w in wrote)}")
-    if "error" in result["concurrency"]:
+    if "error" in conc:
         # The CPU run's results are written; the exit code still says a run failed.
-        print(f"autoscale: the Concurrency run failed: {result['concurrency']['error']}", file=sys.stderr)
+        print(f"autoscale: the Concurrency run failed: {conc['error']}", file=sys.stderr)
         return EXIT_CONCURRENCY_FAILED
     return 0
 
 
+def options(ap):
+    ap.add_argument("--out-dir", default=os.path.join(ROOT, "docs", "benchmarks"))
+    ap.add_argument("--smoke", action="store_true", help="a tiny step per run in <= 45 s, every code path")
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cluster.main("autoscale", __doc__, main, options))

@@ -4,14 +4,20 @@ CRD and RBAC from manifests/, `corral operator` running as its
 ServiceAccount, and Pod objects made Running and Ready at a loopback
 address (there is no kubelet)."""
 
+import argparse
+import contextlib
 import http.client
 import json
 import os
+import shutil
 import ssl
 import subprocess
+import sys
+import tempfile
 import threading
+import types
 
-from procs import RunFailed, wait_until
+from procs import Procs, RunFailed, Stopped, log, stop_on_signals, wait_until
 from sampling import request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -116,6 +122,10 @@ class Kube:
             "phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
             "conditions": [{"type": "Ready", "status": "True"}]}}, "application/merge-patch+json")
 
+    def autoscaler(self, name, namespace, spec):
+        self.create({"apiVersion": "corral.dev/v1alpha1", "kind": "WorkerAutoscaler",
+                     "metadata": {"name": name, "namespace": namespace}, "spec": spec})
+
     def namespace(self, name, secret, token):
         """The namespace and the admin token Secret the autoscalers name."""
         self.create({"apiVersion": "v1", "kind": "List", "items": [
@@ -124,49 +134,38 @@ class Kube:
              "stringData": {"token": token}}]})
 
 
-def install_operator(kube):
-    """Applies the CRD and the operator's RBAC as shipped; returns the
-    operator's ServiceAccount (name, namespace), read from what was applied.
-    Nothing runs the Deployment in it: there is no kubelet."""
+def start_operator(procs, corral, kube, workdir, namespace, metrics_port):
+    """The CRD and the operator's RBAC applied as shipped, then `corral
+    operator` watching `namespace` as the ServiceAccount read from what was
+    applied (nothing runs its Deployment: there is no kubelet); returns its
+    process once it leads. Its log is workdir/operator.log."""
     applied = json.loads(kube.kubectl(
         "apply", "-f", os.path.join(ROOT, "manifests", "crd.yaml"),
         "-f", os.path.join(ROOT, "manifests", "operator.yaml"), "-o", "json").stdout)
     sa = next((i["metadata"] for i in applied.get("items", [applied]) if i.get("kind") == "ServiceAccount"), None)
     if sa is None:
         raise RunFailed("manifests/operator.yaml has no ServiceAccount")
-    return sa["name"], sa.get("namespace", "default")
-
-
-def operator_kubeconfig(kube, workdir, sa):
-    """A kubeconfig holding a token of the ServiceAccount `sa` (name, namespace)."""
-    sa_name, sa_ns = sa
+    sa_name, sa_ns = sa["name"], sa.get("namespace", "default")
+    # The CRD's kind is served a moment after it is created; the operator's
+    # watch would back off if started before.
+    wait_until("the WorkerAutoscaler kind to be served", 30, lambda: kube.kubectl(
+        "get", "workerautoscalers", "-n", namespace, check=False).returncode == 0, every=0.2)
     # The API server looks the ServiceAccount up in a cache that lags its
     # creation by a moment.
     token = wait_until("a token for the operator's ServiceAccount", 30, lambda: kube.kubectl(
         "create", "token", sa_name, "-n", sa_ns, "--duration=2h", check=False).stdout.strip(), every=0.2)
-    path = os.path.join(workdir, "operator.kubeconfig")
-    with open(path, "w") as f:
+    kubeconfig = os.path.join(workdir, "operator.kubeconfig")
+    with open(kubeconfig, "w") as f:
         f.write("apiVersion: v1\nkind: Config\nclusters:\n- name: bench\n  cluster:\n"
                 f"    server: https://{kube.server}\n    insecure-skip-tls-verify: true\n"
                 f"users:\n- name: {sa_name}\n  user:\n    token: {token}\n"
                 f"contexts:\n- name: bench\n  context:\n    cluster: bench\n    user: {sa_name}\n"
                 "current-context: bench\n")
-    os.chmod(path, 0o600)
-    return path
-
-
-def start_operator(procs, corral, kube, workdir, namespace, metrics_port):
-    """`corral operator` as its ServiceAccount, watching `namespace`;
-    returns its process once it leads. Its log is workdir/operator.log."""
-    sa = install_operator(kube)
-    # The CRD's kind is served a moment after it is created; the operator's
-    # watch would back off if started before.
-    wait_until("the WorkerAutoscaler kind to be served", 30, lambda: kube.kubectl(
-        "get", "workerautoscalers", "-n", namespace, check=False).returncode == 0, every=0.2)
-    env = dict(os.environ, KUBECONFIG=operator_kubeconfig(kube, workdir, sa), CORRAL_LOG_LEVEL="info")
+    os.chmod(kubeconfig, 0o600)
     operator = procs.start([corral, "operator", "--metrics-bind", f"127.0.0.1:{metrics_port}",
-                            "--namespace", namespace, "--lease-namespace", sa[1], "--lease-name", "corral-bench",
-                            "--identity", "bench-operator"], os.path.join(workdir, "operator.log"), env=env)
+                            "--namespace", namespace, "--lease-namespace", sa_ns, "--lease-name", "corral-bench",
+                            "--identity", "bench-operator"], os.path.join(workdir, "operator.log"),
+                           env=dict(os.environ, KUBECONFIG=kubeconfig, CORRAL_LOG_LEVEL="info"))
 
     def leading():
         if operator.poll() is not None:
@@ -175,3 +174,40 @@ def start_operator(procs, corral, kube, workdir, namespace, metrics_port):
         return status == 200 and b"leader" in body
     wait_until("the operator to lead", 30, leading)
     return operator
+
+
+@contextlib.contextmanager
+def cluster(name, figure, keep):
+    """A figure's work directory, children (Procs) and API server (started
+    here, waited for by the caller). On the way out every child and the API
+    server stop, and the directory goes unless `keep`, or the run did not
+    set .ok: then its logs are kept."""
+    workdir = tempfile.mkdtemp(prefix=f"corral-{name}-")
+    run = types.SimpleNamespace(workdir=workdir, procs=Procs(), kube=Kube(workdir), ok=False)
+    try:
+        run.kube.start()
+        yield run
+    finally:
+        run.procs.stop_all()
+        run.kube.stop()
+        if run.ok and not keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            log(f"{figure}: logs kept in {workdir}")
+
+
+def main(name, doc, run, configure):
+    """A figure's command line: --corral, --keep and what configure(ap)
+    adds; run(args) returns the exit status, a failed run prints why and
+    returns 1."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    ap.add_argument("--corral", default=os.path.join(ROOT, "target", "release", "corral"))
+    ap.add_argument("--keep", action="store_true", help="keep the logs and cluster state directory")
+    configure(ap)
+    args = ap.parse_args()
+    stop_on_signals()
+    try:
+        return run(args)
+    except (RunFailed, Stopped) as e:
+        print(f"{name}: run failed: {e}", file=sys.stderr)
+        return 1

@@ -5,7 +5,6 @@ ErrorDoc a real `corral run` gave, only each pod's worker count and CPU
 set; a control API on 127.0.0.1 sets the load and counts the requests.
 bench/operator_scale.py starts it (`start()`)."""
 
-import argparse
 import asyncio
 import json
 import os
@@ -15,51 +14,45 @@ from procs import RunFailed, wait_until
 from sampling import request
 from stacks import free_port
 
+REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
+           405: "Method Not Allowed", 422: "Unprocessable Entity"}
+
 
 def pod_ips(n):
     """127.1.0.1, 127.1.0.2, ...: n loopback addresses, one per pod."""
     return [f"127.1.{i // 256}.{i % 256}" for i in range(1, n + 1)]
 
 
-class FakePod:
-    """One pod's manager: the real manager's WorkersDoc with this pod's
-    worker count, and its CPU (a load in cores over the workers)."""
+class FakeAdmin:
+    """Every fake pod (its desired and requested count) behind one asyncio
+    loop, plus a control API on 127.0.0.1 (GET /stats: requests served;
+    PUT /load: cores per pod)."""
 
-    def __init__(self, doc, refused):
+    def __init__(self, ips, port, token, doc, refused, load):
         self.template, self.refused = doc, refused
-        self.desired, self.requested = doc["configured"], None
+        self.pods = {ip: [doc["configured"], None] for ip in ips}
+        self.port, self.token, self.load = port, token, load
+        self.stats = {"gets": 0, "puts": 0, "put_status": {}}
 
-    def doc(self, load):
-        util = load / self.desired
-        slots = self.template["workers"]
-        workers = [dict(slots[i % len(slots)], id=i + 1, pid=100001 + i, cpu_utilisation=util)
-                   for i in range(self.desired)]
-        return dict(self.template, desired=self.desired, requested=self.requested, running=self.desired,
-                    ready=self.desired, cpu_utilisation=util, workers=workers)
+    def doc(self, pod):
+        """The real WorkersDoc with this pod's workers, the load spread over them."""
+        desired, requested = pod
+        util, slots = self.load / desired, self.template["workers"]
+        workers = [dict(slots[i % len(slots)], id=i + 1, pid=100001 + i, cpu_utilisation=util) for i in range(desired)]
+        return dict(self.template, desired=desired, requested=requested, running=desired, ready=desired,
+                    cpu_utilisation=util, workers=workers)
 
-    def scale(self, body, load):
-        """PUT /workers: (status, answer); outside the limits, or not a
-        count, the real manager's 422."""
+    def scale(self, pod, body):
+        """PUT /workers; outside the limits, or not a count, the real manager's 422."""
         n = body.get("desired", -1) if isinstance(body, dict) and set(body) == {"desired"} else -1
         limits = self.template["limits"]
         if n is None:
-            self.desired, self.requested = self.template["configured"], None
+            pod[:] = [self.template["configured"], None]
         elif isinstance(n, int) and not isinstance(n, bool) and limits["min"] <= n <= limits["max"]:
-            self.desired = self.requested = n
+            pod[:] = [n, n]
         else:
             return 422, self.refused
-        return 200, self.doc(load)
-
-
-class FakeAdmin:
-    """Every fake pod behind one asyncio loop, plus a control API on
-    127.0.0.1 (GET /stats: requests served; PUT /load: cores per pod)."""
-
-    def __init__(self, ips, port, token, doc, refused, load):
-        self.pods = {ip: FakePod(doc, refused) for ip in ips}
-        self.port, self.token = port, token
-        self.load = load
-        self.stats = {"gets": 0, "puts": 0, "put_status": {}}
+        return 200, self.doc(pod)
 
     def admin(self, ip, method, path, headers, body):
         pod = self.pods[ip]
@@ -67,7 +60,7 @@ class FakeAdmin:
             return 404, {"error": f"no route {path}"}
         if method == "GET":
             self.stats["gets"] += 1
-            return 200, pod.doc(self.load)
+            return 200, self.doc(pod)
         if method != "PUT":
             return 405, {"error": f"{method} is not allowed on /workers"}
         self.stats["puts"] += 1
@@ -75,7 +68,7 @@ class FakeAdmin:
             status, answer = 401, {"error": "missing or wrong bearer token"}
         else:
             try:
-                status, answer = pod.scale(json.loads(body or b"null"), self.load)
+                status, answer = self.scale(pod, json.loads(body or b"null"))
             except ValueError as e:
                 status, answer = 400, {"error": f"body is not JSON: {e}"}
         codes = self.stats["put_status"]
@@ -92,7 +85,11 @@ class FakeAdmin:
 
     async def handle(self, reader, writer):
         try:
-            method, path, headers, body = await read_request(reader)
+            head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+            method, path, _ = head[0].split(" ", 2)
+            headers = dict((k.strip().lower(), v.strip()) for k, v in (h.split(":", 1) for h in head[1:] if ":" in h))
+            length = int(headers.get("content-length", "0"))
+            body = await reader.readexactly(length) if length else b""
             ip = writer.get_extra_info("sockname")[0]
             if ip in self.pods:
                 status, answer = self.admin(ip, method, path, headers, body)
@@ -113,25 +110,10 @@ class FakeAdmin:
         await asyncio.Event().wait()
 
 
-async def read_request(reader):
-    head = await reader.readuntil(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    method, target, _ = lines[0].split(" ", 2)
-    headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:] if ":" in line)}
-    length = int(headers.get("content-length", "0"))
-    body = await reader.readexactly(length) if length else b""
-    return method, target, headers, body
-
-
-REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
-           405: "Method Not Allowed", 422: "Unprocessable Entity"}
-
-
 def response(status, answer):
     body = json.dumps(answer).encode()
-    head = (f"HTTP/1.1 {status} {REASONS[status]}\r\ncontent-type: application/json\r\n"
-            f"content-length: {len(body)}\r\nconnection: close\r\n\r\n")
-    return head.encode() + body
+    return (f"HTTP/1.1 {status} {REASONS[status]}\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\nconnection: close\r\n\r\n").encode() + body
 
 
 class FakeClient:
@@ -151,13 +133,11 @@ def start(procs, workdir, pods, port, token_file, documents, load):
     """This file as a process of its own, serving `documents` (the real
     manager's WorkersDoc and 422) for `pods` pods with `load` cores each;
     returns its control client once it answers."""
-    path = os.path.join(workdir, "documents.json")
+    path, control = os.path.join(workdir, "fake.json"), free_port()
     with open(path, "w") as f:
-        json.dump(documents, f)
-    control = free_port()
-    proc = procs.start([sys.executable, os.path.abspath(__file__), "--pods", str(pods), "--port", str(port),
-                        "--control-port", str(control), "--token-file", token_file, "--documents", path,
-                        "--load", str(load)], os.path.join(workdir, "fake.log"))
+        json.dump({"pods": pods, "port": port, "control_port": control, "token_file": token_file,
+                   "documents": documents, "load": load}, f)
+    proc = procs.start([sys.executable, os.path.abspath(__file__), path], os.path.join(workdir, "fake.log"))
     client = FakeClient(control)
 
     def up():
@@ -168,22 +148,10 @@ def start(procs, workdir, pods, port, token_file, documents, load):
     return client
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--pods", type=int, required=True)
-    ap.add_argument("--port", type=int, required=True, help="every pod's admin port")
-    ap.add_argument("--control-port", type=int, required=True)
-    ap.add_argument("--token-file", required=True)
-    ap.add_argument("--documents", required=True, help="JSON: [WorkersDoc, 422 ErrorDoc] of a real corral run")
-    ap.add_argument("--load", type=float, required=True, help="cores per pod")
-    args = ap.parse_args()
-    with open(args.token_file) as f:
-        token = f.read().strip()
-    with open(args.documents) as f:
-        doc, refused = json.load(f)
-    fake = FakeAdmin(pod_ips(args.pods), args.port, token, doc, refused, args.load)
-    asyncio.run(fake.serve(args.control_port))
-
-
 if __name__ == "__main__":
-    main()
+    with open(sys.argv[1]) as f:
+        cfg = json.load(f)
+    with open(cfg["token_file"]) as f:
+        token = f.read().strip()
+    fake = FakeAdmin(pod_ips(cfg["pods"]), cfg["port"], token, *cfg["documents"], cfg["load"])
+    asyncio.run(fake.serve(cfg["control_port"]))

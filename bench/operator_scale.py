@@ -11,29 +11,25 @@ OUT/operator_scale.json. Exits non-zero when the run itself fails; a
 missed target is reported, not an error.
 """
 
-import argparse
 import concurrent.futures
 import json
 import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
+import cluster
 import fake_admin
 import report
-from cluster import Kube, start_operator
-from procs import Procs, RunFailed, Stopped, log, stop, stop_on_signals, wait_until
+from procs import RunFailed, log, stop, wait_until
 from sampling import cpu_or_none, prometheus, request, status_kib
 from stacks import free_port
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NS = "corral-scale"
 LABELS = {"app": "scale"}
 SECRET = "scale-corral"
 TOKEN = "bench-scale-token-" + os.urandom(12).hex()
-
 FULL = {"pods": 1000, "passes": 6, "poll": 5}
 SMOKE = {"pods": 50, "passes": 1, "poll": 1}
 CPU_TARGET = 0.5  # cores per worker
@@ -77,24 +73,11 @@ def real_documents(procs, corral, workdir, token_file):
         stop(manager)
 
 
-def create_pods(kube, ips):
-    """The pods, Running and Ready at their addresses, from several threads."""
-    t0 = time.monotonic()
-    with concurrent.futures.ThreadPoolExecutor(CREATE_THREADS) as pool:
-        for f in [pool.submit(kube.ready_pod, f"scale-{i}", NS, LABELS, ip) for i, ip in enumerate(ips)]:
-            f.result()
-    return time.monotonic() - t0
-
-
 def autoscaler_spec(port, poll):
     never_hold = [{"type": "Workers", "value": MAX_WORKERS, "periodSeconds": 1}]
     return {
-        "selector": {"matchLabels": LABELS},
-        "adminPort": port,
-        "tokenSecretRef": {"name": SECRET, "key": "token"},
-        "minWorkers": MIN_WORKERS,
-        "maxWorkers": MAX_WORKERS,
-        "metrics": [{"type": "CPU", "target": CPU_TARGET}],
+        "selector": {"matchLabels": LABELS}, "adminPort": port, "tokenSecretRef": {"name": SECRET, "key": "token"},
+        "minWorkers": MIN_WORKERS, "maxWorkers": MAX_WORKERS, "metrics": [{"type": "CPU", "target": CPU_TARGET}],
         "behavior": {"scaleUp": {"stabilizationWindowSeconds": 0, "policies": never_hold},
                      "scaleDown": {"stabilizationWindowSeconds": 0, "policies": never_hold}},
         "pollIntervalSeconds": poll,
@@ -134,23 +117,11 @@ class OperatorProbe:
         raise RunFailed(f"no reconcile pass ended within {limit:.0f}s")
 
 
-def warm_up(kube, probe, pods, poll):
-    """Waits for the first pass over every pod, then for the end of the next
-    one, so the measured passes start from a known pass end."""
-    def first_pass():
-        st = (kube.get_json("workerautoscaler", "scale", "-n", NS) or {}).get("status") or {}
-        active = any(c["type"] == "ScalingActive" and c["status"] == "True" for c in st.get("conditions", []))
-        return st.get("pods") == pods and active
-    wait_until(f"the operator's first pass over {pods} pods", 120 + pods / 10, first_pass, every=0.5)
-    return probe.next_pass(probe.metrics(), poll + 60)
-
-
 def measure_pass(probe, fake, kind, load, prev, poll):
     """One pass: sets the load, samples CPU just before the pass is due and
     at its end. `prev` is the previous pass's end (metrics, stats, time)."""
     fake.set_load(load)
-    due = prev["t"] + poll
-    time.sleep(max(0.0, due - min(0.5, poll * 0.2) - time.monotonic()))
+    time.sleep(max(0.0, prev["t"] + poll - min(0.5, poll * 0.2) - time.monotonic()))
     pid = probe.proc.pid
     cpu0, before, tls0 = cpu_or_none(pid), fake.stats(), probe.tls_handshakes()
     m = probe.next_pass(prev["metrics"], poll + 60)
@@ -158,24 +129,28 @@ def measure_pass(probe, fake, kind, load, prev, poll):
     count = m["duration_count"] - prev["metrics"]["duration_count"]
     codes = {k: v - prev["stats"]["put_status"].get(k, 0) for k, v in after["put_status"].items()}
     return {
-        "kind": kind,
-        "cpu_s": round(cpu1 - cpu0, 3),
+        "kind": kind, "cpu_s": round(cpu1 - cpu0, 3),
         "wall_s": round((m["duration_sum"] - prev["metrics"]["duration_sum"]) / count, 3) if count else None,
         "passes_counted": int(m["passes"] - prev["metrics"]["passes"]),
-        "gets": after["gets"] - before["gets"],
-        "puts": after["puts"] - before["puts"],
-        "put_status": {k: v for k, v in codes.items() if v},
-        "api_connections": probe.tls_handshakes() - tls0,
+        "gets": after["gets"] - before["gets"], "puts": after["puts"] - before["puts"],
+        "put_status": {k: v for k, v in codes.items() if v}, "api_connections": probe.tls_handshakes() - tls0,
         "requests_before_sample": before["gets"] + before["puts"] - prev["stats"]["gets"] - prev["stats"]["puts"],
-        "rss_mib": round(status_kib(pid, "VmRSS") / 1024, 1),
-        "open_fds": len(os.listdir(f"/proc/{pid}/fd")),
+        "rss_mib": round(status_kib(pid, "VmRSS") / 1024, 1), "open_fds": len(os.listdir(f"/proc/{pid}/fd")),
         "_end": {"metrics": m, "stats": after, "t": t1},
     }
 
 
 def measure(kube, probe, fake, cfg):
-    """The warm-up, then cfg["passes"] passes alternating scaling and steady."""
-    end = {"metrics": warm_up(kube, probe, cfg["pods"], cfg["poll"]), "t": time.monotonic(),
+    """Waits for the first pass over every pod and the end of the next, so
+    the measured passes start from a known pass end; then cfg["passes"]
+    passes, scaling and steady alternating, each one whole pass that read
+    every pod."""
+    def first_pass():
+        st = (kube.get_json("workerautoscaler", "scale", "-n", NS) or {}).get("status") or {}
+        active = any(c["type"] == "ScalingActive" and c["status"] == "True" for c in st.get("conditions", []))
+        return st.get("pods") == cfg["pods"] and active
+    wait_until(f"the operator's first pass over {cfg['pods']} pods", 120 + cfg["pods"] / 10, first_pass, every=0.5)
+    end = {"metrics": probe.next_pass(probe.metrics(), cfg["poll"] + 60), "t": time.monotonic(),
            "stats": fake.stats()}
     log(f"figure 7: warm-up done; measuring {cfg['passes']} pass(es)")
     passes, load = [], BASE_WORKERS * CPU_TARGET
@@ -188,11 +163,11 @@ def measure(kube, probe, fake, cfg):
         passes.append(p)
         log(f"figure 7: pass {k + 1} ({kind}): {p['cpu_s']:.3f} s CPU, {p['wall_s']} s wall, "
             f"{p['gets']} GETs, {p['puts']} PUTs, RSS {p['rss_mib']} MiB")
+    check_passes(passes, cfg["pods"])
     return passes
 
 
 def check_passes(passes, pods):
-    """Each measured pass must be one whole pass that read every pod."""
     for i, p in enumerate(passes, 1):
         if p["gets"] != pods or p["passes_counted"] != 1 or p["requests_before_sample"]:
             raise RunFailed(f"measured pass {i} is not one clean pass: {json.dumps(p)}")
@@ -206,10 +181,8 @@ def operator_log(path, limit=5):
     counts, examples = {"WARN": 0, "ERROR": 0}, []
     with open(path, errors="replace") as f:
         for line in f:
-            if BYPASSED in line:
-                continue
             level = next((lv for lv in counts if f" {lv} " in line or f'"{lv}"' in line), None)
-            if level:
+            if level and BYPASSED not in line:
                 counts[level] += 1
                 if len(examples) < limit:
                     examples.append(line.strip()[:300])
@@ -218,18 +191,17 @@ def operator_log(path, limit=5):
 
 def summarize(passes, hwm_kib, cfg, extra):
     cpu = [p["cpu_s"] for p in passes]
-    by_kind = lambda kind, key: [p[key] for p in passes if p["kind"] == kind and p[key] is not None]
     med = lambda xs: round(statistics.median(xs), 3) if xs else None
-    peak = round(hwm_kib / 1024, 1)
-    cpu_max = max(cpu)
+    kind = lambda kind, key: med([p[key] for p in passes if p["kind"] == kind and p[key] is not None])
+    peak, cpu_max = round(hwm_kib / 1024, 1), max(cpu)
     rows = [
         {"metric": "CPU per pass, median", "value": med(cpu), "unit": "s"},
         {"metric": "CPU per pass, max", "value": cpu_max, "unit": "s",
          "target": f"<= {TARGET_CPU_S:g} s", "met": cpu_max <= TARGET_CPU_S},
-        {"metric": "  scaling passes (every pod PUT), median", "value": med(by_kind("scaling", "cpu_s")), "unit": "s"},
-        {"metric": "  steady passes (every pod read), median", "value": med(by_kind("steady", "cpu_s")), "unit": "s"},
-        {"metric": "wall time per pass, scaling, median", "value": med(by_kind("scaling", "wall_s")), "unit": "s"},
-        {"metric": "wall time per pass, steady, median", "value": med(by_kind("steady", "wall_s")), "unit": "s"},
+        {"metric": "  scaling passes (every pod PUT), median", "value": kind("scaling", "cpu_s"), "unit": "s"},
+        {"metric": "  steady passes (every pod read), median", "value": kind("steady", "cpu_s"), "unit": "s"},
+        {"metric": "wall time per pass, scaling, median", "value": kind("scaling", "wall_s"), "unit": "s"},
+        {"metric": "wall time per pass, steady, median", "value": kind("steady", "wall_s"), "unit": "s"},
         {"metric": "peak RSS (VmHWM)", "value": peak, "unit": "MiB",
          "target": f"<= {TARGET_RSS_MIB:g} MiB", "met": peak <= TARGET_RSS_MIB},
         {"metric": "RSS after the last pass", "value": passes[-1]["rss_mib"], "unit": "MiB"},
@@ -250,24 +222,6 @@ def summarize(passes, hwm_kib, cfg, extra):
     }
 
 
-def setup(procs, kube, corral, workdir, cfg):
-    """Everything up to a leading operator: returns (fake client, probe, port)."""
-    token_file = os.path.join(workdir, "admin-token")
-    with open(token_file, "w") as f:
-        f.write(TOKEN)
-    port = free_port()
-    fake = fake_admin.start(procs, workdir, cfg["pods"], port, token_file,
-                            real_documents(procs, corral, workdir, token_file), BASE_WORKERS * CPU_TARGET)
-    log(f"figure 7: fake admin API on {cfg['pods']} addresses, :{port}, serving corral run's WorkersDoc")
-    kube.wait_up()
-    kube.namespace(NS, SECRET, TOKEN)
-    took = create_pods(kube, fake_admin.pod_ips(cfg["pods"]))
-    log(f"figure 7: {cfg['pods']} pods Running and Ready in {took:.1f}s")
-    metrics_port = free_port()
-    operator = start_operator(procs, corral, kube, workdir, NS, metrics_port)
-    return fake, OperatorProbe(operator, metrics_port, os.path.join(workdir, "operator.log")), port
-
-
 def run(corral, out_dir=None, smoke=False, pods=None, keep=False):
     """The whole figure; returns its result (and writes OUT/operator_scale.json)."""
     cfg = dict(SMOKE if smoke else FULL)
@@ -275,18 +229,31 @@ def run(corral, out_dir=None, smoke=False, pods=None, keep=False):
     corral = os.path.abspath(corral)
     if not os.access(corral, os.X_OK):
         raise RunFailed(f"{corral} is not an executable")
-    workdir = tempfile.mkdtemp(prefix="corral-operator-scale-")
-    procs, kube = Procs(), Kube(workdir)
-    t0, ok = time.monotonic(), False
-    try:
-        kube.start()
-        fake, probe, port = setup(procs, kube, corral, workdir, cfg)
+    t0 = time.monotonic()
+    with cluster.cluster("operator-scale", "figure 7", keep) as c:
+        token_file = os.path.join(c.workdir, "admin-token")
+        with open(token_file, "w") as f:
+            f.write(TOKEN)
+        port = free_port()
+        fake = fake_admin.start(c.procs, c.workdir, cfg["pods"], port, token_file,
+                                real_documents(c.procs, corral, c.workdir, token_file), BASE_WORKERS * CPU_TARGET)
+        log(f"figure 7: fake admin API on {cfg['pods']} addresses, :{port}, serving corral run's WorkersDoc")
+        c.kube.wait_up()
+        c.kube.namespace(NS, SECRET, TOKEN)
+        t = time.monotonic()
+        # The pods, Running and Ready at their addresses, from several threads.
+        with concurrent.futures.ThreadPoolExecutor(CREATE_THREADS) as pool:
+            for f in [pool.submit(c.kube.ready_pod, f"scale-{i}", NS, LABELS, ip)
+                      for i, ip in enumerate(fake_admin.pod_ips(cfg["pods"]))]:
+                f.result()
+        log(f"figure 7: {cfg['pods']} pods Running and Ready in {time.monotonic() - t:.1f}s")
+        metrics_port = free_port()
+        operator = cluster.start_operator(c.procs, corral, c.kube, c.workdir, NS, metrics_port)
+        probe = OperatorProbe(operator, metrics_port, os.path.join(c.workdir, "operator.log"))
         spec = autoscaler_spec(port, cfg["poll"])
-        kube.create({"apiVersion": "corral.dev/v1alpha1", "kind": "WorkerAutoscaler",
-                     "metadata": {"name": "scale", "namespace": NS}, "spec": spec})
-        passes = measure(kube, probe, fake, cfg)
-        check_passes(passes, cfg["pods"])
-        extra = {"metrics": probe.metrics(), "log": operator_log(os.path.join(workdir, "operator.log"))}
+        c.kube.autoscaler("scale", NS, spec)
+        passes = measure(c.kube, probe, fake, cfg)
+        extra = {"metrics": probe.metrics(), "log": operator_log(os.path.join(c.workdir, "operator.log"))}
         result = summarize(passes, status_kib(probe.proc.pid, "VmHWM"), cfg, extra)
         result.update(smoke=smoke, operator_log=extra["log"], spec=spec,
                       corral=subprocess.run([corral, "--version"], capture_output=True, text=True).stdout.strip(),
@@ -295,38 +262,26 @@ def run(corral, out_dir=None, smoke=False, pods=None, keep=False):
             os.makedirs(out_dir, exist_ok=True)
             with open(os.path.join(out_dir, "operator_scale.json"), "w") as f:
                 json.dump(result, f, indent=1)
-        ok = True
+        c.ok = True
         return result
-    finally:
-        procs.stop_all()
-        kube.stop()
-        if ok and not keep:
-            subprocess.run(["rm", "-rf", workdir])
-        else:
-            log(f"figure 7: logs kept in {workdir}")
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--corral", default=os.path.join(ROOT, "target", "release", "corral"))
-    ap.add_argument("--pods", type=int, help=f"pods to create (default {FULL['pods']}, {SMOKE['pods']} with --smoke)")
-    ap.add_argument("--smoke", action="store_true", help="50 pods, one measured pass: every code path")
-    ap.add_argument("--out-dir", help="write operator_scale.json here")
-    ap.add_argument("--keep", action="store_true", help="keep the logs and cluster state directory")
-    args = ap.parse_args()
+def main(args):
     if args.pods is not None and not 1 <= args.pods <= 65000:
-        ap.error("--pods must be 1..65000")
-    stop_on_signals()
-    try:
-        result = run(args.corral, args.out_dir, args.smoke, args.pods, args.keep)
-    except (RunFailed, Stopped) as e:
-        print(f"operator_scale: run failed: {e}", file=sys.stderr)
-        return 1
+        print("operator_scale: --pods must be 1..65000", file=sys.stderr)
+        return 2
+    result = run(args.corral, args.out_dir, args.smoke, args.pods, args.keep)
     print("\n".join(report.fig7(result)))
     for line in result["operator_log"]["examples"]:
         print(f"operator log: {line}")
     return 0
 
 
+def options(ap):
+    ap.add_argument("--pods", type=int, help=f"pods to create (default {FULL['pods']}, {SMOKE['pods']} with --smoke)")
+    ap.add_argument("--smoke", action="store_true", help="50 pods, one measured pass: every code path")
+    ap.add_argument("--out-dir", help="write operator_scale.json here")
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cluster.main("operator_scale", __doc__, main, options))
