@@ -45,13 +45,11 @@ def get(addr, path, timeout=5.0, tls=None):
             return None, None, f"connect error {e.errno}"
         try:
             s.sendall(f"GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n".encode())
-            while True:
+            while not complete(got):
                 chunk = s.recv(65536)
                 if not chunk:
                     break
                 got += chunk
-                if complete(got):
-                    break
         except socket.timeout:
             return None, None, "timeout" if not got else "timeout, partial answer"
         except (ConnectionResetError, BrokenPipeError):
@@ -61,10 +59,8 @@ def get(addr, path, timeout=5.0, tls=None):
                 return None, None, f"TLS error {e.reason or e}"
         except OSError as e:
             return None, None, f"error {e.errno}"
-        if not got:
-            return None, None, "closed, unanswered"
         if not complete(got):
-            return None, None, "closed, partial answer"
+            return None, None, "closed, partial answer" if got else "closed, unanswered"
         head, _, body = got.partition(b"\r\n\r\n")
         try:
             status = int(head.split(b" ", 2)[1])
@@ -116,23 +112,17 @@ def outcome(result):
 
 
 class ClosedLoop:
-    """`clients` threads, each a request per fresh connection, until stop();
-    counts successes and failures by kind. A fresh connection per request
-    is the fair measure for restarts: with keep-alive, a client that reuses
-    a connection the server has just closed sees an error that HTTP clients
-    retry, which says nothing about the server."""
+    """`clients` threads, each a request per fresh connection (the fair
+    measure for restarts: a reused keep-alive connection the server just
+    closed fails in a way clients retry), until stop(); counts by outcome."""
 
     def __init__(self, addr, path, clients, limit):
-        self.addr, self.path = addr, path
-        self.counts = Counter()
-        self.lock = threading.Lock()
-        self.halt = threading.Event()
-        self.deadline = time.monotonic() + limit
+        self.addr, self.path, self.counts = addr, path, Counter()
+        self.lock, self.halt, self.deadline = threading.Lock(), threading.Event(), time.monotonic() + limit
         self.threads = start_threads(self._run, clients)
 
     def _run(self):
-        local = Counter()
-        last = time.monotonic()
+        local, last = Counter(), time.monotonic()
         while not self.halt.is_set() and time.monotonic() < self.deadline:
             local[outcome(get(self.addr, self.path))] += 1
             if time.monotonic() - last > 0.1:
@@ -201,12 +191,8 @@ class NewPidWatch:
     an answer; records when an unseen pid answers."""
 
     def __init__(self, addr, known, clients=4, limit=60.0, interval=0.0):
-        self.addr, self.known = addr, set(known)
-        self.interval = interval
-        self.found = threading.Event()
-        self.when, self.pid = None, None
-        self.deadline = time.monotonic() + limit
-        self.lock = threading.Lock()
+        self.addr, self.known, self.interval, self.when, self.pid = addr, set(known), interval, None, None
+        self.found, self.lock, self.deadline = threading.Event(), threading.Lock(), time.monotonic() + limit
         self.threads = start_threads(self._run, clients)
 
     def _run(self):
@@ -247,14 +233,9 @@ class OpenLoop(threading.Thread):
 
     def __init__(self, host, port, path, low_rps, high_rps, t0):
         super().__init__(daemon=True)
-        self.host, self.port = host, port
-        self.low_rps, self.high_rps = low_rps, high_rps
-        self.t0 = t0
+        self.host, self.port, self.low_rps, self.high_rps, self.t0 = host, port, low_rps, high_rps, t0
         self.t_up = self.t_down = self.t_end = float("inf")
-        self.abort = threading.Event()
-        self.results = []
-        self.dropped = 0
-        self.error = None
+        self.abort, self.results, self.dropped, self.error = threading.Event(), [], 0, None
         self.request = f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n".encode()
 
     def phases(self, t_up, t_down, t_end):
@@ -264,8 +245,7 @@ class OpenLoop(threading.Thread):
         return self.high_rps if self.t_up <= t < self.t_down else self.low_rps
 
     async def one(self, t_sched):
-        start = time.monotonic()
-        writer = None
+        start, writer = time.monotonic(), None
         try:
             reader, writer = await asyncio.wait_for(asyncio.open_connection(self.host, self.port), self.TIMEOUT)
             writer.write(self.request)
@@ -282,8 +262,7 @@ class OpenLoop(threading.Thread):
                 writer.close()
 
     async def generate(self):
-        tasks = set()
-        at = 0.0
+        tasks, at = set(), 0.0
         while at < self.t_end and not self.abort.is_set():
             delay = self.t0 + at - time.monotonic()
             if delay > 0:
@@ -318,6 +297,22 @@ def ms(text):
     return float(m.group(1)) * UNITS[m.group(2)] if m else None
 
 
+def parse(out, res, fields):
+    """res with each (key, pattern, conv) whose pattern matches a line of
+    out: res[key] = conv(*groups), or for a tuple of keys one conv(group) each."""
+    for key, pattern, conv in fields:
+        m = re.search(pattern, out, re.M)
+        if m and isinstance(key, tuple):
+            res.update(zip(key, map(conv, m.groups())))
+        elif m:
+            res[key] = conv(*m.groups())
+    return res
+
+
+def summed(*counts):
+    return sum(int(x) for x in counts)
+
+
 def mixed_script(path, every, other):
     """wrk Lua: every `every`-th request (per wrk thread) goes to `other`,
     the rest to `path`; deterministic, so every stack gets the same mix."""
@@ -336,28 +331,17 @@ end
 def wrk(addr, path, connections, threads, seconds, script=None):
     """Runs wrk (with a Lua script file, if given), returns requests/s,
     p50/p90/p99 ms, errors, requests."""
-    url = f"http://{addr[0]}:{addr[1]}{path}"
     argv = [WRK, f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s", "--latency"]
-    argv += (["-s", script] if script else []) + [url]
+    argv += (["-s", script] if script else []) + [f"http://{addr[0]}:{addr[1]}{path}"]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30).stdout
-    res = {"rps": None, "p50_ms": None, "p90_ms": None, "p99_ms": None,
-           "errors": 0, "non_2xx": 0, "requests": None}
-    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    if m:
-        res["rps"] = float(m.group(1))
-    for pct, key in (("50", "p50_ms"), ("90", "p90_ms"), ("99", "p99_ms")):
-        m = re.search(rf"^\s+{pct}(?:\.000)?%\s+(\S+)", out, re.M)
-        if m:
-            res[key] = ms(m.group(1))
-    m = re.search(r"(\d+) requests in", out)
-    if m:
-        res["requests"] = int(m.group(1))
-    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    if m:
-        res["errors"] = sum(int(x) for x in m.groups())
-    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    if m:
-        res["non_2xx"] = int(m.group(1))
+    res = parse(out, {"rps": None, "p50_ms": None, "p90_ms": None, "p99_ms": None, "errors": 0, "non_2xx": 0,
+                      "requests": None}, [
+        ("rps", r"Requests/sec:\s+([\d.]+)", float),
+        *((f"p{pct}_ms", rf"^\s+{pct}(?:\.000)?%\s+(\S+)", ms) for pct in (50, 90, 99)),
+        ("requests", r"(\d+) requests in", int),
+        ("errors", r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", summed),
+        ("non_2xx", r"Non-2xx or 3xx responses: (\d+)", int),
+    ])
     if res["rps"] is None:
         raise RunFailed(f"wrk gave no result: {out[-500:]}")
     return res
@@ -386,40 +370,30 @@ def h2load(url, clients, streams, threads, seconds):
     protocol, cipher and application protocol."""
     fd, log_file = tempfile.mkstemp(prefix="corral-bench-h2load-", suffix=".tsv")
     os.close(fd)
-    argv = [H2LOAD, "-c", str(clients), "-m", str(streams), "-t", str(threads), "-D", str(seconds),
-            "--log-file", log_file, url]
     try:
-        run = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
+        run = subprocess.run([H2LOAD, "-c", str(clients), "-m", str(streams), "-t", str(threads), "-D", str(seconds),
+                              "--log-file", log_file, url], capture_output=True, text=True, timeout=seconds + 60)
         with open(log_file) as f:
             rows = [line.split("\t") for line in f if line.strip()]
     finally:
         os.unlink(log_file)
     out = run.stdout + run.stderr
-    res = {"rps": None, "p50_ms": None, "p90_ms": None, "p99_ms": None, "requests": None, "succeeded": None,
-           "failed": None, "errored": None, "timeout": None, "non_2xx": None, "tls_protocol": None,
-           "cipher": None, "server_temp_key": None, "application_protocol": None}
-    m = re.search(r"finished in ([\d.]+)(\w+), ([\d.]+) req/s", out)
-    if m:
-        res["rps"] = float(m.group(3))
-    m = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, "
-                  r"(\d+) errored, (\d+) timeout", out)
-    if m:
-        res["requests"], res["succeeded"], res["failed"], res["errored"], res["timeout"] = (
-            int(m.group(3)), int(m.group(4)), int(m.group(5)), int(m.group(6)), int(m.group(7)))
-    m = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
-    if m:
-        res["non_2xx"] = sum(int(x) for x in m.groups()[1:])
-    for key, label in (("tls_protocol", "TLS Protocol"), ("cipher", "Cipher"), ("server_temp_key", "Server Temp Key"),
-                       ("application_protocol", "Application protocol")):
-        m = re.search(rf"^{label}: (.+)$", out, re.M)
-        if m:
-            res[key] = m.group(1).strip()
+    res = parse(out, dict.fromkeys(["rps", "p50_ms", "p90_ms", "p99_ms", "requests", "succeeded", "failed", "errored",
+                                    "timeout", "non_2xx", "tls_protocol", "cipher", "server_temp_key",
+                                    "application_protocol"]), [
+        ("rps", r"finished in [\d.]+\w+, ([\d.]+) req/s", float),
+        (("requests", "succeeded", "failed", "errored", "timeout"), r"requests: \d+ total, \d+ started, (\d+) done, "
+                                                                    r"(\d+) succeeded, (\d+) failed, (\d+) errored, "
+                                                                    r"(\d+) timeout", int),
+        ("non_2xx", r"status codes: \d+ 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", summed),
+        *((key, rf"^{label}: (.+)$", str.strip) for key, label in (
+            ("tls_protocol", "TLS Protocol"), ("cipher", "Cipher"), ("server_temp_key", "Server Temp Key"),
+            ("application_protocol", "Application protocol"))),
+    ])
     # Per request: start (us since the epoch), status, microseconds to the
     # end of the response.
     lat = [int(r[2]) / 1000 for r in rows if len(r) >= 3 and r[2].strip().isdigit()]
-    for q, key in ((0.5, "p50_ms"), (0.9, "p90_ms"), (0.99, "p99_ms")):
-        res[key] = percentile(lat, q)
-    res["logged"] = len(lat)
+    res.update(p50_ms=percentile(lat, 0.5), p90_ms=percentile(lat, 0.9), p99_ms=percentile(lat, 0.99), logged=len(lat))
     if res["rps"] is None or res["requests"] is None:
         raise RunFailed(f"h2load exited {run.returncode} with no result: {out.strip()[-500:]}")
     if res["application_protocol"] != "h2":
@@ -446,10 +420,8 @@ def s_time(addr, processes, seconds):
     start_at = min(0.5, opt + 1 - seconds) + 0.005
     time.sleep((start_at - time.time() % 1.0) % 1.0)
     argv = [OPENSSL, "s_time", "-connect", f"{addr[0]}:{addr[1]}", "-new", "-time", str(opt)]
-    procs = []
-    for _ in range(processes):
-        procs.append((time.monotonic(), subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                                         stdin=subprocess.DEVNULL, text=True)))
+    procs = [(time.monotonic(), subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                                 stdin=subprocess.DEVNULL, text=True)) for _ in range(processes)]
     rate, total, reused, walls, errors = 0.0, 0, 0, [], []
     for t0, p in procs:
         try:
