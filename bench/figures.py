@@ -14,15 +14,12 @@ import time
 from collections import Counter
 
 import load
-from procs import RunFailed
-from sampling import cpu_seconds, status_kib
+from procs import RunFailed, attempt, failure, wait_until
+from sampling import cpu_or_none, cpu_seconds, status_kib
 
 
-def health_path(stack, app):
-    return "/" if app == "hello" and not stack.builtin else "/healthz"
-
-
-def startup_sample(inst, path, limit=60.0):
+def startup_sample(inst, app, limit=60.0):
+    path = "/" if app == "hello" and not inst.stack.builtin else "/healthz"
     spawned, accepting, first = load.startup(inst.addr, path, inst.t0, inst.pid, limit=limit, alive=inst.alive)
     if first is None or spawned is None:
         raise RunFailed(f"no 200 on {path} within {limit}s (first worker spawned: {spawned}, port "
@@ -30,13 +27,20 @@ def startup_sample(inst, path, limit=60.0):
     return {"spawned_s": spawned, "accepting_s": accepting, "first_200_s": first, "manager_share": spawned / first}
 
 
+def startup_run(stack, app="django"):
+    with stack.start(app) as inst:
+        return startup_sample(inst, app)
+
+
 def throughput_run(stack, app, cfg, out):
     """Fills out['startup'], out['idle'], out['wrk'], out['under_load'] on a fresh instance."""
-    inst = stack.start(app)
-    try:
+    with stack.start(app) as inst:
         measure_throughput(inst, app, cfg, out)
-    finally:
-        inst.stop()
+
+
+def cpu_of(pids):
+    """CPU seconds of these processes together (one that is gone counts 0)."""
+    return sum(cpu_or_none(pid) or 0.0 for pid in pids)
 
 
 def served(inst):
@@ -45,34 +49,28 @@ def served(inst):
     if not inst.stack.proxy:
         return None
     try:
-        m = inst.metrics()
+        total = [v for k, v in inst.metrics().items() if k.split("{")[0] == "corral_http_requests_total"]
     except OSError:
         return None
-    total = [v for k, v in m.items() if k.split("{")[0] == "corral_http_requests_total"]
     return sum(total) if total else None
 
 
 def measure_throughput(inst, app, cfg, out):
-    stack = inst.stack
-    out["startup"] = startup_sample(inst, health_path(stack, app))
-    inst.wait_workers(stack.workers, limit=30)
+    out["startup"] = startup_sample(inst, app)
+    inst.wait_workers(inst.stack.workers, limit=30)
     if app in ("django", "builtin"):
         time.sleep(cfg.settle)
         c0, t0 = cpu_seconds(inst.pid), time.monotonic()
         time.sleep(cfg.idle)
         cpu = (cpu_seconds(inst.pid) - c0) / (time.monotonic() - t0)
-        out["idle"] = {
-            "manager_rss_kib": status_kib(inst.pid),
-            "manager_idle_cpu_percent": round(cpu * 100, 3),
-            "workers_rss_kib": sum(status_kib(p) for p in inst.workers()),
-        }
+        out["idle"] = {"manager_rss_kib": status_kib(inst.pid), "manager_idle_cpu_percent": round(cpu * 100, 3),
+                       "workers_rss_kib": sum(status_kib(p) for p in inst.workers())}
         front = inst.front_pids()
         if front:
             out["idle"]["front_rss_kib"] = sum(status_kib(p) for p in front)
     if cfg.warmup:
         load.wrk(inst.addr, "/", cfg.connections, cfg.wrk_threads, cfg.warmup)
-    peak = [status_kib(inst.pid)]
-    stop = threading.Event()
+    peak, stop = [status_kib(inst.pid)], threading.Event()
 
     def sample_rss():
         while not stop.wait(0.25):
@@ -81,9 +79,7 @@ def measure_throughput(inst, app, cfg, out):
     sampler = threading.Thread(target=sample_rss, daemon=True)
     sampler.start()
     front = inst.front_pids()
-    n0 = served(inst)
-    c0 = cpu_seconds(inst.pid)
-    f0 = front_cpu(front)
+    n0, c0, f0 = served(inst), cpu_seconds(inst.pid), cpu_of(front)
     workers = inst.workers()
     w0 = [cpu_seconds(p) for p in workers]
     try:
@@ -92,12 +88,13 @@ def measure_throughput(inst, app, cfg, out):
         stop.set()
         sampler.join()
     manager_cpu = cpu_seconds(inst.pid) - c0
-    front_used = front_cpu(front) - f0 if front else None
+    front_used = cpu_of(front) - f0 if front else None
     w1 = [cpu_seconds(p) for p in workers]
     n1 = served(inst)
     # Requests served in the window: the stack's own count where it keeps
     # one (corral --proxy), else wrk's completed requests.
-    requests = n1 - n0 if n0 is not None and n1 is not None else out["wrk"]["requests"]
+    counted = n0 is not None and n1 is not None
+    requests = n1 - n0 if counted else out["wrk"]["requests"]
     per_request = lambda cpu: round(cpu / requests * 1e6, 2) if cpu is not None and requests else None
     out["under_load"] = {
         "manager_cpu_percent": round(manager_cpu / cfg.duration * 100, 2),
@@ -108,113 +105,83 @@ def measure_throughput(inst, app, cfg, out):
         # workers) over the requests served: for --proxy, the proxy's cost.
         "manager_cpu_s": round(manager_cpu, 3),
         "requests": requests,
-        "requests_counted_by": "corral_http_requests_total" if n0 is not None and n1 is not None else "wrk",
+        "requests_counted_by": "corral_http_requests_total" if counted else "wrk",
         "manager_cpu_us_per_request": per_request(manager_cpu),
+        **({"front_cpu_s": round(front_used, 3), "front_cpu_us_per_request": per_request(front_used)} if front
+           else {}),
     }
-    if front:
-        out["under_load"]["front_cpu_s"] = round(front_used, 3)
-        out["under_load"]["front_cpu_us_per_request"] = per_request(front_used)
     if not inst.alive():
         raise RunFailed(f"exited during the run: {inst.log_tail()}")
     if app == "django" and cfg.mixed_duration:
-        out["mixed"] = mixed_run(inst, cfg)
-
-
-def mixed_run(inst, cfg):
-    """Figure 1b: wrk with every 10th request to /cpu/20 (cfg.mixed_*)."""
-    fd, script = tempfile.mkstemp(prefix="corral-bench-mixed-", suffix=".lua")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(load.mixed_script("/", cfg.mixed_every, f"/cpu/{cfg.mixed_cpu_ms}"))
-        res = load.wrk(inst.addr, "/", cfg.connections, cfg.wrk_threads, cfg.mixed_duration, script=script)
-    finally:
-        os.unlink(script)
-    if not inst.alive():
-        raise RunFailed(f"exited during the mixed run: {inst.log_tail()}")
-    return res
-
-
-def startup_run(stack, app="django"):
-    inst = stack.start(app)
-    try:
-        return startup_sample(inst, health_path(stack, app))
-    finally:
-        inst.stop()
-
-
-def step(results, name, fn):
-    """Runs one measurement; on failure stores {'error': ...} under name."""
-    try:
-        results[name] = fn()
-    except Exception as e:  # noqa: BLE001 - recorded and reported, never hidden
-        results[name] = {"error": f"{type(e).__name__}: {e}"}
+        # Figure 1b: every cfg.mixed_every-th request to /cpu/N.
+        fd, script = tempfile.mkstemp(prefix="corral-bench-mixed-", suffix=".lua")
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(load.mixed_script("/", cfg.mixed_every, f"/cpu/{cfg.mixed_cpu_ms}"))
+            mixed = load.wrk(inst.addr, "/", cfg.connections, cfg.wrk_threads, cfg.mixed_duration, script=script)
+        finally:
+            os.unlink(script)
+        if not inst.alive():
+            raise RunFailed(f"exited during the mixed run: {inst.log_tail()}")
+        out["mixed"] = mixed
 
 
 def lifecycle_run(stack, cfg, throughput=None):
-    """Figures 4 and 5 on one Django instance; returns a dict per measurement.
+    """Figures 4 and 5 on one Django instance; returns a dict per
+    measurement. With `throughput` (a dict), figures 1-3 are measured first
+    on the same instance into it (the smoke run saves a start that way)."""
+    n, res, app = stack.workers, {}, "builtin" if stack.builtin else "django"
+    with stack.start(app) as inst:
+        try:
+            if throughput is None:
+                res["startup"] = startup_sample(inst, app)
+            else:
+                try:
+                    measure_throughput(inst, app, cfg, throughput)
+                except Exception as e:  # noqa: BLE001
+                    throughput["error"] = failure(e)
+                    raise
+            inst.wait_workers(n, limit=30)
+            time.sleep(cfg.settle)
+            ups, api_ready, down = [], [], Counter()
 
-    With `throughput` (a dict), figures 1-3 are measured first on the same
-    instance into it (the smoke run saves a start that way).
-    """
-    n = stack.workers
-    res = {}
-    app = "builtin" if stack.builtin else "django"
-    inst = stack.start(app)
-    try:
-        if throughput is None:
-            res["startup"] = startup_sample(inst, health_path(stack, app))
-        else:
-            try:
-                measure_throughput(inst, app, cfg, throughput)
-            except Exception as e:  # noqa: BLE001
-                throughput["error"] = f"{type(e).__name__}: {e}"
-                raise
-        inst.wait_workers(n, limit=30)
-        time.sleep(cfg.settle)
-        ups, api_ready, down = [], [], Counter()
+            def scale_down():
+                inst.set_workers(n)
+                inst.wait_workers(n, limit=60)
 
-        def scale_cycle():
-            for _ in range(cfg.reps):
-                ups.append(scale_up(inst, n, api_ready))
-                inst.wait_workers(n + 1, limit=30)
-                time.sleep(cfg.settle)
-                down.update(under_load(inst, cfg, lambda: scale_down(inst, n)))
-            out = {"seconds": ups} if any(u is not None for u in ups) else {
-                "n/a": "not timed through nginx: the same gunicorn master and TTIN as gunicorn direct"}
-            if api_ready:
-                out["api_ready_seconds"] = api_ready
-            return out
+            def scale_cycle():
+                for _ in range(cfg.reps):
+                    ups.append(scale_up(inst, n, api_ready))
+                    inst.wait_workers(n + 1, limit=30)
+                    time.sleep(cfg.settle)
+                    down.update(under_load(inst, cfg, scale_down))
+                out = {"seconds": ups} if any(u is not None for u in ups) else {
+                    "n/a": "not timed through nginx: the same gunicorn master and TTIN as gunicorn direct"}
+                return dict(out, api_ready_seconds=api_ready) if api_ready else out
 
-        step(res, "scale_up", scale_cycle)
-        res["scale_down"] = {"counts": dict(down)} if down else {"error": res["scale_up"].get("error", "not run")}
-        if inst.desired != n:  # a failed scale cycle left it elsewhere
-            inst.set_workers(n)
-        inst.wait_workers(n, limit=30)
-        step(res, "hup", lambda: {"counts": under_load(inst, cfg, lambda: rolling_restarts(inst, n, cfg))})
-        step(res, "sigkill", lambda: {"counts": under_load(inst, cfg, lambda: kill_workers(inst, n, cfg))})
-        step(res, "term", lambda: term_with_slow_requests(inst, cfg))
-    except Exception as e:  # noqa: BLE001
-        res.setdefault("error", f"{type(e).__name__}: {e}")
-    finally:
-        inst.stop()
+            res["scale_up"] = attempt(scale_cycle)
+            res["scale_down"] = {"counts": dict(down)} if down else {"error": res["scale_up"].get("error", "not run")}
+            if inst.desired != n:  # a failed scale cycle left it elsewhere
+                inst.set_workers(n)
+            inst.wait_workers(n, limit=30)
+            res["hup"] = attempt(lambda: {"counts": under_load(inst, cfg, lambda: rolling_restarts(inst, n, cfg))})
+            res["sigkill"] = attempt(lambda: {"counts": under_load(inst, cfg, lambda: kill_workers(inst, n, cfg))})
+            res["term"] = attempt(term_with_slow_requests, inst, cfg)
+        except Exception as e:  # noqa: BLE001
+            res.setdefault("error", failure(e))
     return res
 
 
 def scale_up(inst, n, api_ready):
     """Seconds from the request for worker n+1 to a new pid answering /pid.
-
-    Shared socket: the old workers are paused (SIGSTOP) from just before the
-    request until the answer, so that only the new worker can take the
-    polling requests: on an idle server the kernel hands nearly every
-    connection to a worker that is already awake, and a new worker could
-    wait long for its first. Proxy mode: nothing is paused (corral would
-    hand polls to the paused workers, which hold them); corral sends each
-    request to the worker with the fewest in flight, ties rotating, so a
-    new worker gets a poll within a few once corral counts it ready.
-    nginx -> gunicorn: not timed (None), the same gunicorn master as gunicorn
-    direct; nginx's pooled connections to the paused workers would hold the
-    polls. The worker is still added, for the scale-down that follows.
-    """
+    Shared socket: the old workers are paused (SIGSTOP) until then, or the
+    kernel would hand nearly every poll to a worker already awake. Proxy
+    mode: nothing is paused (corral would hand polls to the paused
+    workers); corral sends each to the least busy worker, so a new one gets
+    a poll soon after corral counts it ready. nginx -> gunicorn: not timed
+    (None), the same master as gunicorn direct, and nginx's pooled
+    connections to paused workers would hold the polls; the worker is
+    still added, for the scale-down that follows."""
     old = inst.workers()
     if inst.stack.fronted:
         inst.set_workers(n + 1)
@@ -230,16 +197,12 @@ def scale_up(inst, n, api_ready):
         inst.set_workers(n + 1)
         if inst.stack.is_corral:
             # corral's own view, for reference: /workers says ready == n+1.
-            deadline = t + 30
-            while time.monotonic() < deadline:
-                try:
-                    _, doc = inst.admin_request("GET", "/workers")
-                    if json.loads(doc).get("ready", 0) >= n + 1:
-                        api_ready.append(time.monotonic() - t)
-                        break
-                except (OSError, ValueError):
-                    pass
-                time.sleep(0.01)
+            try:
+                wait_until("ready", 30, lambda: json.loads(inst.admin_request("GET", "/workers")[1]).get(
+                    "ready", 0) >= n + 1, every=0.01)
+                api_ready.append(time.monotonic() - t)
+            except RunFailed:
+                pass
         when = watch.wait()
     finally:
         for pid in pause:
@@ -250,13 +213,6 @@ def scale_up(inst, n, api_ready):
     if when is None:
         raise RunFailed(f"no new worker answered /pid within 60s; log: {inst.log_tail()}")
     return when - t
-
-
-def scale_down(inst, n):
-    before = inst.workers()
-    inst.set_workers(n)
-    inst.wait_workers(n, limit=60)
-    return {"from": len(before)}
 
 
 def rolling_restarts(inst, n, cfg):
@@ -292,24 +248,19 @@ def under_load(inst, cfg, action):
 
 def term_with_slow_requests(inst, cfg):
     """TERM to the manager with slow requests in flight; all must complete."""
-    n_slow = 4 * inst.stack.workers
-    path = f"/delay/{cfg.slow_ms}"
-    results = Counter()
-    lock = threading.Lock()
+    n_slow, results, lock, exited = 4 * inst.stack.workers, Counter(), threading.Lock(), {}
 
     def one():
-        r = load.outcome(load.get(inst.addr, path, timeout=cfg.slow_ms / 1000 + 45))
+        r = load.outcome(load.get(inst.addr, f"/delay/{cfg.slow_ms}", timeout=cfg.slow_ms / 1000 + 45))
         with lock:
             results[r] += 1
-
-    threads = load.start_threads(one, n_slow)
-    time.sleep(cfg.in_flight_wait)  # accepted and being served
-    exited = {}
 
     def watch_exit():
         exited["code"] = inst.wait_exit(cfg.slow_ms / 1000 + 60)
         exited["s"] = time.monotonic() - t
 
+    threads = load.start_threads(one, n_slow)
+    time.sleep(cfg.in_flight_wait)  # accepted and being served
     t = time.monotonic()
     inst.signal(signal.SIGTERM)
     waiter = threading.Thread(target=watch_exit, daemon=True)
@@ -321,34 +272,15 @@ def term_with_slow_requests(inst, cfg):
             "exit_s": exited["s"] if exited.get("code") is not None else None, "exit_code": exited.get("code")}
 
 
-def tls_pids(inst):
-    """The processes that terminate TLS: corral's manager (the --proxy
-    front is a thread of it), nginx's master and workers."""
-    return inst.front_pids() if inst.stack.fronted else [inst.pid]
-
-
-def front_cpu(pids):
-    """CPU seconds of these processes together (one that is gone counts 0)."""
-    total = 0.0
-    for pid in pids:
-        try:
-            total += cpu_seconds(pid)
-        except OSError:
-            pass
-    return total
-
-
 def wait_tls_ready(inst, cafile, limit=60.0):
     """Seconds from spawn to the first 200 on /healthz over TLS (HTTP/1.1 by
     ALPN, the certificate checked for localhost against the run's CA)."""
-    ctx = load.tls_context(cafile, ["http/1.1"])
-    deadline = inst.t0 + limit
-    last = None
-    while time.monotonic() < deadline and inst.alive():
-        status, _, failure = load.get(inst.addr, "/healthz", timeout=2, tls=ctx)
+    ctx, last = load.tls_context(cafile, ["http/1.1"]), None
+    while time.monotonic() < inst.t0 + limit and inst.alive():
+        status, _, why = load.get(inst.addr, "/healthz", timeout=2, tls=ctx)
         if status == 200:
             return time.monotonic() - inst.t0
-        last = failure or f"status {status}"
+        last = why or f"status {status}"
         time.sleep(0.02)
     raise RunFailed(f"no 200 on /healthz over TLS within {limit}s (last: {last}); log: {inst.log_tail()}")
 
@@ -357,36 +289,34 @@ def tls_run(stack, cfg, certs, out, h2=True, handshake=True):
     """Figures 8 and 9 on one TLS instance of a front, into out: 'ready_s',
     'negotiated' (ALPN, version, cipher of a checked handshake), 'h2'
     (h2load) and 'handshake' (s_time), each {'error': ...} if it failed."""
-    inst = None
     try:
-        inst = stack.start("django", tls=certs)
-        out["ready_s"] = wait_tls_ready(inst, certs.ca)
-        inst.wait_workers(stack.workers, limit=30)
-        time.sleep(cfg.settle)
-        out["negotiated"] = load.tls_probe(inst.addr, certs.ca)
-        if out["negotiated"]["alpn"] != "h2":
-            raise RunFailed(f"ALPN chose {out['negotiated']['alpn']!r}, not h2, when offered h2 and http/1.1")
-        if h2:
-            step(out, "h2", lambda: h2_measure(inst, cfg))
-        if handshake:
-            step(out, "handshake", lambda: handshake_measure(inst, cfg))
-        if not inst.alive():
-            raise RunFailed(f"exited during the TLS runs: {inst.log_tail()}")
+        with stack.start("django", tls=certs) as inst:
+            out["ready_s"] = wait_tls_ready(inst, certs.ca)
+            inst.wait_workers(stack.workers, limit=30)
+            time.sleep(cfg.settle)
+            out["negotiated"] = load.tls_probe(inst.addr, certs.ca)
+            if out["negotiated"]["alpn"] != "h2":
+                raise RunFailed(f"ALPN chose {out['negotiated']['alpn']!r}, not h2, when offered h2 and http/1.1")
+            if h2:
+                out["h2"] = attempt(h2_measure, inst, cfg)
+            if handshake:
+                out["handshake"] = attempt(handshake_measure, inst, cfg)
+            if not inst.alive():
+                raise RunFailed(f"exited during the TLS runs: {inst.log_tail()}")
     except Exception as e:  # noqa: BLE001 - recorded and reported, never hidden
-        out["error"] = f"{type(e).__name__}: {e}"
-    finally:
-        if inst is not None:
-            inst.stop()
+        out["error"] = failure(e)
     return out
 
 
 def with_tls_cpu(inst, run, count, per_key):
-    """run()'s result with the TLS front's CPU over it: 'front_cpu_s' and,
-    under per_key, microseconds per res[count] (None if there were none)."""
-    pids = tls_pids(inst)
-    c0 = front_cpu(pids)
+    """run()'s result with the CPU of the processes that terminate TLS over
+    it (corral's manager: the --proxy front is a thread of it; nginx's
+    master and workers): 'front_cpu_s' and, under per_key, microseconds
+    per res[count] (None if there were none)."""
+    pids = inst.front_pids() if inst.stack.fronted else [inst.pid]
+    c0 = cpu_of(pids)
     res = run()
-    cpu = front_cpu(pids) - c0
+    cpu = cpu_of(pids) - c0
     res["front_cpu_s"] = round(cpu, 3)
     res[per_key] = round(cpu / res[count] * 1e6, 2) if res[count] else None
     return res
@@ -395,11 +325,10 @@ def with_tls_cpu(inst, run, count, per_key):
 def h2_measure(inst, cfg):
     """Figure 8: h2load over TLS (h2 by ALPN), GET / on Django, after a
     warm-up run; the front's CPU per request served (h2load's count)."""
-    url = inst.url("/")
+    h2load = lambda seconds: load.h2load(inst.url("/"), cfg.h2_clients, cfg.h2_streams, cfg.h2_threads, seconds)
     if cfg.h2_warmup:
-        load.h2load(url, cfg.h2_clients, cfg.h2_streams, cfg.h2_threads, cfg.h2_warmup)
-    run = lambda: load.h2load(url, cfg.h2_clients, cfg.h2_streams, cfg.h2_threads, cfg.h2_duration)
-    return with_tls_cpu(inst, run, "requests", "front_cpu_us_per_request")
+        h2load(cfg.h2_warmup)
+    return with_tls_cpu(inst, lambda: h2load(cfg.h2_duration), "requests", "front_cpu_us_per_request")
 
 
 def handshake_measure(inst, cfg):

@@ -22,6 +22,19 @@ class Stopped(BaseException):
     """A signal asked us to stop; not an Exception, so no retry loop eats it."""
 
 
+def failure(e):
+    return f"{type(e).__name__}: {e}"
+
+
+def attempt(fn, *args):
+    """fn(*args), or {"error": ...} if it failed: recorded and reported, so
+    one broken step does not hide the others' results."""
+    try:
+        return fn(*args)
+    except Exception as e:  # noqa: BLE001 - recorded and reported, never hidden
+        return {"error": failure(e)}
+
+
 def stop_on_signals():
     """TERM and HUP (a caller's timeout) raise Stopped, so that the `finally`
     blocks on the way out still stop every child."""

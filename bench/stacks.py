@@ -327,6 +327,12 @@ class Running:
         self.front = procs.spawn([nginx_binary(), "-p", prefix, "-c", conf, "-e", self.front_log,
                                   "-g", "daemon off;"], self.log_path, "ab")
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *_):
+        self.stop()
+
     def front_pids(self):
         """The front's processes (nginx master and workers), if there is one."""
         if self.front is None or self.front.poll() is not None:
