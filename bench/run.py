@@ -46,7 +46,6 @@ import datetime
 import json
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -58,9 +57,8 @@ import figures
 import operator_scale
 import procs
 import report
-from procs import log
+from procs import attempt, failure, log
 from stacks import all_stacks, make_certs, nginx_binary, stop_all, tool
-from report import summarize
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH)
@@ -130,10 +128,9 @@ def ensure_env():
             env=dict(os.environ, CORRAL_VENV=os.environ.get(
                 "CORRAL_BENCH_VENV", os.path.expanduser("~/.cache/corral/bench-venv"))),
         ).stdout.strip().splitlines()[-1]
-        missing = [pkg for pkg, there in (("wrk", lambda: os.path.exists("/usr/bin/wrk")),
-                                          ("nginx", lambda: nginx_binary() is not None),
-                                          ("nghttp2-client", lambda: tool("h2load") is not None),
-                                          ("openssl", lambda: tool("openssl") is not None)) if not there()]
+        missing = [pkg for pkg, there in (("wrk", os.path.exists("/usr/bin/wrk")), ("nginx", nginx_binary()),
+                                          ("nghttp2-client", tool("h2load")), ("openssl", tool("openssl")))
+                   if not there]
         if missing:
             log(f"installing {' '.join(missing)} (apt-get)")
             sudo = [] if os.geteuid() == 0 else ["sudo"]
@@ -153,16 +150,13 @@ def ensure_env():
     return os.environ["CORRAL_BENCH_VENV_DIR"]
 
 
-def tool_version(name, *argv):
-    """First line of `name argv...`, or why there is none (figures 8, 9)."""
-    path = tool(name)
-    if path is None:
-        return "not found"
-    out = subprocess.run([path, *argv], capture_output=True, text=True)
-    return ((out.stdout or out.stderr).strip().splitlines() or ["?"])[0]
-
-
 def machine_info(stacks):
+    def first_line(argv):
+        """First line of what argv prints, or why there is none (figures 8, 9)."""
+        if tool(argv[0]) is None:
+            return "not found"
+        out = subprocess.run([tool(argv[0]), *argv[1:]], capture_output=True, text=True)
+        return ((out.stdout or out.stderr).strip().splitlines() or ["?"])[0]
     cpu = "?"
     try:
         with open("/proc/cpuinfo") as f:
@@ -172,13 +166,9 @@ def machine_info(stacks):
     wrk = subprocess.run(["/usr/bin/wrk", "--version"], capture_output=True, text=True)
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "cpu_model": cpu,
-        "cpus": os.cpu_count(),
-        "kernel": platform.release(),
-        "python": platform.python_version(),
+        "cpu_model": cpu, "cpus": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version(),
         "wrk": (wrk.stdout or wrk.stderr).split("Copyright")[0].strip(),
-        "h2load": tool_version("h2load", "--version"),
-        "openssl": tool_version("openssl", "version"),
+        "h2load": first_line(["h2load", "--version"]), "openssl": first_line(["openssl", "version"]),
         "git": subprocess.run(["git", "-C", ROOT, "describe", "--always", "--dirty"],
                               capture_output=True, text=True).stdout.strip(),
         "versions": {st.key: st.version() for st in stacks},
@@ -186,7 +176,7 @@ def machine_info(stacks):
 
 
 TLS_FRONTS = ("proxy", "nginx")  # figures 8 and 9: corral --proxy against nginx
-TLS_FIGS = ("h2", "handshake")  # figure 8 (h2load), figure 9 (s_time)
+TLS_FIGS = {"h2": "figure 8 (HTTP/2 over TLS)", "handshake": "figure 9 (TLS handshakes)"}
 
 
 def tls_figures(cfg, stacks, unavailable, labels):
@@ -218,8 +208,7 @@ def tls_figures(cfg, stacks, unavailable, labels):
         if tool(name) is None:
             mark([fig], TLS_FRONTS, f"{name} not found (apt-get install {pkg}; .ci/test installs it)")
     wanted = lambda key: any(key not in gone[fig] for fig in TLS_FIGS)
-    tmp = tempfile.mkdtemp(prefix="corral-bench-tls-")
-    try:
+    with tempfile.TemporaryDirectory(prefix="corral-bench-tls-", ignore_cleanup_errors=True) as tmp:
         certs = None
         if any(wanted(k) for k in TLS_FRONTS):
             try:
@@ -227,15 +216,14 @@ def tls_figures(cfg, stacks, unavailable, labels):
                 out["certificate"] = certs.describe()
             except Exception as e:  # noqa: BLE001 - no certificate, nothing over TLS
                 mark(TLS_FIGS, TLS_FRONTS, f"no test certificate: {e}")
-        for fig, title in (("h2", "figure 8 (HTTP/2 over TLS)"), ("handshake", "figure 9 (TLS handshakes)")):
+        for fig, title in TLS_FIGS.items():
             for key, u in gone[fig].items():
                 msg = f"{title}: {u['label']}: not available: {u['reason']}"
                 log(msg)
                 print(msg, flush=True)
         runnable = [st for st in fronts if wanted(st.key)]
         for rnd in range(cfg.tls_rounds if certs else 0):
-            order = runnable if rnd % 2 == 0 else runnable[::-1]
-            for st in order:
+            for st in runnable if rnd % 2 == 0 else runnable[::-1]:
                 log(f"figures 8-9 round {rnd + 1}/{cfg.tls_rounds}: {st.label}, TLS")
                 r = figures.tls_run(st, cfg, certs, {}, h2=st.key not in gone["h2"],
                                     handshake=st.key not in gone["handshake"])
@@ -249,24 +237,20 @@ def tls_figures(cfg, stacks, unavailable, labels):
                 if "handshakes_per_s" in hs:
                     log(f"  TLS handshakes: {hs['handshakes_per_s']:.0f}/s, front "
                         f"{hs['front_cpu_us_per_handshake']} us CPU/handshake")
-                for k in ("h2", "handshake"):
+                for k in TLS_FIGS:
                     if "error" in r.get(k, {}):
                         log(f"  {k} failed: {r[k]['error']}")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
 def start_autoscale(args, cfg):
     """Starts bench/autoscale.py; returns its process and start time, or an error."""
-    script = os.path.join(BENCH, "autoscale.py")
-    out = os.path.join(args.out_dir, "autoscale.json")
+    script, out = os.path.join(BENCH, "autoscale.py"), os.path.join(args.out_dir, "autoscale.json")
     if not os.path.exists(script):
         return {"error": "bench/autoscale.py is missing"}
     if os.path.exists(out):
         os.remove(out)
-    argv = [sys.executable, script, "--out-dir", args.out_dir, "--corral", args.corral]
-    argv += ["--smoke"] if cfg.smoke else []
+    argv = [sys.executable, script, "--out-dir", args.out_dir, "--corral", args.corral] + ["--smoke"] * cfg.smoke
     log("figure 6: " + " ".join(argv))
     proc = subprocess.Popen(argv, cwd=ROOT, stdout=sys.stderr, stderr=sys.stderr, start_new_session=True)
     # Should this run die first, the child still stops its cluster and pod.
@@ -306,14 +290,6 @@ def start_operator_scale(args, cfg):
     return pool.submit(operator_scale.run, args.corral, args.out_dir, smoke=cfg.smoke)
 
 
-def finish_operator_scale(future):
-    """Waits for figure 7; its result, or {"error": ...}."""
-    try:
-        return future.result()
-    except Exception as e:  # noqa: BLE001 - reported as failed to run
-        return {"error": f"{type(e).__name__}: {e}"}
-
-
 def select_stacks(cfg, venv, corral):
     """This run's stacks that the machine can run; the others' reasons, and
     every stack's label."""
@@ -345,7 +321,7 @@ def figures_1_5(cfg, stacks, raw):
                 try:
                     figures.throughput_run(st, app, cfg, out)
                 except Exception as e:  # noqa: BLE001 - reported as failed to run
-                    out["error"] = f"{type(e).__name__}: {e}"
+                    out["error"] = failure(e)
                     log(f"  failed: {out['error']}")
                 raw["throughput"].setdefault(st.key, {}).setdefault(app, []).append(out)
                 if "wrk" in out:
@@ -365,10 +341,7 @@ def figures_1_5(cfg, stacks, raw):
     have = cfg.rounds + 1  # the figure 4-5 instance's start is one too
     for _ in range(max(0, cfg.start_samples - have)):
         for st in stacks:
-            try:
-                sample = figures.startup_run(st, "builtin" if st.builtin else "django")
-            except Exception as e:  # noqa: BLE001 - reported as failed to run
-                sample = {"error": f"{type(e).__name__}: {e}"}
+            sample = attempt(figures.startup_run, st, "builtin" if st.builtin else "django")
             raw["startup_extra"].setdefault(st.key, []).append(sample)
 
 
@@ -376,30 +349,32 @@ def write_results(args, cfg, raw, stacks, wall0):
     """results.md, results.json and results.png, and the table printed;
     returns the measurements that failed to run."""
     machine = machine_info(stacks)
-    summary = summarize(raw, stacks, cfg)
+    summary = report.summarize(raw, stacks, cfg)
+    errors = summary["errors"]
     if "error" in raw["autoscale"] and not args.skip_autoscale:
-        summary["errors"].append(f"figure 6: {raw['autoscale']['error']}")
+        errors.append(f"figure 6: {raw['autoscale']['error']}")
     if "error" in raw["autoscale"].get("concurrency", {}):
-        summary["errors"].append(f"figure 6, Concurrency run: {raw['autoscale']['concurrency']['error']}")
+        errors.append(f"figure 6, Concurrency run: {raw['autoscale']['concurrency']['error']}")
     if "error" in raw["operator_scale"] and not args.skip_operator_scale:
-        summary["errors"].append(f"figure 7: {raw['operator_scale']['error']}")
+        errors.append(f"figure 7: {raw['operator_scale']['error']}")
     raw["wall_s"] = round(time.monotonic() - wall0, 1)
     md = report.markdown(summary, raw, cfg, machine, stacks)
-    with open(os.path.join(args.out_dir, "results.md"), "w") as f:
+    path = lambda name: os.path.join(args.out_dir, name)
+    with open(path("results.md"), "w") as f:
         f.write(md)
-    with open(os.path.join(args.out_dir, "results.json"), "w") as f:
+    with open(path("results.json"), "w") as f:
         json.dump({"machine": machine, "config": asdict(cfg), "summary": summary, "raw": raw}, f, indent=1,
                   default=str)
     try:
-        charts.results(summary, os.path.join(args.out_dir, "results.png"), cfg)
+        charts.results(summary, path("results.png"), cfg)
     except Exception as e:  # noqa: BLE001 - reported as failed to run
-        summary["errors"].append(f"chart: {type(e).__name__}: {e}")
+        errors.append(f"chart: {failure(e)}")
     print(md)
     for name in ("results.md", "results.json", "results.png"):
-        print(f"wrote {os.path.join(args.out_dir, name)}")
+        print(f"wrote {path(name)}")
     print(f"wall time: {raw['wall_s']:.0f} s (figures 1-5: {raw['figures_1_5_s']:.0f} s, "
           f"figures 8-9: {raw['figures_8_9_s']:.0f} s)")
-    return summary["errors"]
+    return errors
 
 
 def main():
@@ -411,8 +386,7 @@ def main():
     ap.add_argument("--skip-autoscale", action="store_true", help="figure 6 reported as not run")
     ap.add_argument("--skip-operator-scale", action="store_true", help="figure 7 reported as not run")
     args = ap.parse_args()
-    args.corral = os.path.abspath(args.corral)
-    args.out_dir = os.path.abspath(args.out_dir)
+    args.corral, args.out_dir = os.path.abspath(args.corral), os.path.abspath(args.out_dir)
     if not os.access(args.corral, os.X_OK):
         sys.exit(f"{args.corral} missing: cargo build --release")
     venv = ensure_env()
@@ -429,11 +403,8 @@ def main():
     # The smoke run only proves the code paths, so figures 6 and 7 (mostly
     # the API server's start) run beside figures 1-5 to stay near a minute;
     # the full run keeps every figure alone on the machine.
-    autoscale = scale = None
-    if cfg.smoke and not args.skip_autoscale:
-        autoscale = start_autoscale(args, cfg)
-    if cfg.smoke and not args.skip_operator_scale:
-        scale = start_operator_scale(args, cfg)
+    autoscale = start_autoscale(args, cfg) if cfg.smoke and not args.skip_autoscale else None
+    scale = start_operator_scale(args, cfg) if cfg.smoke and not args.skip_operator_scale else None
 
     figures_1_5(cfg, stacks, raw)
     raw["figures_1_5_s"] = round(time.monotonic() - wall0, 1)
@@ -452,7 +423,7 @@ def main():
     if args.skip_operator_scale:
         raw["operator_scale"] = {"error": "skipped (--skip-operator-scale)"}
     else:
-        raw["operator_scale"] = finish_operator_scale(scale or start_operator_scale(args, cfg))
+        raw["operator_scale"] = attempt((scale or start_operator_scale(args, cfg)).result)
     errors = write_results(args, cfg, raw, stacks, wall0)
     if errors:
         print(f"{len(errors)} measurement(s) FAILED TO RUN", file=sys.stderr)
