@@ -26,6 +26,10 @@ DJANGO_DIR = os.path.join(ROOT, "tests", "django_app")
 # ASGI application per app name; the built-in worker serves its own app.
 APPS = {"hello": "hello_asgi:app", "django": "mysite.asgi:application"}
 
+STACKS = {"gunicorn": "gunicorn + UvicornWorker", "uvicorn": "uvicorn --workers", "corral": "corral + uvicorn --fd",
+          "proxy": "corral --proxy + uvicorn", "nginx": "nginx (Debian) -> gunicorn + UvicornWorker",
+          "builtin": "corral built-in worker"}
+CORRAL_KEYS = ("corral", "builtin", "proxy")
 NGINX_PATHS = ("/usr/sbin/nginx", "/usr/bin/nginx")
 NGINX_MISSING = "nginx not found (apt-get install nginx; .ci/test installs it)"
 
@@ -188,14 +192,11 @@ class Stack:
     seed's production stack) and builtin (corral's own worker, no Python:
     the floor)."""
 
-    def __init__(self, key, label, kind, venv, corral, workers, nginx_workers=1):
-        self.key, self.label, self.kind = key, label, kind
-        self.venv, self.corral, self.workers = venv, corral, workers
-        self.nginx_workers = nginx_workers
-        self.builtin = kind == "builtin"
-        self.is_corral = kind in ("corral", "builtin", "proxy")
-        self.proxy = kind == "proxy"  # corral in the request path
-        self.fronted = kind == "nginx"  # a front process (nginx) before the manager's workers
+    def __init__(self, key, label, venv, corral, workers, nginx_workers=1):
+        self.key, self.label, self.venv, self.corral, self.workers = key, label, venv, corral, workers
+        self.nginx_workers, self.builtin, self.is_corral = nginx_workers, key == "builtin", key in CORRAL_KEYS
+        self.proxy = key == "proxy"  # corral in the request path
+        self.fronted = key == "nginx"  # a front process (nginx) before the manager's workers
 
     def unavailable(self):
         """None if this machine can run the stack, else why not (printed,
@@ -218,11 +219,11 @@ class Stack:
         n = str(self.workers)
         bin_ = lambda name: os.path.join(self.venv, "bin", name)
         target = APPS.get(app)
-        if self.kind in ("gunicorn", "nginx"):  # behind nginx, gunicorn on a Unix socket
+        if self.key in ("gunicorn", "nginx"):  # behind nginx, gunicorn on a Unix socket
             bind = f"unix:{upstream_sock}" if self.fronted else f"127.0.0.1:{port}"
             return [bin_("gunicorn"), "-k", "uvicorn_worker.UvicornWorker", "-w", n,
                     "-b", bind, "--no-control-socket", target]
-        if self.kind == "uvicorn":
+        if self.key == "uvicorn":
             return [bin_("uvicorn"), "--workers", n, "--host", "127.0.0.1", "--port", str(port),
                     "--no-access-log", target]
         bind = f"127.0.0.1:{port}" if tls is None else f"https://127.0.0.1:{port}"
@@ -240,7 +241,7 @@ class Stack:
         if self.is_corral:
             return subprocess.run([self.corral, "--version"], capture_output=True, text=True).stdout.strip()
         py = os.path.join(self.venv, "bin", "python")
-        mods = ["uvicorn"] if self.kind == "uvicorn" else ["gunicorn", "uvicorn_worker", "uvicorn"]
+        mods = ["uvicorn"] if self.key == "uvicorn" else ["gunicorn", "uvicorn_worker", "uvicorn"]
         code = ("import importlib.metadata as m, sys; "
                 "print(' '.join(f'{n}={m.version(n)}' for n in sys.argv[1:]))")
         out = subprocess.run([py, "-c", code, *(m.replace("_", "-") for m in mods)], capture_output=True, text=True)
@@ -260,15 +261,7 @@ class Stack:
 
 
 def all_stacks(venv, corral, workers, nginx_workers=1):
-    mk = lambda *a: Stack(*a, venv=venv, corral=corral, workers=workers, nginx_workers=nginx_workers)
-    return [
-        mk("gunicorn", "gunicorn + UvicornWorker", "gunicorn"),
-        mk("uvicorn", "uvicorn --workers", "uvicorn"),
-        mk("corral", "corral + uvicorn --fd", "corral"),
-        mk("proxy", "corral --proxy + uvicorn", "proxy"),
-        mk("nginx", "nginx (Debian) -> gunicorn + UvicornWorker", "nginx"),
-        mk("builtin", "corral built-in worker", "builtin"),
-    ]
+    return [Stack(key, label, venv, corral, workers, nginx_workers) for key, label in STACKS.items()]
 
 
 # Every started instance until it is stopped, so that a failing run stops
@@ -290,16 +283,13 @@ class Running:
     manager's children, from /proc), and the verbs on it."""
 
     def __init__(self, stack, app, tls=None):
-        self.stack, self.app, self.tls = stack, app, tls
-        self.port, self.admin = free_port(), free_port()
+        self.stack, self.app, self.tls, self.desired = stack, app, tls, stack.workers
+        self.port, self.admin, self.token = free_port(), free_port(), secrets.token_hex(16)
         self.dir = tempfile.mkdtemp(prefix=f"corral-bench-{stack.key}-")
-        self.token = secrets.token_hex(16)
-        self.token_file = os.path.join(self.dir, "token")
+        self.token_file, self.log_path = os.path.join(self.dir, "token"), os.path.join(self.dir, "log")
         with open(self.token_file, "w") as f:
             f.write(self.token)
         os.chmod(self.token_file, 0o600)
-        self.log_path = os.path.join(self.dir, "log")
-        self.desired = stack.workers
         self.front = self.front_log = None
         self.seen_workers = set()
         sock = os.path.join(self.dir, "gunicorn.sock")
@@ -312,20 +302,16 @@ class Running:
         _live.add(self)
         if stack.fronted:
             try:
-                self._start_nginx(sock)
+                prefix = os.path.join(self.dir, "nginx")
+                os.mkdir(prefix)
+                conf, self.front_log = os.path.join(prefix, "nginx.conf"), os.path.join(prefix, "error.log")
+                with open(conf, "w") as f:
+                    f.write(nginx_conf(prefix, self.port, sock, stack.nginx_workers, tls))
+                self.front = procs.spawn([nginx_binary(), "-p", prefix, "-c", conf, "-e", self.front_log,
+                                          "-g", "daemon off;"], self.log_path, "ab")
             except BaseException:
                 self.stop(limit=10)
                 raise
-
-    def _start_nginx(self, sock):
-        prefix = os.path.join(self.dir, "nginx")
-        os.mkdir(prefix)
-        conf = os.path.join(prefix, "nginx.conf")
-        with open(conf, "w") as f:
-            f.write(nginx_conf(prefix, self.port, sock, self.stack.nginx_workers, self.tls))
-        self.front_log = os.path.join(prefix, "error.log")
-        self.front = procs.spawn([nginx_binary(), "-p", prefix, "-c", conf, "-e", self.front_log,
-                                  "-g", "daemon off;"], self.log_path, "ab")
 
     def __enter__(self):
         return self
