@@ -23,7 +23,7 @@ import cluster
 import fake_admin
 import report
 from procs import RunFailed, log, stop, wait_until
-from sampling import cpu_or_none, prometheus, request, status_kib
+from sampling import cpu_or_none, operator_metrics, request, status_kib
 from stacks import free_port
 
 NS = "corral-scale"
@@ -93,12 +93,9 @@ class OperatorProbe:
     def metrics(self):
         if self.proc.poll() is not None:
             raise RunFailed(f"corral operator exited {self.proc.returncode}")
-        m = prometheus(request("127.0.0.1", self.port, "GET", "/metrics", timeout=2)[1].decode())
-        value = lambda name: m.get(f"corral_operator_{name}", 0.0)
-        return {"passes": value('reconciliations_total{result="ok"}') + value('reconciliations_total{result="error"}'),
-                "errors": value('reconciliations_total{result="error"}'),
-                "duration_sum": value("reconcile_duration_seconds_sum"),
-                "duration_count": value("reconcile_duration_seconds_count")}
+        m = operator_metrics(self.port)
+        return {"passes": m["ok"] + m["error"], "errors": m["error"], "duration_sum": m["duration_sum"],
+                "duration_count": m["duration_count"]}
 
     def tls_handshakes(self):
         """Connections it opened to the API server so far: with the bench's

@@ -178,15 +178,18 @@ class WorkersSampler(threading.Thread):
 
     def sample_operator(self):
         try:
-            _, text = request("127.0.0.1", self.operator_port, "GET", "/metrics", timeout=2)
+            m = operator_metrics(self.operator_port)
         except (OSError, http.client.HTTPException):
             return
-        m = prometheus(text.decode())
-        counter = lambda name: m.get(f"corral_operator_{name}", 0.0)
-        self.operator.append({
-            "t": time.monotonic() - self.t0,
-            "up": counter('scale_events_total{direction="up"}'),
-            "down": counter('scale_events_total{direction="down"}'),
-            "ok": counter('reconciliations_total{result="ok"}'),
-            "error": counter('reconciliations_total{result="error"}'),
-        })
+        self.operator.append({"t": time.monotonic() - self.t0, **{k: m[k] for k in ("up", "down", "ok", "error")}})
+
+
+def operator_metrics(port):
+    """`corral operator`'s counters from its /metrics: scale events up and
+    down, passes ok and failed, the reconcile durations' sum and count."""
+    m = prometheus(request("127.0.0.1", port, "GET", "/metrics", timeout=2)[1].decode())
+    value = lambda name: m.get(f"corral_operator_{name}", 0.0)
+    return {"up": value('scale_events_total{direction="up"}'), "down": value('scale_events_total{direction="down"}'),
+            "ok": value('reconciliations_total{result="ok"}'), "error": value('reconciliations_total{result="error"}'),
+            "duration_sum": value("reconcile_duration_seconds_sum"),
+            "duration_count": value("reconcile_duration_seconds_count")}
