@@ -22,6 +22,7 @@ import time
 import cluster
 import fake_admin
 import report
+from report import row
 from procs import RunFailed, log, stop, wait_until
 from sampling import cpu_or_none, operator_metrics, request, status_kib
 from stacks import free_port
@@ -192,23 +193,19 @@ def summarize(passes, hwm_kib, cfg, extra):
     kind = lambda kind, key: med([p[key] for p in passes if p["kind"] == kind and p[key] is not None])
     peak, cpu_max = round(hwm_kib / 1024, 1), max(cpu)
     rows = [
-        {"metric": "CPU per pass, median", "value": med(cpu), "unit": "s"},
-        {"metric": "CPU per pass, max", "value": cpu_max, "unit": "s",
-         "target": f"<= {TARGET_CPU_S:g} s", "met": cpu_max <= TARGET_CPU_S},
-        {"metric": "  scaling passes (every pod PUT), median", "value": kind("scaling", "cpu_s"), "unit": "s"},
-        {"metric": "  steady passes (every pod read), median", "value": kind("steady", "cpu_s"), "unit": "s"},
-        {"metric": "wall time per pass, scaling, median", "value": kind("scaling", "wall_s"), "unit": "s"},
-        {"metric": "wall time per pass, steady, median", "value": kind("steady", "wall_s"), "unit": "s"},
-        {"metric": "peak RSS (VmHWM)", "value": peak, "unit": "MiB",
-         "target": f"<= {TARGET_RSS_MIB:g} MiB", "met": peak <= TARGET_RSS_MIB},
-        {"metric": "RSS after the last pass", "value": passes[-1]["rss_mib"], "unit": "MiB"},
-        {"metric": "open descriptors after a pass, max", "value": max(p["open_fds"] for p in passes), "unit": "fds"},
-        {"metric": "API server connections opened in a pass, max",
-         "value": max(p["api_connections"] for p in passes), "unit": "connections",
-         "note": "TLS handshakes; kept open afterwards"},
-        {"metric": "failed reconcile passes", "value": int(extra["metrics"]["errors"]), "unit": "passes"},
-        {"metric": "operator log warnings / errors",
-         "value": f"{extra['log']['warnings']} / {extra['log']['errors']}", "unit": "lines"},
+        row("CPU per pass, median", med(cpu), "s"),
+        row("CPU per pass, max", cpu_max, "s", target=f"<= {TARGET_CPU_S:g} s", met=cpu_max <= TARGET_CPU_S),
+        row("  scaling passes (every pod PUT), median", kind("scaling", "cpu_s"), "s"),
+        row("  steady passes (every pod read), median", kind("steady", "cpu_s"), "s"),
+        row("wall time per pass, scaling, median", kind("scaling", "wall_s"), "s"),
+        row("wall time per pass, steady, median", kind("steady", "wall_s"), "s"),
+        row("peak RSS (VmHWM)", peak, "MiB", target=f"<= {TARGET_RSS_MIB:g} MiB", met=peak <= TARGET_RSS_MIB),
+        row("RSS after the last pass", passes[-1]["rss_mib"], "MiB"),
+        row("open descriptors after a pass, max", max(p["open_fds"] for p in passes), "fds"),
+        row("API server connections opened in a pass, max", max(p["api_connections"] for p in passes), "connections",
+            note="TLS handshakes; kept open afterwards"),
+        row("failed reconcile passes", int(extra["metrics"]["errors"]), "passes"),
+        row("operator log warnings / errors", f"{extra['log']['warnings']} / {extra['log']['errors']}", "lines"),
     ]
     return {
         "pods": cfg["pods"], "measured_passes": len(passes), "poll_interval_s": cfg["poll"],

@@ -511,6 +511,11 @@ def fig7(o):
     ]
 
 
+def row(metric, value, unit, **more):
+    """One row of figure 6's or 7's table (rows_table())."""
+    return {"metric": metric, "value": value, "unit": unit, **more}
+
+
 def rows_table(rows):
     """Figure 6's or 7's rows (dicts) as a table, a column per key."""
     if not rows:
