@@ -2,6 +2,7 @@
 """corral's benchmark: corral against the stacks it replaces, in one run.
 
     bench/run.py [--smoke] [--out-dir docs/benchmarks] [--corral target/release/corral] [--workers 2]
+    bench/run.py --report-only docs/benchmarks   # results.md again from results.json
 
 Stacks (bench/stacks.py), same apps, same worker count: gunicorn +
 UvicornWorker (the reference), uvicorn --workers, corral on the shared
@@ -50,6 +51,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 from dataclasses import asdict, dataclass, field
 
 import charts
@@ -377,6 +379,15 @@ def write_results(args, cfg, raw, stacks, wall0):
     return errors
 
 
+def report_only(out_dir):
+    """results.md again from out_dir's results.json, nothing run (after a change to report.py)."""
+    with open(os.path.join(out_dir, "results.json")) as f:
+        doc = json.load(f)
+    stacks = [types.SimpleNamespace(key=key, label=row["label"]) for key, row in doc["summary"]["stacks"].items()]
+    with open(os.path.join(out_dir, "results.md"), "w") as f:
+        f.write(report.markdown(doc["summary"], doc["raw"], Config(**doc["config"]), doc["machine"], stacks))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", action="store_true", help="every code path once, tiny durations (~1 min)")
@@ -385,7 +396,10 @@ def main():
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--skip-autoscale", action="store_true", help="figure 6 reported as not run")
     ap.add_argument("--skip-operator-scale", action="store_true", help="figure 7 reported as not run")
+    ap.add_argument("--report-only", metavar="DIR", help="only re-render DIR/results.md from DIR/results.json")
     args = ap.parse_args()
+    if args.report_only:
+        return report_only(args.report_only)
     args.corral, args.out_dir = os.path.abspath(args.corral), os.path.abspath(args.out_dir)
     if not os.access(args.corral, os.X_OK):
         sys.exit(f"{args.corral} missing: cargo build --release")
