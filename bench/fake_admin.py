@@ -9,6 +9,7 @@ import asyncio
 import json
 import os
 import sys
+import types
 
 from procs import RunFailed, wait_until
 from sampling import request
@@ -116,19 +117,6 @@ def response(status, answer):
             f"content-length: {len(body)}\r\nconnection: close\r\n\r\n").encode() + body
 
 
-class FakeClient:
-    """The benchmark's side of the fake server's control API."""
-
-    def __init__(self, control_port):
-        self.port = control_port
-
-    def stats(self):
-        return json.loads(request("127.0.0.1", self.port, "GET", "/stats", timeout=10)[1])
-
-    def set_load(self, cores):
-        request("127.0.0.1", self.port, "PUT", "/load", {"cores": cores}, timeout=10)
-
-
 def start(procs, workdir, pods, port, token_file, documents, load):
     """This file as a process of its own, serving `documents` (the real
     manager's WorkersDoc and 422) for `pods` pods with `load` cores each;
@@ -138,7 +126,10 @@ def start(procs, workdir, pods, port, token_file, documents, load):
         json.dump({"pods": pods, "port": port, "control_port": control, "token_file": token_file,
                    "documents": documents, "load": load}, f)
     proc = procs.start([sys.executable, os.path.abspath(__file__), path], os.path.join(workdir, "fake.log"))
-    client = FakeClient(control)
+    # The benchmark's side of the control API.
+    client = types.SimpleNamespace(
+        stats=lambda: json.loads(request("127.0.0.1", control, "GET", "/stats", timeout=10)[1]),
+        set_load=lambda cores: request("127.0.0.1", control, "PUT", "/load", {"cores": cores}, timeout=10))
 
     def up():
         if proc.poll() is not None:

@@ -75,19 +75,15 @@ def stop(*procs, wait=5.0):
         kill_group(p.pid)
 
 
-class Procs:
+class Procs(list):
     """The children of one run, stopped together when it ends."""
 
-    def __init__(self):
-        self.children = []
-
     def start(self, argv, log_path, **popen):
-        p = spawn(argv, log_path, **popen)
-        self.children.append(p)
-        return p
+        self.append(spawn(argv, log_path, **popen))
+        return self[-1]
 
     def stop_all(self):
-        for p in reversed(self.children):
+        for p in reversed(self):
             try:
                 stop(p)
             except Exception as e:  # noqa: BLE001 - keep stopping the others
