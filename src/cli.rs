@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::Settings;
+use crate::config::{Settings, TlsArgs};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -47,22 +47,9 @@ pub struct OperatorArgs {
     )]
     pub metrics_bind: SocketAddr,
 
-    /// Serve /livez, /readyz and /metrics over TLS with this certificate
-    /// chain (PEM); re-read when its files change [default: plain HTTP].
-    #[arg(long, env = "CORRAL_OPERATOR_CERTFILE", value_name = "FILE")]
-    pub certfile: Option<PathBuf>,
-
-    /// The certificate's private key (PEM).
-    #[arg(long, env = "CORRAL_OPERATOR_KEYFILE", value_name = "FILE")]
-    pub keyfile: Option<PathBuf>,
-
-    /// CA certificates (PEM) that scrapers' client certificates are checked against.
-    #[arg(long, env = "CORRAL_OPERATOR_CA_CERTS", value_name = "FILE")]
-    pub ca_certs: Option<PathBuf>,
-
-    /// Client certificates: none (0), optional (1) or required (2) [default: none, required with --ca-certs].
-    #[arg(long, env = "CORRAL_OPERATOR_CERT_REQS", value_name = "REQS")]
-    pub cert_reqs: Option<crate::values::CertReqs>,
+    /// TLS for /livez, /readyz and /metrics, with `corral run`'s flags.
+    #[command(flatten)]
+    pub tls: TlsArgs,
 
     /// Watch only this namespace [default: all].
     #[arg(long, env = "CORRAL_OPERATOR_NAMESPACE")]

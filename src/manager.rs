@@ -8,6 +8,7 @@
 //! sees ([`view`]) and the commands it takes ([`commands`]). It knows
 //! nothing of Kubernetes beyond the shutdown order.
 
+mod boots;
 pub mod commands;
 pub mod env;
 mod lifecycle;
@@ -28,7 +29,6 @@ mod workers;
 #[cfg(test)]
 mod tests;
 
-use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::os::fd::RawFd;
 use std::path::PathBuf;
@@ -42,14 +42,15 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::{Config, Host, Settings};
 use crate::contract::{ExitReason, Limited};
+use boots::Boots;
 pub use commands::{Command, ScaleError};
 use lifecycle::Shutdown;
 use listener::{Inherited, Listener};
+use measure::Measurements;
 use notify::{Message, NotifySocket};
 use plan::{Action, View, WorkerFacts};
 use processes::Processes;
 use proxied::{Proxied, StartProxyError};
-use readings::CgroupPaths;
 use reexec::HandOff;
 use signals::{Signal, Signals};
 use table::Table;
@@ -88,16 +89,11 @@ pub struct Manager {
     listeners: Vec<Listener>,
     notify: NotifySocket,
     admin_fd: RawFd,
-    cgroup_paths: Option<CgroupPaths>,
-    cgroup: readings::Cgroup,
-    manager_rss: u64,
-    queue_samples: Vec<VecDeque<(Instant, u32)>>,
+    measured: Measurements,
     table: Table,
     generation: u64,
     requested: Option<u32>,
-    failures: u32,
-    next_spawn_at: Instant,
-    ever_ready: bool,
+    boots: Boots,
     shutdown: Option<Shutdown>,
     reexec_pending: bool,
     last_limited: Option<Limited>,
@@ -149,8 +145,9 @@ fn resolve_command(config: &Config, exe: &std::path::Path) -> Result<WorkerComma
             args: vec!["worker".into()],
         }),
         Some(cmd) => {
-            let program = spawn::resolve_program(&cmd[0], std::env::var_os("PATH").as_deref())
-                .ok_or_else(|| StartError::CommandNotFound(cmd[0].clone()))?;
+            let program =
+                crate::config::resolve_program(&cmd[0], std::env::var_os("PATH").as_deref())
+                    .ok_or_else(|| StartError::CommandNotFound(cmd[0].clone()))?;
             Ok(WorkerCommand {
                 program,
                 args: cmd[1..].to_vec(),
@@ -199,11 +196,6 @@ impl Manager {
             Some(h) => NotifySocket::from_fd(h.notify_fd, h.notify_address.clone())?,
             None => NotifySocket::bind()?,
         };
-        let cgroup_paths = CgroupPaths::detect();
-        let cgroup = cgroup_paths
-            .as_ref()
-            .map(CgroupPaths::read)
-            .unwrap_or_default();
         let now = now();
         let mut manager = Manager {
             cli: start.cli,
@@ -213,19 +205,14 @@ impl Manager {
             exe,
             argv: std::env::args_os().collect(),
             base_env: std::env::vars_os().collect(),
-            queue_samples: listeners.iter().map(|_| VecDeque::new()).collect(),
+            measured: Measurements::new(listeners.len()),
             listeners,
             notify,
             admin_fd: start.admin_fd,
-            cgroup_paths,
-            cgroup,
-            manager_rss: readings::self_rss().unwrap_or(0),
             table: Table::default(),
             generation: 1,
             requested: None,
-            failures: 0,
-            next_spawn_at: now,
-            ever_ready: false,
+            boots: Boots::new(now),
             shutdown: None,
             reexec_pending: false,
             last_limited: None,
@@ -268,7 +255,7 @@ impl Manager {
                 Some(cmd) = commands.recv() => self.on_command(cmd),
                 event = proxied::event(&mut self.proxy) => self.on_proxy_event(event),
                 _ = tick.tick() => {
-                    self.sample_queues();
+                    self.measured.sample_queues(&self.listeners, now());
                     self.sample_concurrency();
                     if now().duration_since(last_measured) >= Duration::from_secs(1) {
                         last_measured = now();
@@ -348,7 +335,7 @@ impl Manager {
             }
         }
         if ready {
-            self.worker_became_ready();
+            self.boots.became_ready();
         }
     }
 
@@ -384,7 +371,7 @@ impl Manager {
         let view = View {
             desired,
             generation: self.generation,
-            may_spawn: !stopping && now >= self.next_spawn_at,
+            may_spawn: !stopping && self.boots.may_start(now),
             workers: &facts,
             policy: &policy,
         };
@@ -398,9 +385,9 @@ impl Manager {
             info!("all workers gone; exiting");
             return Some(0);
         }
-        if !self.ever_ready && self.failures >= self.config.max_boot_failures {
+        if self.boots.given_up(self.config.max_boot_failures) {
             error!(
-                failures = self.failures,
+                failures = self.boots.failures(),
                 "no worker ever became ready and boots keep failing; exiting so the orchestrator can see it"
             );
             for w in &self.table.workers {
@@ -414,7 +401,7 @@ impl Manager {
     fn act(&mut self, action: Action, now: Instant) {
         match action {
             // A start that failed in this pass puts off the pass's others.
-            Action::Spawn if now < self.next_spawn_at => {}
+            Action::Spawn if !self.boots.may_start(now) => {}
             Action::Spawn => self.spawn_worker(now),
             Action::MarkReady(id) => {
                 if let Some(w) = self.table.active(id)
@@ -425,7 +412,7 @@ impl Manager {
                         pid = w.pid.as_raw(),
                         "worker ready (alive past the boot grace)"
                     );
-                    self.worker_became_ready();
+                    self.boots.became_ready();
                 }
             }
             Action::Drain(id) => {

@@ -93,14 +93,7 @@ pub fn main(args: OperatorArgs) -> Result<(), OperatorError> {
 async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
     // The certificate is read before anything binds: a bad one changes
     // nothing.
-    let certs = crate::config::tls_files(
-        args.certfile.as_ref(),
-        args.keyfile.as_ref(),
-        args.ca_certs.as_ref(),
-        args.cert_reqs,
-    )?
-    .map(Certs::new)
-    .transpose()?;
+    let certs = args.tls.files()?.map(Certs::new).transpose()?;
     let metrics = Arc::new(OperatorMetrics::new()?);
     let health = Arc::new(Health {
         connected: AtomicBool::new(false),

@@ -10,7 +10,7 @@ use tracing::{error, info};
 
 use crate::admin::{self, AdminState, metrics::Metrics};
 use crate::cli::RunArgs;
-use crate::config::{Config, Host, Settings};
+use crate::config::{Checked, Config, Host, Settings};
 use crate::manager::processes::System;
 use crate::manager::reexec::HandOff;
 use crate::manager::{Manager, Snapshot, Startup, readings};
@@ -63,35 +63,11 @@ pub fn main(args: RunArgs) -> Result<i32, RunError> {
     };
     let host = host();
     let config = Config::resolve(args.settings.clone(), file, &host).map_err(usage)?;
-    if let Some(cmd) = &config.command
-        && crate::manager::spawn::resolve_program(&cmd[0], std::env::var_os("PATH").as_deref())
-            .is_none()
-    {
-        return Err(usage(format!(
-            "invalid value for `command`: `{}` not found in PATH",
-            cmd[0]
-        )));
-    }
-    let token = match &config.admin_token_file {
-        Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                usage(format!(
-                    "invalid value for `admin-token-file`: {}: {e}",
-                    path.display()
-                ))
-            })?;
-            let token = text.trim().as_bytes().to_vec();
-            if token.len() < 16 {
-                return Err(usage(
-                    "invalid value for `admin-token-file`: the token needs at least 16 characters",
-                ));
-            }
-            Some(token)
-        }
-        None => None,
-    };
+    let checked = config
+        .check(std::env::var_os("PATH").as_deref())
+        .map_err(usage)?;
     if args.print_config {
-        let yaml = serde_saphyr::to_string(&config.to_settings()).map_err(usage)?;
+        let yaml = serde_saphyr::to_string(&config.printed).map_err(usage)?;
         print!("{yaml}");
         return Ok(0);
     }
@@ -108,14 +84,14 @@ pub fn main(args: RunArgs) -> Result<i32, RunError> {
             code: 1,
             message: e.to_string(),
         })?;
-    runtime.block_on(serve(args, config, host, token, handoff))
+    runtime.block_on(serve(args, config, host, checked, handoff))
 }
 
 async fn serve(
     args: RunArgs,
     config: Config,
     host: Host,
-    token: Option<Vec<u8>>,
+    checked: Checked,
     handoff: Option<HandOff>,
 ) -> Result<i32, RunError> {
     let admin_listener = match &handoff {
@@ -168,7 +144,7 @@ async fn serve(
     let state = Arc::new(AdminState {
         snapshot: snapshot_rx,
         commands: commands_tx,
-        token,
+        token: checked.token,
         metrics,
     });
     info!(admin = %admin_addr, version = env!("CARGO_PKG_VERSION"), "corral manager starting");

@@ -201,6 +201,37 @@ fn check_config_validates_and_starts_nothing() {
     assert_eq!(out.status.code(), Some(2));
 }
 
+/// `--check-config` reads every file a setting names, as a start would,
+/// and names the setting whose file is wrong.
+#[test]
+fn check_config_reads_the_files_settings_name() {
+    let dir = temp_dir("check-files");
+    let missing = dir.join("missing.pem");
+    let not_pem = dir.join("not.pem");
+    std::fs::write(&not_pem, "no certificate here\n").unwrap();
+    let (missing, not_pem) = (missing.to_str().unwrap(), not_pem.to_str().unwrap());
+    for (args, field) in [
+        (
+            vec!["--proxy", "--certfile", missing, "--keyfile", not_pem],
+            "`certfile`",
+        ),
+        (
+            vec!["--proxy", "--certfile", not_pem, "--keyfile", missing],
+            "`certfile`",
+        ),
+        (vec!["--admin-token-file", missing], "`admin-token-file`"),
+        (vec!["--", "no-such-server-here", "app:app"], "`command`"),
+    ] {
+        let mut full = vec!["run", "--check-config"];
+        full.extend(args.iter().copied());
+        let out = corral_cmd(&full);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(field), "{args:?}: {stderr}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 fn printed(cmd: &mut Command) -> serde_json::Value {
     let out = cmd.output().unwrap();
     assert!(out.status.success(), "{out:?}");

@@ -19,7 +19,6 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use tracing::{error, info};
 
-use crate::config::TlsFiles;
 use crate::values::CertReqs;
 
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +33,17 @@ pub enum TlsError {
     Config(#[from] rustls::Error),
     #[error("client certificate roots: {0}")]
     Verifier(#[from] rustls::server::VerifierBuilderError),
+}
+
+/// Where a certificate comes from (Gunicorn's four TLS settings, checked
+/// together by [`crate::config::tls_files`]); the files are read at start,
+/// on HUP and when they change.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsFiles {
+    pub certfile: PathBuf,
+    pub keyfile: PathBuf,
+    pub ca_certs: Option<PathBuf>,
+    pub cert_reqs: CertReqs,
 }
 
 /// What identifies a version of the files (modified, size, inode): a

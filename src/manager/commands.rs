@@ -119,15 +119,18 @@ impl Manager {
     pub(super) fn memory_limit(&self) -> Option<(u64, &'static str)> {
         match self.config.memory_limit {
             Some(l) => Some((l, "flag")),
-            None => self.cgroup.memory_limit.map(|l| (l, "cgroup")),
+            None => self.measured.cgroup.memory_limit.map(|l| (l, "cgroup")),
         }
     }
 
     pub(super) fn bounds(&self) -> Bounds {
         let memory_cap = match (self.memory_limit(), self.table.per_worker_memory()) {
-            (Some((limit, _)), Some(per)) => {
-                limits::memory_cap(limit, self.config.memory_headroom, self.manager_rss, per)
-            }
+            (Some((limit, _)), Some(per)) => limits::memory_cap(
+                limit,
+                self.config.memory_headroom,
+                self.measured.manager_rss,
+                per,
+            ),
             _ => None,
         };
         Bounds {

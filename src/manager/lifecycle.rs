@@ -12,6 +12,7 @@ use tracing::{error, info, warn};
 use crate::config::{Config, Settings};
 use crate::contract::{ExitReason, WorkerState};
 
+use super::boots::Boots;
 use super::listener::Listener;
 use super::reexec::{self, HandOff};
 use super::table::Worker;
@@ -32,7 +33,7 @@ impl Manager {
     pub(super) fn adopt(&mut self, h: HandOff, now: Instant) {
         self.generation = h.generation + 1;
         self.requested = h.requested;
-        self.ever_ready = h.workers.iter().any(|w| w.ready);
+        self.boots = Boots::adopted(now, h.workers.iter().any(|w| w.ready));
         for w in h.workers {
             let age = Duration::from_secs_f64((unix_now() - w.started_at).max(0.0));
             self.table.slots.entry(w.id).or_default().restarts = w.restarts;

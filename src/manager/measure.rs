@@ -7,7 +7,8 @@ use std::collections::VecDeque;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use super::readings;
+use super::listener::Listener;
+use super::readings::{self, CgroupPaths};
 use super::{Manager, now};
 
 /// How far back the listen-queue maximum looks.
@@ -18,11 +19,35 @@ const QUEUE_WINDOW: Duration = Duration::from_secs(10);
 /// stabilization windows), not the measurement's.
 const CPU_WINDOW_SAMPLES: usize = 3;
 
-impl Manager {
+/// What the manager measures of the machine and of itself, owned here
+/// and refreshed on the loop's timers.
+pub(super) struct Measurements {
+    cgroup_paths: Option<CgroupPaths>,
+    /// The cgroup's limits and usage, as last read.
+    pub cgroup: readings::Cgroup,
+    /// The manager's own resident memory, which the workers' cap leaves out.
+    pub manager_rss: u64,
+    /// Per listener: waiting connections over the last [`QUEUE_WINDOW`].
+    queue_samples: Vec<VecDeque<(Instant, u32)>>,
+}
+
+impl Measurements {
+    pub fn new(listeners: usize) -> Measurements {
+        let cgroup_paths = CgroupPaths::detect();
+        Measurements {
+            cgroup: cgroup_paths
+                .as_ref()
+                .map(CgroupPaths::read)
+                .unwrap_or_default(),
+            cgroup_paths,
+            manager_rss: readings::self_rss().unwrap_or(0),
+            queue_samples: vec![VecDeque::new(); listeners],
+        }
+    }
+
     /// Every tick: the waiting connections of each TCP listener.
-    pub(super) fn sample_queues(&mut self) {
-        let now = now();
-        for (l, samples) in self.listeners.iter().zip(&mut self.queue_samples) {
+    pub fn sample_queues(&mut self, listeners: &[Listener], now: Instant) {
+        for (l, samples) in listeners.iter().zip(&mut self.queue_samples) {
             if !l.is_tcp {
                 continue;
             }
@@ -38,6 +63,26 @@ impl Manager {
         }
     }
 
+    /// Listener `i`'s waiting connections: the last sample and the most
+    /// in the window.
+    pub fn queue(&self, i: usize) -> (Option<u32>, Option<u32>) {
+        let samples = self.queue_samples.get(i);
+        (
+            samples.and_then(|s| s.back()).map(|s| s.1),
+            samples.and_then(|s| s.iter().map(|s| s.1).max()),
+        )
+    }
+
+    /// Every second: the cgroup and the manager itself.
+    fn refresh(&mut self) {
+        if let Some(paths) = &self.cgroup_paths {
+            self.cgroup = paths.read();
+        }
+        self.manager_rss = readings::self_rss().unwrap_or(self.manager_rss);
+    }
+}
+
+impl Manager {
     /// Every second: worker CPU and memory, the cgroup, the manager itself.
     pub(super) fn measure(&mut self) {
         let now = now();
@@ -55,10 +100,7 @@ impl Manager {
                 w.facts.cpu_recent = cpu_rate(&w.cpu_samples);
             }
         }
-        if let Some(paths) = &self.cgroup_paths {
-            self.cgroup = paths.read();
-        }
-        self.manager_rss = readings::self_rss().unwrap_or(self.manager_rss);
+        self.measured.refresh();
     }
 }
 

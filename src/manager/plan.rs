@@ -276,10 +276,5 @@ pub fn jitter(max: Duration, random: u64) -> Duration {
     Duration::from_millis(if ms == 0 { 0 } else { random % (ms + 1) })
 }
 
-/// Delay before the next start after `failures` crashes in a row.
-pub fn backoff(failures: u32, max: Duration) -> Duration {
-    crate::backoff::exponential(failures, Duration::from_millis(100), max)
-}
-
 #[cfg(test)]
 mod tests;

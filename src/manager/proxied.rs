@@ -223,7 +223,7 @@ impl Manager {
             boot_ms = now().duration_since(w.facts.started).as_millis() as u64,
             "worker ready (answers on its socket)"
         );
-        self.worker_became_ready();
+        self.boots.became_ready();
     }
 
     /// At shutdown, once the front has let its clients go (or the graceful

@@ -11,11 +11,12 @@ use std::ffi::{CString, OsStr, OsString};
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use nix::unistd::Pid;
 
 use super::env::MANAGED_ENV;
+use crate::config::SOCKET_PLACEHOLDER;
 
 /// Everything that differs from one worker to the next.
 #[derive(Debug)]
@@ -60,30 +61,10 @@ pub fn render_args(
         .collect()
 }
 
-/// Proxy mode's placeholder for the worker's socket path.
-pub const SOCKET_PLACEHOLDER: &str = "{socket}";
-
 /// A command that names `{socket}` and no `{fd}` binds the path itself
 /// (`gunicorn -b unix:{socket}`): corral must not bind it first.
 pub fn binds_itself(args: &[String]) -> bool {
     args.iter().any(|a| a.contains(SOCKET_PLACEHOLDER)) && !args.iter().any(|a| a.contains("{fd"))
-}
-
-/// Finds `program` as `execvp` would, so a missing command is reported at
-/// start-up rather than as a crash loop.
-pub fn resolve_program(program: &str, path_var: Option<&OsStr>) -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    let executable = |p: &Path| {
-        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-    };
-    if program.contains('/') {
-        let p = PathBuf::from(program);
-        return executable(&p).then_some(p);
-    }
-    let path_var = path_var.unwrap_or(OsStr::new("/usr/local/bin:/usr/bin:/bin"));
-    std::env::split_paths(path_var)
-        .map(|dir| dir.join(program))
-        .find(|p| executable(p))
 }
 
 fn cstring(bytes: Vec<u8>) -> Result<CString, SpawnError> {
@@ -294,28 +275,6 @@ mod tests {
             .collect();
         assert!(!binds_itself(&fd), "given {{fd}}, corral binds");
         assert!(!binds_itself(&[]));
-    }
-
-    #[test]
-    fn programs_resolve_through_path() {
-        assert_eq!(
-            resolve_program("sh", Some(OsStr::new("/nonexistent:/bin"))),
-            Some(PathBuf::from("/bin/sh"))
-        );
-        assert_eq!(
-            resolve_program("no-such-program-here", Some(OsStr::new("/bin"))),
-            None
-        );
-        assert_eq!(
-            resolve_program("/bin/sh", None),
-            Some(PathBuf::from("/bin/sh"))
-        );
-        let plain =
-            std::env::temp_dir().join(format!("corral-not-executable-{}", std::process::id()));
-        std::fs::write(&plain, "data").unwrap();
-        let found = resolve_program(plain.to_str().unwrap(), None);
-        std::fs::remove_file(&plain).unwrap();
-        assert_eq!(found, None);
     }
 
     #[test]

@@ -76,7 +76,7 @@ impl Manager {
         self.snapshot.send_replace(Arc::new(Snapshot {
             doc: self.document(),
             min_ready: self.config.min_ready,
-            failures: self.failures,
+            failures: self.boots.failures(),
             counters: self.counters.clone(),
         }));
     }
@@ -155,18 +155,21 @@ impl Manager {
             listeners: self
                 .listeners
                 .iter()
-                .zip(&self.queue_samples)
-                .map(|(l, samples)| ListenerDoc {
-                    address: l.name.clone(),
-                    queue_length: samples.back().map(|s| s.1),
-                    queue_max_window: samples.iter().map(|s| s.1).max(),
-                    backlog: l.is_tcp.then_some(self.config.backlog),
+                .enumerate()
+                .map(|(i, l)| {
+                    let (queue_length, queue_max_window) = self.measured.queue(i);
+                    ListenerDoc {
+                        address: l.name.clone(),
+                        queue_length,
+                        queue_max_window,
+                        backlog: l.is_tcp.then_some(self.config.backlog),
+                    }
                 })
                 .collect(),
             cgroup: CgroupDoc {
-                cpu_quota_cores: self.cgroup.cpu_quota_cores,
-                memory_limit_bytes: self.cgroup.memory_limit,
-                memory_usage_bytes: self.cgroup.memory_usage,
+                cpu_quota_cores: self.measured.cgroup.cpu_quota_cores,
+                memory_limit_bytes: self.measured.cgroup.memory_limit,
+                memory_usage_bytes: self.measured.cgroup.memory_usage,
             },
         }
     }

@@ -4,7 +4,7 @@
 //! count and the backoff before the next start).
 
 use std::os::fd::RawFd;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use nix::sys::signal::Signal as Sig;
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
@@ -67,14 +67,14 @@ impl Manager {
             );
             return;
         }
-        let delay = self.worker_failed(now());
+        let delay = self.boots.failed(now(), self.config.restart_backoff_max);
         warn!(
             worker,
             pid = pid.as_raw(),
             code,
             signal,
             reason = gone.reason.as_str(),
-            failures = self.failures,
+            failures = self.boots.failures(),
             restart_in_ms = delay.as_millis() as u64,
             "worker died"
         );
@@ -173,23 +173,7 @@ impl Manager {
 
     /// A start that failed counts as a crash: the next waits for the backoff.
     pub(super) fn start_failed(&mut self, now: Instant, error: &dyn std::fmt::Display, what: &str) {
-        self.worker_failed(now);
-        error!(error = %error, failures = self.failures, "{what}");
-    }
-
-    /// A worker became ready: the failures in a row are over, and the
-    /// workers can boot.
-    pub(super) fn worker_became_ready(&mut self) {
-        self.failures = 0;
-        self.ever_ready = true;
-    }
-
-    /// A worker crashed or could not start: the next start waits for the
-    /// backoff, which is returned.
-    pub(super) fn worker_failed(&mut self, now: Instant) -> Duration {
-        self.failures += 1;
-        let delay = plan::backoff(self.failures, self.config.restart_backoff_max);
-        self.next_spawn_at = now + delay;
-        delay
+        self.boots.failed(now, self.config.restart_backoff_max);
+        error!(error = %error, failures = self.boots.failures(), "{what}");
     }
 }

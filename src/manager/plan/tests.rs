@@ -216,16 +216,6 @@ fn draining_workers_are_killed_once_past_their_deadline() {
 }
 
 #[test]
-fn backoff_doubles_up_to_the_cap() {
-    let max = Duration::from_secs(30);
-    assert_eq!(backoff(0, max), Duration::ZERO);
-    assert_eq!(backoff(1, max), Duration::from_millis(100));
-    assert_eq!(backoff(2, max), Duration::from_millis(200));
-    assert_eq!(backoff(5, max), Duration::from_millis(1600));
-    assert_eq!(backoff(40, max), max);
-}
-
-#[test]
 fn an_old_worker_is_recycled_successor_first() {
     let t0 = Instant::now();
     let mut ws = vec![
