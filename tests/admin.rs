@@ -52,16 +52,7 @@ fn error_doc(body: &str) -> ErrorDoc {
 fn readiness_follows_boot_scale_down_and_shutdown() {
     let _heavy = heavy();
     let mut c = corral()
-        .args(&[
-            "-w",
-            "2",
-            "--readiness",
-            "auto",
-            "--boot-grace",
-            "1500ms",
-            "--shutdown-delay",
-            "3s",
-        ])
+        .flags("-w 2 --readiness auto --boot-grace 1500ms --shutdown-delay 3s")
         .command(&["sh", "-c", "exec sleep 600"])
         .start();
     wait_http(c.admin, "/livez", SETTLE);

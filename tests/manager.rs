@@ -256,16 +256,7 @@ fn a_killed_worker_is_replaced_and_the_manager_carries_on() {
 #[test]
 fn a_command_that_never_boots_makes_corral_exit_nonzero() {
     let mut c = corral()
-        .args(&[
-            "-w",
-            "2",
-            "--readiness",
-            "auto",
-            "--boot-grace",
-            "2s",
-            "--max-boot-failures",
-            "4",
-        ])
+        .flags("-w 2 --readiness auto --boot-grace 2s --max-boot-failures 4")
         .command(&["sh", "-c", "exit 3"])
         .start();
     let status = c.wait_exit(Duration::from_secs(30));
@@ -282,16 +273,7 @@ fn a_crash_loop_after_ready_keeps_the_manager_up_and_shows_in_readiness() {
     let flag = dir.join("broken");
     let script = format!("test -e {} && exit 4; exec sleep 600", flag.display());
     let mut c = corral()
-        .args(&[
-            "-w",
-            "1",
-            "--readiness",
-            "auto",
-            "--boot-grace",
-            "300ms",
-            "--restart-backoff-max",
-            "1s",
-        ])
+        .flags("-w 1 --readiness auto --boot-grace 300ms --restart-backoff-max 1s")
         .command(&["sh", "-c", &script])
         .start();
     let first = c.wait_settled(1, SETTLE);
@@ -486,16 +468,7 @@ fn a_worker_s_own_children_die_with_it() {
 #[test]
 fn a_notify_worker_that_never_says_ready_is_replaced_after_the_boot_timeout() {
     let c = corral()
-        .args(&[
-            "-w",
-            "1",
-            "--readiness",
-            "notify",
-            "--boot-timeout",
-            "1s",
-            "--max-boot-failures",
-            "100",
-        ])
+        .flags("-w 1 --readiness notify --boot-timeout 1s --max-boot-failures 100")
         .command(&["sleep", "600"])
         .start();
     let doc = c.wait_for("a boot timeout", SETTLE, |d| {

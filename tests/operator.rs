@@ -130,18 +130,33 @@ fn condition(wa: &WorkerAutoscaler, type_: &str) -> Option<(String, String, Stri
 }
 
 /// An autoscaler spec for the `app: web` pods on `port`, with the test
-/// token and a one-second poll, plus `fields`.
-fn spec(port: u16, fields: serde_json::Value) -> serde_json::Value {
+/// token, a one-second poll and `min..=max` workers, plus `fields`.
+fn spec(port: u16, (min, max): (u32, u32), fields: serde_json::Value) -> serde_json::Value {
     let mut spec = json!({
         "selector": {"matchLabels": {"app": "web"}},
         "adminPort": port,
         "tokenSecretRef": {"name": "web-corral", "key": "token"},
         "pollIntervalSeconds": 1,
+        "minWorkers": min,
+        "maxWorkers": max,
     });
     for (k, v) in fields.as_object().unwrap() {
         spec[k] = v.clone();
     }
     spec
+}
+
+/// 1..=6 workers on `metrics`, scaled down as soon as they ask.
+fn concurrency_spec(port: u16, metrics: serde_json::Value) -> serde_json::Value {
+    let down_at_once = json!({
+        "stabilizationWindowSeconds": 0,
+        "policies": [{"type": "Percent", "value": 100, "periodSeconds": 1}]
+    });
+    spec(
+        port,
+        (1, 6),
+        json!({"metrics": metrics, "behavior": {"scaleDown": down_at_once}}),
+    )
 }
 
 fn web() -> serde_json::Value {
@@ -181,17 +196,11 @@ async fn cpu_load_scales_pods_up_and_back_down() {
     let api = autoscaler(
         &env,
         "web",
-        spec(
-            port,
-            json!({
-            "minWorkers": 1,
-            "maxWorkers": 3,
-            "metrics": [{"type": "CPU", "target": 0.3}],
+        spec(port, (1, 3), json!({"metrics": [{"type": "CPU", "target": 0.3}],
             "behavior": {
                 "scaleUp": {"stabilizationWindowSeconds": 0, "policies": [{"type": "Workers", "value": 2, "periodSeconds": 1}]},
                 "scaleDown": {"stabilizationWindowSeconds": 8, "policies": [{"type": "Percent", "value": 100, "periodSeconds": 1}]}
-            }
-        })),
+            }})),
     )
     .await;
     let op = Operator::start(&env.kubeconfig, &env.ns, "op-cpu", "lease-cpu", &[]);
@@ -259,11 +268,8 @@ async fn a_saturated_listen_queue_scales_up() {
         "web",
         spec(
             port,
-            json!({
-                "minWorkers": 1,
-                "maxWorkers": 4,
-                "metrics": [{"type": "QueueLength", "target": 0}]
-            }),
+            (1, 4),
+            json!({"metrics": [{"type": "QueueLength", "target": 0}]}),
         ),
     )
     .await;
@@ -287,15 +293,12 @@ async fn a_prometheus_query_drives_scaling() {
         "web",
         spec(
             port,
-            json!({
-                "minWorkers": 1,
-                "maxWorkers": 3,
-                "metrics": [{"type": "Prometheus", "prometheus": {
-                    "address": format!("http://{}", prom.addr),
-                    "query": "max(corral_workers_desired{pod=\"{{pod}}\"}) * 10",
-                    "target": 5
-                }}]
-            }),
+            (1, 3),
+            json!({"metrics": [{"type": "Prometheus", "prometheus": {
+                "address": format!("http://{}", prom.addr),
+                "query": "max(corral_workers_desired{pod=\"{{pod}}\"}) * 10",
+                "target": 5
+            }}]}),
         ),
     )
     .await;
@@ -340,20 +343,7 @@ async fn a_pod_without_concurrency_is_named_and_not_scaled_on_it() {
     let port = m.admin.port();
     assert_eq!(m.workers().unwrap().concurrency, None);
     k::ready_pod(&env.admin, &env.ns, "web-s", web(), "127.0.0.13").await;
-    let fields = |metrics: serde_json::Value| {
-        spec(
-            port,
-            json!({
-                "minWorkers": 1,
-                "maxWorkers": 6,
-                "metrics": metrics,
-                "behavior": {"scaleDown": {
-                    "stabilizationWindowSeconds": 0,
-                    "policies": [{"type": "Percent", "value": 100, "periodSeconds": 1}]
-                }}
-            }),
-        )
-    };
+    let fields = |metrics: serde_json::Value| concurrency_spec(port, metrics);
     let concurrency = json!({"type": "Concurrency", "target": 2});
     let api = autoscaler(&env, "web", fields(json!([concurrency]))).await;
     let op = Operator::start(
@@ -455,23 +445,8 @@ async fn a_proxy_mode_pod_scales_on_concurrency() {
         d.concurrency.is_some_and(|c| c > 3.0)
     })
     .await;
-    let api = autoscaler(
-        &env,
-        "web",
-        spec(
-            port,
-            json!({
-                "minWorkers": 1,
-                "maxWorkers": 6,
-                "metrics": [{"type": "Concurrency", "target": 2}],
-                "behavior": {"scaleDown": {
-                    "stabilizationWindowSeconds": 0,
-                    "policies": [{"type": "Percent", "value": 100, "periodSeconds": 1}]
-                }}
-            }),
-        ),
-    )
-    .await;
+    let concurrency = json!([{"type": "Concurrency", "target": 2}]);
+    let api = autoscaler(&env, "web", concurrency_spec(port, concurrency)).await;
     let _op = Operator::start(&env.kubeconfig, &env.ns, "op-proxy", "lease-proxy", &[]);
     until_workers(&m, "the scale-up on concurrency", |d| d.desired >= 3).await;
     let wa = until_status(&api, "web", "the scale-up in the status", |wa| {
@@ -495,28 +470,14 @@ async fn a_proxy_mode_pod_scales_on_concurrency() {
 async fn invalid_specs_get_a_condition_and_touch_no_pod() {
     let env = setup("invalid").await;
     let (m, port) = one_pod(&env, "127.0.0.6", "web-i").await;
-    let api = autoscaler(
-        &env,
-        "backwards",
-        spec(
-            port,
-            json!({
-                "minWorkers": 5,
-                "maxWorkers": 2
-            }),
-        ),
-    )
-    .await;
+    let api = autoscaler(&env, "backwards", spec(port, (5, 2), json!({}))).await;
     autoscaler(
         &env,
         "unknown-metric",
         spec(
             port,
-            json!({
-                "minWorkers": 3,
-                "maxWorkers": 4,
-                "metrics": [{"type": "Memory", "target": 1}]
-            }),
+            (3, 4),
+            json!({"metrics": [{"type": "Memory", "target": 1}]}),
         ),
     )
     .await;
@@ -644,18 +605,7 @@ async fn unreachable_pods_and_wrong_tokens_are_reported_not_hammered() {
 async fn deleting_the_autoscaler_returns_pods_to_their_default() {
     let env = setup("delete").await;
     let (m, port) = one_pod(&env, "127.0.0.9", "web-d").await;
-    let api = autoscaler(
-        &env,
-        "web",
-        spec(
-            port,
-            json!({
-                "minWorkers": 3,
-                "maxWorkers": 4
-            }),
-        ),
-    )
-    .await;
+    let api = autoscaler(&env, "web", spec(port, (3, 4), json!({}))).await;
     let _op = Operator::start(&env.kubeconfig, &env.ns, "op-delete", "lease-delete", &[]);
     until_workers(&m, "minWorkers to apply", |d| {
         d.desired == 3 && d.requested == Some(3)
@@ -708,18 +658,7 @@ async fn two_replicas_only_the_leader_acts_and_a_kill_hands_over() {
             &lease_args,
         ),
     ];
-    let api = autoscaler(
-        &env,
-        "web",
-        spec(
-            port,
-            json!({
-                "minWorkers": 2,
-                "maxWorkers": 6
-            }),
-        ),
-    )
-    .await;
+    let api = autoscaler(&env, "web", spec(port, (2, 6), json!({}))).await;
     until_workers(&m, "the leader's change", |d| d.desired == 2).await;
     let roles: Vec<String> = ops
         .iter()
@@ -756,12 +695,7 @@ async fn own_cluster(name: &str, ip: &str) -> (Cluster, Env, Corral) {
     k::install(&admin).await;
     let env = prepare(admin, name, |user, token| cluster.kubeconfig(user, token)).await;
     let (m, port) = one_pod(&env, ip, &format!("web-{name}")).await;
-    autoscaler(
-        &env,
-        "web",
-        spec(port, json!({"minWorkers": 2, "maxWorkers": 6})),
-    )
-    .await;
+    autoscaler(&env, "web", spec(port, (2, 6), json!({}))).await;
     (cluster, env, m)
 }
 

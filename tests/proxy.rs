@@ -20,8 +20,8 @@ use support::*;
 const SETTLE: Duration = Duration::from_secs(40);
 const TOKEN: &str = "s3cret-token-for-the-proxy-tests";
 
-fn proxied(args: &[&str]) -> Corral {
-    corral().args(&["--proxy"]).args(args).django().start()
+fn proxied(flags: &str) -> Corral {
+    corral().flags("--proxy").flags(flags).django().start()
 }
 
 fn pids(doc: &WorkersDoc) -> Vec<i32> {
@@ -108,7 +108,7 @@ fn status_of(answer: &str) -> u16 {
 #[test]
 fn hup_three_times_rolls_the_workers_with_no_failed_request() {
     let _heavy = heavy();
-    let c = proxied(&["-w", "2"]);
+    let c = proxied("-w 2");
     let before = c.wait_settled(2, SETTLE);
     let loads = Loads::start(&c, "/");
     for generation in [2, 3, 4] {
@@ -138,7 +138,7 @@ fn hup_three_times_rolls_the_workers_with_no_failed_request() {
 #[test]
 fn ttou_five_times_scales_down_with_no_failed_request() {
     let _heavy = heavy();
-    let c = proxied(&["-w", "6"]);
+    let c = proxied("-w 6");
     c.wait_settled(6, SETTLE);
     let loads = Loads::start(&c, "/");
     for n in (1..=5).rev() {
@@ -153,7 +153,11 @@ fn ttou_five_times_scales_down_with_no_failed_request() {
 fn put_workers_down_drops_no_request() {
     let _heavy = heavy();
     let token = TokenFile::new();
-    let c = proxied(&["-w", "3", "--admin-token-file", token.0.to_str().unwrap()]);
+    let c = corral()
+        .flags("--proxy -w 3 --admin-token-file")
+        .args(&[token.0.to_str().unwrap()])
+        .django()
+        .start();
     c.wait_settled(3, SETTLE);
     let loads = Loads::start(&c, "/");
     let auth = format!("Bearer {TOKEN}");
@@ -174,14 +178,7 @@ fn put_workers_down_drops_no_request() {
 #[test]
 fn max_requests_recycles_workers_under_load_with_no_failed_request() {
     let _heavy = heavy();
-    let c = proxied(&[
-        "-w",
-        "2",
-        "--max-requests",
-        "20",
-        "--max-requests-jitter",
-        "5",
-    ]);
+    let c = proxied("-w 2 --max-requests 20 --max-requests-jitter 5");
     c.wait_settled(2, SETTLE);
     let loads = Loads::start(&c, "/");
     let doc = c.wait_for("six workers recycled", SETTLE, |d| {
@@ -210,7 +207,7 @@ fn max_requests_recycles_workers_under_load_with_no_failed_request() {
 #[test]
 fn a_worker_killed_five_times_under_get_load_fails_no_request() {
     let _heavy = heavy();
-    let c = proxied(&["-w", "2"]);
+    let c = proxied("-w 2");
     c.wait_settled(2, SETTLE);
     let loads = Loads::start(&c, "/");
     for _ in 0..5 {
@@ -243,14 +240,7 @@ fn a_worker_killed_five_times_under_get_load_fails_no_request() {
 #[test]
 fn term_finishes_slow_requests_then_refuses_late_connections() {
     let _heavy = heavy();
-    let mut c = proxied(&[
-        "-w",
-        "2",
-        "--shutdown-delay",
-        "3s",
-        "--graceful-timeout",
-        "20s",
-    ]);
+    let mut c = proxied("-w 2 --shutdown-delay 3s --graceful-timeout 20s");
     c.wait_settled(2, SETTLE);
     let loads = Loads::start(&c, "/");
     let mut slow = sent_requests(c.http, "/delay/4000", 3);
@@ -301,7 +291,7 @@ fn term_finishes_slow_requests_then_refuses_late_connections() {
 #[test]
 fn queue_overflow_is_answered_503_with_retry_after_never_a_reset() {
     let _heavy = heavy();
-    let c = proxied(&["-w", "1", "--worker-concurrency", "1", "--max-queue", "2"]);
+    let c = proxied("-w 1 --worker-concurrency 1 --max-queue 2");
     c.wait_settled(1, SETTLE);
     let mut held = sent_requests(c.http, "/delay/2000", 1);
     eventually("the first request in the worker", SETTLE, || {
@@ -345,14 +335,7 @@ fn queue_overflow_is_answered_503_with_retry_after_never_a_reset() {
 
 #[test]
 fn a_request_that_waits_past_the_queue_timeout_gets_503() {
-    let c = proxied(&[
-        "-w",
-        "1",
-        "--worker-concurrency",
-        "1",
-        "--queue-timeout",
-        "500ms",
-    ]);
+    let c = proxied("-w 1 --worker-concurrency 1 --queue-timeout 500ms");
     c.wait_settled(1, SETTLE);
     let mut held = sent_requests(c.http, "/delay/3000", 1);
     eventually("the first request in the worker", SETTLE, || {
@@ -408,7 +391,7 @@ fn a_slow_booting_worker_is_ready_when_it_answers_and_requests_wait_for_it() {
 
 #[test]
 fn a_stuck_request_gets_504_and_kill_stuck_recycles_its_worker() {
-    let c = proxied(&["-w", "2", "--request-timeout", "1s", "--kill-stuck"]);
+    let c = proxied("-w 2 --request-timeout 1s --kill-stuck");
     let before = c.wait_settled(2, SETTLE);
     let answer = exchange(
         c.http,
@@ -442,14 +425,14 @@ fn forwarded_headers_are_set_and_trusted_only_from_allowed_peers() {
         )
     };
     // Loopback is trusted by default, as with Gunicorn and Uvicorn.
-    let c = proxied(&["-w", "1"]);
+    let c = proxied("-w 1");
     c.wait_settled(1, SETTLE);
     let answer = ask(&c);
     assert!(answer.contains("for=203.0.113.9, 127.0.0.1\n"), "{answer}");
     assert!(answer.contains("proto=https\n"), "{answer}");
     assert!(answer.contains("host=shop.example\n"), "{answer}");
     drop(c);
-    let c = proxied(&["-w", "1", "--forwarded-allow-ips", "10.0.0.0/8"]);
+    let c = proxied("-w 1 --forwarded-allow-ips 10.0.0.0/8");
     c.wait_settled(1, SETTLE);
     let answer = ask(&c);
     assert!(answer.contains("for=127.0.0.1\n"), "{answer}");
@@ -458,7 +441,7 @@ fn forwarded_headers_are_set_and_trusted_only_from_allowed_peers() {
 
 #[test]
 fn server_sent_events_stream_through_and_keep_the_worker_busy() {
-    let c = proxied(&["-w", "1"]);
+    let c = proxied("-w 1");
     c.wait_settled(1, SETTLE);
     let mut s = TcpStream::connect(c.http).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -539,7 +522,7 @@ impl Drop for WsClient {
 
 #[test]
 fn a_websocket_keeps_its_worker_across_a_hup_and_new_ones_reach_the_new_workers() {
-    let c = proxied(&["-w", "1"]);
+    let c = proxied("-w 1");
     let before = c.wait_settled(1, SETTLE);
     let old = before.workers[0].pid;
     let url = format!("ws://{}/ws", c.http);
@@ -578,7 +561,7 @@ fn a_websocket_keeps_its_worker_across_a_hup_and_new_ones_reach_the_new_workers(
 
 #[test]
 fn the_metrics_and_the_workers_document_count_requests() {
-    let c = proxied(&["-w", "2"]);
+    let c = proxied("-w 2");
     c.wait_settled(2, SETTLE);
     for _ in 0..10 {
         assert_eq!(get(c.http, "/").unwrap().0, 200);
@@ -646,7 +629,7 @@ fn the_builtin_worker_serves_behind_the_front_through_a_hup() {
 
 #[test]
 fn corral_status_shows_the_requests_of_each_worker() {
-    let c = proxied(&["-w", "2"]);
+    let c = proxied("-w 2");
     c.wait_settled(2, SETTLE);
     for _ in 0..4 {
         assert_eq!(get(c.http, "/").unwrap().0, 200);

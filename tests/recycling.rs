@@ -52,14 +52,7 @@ fn assert_recycled_cleanly(c: &Corral, workers: u32) {
 fn builtin_workers_past_their_lifetime_are_replaced_without_a_failed_request() {
     let _heavy = heavy();
     let c = corral()
-        .args(&[
-            "-w",
-            "2",
-            "--max-worker-lifetime",
-            "2",
-            "--max-worker-lifetime-jitter",
-            "1",
-        ])
+        .flags("-w 2 --max-worker-lifetime 2 --max-worker-lifetime-jitter 1")
         .start();
     c.wait_settled(2, WAIT);
     let report = load_until_recycled(&c, 4);
@@ -74,14 +67,7 @@ fn builtin_workers_over_the_memory_limit_are_replaced_without_a_failed_request()
     let _heavy = heavy();
     // Every worker is over 1 MiB: each is recycled after two samples.
     let c = corral()
-        .args(&[
-            "-w",
-            "2",
-            "--max-worker-memory",
-            "1Mi",
-            "--rss-samples",
-            "2",
-        ])
+        .flags("-w 2 --max-worker-memory 1Mi --rss-samples 2")
         .start();
     let report = load_until_recycled(&c, 2);
     assert_eq!((report.failed, report.unanswered), (0, 0), "{report:?}");

@@ -154,6 +154,13 @@ impl Builder {
         self
     }
 
+    /// Flags written as on a shell line (`"-w 2 --proxy"`), none with a space.
+    pub fn flags(mut self, line: &str) -> Self {
+        self.args
+            .extend(line.split_whitespace().map(str::to_string));
+        self
+    }
+
     pub fn command<S: AsRef<str>>(mut self, cmd: &[S]) -> Self {
         self.command = cmd.iter().map(|s| s.as_ref().to_string()).collect();
         self
