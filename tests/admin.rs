@@ -18,26 +18,6 @@ use support::*;
 const SETTLE: Duration = Duration::from_secs(30);
 const TOKEN: &str = "s3cret-token-for-the-tests";
 
-struct TokenFile(PathBuf);
-
-impl TokenFile {
-    fn new() -> TokenFile {
-        let path = std::env::temp_dir().join(unique("corral-token"));
-        std::fs::write(&path, format!("{TOKEN}\n")).unwrap();
-        TokenFile(path)
-    }
-
-    fn path(&self) -> &str {
-        self.0.to_str().unwrap()
-    }
-}
-
-impl Drop for TokenFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
 fn put(admin: SocketAddr, token: Option<&str>, body: &str) -> (u16, String) {
     let auth = token.map(|t| format!("Bearer {t}"));
     let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("Authorization", a.as_str())).collect();
@@ -98,18 +78,9 @@ fn changes_are_refused_without_a_configured_token() {
 
 #[test]
 fn bad_requests_get_clear_errors_and_change_nothing() {
-    let token = TokenFile::new();
     let c = corral()
-        .args(&[
-            "-w",
-            "2",
-            "--min-workers",
-            "1",
-            "--max-workers",
-            "4",
-            "--admin-token-file",
-            token.path(),
-        ])
+        .flags("-w 2 --min-workers 1 --max-workers 4")
+        .token(TOKEN)
         .start();
     let before = c.wait_settled(2, SETTLE);
     let cases: &[(Option<&str>, &str, u16)] = &[
@@ -158,10 +129,7 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
 
 #[test]
 fn put_and_restart_change_the_workers() {
-    let token = TokenFile::new();
-    let c = corral()
-        .args(&["-w", "2", "--admin-token-file", token.path()])
-        .start();
+    let c = corral().flags("-w 2").token(TOKEN).start();
     let before = c.wait_settled(2, SETTLE);
     let (status, body) = put(c.admin, Some(TOKEN), r#"{"desired": 3}"#);
     assert_eq!(status, 200, "{body}");
@@ -191,16 +159,9 @@ fn put_and_restart_change_the_workers() {
 
 #[test]
 fn changes_during_shutdown_are_a_conflict() {
-    let token = TokenFile::new();
     let mut c = corral()
-        .args(&[
-            "-w",
-            "1",
-            "--shutdown-delay",
-            "3s",
-            "--admin-token-file",
-            token.path(),
-        ])
+        .flags("-w 1 --shutdown-delay 3s")
+        .token(TOKEN)
         .start();
     c.wait_settled(1, SETTLE);
     c.signal(Signal::SIGTERM);
@@ -214,18 +175,9 @@ fn changes_during_shutdown_are_a_conflict() {
 
 #[test]
 fn memory_guard_refuses_growth_past_the_flag_limit() {
-    let token = TokenFile::new();
     let c = corral()
-        .args(&[
-            "-w",
-            "1",
-            "--max-workers",
-            "64",
-            "--memory-limit",
-            "96Mi",
-            "--admin-token-file",
-            token.path(),
-        ])
+        .flags("-w 1 --max-workers 64 --memory-limit 96Mi")
+        .token(TOKEN)
         .start();
     c.wait_settled(1, SETTLE);
     let doc = c.wait_for("a measured worker", SETTLE, |d| {
@@ -318,12 +270,12 @@ impl Drop for Cgroup {
 fn cgroup_limits_set_the_default_count_and_the_memory_guard() {
     let limit: u64 = 64 << 20;
     let cg = Cgroup::new(limit, 150_000);
-    let token = TokenFile::new();
     let wrapper = cg.wrapper();
     let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
     let c = corral()
         .wrapped(&wrapper)
-        .args(&["--max-workers", "64", "--admin-token-file", token.path()])
+        .flags("--max-workers 64")
+        .token(TOKEN)
         .start();
     // 1.5 CPUs of quota: two workers by default.
     let doc = c.wait_settled(2, SETTLE);
@@ -453,7 +405,7 @@ fn openapi_describes_the_served_routes() {
 
 #[test]
 fn the_cli_clients_show_and_change_a_running_manager() {
-    let token = TokenFile::new();
+    let token = TokenFile::new(TOKEN);
     let c = corral()
         .args(&["-w", "2", "--admin-token-file", token.path()])
         .start();
@@ -523,17 +475,7 @@ fn the_cli_clients_show_and_change_a_running_manager() {
 #[test]
 fn schemathesis_finds_nothing_wrong_with_the_admin_api() {
     let _heavy = heavy();
-    let token = TokenFile::new();
-    let c = corral()
-        .args(&[
-            "-w",
-            "2",
-            "--max-workers",
-            "4",
-            "--admin-token-file",
-            token.path(),
-        ])
-        .start();
+    let c = corral().flags("-w 2 --max-workers 4").token(TOKEN).start();
     c.wait_settled(2, SETTLE);
     let work = std::env::temp_dir().join(format!("corral-st-{}", std::process::id()));
     std::fs::create_dir_all(&work).unwrap();

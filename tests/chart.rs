@@ -7,7 +7,7 @@ mod support;
 
 use std::process::Command;
 
-use support::{BIN, helm, render_chart, root, stdout_of, validate_monitors};
+use support::{BIN, helm, helm_line, render_chart, root, stdout_of, validate_monitors};
 
 fn render(extra: &[&str]) -> Vec<serde_json::Value> {
     let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&render_chart(extra)).unwrap();
@@ -44,13 +44,7 @@ fn the_chart_lints_strictly_and_its_schema_refuses_bad_values() {
         let (ok, text) = helm(&args);
         assert!(ok, "{text}");
     }
-    let (ok, text) = helm(&[
-        "lint",
-        "--strict",
-        "charts/corral",
-        "--set",
-        "operator.logFormat=yaml",
-    ]);
+    let (ok, text) = helm_line("lint --strict charts/corral --set operator.logFormat=yaml");
     assert!(!ok && text.contains("logFormat"), "{text}");
 }
 
@@ -187,11 +181,6 @@ fn metrics_tls_serves_the_operator_from_a_secret_and_the_service_monitor_checks_
     let (ok, text) = validate_monitors(&monitors);
     assert!(ok, "{text}");
 
-    let (ok, text) = helm(&[
-        "template",
-        "charts/corral",
-        "--set",
-        "metrics.tls.enabled=true",
-    ]);
+    let (ok, text) = helm_line("template charts/corral --set metrics.tls.enabled=true");
     assert!(!ok && text.contains("metrics.tls.secretName"), "{text}");
 }

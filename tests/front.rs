@@ -20,6 +20,16 @@ use support::*;
 
 const SETTLE: Duration = Duration::from_secs(40);
 
+/// Waits (10 s at most) until the front serves the certificate `serial`.
+fn until_serial(pki: &Pki, c: &Corral, serial: &str, what: &str) {
+    eventually(what, Duration::from_secs(10), || {
+        match pki.served_serial(c.http) {
+            s if s == serial => Ok(()),
+            s => Err(s),
+        }
+    });
+}
+
 fn proxied_tls(pki: &Pki, extra: &[&str]) -> Corral {
     let cert = pki.path("server.pem");
     let key = pki.path("server.key");
@@ -90,15 +100,7 @@ fn h2c_with_prior_knowledge_reaches_django_and_is_counted_as_h2() {
     let (code, version, _) = curl(&url, &["--http1.1"]);
     assert_eq!((code.as_str(), version.as_str()), ("200", "1.1"));
     let m = get(c.admin, "/metrics").unwrap().1;
-    assert_eq!(
-        metrics::value(
-            &m,
-            "corral_http_requests_total",
-            &[("code", "200"), ("method", "GET"), ("protocol", "h2")]
-        ),
-        Some(1.0),
-        "{m}"
-    );
+    assert_eq!(metrics::requests(&m, "200", "GET", "h2"), Some(1.0), "{m}");
 }
 
 #[test]
@@ -169,14 +171,7 @@ fn a_rotated_certificate_is_served_under_load_and_a_bad_one_is_refused() {
     let load = h2load(&https(&c, "/"), 12, &[]);
     until_answered(&c, 100);
     pki.install("two");
-    eventually(
-        "the new certificate served",
-        Duration::from_secs(10),
-        || match pki.served_serial(c.http) {
-            s if s == "serial=02" => Ok(()),
-            s => Err(s),
-        },
-    );
+    until_serial(&pki, &c, "serial=02", "the new certificate served");
     assert!(!load.is_finished(), "the rotation was over before the load");
     let (ok, bad, out) = load.join().unwrap();
     assert!(ok > 100 && bad == 0, "{out}");
@@ -198,14 +193,7 @@ fn a_rotated_certificate_is_served_under_load_and_a_bad_one_is_refused() {
     assert_eq!(pki.served_serial(c.http), "serial=02");
     pki.install("one");
     c.signal(Signal::SIGHUP);
-    eventually(
-        "HUP loads the good one",
-        Duration::from_secs(10),
-        || match pki.served_serial(c.http) {
-            s if s == "serial=01" => Ok(()),
-            s => Err(s),
-        },
-    );
+    until_serial(&pki, &c, "serial=01", "HUP loads the good one");
 }
 
 #[test]

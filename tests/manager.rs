@@ -131,12 +131,7 @@ fn rolling_restart_drops_nothing(kind: Kind) {
     load.wait_progress(50, Duration::from_secs(10));
     for generation in [2, 3] {
         c.signal(Signal::SIGHUP);
-        c.wait_for("the new generation to settle", SETTLE, |d| {
-            d.generation == generation
-                && d.ready == 2
-                && d.running == 2
-                && d.workers.iter().all(|w| w.generation == generation)
-        });
+        c.wait_generation(generation, 2, SETTLE);
         load.wait_progress(50, Duration::from_secs(10));
     }
     let report = load.stop();
@@ -147,16 +142,6 @@ fn rolling_restart_drops_nothing(kind: Kind) {
         pids(&after).iter().all(|p| !pids(&before).contains(p)),
         "workers were not replaced"
     );
-}
-
-#[test]
-fn hup_rolls_builtin_workers_without_a_failed_request() {
-    rolling_restart_drops_nothing(Kind::Builtin);
-}
-
-#[test]
-fn hup_rolls_uvicorn_workers_without_a_failed_request() {
-    rolling_restart_drops_nothing(Kind::Django);
 }
 
 fn scale_down_drops_nothing(kind: Kind) {
@@ -177,16 +162,6 @@ fn scale_down_drops_nothing(kind: Kind) {
     load.wait_progress(50, Duration::from_secs(10));
     let report = load.stop();
     assert_nothing_lost(kind, &report, 2, &c.log());
-}
-
-#[test]
-fn ttou_scales_builtin_workers_down_without_a_failed_request() {
-    scale_down_drops_nothing(Kind::Builtin);
-}
-
-#[test]
-fn ttou_scales_uvicorn_workers_down_without_a_failed_request() {
-    scale_down_drops_nothing(Kind::Django);
 }
 
 fn term_finishes_in_flight_requests(kind: Kind) {
@@ -225,14 +200,28 @@ fn term_finishes_in_flight_requests(kind: Kind) {
     assert!(get(c.http, "/").is_err());
 }
 
-#[test]
-fn term_drains_builtin_workers_gracefully() {
-    term_finishes_in_flight_requests(Kind::Builtin);
+/// Each check, as a test against the built-in worker and one against
+/// Uvicorn serving Django.
+macro_rules! against_both_workers {
+    ($($check:ident: $builtin:ident, $uvicorn:ident;)*) => {
+        $(
+            #[test]
+            fn $builtin() {
+                $check(Kind::Builtin);
+            }
+
+            #[test]
+            fn $uvicorn() {
+                $check(Kind::Django);
+            }
+        )*
+    };
 }
 
-#[test]
-fn term_drains_uvicorn_workers_gracefully() {
-    term_finishes_in_flight_requests(Kind::Django);
+against_both_workers! {
+    rolling_restart_drops_nothing: hup_rolls_builtin_workers_without_a_failed_request, hup_rolls_uvicorn_workers_without_a_failed_request;
+    scale_down_drops_nothing: ttou_scales_builtin_workers_down_without_a_failed_request, ttou_scales_uvicorn_workers_down_without_a_failed_request;
+    term_finishes_in_flight_requests: term_drains_builtin_workers_gracefully, term_drains_uvicorn_workers_gracefully;
 }
 
 #[test]

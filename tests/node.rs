@@ -21,7 +21,7 @@ use corral::contract::WorkersDoc;
 use node::{CORRAL_IMAGE, Node, cmdline, netns_get, node_turn, ns_pid, proc_status};
 use serde_json::{Value, json};
 use support::tls::{Pki, Usage, curl};
-use support::{Text, eventually_every, heavy, root};
+use support::{Text, eventually_every, heavy, root, strings};
 
 const WAIT: Duration = Duration::from_secs(120);
 const EVERY: Duration = Duration::from_millis(500);
@@ -163,12 +163,7 @@ fn agrees(archive: &Path, dockerfile_path: &str) -> Vec<String> {
         .collect();
     ports.sort();
     assert_eq!(ports, exposed, "{dockerfile_path}: EXPOSE");
-    let image_env: Vec<&str> = config["Env"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e.as_str().unwrap())
-        .collect();
+    let image_env: Vec<&str> = strings(&config["Env"]);
     for (k, v) in &env {
         assert!(
             image_env.contains(&format!("{k}={v}").as_str()),

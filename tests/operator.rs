@@ -146,6 +146,11 @@ fn spec(port: u16, (min, max): (u32, u32), fields: serde_json::Value) -> serde_j
     spec
 }
 
+/// The `metrics` field of one metric of `kind` at `target`.
+fn metric(kind: &str, target: f64) -> serde_json::Value {
+    json!({"metrics": [{"type": kind, "target": target}]})
+}
+
 /// 1..=6 workers on `metrics`, scaled down as soon as they ask.
 fn concurrency_spec(port: u16, metrics: serde_json::Value) -> serde_json::Value {
     let down_at_once = json!({
@@ -263,16 +268,7 @@ async fn a_saturated_listen_queue_scales_up() {
     let worker = Pid::from_raw(m.workers().unwrap().workers[0].pid);
     kill(worker, Signal::SIGSTOP).unwrap();
     let mut clients = queued_requests(m.http, 3);
-    let _api = autoscaler(
-        &env,
-        "web",
-        spec(
-            port,
-            (1, 4),
-            json!({"metrics": [{"type": "QueueLength", "target": 0}]}),
-        ),
-    )
-    .await;
+    let _api = autoscaler(&env, "web", spec(port, (1, 4), metric("QueueLength", 0.0))).await;
     let _op = Operator::start(&env.kubeconfig, &env.ns, "op-queue", "lease-queue", &[]);
     let doc = until_workers(&m, "a scale-up from the queue", |d| d.desired >= 2).await;
     assert!(doc.desired <= 4);
@@ -474,11 +470,7 @@ async fn invalid_specs_get_a_condition_and_touch_no_pod() {
     autoscaler(
         &env,
         "unknown-metric",
-        spec(
-            port,
-            (3, 4),
-            json!({"metrics": [{"type": "Memory", "target": 1}]}),
-        ),
+        spec(port, (3, 4), metric("Memory", 1.0)),
     )
     .await;
     let mut op = Operator::start(&env.kubeconfig, &env.ns, "op-invalid", "lease-invalid", &[]);

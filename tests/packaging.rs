@@ -5,7 +5,7 @@ mod support;
 
 use std::process::Command;
 
-use support::{BIN, path_with_venv, root, stdout_of};
+use support::{BIN, path_with_venv, root, stdout_of, strings};
 
 #[test]
 fn manifests_crd_yaml_is_what_corral_crd_prints() {
@@ -24,12 +24,7 @@ fn manifests_crd_yaml_is_what_corral_crd_prints() {
     assert_eq!(version["name"], "v1alpha1");
     assert!(version["subresources"]["status"].is_object());
     let spec = &version["schema"]["openAPIV3Schema"]["properties"]["spec"];
-    let required: Vec<&str> = spec["required"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap())
-        .collect();
+    let required: Vec<&str> = strings(&spec["required"]);
     for field in ["selector", "minWorkers", "maxWorkers"] {
         assert!(
             required.contains(&field),

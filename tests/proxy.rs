@@ -8,7 +8,6 @@ mod support;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -22,6 +21,16 @@ const TOKEN: &str = "s3cret-token-for-the-proxy-tests";
 
 fn proxied(flags: &str) -> Corral {
     corral().flags("--proxy").flags(flags).django().start()
+}
+
+/// Waits until the first worker has `n` requests in flight.
+fn until_in_flight(c: &Corral, n: u32, what: &str) {
+    eventually(what, SETTLE, || {
+        match c.try_workers()?.workers[0].in_flight {
+            Some(k) if k == n => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
 }
 
 fn pids(doc: &WorkersDoc) -> Vec<i32> {
@@ -68,22 +77,6 @@ impl Loads {
     }
 }
 
-struct TokenFile(PathBuf);
-
-impl TokenFile {
-    fn new() -> TokenFile {
-        let path = std::env::temp_dir().join(unique("corral-proxy-token"));
-        std::fs::write(&path, format!("{TOKEN}\n")).unwrap();
-        TokenFile(path)
-    }
-}
-
-impl Drop for TokenFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
 /// Writes `head` (a whole request, `Connection: close`) on a fresh
 /// connection and reads the answer to its end.
 fn exchange(addr: SocketAddr, head: &str) -> String {
@@ -113,12 +106,7 @@ fn hup_three_times_rolls_the_workers_with_no_failed_request() {
     let loads = Loads::start(&c, "/");
     for generation in [2, 3, 4] {
         c.signal(Signal::SIGHUP);
-        c.wait_for("the new generation to take over", SETTLE, |d| {
-            d.generation == generation
-                && d.ready == 2
-                && d.running == 2
-                && d.workers.iter().all(|w| w.generation == generation)
-        });
+        c.wait_generation(generation, 2, SETTLE);
         loads.progress();
     }
     loads.stop_clean(&c);
@@ -152,12 +140,7 @@ fn ttou_five_times_scales_down_with_no_failed_request() {
 #[test]
 fn put_workers_down_drops_no_request() {
     let _heavy = heavy();
-    let token = TokenFile::new();
-    let c = corral()
-        .flags("--proxy -w 3 --admin-token-file")
-        .args(&[token.0.to_str().unwrap()])
-        .django()
-        .start();
+    let c = corral().flags("--proxy -w 3").token(TOKEN).django().start();
     c.wait_settled(3, SETTLE);
     let loads = Loads::start(&c, "/");
     let auth = format!("Bearer {TOKEN}");
@@ -294,12 +277,7 @@ fn queue_overflow_is_answered_503_with_retry_after_never_a_reset() {
     let c = proxied("-w 1 --worker-concurrency 1 --max-queue 2");
     c.wait_settled(1, SETTLE);
     let mut held = sent_requests(c.http, "/delay/2000", 1);
-    eventually("the first request in the worker", SETTLE, || {
-        match c.try_workers()?.workers[0].in_flight {
-            Some(1) => Ok(()),
-            other => Err(format!("{other:?}")),
-        }
-    });
+    until_in_flight(&c, 1, "the first request in the worker");
     let mut queued = sent_requests(c.http, "/delay/10", 2);
     eventually("two requests queued", SETTLE, || {
         match c.try_workers()?.queued {
@@ -322,11 +300,7 @@ fn queue_overflow_is_answered_503_with_retry_after_never_a_reset() {
     }
     let metrics = get(c.admin, "/metrics").unwrap().1;
     assert_eq!(
-        metrics::value(
-            &metrics,
-            "corral_http_requests_total",
-            &[("code", "503"), ("method", "GET"), ("protocol", "http/1.1")]
-        ),
+        metrics::requests(&metrics, "503", "GET", "http/1.1"),
         Some(5.0),
         "{metrics}"
     );
@@ -338,12 +312,7 @@ fn a_request_that_waits_past_the_queue_timeout_gets_503() {
     let c = proxied("-w 1 --worker-concurrency 1 --queue-timeout 500ms");
     c.wait_settled(1, SETTLE);
     let mut held = sent_requests(c.http, "/delay/3000", 1);
-    eventually("the first request in the worker", SETTLE, || {
-        match c.try_workers()?.workers[0].in_flight {
-            Some(1) => Ok(()),
-            other => Err(format!("{other:?}")),
-        }
-    });
+    until_in_flight(&c, 1, "the first request in the worker");
     let started = Instant::now();
     let answer = exchange(
         c.http,
@@ -455,22 +424,12 @@ fn server_sent_events_stream_through_and_keep_the_worker_busy() {
     // Streamed, not held back whole: the first bytes come before the last
     // event is even made (2 s after the first).
     assert!(!head.contains("data: 9"), "{head}");
-    eventually("the stream counted on its worker", SETTLE, || {
-        match c.try_workers()?.workers[0].in_flight {
-            Some(1) => Ok(()),
-            other => Err(format!("{other:?}")),
-        }
-    });
+    until_in_flight(&c, 1, "the stream counted on its worker");
     let mut rest = String::new();
     s.read_to_string(&mut rest).unwrap();
     let all = head + &rest;
     assert!(all.contains("data: 0") && all.contains("data: 9"), "{all}");
-    eventually("the worker idle again", SETTLE, || {
-        match c.try_workers()?.workers[0].in_flight {
-            Some(0) => Ok(()),
-            other => Err(format!("{other:?}")),
-        }
-    });
+    until_in_flight(&c, 0, "the worker idle again");
 }
 
 /// The stdin-driven WebSocket client in the Django test app.
@@ -581,20 +540,11 @@ fn the_metrics_and_the_workers_document_count_requests() {
     let m = get(c.admin, "/metrics").unwrap().1;
     let v = |name: &str, labels: &[(&str, &str)]| metrics::value(&m, name, labels);
     assert_eq!(
-        v(
-            "corral_http_requests_total",
-            &[("code", "200"), ("method", "GET"), ("protocol", "http/1.1")]
-        ),
+        metrics::requests(&m, "200", "GET", "http/1.1"),
         Some(10.0),
         "{m}"
     );
-    assert_eq!(
-        v(
-            "corral_http_requests_total",
-            &[("code", "404"), ("method", "GET"), ("protocol", "http/1.1")]
-        ),
-        Some(1.0)
-    );
+    assert_eq!(metrics::requests(&m, "404", "GET", "http/1.1"), Some(1.0));
     assert_eq!(
         v("corral_http_request_duration_seconds_count", &[]),
         Some(11.0)

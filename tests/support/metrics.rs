@@ -104,3 +104,12 @@ pub fn type_names(text: &str) -> BTreeSet<String> {
         .map(String::from)
         .collect()
 }
+
+/// `corral_http_requests_total` for one code, method and protocol.
+pub fn requests(text: &str, code: &str, method: &str, protocol: &str) -> Option<f64> {
+    value(
+        text,
+        "corral_http_requests_total",
+        &[("code", code), ("method", method), ("protocol", protocol)],
+    )
+}

@@ -133,6 +133,7 @@ pub struct Builder {
     bind: bool,
     host: String,
     admin_port: Option<u16>,
+    token: Option<String>,
 }
 
 pub fn corral() -> Builder {
@@ -145,12 +146,19 @@ pub fn corral() -> Builder {
         bind: true,
         host: "127.0.0.1".into(),
         admin_port: None,
+        token: None,
     }
 }
 
 impl Builder {
     pub fn args(mut self, args: &[&str]) -> Self {
         self.args.extend(args.iter().map(|s| s.to_string()));
+        self
+    }
+
+    /// The admin API's bearer token, in a file of the run's own.
+    pub fn token(mut self, token: &str) -> Self {
+        self.token = Some(token.into());
         self
     }
 
@@ -216,6 +224,11 @@ impl Builder {
             argv.extend(["--bind".into(), SocketAddr::new(host, 0).to_string()]);
         }
         argv.extend(["--admin-bind".into(), admin.to_string()]);
+        if let Some(token) = &self.token {
+            let path = dir.join("admin-token");
+            std::fs::write(&path, format!("{token}\n")).unwrap();
+            argv.extend(["--admin-token-file".into(), path.display().to_string()]);
+        }
         argv.extend(self.args.clone());
         if !self.command.is_empty() {
             argv.push("--".into());
@@ -418,6 +431,17 @@ impl Corral {
     pub fn wait_settled(&self, n: u32, limit: Duration) -> WorkersDoc {
         self.wait_for(&format!("{n} ready workers"), limit, |d| {
             d.ready == n && d.running == n && d.workers.iter().all(|w| w.generation == d.generation)
+        })
+    }
+
+    /// Waits until generation `generation` has taken over: `n` ready
+    /// workers, all of it.
+    pub fn wait_generation(&self, generation: u64, n: u32, limit: Duration) -> WorkersDoc {
+        self.wait_for(&format!("generation {generation}"), limit, |d| {
+            d.generation == generation
+                && d.ready == n
+                && d.running == n
+                && d.workers.iter().all(|w| w.generation == generation)
         })
     }
 
@@ -929,6 +953,11 @@ pub fn render_chart(extra: &[&str]) -> String {
     text
 }
 
+/// `helm` with its arguments written as a shell line, none with a space.
+pub fn helm_line(line: &str) -> (bool, String) {
+    helm(&line.split_whitespace().collect::<Vec<_>>())
+}
+
 pub fn helm(args: &[&str]) -> (bool, String) {
     let out = Command::new(k8s_tool("helm"))
         .args(args)
@@ -1068,4 +1097,34 @@ pub fn dashboard_queries() -> Vec<String> {
         }
     }
     queries
+}
+
+/// An admin token in a file of its own, removed on drop.
+pub struct TokenFile(PathBuf);
+
+impl TokenFile {
+    pub fn new(token: &str) -> TokenFile {
+        let path = std::env::temp_dir().join(unique("corral-token"));
+        std::fs::write(&path, format!("{token}\n")).unwrap();
+        TokenFile(path)
+    }
+
+    pub fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for TokenFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// A JSON array of strings, as `&str`s.
+pub fn strings(v: &serde_json::Value) -> Vec<&str> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect()
 }
