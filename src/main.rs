@@ -10,27 +10,17 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result: Result<i32, (i32, String)> = match cli.command {
         Command::Run(args) => corral::run::main(*args).map_err(|e| (e.code, e.message)),
-        Command::Worker(args) => corral::worker::main(args)
-            .map(|()| 0)
-            .map_err(|e| (2, e.to_string())),
-        Command::Status(args) => corral::client::status(args)
-            .map(|()| 0)
-            .map_err(|e| (1, e.to_string())),
-        Command::Scale(args) => corral::client::scale(args)
-            .map(|()| 0)
-            .map_err(|e| (1, e.to_string())),
-        Command::Restart(args) => corral::client::restart(args)
-            .map(|()| 0)
-            .map_err(|e| (1, e.to_string())),
-        Command::Operator(args) => corral::operator::main(args)
-            .map(|()| 0)
-            .map_err(|e| match e {
-                corral::operator::OperatorError::Usage(_)
-                | corral::operator::OperatorError::Flags(_)
-                | corral::operator::OperatorError::Tls(_)
-                | corral::operator::OperatorError::Bind { .. } => (2, e.to_string()),
-                _ => (1, e.to_string()),
-            }),
+        Command::Worker(args) => done(corral::worker::main(args), |_| 2),
+        Command::Status(args) => done(corral::client::status(args), |_| 1),
+        Command::Scale(args) => done(corral::client::scale(args), |_| 1),
+        Command::Restart(args) => done(corral::client::restart(args), |_| 1),
+        Command::Operator(args) => done(corral::operator::main(args), |e| {
+            use corral::operator::OperatorError as E;
+            match e {
+                E::Usage(_) | E::Flags(_) | E::Tls(_) | E::Bind { .. } => 2,
+                _ => 1,
+            }
+        }),
         Command::Crd => {
             print!("{}", corral::operator::crd_yaml());
             Ok(0)
@@ -43,4 +33,13 @@ fn main() -> ExitCode {
             ExitCode::from(code.clamp(0, 255) as u8)
         }
     }
+}
+
+/// A subcommand's outcome as the process's: 0, or the error's exit status
+/// (2 for usage, 1 for the rest) and its message.
+fn done<E: std::fmt::Display>(
+    result: Result<(), E>,
+    code: impl Fn(&E) -> i32,
+) -> Result<i32, (i32, String)> {
+    result.map(|()| 0).map_err(|e| (code(&e), e.to_string()))
 }

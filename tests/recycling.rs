@@ -29,6 +29,10 @@ fn load_until_recycled(c: &Corral, n: usize) -> Report {
     load.stop()
 }
 
+fn assert_nothing_lost(report: &Report) {
+    assert_eq!((report.failed, report.unanswered), (0, 0), "{report:?}");
+}
+
 fn assert_recycled_cleanly(c: &Corral, workers: u32) {
     let doc = c.wait_settled(workers, WAIT);
     assert!(
@@ -56,7 +60,7 @@ fn builtin_workers_past_their_lifetime_are_replaced_without_a_failed_request() {
         .start();
     c.wait_settled(2, WAIT);
     let report = load_until_recycled(&c, 4);
-    assert_eq!((report.failed, report.unanswered), (0, 0), "{report:?}");
+    assert_nothing_lost(&report);
     assert!(report.ok > 100, "{report:?}");
     assert_recycled_cleanly(&c, 2);
     assert!(c.log().contains("recycling worker"), "{}", c.log());
@@ -70,7 +74,7 @@ fn builtin_workers_over_the_memory_limit_are_replaced_without_a_failed_request()
         .flags("-w 2 --max-worker-memory 1Mi --rss-samples 2")
         .start();
     let report = load_until_recycled(&c, 2);
-    assert_eq!((report.failed, report.unanswered), (0, 0), "{report:?}");
+    assert_nothing_lost(&report);
     assert!(c.log().contains("max-worker-memory"), "{}", c.log());
     let doc = c.workers().unwrap();
     assert!(doc.workers.iter().all(|w| w.restarts == 0), "{doc:#?}");

@@ -94,6 +94,13 @@ fn settings(workers: u32) -> Settings {
     }
 }
 
+/// `settings(workers)` under the settings of a YAML flow mapping.
+fn settings_with(workers: u32, yaml: &str) -> Settings {
+    Settings::from_yaml(std::path::Path::new("test.yaml"), yaml)
+        .unwrap()
+        .or(settings(workers))
+}
+
 fn ready(m: &mut Manager, pid: Pid) {
     m.on_notify(pid.as_raw(), vec![Message::Ready]);
 }
@@ -123,6 +130,16 @@ fn scale(m: &mut Manager, desired: Option<u32>) -> Result<(), ScaleError> {
     rx.try_recv().unwrap()
 }
 
+/// No new start a millisecond before `wait_ms`, the `starts`th at it.
+async fn restarted_after(m: &mut Manager, fake: &Fake, wait_ms: u64, starts: usize) {
+    advance(Duration::from_millis(wait_ms - 1)).await;
+    assert_eq!(m.step(), None);
+    assert_eq!(fake.spawned().len(), starts - 1);
+    advance(Duration::from_millis(1)).await;
+    assert_eq!(m.step(), None);
+    assert_eq!(fake.spawned().len(), starts, "restarted after {wait_ms} ms");
+}
+
 #[tokio::test(start_paused = true)]
 async fn crashed_workers_come_back_after_a_growing_backoff() {
     let (mut m, fake, _rx) = manager(settings(1));
@@ -130,22 +147,12 @@ async fn crashed_workers_come_back_after_a_growing_backoff() {
     m.on_exit(first, Some(1), None);
     assert_eq!(m.step(), None);
     assert_eq!(fake.spawned().len(), 1, "no restart before the backoff");
-    advance(Duration::from_millis(99)).await;
-    assert_eq!(m.step(), None);
-    assert_eq!(fake.spawned().len(), 1);
-    advance(Duration::from_millis(1)).await;
-    assert_eq!(m.step(), None);
-    assert_eq!(fake.spawned().len(), 2, "restarted after 100 ms");
+    restarted_after(&mut m, &fake, 100, 2).await;
 
     // It dies again before it is ever ready: the wait doubles.
     let second = fake.spawned()[1];
     m.on_exit(second, None, Some(9));
-    advance(Duration::from_millis(199)).await;
-    assert_eq!(m.step(), None);
-    assert_eq!(fake.spawned().len(), 2);
-    advance(Duration::from_millis(1)).await;
-    assert_eq!(m.step(), None);
-    assert_eq!(fake.spawned().len(), 3, "restarted after 200 ms");
+    restarted_after(&mut m, &fake, 200, 3).await;
     let doc = m.document();
     assert_eq!(doc.workers[0].restarts, 2);
     assert_eq!(doc.recent_exits[0].exit.reason, ExitReason::Crashed);
@@ -204,10 +211,7 @@ async fn a_rolling_restart_surges_first_and_drains_only_after_the_new_worker_is_
 
 #[tokio::test(start_paused = true)]
 async fn scaling_down_drains_the_idlest_worker_and_kills_it_at_the_deadline() {
-    let (mut m, fake, _rx) = manager(Settings {
-        graceful_timeout: Some(crate::values::Secs(Duration::from_secs(10))),
-        ..settings(3)
-    });
+    let (mut m, fake, _rx) = manager(settings_with(3, "{graceful-timeout: 10s}"));
     let pids = settled(&mut m, &fake);
     for (w, load) in m.table.workers.iter_mut().zip([0.9, 0.1, 0.5]) {
         w.facts.cpu_recent = load;
@@ -245,11 +249,10 @@ async fn scaling_down_drains_the_idlest_worker_and_kills_it_at_the_deadline() {
 
 #[tokio::test(start_paused = true)]
 async fn shutdown_waits_for_the_delay_then_stops_everyone_and_exits_when_they_are_gone() {
-    let (mut m, fake, rx) = manager(Settings {
-        shutdown_delay: Some(crate::values::Secs(Duration::from_secs(5))),
-        graceful_timeout: Some(crate::values::Secs(Duration::from_secs(30))),
-        ..settings(2)
-    });
+    let (mut m, fake, rx) = manager(settings_with(
+        2,
+        "{shutdown-delay: 5s, graceful-timeout: 30s}",
+    ));
     let pids = settled(&mut m, &fake);
     fake.take_signals();
     m.begin_shutdown(false);
@@ -288,10 +291,7 @@ async fn shutdown_waits_for_the_delay_then_stops_everyone_and_exits_when_they_ar
 
 #[tokio::test(start_paused = true)]
 async fn a_quick_shutdown_during_the_delay_stops_everyone_at_once() {
-    let (mut m, fake, _rx) = manager(Settings {
-        shutdown_delay: Some(crate::values::Secs(Duration::from_secs(5))),
-        ..settings(1)
-    });
+    let (mut m, fake, _rx) = manager(settings_with(1, "{shutdown-delay: 5s}"));
     let pid = settled(&mut m, &fake)[0];
     fake.take_signals();
     m.begin_shutdown(false);
@@ -306,10 +306,7 @@ async fn a_quick_shutdown_during_the_delay_stops_everyone_at_once() {
 
 #[tokio::test(start_paused = true)]
 async fn a_crash_loop_before_any_worker_was_ready_ends_the_manager() {
-    let (mut m, fake, _rx) = manager(Settings {
-        max_boot_failures: Some(3),
-        ..settings(1)
-    });
+    let (mut m, fake, _rx) = manager(settings_with(1, "{max-boot-failures: 3}"));
     for _ in 0..2 {
         assert_eq!(m.step(), None);
         let pid = *fake.spawned().last().unwrap();
@@ -324,10 +321,7 @@ async fn a_crash_loop_before_any_worker_was_ready_ends_the_manager() {
 
 #[tokio::test(start_paused = true)]
 async fn an_old_worker_is_recycled_after_its_successor_is_ready() {
-    let (mut m, fake, _rx) = manager(Settings {
-        max_worker_lifetime: Some(crate::values::Secs(Duration::from_secs(60))),
-        ..settings(1)
-    });
+    let (mut m, fake, _rx) = manager(settings_with(1, "{max-worker-lifetime: 60s}"));
     let old = settled(&mut m, &fake)[0];
     fake.take_signals();
     advance(Duration::from_secs(59)).await;

@@ -541,13 +541,7 @@ impl Operator {
 
 impl Drop for Operator {
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!(
-                "--- operator log ({}) ---\n{}",
-                self.log.display(),
-                self.log()
-            );
-        }
+        super::show_log_on_panic("operator", &self.log, || self.log());
         self.kill();
     }
 }

@@ -464,15 +464,16 @@ impl Corral {
     }
 }
 
+/// A failing test shows the log of `what` it ran.
+pub fn show_log_on_panic(what: &str, path: &Path, text: impl FnOnce() -> String) {
+    if std::thread::panicking() {
+        eprintln!("--- {what} log ({}) ---\n{}", path.display(), text());
+    }
+}
+
 impl Drop for Corral {
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!(
-                "--- corral log ({}) ---\n{}",
-                self.log_path.display(),
-                self.log()
-            );
-        }
+        show_log_on_panic("corral", &self.log_path, || self.log());
         let _ = killpg(self.pid(), Signal::SIGKILL);
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
