@@ -84,6 +84,8 @@ pub struct ProxyConfig {
     pub max_requests_jitter: u64,
     pub request_timeout: Option<Duration>,
     pub kill_stuck: bool,
+    pub keep_alive: Duration,
+    pub client_header_timeout: Duration,
     /// TLS for the https:// binds.
     pub tls: Option<TlsFiles>,
 }
@@ -205,6 +207,12 @@ fn proxy_config(given: &Settings, m: &Merged) -> Result<Option<ProxyConfig>, Con
     if m.kill_stuck && request_timeout.is_none() {
         return Err(invalid("kill-stuck", "needs --request-timeout"));
     }
+    if m.keep_alive.0.is_zero() {
+        return Err(invalid("keep-alive", "must be more than 0"));
+    }
+    if m.client_header_timeout.0.is_zero() {
+        return Err(invalid("client-header-timeout", "must be more than 0"));
+    }
     let tls = tls_files(
         m.certfile.as_ref(),
         m.keyfile.as_ref(),
@@ -223,6 +231,8 @@ fn proxy_config(given: &Settings, m: &Merged) -> Result<Option<ProxyConfig>, Con
         max_requests_jitter: m.max_requests_jitter,
         request_timeout,
         kill_stuck: m.kill_stuck,
+        keep_alive: m.keep_alive.0,
+        client_header_timeout: m.client_header_timeout.0,
     }))
 }
 

@@ -5,6 +5,7 @@
 //! shutdown) for the admin API, the operator's metrics, the built-in
 //! worker and proxy mode's front, whose TLS is [`tls`].
 
+pub mod activity;
 pub mod client;
 pub mod framing;
 pub mod server;

@@ -23,7 +23,7 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::TokioIo;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
@@ -38,22 +38,35 @@ use pool::{ConnectError, Pool};
 use request_body::{Held, Outgoing};
 use response_body::{Ahead, Done, FrontBody};
 
-/// The front's server limits: many clients, keep-alive, HTTP/2, a
-/// header-read timeout that cuts off slowloris clients, and at shutdown a
-/// second for a client that connected just in time to send its request.
-const LIMITS: Limits = Limits {
-    connections: 16384,
-    header_read_timeout: Duration::from_secs(10),
-    shutdown_grace: None,
-    first_request_grace: Duration::from_secs(1),
-    http2: true,
-    strict_framing: true,
-};
+/// The front's server limits: many clients, keep-alive and the header
+/// timeout as configured, HTTP/2, and at shutdown a second for a client
+/// that connected just in time to send its request.
+fn limits(config: &ProxyConfig) -> Limits {
+    Limits {
+        connections: 16384,
+        header_read_timeout: config.client_header_timeout,
+        keep_alive: config.keep_alive,
+        shutdown_grace: None,
+        first_request_grace: Duration::from_secs(1),
+        http2: true,
+        strict_framing: true,
+    }
+}
 
 /// Attempts per request at most: a request is sent again after a refused
 /// connection (to another worker each time) or once after a failure that
 /// left it unanswered.
 const MAX_ATTEMPTS: u32 = 4;
+
+/// Resolves when the client's side of a request is gone (reset, hung up).
+type ClientGone = oneshot::Receiver<()>;
+
+/// Recorded for a request whose client left while it waited for a worker
+/// (nginx's 499); nobody receives it.
+const CLIENT_GONE: StatusCode = match StatusCode::from_u16(499) {
+    Ok(code) => code,
+    Err(_) => StatusCode::BAD_REQUEST,
+};
 
 /// What every request handler shares.
 struct Shared {
@@ -90,10 +103,24 @@ impl Front {
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(server::serve(
             listeners,
-            LIMITS,
+            limits(config),
             move |req| {
                 let shared = shared.clone();
-                async move { shared.handle(req).await }
+                // On a task of its own: a client that resets its stream or
+                // hangs up drops the server's future, not the exchange, so
+                // the worker's place is held until the worker has answered
+                // (an HTTP/2 Rapid Reset after dispatch cannot get past
+                // --worker-concurrency and the queue). A request still
+                // waiting for a worker is dropped with its client.
+                let (client_here, client_gone) = oneshot::channel::<()>();
+                let exchange = tokio::spawn(async move { shared.handle(req, client_gone).await });
+                async move {
+                    let _client_here = client_here;
+                    exchange.await.unwrap_or_else(|e| {
+                        warn!(error = %e, "request handler failed");
+                        answer(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n")
+                    })
+                }
             },
             stopped,
         ));
@@ -132,7 +159,7 @@ fn answer(status: StatusCode, text: &'static str) -> Response<FrontBody> {
 fn idempotent(method: &Method) -> bool {
     matches!(
         *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
     )
 }
 
@@ -153,11 +180,16 @@ impl Head {
         upgrade: bool,
         allow: &crate::values::AllowIps,
     ) -> Head {
-        if !parts.headers.contains_key(header::HOST)
-            && let Some(authority) = parts.uri.authority()
-            && let Ok(host) = HeaderValue::from_str(authority.as_str())
+        // The target's authority wins over Host: RFC 9112 3.2.2 for an
+        // absolute-form target, RFC 9113 8.3.1 for HTTP/2's :authority.
+        if let Some(authority) = parts.uri.authority()
+            && let Some(host) = authority.as_str().rsplit('@').next()
+            && let Ok(host) = HeaderValue::from_str(host)
         {
             parts.headers.insert(header::HOST, host);
+        }
+        if parts.version == Version::HTTP_2 {
+            headers::join_cookie_crumbs(&mut parts.headers);
         }
         let mut head = Head {
             method: parts.method,
@@ -188,11 +220,11 @@ impl Head {
 }
 
 impl Shared {
-    async fn handle(&self, req: Request<Incoming>) -> Response<FrontBody> {
+    async fn handle(&self, req: Request<Incoming>, client_gone: ClientGone) -> Response<FrontBody> {
         let started = Instant::now();
         let method = req.method().clone();
         let version = req.version();
-        let response = self.forward(req, started).await;
+        let response = self.forward(req, started, client_gone).await;
         self.metrics.answered(response.status(), &method, version);
         if !matches!(response.body(), FrontBody::Proxied { .. }) {
             self.metrics.observe_duration(started.elapsed());
@@ -200,7 +232,12 @@ impl Shared {
         response
     }
 
-    async fn forward(&self, mut req: Request<Incoming>, started: Instant) -> Response<FrontBody> {
+    async fn forward(
+        &self,
+        mut req: Request<Incoming>,
+        started: Instant,
+        mut client_gone: ClientGone,
+    ) -> Response<FrontBody> {
         if req.extensions().get::<framing::Ambiguous>().is_some() {
             // Never forwarded: a worker could read its length otherwise.
             let mut r = answer(
@@ -210,6 +247,12 @@ impl Shared {
             r.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
             return r;
+        }
+        if req.method() == Method::TRACE {
+            // nginx's answer: TRACE echoes a request's cookies and
+            // credentials back (cross-site tracing), and no app needs it
+            // through a proxy.
+            return answer(StatusCode::METHOD_NOT_ALLOWED, "TRACE is not allowed\n");
         }
         let peer = req.extensions().get::<Peer>().copied();
         let upgrade = headers::is_upgrade(req.headers());
@@ -231,9 +274,12 @@ impl Shared {
         let mut retried = false;
         for _ in 0..MAX_ATTEMPTS {
             let waited = Instant::now();
-            let place = match self.backends.acquire(avoid).await {
-                Ok(l) => l,
-                Err(refusal) => return refused(refusal),
+            let place = tokio::select! {
+                place = self.backends.acquire(avoid) => match place {
+                    Ok(p) => p,
+                    Err(refusal) => return refused(refusal),
+                },
+                _ = &mut client_gone => return answer(CLIENT_GONE, "the client went away\n"),
             };
             self.metrics.observe_queue_wait(waited.elapsed());
             let key = place.key;

@@ -29,6 +29,7 @@ use crate::http::server::{self, Limits, Listener};
 const LIMITS: Limits = Limits {
     connections: 4096,
     header_read_timeout: Duration::from_secs(30),
+    keep_alive: Duration::from_secs(5),
     shutdown_grace: None,
     first_request_grace: Duration::from_secs(1),
     http2: false,

@@ -60,6 +60,38 @@ fn readiness_follows_boot_scale_down_and_shutdown() {
     assert!(c.wait_exit(SETTLE).success());
 }
 
+/// Anyone who can reach the admin port could fill its 64 connections with
+/// silence; the kubelet's probes (1 s timeout) must still be answered,
+/// and the silent connections closed.
+#[test]
+fn silent_connections_to_the_admin_port_never_starve_the_probes() {
+    let c = corral().flags("-w 1").start();
+    c.wait_settled(1, SETTLE);
+    let silent: Vec<std::net::TcpStream> = (0..100)
+        .map(|_| std::net::TcpStream::connect(c.admin).unwrap())
+        .collect();
+    for path in ["/livez", "/readyz", "/livez", "/readyz", "/workers"] {
+        let started = std::time::Instant::now();
+        let (code, _) = get(c.admin, path).unwrap();
+        assert_eq!(code, 200, "{path}");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{path} took {:?} behind 100 silent connections",
+            started.elapsed()
+        );
+    }
+    // Each is closed by the 10-s header timeout, if not made room of before.
+    for mut s in silent {
+        use std::io::Read;
+        s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        let mut buf = [0u8; 1];
+        assert!(
+            matches!(s.read(&mut buf), Ok(0)),
+            "a silent connection stayed open"
+        );
+    }
+}
+
 #[test]
 fn changes_are_refused_without_a_configured_token() {
     let c = corral().args(&["-w", "1"]).start();

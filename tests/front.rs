@@ -343,6 +343,74 @@ fn slowloris_clients_are_cut_off_and_do_not_starve_others() {
     }
 }
 
+/// Debian's slowhttptest in its slowloris mode: 400 connections, each
+/// sending a header line every second for 12 s, against
+/// `--client-header-timeout 2s`. Every one is closed by the front; a
+/// well-behaved load and the probes are served all the while.
+#[test]
+fn slowhttptest_slowloris_is_cut_off_at_the_header_timeout() {
+    let _heavy = heavy();
+    let c = corral()
+        .flags("--proxy -w 2 --client-header-timeout 2s")
+        .django()
+        .start();
+    c.wait_settled(2, SETTLE);
+    let load = Load::start(c.http, "/", 2, Duration::from_secs(60));
+    let url = format!("http://{}/", c.http);
+    let stats = std::env::temp_dir().join(unique("corral-slowloris"));
+    let prefix = stats.to_str().unwrap().to_string();
+    let attack = std::thread::spawn(move || {
+        Command::new("slowhttptest")
+            .args([
+                "-H", "-c", "400", "-r", "200", "-i", "1", "-x", "8", "-l", "12", "-p", "2",
+            ])
+            .args(["-g", "-o", &prefix, "-u", &url])
+            .output()
+            .expect("slowhttptest (Debian's package; .ci/test installs it)")
+    });
+    let started = Instant::now();
+    while !attack.is_finished() {
+        let probe = Instant::now();
+        assert_eq!(get(c.admin, "/readyz").unwrap().0, 200);
+        assert!(
+            probe.elapsed() < Duration::from_secs(1),
+            "/readyz took {:?}",
+            probe.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "slowhttptest did not end"
+        );
+    }
+    let out = attack.join().unwrap();
+    let report = load.stop();
+    assert_eq!((report.failed, report.unanswered), (0, 0), "{report:?}");
+    assert!(report.ok > 50, "{report:?}");
+    // Its per-second statistics: seconds, closed, pending, connected, and
+    // whether its own probe found the service available.
+    let csv_path = format!("{}.csv", stats.display());
+    let csv = std::fs::read_to_string(&csv_path)
+        .unwrap_or_else(|e| panic!("{csv_path}: {e}: {}", String::from_utf8_lossy(&out.stdout)));
+    eprintln!("slowhttptest statistics:\n{csv}");
+    let _ = std::fs::remove_file(&csv_path);
+    let _ = std::fs::remove_file(format!("{}.html", stats.display()));
+    let rows: Vec<Vec<u64>> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').map(|v| v.trim().parse().unwrap()).collect())
+        .collect();
+    let last = rows.last().expect("statistics rows");
+    assert!(
+        rows.iter().all(|r| r[4] > 0),
+        "the service was unavailable to its probe: {csv}"
+    );
+    assert!(last[1] >= 300, "closed by the front: {csv}");
+    // A connection lives at most the 2-s header timeout: never all 400 at once.
+    assert!(rows.iter().all(|r| r[3] < 400), "{csv}");
+    assert!(last[3] <= 200, "still connected at the end: {csv}");
+}
+
 /// One HTTP/2 frame: length, type, flags, stream id, payload.
 fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     let len = payload.len() as u32;
@@ -396,6 +464,63 @@ fn a_rapid_reset_client_is_cut_off_while_others_are_served() {
     );
     let (code, version, _) = curl(&format!("http://{}/", c.http), &["--http2-prior-knowledge"]);
     assert_eq!((code.as_str(), version.as_str()), ("200", "2"));
+}
+
+/// Resets after dispatch: each stream is reset once its request has
+/// reached the worker. The worker's place stays held until it has
+/// answered, so with `--worker-concurrency 1` it never has two at once;
+/// the streams reset while they waited never reach it.
+#[test]
+fn a_reset_after_dispatch_keeps_the_worker_s_place_until_it_answers() {
+    let c = corral()
+        .flags("--proxy -w 1 --worker-concurrency 1")
+        .django()
+        .start();
+    c.wait_settled(1, SETTLE);
+    let mut s = TcpStream::connect(c.http).unwrap();
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(0x4, 0, 0, &[]));
+    s.write_all(&out).unwrap();
+    // GET /delay/1500 (HPACK: :method GET, :scheme http, :path as a
+    // literal without indexing, :authority x).
+    let mut headers = vec![0x82, 0x86, 0x04, 11];
+    headers.extend_from_slice(b"/delay/1500");
+    headers.extend_from_slice(&[0x41, 0x01, b'x']);
+    let most = Arc::new(AtomicUsize::new(0));
+    let watching = {
+        let (admin, most) = (c.admin, most.clone());
+        std::thread::spawn(move || {
+            let until = Instant::now() + Duration::from_secs(6);
+            while Instant::now() < until {
+                if let Ok((200, body)) = get(admin, "/workers") {
+                    let doc: corral::contract::WorkersDoc = serde_json::from_str(&body).unwrap();
+                    let busy = doc.workers.iter().filter_map(|w| w.in_flight).sum::<u32>();
+                    most.fetch_max(busy as usize, Ordering::SeqCst);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    for i in 0..6u32 {
+        let id = 2 * i + 1;
+        s.write_all(&frame(0x1, 0x5, id, &headers)).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        s.write_all(&frame(0x3, 0, id, &8u32.to_be_bytes()))
+            .unwrap();
+    }
+    watching.join().unwrap();
+    assert!(
+        most.load(Ordering::SeqCst) <= 1,
+        "the worker had {} requests at once",
+        most.load(Ordering::SeqCst)
+    );
+    let doc = c.workers().unwrap();
+    let served = doc.workers[0].requests.unwrap_or(0);
+    assert!(
+        (1..6).contains(&served),
+        "reset streams that waited must not reach the worker: {served}"
+    );
+    assert_eq!(get(c.http, "/").unwrap().0, 200);
 }
 
 fn rss_kib(pid: u32) -> u64 {

@@ -33,6 +33,13 @@ fn until_in_flight(c: &Corral, n: u32, what: &str) {
     });
 }
 
+/// `n` GETs of `/`, each answered 200.
+fn answered_ok(c: &Corral, n: usize) {
+    for _ in 0..n {
+        assert_eq!(get(c.http, "/").unwrap().0, 200);
+    }
+}
+
 fn pids(doc: &WorkersDoc) -> Vec<i32> {
     doc.workers.iter().map(|w| w.pid).collect()
 }
@@ -44,6 +51,12 @@ struct Loads {
 }
 
 impl Loads {
+    /// Once `n` workers are settled, both loads on `/`.
+    fn on_settled(c: &Corral, n: u32) -> Loads {
+        c.wait_settled(n, SETTLE);
+        Loads::start(c, "/")
+    }
+
     fn start(c: &Corral, path: &str) -> Loads {
         let limit = Duration::from_secs(180);
         let loads = Loads {
@@ -127,8 +140,7 @@ fn hup_three_times_rolls_the_workers_with_no_failed_request() {
 fn ttou_five_times_scales_down_with_no_failed_request() {
     let _heavy = heavy();
     let c = proxied("-w 6");
-    c.wait_settled(6, SETTLE);
-    let loads = Loads::start(&c, "/");
+    let loads = Loads::on_settled(&c, 6);
     for n in (1..=5).rev() {
         c.signal(Signal::SIGTTOU);
         c.wait_settled(n, SETTLE);
@@ -141,8 +153,7 @@ fn ttou_five_times_scales_down_with_no_failed_request() {
 fn put_workers_down_drops_no_request() {
     let _heavy = heavy();
     let c = corral().flags("--proxy -w 3").token(TOKEN).django().start();
-    c.wait_settled(3, SETTLE);
-    let loads = Loads::start(&c, "/");
+    let loads = Loads::on_settled(&c, 3);
     let auth = format!("Bearer {TOKEN}");
     let (code, body) = request(
         c.admin,
@@ -162,8 +173,7 @@ fn put_workers_down_drops_no_request() {
 fn max_requests_recycles_workers_under_load_with_no_failed_request() {
     let _heavy = heavy();
     let c = proxied("-w 2 --max-requests 20 --max-requests-jitter 5");
-    c.wait_settled(2, SETTLE);
-    let loads = Loads::start(&c, "/");
+    let loads = Loads::on_settled(&c, 2);
     let doc = c.wait_for("six workers recycled", SETTLE, |d| {
         d.recent_exits
             .iter()
@@ -191,8 +201,7 @@ fn max_requests_recycles_workers_under_load_with_no_failed_request() {
 fn a_worker_killed_five_times_under_get_load_fails_no_request() {
     let _heavy = heavy();
     let c = proxied("-w 2");
-    c.wait_settled(2, SETTLE);
-    let loads = Loads::start(&c, "/");
+    let loads = Loads::on_settled(&c, 2);
     for _ in 0..5 {
         let doc = c.workers().unwrap();
         let victim = doc.workers[0].pid;
@@ -224,8 +233,7 @@ fn a_worker_killed_five_times_under_get_load_fails_no_request() {
 fn term_finishes_slow_requests_then_refuses_late_connections() {
     let _heavy = heavy();
     let mut c = proxied("-w 2 --shutdown-delay 3s --graceful-timeout 20s");
-    c.wait_settled(2, SETTLE);
-    let loads = Loads::start(&c, "/");
+    let loads = Loads::on_settled(&c, 2);
     let mut slow = sent_requests(c.http, "/delay/4000", 3);
     eventually("the slow requests in the workers' hands", SETTLE, || {
         let d = c.try_workers()?;
@@ -390,7 +398,7 @@ fn forwarded_headers_are_set_and_trusted_only_from_allowed_peers() {
     let ask = |c: &Corral| {
         exchange(
             c.http,
-            "GET /forwarded HTTP/1.1\r\nHost: shop.example\r\nX-Forwarded-For: 203.0.113.9\r\nX-Forwarded-Proto: https\r\nConnection: close\r\n\r\n",
+            "GET /forwarded HTTP/1.1\r\nHost: shop.example\r\nX-Forwarded-For: 203.0.113.9\r\nX-Forwarded-Proto: https\r\nX_Forwarded_For: 6.6.6.6\r\nX-Real-IP: 203.0.113.9\r\nConnection: close\r\n\r\n",
         )
     };
     // Loopback is trusted by default, as with Gunicorn and Uvicorn.
@@ -400,12 +408,45 @@ fn forwarded_headers_are_set_and_trusted_only_from_allowed_peers() {
     assert!(answer.contains("for=203.0.113.9, 127.0.0.1\n"), "{answer}");
     assert!(answer.contains("proto=https\n"), "{answer}");
     assert!(answer.contains("host=shop.example\n"), "{answer}");
+    assert!(answer.contains("real-ip=203.0.113.9\n"), "{answer}");
+    assert!(
+        answer.contains("forwarded=for=127.0.0.1;proto=http;host=\"shop.example\"\n"),
+        "{answer}"
+    );
+    assert!(
+        !answer.contains("6.6.6.6"),
+        "an underscore spelling got through: {answer}"
+    );
     drop(c);
     let c = proxied("-w 1 --forwarded-allow-ips 10.0.0.0/8");
     c.wait_settled(1, SETTLE);
     let answer = ask(&c);
     assert!(answer.contains("for=127.0.0.1\n"), "{answer}");
     assert!(answer.contains("proto=http\n"), "{answer}");
+    assert!(
+        answer.contains("real-ip=\n"),
+        "X-Real-IP from an untrusted peer: {answer}"
+    );
+    assert!(!answer.contains("6.6.6.6"), "{answer}");
+}
+
+/// An absolute-form target names the host (RFC 9112 3.2.2), whatever
+/// Host says; TRACE is refused, as nginx does.
+#[test]
+fn the_target_s_authority_wins_over_host_and_trace_is_refused() {
+    let c = proxied("-w 1");
+    c.wait_settled(1, SETTLE);
+    let answer = exchange(
+        c.http,
+        "GET http://shop.example/forwarded HTTP/1.1\r\nHost: other.example\r\nConnection: close\r\n\r\n",
+    );
+    assert!(answer.contains("host=shop.example\n"), "{answer}");
+    let answer = exchange(
+        c.http,
+        "TRACE / HTTP/1.1\r\nHost: x\r\nCookie: secret=1\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status_of(&answer), 405, "{answer}");
+    assert!(!answer.contains("secret"), "{answer}");
 }
 
 #[test]
@@ -518,13 +559,46 @@ fn a_websocket_keeps_its_worker_across_a_hup_and_new_ones_reach_the_new_workers(
     assert_eq!(ws.echo_pid("b", "after"), new);
 }
 
+/// A client that connects and stays silent is closed at
+/// --client-header-timeout, one idle after a request at --keep-alive; a
+/// client at work meanwhile is served.
+#[test]
+fn silent_and_idle_clients_are_closed_at_their_deadlines() {
+    use std::io::{Read, Write};
+    let c = proxied("-w 1 --client-header-timeout 1s --keep-alive 2s");
+    c.wait_settled(1, SETTLE);
+    let silent: Vec<TcpStream> = (0..200)
+        .map(|_| TcpStream::connect(c.http).unwrap())
+        .collect();
+    let mut idle = TcpStream::connect(c.http).unwrap();
+    idle.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    let n = idle.read(&mut buf).unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    let started = std::time::Instant::now();
+    answered_ok(&c, 3);
+    for mut s in silent {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        assert!(matches!(s.read(&mut buf), Ok(0)), "a silent client stayed");
+    }
+    idle.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    assert!(
+        matches!(idle.read(&mut buf), Ok(0)),
+        "an idle client stayed"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "closed before its deadline"
+    );
+}
+
 #[test]
 fn the_metrics_and_the_workers_document_count_requests() {
     let c = proxied("-w 2");
     c.wait_settled(2, SETTLE);
-    for _ in 0..10 {
-        assert_eq!(get(c.http, "/").unwrap().0, 200);
-    }
+    answered_ok(&c, 10);
     assert_eq!(get(c.http, "/no-such-page").unwrap().0, 404);
     // The document is republished on the manager's next pass; a request
     // is done once its response's last byte has gone.
@@ -567,8 +641,7 @@ fn the_metrics_and_the_workers_document_count_requests() {
 fn the_builtin_worker_serves_behind_the_front_through_a_hup() {
     let _heavy = heavy();
     let c = corral().args(&["--proxy", "-w", "2"]).start();
-    c.wait_settled(2, SETTLE);
-    let loads = Loads::start(&c, "/");
+    let loads = Loads::on_settled(&c, 2);
     c.signal(Signal::SIGHUP);
     c.wait_for("generation 2", SETTLE, |d| {
         d.generation == 2 && d.ready == 2 && d.running == 2
@@ -581,9 +654,7 @@ fn the_builtin_worker_serves_behind_the_front_through_a_hup() {
 fn corral_status_shows_the_requests_of_each_worker() {
     let c = proxied("-w 2");
     c.wait_settled(2, SETTLE);
-    for _ in 0..4 {
-        assert_eq!(get(c.http, "/").unwrap().0, 200);
-    }
+    answered_ok(&c, 4);
     c.wait_for("four requests counted", SETTLE, |d| {
         d.workers.iter().filter_map(|w| w.requests).sum::<u64>() == 4
     });

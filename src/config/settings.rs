@@ -336,6 +336,12 @@ with_tls_settings!(settings! {
     [proxy] forwarded_allow_ips: AllowIps = "127.0.0.1,::1",
         "Proxy mode: peers whose X-Forwarded-For, -Proto and -Host are kept: addresses, CIDR blocks or *",
         (long, env = "FORWARDED_ALLOW_IPS", value_name = "LIST");
+    [proxy] keep_alive: Secs = "75s",
+        "Proxy mode: how long a client connection may stay idle between requests (an HTTP/2 one with no open stream) before it is closed; at the connection cap the one idle longest is closed first. nginx's keepalive_timeout, Gunicorn's --keep-alive",
+        (long, env = "CORRAL_KEEP_ALIVE", value_name = "SECS");
+    [proxy] client_header_timeout: Secs = "10s",
+        "Proxy mode: how long a client may take, from connecting, to send a request's head (TLS handshake included); a silent or trickling client is closed then",
+        (long, env = "CORRAL_CLIENT_HEADER_TIMEOUT", value_name = "SECS");
     [proxy] max_requests: u64 = "0",
         "Proxy mode: recycle a worker after this many requests, its successor ready first; 0 is off",
         (long, env = "CORRAL_MAX_REQUESTS", value_name = "N");

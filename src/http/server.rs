@@ -25,6 +25,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
+use super::activity::{Activity, Registration, Registry, Tracked};
 use super::framing::{self, MAX_HEAD_BYTES, MAX_HEADERS};
 use super::tls::Certs;
 
@@ -33,8 +34,12 @@ use super::tls::Certs;
 pub struct Limits {
     /// Connections served at once, across the server.
     pub connections: usize,
-    /// How long a client may take to send a request's headers.
+    /// How long a client may take to send a request's headers, from its
+    /// connection for the first request (a silent client is closed then).
     pub header_read_timeout: Duration,
+    /// How long a connection may stay idle after a request (HTTP/1.1
+    /// keep-alive; HTTP/2 with no open stream).
+    pub keep_alive: Duration,
     /// How long answers in progress get once shutdown begins; `None`
     /// waits for all of them (whoever stops the server enforces a limit).
     pub shutdown_grace: Option<Duration>,
@@ -58,11 +63,16 @@ const H2_MAX_PENDING_RESETS: usize = 20;
 const H2_MAX_LOCAL_RESETS: usize = 256;
 const H2_MAX_HEADER_LIST: u32 = MAX_HEAD_BYTES as u32;
 
+/// How long an idle connection being closed gets: HTTP/1.1 closes at
+/// once, HTTP/2 sends its GOAWAY.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
 /// corral's admin-style servers: a handful of probes, scrapes and operator
 /// calls at a time, never a flood.
 pub const SMALL: Limits = Limits {
     connections: 64,
     header_read_timeout: Duration::from_secs(10),
+    keep_alive: Duration::from_secs(30),
     shutdown_grace: Some(Duration::from_secs(5)),
     first_request_grace: Duration::ZERO,
     http2: false,
@@ -117,6 +127,7 @@ pub async fn serve<F, Fut, B>(
     B::Data: Send,
 {
     let slots = Arc::new(Semaphore::new(limits.connections.max(1)));
+    let registry = Registry::new();
     let (accepted_tx, mut accepted) = mpsc::unbounded_channel();
     let acceptors: Vec<_> = listeners
         .into_iter()
@@ -124,6 +135,7 @@ pub async fn serve<F, Fut, B>(
             tokio::spawn(accept(
                 l,
                 slots.clone(),
+                registry.clone(),
                 accepted_tx.clone(),
                 shutdown.clone(),
             ))
@@ -132,14 +144,8 @@ pub async fn serve<F, Fut, B>(
     drop(accepted_tx);
     let mut connections = JoinSet::new();
     let told = shutdown.clone();
-    let spawn = |connections: &mut JoinSet<()>, (conn, permit)| {
-        connections.spawn(connection(
-            conn,
-            permit,
-            handle.clone(),
-            limits,
-            told.clone(),
-        ));
+    let spawn = |connections: &mut JoinSet<()>, accepted: Accepted| {
+        connections.spawn(connection(accepted, handle.clone(), limits, told.clone()));
     };
     loop {
         tokio::select! {
@@ -175,7 +181,15 @@ pub async fn serve<F, Fut, B>(
 
 /// A connection taken in, with its place under the cap (none for those
 /// taken from the queue at shutdown, which must not wait for one).
-type Accepted = (Conn, Option<OwnedSemaphorePermit>);
+/// It is registered as it is accepted, so that it can be evicted before its
+/// task has even run (a burst of silent clients is taken in faster than
+/// their tasks start).
+struct Accepted {
+    conn: Conn,
+    permit: Option<OwnedSemaphorePermit>,
+    activity: Arc<Activity>,
+    registration: Registration,
+}
 
 async fn accept_tcp(l: &TcpListener) -> std::io::Result<TcpStream> {
     let (s, _) = l.accept().await?;
@@ -192,16 +206,29 @@ async fn accept_one(listener: &Listener) -> std::io::Result<Conn> {
     }
 }
 
+/// Takes connections in, each with a place under the cap; at the cap, a
+/// new connection makes room by evicting the one idle longest, and waits
+/// for its place only if every connection is busy.
 async fn accept(
     listener: Listener,
     slots: Arc<Semaphore>,
+    registry: Arc<Registry>,
     accepted: mpsc::UnboundedSender<Accepted>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
         let next = async {
-            let permit = slots.clone().acquire_owned().await.ok();
-            (accept_one(&listener).await, permit)
+            let conn = accept_one(&listener).await;
+            let permit = match slots.clone().try_acquire_owned() {
+                Ok(p) => Some(p),
+                Err(_) => {
+                    if conn.is_ok() {
+                        registry.evict_idlest();
+                    }
+                    slots.clone().acquire_owned().await.ok()
+                }
+            };
+            (conn, permit)
         };
         let (conn, permit) = tokio::select! {
             next = next => next,
@@ -209,7 +236,14 @@ async fn accept(
         };
         match conn {
             Ok(c) => {
-                if accepted.send((c, permit)).is_err() {
+                let (activity, registration) = registry.register();
+                let taken = Accepted {
+                    conn: c,
+                    permit,
+                    activity,
+                    registration,
+                };
+                if accepted.send(taken).is_err() {
                     return;
                 }
             }
@@ -223,15 +257,21 @@ async fn accept(
     // A zero timeout still polls the accept once: it takes what the kernel
     // has queued and stops at the first would-block.
     while let Ok(Ok(conn)) = tokio::time::timeout(Duration::ZERO, accept_one(&listener)).await {
-        if accepted.send((conn, None)).is_err() {
+        let (activity, registration) = registry.register();
+        let taken = Accepted {
+            conn,
+            permit: None,
+            activity,
+            registration,
+        };
+        if accepted.send(taken).is_err() {
             return;
         }
     }
 }
 
 async fn connection<F, Fut, B>(
-    conn: Conn,
-    permit: Option<OwnedSemaphorePermit>,
+    accepted: Accepted,
     handle: F,
     limits: Limits,
     shutdown: watch::Receiver<bool>,
@@ -240,26 +280,35 @@ async fn connection<F, Fut, B>(
     Fut: Future<Output = Response<B>> + Send + 'static,
     B: ResponseBody,
 {
+    let Accepted {
+        conn,
+        permit,
+        activity,
+        registration,
+    } = accepted;
     match conn {
         Conn::Tcp(s) => {
             let peer = Peer {
                 addr: s.peer_addr().ok(),
                 tls: false,
             };
-            serve_io(s, peer, handle, limits, shutdown).await
+            serve_io(s, peer, activity, handle, limits, shutdown).await
         }
         Conn::Tls(s, certs) => {
             let peer = Peer {
                 addr: s.peer_addr().ok(),
                 tls: true,
             };
-            // The handshake counts against the header-read timeout: a
-            // client that opens and stays silent is cut off all the same.
+            // The handshake counts against the header-read timeout, and
+            // the connection may be evicted meanwhile: a client that opens
+            // and stays silent is cut off all the same.
             let acceptor = tokio_rustls::TlsAcceptor::from(certs.current());
-            match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(s)).await {
-                Ok(Ok(tls)) => serve_io(tls, peer, handle, limits, shutdown).await,
-                Ok(Err(e)) => debug!(error = %e, peer = ?peer.addr, "TLS handshake"),
-                Err(_) => debug!(peer = ?peer.addr, "TLS handshake timed out"),
+            tokio::select! {
+                handshake = acceptor.accept(s) => match handshake {
+                    Ok(tls) => serve_io(tls, peer, activity, handle, limits, shutdown).await,
+                    Err(e) => debug!(error = %e, peer = ?peer.addr, "TLS handshake"),
+                },
+                why = idle(&activity, &limits) => debug!(peer = ?peer.addr, why, "TLS handshake cut off"),
             }
         }
         Conn::Unix(s) => {
@@ -267,15 +316,17 @@ async fn connection<F, Fut, B>(
                 addr: None,
                 tls: false,
             };
-            serve_io(s, peer, handle, limits, shutdown).await
+            serve_io(s, peer, activity, handle, limits, shutdown).await
         }
     }
+    drop(registration);
     drop(permit);
 }
 
 async fn serve_io<S, F, Fut, B>(
     stream: S,
     peer: Peer,
+    activity: Arc<Activity>,
     handle: F,
     limits: Limits,
     mut shutdown: watch::Receiver<bool>,
@@ -291,14 +342,16 @@ async fn serve_io<S, F, Fut, B>(
     let requested = Arc::new(Notify::new());
     let service = {
         let requested = requested.clone();
+        let activity = activity.clone();
         hyper::service::service_fn(move |mut req: Request<Incoming>| {
             requested.notify_one();
+            let in_flight = activity.begin();
             req.extensions_mut().insert(peer);
             if strict && req.version() != hyper::Version::HTTP_2 && verdicts.next_is_ambiguous() {
                 req.extensions_mut().insert(framing::Ambiguous);
             }
             let answer = handle(req);
-            async move { Ok::<_, Infallible>(answer.await) }
+            async move { Ok::<_, Infallible>(answer.await.map(|b| Tracked::new(b, in_flight))) }
         })
     };
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -324,6 +377,11 @@ async fn serve_io<S, F, Fut, B>(
     tokio::pin!(conn);
     let result = tokio::select! {
         result = conn.as_mut() => result,
+        why = idle(&activity, &limits) => {
+            debug!(peer = ?peer.addr, why, "idle connection closed");
+            conn.as_mut().graceful_shutdown();
+            tokio::time::timeout(CLOSE_GRACE, conn.as_mut()).await.unwrap_or(Ok(()))
+        }
         _ = stopped(&mut shutdown) => {
             // A request already seen left a permit: no wait then.
             tokio::select! {
@@ -337,6 +395,15 @@ async fn serve_io<S, F, Fut, B>(
     };
     if let Err(e) = result {
         debug!(error = %e, "connection");
+    }
+}
+
+/// Resolves when an idle connection should close: past its deadline, or
+/// evicted to make room at the cap.
+async fn idle(activity: &Activity, limits: &Limits) -> &'static str {
+    tokio::select! {
+        _ = activity.idle_past(limits.header_read_timeout, limits.keep_alive) => "past its deadline",
+        _ = activity.evicted() => "to make room at the cap",
     }
 }
 
@@ -461,6 +528,61 @@ mod tests {
             5,
             "the rest waited, none was refused"
         );
+    }
+
+    #[tokio::test]
+    async fn silent_connections_at_the_cap_make_room_for_a_request() {
+        let limits = Limits {
+            connections: 4,
+            ..SMALL
+        };
+        let (addr, _tx, h) = started(limits).await;
+        let mut silent = Vec::new();
+        for _ in 0..8 {
+            silent.push(TcpStream::connect(addr).await.unwrap());
+        }
+        h.release.add_permits(1);
+        let answer = tokio::time::timeout(Duration::from_secs(2), get(addr))
+            .await
+            .expect("answered while silent clients fill the cap");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        let mut closed = 0;
+        for mut s in silent {
+            let mut buf = [0u8; 1];
+            if let Ok(Ok(0)) =
+                tokio::time::timeout(Duration::from_millis(100), s.read(&mut buf)).await
+            {
+                closed += 1;
+            }
+        }
+        assert!(closed >= 4, "idle ones were closed to make room: {closed}");
+    }
+
+    #[tokio::test]
+    async fn an_idle_keep_alive_connection_is_closed_and_a_busy_one_is_not() {
+        let limits = Limits {
+            keep_alive: Duration::from_millis(300),
+            ..SMALL
+        };
+        let (addr, _tx, h) = started(limits).await;
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        h.until("the request taken", |h| {
+            h.started.load(Ordering::SeqCst) == 1
+        })
+        .await;
+        // Busy past keep-alive: the connection stays.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        h.release.add_permits(1);
+        let mut buf = [0u8; 512];
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        // Idle past keep-alive: closed.
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
+        assert!(read.is_ok(), "the idle connection was closed");
     }
 
     #[tokio::test]

@@ -3,7 +3,11 @@
 //! `Connection`, and the fixed set below) stop here in both directions; an
 //! `Upgrade` request keeps its `Upgrade` and `Connection: upgrade` so the
 //! worker can switch protocols; the forwarded fields are believed only from
-//! a trusted peer and otherwise replaced. Pure functions over header maps.
+//! a trusted peer and otherwise replaced. A forwarding field is known by
+//! its name once case and `_`/`-` are ignored, because that is how
+//! frameworks read them (Django folds `X_Forwarded_For` into
+//! `HTTP_X_FORWARDED_FOR`, the same key as `X-Forwarded-For`). Pure
+//! functions over header maps.
 
 use std::net::IpAddr;
 
@@ -62,12 +66,48 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     }
 }
 
-/// Sets X-Forwarded-For, -Proto and -Host for the worker. From a trusted
-/// peer the incoming ones are kept (its address appended to the `For`
-/// chain); from anyone else they, and `Forwarded`, are replaced. `tls`:
-/// the client reached corral over TLS.
+/// Fields that say who the client was, how and whom it asked, as a proxy
+/// saw it: beside every `X-Forwarded-*`, the names in use by proxies and
+/// CDNs. Compared after lowercasing and `_` -> `-`.
+const FORWARDING: &[&str] = &[
+    "forwarded",
+    "x-real-ip",
+    "x-client-ip",
+    "client-ip",
+    "true-client-ip",
+    "x-cluster-client-ip",
+    "cf-connecting-ip",
+    "fastly-client-ip",
+    "x-original-forwarded-for",
+    "x-original-host",
+    "x-original-url",
+    "x-rewrite-url",
+];
+
+/// Whether `name` is a forwarding field, however it is spelt.
+fn is_forwarding(name: &str) -> bool {
+    let name = name.to_ascii_lowercase().replace('_', "-");
+    name.starts_with("x-forwarded-") || name == "x-forwarded" || FORWARDING.contains(&name.as_str())
+}
+
+/// Sets X-Forwarded-For, -Proto and -Host and `Forwarded` (RFC 7239) for
+/// the worker. From a trusted peer the incoming ones are kept (its own
+/// hop appended to the `For` chain and to `Forwarded`); from anyone else
+/// every forwarding field is dropped and corral's own set. A forwarding
+/// name spelt with `_` is dropped from anyone: it would shadow the real
+/// one in a framework's table. `tls`: the client reached corral over TLS.
 pub fn set_forwarded(headers: &mut HeaderMap, peer: Option<IpAddr>, tls: bool, allow: &AllowIps) {
     let trusted = peer.is_some_and(|p| allow.allows(p));
+    let spoofable: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| is_forwarding(k.as_str()) && (!trusted || k.as_str().contains('_')))
+        .cloned()
+        .collect();
+    for name in spoofable {
+        headers.remove(name);
+    }
+    let proto = if tls { "https" } else { "http" };
+    set_rfc7239(headers, peer, proto);
     let peer_text = peer.map(|p| p.to_string());
     if trusted {
         let chain = headers
@@ -84,23 +124,63 @@ pub fn set_forwarded(headers: &mut HeaderMap, peer: Option<IpAddr>, tls: bool, a
         if let Ok(v) = HeaderValue::from_str(&value) {
             headers.insert(X_FORWARDED_FOR, v);
         }
-    } else {
-        headers.remove(&X_FORWARDED_FOR);
-        headers.remove(&FORWARDED);
-        headers.remove(&X_FORWARDED_PROTO);
-        headers.remove(&X_FORWARDED_HOST);
-        if let Some(v) = peer_text.and_then(|p| HeaderValue::from_str(&p).ok()) {
-            headers.insert(X_FORWARDED_FOR, v);
-        }
+    } else if let Some(v) = peer_text.and_then(|p| HeaderValue::from_str(&p).ok()) {
+        headers.insert(X_FORWARDED_FOR, v);
     }
     if !headers.contains_key(&X_FORWARDED_PROTO) {
-        let proto = if tls { "https" } else { "http" };
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     }
     if !headers.contains_key(&X_FORWARDED_HOST)
         && let Some(host) = headers.get(header::HOST).cloned()
     {
         headers.insert(X_FORWARDED_HOST, host);
+    }
+}
+
+/// HTTP/2 lets a client split `cookie` into several fields ("crumbs", RFC
+/// 9113 8.2.3); they are joined with `; ` into one before the request goes
+/// on as HTTP/1.1, where apps read a single field.
+pub fn join_cookie_crumbs(headers: &mut HeaderMap) {
+    let crumbs: Vec<&str> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    if crumbs.len() < 2 {
+        return;
+    }
+    if let Ok(v) = HeaderValue::from_str(&crumbs.join("; ")) {
+        headers.insert(header::COOKIE, v);
+    }
+}
+
+/// Appends this hop to `Forwarded` (RFC 7239 section 4): `for` the peer
+/// (`unknown` on a Unix socket; an IPv6 address quoted in brackets),
+/// `proto`, and `host` as the client asked.
+fn set_rfc7239(headers: &mut HeaderMap, peer: Option<IpAddr>, proto: &str) {
+    let node = match peer {
+        Some(IpAddr::V4(a)) => a.to_string(),
+        Some(IpAddr::V6(a)) => format!("\"[{a}]\""),
+        None => "unknown".into(),
+    };
+    let mut hop = format!("for={node};proto={proto}");
+    if let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok())
+        && !host.contains(['"', '\\'])
+    {
+        hop.push_str(&format!(";host=\"{host}\""));
+    }
+    let before: Vec<&str> = headers
+        .get_all(&FORWARDED)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let value = if before.is_empty() {
+        hop
+    } else {
+        format!("{}, {hop}", before.join(", "))
+    };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert(FORWARDED, v);
     }
 }
 
@@ -167,7 +247,64 @@ mod tests {
         assert_eq!(get(&h, "x-forwarded-for"), Some("10.1.1.1"));
         assert_eq!(get(&h, "x-forwarded-proto"), Some("http"));
         assert_eq!(get(&h, "x-forwarded-host"), Some("example.com"));
-        assert_eq!(get(&h, "forwarded"), None);
+        assert_eq!(
+            get(&h, "forwarded"),
+            Some("for=10.1.1.1;proto=http;host=\"example.com\"")
+        );
+    }
+
+    #[test]
+    fn every_spelling_of_a_forwarding_field_from_an_untrusted_peer_is_dropped() {
+        let allow: AllowIps = "127.0.0.1".parse().unwrap();
+        let mut h = map(&[
+            ("host", "example.com"),
+            ("x_forwarded_for", "6.6.6.6"),
+            ("X-Real-IP", "6.6.6.6"),
+            ("x-forwarded-port", "1"),
+            ("x-forwarded-prefix", "/admin"),
+            ("true-client-ip", "6.6.6.6"),
+            ("accept", "*/*"),
+        ]);
+        set_forwarded(&mut h, Some("10.1.1.1".parse().unwrap()), false, &allow);
+        for gone in [
+            "x_forwarded_for",
+            "x-real-ip",
+            "x-forwarded-port",
+            "x-forwarded-prefix",
+            "true-client-ip",
+        ] {
+            assert_eq!(get(&h, gone), None, "{gone}");
+        }
+        assert_eq!(get(&h, "x-forwarded-for"), Some("10.1.1.1"));
+        assert_eq!(get(&h, "accept"), Some("*/*"));
+        // From a trusted peer the real names stay, an underscore one never.
+        let mut h = map(&[("x-real-ip", "1.2.3.4"), ("x_forwarded_for", "6.6.6.6")]);
+        set_forwarded(&mut h, Some("127.0.0.1".parse().unwrap()), false, &allow);
+        assert_eq!(get(&h, "x-real-ip"), Some("1.2.3.4"));
+        assert_eq!(get(&h, "x_forwarded_for"), None);
+        assert_eq!(get(&h, "x-forwarded-for"), Some("127.0.0.1"));
+    }
+
+    #[test]
+    fn cookie_crumbs_are_joined_into_one_field() {
+        let mut h = map(&[("cookie", "a=1"), ("cookie", "b=2"), ("cookie", "c=3")]);
+        join_cookie_crumbs(&mut h);
+        assert_eq!(h.get_all("cookie").iter().count(), 1);
+        assert_eq!(get(&h, "cookie"), Some("a=1; b=2; c=3"));
+    }
+
+    #[test]
+    fn forwarded_gets_this_hop_after_a_trusted_peers_own() {
+        let allow: AllowIps = "::1".parse().unwrap();
+        let mut h = map(&[
+            ("host", "a:8443"),
+            ("forwarded", "for=192.0.2.1;proto=https"),
+        ]);
+        set_forwarded(&mut h, Some("::1".parse().unwrap()), true, &allow);
+        assert_eq!(
+            get(&h, "forwarded"),
+            Some("for=192.0.2.1;proto=https, for=\"[::1]\";proto=https;host=\"a:8443\"")
+        );
     }
 
     #[test]

@@ -41,6 +41,8 @@ def forwarded(request):
             ("for", "HTTP_X_FORWARDED_FOR"),
             ("proto", "HTTP_X_FORWARDED_PROTO"),
             ("host", "HTTP_X_FORWARDED_HOST"),
+            ("real-ip", "HTTP_X_REAL_IP"),
+            ("forwarded", "HTTP_FORWARDED"),
         ]
     ]
     return HttpResponse("\n".join(lines) + "\n", content_type=TEXT)
