@@ -9,6 +9,14 @@ import subprocess
 import sys
 import time
 
+TEMPLATES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates")
+
+
+def template(name):
+    """The text of bench/templates/<name> (what the kit writes that is not code)."""
+    with open(os.path.join(TEMPLATES, name)) as f:
+        return f.read()
+
 
 def log(msg):
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)

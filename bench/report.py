@@ -7,7 +7,10 @@ the reason), and results.md rendered from that and figures 6 and 7's own
 results (`markdown()`); bench/autoscale.py and bench/operator_scale.py
 print their figure's section of it."""
 
+import re
 import statistics
+
+from procs import template
 
 REF, CORRAL, PROXY, NGINX = "gunicorn", "corral", "proxy", "nginx"
 PROXY_CPU_US = 25.0  # the proxy's own CPU per request, at most
@@ -34,6 +37,20 @@ SUMMARY_ROWS = [
     ("p99_high_ms", "p99 latency at high load", "ms"),
     ("scale_down_decision_s", "scale-down decision after the drop", "s"),
 ]
+
+
+def load_text(name):
+    parts = re.split(r"^<!-- (\S+) -->\n", template(name), flags=re.M)
+    return {key: [" ".join(p.split("\n")) for p in body.strip().split("\n\n")]
+            for key, body in zip(parts[1::2], parts[2::2])}
+
+
+TEXT = load_text("results.md")
+
+
+def text(name, **values):
+    """Section `name` of templates/results.md, a line per paragraph, filled in."""
+    return [p.format(**values) + "\n" for p in TEXT[name]]
 
 
 def median(xs):
@@ -294,16 +311,9 @@ def markdown(s, raw, cfg, machine, stacks):
 
 def overview(s, raw, cfg, machine, stacks):
     return [
-        "# corral benchmark\n",
-        f"{machine['date']}, {machine['cpu_model']} x {machine['cpus']} CPUs, Linux {machine['kernel']}, "
-        f"Python {machine['python']}; {cfg.workers} workers in every stack; wall time {fmt(raw.get('wall_s'), '.0f')} s"
-        f"{' (SMOKE RUN: tiny durations, numbers meaningless)' if cfg.smoke else ''}.\n",
-        "Versions: " + "; ".join(f"{st.label}: {machine['versions'].get(st.key, '?')}" for st in stacks) + ".\n",
-        "Ratios are to the reference, gunicorn + UvicornWorker. The load generator runs on the same "
-        f"{machine['cpus']} CPUs as the servers, identically for every stack. nginx (Debian) -> gunicorn runs "
-        f"nginx in the foreground from a generated config ({cfg.nginx_workers} worker process, 127.0.0.1 only, "
-        "pooled keep-alive HTTP/1.1 to gunicorn's Unix socket); its \"manager\" below is the gunicorn master, "
-        "and nginx's own processes are shown as the front.\n",
+        *text("overview", m=machine, cfg=cfg, wall=fmt(raw.get("wall_s"), ".0f"),
+              smoke=" (SMOKE RUN: tiny durations, numbers meaningless)" if cfg.smoke else "",
+              versions="; ".join(f"{st.label}: {machine['versions'].get(st.key, '?')}" for st in stacks)),
         *(f"**{st['label']}: not available: {st['reason']}.** Its figures and targets are not measured.\n"
           for st in s.get("unavailable", {}).values()),
     ]
@@ -320,13 +330,7 @@ def fig1(s, cfg, ref):
                              fmt(f1["p50_ms"], ".2f"), fmt(f1["p99_ms"], ".2f"), f1["errors"],
                              f"{fmt(None if busiest is None else busiest * 100)} %"])
     return [
-        "## Figure 1: throughput and latency\n",
-        f"wrk -t{cfg.wrk_threads} -c{cfg.connections} --latency, keep-alive, GET /, {cfg.duration} s per run after "
-        f"{cfg.warmup} s warm-up, mean of {max(cfg.rounds, 1)} round(s) (stacks in alternating order), "
-        "each on a fresh start. "
-        "The built-in worker serves its own app (the floor: no Python), shown under hello. "
-        "\"Busiest worker\" is that worker's share of the workers' CPU during the run "
-        f"({100 / cfg.workers:.0f} % = connections spread evenly).\n",
+        *text("fig1", cfg=cfg, rounds=max(cfg.rounds, 1), even=100 / cfg.workers),
         *table(["stack", "app", "req/s", "vs gunicorn", "p50 ms", "p99 ms", "errors", "busiest worker"], "llrrrrrr",
                rows),
         *target_lines(s, 1), "",
@@ -335,13 +339,7 @@ def fig1(s, cfg, ref):
 
 def fig1b(s, cfg, ref):
     return [
-        "## Figure 1b: mixed Django load\n",
-        f"wrk -t{cfg.wrk_threads} -c{cfg.connections} as above, on the same instance right after the Django run, "
-        f"{cfg.mixed_duration} s: every {cfg.mixed_every}th request on each connection is GET /cpu/{cfg.mixed_cpu_ms} "
-        f"(a view that holds its worker's CPU for {cfg.mixed_cpu_ms} ms), the rest GET /. With the shared socket "
-        "and nginx each keep-alive connection stays on the worker that accepted it, so a fast request can wait "
-        "behind a slow one on a busy worker while the other is idle; corral --proxy sends each request to the "
-        "worker with the fewest in flight.\n",
+        *text("fig1b", cfg=cfg),
         *table(["stack", "req/s", "p50 ms", "p99 ms", "p99 vs gunicorn", "errors"], "lrrrrr", [
             [row["label"], fmt(m["rps"]), fmt(m["p50_ms"], ".2f"), fmt(m["p99_ms"], ".2f"),
              vs(m["p99_ms"], ref, "fig1b", "p99_ms"), m["errors"]]
@@ -353,14 +351,7 @@ def fig1b(s, cfg, ref):
 def fig2(s, cfg, ref):
     mib = lambda f2, k: fmt(None if f2.get(k) is None else f2[k] / 1024, ".1f")
     return [
-        "## Figure 2: manager footprint\n",
-        f"The supervising process alone (gunicorn master, uvicorn's supervisor, corral), Django app: "
-        f"resident memory after start-up, CPU over {cfg.idle} s idle, CPU and peak memory during the Django "
-        "wrk run. Workers' memory for context. \"CPU per request\" is the manager process's own user + system "
-        "CPU (/proc/<pid>/stat, not its workers) during the Django wrk run over the requests served in it "
-        "(corral --proxy: its corral_http_requests_total; the others: wrk's count): for corral --proxy, "
-        "which is in the request path, the proxy's own cost; for the others, which are not, their "
-        "supervision's. The front column is nginx's processes (master and workers) for nginx -> gunicorn.\n",
+        *text("fig2", cfg=cfg),
         *table(["stack", "manager RSS MiB", "vs gunicorn", "idle CPU %", "CPU under load %", "peak RSS under load MiB",
                 "workers RSS MiB", "manager CPU per request us", "front RSS MiB", "front CPU per request us"],
                "lrrrrrrrrr", [
@@ -377,12 +368,7 @@ def fig2(s, cfg, ref):
 
 def fig3(s, cfg, ref):
     return [
-        "## Figure 3: start to first 200\n",
-        "From spawning the manager to the first 200 on /healthz (Django), median of the samples. The "
-        "manager's own start-up ends when it spawns its first worker (seen in /proc): its share of the "
-        "whole is that over the time to the first 200. \"Port accepting\" is the first TCP connect that "
-        "succeeds; corral and gunicorn listen before starting workers, uvicorn --workers only binds in "
-        "the supervisor and its workers call listen().\n",
+        *text("fig3"),
         *table(["stack", "first 200 ms", "vs gunicorn", "first worker spawned ms", "manager share",
                 "port accepting ms", "samples"], "lrrrrrr", [
             [row["label"], fmt(f3["first_200_s"] * 1000),
@@ -407,18 +393,7 @@ def fig4(s, cfg, ref):
                          fmt(f4["api_ready_seconds"], ".3f")])
     rows += [[st["label"], "-", "not available", "-", "-"] for st in s.get("unavailable", {}).values()]
     return [
-        "## Figure 4: scale up, request to the new worker serving\n",
-        f"From PUT /workers (corral) or TTIN (gunicorn, uvicorn) asking for worker {cfg.workers + 1} to the "
-        "first answer from a new pid on GET /pid (2 clients polling, fresh connections), Django, no other "
-        f"load; median of {cfg.reps}. The old workers are paused (SIGSTOP) until that answer, so only the new "
-        "worker can take the polls: on an idle server the kernel hands almost every connection to an "
-        "already awake worker. For corral, when GET /workers first says ready (Uvicorn does not "
-        "notify readiness, so in shared-socket mode corral counts it ready after --boot-grace, 1 s). "
-        "corral --proxy has exact readiness (a worker is ready when it answers on its own socket) and "
-        "nothing is paused: corral sends each poll to the worker with the fewest in flight, ties rotating, "
-        "so a new worker gets one within a few polls (each client polls every 10 ms) of being ready. "
-        "nginx -> gunicorn is not timed: the same gunicorn master and TTIN as gunicorn direct, and nginx's "
-        "pooled connections to the paused workers would hold the polls.\n",
+        *text("fig4", cfg=cfg, n1=cfg.workers + 1),
         *table(["stack", "how", "seconds", "vs gunicorn", "corral says ready s"], "llrrr", rows),
         "",
     ]
@@ -443,15 +418,7 @@ def fig5(s, cfg, ref):
     exits = [f"{row['label']} {row['fig5']['term']['exit_s']:.1f} s" for row in stack_rows
              if row.get("fig5", {}).get("term", {}).get("exit_s") is not None]
     return [
-        "## Figure 5: failed requests\n",
-        f"{cfg.clients} clients in a closed loop, each request on a fresh connection (Connection: close), "
-        "GET / on Django, from before the event until it has settled plus "
-        f"{cfg.tail} s. A fresh connection per request is the fair measure: with keep-alive, a client "
-        "reusing a connection the server just closed sees an error that clients retry, which says nothing "
-        "about the server. Every failure counts, by kind below (refused, reset unanswered, ...). "
-        f"TERM: {4 * cfg.workers} requests to /delay/{cfg.slow_ms} in flight when the manager gets TERM "
-        "(no other load); each must complete. SIGKILL necessarily loses what the killed worker had "
-        "accepted, in every stack. Cells: failed / requests.\n",
+        *text("fig5", cfg=cfg, slow=4 * cfg.workers),
         *table(["scenario", *(row["label"] for row in stack_rows), "target: corral 0 where gunicorn > 0",
                 "target: corral --proxy 0"], "l" + "r" * len(stack_rows) + "ll", rows),
         *(["\nFailures by kind:\n"] + kinds if kinds else []),
@@ -462,7 +429,7 @@ def fig5(s, cfg, ref):
 
 def fig6(a):
     if "error" in a:
-        return ["## Figure 6: autoscaling with the operator\n", f"not run: {a['error']}\n"]
+        return [TEXT["fig6"][0] + "\n", f"not run: {a['error']}\n"]
     c = a.get("concurrency", {})
     if "not_available" in c:
         conc, other = f"Concurrency run: **not available: {c['not_available']}**.\n", "not available"
@@ -478,13 +445,7 @@ def fig6(a):
             for key, label, unit in SUMMARY_ROWS] + [["requests failed / sent", *(
                 f"{x['failed']} / {x['sent']}" if x else other for x in (a["summary"], cs))]] if "summary" in a else []
     return [
-        "## Figure 6: autoscaling with the operator\n",
-        "Two runs of one pod under an open-loop load step (bench/autoscale.py, autoscale.json, "
-        "autoscale.png and autoscale-concurrency.png): `type: CPU` on CPU-bound requests to the built-in "
-        "worker, and `type: Concurrency` on I/O-bound requests (Django's async /delay/50) behind corral "
-        "--proxy with --worker-concurrency set.\n",
-        f"CPU run: scale-up decision {fmt(a.get('scale_up_decision_s'), '.2f')} s after the load step; "
-        f"target <= 2 s: **{verdict(a.get('target_met'))}**.\n",
+        *text("fig6", decision=fmt(a.get("scale_up_decision_s"), ".2f"), met=verdict(a.get("target_met"))),
         *([conc] if conc else []),
         *(table(["figure", "CPU run", "Concurrency run"], "lrr", side) + [""] if side else []),
         "CPU run:\n", *rows_table(a.get("rows")), "",
@@ -494,18 +455,11 @@ def fig6(a):
 
 def fig7(o):
     if "error" in o:
-        return ["## Figure 7: the operator at scale\n", f"not run: {o['error']}\n"]
+        return [TEXT["fig7"][0] + "\n", f"not run: {o['error']}\n"]
     return [
-        "## Figure 7: the operator at scale\n",
-        f"`corral operator` reconciling one WorkerAutoscaler over {o['pods']} pods (a real API server; the "
-        f"pods' admin API served by one fake process speaking the real contract), {o['measured_passes']} "
-        f"measured passes every {o['poll_interval_s']} s, scaling (every pod PUT) and steady (every pod read) "
-        f"alternating. CPU per pass: median {fmt(o['cpu_per_pass_median_s'], '.2f')} s, max "
-        f"{fmt(o['cpu_per_pass_max_s'], '.2f')} s; target <= {o['targets']['cpu_per_pass_s']:g} s: "
-        f"**{verdict(o['cpu_per_pass_max_s'] <= o['targets']['cpu_per_pass_s'])}**. Peak RSS "
-        f"{fmt(o['peak_rss_mib'], '.1f')} MiB; target <= {o['targets']['peak_rss_mib']:g} MiB: "
-        f"**{verdict(o['peak_rss_mib'] <= o['targets']['peak_rss_mib'])}** (bench/operator_scale.py, "
-        "operator_scale.json, method in docs/benchmarks/operator-scale.md).\n",
+        *text("fig7", o=o, median=fmt(o["cpu_per_pass_median_s"], ".2f"), max=fmt(o["cpu_per_pass_max_s"], ".2f"),
+              cpu_met=verdict(o["cpu_per_pass_max_s"] <= o["targets"]["cpu_per_pass_s"]),
+              rss=fmt(o["peak_rss_mib"], ".1f"), rss_met=verdict(o["peak_rss_mib"] <= o["targets"]["peak_rss_mib"])),
         *rows_table(o.get("rows")), "",
         *rows_table([{k: p[k] for k in PASS_COLUMNS} for p in o.get("passes", [])]), "",
     ]
@@ -530,13 +484,6 @@ def tls_sections(s, raw, cfg, machine):
     rows = s["stacks"]
     gone = s.get("tls_unavailable", {})
     cert = s.get("tls_certificate")
-    common = ("corral --proxy (`-b https://127.0.0.1:PORT --certfile F --keyfile K`) and nginx (`listen ... ssl "
-              "http2`, `ssl_protocols TLSv1.2 TLSv1.3`, 1 worker process) -> gunicorn + UvicornWorker, Django, "
-              f"{cfg.workers} workers, a fresh instance per round, {cfg.tls_rounds} round(s) in alternating order; "
-              "both serve the same " + (f"{cert['key']} certificate ({cert['chain']})" if cert else "certificate")
-              + " made with openssl for this run. The front's CPU is corral's manager process (the front is a "
-              "thread of it) and nginx's master and worker, from /proc (10-ms ticks). "
-              f"Clients: {machine.get('h2load', '?')} and {machine.get('openssl', '?')}, on 127.0.0.1.")
 
     def front_table(fig, part, header, align, cells):
         """A row per front: cells(its summary of `part`) where measured,
@@ -553,25 +500,18 @@ def tls_sections(s, raw, cfg, machine):
                 out.append([row["label"], *cells(row[part], rows.get(NGINX, {}).get(part, {}))])
         return table(header, align, out)
 
-    warm = f"after a {cfg.h2_warmup}-s h2load warm-up" if cfg.h2_warmup else "no warm-up"
     return [
-        "## Figure 8: HTTP/2 over TLS, throughput\n",
-        f"{common} h2load -c{cfg.h2_clients} -m{cfg.h2_streams} -t{cfg.h2_threads} -D {cfg.h2_duration} "
-        f"(h2 by ALPN; {cfg.h2_clients * cfg.h2_streams} streams in flight), GET /, {warm}; p50/p99 from "
-        "h2load's per-request log. Errors: failed, errored, timed out and non-2xx.\n",
+        *text("fig8", cfg=cfg, cert=f"{cert['key']} certificate ({cert['chain']})" if cert else "certificate",
+              h2load=machine.get("h2load", "?"), openssl=machine.get("openssl", "?"),
+              streams=cfg.h2_clients * cfg.h2_streams,
+              warm=f"after a {cfg.h2_warmup}-s h2load warm-up" if cfg.h2_warmup else "no warm-up"),
         *front_table("h2", "fig8", ["stack", "req/s", "vs nginx", "p50 ms", "p99 ms", "errors",
                                     "front CPU per request us", "TLS (h2load)", "ALPN"], "lrrrrrrll", lambda f8, n: [
             fmt(f8["rps"]), vs(f8["rps"], n, "rps"), fmt(f8["p50_ms"], ".2f"),
             fmt(f8["p99_ms"], ".2f"), f8["errors"], fmt(f8["front_cpu_us_per_request"], ".1f"),
             ", ".join(f8["tls"]), ", ".join(f8["alpn"])]),
         *(line + "\n" for line in target_lines(s, 8)),
-        "## Figure 9: TLS handshakes per second\n",
-        f"The fronts, instances and certificate of figure 8. {cfg.handshake_clients} `openssl s_time -connect "
-        f"127.0.0.1:PORT -new` at once for about {cfg.handshake_duration} s: each a loop of connect, full "
-        "handshake (no session resumption), close, no request, so the front's TLS is measured and not Django; "
-        "the rate is the sum over the processes of their handshakes over their own wall time. The client runs "
-        "on the same cores and costs about as much per handshake as the server, so the front's CPU per "
-        "handshake is shown beside. \"Reused\" counts resumed sessions (must be 0).\n",
+        *text("fig9", cfg=cfg),
         *front_table("handshake", "fig9", ["stack", "handshakes/s", "vs nginx", "front CPU per handshake us",
                                            "handshakes", "reused", "errors", "TLS"], "lrrrrrrl", lambda f9, n: [
             fmt(f9["handshakes_per_s"]), vs(f9["handshakes_per_s"], n, "handshakes_per_s"),
