@@ -10,13 +10,14 @@ import re
 import shutil
 import socket
 import ssl
+import string
 import subprocess
 import tempfile
 import threading
 import time
 from collections import Counter
 
-from procs import RunFailed
+from procs import RunFailed, template
 from sampling import has_child, percentile
 
 WRK = "/usr/bin/wrk"
@@ -316,16 +317,7 @@ def summed(*counts):
 def mixed_script(path, every, other):
     """wrk Lua: every `every`-th request (per wrk thread) goes to `other`,
     the rest to `path`; deterministic, so every stack gets the same mix."""
-    return f"""local n, plain, odd = 0, nil, nil
-request = function()
-    if plain == nil then
-        plain, odd = wrk.format(nil, "{path}"), wrk.format(nil, "{other}")
-    end
-    n = n + 1
-    if n % {every} == 0 then return odd end
-    return plain
-end
-"""
+    return string.Template(template("mixed.lua")).substitute(path=path, every=every, other=other)
 
 
 def wrk(addr, path, connections, threads, seconds, script=None):

@@ -12,12 +12,13 @@ import secrets
 import shutil
 import signal
 import socket
+import string
 import subprocess
 import tempfile
 import time
 
 import procs
-from procs import RunFailed
+from procs import RunFailed, template
 from sampling import children, parent_of, prometheus, request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -108,9 +109,7 @@ def make_certs(dir_):
     if openssl is None:
         raise RunFailed("openssl not found (apt-get install openssl; .ci/test installs it)")
     os.makedirs(dir_, exist_ok=True)
-    with open(os.path.join(dir_, "server.ext"), "w") as f:
-        f.write("subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n"
-                "keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n")
+    shutil.copyfile(os.path.join(procs.TEMPLATES, "server.ext"), os.path.join(dir_, "server.ext"))
     ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
     for argv in (
         ["req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=corral bench CA"],
@@ -126,11 +125,11 @@ def make_certs(dir_):
 
 
 def nginx_conf(prefix, port, upstream_sock, worker_processes, tls=None):
-    """nginx.conf for the front: 127.0.0.1 only, every path in `prefix`,
-    pooled keep-alive HTTP/1.1 to gunicorn's Unix socket. With `tls` (a
-    Certs), HTTP/2 and HTTP/1.1 over TLS by ALPN on that port (nginx 1.22's
-    `listen ... ssl http2`), TLS 1.2 and 1.3 as corral, nginx's defaults
-    otherwise (no session cache, tickets on)."""
+    """templates/nginx.conf (a string.Template: $$ is nginx's own $) for the
+    front: 127.0.0.1 only, every path in `prefix`. With `tls` (a Certs),
+    HTTP/2 and HTTP/1.1 over TLS by ALPN (nginx 1.22's `listen ... ssl
+    http2`), TLS 1.2 and 1.3 as corral, nginx's defaults otherwise (no
+    session cache, tickets on)."""
     listen = f"listen 127.0.0.1:{port} backlog=2048;"
     if tls is not None:
         listen = (f"listen 127.0.0.1:{port} ssl http2 backlog=2048;\n"
@@ -143,44 +142,8 @@ def nginx_conf(prefix, port, upstream_sock, worker_processes, tls=None):
         # production; the socket directory is made traversable for it.
         nobody = pwd.getpwnam("nobody")
         user = f"user nobody {grp.getgrgid(nobody.pw_gid).gr_name};\n"
-    return f"""{user}worker_processes {worker_processes};
-pid {prefix}/nginx.pid;
-error_log {prefix}/error.log warn;
-events {{
-    worker_connections 4096;
-}}
-http {{
-    access_log off;
-    client_body_temp_path {prefix}/client_body;
-    proxy_temp_path {prefix}/proxy;
-    fastcgi_temp_path {prefix}/fastcgi;
-    uwsgi_temp_path {prefix}/uwsgi;
-    scgi_temp_path {prefix}/scgi;
-    keepalive_requests 100000;
-    upstream gunicorn {{
-        # As Gunicorn's deployment docs write it.
-        server unix:{upstream_sock} fail_timeout=0;
-        # Idle keep-alive connections kept per nginx worker: more than the
-        # load's connections, so none is reopened under load.
-        keepalive 128;
-        keepalive_requests 100000;
-        # Closed by nginx before Gunicorn's own keep-alive timeout (2 s)
-        # closes them, so nginx never reuses a connection being closed.
-        keepalive_timeout 1s;
-    }}
-    server {{
-        {listen}
-        location / {{
-            proxy_pass http://gunicorn;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host $http_host;
-            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-            proxy_set_header X-Forwarded-Proto $scheme;
-        }}
-    }}
-}}
-"""
+    return string.Template(template("nginx.conf")).substitute(
+        user=user, worker_processes=worker_processes, prefix=prefix, upstream_sock=upstream_sock, listen=listen)
 
 
 class Stack:
