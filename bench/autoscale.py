@@ -5,14 +5,7 @@ one cluster: on CPU with CPU-bound requests (the CPU run), then on
 Concurrency with I/O-bound requests behind `corral run --proxy` (the
 Concurrency run). Method: docs/benchmarks/autoscale.md.
 
-    python3 bench/autoscale.py [--out-dir docs/benchmarks] [--smoke] [--corral PATH] [--keep]
-
-Writes OUT/autoscale.json (the CPU run at the top level, the Concurrency
-run under "concurrency"), OUT/autoscale.png and OUT/autoscale-concurrency.png,
-and prints both tables. Exits 1 when the CPU run fails (nothing is
-written), 3 when only the Concurrency run failed (its error is in the
-JSON); a missed target is reported, not an error. A corral without
---proxy has the Concurrency run "not available: <reason>".
+Usage, output and exit codes: bench/README.md.
 """
 
 import datetime

@@ -4,11 +4,7 @@ peak RSS of `corral operator` over 1,000 pods, whose admin APIs one fake
 process serves with the WorkersDoc a real `corral run` gave. Method:
 docs/benchmarks/operator-scale.md.
 
-    python3 bench/operator_scale.py --corral target/release/corral [--pods 1000] [--smoke] [--out-dir DIR]
-
-bench/run.py calls `run()`; alone, this prints the table and writes
-OUT/operator_scale.json. Exits non-zero when the run itself fails; a
-missed target is reported, not an error.
+Usage and output: bench/README.md.
 """
 
 import concurrent.futures

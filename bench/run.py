@@ -1,43 +1,7 @@
 #!/usr/bin/env python3
 """corral's benchmark: corral against the stacks it replaces, in one run.
 
-    bench/run.py [--smoke] [--out-dir docs/benchmarks] [--corral target/release/corral] [--workers 2]
-    bench/run.py --report-only docs/benchmarks   # results.md again from results.json
-
-Stacks (bench/stacks.py), same apps, same worker count: gunicorn +
-UvicornWorker (the reference), uvicorn --workers, corral on the shared
-socket, corral --proxy, nginx -> gunicorn (the seed's production stack)
-and corral's built-in worker (the floor). Figures:
-
-1. throughput and p50/p99 latency (wrk, keep-alive), hello ASGI and Django;
-   1b. p99 of a mixed Django load (90 % /, 10 % /cpu/20);
-2. the manager process's memory and CPU, idle and under load, and its CPU
-   per request served (for --proxy, the proxy's own cost);
-3. start to the first 200, and the manager's own share of it;
-4. scale up: PUT /workers or TTIN to the new worker serving;
-5. failed requests during rolling restarts, scale down, SIGKILL of a
-   worker, TERM with slow requests in flight;
-6. autoscaling with the operator (bench/autoscale.py, a subprocess);
-7. the operator at 1,000 pods (bench/operator_scale.py, in a thread);
-8. HTTP/2 over TLS: Django throughput with h2load, corral --proxy and
-   nginx -> gunicorn (docs/benchmarks/http2-tls.md);
-9. the TLS handshake rate of those two fronts (openssl s_time -new).
-
-A stack or tool this machine lacks is printed as "not available:
-<reason>" and its figures as not measured. Prints the table and writes
-results.md, results.json and results.png into --out-dir; exits non-zero
-when a figure failed to run (not for a missed target). --smoke: the same
-code paths with tiny durations (about a minute). Sets itself up (the venv
-of .ci/python-env.sh with bench/requirements.txt, and wrk, nginx, h2load
-and openssl from Debian if missing), then re-executes inside the venv.
-Traffic goes to 127.0.0.1 only; every load is bounded in time.
-
-The kit, a module per job: stacks (the stacks, started and stopped),
-load (load generators and probes), sampling (/proc, /workers, metrics,
-the percentile), figures (figures 1-5, 8, 9), report (numbers, targets
-and results.md), charts (the PNGs), procs (children, log, waits), cluster
-(API server and operator, figures 6 and 7), autoscale and
-autoscale_analysis (figure 6), operator_scale and fake_admin (figure 7).
+Usage, stacks, figures and the kit's modules: bench/README.md.
 """
 
 import argparse
