@@ -7,9 +7,13 @@
 //! open stream). And when the server is at its connection cap, a new client
 //! makes room by closing the connection idle longest, as nginx reuses its
 //! idle connections when it runs out: silent clients can fill the cap, but
-//! they cannot keep a probe or a real client out.
+//! they cannot keep a probe or a real client out. A connection that has
+//! not sent a request yet is spared for its first moments, and whenever
+//! its request's bytes are already waiting in the socket: that is a client
+//! about to be served, not an idle one.
 
 use std::collections::HashMap;
+use std::os::fd::RawFd;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -27,8 +31,15 @@ pub struct Registry {
     connections: Mutex<HashMap<u64, Arc<Activity>>>,
 }
 
+/// How long a new connection has to begin its first request before it
+/// may be evicted: a client sends it right after connecting, an attacker
+/// never does.
+pub const FIRST_REQUEST_GRACE: Duration = Duration::from_millis(100);
+
 /// One connection's state.
 pub struct Activity {
+    /// The connection's socket, looked at (never read) for waiting bytes.
+    fd: RawFd,
     epoch: Instant,
     in_flight: AtomicUsize,
     /// Milliseconds after the epoch when the connection last became idle.
@@ -61,9 +72,10 @@ impl Registry {
         self.connections.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A new connection, idle from now.
-    pub fn register(self: &Arc<Self>) -> (Arc<Activity>, Registration) {
+    /// A new connection on socket `fd`, idle from now.
+    pub fn register(self: &Arc<Self>, fd: RawFd) -> (Arc<Activity>, Registration) {
         let activity = Arc::new(Activity {
+            fd,
             epoch: self.epoch,
             in_flight: AtomicUsize::new(0),
             idle_since: AtomicU64::new(0),
@@ -82,14 +94,13 @@ impl Registry {
         (activity, registration)
     }
 
-    /// Asks the connection idle longest to close; false if every
-    /// connection is busy.
+    /// Asks the connection idle longest to close; false if none may be.
     pub fn evict_idlest(&self) -> bool {
         let connections = self.lock();
+        let now = Instant::now();
         let idlest = connections
             .values()
-            .filter(|a| a.in_flight.load(Ordering::SeqCst) == 0)
-            .filter(|a| !a.evicting.load(Ordering::SeqCst))
+            .filter(|a| a.evictable(now))
             .min_by_key(|a| a.idle_since.load(Ordering::SeqCst));
         match idlest {
             Some(a) => {
@@ -116,6 +127,33 @@ impl Activity {
 
     fn idle_since(&self) -> Instant {
         self.epoch + Duration::from_millis(self.idle_since.load(Ordering::SeqCst))
+    }
+
+    /// Idle, not already asked to go, and not a new client about to send
+    /// its first request.
+    fn evictable(&self, now: Instant) -> bool {
+        if self.in_flight.load(Ordering::SeqCst) > 0 || self.evicting.load(Ordering::SeqCst) {
+            return false;
+        }
+        if self.served.load(Ordering::SeqCst) {
+            return true;
+        }
+        now.duration_since(self.idle_since()) >= FIRST_REQUEST_GRACE && !self.bytes_waiting()
+    }
+
+    /// Whether the client has sent bytes not read yet (a peek, so nothing
+    /// is taken from the connection).
+    fn bytes_waiting(&self) -> bool {
+        use nix::sys::socket::{MsgFlags, recv};
+        let mut byte = [0u8; 1];
+        matches!(
+            recv(
+                self.fd,
+                &mut byte,
+                MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT
+            ),
+            Ok(1)
+        )
     }
 
     /// A request began: the connection is busy until the guard drops.
@@ -210,7 +248,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_idle_connection_expires_after_its_deadline_and_a_busy_one_never() {
         let registry = Registry::new();
-        let (a, _r) = registry.register();
+        let (a, _r) = registry.register(-1);
         let first = Duration::from_secs(10);
         let keep = Duration::from_secs(60);
         let t0 = Instant::now();
@@ -228,15 +266,20 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_cap_evicts_the_connection_idle_longest_and_never_a_busy_one() {
         let registry = Registry::new();
-        let (old, _r1) = registry.register();
+        let (old, _r1) = registry.register(-1);
         tokio::time::advance(Duration::from_secs(1)).await;
-        let (busy, _r2) = registry.register();
+        let (busy, _r2) = registry.register(-1);
         let _request = busy.begin();
-        let (young, _r3) = registry.register();
-        assert!(registry.evict_idlest());
+        let (young, _r3) = registry.register(-1);
+        assert!(registry.evict_idlest(), "the old one may go");
         tokio::time::timeout(Duration::from_millis(1), old.evicted())
             .await
             .expect("the oldest idle one goes first");
+        assert!(
+            !registry.evict_idlest(),
+            "a new one is spared its first moments"
+        );
+        tokio::time::advance(FIRST_REQUEST_GRACE).await;
         assert!(registry.evict_idlest());
         tokio::time::timeout(Duration::from_millis(1), young.evicted())
             .await
