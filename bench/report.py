@@ -1,12 +1,8 @@
-"""Figures 1-5, 8 and 9 reduced from the raw measurements (rounds, samples,
-repetitions) to one number per stack and figure (`summarize()`), the
-issues' targets judged against the reference, gunicorn + UvicornWorker
-(corral's shared socket: issue 1, proxy mode: issue 11, HTTP/2 + TLS at the
-front: issue 13; a target whose stack did not run is "not measured", with
-the reason), and results.md rendered from that and figures 6 and 7's own
-results (`markdown()`); bench/autoscale.py and bench/operator_scale.py
-print their figure's section of it."""
+"""Figures 1-5, 8 and 9 reduced to one number per stack and figure
+(`summarize()`), the issues' targets judged against gunicorn +
+UvicornWorker, and results.md rendered with figures 6 and 7 (`markdown()`)."""
 
+import collections
 import re
 import statistics
 
@@ -26,31 +22,21 @@ SCENARIOS = [
 ]
 # Figure 7's per-pass table (operator_scale.json's passes).
 PASS_COLUMNS = ["kind", "cpu_s", "wall_s", "gets", "puts", "rss_mib", "open_fds", "api_connections"]
-# Figure 6's key figures, the CPU and the Concurrency run side by side.
-SUMMARY_ROWS = [
-    ("scale_up_decision_s", "scale-up decision after the step", "s"),
-    ("ideal_high", "ideal workers at high load", "workers"),
-    ("reach_ideal_desired_s", "time to the ideal count desired", "s"),
-    ("reach_ideal_ready_s", "time to the ideal count ready", "s"),
-    ("peak_desired", "peak desired at high load", "workers"),
-    ("settled_desired", "settled desired at the drop", "workers"),
-    ("p99_high_ms", "p99 latency at high load", "ms"),
-    ("scale_down_decision_s", "scale-down decision after the drop", "s"),
-]
 
 
 def load_text(name):
+    """templates/<name>'s sections: each paragraph one line (with its "\\n"), each table line as it stands."""
     parts = re.split(r"^<!-- (\S+) -->\n", template(name), flags=re.M)
-    return {key: [" ".join(p.split("\n")) for p in body.strip().split("\n\n")]
-            for key, body in zip(parts[1::2], parts[2::2])}
+    return {key: [out for block in body.strip().split("\n\n") for out in (
+        block.split("\n") if block.startswith("|") else [" ".join(block.split("\n")) + "\n"])]
+        for key, body in zip(parts[1::2], parts[2::2])}
 
 
 TEXT = load_text("results.md")
 
 
 def text(name, **values):
-    """Section `name` of templates/results.md, a line per paragraph, filled in."""
-    return [p.format(**values) + "\n" for p in TEXT[name]]
+    return [p.format(**values) for p in TEXT[name]]
 
 
 def median(xs):
@@ -69,10 +55,6 @@ def medians(items, *keys):
 
 def ratio(a, b):
     return a / b if a is not None and b else None
-
-
-def judged(value, ok):
-    return None if value is None else ok(value)
 
 
 def wrk_summary(runs):
@@ -201,6 +183,9 @@ def judge(s):
     targets = s["targets"] = []
 
     def add(figure, what, value, unit, met, why=None):
+        """met: a verdict, or a test of the value (no value: not measured)."""
+        if callable(met):
+            met = None if value is None else met(value)
         targets.append({"figure": figure, "what": what, "value": value, "unit": unit, "met": met,
                         **({"why": why} if met is None and why else {})})
 
@@ -212,9 +197,9 @@ def judge(s):
     rps = lambda row, app="django": row.get("fig1", {}).get(app, {}).get("rps")
     for app in ("hello", "django"):
         r = ratio(rps(cor, app), rps(ref, app))
-        add(1, f"corral + uvicorn throughput >= 1.0x gunicorn ({app})", r, "x", judged(r, lambda r: r >= 1.0))
+        add(1, f"corral + uvicorn throughput >= 1.0x gunicorn ({app})", r, "x", lambda r: r >= 1.0)
     r = ratio(cor.get("fig2", {}).get("manager_rss_kib"), ref.get("fig2", {}).get("manager_rss_kib"))
-    add(2, "corral manager RSS <= 1/4 of the gunicorn master", r, "x", judged(r, lambda r: r <= 0.25))
+    add(2, "corral manager RSS <= 1/4 of the gunicorn master", r, "x", lambda r: r <= 0.25)
     for key, _ in SCENARIOS:
         g, c = ref.get("fig5", {}).get(key), cor.get("fig5", {}).get(key)
         # The target applies where gunicorn drops requests.
@@ -222,18 +207,17 @@ def judge(s):
         add(5, f"zero failed where gunicorn drops any: {key}", None if c is None else c["failed"], "failed", met)
     for other, want, name in ((ngx, PROXY_VS_NGINX, "nginx -> gunicorn"), (ref, PROXY_VS_REF, "gunicorn direct")):
         r = ratio(rps(pro), rps(other))
-        add(1, f"corral --proxy Django throughput >= {want:.2f}x {name}", r, "x", judged(r, lambda r: r >= want),
+        add(1, f"corral --proxy Django throughput >= {want:.2f}x {name}", r, "x", lambda r: r >= want,
             unmet(PROXY, NGINX if other is ngx else REF))
     us = pro.get("fig2", {}).get("manager_cpu_us_per_request")
     add(2, f"corral --proxy: the proxy's own CPU per request <= {PROXY_CPU_US:g} us", us, "us",
-        judged(us, lambda us: us <= PROXY_CPU_US), unmet(PROXY))
+        lambda us: us <= PROXY_CPU_US, unmet(PROXY))
     r = ratio(pro.get("fig1b", {}).get("p99_ms"), ref.get("fig1b", {}).get("p99_ms"))
-    add("1b", "corral --proxy p99 of the mixed Django load <= gunicorn direct's", r, "x",
-        judged(r, lambda r: r <= 1.0), unmet(PROXY, REF))
+    add("1b", "corral --proxy p99 of the mixed Django load <= gunicorn direct's", r, "x", lambda r: r <= 1.0,
+        unmet(PROXY, REF))
     for key, _ in SCENARIOS:
-        c = pro.get("fig5", {}).get(key)
-        failed = None if c is None else c["failed"]
-        add(5, f"corral --proxy zero failed: {key}", failed, "failed", judged(failed, lambda f: f == 0), unmet(PROXY))
+        failed = pro.get("fig5", {}).get(key, {}).get("failed")
+        add(5, f"corral --proxy zero failed: {key}", failed, "failed", lambda f: f == 0, unmet(PROXY))
     for figure, fig, field, what, want in (
         (8, "h2", "rps", f"corral --proxy HTTP/2 (h2 over TLS) Django throughput >= {H2_VS_NGINX:.2f}x "
                          "nginx (HTTP/2, TLS) -> gunicorn", H2_VS_NGINX),
@@ -241,7 +225,7 @@ def judge(s):
                                              "nginx", HANDSHAKE_VS_NGINX),
     ):
         r = ratio(pro.get(f"fig{figure}", {}).get(field), ngx.get(f"fig{figure}", {}).get(field))
-        add(figure, what, r, "x", judged(r, lambda r: r >= want),
+        add(figure, what, r, "x", lambda r: r >= want,
             "; ".join(f"{u['label']}: not available: {u['reason']}" for u in tls_gone.get(fig, {}).values())
             or "not measured in this run (see FAILED TO RUN)")
 
@@ -264,7 +248,6 @@ def tvalue(t):
 
 
 def target_lines(s, figure):
-    """The targets of one figure, a line each."""
     return [f"\nTarget: {t['what']}: {tvalue(t)}, **{tverdict(t)}**" for t in s["targets"] if t["figure"] == figure]
 
 
@@ -277,22 +260,22 @@ def fmt(x, spec=".0f", none="-"):
     return none if x is None else format(x, spec)
 
 
-def xr(x):
-    return "-" if x is None else f"{x:.2f}x"
-
-
 def vs(x, row, *path):
     """x over `row`'s value at path (figure, [app,] field), as "1.23x"."""
     for key in path[:-1]:
         row = row.get(key, {})
-    return xr(ratio(x, row.get(path[-1])))
+    r = ratio(x, row.get(path[-1]))
+    return "-" if r is None else f"{r:.2f}x"
+
+
+def line(cells):
+    return "| " + " | ".join(map(str, cells)) + " |"
 
 
 def table(header, align, rows):
-    """A markdown table: the header's cells, each column's alignment ("l"
-    or "r"), and the rows, each a list of cells or a line as it stands."""
-    return (["| " + " | ".join(header) + " |", "|" + "".join("---:|" if a == "r" else "---|" for a in align)]
-            + [r if isinstance(r, str) else "| " + " | ".join(map(str, r)) + " |" for r in rows])
+    """A markdown table: each column's alignment ("l" or "r"); a row is a list of cells or a line as it stands."""
+    return ([line(header), "|" + "".join("---:|" if a == "r" else "---|" for a in align)]
+            + [r if isinstance(r, str) else line(r) for r in rows])
 
 
 def markdown(s, raw, cfg, machine, stacks):
@@ -301,8 +284,7 @@ def markdown(s, raw, cfg, machine, stacks):
     for section in (fig1, fig1b, fig2, fig3, fig4, fig5):
         L += section(s, cfg, s["stacks"].get(REF, {}))
     L += fig6(raw.get("autoscale", {})) + fig7(raw.get("operator_scale", {})) + tls_sections(s, raw, cfg, machine)
-    L += ["## Targets\n"] + table(["figure", "target", "value", "verdict"], "llrl",
-                                  [[t["figure"], t["what"], tvalue(t), f"**{tverdict(t)}**"] for t in s["targets"]])
+    L += text("targets") + [line([t["figure"], t["what"], tvalue(t), f"**{tverdict(t)}**"]) for t in s["targets"]]
     L.append("")
     if s["errors"]:
         L += ["## FAILED TO RUN\n"] + [f"- {e}" for e in s["errors"]] + [""]
@@ -326,58 +308,36 @@ def fig1(s, cfg, ref):
             f1 = row.get("fig1", {}).get("builtin" if key == "builtin" and app == "hello" else app)
             if f1 is not None:
                 busiest = f1["busiest_worker_share"]
-                rows.append([row["label"], app, fmt(f1["rps"]), vs(f1["rps"], ref, "fig1", app, "rps"),
-                             fmt(f1["p50_ms"], ".2f"), fmt(f1["p99_ms"], ".2f"), f1["errors"],
-                             f"{fmt(None if busiest is None else busiest * 100)} %"])
-    return [
-        *text("fig1", cfg=cfg, rounds=max(cfg.rounds, 1), even=100 / cfg.workers),
-        *table(["stack", "app", "req/s", "vs gunicorn", "p50 ms", "p99 ms", "errors", "busiest worker"], "llrrrrrr",
-               rows),
-        *target_lines(s, 1), "",
-    ]
+                rows.append(line([row["label"], app, fmt(f1["rps"]), vs(f1["rps"], ref, "fig1", app, "rps"),
+                                  fmt(f1["p50_ms"], ".2f"), fmt(f1["p99_ms"], ".2f"), f1["errors"],
+                                  f"{fmt(None if busiest is None else busiest * 100)} %"]))
+    return [*text("fig1", cfg=cfg, rounds=max(cfg.rounds, 1), even=100 / cfg.workers), *rows, *target_lines(s, 1), ""]
 
 
 def fig1b(s, cfg, ref):
-    return [
-        *text("fig1b", cfg=cfg),
-        *table(["stack", "req/s", "p50 ms", "p99 ms", "p99 vs gunicorn", "errors"], "lrrrrr", [
-            [row["label"], fmt(m["rps"]), fmt(m["p50_ms"], ".2f"), fmt(m["p99_ms"], ".2f"),
-             vs(m["p99_ms"], ref, "fig1b", "p99_ms"), m["errors"]]
-            for row, m in measured(s, "fig1b")]),
-        *target_lines(s, "1b"), "",
-    ]
+    return [*text("fig1b", cfg=cfg), *(line([
+        row["label"], fmt(m["rps"]), fmt(m["p50_ms"], ".2f"), fmt(m["p99_ms"], ".2f"),
+        vs(m["p99_ms"], ref, "fig1b", "p99_ms"), m["errors"]]) for row, m in measured(s, "fig1b")),
+        *target_lines(s, "1b"), ""]
 
 
 def fig2(s, cfg, ref):
     mib = lambda f2, k: fmt(None if f2.get(k) is None else f2[k] / 1024, ".1f")
-    return [
-        *text("fig2", cfg=cfg),
-        *table(["stack", "manager RSS MiB", "vs gunicorn", "idle CPU %", "CPU under load %", "peak RSS under load MiB",
-                "workers RSS MiB", "manager CPU per request us", "front RSS MiB", "front CPU per request us"],
-               "lrrrrrrrrr", [
-            [row["label"], mib(f2, "manager_rss_kib"),
-             vs(f2["manager_rss_kib"], ref, "fig2", "manager_rss_kib"),
-             fmt(f2["manager_idle_cpu_percent"], ".2f"), fmt(f2["manager_cpu_under_load_percent"], ".2f"),
-             mib(f2, "manager_peak_rss_under_load_kib"), mib(f2, "workers_rss_kib"),
-             fmt(f2.get("manager_cpu_us_per_request"), ".1f"), mib(f2, "front_rss_kib"),
-             fmt(f2.get("front_cpu_us_per_request"), ".1f")]
-            for row, f2 in measured(s, "fig2")]),
-        *target_lines(s, 2), "",
-    ]
+    return [*text("fig2", cfg=cfg), *(line([
+        row["label"], mib(f2, "manager_rss_kib"), vs(f2["manager_rss_kib"], ref, "fig2", "manager_rss_kib"),
+        fmt(f2["manager_idle_cpu_percent"], ".2f"), fmt(f2["manager_cpu_under_load_percent"], ".2f"),
+        mib(f2, "manager_peak_rss_under_load_kib"), mib(f2, "workers_rss_kib"),
+        fmt(f2.get("manager_cpu_us_per_request"), ".1f"), mib(f2, "front_rss_kib"),
+        fmt(f2.get("front_cpu_us_per_request"), ".1f")]) for row, f2 in measured(s, "fig2")),
+        *target_lines(s, 2), ""]
 
 
 def fig3(s, cfg, ref):
-    return [
-        *text("fig3"),
-        *table(["stack", "first 200 ms", "vs gunicorn", "first worker spawned ms", "manager share",
-                "port accepting ms", "samples"], "lrrrrrr", [
-            [row["label"], fmt(f3["first_200_s"] * 1000),
-             vs(f3["first_200_s"], ref, "fig3", "first_200_s"),
-             fmt(f3["spawned_s"] * 1000, ".1f"), f"{f3['manager_share'] * 100:.1f} %",
-             fmt(None if f3["accepting_s"] is None else f3["accepting_s"] * 1000, ".1f"), f3["samples"]]
-            for row, f3 in measured(s, "fig3")]),
-        "",
-    ]
+    return [*text("fig3"), *(line([
+        row["label"], fmt(f3["first_200_s"] * 1000), vs(f3["first_200_s"], ref, "fig3", "first_200_s"),
+        fmt(f3["spawned_s"] * 1000, ".1f"), f"{f3['manager_share'] * 100:.1f} %",
+        fmt(None if f3["accepting_s"] is None else f3["accepting_s"] * 1000, ".1f"), f3["samples"]])
+        for row, f3 in measured(s, "fig3")), ""]
 
 
 def fig4(s, cfg, ref):
@@ -392,11 +352,7 @@ def fig4(s, cfg, ref):
             rows.append([row["label"], how, fmt(f4["seconds"], ".3f"), vs(f4["seconds"], ref, "fig4", "seconds"),
                          fmt(f4["api_ready_seconds"], ".3f")])
     rows += [[st["label"], "-", "not available", "-", "-"] for st in s.get("unavailable", {}).values()]
-    return [
-        *text("fig4", cfg=cfg, n1=cfg.workers + 1),
-        *table(["stack", "how", "seconds", "vs gunicorn", "corral says ready s"], "llrrr", rows),
-        "",
-    ]
+    return [*text("fig4", cfg=cfg, n1=cfg.workers + 1), *map(line, rows), ""]
 
 
 def fig5(s, cfg, ref):
@@ -429,7 +385,7 @@ def fig5(s, cfg, ref):
 
 def fig6(a):
     if "error" in a:
-        return [TEXT["fig6"][0] + "\n", f"not run: {a['error']}\n"]
+        return [TEXT["fig6"][0], f"not run: {a['error']}\n"]
     c = a.get("concurrency", {})
     if "not_available" in c:
         conc, other = f"Concurrency run: **not available: {c['not_available']}**.\n", "not available"
@@ -438,16 +394,17 @@ def fig6(a):
     else:
         conc = f"Concurrency run: {c.get('target')}: **{verdict(c.get('target_met'))}**.\n" if c else None
         other = "-"
-    cell = lambda v: "n/a" if v is None else str(v)
-    cs = c.get("summary")
-    # The CPU and the Concurrency run's key figures; a reason is printed once, above.
-    side = [[f"{label} ({unit})", cell(a["summary"].get(key)), cell(cs.get(key)) if cs else other]
-            for key, label, unit in SUMMARY_ROWS] + [["requests failed / sent", *(
-                f"{x['failed']} / {x['sent']}" if x else other for x in (a["summary"], cs))]] if "summary" in a else []
+
+    def cells(x):
+        """A run's summary as the side-by-side table's cells; `other`, the reason printed above, if it has none."""
+        if x is None:
+            return collections.defaultdict(lambda: other)
+        return collections.defaultdict(lambda: "n/a", {k: v for k, v in x.items() if v is not None},
+                                       failed_sent=f"{x['failed']} / {x['sent']}")
     return [
         *text("fig6", decision=fmt(a.get("scale_up_decision_s"), ".2f"), met=verdict(a.get("target_met"))),
         *([conc] if conc else []),
-        *(table(["figure", "CPU run", "Concurrency run"], "lrr", side) + [""] if side else []),
+        *(text("fig6-side", cpu=cells(a["summary"]), conc=cells(c.get("summary"))) + [""] if "summary" in a else []),
         "CPU run:\n", *rows_table(a.get("rows")), "",
         *(["Concurrency run:\n", *rows_table(c.get("rows")), ""] if "rows" in c else []),
     ]
@@ -455,7 +412,7 @@ def fig6(a):
 
 def fig7(o):
     if "error" in o:
-        return [TEXT["fig7"][0] + "\n", f"not run: {o['error']}\n"]
+        return [TEXT["fig7"][0], f"not run: {o['error']}\n"]
     return [
         *text("fig7", o=o, median=fmt(o["cpu_per_pass_median_s"], ".2f"), max=fmt(o["cpu_per_pass_max_s"], ".2f"),
               cpu_met=verdict(o["cpu_per_pass_max_s"] <= o["targets"]["cpu_per_pass_s"]),
@@ -481,42 +438,33 @@ def rows_table(rows):
 
 def tls_sections(s, raw, cfg, machine):
     """Figures 8 and 9, each with its target."""
-    rows = s["stacks"]
-    gone = s.get("tls_unavailable", {})
-    cert = s.get("tls_certificate")
+    rows, gone, cert = s["stacks"], s.get("tls_unavailable", {}), s.get("tls_certificate")
 
-    def front_table(fig, part, header, align, cells):
+    def front_table(fig, part, head, cells):
         """A row per front: cells(its summary of `part`) where measured,
         else "not available" (with the reason) or "not measured"."""
-        pad = " |" * (len(header) - 2)
-        out = []
+        pad = " |" * (head[-2].count("|") - 3)
         for key in (PROXY, NGINX):
             row = rows.get(key, {})
             if key in gone.get(fig, {}):
-                out.append(f"| {gone[fig][key]['label']} | not available: {gone[fig][key]['reason']} |{pad}")
+                head.append(f"| {gone[fig][key]['label']} | not available: {gone[fig][key]['reason']} |{pad}")
             elif row.get(part) is None:
-                out.append(f"| {row.get('label', key)} | not measured (see FAILED TO RUN) |{pad}")
+                head.append(f"| {row.get('label', key)} | not measured (see FAILED TO RUN) |{pad}")
             else:
-                out.append([row["label"], *cells(row[part], rows.get(NGINX, {}).get(part, {}))])
-        return table(header, align, out)
+                head.append(line([row["label"], *cells(row[part], rows.get(NGINX, {}).get(part, {}))]))
+        return head + [t + "\n" for t in target_lines(s, int(part[3:]))]
 
     return [
-        *text("fig8", cfg=cfg, cert=f"{cert['key']} certificate ({cert['chain']})" if cert else "certificate",
-              h2load=machine.get("h2load", "?"), openssl=machine.get("openssl", "?"),
-              streams=cfg.h2_clients * cfg.h2_streams,
-              warm=f"after a {cfg.h2_warmup}-s h2load warm-up" if cfg.h2_warmup else "no warm-up"),
-        *front_table("h2", "fig8", ["stack", "req/s", "vs nginx", "p50 ms", "p99 ms", "errors",
-                                    "front CPU per request us", "TLS (h2load)", "ALPN"], "lrrrrrrll", lambda f8, n: [
-            fmt(f8["rps"]), vs(f8["rps"], n, "rps"), fmt(f8["p50_ms"], ".2f"),
-            fmt(f8["p99_ms"], ".2f"), f8["errors"], fmt(f8["front_cpu_us_per_request"], ".1f"),
-            ", ".join(f8["tls"]), ", ".join(f8["alpn"])]),
-        *(line + "\n" for line in target_lines(s, 8)),
-        *text("fig9", cfg=cfg),
-        *front_table("handshake", "fig9", ["stack", "handshakes/s", "vs nginx", "front CPU per handshake us",
-                                           "handshakes", "reused", "errors", "TLS"], "lrrrrrrl", lambda f9, n: [
+        *front_table("h2", "fig8", text(
+            "fig8", cfg=cfg, cert=f"{cert['key']} certificate ({cert['chain']})" if cert else "certificate",
+            h2load=machine.get("h2load", "?"), openssl=machine.get("openssl", "?"),
+            streams=cfg.h2_clients * cfg.h2_streams,
+            warm=f"after a {cfg.h2_warmup}-s h2load warm-up" if cfg.h2_warmup else "no warm-up"), lambda f8, n: [
+            fmt(f8["rps"]), vs(f8["rps"], n, "rps"), fmt(f8["p50_ms"], ".2f"), fmt(f8["p99_ms"], ".2f"), f8["errors"],
+            fmt(f8["front_cpu_us_per_request"], ".1f"), ", ".join(f8["tls"]), ", ".join(f8["alpn"])]),
+        *front_table("handshake", "fig9", text("fig9", cfg=cfg), lambda f9, n: [
             fmt(f9["handshakes_per_s"]), vs(f9["handshakes_per_s"], n, "handshakes_per_s"),
             fmt(f9["front_cpu_us_per_handshake"], ".1f"), f9["handshakes"], f9["reused"], f9["errors"],
             ", ".join(f9["tls"])]),
-        *(line + "\n" for line in target_lines(s, 9)),
         *([f"Figures 8 and 9 took {raw['figures_8_9_s']:.0f} s.\n"] if "figures_8_9_s" in raw else []),
     ]
