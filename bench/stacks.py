@@ -1,8 +1,7 @@
-"""The stacks under comparison (figures 1-5, 8 and 9), and how to start,
-steer and stop each one: a `Stack` is a process manager and its workers,
-`Running` one started instance with the verbs the figures need (scale,
-rolling restart, graceful stop), mapped to each stack's own interface:
-PUT /workers for corral, TTIN/TTOU for the others, HUP and TERM for all."""
+"""The stacks under comparison: a `Stack` is a process manager and its
+workers, `Running` one started instance with the verbs the figures need,
+mapped to each stack's own interface: PUT /workers for corral, TTIN/TTOU
+for the others, HUP and TERM for all."""
 
 import functools
 import grp
@@ -36,8 +35,7 @@ NGINX_MISSING = "nginx not found (apt-get install nginx; .ci/test installs it)"
 
 
 def app_env(bin_dir):
-    """The environment of a Python stack: tests/django_app importable, the
-    venv's tools first on PATH, no WEB_CONCURRENCY to change worker counts."""
+    """tests/django_app importable, the venv first on PATH, no WEB_CONCURRENCY (it changes worker counts)."""
     env = dict(os.environ, PYTHONPATH=DJANGO_DIR, PATH=bin_dir + ":" + os.environ.get("PATH", ""))
     env.pop("WEB_CONCURRENCY", None)
     return env
@@ -90,9 +88,8 @@ def nginx_tls_unsupported():
 
 
 class Certs:
-    """A throwaway CA and a server certificate it signs, in `dir`: ca.pem,
-    server.pem (the leaf alone, the chain both TLS fronts serve) and
-    server.key, ECDSA P-256, for DNS:localhost and IP:127.0.0.1, valid 2 days."""
+    """A throwaway CA and the server certificate it signs (ECDSA P-256, localhost and 127.0.0.1, 2 days);
+    server.pem is the leaf alone, the chain both TLS fronts serve."""
 
     def __init__(self, dir_):
         self.dir = dir_
@@ -104,7 +101,6 @@ class Certs:
 
 
 def make_certs(dir_):
-    """Writes the CA and the server certificate with openssl; a Certs."""
     openssl = tool("openssl")
     if openssl is None:
         raise RunFailed("openssl not found (apt-get install openssl; .ci/test installs it)")
@@ -125,11 +121,8 @@ def make_certs(dir_):
 
 
 def nginx_conf(prefix, port, upstream_sock, worker_processes, tls=None):
-    """templates/nginx.conf (a string.Template: $$ is nginx's own $) for the
-    front: 127.0.0.1 only, every path in `prefix`. With `tls` (a Certs),
-    HTTP/2 and HTTP/1.1 over TLS by ALPN (nginx 1.22's `listen ... ssl
-    http2`), TLS 1.2 and 1.3 as corral, nginx's defaults otherwise (no
-    session cache, tickets on)."""
+    """templates/nginx.conf ($$ is nginx's $). With `tls`, HTTP/2 and HTTP/1.1 by ALPN (nginx 1.22's `listen
+    ... ssl http2`), TLS 1.2 and 1.3 as corral, nginx's defaults otherwise (no session cache, tickets on)."""
     listen = f"listen 127.0.0.1:{port} backlog=2048;"
     if tls is not None:
         listen = (f"listen 127.0.0.1:{port} ssl http2 backlog=2048;\n"
@@ -147,13 +140,7 @@ def nginx_conf(prefix, port, upstream_sock, worker_processes, tls=None):
 
 
 class Stack:
-    """One way of serving the app with N workers. Kinds: gunicorn (with
-    UvicornWorker, the reference), uvicorn (--workers), corral (`uvicorn
-    --fd {fd}` on the shared socket), proxy (`corral run --proxy`: corral
-    forwards each request to the least busy worker, each on a Unix socket
-    of its own), nginx (Debian's, before gunicorn on a Unix socket: the
-    seed's production stack) and builtin (corral's own worker, no Python:
-    the floor)."""
+    """One way of serving the app with N workers, one of STACKS (bench/README.md)."""
 
     def __init__(self, key, label, venv, corral, workers, nginx_workers=1):
         self.key, self.label, self.venv, self.corral, self.workers = key, label, venv, corral, workers
@@ -162,8 +149,7 @@ class Stack:
         self.fronted = key == "nginx"  # a front process (nginx) before the manager's workers
 
     def unavailable(self):
-        """None if this machine can run the stack, else why not (printed,
-        and its figures reported as not measured)."""
+        """None if this machine can run the stack, else why not."""
         if self.proxy:
             return proxy_unsupported(self.corral)
         if self.fronted and nginx_binary() is None:
@@ -216,8 +202,7 @@ class Stack:
         return out.stdout.strip()
 
     def start(self, app, tls=None):
-        """A started instance; with `tls` (a Certs), its front serves TLS
-        (h2 or http/1.1 by ALPN) on its port: corral --proxy and nginx only."""
+        """A started instance; with `tls` (a Certs), its front serves TLS (corral --proxy and nginx only)."""
         if tls is not None and not (self.proxy or self.fronted):
             raise ValueError(f"{self.label} has no TLS front")
         return Running(self, app, tls)
@@ -227,8 +212,7 @@ def all_stacks(venv, corral, workers, nginx_workers=1):
     return [Stack(key, label, venv, corral, workers, nginx_workers) for key, label in STACKS.items()]
 
 
-# Every started instance until it is stopped, so that a failing run stops
-# them all (stop_all(), from run.py's exit path).
+# Every instance not stopped yet: stop_all() stops them on run.py's way out.
 _live = set()
 
 
@@ -241,9 +225,8 @@ def stop_all():
 
 
 class Running:
-    """A started stack: its manager process (for nginx -> gunicorn the
-    gunicorn master, nginx being the `front`), its ports and workers (the
-    manager's children, from /proc), and the verbs on it."""
+    """A started stack: its manager (for nginx -> gunicorn the gunicorn master, nginx being the `front`),
+    its ports and workers (the manager's children), and the verbs on it."""
 
     def __init__(self, stack, app, tls=None):
         self.stack, self.app, self.tls, self.desired = stack, app, tls, stack.workers
@@ -283,7 +266,6 @@ class Running:
         self.stop()
 
     def front_pids(self):
-        """The front's processes (nginx master and workers), if there is one."""
         if self.front is None or self.front.poll() is not None:
             return []
         return [self.front.pid] + children(self.front.pid)
@@ -314,7 +296,6 @@ class Running:
         return "\n".join(out)
 
     def admin_request(self, method, path, body=None):
-        """(status, body bytes) from corral's admin API, with the token."""
         return request("127.0.0.1", self.admin, method, path, body, self.token)
 
     def metrics(self):
@@ -357,9 +338,7 @@ class Running:
             return None
 
     def stop(self, limit=40.0):
-        """TERM the manager's process group (and the front's), KILL what is
-        left after `limit`; then any worker seen that outlived them (corral
-        starts each worker in its own process group)."""
+        """procs.stop(), then any worker seen that outlived it (corral starts each in its own process group)."""
         try:
             self.workers()
             procs.stop(*filter(None, (self.proc, self.front)), wait=limit)
