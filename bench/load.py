@@ -1,8 +1,4 @@
-"""Load and probes, all to 127.0.0.0/8 and bounded in time: wrk and
-h2load (throughput, latency), `openssl s_time` (TLS handshakes), single
-requests with every way they fail classified (`get`), a closed loop of
-clients (`ClosedLoop`), an open-loop step load (`OpenLoop`), and the
-start-up and new-worker probes."""
+"""Load generators and probes, all to 127.0.0.0/8 and bounded in time."""
 
 import asyncio
 import os
@@ -113,9 +109,8 @@ def outcome(result):
 
 
 class ClosedLoop:
-    """`clients` threads, each a request per fresh connection (the fair
-    measure for restarts: a reused keep-alive connection the server just
-    closed fails in a way clients retry), until stop(); counts by outcome."""
+    """Threads each sending a request per fresh connection until stop(), counted by outcome: the fair measure
+    for restarts (a reused keep-alive connection the server just closed fails in a way clients retry)."""
 
     def __init__(self, addr, path, clients, limit):
         self.addr, self.path, self.counts = addr, path, Counter()
@@ -188,11 +183,10 @@ def startup(addr, path, t0, pid, limit=60.0, alive=lambda: True):
 
 
 class NewPidWatch:
-    """Polls GET /pid from several clients, each waiting `interval` s after
-    an answer; records when an unseen pid answers."""
+    """When a pid not in `known` first answers GET /pid, polled by `clients` threads."""
 
     def __init__(self, addr, known, clients=4, limit=60.0, interval=0.0):
-        self.addr, self.known, self.interval, self.when, self.pid = addr, set(known), interval, None, None
+        self.addr, self.known, self.interval, self.when = addr, set(known), interval, None
         self.found, self.lock, self.deadline = threading.Event(), threading.Lock(), time.monotonic() + limit
         self.threads = start_threads(self._run, clients)
 
@@ -210,7 +204,7 @@ class NewPidWatch:
             if pid not in self.known:
                 with self.lock:
                     if self.when is None:
-                        self.when, self.pid = now, pid
+                        self.when = now
                 self.found.set()
             elif self.interval:
                 time.sleep(self.interval)
@@ -223,11 +217,8 @@ class NewPidWatch:
 
 
 class OpenLoop(threading.Thread):
-    """Requests at fixed times, each on a new connection (`Connection:
-    close`), whatever the answers do, as many independent clients would.
-    Runs at the low rate from its start; `phases()` fixes when the step
-    up, the drop and the end come (seconds since t0). `results`: (time
-    scheduled, latency s or None, status or failure)."""
+    """Requests at fixed times, each on a new connection, whatever the answers do, as many independent clients
+    would; the low rate until `phases()` sets the step. `results`: (time scheduled, latency or None, status)."""
 
     TIMEOUT = 10.0  # per request
     MAX_IN_FLIGHT = 4000  # beyond, a request is counted as dropped, not sent
@@ -299,8 +290,7 @@ def ms(text):
 
 
 def parse(out, res, fields):
-    """res with each (key, pattern, conv) whose pattern matches a line of
-    out: res[key] = conv(*groups), or for a tuple of keys one conv(group) each."""
+    """res[key] = conv(*groups) for each (key, pattern, conv) found in out; a tuple of keys: conv(group) each."""
     for key, pattern, conv in fields:
         m = re.search(pattern, out, re.M)
         if m and isinstance(key, tuple):
@@ -315,14 +305,11 @@ def summed(*counts):
 
 
 def mixed_script(path, every, other):
-    """wrk Lua: every `every`-th request (per wrk thread) goes to `other`,
-    the rest to `path`; deterministic, so every stack gets the same mix."""
+    """Every `every`-th request to `other`, the rest to `path`: deterministic, every stack gets the same mix."""
     return string.Template(template("mixed.lua")).substitute(path=path, every=every, other=other)
 
 
 def wrk(addr, path, connections, threads, seconds, script=None):
-    """Runs wrk (with a Lua script file, if given), returns requests/s,
-    p50/p90/p99 ms, errors, requests."""
     argv = [WRK, f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s", "--latency"]
     argv += (["-s", script] if script else []) + [f"http://{addr[0]}:{addr[1]}{path}"]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30).stdout
@@ -340,15 +327,13 @@ def wrk(addr, path, connections, threads, seconds, script=None):
 
 
 def tls_context(cafile, alpn):
-    """A client context that checks the server's certificate against cafile."""
     ctx = ssl.create_default_context(cafile=cafile)
     ctx.set_alpn_protocols(alpn)
     return ctx
 
 
 def tls_probe(addr, cafile, timeout=5.0):
-    """One handshake offering h2 then http/1.1 (as h2load and browsers do),
-    the certificate checked: {"alpn", "version", "cipher"}."""
+    """One checked handshake offering h2 then http/1.1, as h2load and browsers do."""
     ctx = tls_context(cafile, ["h2", "http/1.1"])
     with socket.create_connection(addr, timeout=timeout) as raw:
         with ctx.wrap_socket(raw, server_hostname="localhost") as s:
@@ -356,10 +341,7 @@ def tls_probe(addr, cafile, timeout=5.0):
 
 
 def h2load(url, clients, streams, threads, seconds):
-    """h2load -c clients -m streams -t threads -D seconds on url (ALPN h2
-    over TLS): requests/s, p50/p90/p99 ms from its --log-file, the counts it
-    prints (failed, errored, timeout, non-2xx), and the negotiated TLS
-    protocol, cipher and application protocol."""
+    """h2load's rate, counts and negotiated TLS as it prints them; p50/p90/p99 ms from its --log-file."""
     fd, log_file = tempfile.mkstemp(prefix="corral-bench-h2load-", suffix=".tsv")
     os.close(fd)
     try:
@@ -395,19 +377,11 @@ def h2load(url, clients, streams, threads, seconds):
 
 
 def s_time(addr, processes, seconds):
-    """`processes` concurrent `openssl s_time -connect addr -new` for about
-    `seconds`: full handshakes (no resumption, no request) per second.
-
-    s_time times itself in whole seconds (time(NULL)), so all of them start
-    at the same point of a second, chosen to make the loop last `seconds`,
-    and each one's own wall time, from spawn to exit, is the divisor: the
-    rate is the sum of each process's connections over its wall time. Each
-    connection prints '*' (or 'r' had a session been reused: must be 0); a
-    failed handshake ends s_time early without its summary, counted as an
-    error."""
-    # s_time loops until time(NULL) passes its start second + -time: from
-    # just after a boundary, -time N lasts N + 1 s; -time is at least 1, so
-    # 1 s asked runs from mid-second (1.5 s).
+    """Full handshakes per second of `processes` concurrent `openssl s_time -new`. s_time times itself in
+    whole seconds (time(NULL)), so each one's own wall time, spawn to exit, is its divisor; a failed
+    handshake ends it early without its summary, counted as an error."""
+    # s_time loops until time(NULL) passes its start second + -time: from just after a boundary, -time N
+    # lasts N + 1 s; -time is at least 1, so 1 s asked starts mid-second (1.5 s).
     opt = max(1, seconds - 1)
     start_at = min(0.5, opt + 1 - seconds) + 0.005
     time.sleep((start_at - time.time() % 1.0) % 1.0)
