@@ -1,9 +1,5 @@
-"""The measurements of figures 1-5, 8 and 9, one stack instance at a time:
-throughput, latency and the manager's footprint (1, 1b, 2), start-up (3),
-scale-up (4), failed requests through restarts, scale-down, SIGKILL and
-TERM (5), HTTP/2 over TLS and TLS handshakes at the front (8, 9). A step
-that fails records an error string instead of a number, so one broken
-stack does not hide the others' results."""
+"""The measurements of figures 1-5, 8 and 9, one stack instance at a time. A step that fails records an
+error string instead of a number, so one broken stack does not hide the others' results."""
 
 import json
 import os
@@ -33,7 +29,6 @@ def startup_run(stack, app="django"):
 
 
 def throughput_run(stack, app, cfg, out):
-    """Fills out['startup'], out['idle'], out['wrk'], out['under_load'] on a fresh instance."""
     with stack.start(app) as inst:
         measure_throughput(inst, app, cfg, out)
 
@@ -91,8 +86,7 @@ def measure_throughput(inst, app, cfg, out):
     front_used = cpu_of(front) - f0 if front else None
     w1 = [cpu_seconds(p) for p in workers]
     n1 = served(inst)
-    # Requests served in the window: the stack's own count where it keeps
-    # one (corral --proxy), else wrk's completed requests.
+    # Requests served: the stack's own count where it keeps one (corral --proxy), else wrk's.
     counted = n0 is not None and n1 is not None
     requests = n1 - n0 if counted else out["wrk"]["requests"]
     per_request = lambda cpu: round(cpu / requests * 1e6, 2) if cpu is not None and requests else None
@@ -101,8 +95,7 @@ def measure_throughput(inst, app, cfg, out):
         "manager_peak_rss_kib": max(peak),
         # How evenly the connections spread: each worker's CPU during the run.
         "workers_cpu_s": [round(b - a, 2) for a, b in zip(w0, w1)],
-        # The manager process alone (utime + stime from /proc, not its
-        # workers) over the requests served: for --proxy, the proxy's cost.
+        # The manager process alone, not its workers: for --proxy, the proxy's own cost.
         "manager_cpu_s": round(manager_cpu, 3),
         "requests": requests,
         "requests_counted_by": "corral_http_requests_total" if counted else "wrk",
@@ -114,22 +107,18 @@ def measure_throughput(inst, app, cfg, out):
         raise RunFailed(f"exited during the run: {inst.log_tail()}")
     if app == "django" and cfg.mixed_duration:
         # Figure 1b: every cfg.mixed_every-th request to /cpu/N.
-        fd, script = tempfile.mkstemp(prefix="corral-bench-mixed-", suffix=".lua")
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(load.mixed_script("/", cfg.mixed_every, f"/cpu/{cfg.mixed_cpu_ms}"))
-            mixed = load.wrk(inst.addr, "/", cfg.connections, cfg.wrk_threads, cfg.mixed_duration, script=script)
-        finally:
-            os.unlink(script)
+        with tempfile.NamedTemporaryFile("w", prefix="corral-bench-mixed-", suffix=".lua") as f:
+            f.write(load.mixed_script("/", cfg.mixed_every, f"/cpu/{cfg.mixed_cpu_ms}"))
+            f.flush()
+            mixed = load.wrk(inst.addr, "/", cfg.connections, cfg.wrk_threads, cfg.mixed_duration, script=f.name)
         if not inst.alive():
             raise RunFailed(f"exited during the mixed run: {inst.log_tail()}")
         out["mixed"] = mixed
 
 
 def lifecycle_run(stack, cfg, throughput=None):
-    """Figures 4 and 5 on one Django instance; returns a dict per
-    measurement. With `throughput` (a dict), figures 1-3 are measured first
-    on the same instance into it (the smoke run saves a start that way)."""
+    """Figures 4 and 5 on one Django instance. With `throughput` (a dict), figures 1-3 first on the same
+    instance into it (the smoke run saves a start that way)."""
     n, res, app = stack.workers, {}, "builtin" if stack.builtin else "django"
     with stack.start(app) as inst:
         try:
@@ -173,15 +162,9 @@ def lifecycle_run(stack, cfg, throughput=None):
 
 
 def scale_up(inst, n, api_ready):
-    """Seconds from the request for worker n+1 to a new pid answering /pid.
-    Shared socket: the old workers are paused (SIGSTOP) until then, or the
-    kernel would hand nearly every poll to a worker already awake. Proxy
-    mode: nothing is paused (corral would hand polls to the paused
-    workers); corral sends each to the least busy worker, so a new one gets
-    a poll soon after corral counts it ready. nginx -> gunicorn: not timed
-    (None), the same master as gunicorn direct, and nginx's pooled
-    connections to paused workers would hold the polls; the worker is
-    still added, for the scale-down that follows."""
+    """Seconds from the request for worker n+1 to a new pid answering /pid (why the old workers are paused, or
+    not, and nginx -> gunicorn not timed: results.md, figure 4); nginx's worker is still added, for the
+    scale-down that follows."""
     old = inst.workers()
     if inst.stack.fronted:
         inst.set_workers(n + 1)
@@ -273,8 +256,7 @@ def term_with_slow_requests(inst, cfg):
 
 
 def wait_tls_ready(inst, cafile, limit=60.0):
-    """Seconds from spawn to the first 200 on /healthz over TLS (HTTP/1.1 by
-    ALPN, the certificate checked for localhost against the run's CA)."""
+    """Seconds from spawn to the first 200 on /healthz over TLS, the certificate checked."""
     ctx, last = load.tls_context(cafile, ["http/1.1"]), None
     while time.monotonic() < inst.t0 + limit and inst.alive():
         status, _, why = load.get(inst.addr, "/healthz", timeout=2, tls=ctx)
@@ -286,9 +268,7 @@ def wait_tls_ready(inst, cafile, limit=60.0):
 
 
 def tls_run(stack, cfg, certs, out, h2=True, handshake=True):
-    """Figures 8 and 9 on one TLS instance of a front, into out: 'ready_s',
-    'negotiated' (ALPN, version, cipher of a checked handshake), 'h2'
-    (h2load) and 'handshake' (s_time), each {'error': ...} if it failed."""
+    """Figures 8 and 9 on one TLS instance of a front, into out; a part that failed is {'error': ...}."""
     try:
         with stack.start("django", tls=certs) as inst:
             out["ready_s"] = wait_tls_ready(inst, certs.ca)
@@ -309,10 +289,8 @@ def tls_run(stack, cfg, certs, out, h2=True, handshake=True):
 
 
 def with_tls_cpu(inst, run, count, per_key):
-    """run()'s result with the CPU of the processes that terminate TLS over
-    it (corral's manager: the --proxy front is a thread of it; nginx's
-    master and workers): 'front_cpu_s' and, under per_key, microseconds
-    per res[count] (None if there were none)."""
+    """run()'s result with the CPU of the processes terminating TLS (corral's manager, whose thread the --proxy
+    front is; nginx's master and workers) over it, and per res[count] in microseconds under per_key."""
     pids = inst.front_pids() if inst.stack.fronted else [inst.pid]
     c0 = cpu_of(pids)
     res = run()
@@ -323,8 +301,6 @@ def with_tls_cpu(inst, run, count, per_key):
 
 
 def h2_measure(inst, cfg):
-    """Figure 8: h2load over TLS (h2 by ALPN), GET / on Django, after a
-    warm-up run; the front's CPU per request served (h2load's count)."""
     h2load = lambda seconds: load.h2load(inst.url("/"), cfg.h2_clients, cfg.h2_streams, cfg.h2_threads, seconds)
     if cfg.h2_warmup:
         h2load(cfg.h2_warmup)
@@ -332,8 +308,6 @@ def h2_measure(inst, cfg):
 
 
 def handshake_measure(inst, cfg):
-    """Figure 9: full TLS handshakes per second (openssl s_time -new, no
-    request); the front's CPU per handshake."""
     res = with_tls_cpu(inst, lambda: load.s_time(inst.addr, cfg.handshake_clients, cfg.handshake_duration),
                        "handshakes", "front_cpu_us_per_handshake")
     if not res["handshakes"]:
