@@ -54,25 +54,19 @@ class Config:
     mixed_duration: int = 10  # s of the mixed Django load (figure 1b), after each Django run
     mixed_every: int = 10  # every 10th request of it ...
     mixed_cpu_ms: int = 20  # ... is GET /cpu/20, the rest GET /
-    # One nginx worker: corral's manager (the --proxy front) is one thread
-    # (a current-thread tokio runtime), so one nginx event loop is the like
-    # for like; one loop proxies far more than 2 Django workers answer, and
-    # one worker keeps one upstream keep-alive pool, as corral does.
+    # One nginx worker: corral's --proxy front is one thread (a current-thread tokio runtime), so one event loop
+    # is like for like; it proxies far more than 2 Django workers answer, with one keep-alive pool, as corral.
     nginx_workers: int = 1
     autoscale_timeout: int = 900
     shared_instance: bool = False  # figures 1-3 on the figure 4-5 instance (smoke)
-    # Figures 8 and 9: corral --proxy and nginx -> gunicorn with TLS, a fresh
-    # instance of each per round, the order alternating as in figure 1.
-    tls_rounds: int = 2
-    # h2load -c8 -m4: 32 streams in flight, as figure 1's 32 connections,
-    # multiplexed over 8 HTTP/2 connections; one thread, as wrk.
+    tls_rounds: int = 2  # figures 8 and 9: a fresh instance of each TLS front per round, order alternating
+    # h2load -c8 -m4: 32 streams in flight, as figure 1's 32 connections, over 8 HTTP/2 connections.
     h2_clients: int = 8
     h2_streams: int = 4
     h2_threads: int = 1
     h2_duration: int = 10  # s per measured h2load run
     h2_warmup: int = 2  # s of h2load before it
-    # openssl s_time processes at once, each one handshake at a time: two
-    # keep one server thread busy here without a queue of clients on 2 cores.
+    # openssl s_time processes at once: two keep one server thread busy without a queue of clients on 2 cores.
     handshake_clients: int = 2
     handshake_duration: int = 10  # s of handshakes
 
@@ -105,9 +99,7 @@ def ensure_env():
             if subprocess.run(install, check=False, stdout=sys.stderr, env=apt_env).returncode != 0:
                 subprocess.run(sudo + ["apt-get", "update", "-q"], check=False, stdout=sys.stderr)
                 subprocess.run(install, check=False, stdout=sys.stderr, env=apt_env)
-            # Without wrk nothing can be measured; without nginx its stack is
-            # reported as not available, without h2load or openssl figures 8
-            # and 9.
+            # Without wrk nothing can be measured; without the others, their figures are "not available".
             if not os.path.exists("/usr/bin/wrk"):
                 sys.exit("wrk is missing and apt-get could not install it")
         py = os.path.join(venv, "bin", "python")
@@ -118,7 +110,6 @@ def ensure_env():
 
 def machine_info(stacks):
     def first_line(argv):
-        """First line of what argv prints, or why there is none (figures 8, 9)."""
         if tool(argv[0]) is None:
             return "not found"
         out = subprocess.run([tool(argv[0]), *argv[1:]], capture_output=True, text=True)
@@ -146,10 +137,8 @@ TLS_FIGS = {"h2": "figure 8 (HTTP/2 over TLS)", "handshake": "figure 9 (TLS hand
 
 
 def tls_figures(cfg, stacks, unavailable, labels):
-    """Figures 8 and 9: a throwaway CA and server certificate in a
-    temporary directory, then per round each TLS front on a fresh instance
-    (order alternating). Whatever cannot run is in 'unavailable' (per
-    figure, per front: {label, reason}), printed as "not available"."""
+    """Figures 8 and 9, each TLS front on a fresh instance per round, with a throwaway certificate. What cannot
+    run is in 'unavailable' (per figure, per front: {label, reason}), printed as "not available"."""
     out = {"unavailable": {fig: {} for fig in TLS_FIGS}, "runs": {}}
     gone = out["unavailable"]
 
@@ -159,13 +148,10 @@ def tls_figures(cfg, stacks, unavailable, labels):
             for key in keys:
                 gone[fig].setdefault(key, {"label": labels[key], "reason": reason})
 
-    fronts = []
+    fronts, running = [], {st.key: st for st in stacks}
     for key in TLS_FRONTS:
-        st = next((x for x in stacks if x.key == key), None)
-        if st is None:
-            why = unavailable[key]["reason"] if key in unavailable else "not among this run's stacks"
-        else:
-            why = st.tls_unavailable()
+        st = running.get(key)
+        why = st.tls_unavailable() if st else unavailable.get(key, {}).get("reason", "not among this run's stacks")
         if why:
             mark(TLS_FIGS, [key], why)
         else:
@@ -210,7 +196,6 @@ def tls_figures(cfg, stacks, unavailable, labels):
 
 
 def start_autoscale(args, cfg):
-    """Starts bench/autoscale.py; returns its process and start time, or an error."""
     script, out = os.path.join(BENCH, "autoscale.py"), os.path.join(args.out_dir, "autoscale.json")
     if not os.path.exists(script):
         return {"error": "bench/autoscale.py is missing"}
@@ -225,7 +210,6 @@ def start_autoscale(args, cfg):
 
 
 def finish_autoscale(started, cfg):
-    """Waits for bench/autoscale.py and reads its autoscale.json."""
     if "error" in started:
         return started
     proc = started["proc"]
@@ -250,15 +234,13 @@ def finish_autoscale(started, cfg):
 
 
 def start_operator_scale(args, cfg):
-    """Starts figure 7 (bench/operator_scale.py's run()) in a thread; a future."""
     log("figure 7: bench/operator_scale.py" + (" --smoke" if cfg.smoke else ""))
     pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="operator-scale")
     return pool.submit(operator_scale.run, args.corral, args.out_dir, smoke=cfg.smoke)
 
 
 def select_stacks(cfg, venv, corral):
-    """This run's stacks that the machine can run; the others' reasons, and
-    every stack's label."""
+    """This run's stacks that the machine can run, the others' reasons, every stack's label."""
     stacks, unavailable, labels = [], {}, {}
     for st in all_stacks(venv, corral, cfg.workers, cfg.nginx_workers):
         labels[st.key] = st.label
@@ -275,10 +257,8 @@ def select_stacks(cfg, venv, corral):
 
 
 def figures_1_5(cfg, stacks, raw):
-    """Rounds of every stack on every app (figures 1-3, the stack order
-    reversed each round), then one Django instance per stack for figures 4
-    and 5 (in the smoke run figures 1-3 on it first), then more start-up
-    samples, up to cfg.start_samples per stack."""
+    """Rounds of every stack on every app (figures 1-3, the order reversed each round), one Django instance
+    per stack for figures 4 and 5, then more start-up samples, up to cfg.start_samples per stack."""
     for rnd in range(cfg.rounds):
         for st in stacks if rnd % 2 == 0 else stacks[::-1]:
             for app in (["builtin"] if st.builtin else cfg.apps):
@@ -312,8 +292,7 @@ def figures_1_5(cfg, stacks, raw):
 
 
 def write_results(args, cfg, raw, stacks, wall0):
-    """results.md, results.json and results.png, and the table printed;
-    returns the measurements that failed to run."""
+    """results.md, .json and .png written and the table printed; returns what failed to run."""
     machine = machine_info(stacks)
     summary = report.summarize(raw, stacks, cfg)
     errors = summary["errors"]
@@ -368,8 +347,7 @@ def main():
     if not os.access(args.corral, os.X_OK):
         sys.exit(f"{args.corral} missing: cargo build --release")
     venv = ensure_env()
-    # A TERM or HUP (a caller's timeout) unwinds through the `finally`s, and
-    # whatever is still running is stopped on the way out.
+    # A TERM or HUP (a caller's timeout) unwinds through the `finally`s, stopping whatever still runs.
     procs.stop_on_signals()
     atexit.register(stop_all)
 
@@ -378,9 +356,8 @@ def main():
     os.makedirs(args.out_dir, exist_ok=True)
     wall0 = time.monotonic()
     raw = {"throughput": {}, "lifecycle": {}, "startup_extra": {}, "unavailable": unavailable}
-    # The smoke run only proves the code paths, so figures 6 and 7 (mostly
-    # the API server's start) run beside figures 1-5 to stay near a minute;
-    # the full run keeps every figure alone on the machine.
+    # The smoke run only proves the code paths, so figures 6 and 7 (mostly the API server's start) run beside
+    # figures 1-5 to stay near a minute; the full run keeps every figure alone on the machine.
     autoscale = start_autoscale(args, cfg) if cfg.smoke and not args.skip_autoscale else None
     scale = start_operator_scale(args, cfg) if cfg.smoke and not args.skip_operator_scale else None
 
@@ -388,20 +365,15 @@ def main():
     raw["figures_1_5_s"] = round(time.monotonic() - wall0, 1)
     log(f"figures 1-5 took {raw['figures_1_5_s']:.0f}s")
 
-    # Figures 8 and 9: HTTP/2 and TLS at the front, corral --proxy against nginx.
     t8 = time.monotonic()
     raw["tls"] = tls_figures(cfg, stacks, unavailable, labels)
     raw["figures_8_9_s"] = round(time.monotonic() - t8, 1)
     log(f"figures 8-9 took {raw['figures_8_9_s']:.0f}s")
 
-    if args.skip_autoscale:
-        raw["autoscale"] = {"error": "skipped (--skip-autoscale)"}
-    else:
-        raw["autoscale"] = finish_autoscale(autoscale or start_autoscale(args, cfg), cfg)
-    if args.skip_operator_scale:
-        raw["operator_scale"] = {"error": "skipped (--skip-operator-scale)"}
-    else:
-        raw["operator_scale"] = attempt((scale or start_operator_scale(args, cfg)).result)
+    raw["autoscale"] = {"error": "skipped (--skip-autoscale)"} if args.skip_autoscale else finish_autoscale(
+        autoscale or start_autoscale(args, cfg), cfg)
+    raw["operator_scale"] = {"error": "skipped (--skip-operator-scale)"} if args.skip_operator_scale else attempt(
+        (scale or start_operator_scale(args, cfg)).result)
     errors = write_results(args, cfg, raw, stacks, wall0)
     if errors:
         print(f"{len(errors)} measurement(s) FAILED TO RUN", file=sys.stderr)
