@@ -5,8 +5,9 @@ its method and its series (timeline, latency per second)."""
 
 import dataclasses
 import math
+from collections import Counter
 
-from report import row
+from report import figure_rows
 from sampling import percentile
 
 # The benchmark's definition of capacity and load (docs/benchmarks/autoscale.md).
@@ -111,18 +112,14 @@ def per_second(samples, is_cpu):
 
 
 def request_stats(results, dropped, t_up, t_down, t_end):
-    """Sent, failed and latency of the load's requests per phase, and the
-    failures by kind."""
+    """Sent, failed and latency of the load's requests per phase, and the failures by kind."""
     def phase(lo, hi):
         rs = [r for r in results if lo <= r[0] < hi]
         ok = [r[1] for r in rs if r[2] == 200]
         ms = lambda x: rnd(x * 1000 if ok else None, 1)
         return {"sent": len(rs), "ok": len(ok), "failed": len(rs) - len(ok), "p50_ms": ms(ok and percentile(ok, 0.5)),
                 "p99_ms": ms(ok and percentile(ok, 0.99)), "max_ms": ms(ok and max(ok))}
-    errors = {}
-    for r in results:
-        if r[2] != 200:
-            errors[str(r[2])] = errors.get(str(r[2]), 0) + 1
+    errors = dict(Counter(str(r[2]) for r in results if r[2] != 200))
     return {"baseline": phase(0, t_up), "high": phase(t_up, t_down), "low": phase(t_down, t_end),
             "dropped_over_inflight_cap": dropped, "errors": errors}
 
@@ -225,59 +222,31 @@ def analyse(*, phases, spec, samples, operator, load, events, t_up, t_down, t_en
     # (issue 11) the ideal count reached.
     target_met = (scale_up_decision is not None and scale_up_decision <= TARGET_DECISION_S if is_cpu
                   else reach_desired is not None)
-    up_target = {"target": f"<= {TARGET_DECISION_S:g} s", "met": target_met} if is_cpu else {}
-    ideal_target = {} if is_cpu else {"target": "reached at high load", "met": target_met}
-    sig = "CPU window" if is_cpu else "concurrency window"
-    rows = [
-        row("scale-up decision after the step (desired rises at the manager)", rnd(scale_up_decision), "s",
-            **up_target),
-        row("  same, from the operator's ScaledUp Event time", rnd(since(up_event["t"], t_up) if up_event else None),
-            "s"),
-        row(f"  of which: manager's {sig} crosses target x 1.1", rnd(since(signal_over, t_up)), "s"),
-        row("first scale-up step", f"{up_change['from']} -> {up_change['to']}" if up_change else None, "workers"),
-        row(f"time to the ideal count ({ideal_high}) desired", rnd(since(reach_desired, t_up)), "s", **ideal_target),
-        row(f"time to the ideal count ({ideal_high}) ready", rnd(since(reach_ready, t_up)), "s"),
-        row("time to the settled count (desired at the drop)", rnd(since(reach_settled, t_up)), "s",
-            note=f"{settled} workers"),
-        row(f"time to target utilisation (manager's {sig} <= target x 1.1 for {SETTLE_HOLD:g} s)",
-            rnd(settle_time("util_window")), "s"),
-        row(f"time to target utilisation ({'1 s CPU from /proc' if is_cpu else '1 s of per-worker in_flight'}"
-            f" <= target x 1.1 for {SETTLE_HOLD:g} s)", rnd(settle_time("util_1s")), "s"),
-        row(f"ideal workers at high load, ceil({'offered cores' if is_cpu else 'offered requests in flight'} / target)",
-            ideal_high, "workers"),
-        row("  same, from the pod CPU measured at high load, last 30 s",
-            workers_for(None if pod_cores_high is None else pod_cores_high / target), "workers",
-            note=f"pod CPU {rnd(pod_cores_high, 3)} cores") if is_cpu else
-        row("  same, from the requests in flight measured at high load, last 30 s",
-            workers_for(None if in_flight_high is None else in_flight_high / target), "workers",
-            note=f"{rnd(in_flight_high, 2)} in flight"),
-        row("peak desired at high load", peak, "workers"),
-        row("settled desired at high load (at the drop)", settled, "workers"),
-        row("overshoot (peak - ideal)", None if peak is None else max(0, peak - ideal_high), "workers"),
-        row(f"{sc.what} at high load, last 30 s (manager's window)", rnd(mean_of("util_window", *last30), 3), sc.unit),
-        *([] if is_cpu else [
-            row("CPU per worker at high load, last 30 s (manager's window)", rnd(mean_of("cpu_window", *last30), 3),
-                "cores", note="what a CPU metric would see: I/O-bound requests"),
-            row("requests queued in corral at high load, most at once",
-                max((s.get("queued") or 0 for s in high), default=None), "requests",
-                note=f"--worker-concurrency {WORKER_CONCURRENCY}"),
-        ]),
-        row("desired-count changes during the baseline", moves_base, "changes"),
-        row("direction reversals during high load", rev_high, "reversals", note=f"{moves_high} changes"),
-        row("direction reversals during low load after the drop", rev_low, "reversals", note=f"{moves_low} changes"),
-        row("scale-down decision after the drop", rnd(scale_down_first), "s",
-            note=f"stabilization window {phases['down_window']} s"),
-        row(f"time to ideal low count ({ideal_low}) after the drop", rnd(since(reach_low, t_down)), "s"),
-        row(f"time to ideal low count ({ideal_low}) after the drop, others drained",
-            rnd(since(reach_low_ready, t_down)), "s"),
-        row("requests failed / sent", f"{failed} / {sent}", "requests"),
-        row("p99 latency at high load", req["high"]["p99_ms"], "ms"),
-        row("p99 latency at baseline", req["baseline"]["p99_ms"], "ms"),
-        row(f"operator passes per second (pollIntervalSeconds {spec['pollIntervalSeconds']})", rnd(passes_per_s),
-            "1/s"),
-        row("machine CPU busy at high load (2 cores = 1.0)", rnd(mean_of("machine_busy", t_up, t_down), 3), "fraction"),
-        row("load generator CPU", rnd(gen_cpu / elapsed, 3), "cores"),
-    ]
+    measured_high = pod_cores_high if is_cpu else in_flight_high
+    values = dict(
+        metric=sc.metric, sig="CPU window" if is_cpu else "concurrency window", hold=SETTLE_HOLD,
+        one_s="1 s CPU from /proc" if is_cpu else "1 s of per-worker in_flight", what=sc.what, unit=sc.unit,
+        offered="offered cores" if is_cpu else "offered requests in flight", ideal_high=ideal_high,
+        ideal_low=ideal_low, up_target={"target": f"<= {TARGET_DECISION_S:g} s", "met": target_met} if is_cpu else {},
+        ideal_target={} if is_cpu else {"target": "reached at high load", "met": target_met},
+        scale_up_decision=rnd(scale_up_decision), up_event=rnd(since(up_event["t"], t_up) if up_event else None),
+        signal_over=rnd(since(signal_over, t_up)),
+        first_step=f"{up_change['from']} -> {up_change['to']}" if up_change else None,
+        reach_desired=rnd(since(reach_desired, t_up)), reach_ready=rnd(since(reach_ready, t_up)),
+        reach_settled=rnd(since(reach_settled, t_up)), settled=settled, peak=peak,
+        settle_window=rnd(settle_time("util_window")), settle_1s=rnd(settle_time("util_1s")),
+        ideal_measured=workers_for(None if measured_high is None else measured_high / target),
+        pod_cores=rnd(pod_cores_high, 3), in_flight=rnd(in_flight_high, 2),
+        overshoot=None if peak is None else max(0, peak - ideal_high),
+        util_high=rnd(mean_of("util_window", *last30), 3), cpu_high=rnd(mean_of("cpu_window", *last30), 3),
+        queued_max=max((s.get("queued") or 0 for s in high), default=None), worker_concurrency=WORKER_CONCURRENCY,
+        moves_base=moves_base, rev_high=rev_high, moves_high=moves_high, rev_low=rev_low, moves_low=moves_low,
+        scale_down=rnd(scale_down_first), down_window=phases["down_window"], reach_low=rnd(since(reach_low, t_down)),
+        reach_low_ready=rnd(since(reach_low_ready, t_down)), failed_sent=f"{failed} / {sent}",
+        p99_high=req["high"]["p99_ms"], p99_base=req["baseline"]["p99_ms"], poll=spec["pollIntervalSeconds"],
+        passes_per_s=rnd(passes_per_s), machine_busy=rnd(mean_of("machine_busy", t_up, t_down), 3),
+        gen_cpu=rnd(gen_cpu / elapsed, 3))
+    rows = figure_rows("figure 6", values)
     return {
         "scale_up_decision_s": rnd(scale_up_decision, 3),
         "target": f"scale-up decision <= {TARGET_DECISION_S:g} s" if is_cpu else

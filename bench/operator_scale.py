@@ -18,7 +18,7 @@ import time
 import cluster
 import fake_admin
 import report
-from report import row
+from report import figure_rows
 from procs import RunFailed, log, stop, wait_until
 from sampling import cpu_or_none, operator_metrics, request, status_kib
 from stacks import free_port
@@ -188,21 +188,15 @@ def summarize(passes, hwm_kib, cfg, extra):
     med = lambda xs: round(statistics.median(xs), 3) if xs else None
     kind = lambda kind, key: med([p[key] for p in passes if p["kind"] == kind and p[key] is not None])
     peak, cpu_max = round(hwm_kib / 1024, 1), max(cpu)
-    rows = [
-        row("CPU per pass, median", med(cpu), "s"),
-        row("CPU per pass, max", cpu_max, "s", target=f"<= {TARGET_CPU_S:g} s", met=cpu_max <= TARGET_CPU_S),
-        row("  scaling passes (every pod PUT), median", kind("scaling", "cpu_s"), "s"),
-        row("  steady passes (every pod read), median", kind("steady", "cpu_s"), "s"),
-        row("wall time per pass, scaling, median", kind("scaling", "wall_s"), "s"),
-        row("wall time per pass, steady, median", kind("steady", "wall_s"), "s"),
-        row("peak RSS (VmHWM)", peak, "MiB", target=f"<= {TARGET_RSS_MIB:g} MiB", met=peak <= TARGET_RSS_MIB),
-        row("RSS after the last pass", passes[-1]["rss_mib"], "MiB"),
-        row("open descriptors after a pass, max", max(p["open_fds"] for p in passes), "fds"),
-        row("API server connections opened in a pass, max", max(p["api_connections"] for p in passes), "connections",
-            note="TLS handshakes; kept open afterwards"),
-        row("failed reconcile passes", int(extra["metrics"]["errors"]), "passes"),
-        row("operator log warnings / errors", f"{extra['log']['warnings']} / {extra['log']['errors']}", "lines"),
-    ]
+    rows = figure_rows("figure 7", dict(
+        cpu_median=med(cpu), cpu_max=cpu_max,
+        cpu_target={"target": f"<= {TARGET_CPU_S:g} s", "met": cpu_max <= TARGET_CPU_S},
+        scaling_cpu=kind("scaling", "cpu_s"), steady_cpu=kind("steady", "cpu_s"),
+        scaling_wall=kind("scaling", "wall_s"), steady_wall=kind("steady", "wall_s"),
+        peak=peak, rss_target={"target": f"<= {TARGET_RSS_MIB:g} MiB", "met": peak <= TARGET_RSS_MIB},
+        rss_last=passes[-1]["rss_mib"], open_fds=max(p["open_fds"] for p in passes),
+        api_connections=max(p["api_connections"] for p in passes), failed_passes=int(extra["metrics"]["errors"]),
+        log_lines=f"{extra['log']['warnings']} / {extra['log']['errors']}"))
     return {
         "pods": cfg["pods"], "measured_passes": len(passes), "poll_interval_s": cfg["poll"],
         "cpu_per_pass_median_s": med(cpu), "cpu_per_pass_max_s": cpu_max, "peak_rss_mib": peak,

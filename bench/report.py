@@ -3,6 +3,7 @@
 UvicornWorker, and results.md rendered with figures 6 and 7 (`markdown()`)."""
 
 import collections
+import json
 import re
 import statistics
 
@@ -422,9 +423,14 @@ def fig7(o):
     ]
 
 
-def row(metric, value, unit, **more):
-    """One row of figure 6's or 7's table (rows_table())."""
-    return {"metric": metric, "value": value, "unit": unit, **more}
+ROWS = json.loads(template("rows.json"))
+
+
+def figure_rows(figure, v):
+    """Figure 6's or 7's rows (templates/rows.json), each filled in from the values v."""
+    return [{"metric": r["metric"].format(**v), "value": v[r["value"]], "unit": r["unit"].format(**v),
+             **v.get(r.get("target"), {}), **({"note": r["note"].format(**v)} if "note" in r else {})}
+            for r in ROWS[figure] if r.get("only", v.get("metric")) == v.get("metric")]
 
 
 def rows_table(rows):
