@@ -1,7 +1,5 @@
-"""Figure 6's definition and analysis: the two runs (capacity, load step,
-metric and target) and how a run's /workers samples, the operator's Events
-and counters and the load's results become its figures (rows, summary),
-its method and its series (timeline, latency per second)."""
+"""Figure 6's definition (the two runs: capacity, load step, metric, target) and its analysis: a run's
+samples, Events and load results as its rows, summary, method and series."""
 
 import dataclasses
 import math
@@ -78,10 +76,8 @@ def workers_for(x):
 
 
 def per_second(samples, is_cpu):
-    """Adds to each sample the 1-s figures: CPU per worker and pod CPU from
-    /proc, the machine's busy fraction, and for Concurrency the requests in
-    flight per worker right now (the per-worker in_flight of /workers),
-    averaged over the last second."""
+    """Adds to each sample its figures over the last second: CPU per worker and pod CPU (/proc), the machine's
+    busy fraction, and for Concurrency the per-worker in_flight of /workers."""
     for s in samples:
         active = [w for w in s["workers"] if w[1] != "draining"]
         flights = [w[3] for w in active if w[3] is not None]
@@ -125,8 +121,7 @@ def request_stats(results, dropped, t_up, t_down, t_end):
 
 
 def series(samples, results, offered, is_cpu):
-    """The timeline (every sample, for the chart; the JSON keeps one per
-    TIMELINE_EVERY) and the served requests and latency per second."""
+    """The timeline (every sample for the chart, one per TIMELINE_EVERY for the JSON) and latency per second."""
     per_s = {}
     for t_s, lat, st in results:
         if st == 200:
@@ -153,8 +148,6 @@ def series(samples, results, offered, is_cpu):
 
 
 def analyse(*, phases, spec, samples, operator, load, events, t_up, t_down, t_end, gen_cpu, elapsed, sc):
-    """The run's figures (rows, summary), its method, and its series
-    (desired-count changes, Events, timeline, latency per second)."""
     low_rps, high_rps, target, is_cpu = sc.low_rps, sc.high_rps, sc.target, sc.metric == "CPU"
     band_hi = target * (1 + TOLERANCE)
     ideal_high, ideal_low = workers_for(high_rps * sc.cost / target), workers_for(low_rps * sc.cost / target)
@@ -183,8 +176,7 @@ def analyse(*, phases, spec, samples, operator, load, events, t_up, t_down, t_en
                      if settled and settled != desired_at_up else None)
 
     def settle_time(key, hold=SETTLE_HOLD):
-        """First t after the step from which samples[key] stays <= band_hi
-        for `hold` seconds (or until the drop, if that comes sooner)."""
+        """First t after the step from which samples[key] stays <= band_hi for `hold` s (or until the drop)."""
         pts = [(s["t"], s[key]) for s in high if s.get(key) is not None]
         for i, (t, v) in enumerate(pts):
             if v <= band_hi and all(w <= band_hi for u, w in pts[i:] if u < min(t + hold, t_down)):
@@ -210,11 +202,10 @@ def analyse(*, phases, spec, samples, operator, load, events, t_up, t_down, t_en
     req = request_stats(load.results, load.dropped, t_up, t_down, t_end)
     phases_req = (req["baseline"], req["high"], req["low"])
     failed, sent = sum(r["failed"] for r in phases_req), sum(r["sent"] for r in phases_req)
-    ops = operator
-    passes_per_s = None
+    ops, passes_per_s = operator, None
     if len(ops) >= 2 and ops[-1]["t"] > ops[0]["t"]:
-        passes_per_s = (ops[-1]["ok"] + ops[-1]["error"] - ops[0]["ok"] - ops[0]["error"]) / (
-            ops[-1]["t"] - ops[0]["t"])
+        a, b = ops[0], ops[-1]
+        passes_per_s = (b["ok"] + b["error"] - a["ok"] - a["error"]) / (b["t"] - a["t"])
     full, timeline, latency = series(samples, load.results, offered, is_cpu)
     last30 = (max(t_up, t_down - 30), t_down)
     pod_cores_high, in_flight_high = mean_of("pod_cores_1s", *last30), mean_of("in_flight", *last30)
@@ -246,19 +237,18 @@ def analyse(*, phases, spec, samples, operator, load, events, t_up, t_down, t_en
         p99_high=req["high"]["p99_ms"], p99_base=req["baseline"]["p99_ms"], poll=spec["pollIntervalSeconds"],
         passes_per_s=rnd(passes_per_s), machine_busy=rnd(mean_of("machine_busy", t_up, t_down), 3),
         gen_cpu=rnd(gen_cpu / elapsed, 3))
-    rows = figure_rows("figure 6", values)
     return {
         "scale_up_decision_s": rnd(scale_up_decision, 3),
         "target": f"scale-up decision <= {TARGET_DECISION_S:g} s" if is_cpu else
                   f"the ideal count ({ideal_high}) reached at high load",
         "target_s": TARGET_DECISION_S if is_cpu else None,
-        "target_met": target_met, "rows": rows, "spec": spec, "reached_ideal": reach_desired is not None,
+        "target_met": target_met, "rows": figure_rows("figure 6", values), "spec": spec,
+        "reached_ideal": reach_desired is not None,
         "summary": {
             "metric": sc.metric, "scale_up_decision_s": rnd(scale_up_decision, 3), "ideal_high": ideal_high,
-            "reach_ideal_desired_s": rnd(since(reach_desired, t_up)),
-            "reach_ideal_ready_s": rnd(since(reach_ready, t_up)), "peak_desired": peak, "settled_desired": settled,
-            "failed": failed, "sent": sent, "p99_high_ms": req["high"]["p99_ms"],
-            "scale_down_decision_s": rnd(scale_down_first),
+            "reach_ideal_desired_s": values["reach_desired"], "reach_ideal_ready_s": values["reach_ready"],
+            "peak_desired": peak, "settled_desired": settled, "failed": failed, "sent": sent,
+            "p99_high_ms": req["high"]["p99_ms"], "scale_down_decision_s": values["scale_down"],
         },
         "method": {
             "metric": sc.metric, "target": sc.target, "signal": sc.signal, "signal_unit": sc.unit,
