@@ -40,8 +40,7 @@ EXIT_CONCURRENCY_FAILED = 3
 
 
 def pick_address():
-    """A loopback address whose :8000 and :9000 are free (pod IPs are
-    distinct, so the fixed ports of a pod are fine)."""
+    """A loopback address whose :8000 and :9000 are free (pod IPs are distinct: fixed ports are fine)."""
     for _ in range(50):
         ip = f"127.{random.randint(100, 250)}.{random.randint(0, 250)}.{random.randint(2, 250)}"
         socks = [socket.socket() for _ in (HTTP_PORT, ADMIN_PORT)]
@@ -58,8 +57,7 @@ def pick_address():
 
 
 def manager_argv(corral, sc, ip, token_file):
-    """The pod's `corral run`: the built-in worker for the CPU run; for the
-    Concurrency run, proxy mode before Uvicorn + Django (the venv's)."""
+    """The built-in worker for the CPU run; for the Concurrency run, proxy mode before the venv's Uvicorn."""
     argv = [corral, "run", "-w", str(MIN_WORKERS), "--min-workers", str(MIN_WORKERS),
             "--max-workers", str(MAX_WORKERS), "-b", f"{ip}:{HTTP_PORT}",
             "--admin-bind", f"{ip}:{ADMIN_PORT}", "--admin-token-file", token_file]
@@ -74,8 +72,7 @@ def manager_argv(corral, sc, ip, token_file):
 
 
 class Pod:
-    """One pod of a run: its manager at a loopback address, the low load
-    already flowing and /workers sampled, from start on."""
+    """One pod of a run: its manager at a loopback address, the low load and the sampler running from start."""
 
     def __init__(self, procs, corral, workdir, sc, op_port):
         self.sc, self.ip = sc, pick_address()
@@ -129,8 +126,7 @@ def autoscaler_status(kube, name):
 
 
 def measure(kube, pod, phases, operator, args):
-    """Creates the Pod object and its autoscaler, runs the measured phases
-    on the pod's load and returns the analysis."""
+    """The pod's Pod object and autoscaler, then the measured phases; the analysis."""
     sc, name = pod.sc, pod.sc.key
     kube.ready_pod(f"{name}-0", NS, {"app": name}, pod.ip)
     spec = autoscaler_spec(phases, sc)
@@ -256,8 +252,7 @@ def environment(corral, kube, loadavg_before):
 
 
 def dump_json(result):
-    """Indented, with one line per sample of the long series; the
-    Concurrency run's result nested the same way under "concurrency"."""
+    """Indented, one line per sample of the long series, the Concurrency run nested the same way."""
     series = ("changes", "events", "timeline", "latency_per_s")
     head = json.dumps({k: v for k, v in result.items()
                        if k not in series and k != "concurrency" and not k.startswith("_")}, indent=1)

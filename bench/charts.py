@@ -1,9 +1,5 @@
-"""The charts: results.png (figures 1-5, 8 and 9, one panel each, from
-report.summarize()'s summary) and autoscale.png / autoscale-concurrency.png
-(figure 6: workers, the signal against its target band, load and p99 over
-the run). matplotlib is imported here only, when a chart is drawn."""
-
-
+"""results.png (a panel per figure, from report.summarize()) and figure 6's autoscale*.png; matplotlib is
+imported only when a chart is drawn."""
 from report import NGINX, PROXY, SCENARIOS
 
 

@@ -1,8 +1,5 @@
-"""The cluster of figures 6 and 7: the throwaway etcd + kube-apiserver of
-.ci/kube-up.sh, kubectl and HTTPS against it as its admin, the operator's
-CRD and RBAC from manifests/, `corral operator` running as its
-ServiceAccount, and Pod objects made Running and Ready at a loopback
-address (there is no kubelet)."""
+"""The cluster of figures 6 and 7: .ci/kube-up.sh's throwaway API server, used as admin, `corral operator`
+as its ServiceAccount, and Pods made Running and Ready at a loopback address (there is no kubelet)."""
 
 import argparse
 import contextlib
@@ -26,9 +23,8 @@ KUBE_UP = os.path.join(ROOT, ".ci", "kube-up.sh")
 
 
 class Kube:
-    """The API server of .ci/kube-up.sh in workdir/kube, started in a
-    thread by start() (it takes seconds: the caller goes on meanwhile),
-    waited for by wait_up() and stopped by stop()."""
+    """The API server of .ci/kube-up.sh in workdir/kube, started in a thread (it takes seconds: the caller
+    goes on meanwhile)."""
 
     def __init__(self, workdir):
         self.dir = os.path.join(workdir, "kube")
@@ -71,8 +67,7 @@ class Kube:
             raise RunFailed(f"API server: {self.error or 'did not come up'}")
 
     def stop(self):
-        """Stops the daemons kube-up.sh detached, once a start under way is
-        over (it gives up by itself after KUBE_UP_TIMEOUT)."""
+        """Once a start under way is over (it gives up after KUBE_UP_TIMEOUT), the daemons it detached."""
         if self.thread.is_alive():
             self.done.wait(200)
         if os.path.isdir(self.dir):
@@ -93,8 +88,7 @@ class Kube:
         return json.loads(r.stdout) if r.returncode == 0 else None
 
     def api(self, method, path, body, content_type="application/json"):
-        """One request as admin over HTTPS, one keep-alive connection per
-        thread (figure 7 creates its pods from several)."""
+        """One request as admin, a keep-alive connection per thread (figure 7 creates its pods from several)."""
         if getattr(self.local, "conn", None) is None:
             tls = ssl.create_default_context()
             tls.check_hostname = False
@@ -114,7 +108,6 @@ class Kube:
             raise RunFailed(f"{method} {path}: {r.status} {answer[:300]!r}")
 
     def ready_pod(self, name, namespace, labels, ip):
-        """A Pod, then its status Running and Ready at ip."""
         base = f"/api/v1/namespaces/{namespace}/pods"
         self.api("POST", base, {"apiVersion": "v1", "kind": "Pod",
                                 "metadata": {"name": name, "namespace": namespace, "labels": labels},
@@ -136,10 +129,8 @@ class Kube:
 
 
 def start_operator(procs, corral, kube, workdir, namespace, metrics_port):
-    """The CRD and the operator's RBAC applied as shipped, then `corral
-    operator` watching `namespace` as the ServiceAccount read from what was
-    applied (nothing runs its Deployment: there is no kubelet); returns its
-    process once it leads. Its log is workdir/operator.log."""
+    """The CRD and RBAC applied as shipped, then `corral operator` as their ServiceAccount (nothing runs its
+    Deployment); its process, once it leads."""
     applied = json.loads(kube.kubectl(
         "apply", "-f", os.path.join(ROOT, "manifests", "crd.yaml"),
         "-f", os.path.join(ROOT, "manifests", "operator.yaml"), "-o", "json").stdout)
@@ -176,10 +167,8 @@ def start_operator(procs, corral, kube, workdir, namespace, metrics_port):
 
 @contextlib.contextmanager
 def cluster(name, figure, keep):
-    """A figure's work directory, children (Procs) and API server (started
-    here, waited for by the caller). On the way out every child and the API
-    server stop, and the directory goes unless `keep`, or the run did not
-    set .ok: then its logs are kept."""
+    """A figure's work directory, children and API server, all stopped on the way out; the directory (its
+    logs) is kept with `keep` or when the run did not set .ok."""
     workdir = tempfile.mkdtemp(prefix=f"corral-{name}-")
     run = types.SimpleNamespace(workdir=workdir, procs=Procs(), kube=Kube(workdir), ok=False)
     try:
@@ -195,9 +184,7 @@ def cluster(name, figure, keep):
 
 
 def main(name, doc, run, configure):
-    """A figure's command line: --corral, --keep and what configure(ap)
-    adds; run(args) returns the exit status, a failed run prints why and
-    returns 1."""
+    """A figure's command line; run(args) returns the exit status, a failed run prints why and returns 1."""
     ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     ap.add_argument("--corral", default=os.path.join(ROOT, "target", "release", "corral"))
     ap.add_argument("--keep", action="store_true", help="keep the logs and cluster state directory")

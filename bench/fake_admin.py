@@ -1,9 +1,6 @@
 #!/usr/bin/env python3
-"""Figure 7's fake managers: one process answers the admin API of every
-pod, on its own loopback address each, with the WorkersDoc and the 422
-ErrorDoc a real `corral run` gave, only each pod's worker count and CPU
-set; a control API on 127.0.0.1 sets the load and counts the requests.
-bench/operator_scale.py starts it (`start()`)."""
+"""Figure 7's fake managers: one process answers every pod's admin API, each on its own loopback address,
+with the WorkersDoc and the 422 a real `corral run` gave, only the worker count and CPU set per pod."""
 
 import asyncio
 import json
@@ -25,8 +22,7 @@ def pod_ips(n):
 
 
 class FakeAdmin:
-    """Every fake pod (its desired and requested count) behind one asyncio
-    loop, plus a control API on 127.0.0.1 (GET /stats: requests served;
+    """Every pod ([desired, requested]) behind one asyncio loop, and a control API on 127.0.0.1 (GET /stats,
     PUT /load: cores per pod)."""
 
     def __init__(self, ips, port, token, doc, refused, load):
@@ -118,9 +114,7 @@ def response(status, answer):
 
 
 def start(procs, workdir, pods, port, token_file, documents, load):
-    """This file as a process of its own, serving `documents` (the real
-    manager's WorkersDoc and 422) for `pods` pods with `load` cores each;
-    returns its control client once it answers."""
+    """This file as a process of its own; its control client, once it answers."""
     path, control = os.path.join(workdir, "fake.json"), free_port()
     with open(path, "w") as f:
         json.dump({"pods": pods, "port": port, "control_port": control, "token_file": token_file,

@@ -40,10 +40,8 @@ BYPASSED = "Server cert bypassed"
 
 
 def real_documents(procs, corral, workdir, token_file):
-    """(WorkersDoc, 422 ErrorDoc) of a real `corral run` with every
-    optional part filled: a scale-down and back up (a recent exit, a
-    reused slot's last_exit), then a request over --max-workers
-    (last_limited, the 422)."""
+    """(WorkersDoc, 422 ErrorDoc) of a real `corral run`, every optional part filled: scaled down and back up
+    (a recent exit, a reused slot's last_exit), then asked for more than --max-workers (last_limited)."""
     ip, port = "127.0.0.1", free_port()
     manager = procs.start([corral, "run", "-w", str(BASE_WORKERS), "--max-workers", str(MAX_WORKERS),
                            "-b", f"127.0.0.1:{free_port()}", "--admin-bind", f"{ip}:{port}",
@@ -95,13 +93,11 @@ class OperatorProbe:
                 "duration_count": m["duration_count"]}
 
     def tls_handshakes(self):
-        """Connections it opened to the API server so far: with the bench's
-        insecure-skip-tls-verify kubeconfig, kube logs one line per handshake."""
+        """Connections opened to the API server: with insecure-skip-tls-verify kube logs one per handshake."""
         with open(self.log_path, errors="replace") as f:
             return sum(1 for line in f if BYPASSED in line)
 
     def next_pass(self, after, limit):
-        """Polls /metrics until the pass count exceeds `after["passes"]`."""
         deadline = time.monotonic() + limit
         while time.monotonic() < deadline:
             m = self.metrics()
@@ -112,8 +108,7 @@ class OperatorProbe:
 
 
 def measure_pass(probe, fake, kind, load, prev, poll):
-    """One pass: sets the load, samples CPU just before the pass is due and
-    at its end. `prev` is the previous pass's end (metrics, stats, time)."""
+    """One pass, its CPU sampled just before it is due and at its end; `prev`: the previous pass's end."""
     fake.set_load(load)
     time.sleep(max(0.0, prev["t"] + poll - min(0.5, poll * 0.2) - time.monotonic()))
     pid = probe.proc.pid
@@ -135,10 +130,8 @@ def measure_pass(probe, fake, kind, load, prev, poll):
 
 
 def measure(kube, probe, fake, cfg):
-    """Waits for the first pass over every pod and the end of the next, so
-    the measured passes start from a known pass end; then cfg["passes"]
-    passes, scaling and steady alternating, each one whole pass that read
-    every pod."""
+    """From the end of the pass after the first over every pod, cfg["passes"] whole passes, scaling and steady
+    alternating."""
     def first_pass():
         st = (kube.get_json("workerautoscaler", "scale", "-n", NS) or {}).get("status") or {}
         active = any(c["type"] == "ScalingActive" and c["status"] == "True" for c in st.get("conditions", []))
@@ -170,8 +163,7 @@ def check_passes(passes, pods):
 
 
 def operator_log(path, limit=5):
-    """WARN and ERROR lines of the operator's log (the TLS bypass notes of
-    the bench's kubeconfig aside): counts and the first few."""
+    """WARN and ERROR lines of the operator's log but the TLS bypass notes: counts and the first few."""
     counts, examples = {"WARN": 0, "ERROR": 0}, []
     with open(path, errors="replace") as f:
         for line in f:
@@ -207,7 +199,6 @@ def summarize(passes, hwm_kib, cfg, extra):
 
 
 def run(corral, out_dir=None, smoke=False, pods=None, keep=False):
-    """The whole figure; returns its result (and writes OUT/operator_scale.json)."""
     cfg = dict(SMOKE if smoke else FULL)
     cfg["pods"] = pods or cfg["pods"]
     corral = os.path.abspath(corral)

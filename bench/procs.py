@@ -1,7 +1,5 @@
-"""Process control: every child the benchmark starts runs in a session of
-its own and is stopped by process group, also when a run fails or is
-signalled. Also the one progress line (`log`) and polling with a deadline
-(`wait_until`)."""
+"""Process control: every child runs in a session of its own and is stopped by process group, also when a
+run fails or is signalled; the one progress line (`log`); polling with a deadline (`wait_until`)."""
 
 import os
 import signal
@@ -35,8 +33,7 @@ def failure(e):
 
 
 def attempt(fn, *args):
-    """fn(*args), or {"error": ...} if it failed: recorded and reported, so
-    one broken step does not hide the others' results."""
+    """fn(*args), or {"error": ...}: one broken step does not hide the others' results."""
     try:
         return fn(*args)
     except Exception as e:  # noqa: BLE001 - recorded and reported, never hidden
@@ -44,8 +41,7 @@ def attempt(fn, *args):
 
 
 def stop_on_signals():
-    """TERM and HUP (a caller's timeout) raise Stopped, so that the `finally`
-    blocks on the way out still stop every child."""
+    """TERM and HUP (a caller's timeout) raise Stopped: the `finally`s on the way out stop every child."""
     def terminate(signum, _frame):
         raise Stopped(f"stopped by signal {signum}")
     signal.signal(signal.SIGTERM, terminate)
@@ -53,8 +49,7 @@ def stop_on_signals():
 
 
 def spawn(argv, log_path, mode="wb", **popen):
-    """A child in a session of its own (its group can be stopped whole),
-    stdout and stderr to log_path."""
+    """A child in a session of its own (its group can be stopped whole), its output to log_path."""
     with open(log_path, mode) as out:
         return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True, **popen)

@@ -1,7 +1,5 @@
-"""Readings of the processes under test: CPU, memory and children from
-/proc, the admin API and Prometheus metrics over loopback HTTP, a
-manager's /workers document sampled through a run (figure 6), and the one
-percentile every figure uses (nearest rank)."""
+"""Readings of the processes under test: /proc, the admin API and metrics, /workers through a run (figure
+6), and the one percentile every figure uses."""
 
 import http.client
 import json
@@ -96,8 +94,7 @@ def percentile(values, q):
 
 
 def request(host, port, method, path, body=None, token=None, timeout=5.0):
-    """(status, body bytes) of one HTTP/1.1 request on a fresh connection;
-    `body` is sent as JSON, `token` as a bearer token."""
+    """(status, body bytes) of one request on a fresh connection, `body` as JSON, `token` as a bearer token."""
     conn = http.client.HTTPConnection(host, port, timeout=timeout)
     headers = {"Content-Type": "application/json"}
     if token:
@@ -124,10 +121,8 @@ def prometheus(text):
 
 
 class WorkersSampler(threading.Thread):
-    """GET /workers every `every` s on one connection (desired, ready,
-    running, the operator's signal, each worker's pid, state, CPU from
-    /proc and in-flight count, the listen queue, the machine's CPU) and the
-    operator's scale and reconcile counters every second, until halt."""
+    """GET /workers every `every` s on one connection, with each worker's CPU and the machine's, and the
+    operator's counters every second, until halt."""
 
     def __init__(self, ip, admin_port, operator_port, t0, signal, every=0.1):
         super().__init__(daemon=True)
@@ -185,8 +180,7 @@ class WorkersSampler(threading.Thread):
 
 
 def operator_metrics(port):
-    """`corral operator`'s counters from its /metrics: scale events up and
-    down, passes ok and failed, the reconcile durations' sum and count."""
+    """`corral operator`'s scale events, passes and reconcile durations from its /metrics."""
     m = prometheus(request("127.0.0.1", port, "GET", "/metrics", timeout=2)[1].decode())
     value = lambda name: m.get(f"corral_operator_{name}", 0.0)
     return {"up": value('scale_events_total{direction="up"}'), "down": value('scale_events_total{direction="down"}'),
