@@ -86,6 +86,9 @@ pub struct ProxyConfig {
     pub kill_stuck: bool,
     pub keep_alive: Duration,
     pub client_header_timeout: Duration,
+    pub client_body_timeout: Duration,
+    /// `None`: unbounded.
+    pub client_max_body_size: Option<u64>,
     /// TLS for the https:// binds.
     pub tls: Option<TlsFiles>,
 }
@@ -213,6 +216,9 @@ fn proxy_config(given: &Settings, m: &Merged) -> Result<Option<ProxyConfig>, Con
     if m.client_header_timeout.0.is_zero() {
         return Err(invalid("client-header-timeout", "must be more than 0"));
     }
+    if m.client_body_timeout.0.is_zero() {
+        return Err(invalid("client-body-timeout", "must be more than 0"));
+    }
     let tls = tls_files(
         m.certfile.as_ref(),
         m.keyfile.as_ref(),
@@ -233,6 +239,8 @@ fn proxy_config(given: &Settings, m: &Merged) -> Result<Option<ProxyConfig>, Con
         kill_stuck: m.kill_stuck,
         keep_alive: m.keep_alive.0,
         client_header_timeout: m.client_header_timeout.0,
+        client_body_timeout: m.client_body_timeout.0,
+        client_max_body_size: Some(m.client_max_body_size.0).filter(|n| *n > 0),
     }))
 }
 

@@ -35,7 +35,7 @@ use backends::{Place, Refusal};
 pub use metrics::Metrics;
 use metrics::Retry;
 use pool::{ConnectError, Pool};
-use request_body::{Held, Outgoing};
+use request_body::{BodyError, BodyLimits, Held, Outgoing};
 use response_body::{Ahead, Done, FrontBody};
 
 /// The front's server limits: many clients, keep-alive and the header
@@ -220,6 +220,13 @@ impl Head {
 }
 
 impl Shared {
+    fn body_limits(&self) -> BodyLimits {
+        BodyLimits {
+            timeout: self.config.client_body_timeout,
+            max_size: self.config.client_max_body_size,
+        }
+    }
+
     async fn handle(&self, req: Request<Incoming>, client_gone: ClientGone) -> Response<FrontBody> {
         let started = Instant::now();
         let method = req.method().clone();
@@ -259,14 +266,11 @@ impl Shared {
         let mut client_side = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (parts, body) = req.into_parts();
         let head = Head::for_worker(parts, peer, upgrade, &self.config.forwarded_allow_ips);
-        let mut body = match Held::read(body).await {
+        let mut body = match Held::read(body, self.body_limits()).await {
             Ok(b) => b,
             Err(e) => {
                 debug!(error = %e, "reading a request body");
-                return answer(
-                    StatusCode::BAD_REQUEST,
-                    "the request body could not be read\n",
-                );
+                return body_refused(&e);
             }
         };
         let retry_ok = idempotent(&head.method) && body.replayable() && !upgrade;
@@ -336,6 +340,10 @@ impl Shared {
                         continue;
                     }
                     let error = failed.into_error();
+                    if let Some(e) = client_fault(&error) {
+                        debug!(worker = key.id, error = %e, "the client's body failed on its way");
+                        return body_refused(e);
+                    }
                     if retry_ok && !retried {
                         retried = true;
                         debug!(worker = key.id, error = %error, "no answer: retrying once");
@@ -406,6 +414,43 @@ impl Shared {
             ),
         })
     }
+}
+
+/// The answer to a body the client got wrong: too large (413), too slow
+/// (408) or malformed (400); the connection is closed, as nginx does,
+/// since the rest of the body is not read.
+fn body_refused(e: &BodyError) -> Response<FrontBody> {
+    let (status, text) = match e {
+        BodyError::TooLarge => (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "the request body is larger than this server takes\n",
+        ),
+        BodyError::TimedOut => (
+            StatusCode::REQUEST_TIMEOUT,
+            "the request body came too slowly\n",
+        ),
+        BodyError::Read(_) => (
+            StatusCode::BAD_REQUEST,
+            "the request body could not be read\n",
+        ),
+    };
+    let mut r = answer(status, text);
+    r.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    r
+}
+
+/// A failed exchange whose cause is the client's body (streamed past the
+/// read-ahead), not the worker.
+fn client_fault(e: &hyper::Error) -> Option<&BodyError> {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(body) = s.downcast_ref::<BodyError>() {
+            return Some(body);
+        }
+        source = s.source();
+    }
+    None
 }
 
 fn refused(refusal: Refusal) -> Response<FrontBody> {

@@ -594,6 +594,51 @@ fn silent_and_idle_clients_are_closed_at_their_deadlines() {
     );
 }
 
+/// Bodies past --client-max-body-size get 413 and never reach a worker,
+/// whether declared (Content-Length), read ahead, or streamed; a body
+/// that stalls gets 408 at --client-body-timeout.
+#[test]
+fn bodies_too_large_or_too_slow_are_refused() {
+    use std::io::{Read, Write};
+    let c = proxied("-w 1 --client-max-body-size 100Ki --client-body-timeout 1s");
+    c.wait_settled(1, SETTLE);
+    let declared = exchange(
+        c.http,
+        "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 200000\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status_of(&declared), 413, "{declared}");
+    for size in [150 * 1024, 600 * 1024] {
+        let mut s = TcpStream::connect(c.http).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let chunk = vec![b'a'; 16 * 1024];
+        let mut out =
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        for _ in 0..size / chunk.len() {
+            out.extend(format!("{:x}\r\n", chunk.len()).as_bytes());
+            out.extend(&chunk);
+            out.extend(b"\r\n");
+        }
+        out.extend(b"0\r\n\r\n");
+        let _ = s.write_all(&out);
+        let answer = read_all(&mut s).unwrap_or_default();
+        assert_eq!(status_of(&answer), 413, "{size} bytes chunked: {answer}");
+    }
+    let mut s = TcpStream::connect(c.http).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    assert_eq!(status_of(&answer), 408, "{answer}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(get(c.http, "/").unwrap().0, 200);
+}
+
 #[test]
 fn the_metrics_and_the_workers_document_count_requests() {
     let c = proxied("-w 2");

@@ -342,6 +342,12 @@ with_tls_settings!(settings! {
     [proxy] client_header_timeout: Secs = "10s",
         "Proxy mode: how long a client may take, from connecting, to send a request's head (TLS handshake included); a silent or trickling client is closed then",
         (long, env = "CORRAL_CLIENT_HEADER_TIMEOUT", value_name = "SECS");
+    [proxy] client_body_timeout: Secs = "60s",
+        "Proxy mode: longest wait between two reads of a request body before the client gets 408 and is closed (nginx's client_body_timeout)",
+        (long, env = "CORRAL_CLIENT_BODY_TIMEOUT", value_name = "SECS");
+    [proxy] client_max_body_size: ByteSize = "1Mi",
+        "Proxy mode: largest request body (1Mi, 100M); a larger one gets 413 and is never forwarded; 0 is unbounded (nginx's client_max_body_size and default)",
+        (long, env = "CORRAL_CLIENT_MAX_BODY_SIZE", value_name = "BYTES");
     [proxy] max_requests: u64 = "0",
         "Proxy mode: recycle a worker after this many requests, its successor ready first; 0 is off",
         (long, env = "CORRAL_MAX_REQUESTS", value_name = "N");

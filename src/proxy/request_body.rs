@@ -1,13 +1,104 @@
 //! A request body on its way to a worker: held whole when small, so the
 //! request can be sent again (a retry on another worker), or streamed as
-//! it arrives. Also the two body helpers the response side shares.
+//! it arrives; either way under the client's limits (nginx's
+//! `client_body_timeout` between two reads and `client_max_body_size`).
+//! Also the two body helpers the response side shares.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
+use tokio::time::{Instant, Sleep};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What a client may do with a request body.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimits {
+    /// Longest wait between two reads of the body.
+    pub timeout: Duration,
+    /// Most bytes a body may have; `None` is unbounded.
+    pub max_size: Option<u64>,
+}
+
+/// Why a client's body was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("the request body is larger than --client-max-body-size")]
+    TooLarge,
+    #[error("the client sent nothing of its body for --client-body-timeout")]
+    TimedOut,
+    #[error("the request body could not be read: {0}")]
+    Read(#[from] hyper::Error),
+}
+
+/// The client's body, read under [`BodyLimits`].
+pub struct ClientBody {
+    body: Incoming,
+    limits: BodyLimits,
+    read: u64,
+    idle: Pin<Box<Sleep>>,
+}
+
+impl ClientBody {
+    pub fn new(body: Incoming, limits: BodyLimits) -> ClientBody {
+        ClientBody {
+            body,
+            limits,
+            read: 0,
+            idle: Box::pin(tokio::time::sleep(limits.timeout)),
+        }
+    }
+
+    /// Its length as the client declared it exceeds the limit.
+    pub fn declared_too_large(&self) -> bool {
+        self.limits
+            .max_size
+            .is_some_and(|max| self.body.size_hint().lower() > max)
+    }
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.body).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.read += data.len() as u64;
+                    if this.limits.max_size.is_some_and(|max| this.read > max) {
+                        return Poll::Ready(Some(Err(BodyError::TooLarge)));
+                    }
+                }
+                let next = Instant::now() + this.limits.timeout;
+                this.idle.as_mut().reset(next);
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(other) => Poll::Ready(other.map(|r| r.map_err(BodyError::Read))),
+            Poll::Pending => match this.idle.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(BodyError::TimedOut))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
 
 /// Request bodies up to this size are read before forwarding and kept, so
 /// the request can be retried on another worker.
@@ -17,22 +108,24 @@ pub const REPLAY_LIMIT: u64 = 64 * 1024;
 pub enum Outgoing {
     Full(Full<Bytes>),
     /// What was read ahead (up to [`REPLAY_LIMIT`]), then the rest.
-    Stream(Option<Bytes>, Incoming),
+    Stream(Option<Bytes>, ClientBody),
 }
 
 impl Body for Outgoing {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
-            Outgoing::Full(full) => full_frame(full, cx),
+            Outgoing::Full(full) => full_frame(full, cx).map(|f| f.map(|r| r.map_err(Into::into))),
             Outgoing::Stream(ahead, body) => match ahead.take() {
                 Some(b) => Poll::Ready(Some(Ok(Frame::data(b)))),
-                None => Pin::new(body).poll_frame(cx),
+                None => Pin::new(body)
+                    .poll_frame(cx)
+                    .map(|f| f.map(|r| r.map_err(Into::into))),
             },
         }
     }
@@ -81,17 +174,21 @@ pub enum Held {
     Whole(Bytes),
     /// Streaming (what was read ahead, and the rest); `None` once handed
     /// to a worker.
-    Stream(Option<(Option<Bytes>, Incoming)>),
+    Stream(Option<(Option<Bytes>, ClientBody)>),
 }
 
 impl Held {
     /// Reads a body of up to [`REPLAY_LIMIT`] whole before anything goes to
     /// a worker, so that it can be sent again and a broken one (a bad
-    /// chunk size) is refused before it is forwarded; a larger one streams
-    /// from what was read ahead on.
-    pub async fn read(mut body: Incoming) -> Result<Held, hyper::Error> {
+    /// chunk size, too large, too slow) is refused before it is forwarded;
+    /// a larger one streams from what was read ahead on.
+    pub async fn read(body: Incoming, limits: BodyLimits) -> Result<Held, BodyError> {
         if body.is_end_stream() {
             return Ok(Held::Whole(Bytes::new()));
+        }
+        let mut body = ClientBody::new(body, limits);
+        if body.declared_too_large() {
+            return Err(BodyError::TooLarge);
         }
         if body.size_hint().lower() > REPLAY_LIMIT {
             return Ok(Held::Stream(Some((None, body))));
