@@ -106,19 +106,9 @@ class Pod:
 
 
 def autoscaler_spec(phases, sc):
-    policy = lambda kind, value: {"type": kind, "value": value, "periodSeconds": 15}
-    return {
-        "selector": {"matchLabels": {"app": sc.key}}, "adminPort": ADMIN_PORT,
-        "tokenSecretRef": {"name": SECRET, "key": "token"}, "minWorkers": MIN_WORKERS, "maxWorkers": MAX_WORKERS,
-        "metrics": [{"type": sc.metric, "target": sc.target}],
-        "behavior": {
-            "scaleUp": {"stabilizationWindowSeconds": 0, "selectPolicy": "Max",
-                        "policies": [policy("Workers", 4), policy("Percent", 100)]},
-            "scaleDown": {"stabilizationWindowSeconds": phases["down_window"], "selectPolicy": "Max",
-                          "policies": [policy("Percent", 50)]},
-        },
-        "pollIntervalSeconds": 1,
-    }
+    return cluster.kube_object("figure 6 spec", app=sc.key, admin_port=ADMIN_PORT, secret=SECRET,
+                               min_workers=MIN_WORKERS, max_workers=MAX_WORKERS, metric=sc.metric,
+                               target=sc.target, down_window=phases["down_window"])
 
 
 def autoscaler_status(kube, name):

@@ -20,6 +20,18 @@ from sampling import request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KUBE_UP = os.path.join(ROOT, ".ci", "kube-up.sh")
+KUBE = json.loads(template("kube.json"))
+
+
+def kube_object(kind, **values):
+    """templates/kube.json's `kind`, each "$name" in it replaced by values[name]."""
+    def fill(x):
+        if isinstance(x, dict):
+            return {k: fill(v) for k, v in x.items()}
+        if isinstance(x, list):
+            return [fill(v) for v in x]
+        return values[x[1:]] if isinstance(x, str) and x.startswith("$") else x
+    return fill(KUBE[kind])
 
 
 class Kube:
@@ -109,23 +121,15 @@ class Kube:
 
     def ready_pod(self, name, namespace, labels, ip):
         base = f"/api/v1/namespaces/{namespace}/pods"
-        self.api("POST", base, {"apiVersion": "v1", "kind": "Pod",
-                                "metadata": {"name": name, "namespace": namespace, "labels": labels},
-                                "spec": {"containers": [{"name": "app", "image": "corral:bench"}]}})
-        self.api("PATCH", f"{base}/{name}/status", {"status": {
-            "phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
-            "conditions": [{"type": "Ready", "status": "True"}]}}, "application/merge-patch+json")
+        self.api("POST", base, kube_object("pod", name=name, namespace=namespace, labels=labels))
+        self.api("PATCH", f"{base}/{name}/status", kube_object("pod status", ip=ip), "application/merge-patch+json")
 
     def autoscaler(self, name, namespace, spec):
-        self.create({"apiVersion": "corral.dev/v1alpha1", "kind": "WorkerAutoscaler",
-                     "metadata": {"name": name, "namespace": namespace}, "spec": spec})
+        self.create(kube_object("autoscaler", name=name, namespace=namespace, spec=spec))
 
     def namespace(self, name, secret, token):
         """The namespace and the admin token Secret the autoscalers name."""
-        self.create({"apiVersion": "v1", "kind": "List", "items": [
-            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}},
-            {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": secret, "namespace": name},
-             "stringData": {"token": token}}]})
+        self.create(kube_object("namespace", name=name, secret=secret, token=token))
 
 
 def start_operator(procs, corral, kube, workdir, namespace, metrics_port):

@@ -69,14 +69,8 @@ def real_documents(procs, corral, workdir, token_file):
 
 
 def autoscaler_spec(port, poll):
-    never_hold = [{"type": "Workers", "value": MAX_WORKERS, "periodSeconds": 1}]
-    return {
-        "selector": {"matchLabels": LABELS}, "adminPort": port, "tokenSecretRef": {"name": SECRET, "key": "token"},
-        "minWorkers": MIN_WORKERS, "maxWorkers": MAX_WORKERS, "metrics": [{"type": "CPU", "target": CPU_TARGET}],
-        "behavior": {"scaleUp": {"stabilizationWindowSeconds": 0, "policies": never_hold},
-                     "scaleDown": {"stabilizationWindowSeconds": 0, "policies": never_hold}},
-        "pollIntervalSeconds": poll,
-    }
+    return cluster.kube_object("figure 7 spec", labels=LABELS, admin_port=port, secret=SECRET, min_workers=MIN_WORKERS,
+                               max_workers=MAX_WORKERS, target=CPU_TARGET, poll=poll)
 
 
 class OperatorProbe:
