@@ -34,8 +34,7 @@ SECRET = "web-corral"
 TOKEN = "bench-admin-token-" + "".join(random.choice("0123456789abcdef") for _ in range(24))
 HTTP_PORT = 8000
 ADMIN_PORT = 9000
-# The exit code when the CPU run succeeded (autoscale.json written) but the
-# Concurrency run failed; bench/run.py reads the JSON and reports it.
+# The CPU run's autoscale.json is written, the Concurrency run failed: bench/run.py reads the JSON.
 EXIT_CONCURRENCY_FAILED = 3
 
 
@@ -137,7 +136,6 @@ def measure(kube, pod, phases, operator, args):
         raise RunFailed(f"{e}; autoscaler status: {json.dumps(autoscaler_status(kube, name))}") from None
     log(f"figure 6, {sc.metric} run: autoscaler active; the measured part starts")
 
-    # The measured part: baseline, step up, hold, drop, hold.
     load, sampler, t0 = pod.load, pod.sampler, pod.t0
     t_base = time.monotonic() - t0
     t_up = t_base + phases["baseline"]
@@ -193,8 +191,6 @@ def run(args):
             pods.append(Pod(c.procs, corral, c.workdir, CPU_RUN, op_port))
             c.kube.wait_up()
             log("figure 6: API server ready")
-            # Each run then adds its Pod, whose status says Running and Ready at
-            # its manager, and its autoscaler.
             c.kube.namespace(NS, SECRET, TOKEN)
             operator = cluster.start_operator(c.procs, corral, c.kube, c.workdir, NS, op_port)
             log("figure 6: operator leading")

@@ -11,7 +11,6 @@ def pyplot():
 
 
 def results(s, path, cfg):
-    """results.png: one panel per figure, a bar per stack."""
     plt = pyplot()
     rows = s["stacks"]
     keys = list(rows)
@@ -37,8 +36,7 @@ def results(s, path, cfg):
     width = 0.8 / len(keys)
 
     def grouped(a, groups, value, title, ylabel, annotate=None, fontsize=None):
-        """A bar per stack in each of `groups` (tick labels): value(key, i)
-        for the i-th; a bar whose height passes annotate() is labelled."""
+        """A bar per stack in each group, value(key, i) for the i-th; those passing annotate() labelled."""
         for i, k in enumerate(keys):
             a.bar([x + i * width for x in range(len(groups))], [value(k, g) or 0 for g in range(len(groups))],
                   width, label=rows[k]["label"], color=colors[i])
@@ -75,7 +73,6 @@ def results(s, path, cfg):
             lambda k, g: rows[k].get("fig5", {}).get(SCENARIOS[g][0], {}).get("failed", 0),
             "5. failed requests (fresh connection per request)", "requests", annotate=lambda h: True, fontsize=8)
 
-    # 8, 9: the two TLS fronts.
     tls_keys = [k for k in (PROXY, NGINX) if k in rows]
     tls_labels = [labels[keys.index(k)] for k in tls_keys]
     tls_colors = [colors[keys.index(k)] for k in tls_keys]
@@ -93,9 +90,7 @@ def results(s, path, cfg):
 
 
 def autoscale(result, path, max_workers, request_timeout):
-    """autoscale.png of one run: desired and ready workers against the
-    ideal count, the signal against the target and its tolerance band, the
-    offered and served load and p99 latency; shaded: the high load."""
+    """One run: workers against the ideal count, the signal against its band, load and p99; shaded: high load."""
     plt = pyplot()
     m = result["method"]
     is_cpu = m.get("metric", "CPU") == "CPU"

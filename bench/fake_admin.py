@@ -17,7 +17,6 @@ REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
 
 
 def pod_ips(n):
-    """127.1.0.1, 127.1.0.2, ...: n loopback addresses, one per pod."""
     return [f"127.1.{i // 256}.{i % 256}" for i in range(1, n + 1)]
 
 

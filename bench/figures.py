@@ -39,8 +39,7 @@ def cpu_of(pids):
 
 
 def served(inst):
-    """Requests the stack has answered so far, by its own count: corral's
-    corral_http_requests_total in proxy mode; None where there is none."""
+    """Requests answered so far by the stack's own count: corral_http_requests_total in proxy mode, else None."""
     if not inst.stack.proxy:
         return None
     try:
@@ -106,7 +105,6 @@ def measure_throughput(inst, app, cfg, out):
     if not inst.alive():
         raise RunFailed(f"exited during the run: {inst.log_tail()}")
     if app == "django" and cfg.mixed_duration:
-        # Figure 1b: every cfg.mixed_every-th request to /cpu/N.
         with tempfile.NamedTemporaryFile("w", prefix="corral-bench-mixed-", suffix=".lua") as f:
             f.write(load.mixed_script("/", cfg.mixed_every, f"/cpu/{cfg.mixed_cpu_ms}"))
             f.flush()
@@ -215,7 +213,6 @@ def kill_workers(inst, n, cfg):
 
 
 def under_load(inst, cfg, action):
-    """Failure counts of a closed-loop load around `action`."""
     lp = load.ClosedLoop(inst.addr, "/", cfg.clients, limit=300)
     try:
         lp.wait_flowing()

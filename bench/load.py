@@ -22,8 +22,7 @@ OPENSSL = shutil.which("openssl") or "/usr/bin/openssl"
 
 
 def get(addr, path, timeout=5.0, tls=None):
-    """(status, body, None) or (None, None, failure kind). With `tls` (an
-    ssl.SSLContext), over TLS to server name localhost."""
+    """(status, body, None) or (None, None, failure kind); with `tls` (an SSLContext) to server name localhost."""
     s = socket.socket()
     s.settimeout(timeout)
     got = b""
@@ -148,8 +147,7 @@ class ClosedLoop:
 
 
 def startup(addr, path, t0, pid, limit=60.0, alive=lambda: True):
-    """Seconds from t0 to the manager's first child (its own start-up done),
-    to the port accepting TCP, and to the first 200 on path."""
+    """Seconds from t0 to the manager's first child (its own start-up done), to accepting, to the first 200."""
     deadline = t0 + limit
     spawned = []
 

@@ -74,7 +74,6 @@ def autoscaler_spec(port, poll):
 
 
 class OperatorProbe:
-    """The operator process seen from outside: /proc and its /metrics."""
 
     def __init__(self, proc, metrics_port, log_path):
         self.proc, self.port, self.log_path = proc, metrics_port, log_path
@@ -210,7 +209,6 @@ def run(corral, out_dir=None, smoke=False, pods=None, keep=False):
         c.kube.wait_up()
         c.kube.namespace(NS, SECRET, TOKEN)
         t = time.monotonic()
-        # The pods, Running and Ready at their addresses, from several threads.
         with concurrent.futures.ThreadPoolExecutor(CREATE_THREADS) as pool:
             for f in [pool.submit(c.kube.ready_pod, f"scale-{i}", NS, LABELS, ip)
                       for i, ip in enumerate(fake_admin.pod_ips(cfg["pods"]))]:

@@ -63,9 +63,8 @@ def kill_group(pgid, sig=signal.SIGKILL):
 
 
 def stop(*procs, wait=5.0):
-    """TERM the children's process groups together, KILL a group whose
-    leader is still there after `wait` s, then KILL what is left in each
-    group (a worker that outlived its manager)."""
+    """TERM the children's groups together, KILL a group whose leader outlives `wait`, then what is left in
+    each (a worker that outlived its manager)."""
     for p in procs:
         if p.poll() is None:
             kill_group(p.pid, signal.SIGTERM)
@@ -94,9 +93,8 @@ class Procs(list):
 
 
 def wait_until(what, limit, fn, every=0.1):
-    """Polls fn until it returns a true value, which is returned; fn raises
-    RunFailed to give up at once (a process it waits on exited), anything
-    else it raises is retried until the deadline."""
+    """fn()'s first true value, polled; fn raises RunFailed to give up at once, anything else it raises is
+    retried until the deadline."""
     deadline = time.monotonic() + limit
     last = None
     while time.monotonic() < deadline:

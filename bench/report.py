@@ -21,7 +21,6 @@ SCENARIOS = [
     ("sigkill", "SIGKILL of one worker x{reps}"),
     ("term", "TERM, {slow} slow requests in flight"),
 ]
-# Figure 7's per-pass table (operator_scale.json's passes).
 PASS_COLUMNS = ["kind", "cpu_s", "wall_s", "gets", "puts", "rss_mib", "open_fds", "api_connections"]
 
 
@@ -59,13 +58,11 @@ def ratio(a, b):
 
 
 def wrk_summary(runs):
-    """Mean req/s, p50 and p99 of wrk results, and their errors summed."""
     return {**{k: mean(w[k] for w in runs) for k in ("rps", "p50_ms", "p99_ms")},
             "errors": sum(w["errors"] + w["non_2xx"] for w in runs)}
 
 
 def summarize(raw, stacks, cfg):
-    """One row per stack per figure, errors collected, targets judged."""
     errors = []
     s = {"stacks": {}, "errors": errors, "unavailable": raw.get("unavailable", {})}
     for st in stacks:
@@ -136,8 +133,7 @@ def summarize(raw, stacks, cfg):
 
 
 def summarize_tls(s, tls, errors):
-    """Figures 8 and 9 into the fronts' rows: row['fig8'] (h2load) and
-    row['fig9'] (s_time), the mean over rounds; s['tls_unavailable']."""
+    """Figures 8 (h2load) and 9 (s_time) into the fronts' rows, the mean over rounds."""
     s["tls_unavailable"] = tls.get("unavailable", {"h2": {}, "handshake": {}})
     s["tls_certificate"] = tls.get("certificate")
     for key, runs in tls.get("runs", {}).items():
@@ -177,8 +173,7 @@ def summarize_tls(s, tls, errors):
 
 
 def judge(s):
-    """s['targets']: corral's (issue 1), proxy mode's (issue 11) and the TLS
-    front's (issue 13); the last two say why when not measured."""
+    """s['targets']: corral's (issue 1), proxy mode's (11) and the TLS front's (13), with why if not measured."""
     rows, gone, tls_gone = s["stacks"], s.get("unavailable", {}), s.get("tls_unavailable", {})
     ref, cor, pro, ngx = (rows.get(k, {}) for k in (REF, CORRAL, PROXY, NGINX))
     targets = s["targets"] = []
@@ -253,7 +248,6 @@ def target_lines(s, figure):
 
 
 def measured(s, fig):
-    """(row, row[fig]) of each stack with figure `fig` measured."""
     return [(row, row[fig]) for row in s["stacks"].values() if row.get(fig)]
 
 
@@ -280,7 +274,6 @@ def table(header, align, rows):
 
 
 def markdown(s, raw, cfg, machine, stacks):
-    """results.md: the machine and versions, a section per figure, the targets."""
     L = overview(s, raw, cfg, machine, stacks)
     for section in (fig1, fig1b, fig2, fig3, fig4, fig5):
         L += section(s, cfg, s["stacks"].get(REF, {}))
@@ -434,7 +427,6 @@ def figure_rows(figure, v):
 
 
 def rows_table(rows):
-    """Figure 6's or 7's rows (dicts) as a table, a column per key."""
     if not rows:
         return []
     cols = list(dict.fromkeys(k for r in rows for k in r))
@@ -443,12 +435,10 @@ def rows_table(rows):
 
 
 def tls_sections(s, raw, cfg, machine):
-    """Figures 8 and 9, each with its target."""
     rows, gone, cert = s["stacks"], s.get("tls_unavailable", {}), s.get("tls_certificate")
 
     def front_table(fig, part, head, cells):
-        """A row per front: cells(its summary of `part`) where measured,
-        else "not available" (with the reason) or "not measured"."""
+        """A row per front: cells(its summary) where measured, else "not available" (why) or "not measured"."""
         pad = " |" * (head[-2].count("|") - 3)
         for key in (PROXY, NGINX):
             row = rows.get(key, {})

@@ -77,7 +77,6 @@ def has_child(pid):
 
 
 def machine_cpu():
-    """(busy, total) jiffies of the whole machine, from /proc/stat."""
     with open("/proc/stat") as f:
         vals = [int(x) for x in f.readline().split()[1:]]
     idle = vals[3] + (vals[4] if len(vals) > 4 else 0)
@@ -108,7 +107,6 @@ def request(host, port, method, path, body=None, token=None, timeout=5.0):
 
 
 def prometheus(text):
-    """Prometheus text as {sample name with its labels: value}."""
     out = {}
     for line in text.splitlines():
         if line and not line.startswith("#"):

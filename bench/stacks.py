@@ -299,12 +299,10 @@ class Running:
         return request("127.0.0.1", self.admin, method, path, body, self.token)
 
     def metrics(self):
-        """corral's /metrics as {sample name with labels: value}, {} if refused."""
         status, text = self.admin_request("GET", "/metrics")
         return prometheus(text.decode()) if status == 200 else {}
 
     def set_workers(self, n):
-        """Ask for n workers: PUT /workers on corral, TTIN/TTOU on the others."""
         if self.stack.is_corral:
             status, _ = self.admin_request("PUT", "/workers", {"desired": n})
             if status != 200:
@@ -319,7 +317,6 @@ class Running:
         os.kill(self.pid, sig)
 
     def wait_workers(self, n, gone=(), limit=60.0):
-        """Wait until exactly n workers run and none of `gone` is among them."""
         deadline = time.monotonic() + limit
         while time.monotonic() < deadline:
             pids = self.workers()
