@@ -92,10 +92,8 @@ def per_second(samples, is_cpu):
         if prev is not None and s["t"] - prev["t"] >= 0.5:
             dt = s["t"] - prev["t"]
             before = {w[0]: w[2] for w in prev["workers"] if w[2] is not None}
-            cores = 0.0
-            for w in s["workers"]:
-                if w[2] is not None:
-                    cores += w[2] - before.get(w[0], 0.0)  # a new worker: all its CPU
+            # A new worker: all its CPU.
+            cores = sum(w[2] - before.get(w[0], 0.0) for w in s["workers"] if w[2] is not None)
             s["pod_cores_1s"] = cores / dt
             s["cpu_1s"] = cores / dt / (sum(1 for w in s["workers"] if w[1] != "draining") or 1)
             if s["total"] > prev["total"]:

@@ -70,8 +70,7 @@ def measure_throughput(inst, app, cfg, out):
         while not stop.wait(0.25):
             peak.append(status_kib(inst.pid))
 
-    sampler = threading.Thread(target=sample_rss, daemon=True)
-    sampler.start()
+    sampler, = load.start_threads(sample_rss, 1)
     front = inst.front_pids()
     n0, c0, f0 = served(inst), cpu_seconds(inst.pid), cpu_of(front)
     workers = inst.workers()

@@ -134,9 +134,7 @@ class WorkersSampler(threading.Thread):
         conn = None
         next_at = next_op = time.monotonic()
         while not self.halt.is_set():
-            now = time.monotonic()
-            if now < next_at:
-                time.sleep(next_at - now)
+            time.sleep(max(0.0, next_at - time.monotonic()))
             next_at += self.every
             if next_at < time.monotonic():
                 next_at = time.monotonic() + self.every
