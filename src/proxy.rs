@@ -46,6 +46,7 @@ fn limits(config: &ProxyConfig) -> Limits {
         connections: 16384,
         header_read_timeout: config.client_header_timeout,
         keep_alive: config.keep_alive,
+        send_timeout: config.send_timeout,
         shutdown_grace: None,
         first_request_grace: Duration::from_secs(1),
         http2: true,

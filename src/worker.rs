@@ -30,6 +30,7 @@ const LIMITS: Limits = Limits {
     connections: 4096,
     header_read_timeout: Duration::from_secs(30),
     keep_alive: Duration::from_secs(5),
+    send_timeout: Duration::from_secs(60),
     shutdown_grace: None,
     first_request_grace: Duration::from_secs(1),
     http2: false,

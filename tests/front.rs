@@ -103,6 +103,69 @@ fn h2c_with_prior_knowledge_reaches_django_and_is_counted_as_h2() {
     assert_eq!(metrics::requests(&m, "200", "GET", "h2"), Some(1.0), "{m}");
 }
 
+/// Debian's testssl.sh against the TLS front: no protocol under TLS 1.2,
+/// no weak cipher category, h2 by ALPN.
+#[test]
+fn testssl_finds_no_old_protocol_and_no_weak_cipher() {
+    let pki = Pki::new();
+    pki.issue("one", 1, Usage::Server(LOCAL));
+    pki.install("one");
+    let c = proxied_tls(&pki, &[]);
+    let report = std::env::temp_dir().join(unique("corral-testssl.json"));
+    let out = Command::new("testssl")
+        .args([
+            "--protocols",
+            "--std",
+            "--quiet",
+            "--color",
+            "0",
+            "--jsonfile",
+        ])
+        .arg(&report)
+        .arg(https(&c, "/"))
+        .output()
+        .expect("testssl (Debian's testssl.sh; .ci/test installs it)");
+    let text = std::fs::read_to_string(&report).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}\n{}",
+            report.display(),
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
+    let _ = std::fs::remove_file(&report);
+    let findings: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
+    let finding = |id: &str| -> String {
+        findings
+            .iter()
+            .find(|f| f["id"] == id)
+            .and_then(|f| f["finding"].as_str())
+            .unwrap_or_else(|| panic!("no {id} in {text}"))
+            .to_string()
+    };
+    for old in ["SSLv2", "SSLv3", "TLS1", "TLS1_1"] {
+        assert_eq!(finding(old), "not offered", "{old}");
+    }
+    for current in ["TLS1_2", "TLS1_3"] {
+        assert!(finding(current).starts_with("offered"), "{current}: {text}");
+    }
+    for weak in [
+        "cipherlist_NULL",
+        "cipherlist_aNULL",
+        "cipherlist_EXPORT",
+        "cipherlist_LOW",
+        "cipherlist_3DES_IDEA",
+        "cipherlist_AVERAGE",
+    ] {
+        assert_eq!(finding(weak), "not offered", "{weak}");
+    }
+    assert_eq!(finding("ALPN_HTTP2"), "h2");
+    let bad: Vec<&serde_json::Value> = findings
+        .iter()
+        .filter(|f| ["MEDIUM", "HIGH", "CRITICAL"].contains(&f["severity"].as_str().unwrap_or("")))
+        .collect();
+    assert!(bad.is_empty(), "{bad:#?}");
+}
+
 #[test]
 fn tls_serves_h2_and_http1_by_alpn_with_a_test_ca_and_only_tls_1_2_and_up() {
     let pki = Pki::new();
@@ -348,10 +411,16 @@ fn slowloris_clients_are_cut_off_and_do_not_starve_others() {
 /// is asked every half second (each answer within the kubelet's 1 s);
 /// returns its per-second statistics rows (seconds, closed, pending,
 /// connected, and whether its own probe found the service available) and
-/// why it ended.
-fn slowhttptest(c: &Corral, attack: &str) -> (Vec<Vec<u64>>, String) {
+/// why it ended. `during` is called at each probe with the time since the
+/// attack began.
+fn slowhttptest(
+    c: &Corral,
+    path: &str,
+    attack: &str,
+    during: &dyn Fn(Duration),
+) -> (Vec<Vec<u64>>, String) {
     let load = Load::start(c.http, "/", 2, Duration::from_secs(60));
-    let url = format!("http://{}/", c.http);
+    let url = format!("http://{}{path}", c.http);
     let stats = std::env::temp_dir().join(unique("corral-slowhttptest"));
     let prefix = stats.to_str().unwrap().to_string();
     let args: Vec<String> = attack.split_whitespace().map(str::to_string).collect();
@@ -371,6 +440,7 @@ fn slowhttptest(c: &Corral, attack: &str) -> (Vec<Vec<u64>>, String) {
             "/readyz took {:?}",
             probe.elapsed()
         );
+        during(started.elapsed());
         std::thread::sleep(Duration::from_millis(500));
         assert!(
             started.elapsed() < Duration::from_secs(60),
@@ -423,7 +493,7 @@ fn slowhttptest_slowloris_is_cut_off_at_the_header_timeout() {
         .django()
         .start();
     c.wait_settled(2, SETTLE);
-    let (rows, ended) = slowhttptest(&c, "-H -c 400 -r 200 -i 1 -x 8 -l 12 -p 2");
+    let (rows, ended) = slowhttptest(&c, "/", "-H -c 400 -r 200 -i 1 -x 8 -l 12 -p 2", &|_| {});
     assert!(
         ended.contains("No open connections left"),
         "{ended}: {rows:?}"
@@ -446,7 +516,12 @@ fn slowhttptest_slow_body_is_cut_off_at_the_body_timeout() {
         .django()
         .start();
     c.wait_settled(2, SETTLE);
-    let (rows, ended) = slowhttptest(&c, "-B -c 200 -r 100 -i 2 -x 8 -s 8192 -l 10 -p 2");
+    let (rows, ended) = slowhttptest(
+        &c,
+        "/",
+        "-B -c 200 -r 100 -i 2 -x 8 -s 8192 -l 10 -p 2",
+        &|_| {},
+    );
     assert!(
         ended.contains("No open connections left"),
         "{ended}: {rows:?}"
@@ -456,6 +531,42 @@ fn slowhttptest_slow_body_is_cut_off_at_the_body_timeout() {
         rows.iter().all(|r| r[3] < 200),
         "never all at once: {rows:?}"
     );
+}
+
+/// Slow read: 40 clients each ask for an 8 MB response (more than the
+/// sockets between hold) and then read 32 bytes every 3 s through a tiny
+/// window, for 16 s, against `--send-timeout 2s`. Each connection is reset
+/// once its response has waited 2 s for its client, so the workers'
+/// places are free again while the attack goes on (without the timeout
+/// the 40 hold them for as long as they like). slowhttptest itself does
+/// not notice a reset it has not read up to, so the count is the front's.
+#[test]
+fn slowhttptest_slow_read_is_cut_off_at_the_send_timeout() {
+    let _heavy = heavy();
+    let c = corral()
+        .flags("--proxy -w 2 --send-timeout 2s")
+        .django()
+        .start();
+    c.wait_settled(2, SETTLE);
+    let most_late = Arc::new(AtomicUsize::new(0));
+    let seen = most_late.clone();
+    let admin = c.admin;
+    slowhttptest(
+        &c,
+        "/big/8000000",
+        "-X -c 40 -r 20 -w 16 -y 32 -n 3 -z 32 -k 1 -l 16 -p 2",
+        &move |elapsed| {
+            if elapsed > Duration::from_secs(10) {
+                let (_, body) = get(admin, "/workers").unwrap();
+                let doc: corral::contract::WorkersDoc = serde_json::from_str(&body).unwrap();
+                let busy = doc.workers.iter().filter_map(|w| w.in_flight).sum::<u32>();
+                seen.fetch_max(busy as usize, Ordering::SeqCst);
+            }
+        },
+    );
+    // The load's two threads may each have a request in flight.
+    let late = most_late.load(Ordering::SeqCst);
+    assert!(late <= 2, "{late} requests still held 10 s into the attack");
 }
 
 /// One HTTP/2 frame: length, type, flags, stream id, payload.

@@ -342,6 +342,9 @@ with_tls_settings!(settings! {
     [proxy] client_header_timeout: Secs = "10s",
         "Proxy mode: how long a client may take, from connecting, to send a request's head (TLS handshake included); a silent or trickling client is closed then",
         (long, env = "CORRAL_CLIENT_HEADER_TIMEOUT", value_name = "SECS");
+    [proxy] send_timeout: Secs = "60s",
+        "Proxy mode: longest wait for a client to take the next part of its response before it is closed (nginx's send_timeout); the worker's place is freed then",
+        (long, env = "CORRAL_SEND_TIMEOUT", value_name = "SECS");
     [proxy] client_body_timeout: Secs = "60s",
         "Proxy mode: longest wait between two reads of a request body before the client gets 408 and is closed (nginx's client_body_timeout)",
         (long, env = "CORRAL_CLIENT_BODY_TIMEOUT", value_name = "SECS");

@@ -7,7 +7,11 @@
 //! open stream). And when the server is at its connection cap, a new client
 //! makes room by closing the connection idle longest, as nginx reuses its
 //! idle connections when it runs out: silent clients can fill the cap, but
-//! they cannot keep a probe or a real client out. A connection that has
+//! they cannot keep a probe or a real client out. A busy connection whose
+//! client stops taking its response (a slow reader) is closed when no part
+//! of the response has gone for the send timeout, as nginx's
+//! `send_timeout`: a response that waits for its worker is not stalled,
+//! one that waits for its client is. A connection that has
 //! not sent a request yet is spared for its first moments, and whenever
 //! its request's bytes are already waiting in the socket: that is a client
 //! about to be served, not an idle one.
@@ -46,6 +50,11 @@ pub struct Activity {
     idle_since: AtomicU64,
     served: AtomicBool,
     evicting: AtomicBool,
+    /// Response bodies with a part handed out and not yet taken: the
+    /// client's turn.
+    sending: AtomicUsize,
+    /// Milliseconds after the epoch when a response last moved.
+    progress: AtomicU64,
     changed: Notify,
     evict: Notify,
 }
@@ -81,6 +90,8 @@ impl Registry {
             idle_since: AtomicU64::new(0),
             served: AtomicBool::new(false),
             evicting: AtomicBool::new(false),
+            sending: AtomicUsize::new(0),
+            progress: AtomicU64::new(0),
             changed: Notify::new(),
             evict: Notify::new(),
         });
@@ -191,6 +202,43 @@ impl Activity {
         }
     }
 
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Resolves once a response has waited for its client past `limit`.
+    pub async fn stalled_past(&self, limit: Duration) {
+        loop {
+            let since = self.epoch + Duration::from_millis(self.progress.load(Ordering::SeqCst));
+            let stalled = self.sending.load(Ordering::SeqCst) > 0;
+            if stalled && Instant::now() >= since + limit {
+                return;
+            }
+            let next = if stalled {
+                since + limit
+            } else {
+                Instant::now() + limit
+            };
+            tokio::time::sleep_until(next).await;
+        }
+    }
+
+    /// Makes the connection's close a reset (SO_LINGER 0): what the kernel
+    /// still holds for the client is dropped at once.
+    pub fn reset_on_close(&self) {
+        use nix::sys::socket::{setsockopt, sockopt::Linger};
+        // SAFETY: the socket is open while its connection is served, which
+        // is when this is called.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.fd) };
+        let abort = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        if let Err(e) = setsockopt(&fd, Linger, &abort) {
+            tracing::debug!(error = %e, "SO_LINGER");
+        }
+    }
+
     /// Resolves once the server asks this connection to make room.
     pub async fn evicted(&self) {
         self.evict.notified().await;
@@ -207,17 +255,38 @@ impl Drop for InFlight {
 }
 
 pin_project_lite::pin_project! {
-    /// A response body that keeps its request in flight until it is sent.
+    /// A response body that keeps its request in flight until it is sent,
+    /// and tells its connection whether it waits for the client.
     pub struct Tracked<B> {
         #[pin]
         body: B,
         request: InFlight,
+        handed_out: bool,
+    }
+
+    impl<B> PinnedDrop for Tracked<B> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            settle(this.request, this.handed_out);
+        }
     }
 }
 
 impl<B> Tracked<B> {
     pub fn new(body: B, request: InFlight) -> Tracked<B> {
-        Tracked { body, request }
+        Tracked {
+            body,
+            request,
+            handed_out: false,
+        }
+    }
+}
+
+/// The client took what was handed out (or the body is gone).
+fn settle(request: &InFlight, handed_out: &mut bool) {
+    if *handed_out {
+        *handed_out = false;
+        request.0.sending.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -229,7 +298,17 @@ impl<B: Body> Body for Tracked<B> {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        self.project().body.poll_frame(cx)
+        let this = self.project();
+        // Asked again: what was handed out has been taken.
+        settle(this.request, this.handed_out);
+        let activity = &this.request.0;
+        activity.progress.store(activity.now_ms(), Ordering::SeqCst);
+        let polled = this.body.poll_frame(cx);
+        if let Poll::Ready(Some(Ok(_))) = &polled {
+            *this.handed_out = true;
+            activity.sending.fetch_add(1, Ordering::SeqCst);
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -261,6 +340,24 @@ mod tests {
         let t1 = Instant::now();
         a.idle_past(first, keep).await;
         assert_eq!(t1.elapsed(), keep, "after a request: keep-alive");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_response_its_client_does_not_take_is_stalled_and_one_taken_is_not() {
+        use http_body_util::{BodyExt, Full};
+        let registry = Registry::new();
+        let (a, _r) = registry.register(-1);
+        let mut body = Tracked::new(Full::new(bytes::Bytes::from_static(b"part")), a.begin());
+        let limit = Duration::from_secs(60);
+        let waiting = tokio::time::timeout(Duration::from_secs(600), a.stalled_past(limit));
+        assert!(waiting.await.is_err(), "nothing handed out: not stalled");
+        assert!(body.frame().await.is_some());
+        let t0 = Instant::now();
+        a.stalled_past(limit).await;
+        assert_eq!(t0.elapsed(), limit, "handed out and not taken");
+        assert!(body.frame().await.is_none());
+        let taken = tokio::time::timeout(Duration::from_secs(600), a.stalled_past(limit));
+        assert!(taken.await.is_err(), "taken to its end: not stalled");
     }
 
     #[tokio::test(start_paused = true)]

@@ -40,6 +40,8 @@ pub struct Limits {
     /// How long a connection may stay idle after a request (HTTP/1.1
     /// keep-alive; HTTP/2 with no open stream).
     pub keep_alive: Duration,
+    /// How long a response may wait for its client to take the next part.
+    pub send_timeout: Duration,
     /// How long answers in progress get once shutdown begins; `None`
     /// waits for all of them (whoever stops the server enforces a limit).
     pub shutdown_grace: Option<Duration>,
@@ -76,6 +78,7 @@ pub const SMALL: Limits = Limits {
     connections: 64,
     header_read_timeout: Duration::from_secs(10),
     keep_alive: Duration::from_secs(30),
+    send_timeout: Duration::from_secs(10),
     shutdown_grace: Some(Duration::from_secs(5)),
     first_request_grace: Duration::ZERO,
     http2: false,
@@ -394,6 +397,14 @@ async fn serve_io<S, F, Fut, B>(
     tokio::pin!(conn);
     let result = tokio::select! {
         result = conn.as_mut() => result,
+        _ = activity.stalled_past(limits.send_timeout) => {
+            // Reset, as nginx's reset_timedout_connection: a close would
+            // leave the response queued in the kernel for a client that
+            // does not read it.
+            debug!(peer = ?peer.addr, "connection reset: its client stopped taking its response");
+            activity.reset_on_close();
+            Ok(())
+        }
         why = idle(&activity, &limits) => {
             debug!(peer = ?peer.addr, why, "idle connection closed");
             conn.as_mut().graceful_shutdown();

@@ -8,6 +8,7 @@ urlpatterns = [
     path("delay/<int:ms>", views.delay),
     path("cpu/<int:ms>", views.cpu),
     path("pid", views.pid),
+    path("big/<int:n>", views.big),
     path("forwarded", views.forwarded),
     path("events/<int:n>", views.events),
 ]

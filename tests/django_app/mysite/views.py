@@ -29,6 +29,11 @@ def cpu(request, ms):
     return HttpResponse(f"burned {ms}ms", content_type=TEXT)
 
 
+def big(request, n):
+    # A response of `n` bytes: more than the sockets between hold.
+    return HttpResponse(b"x" * n, content_type=TEXT)
+
+
 def pid(request):
     return HttpResponse(str(os.getpid()), content_type=TEXT)
 
