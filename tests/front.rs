@@ -30,6 +30,15 @@ fn until_serial(pki: &Pki, c: &Corral, serial: &str, what: &str) {
     });
 }
 
+/// The TLS front, serving a certificate for 127.0.0.1 of a test CA.
+fn tls_front() -> (Pki, Corral) {
+    let pki = Pki::new();
+    pki.issue("one", 1, Usage::Server(LOCAL));
+    pki.install("one");
+    let c = proxied_tls(&pki, &[]);
+    (pki, c)
+}
+
 fn proxied_tls(pki: &Pki, extra: &[&str]) -> Corral {
     let cert = pki.path("server.pem");
     let key = pki.path("server.key");
@@ -107,10 +116,7 @@ fn h2c_with_prior_knowledge_reaches_django_and_is_counted_as_h2() {
 /// no weak cipher category, h2 by ALPN.
 #[test]
 fn testssl_finds_no_old_protocol_and_no_weak_cipher() {
-    let pki = Pki::new();
-    pki.issue("one", 1, Usage::Server(LOCAL));
-    pki.install("one");
-    let c = proxied_tls(&pki, &[]);
+    let (_pki, c) = tls_front();
     let report = std::env::temp_dir().join(unique("corral-testssl.json"));
     let out = Command::new("testssl")
         .args([
@@ -168,10 +174,7 @@ fn testssl_finds_no_old_protocol_and_no_weak_cipher() {
 
 #[test]
 fn tls_serves_h2_and_http1_by_alpn_with_a_test_ca_and_only_tls_1_2_and_up() {
-    let pki = Pki::new();
-    pki.issue("one", 1, Usage::Server(LOCAL));
-    pki.install("one");
-    let c = proxied_tls(&pki, &[]);
+    let (pki, c) = tls_front();
     let args = tls_args(&pki, &c);
     let mut h2: Vec<&str> = args.iter().map(String::as_str).collect();
     h2.push("--http2");
@@ -406,6 +409,13 @@ fn slowloris_clients_are_cut_off_and_do_not_starve_others() {
     }
 }
 
+/// The front with two Django workers under `flags`, ready.
+fn django_front(flags: &str) -> Corral {
+    let c = corral().flags(flags).django().start();
+    c.wait_settled(2, SETTLE);
+    c
+}
+
 /// Runs Debian's slowhttptest with `attack` (its mode and pace) against
 /// the front of `c` while a well-behaved load runs and the readiness probe
 /// is asked every half second (each answer within the kubelet's 1 s);
@@ -482,27 +492,32 @@ fn slowhttptest(
     (rows, ended)
 }
 
+/// slowhttptest ran out of connections, the front having closed every
+/// one, within `seconds` of its run, and never had all `total` open.
+fn closed_them_all(rows: &[Vec<u64>], ended: &str, seconds: usize, total: u64) {
+    assert!(
+        ended.contains("No open connections left"),
+        "{ended}: {rows:?}"
+    );
+    assert!(
+        rows.len() < seconds,
+        "all closed within {seconds} s: {rows:?}"
+    );
+    assert!(
+        rows.iter().all(|r| r[3] < total),
+        "never all at once: {rows:?}"
+    );
+}
+
 /// Slowloris: 400 connections at 200/s, each sending a header line every
 /// second, against `--client-header-timeout 2s`: each is closed about 2 s
 /// after it opened, never all at once.
 #[test]
 fn slowhttptest_slowloris_is_cut_off_at_the_header_timeout() {
     let _heavy = heavy();
-    let c = corral()
-        .flags("--proxy -w 2 --client-header-timeout 2s")
-        .django()
-        .start();
-    c.wait_settled(2, SETTLE);
+    let c = django_front("--proxy -w 2 --client-header-timeout 2s");
     let (rows, ended) = slowhttptest(&c, "/", "-H -c 400 -r 200 -i 1 -x 8 -l 12 -p 2", &|_| {});
-    assert!(
-        ended.contains("No open connections left"),
-        "{ended}: {rows:?}"
-    );
-    assert!(rows.len() < 10, "all closed well before 12 s: {rows:?}");
-    assert!(
-        rows.iter().all(|r| r[3] < 400),
-        "never all at once: {rows:?}"
-    );
+    closed_them_all(&rows, &ended, 10, 400);
 }
 
 /// R-U-Dead-Yet: 200 POSTs declaring an 8 KiB body, each sending a few
@@ -511,26 +526,14 @@ fn slowhttptest_slowloris_is_cut_off_at_the_header_timeout() {
 #[test]
 fn slowhttptest_slow_body_is_cut_off_at_the_body_timeout() {
     let _heavy = heavy();
-    let c = corral()
-        .flags("--proxy -w 2 --client-body-timeout 1s")
-        .django()
-        .start();
-    c.wait_settled(2, SETTLE);
+    let c = django_front("--proxy -w 2 --client-body-timeout 1s");
     let (rows, ended) = slowhttptest(
         &c,
         "/",
         "-B -c 200 -r 100 -i 2 -x 8 -s 8192 -l 10 -p 2",
         &|_| {},
     );
-    assert!(
-        ended.contains("No open connections left"),
-        "{ended}: {rows:?}"
-    );
-    assert!(rows.len() < 8, "all closed well before 10 s: {rows:?}");
-    assert!(
-        rows.iter().all(|r| r[3] < 200),
-        "never all at once: {rows:?}"
-    );
+    closed_them_all(&rows, &ended, 8, 200);
 }
 
 /// Slow read: 40 clients each ask for an 8 MB response (more than the
@@ -543,11 +546,7 @@ fn slowhttptest_slow_body_is_cut_off_at_the_body_timeout() {
 #[test]
 fn slowhttptest_slow_read_is_cut_off_at_the_send_timeout() {
     let _heavy = heavy();
-    let c = corral()
-        .flags("--proxy -w 2 --send-timeout 2s")
-        .django()
-        .start();
-    c.wait_settled(2, SETTLE);
+    let c = django_front("--proxy -w 2 --send-timeout 2s");
     let most_late = Arc::new(AtomicUsize::new(0));
     let seen = most_late.clone();
     let admin = c.admin;

@@ -23,6 +23,13 @@ fn proxied(flags: &str) -> Corral {
     corral().flags("--proxy").flags(flags).django().start()
 }
 
+/// [`proxied`], once its `n` workers are ready.
+fn proxied_ready(flags: &str, n: u32) -> Corral {
+    let c = proxied(flags);
+    c.wait_settled(n, SETTLE);
+    c
+}
+
 /// Waits until the first worker has `n` requests in flight.
 fn until_in_flight(c: &Corral, n: u32, what: &str) {
     eventually(what, SETTLE, || {
@@ -282,8 +289,7 @@ fn term_finishes_slow_requests_then_refuses_late_connections() {
 #[test]
 fn queue_overflow_is_answered_503_with_retry_after_never_a_reset() {
     let _heavy = heavy();
-    let c = proxied("-w 1 --worker-concurrency 1 --max-queue 2");
-    c.wait_settled(1, SETTLE);
+    let c = proxied_ready("-w 1 --worker-concurrency 1 --max-queue 2", 1);
     let mut held = sent_requests(c.http, "/delay/2000", 1);
     until_in_flight(&c, 1, "the first request in the worker");
     let mut queued = sent_requests(c.http, "/delay/10", 2);
@@ -317,8 +323,7 @@ fn queue_overflow_is_answered_503_with_retry_after_never_a_reset() {
 
 #[test]
 fn a_request_that_waits_past_the_queue_timeout_gets_503() {
-    let c = proxied("-w 1 --worker-concurrency 1 --queue-timeout 500ms");
-    c.wait_settled(1, SETTLE);
+    let c = proxied_ready("-w 1 --worker-concurrency 1 --queue-timeout 500ms", 1);
     let mut held = sent_requests(c.http, "/delay/3000", 1);
     until_in_flight(&c, 1, "the first request in the worker");
     let started = Instant::now();
@@ -402,8 +407,7 @@ fn forwarded_headers_are_set_and_trusted_only_from_allowed_peers() {
         )
     };
     // Loopback is trusted by default, as with Gunicorn and Uvicorn.
-    let c = proxied("-w 1");
-    c.wait_settled(1, SETTLE);
+    let c = proxied_ready("-w 1", 1);
     let answer = ask(&c);
     assert!(answer.contains("for=203.0.113.9, 127.0.0.1\n"), "{answer}");
     assert!(answer.contains("proto=https\n"), "{answer}");
@@ -418,8 +422,7 @@ fn forwarded_headers_are_set_and_trusted_only_from_allowed_peers() {
         "an underscore spelling got through: {answer}"
     );
     drop(c);
-    let c = proxied("-w 1 --forwarded-allow-ips 10.0.0.0/8");
-    c.wait_settled(1, SETTLE);
+    let c = proxied_ready("-w 1 --forwarded-allow-ips 10.0.0.0/8", 1);
     let answer = ask(&c);
     assert!(answer.contains("for=127.0.0.1\n"), "{answer}");
     assert!(answer.contains("proto=http\n"), "{answer}");
@@ -434,8 +437,7 @@ fn forwarded_headers_are_set_and_trusted_only_from_allowed_peers() {
 /// Host says; TRACE is refused, as nginx does.
 #[test]
 fn the_target_s_authority_wins_over_host_and_trace_is_refused() {
-    let c = proxied("-w 1");
-    c.wait_settled(1, SETTLE);
+    let c = proxied_ready("-w 1", 1);
     let answer = exchange(
         c.http,
         "GET http://shop.example/forwarded HTTP/1.1\r\nHost: other.example\r\nConnection: close\r\n\r\n",
@@ -451,8 +453,7 @@ fn the_target_s_authority_wins_over_host_and_trace_is_refused() {
 
 #[test]
 fn server_sent_events_stream_through_and_keep_the_worker_busy() {
-    let c = proxied("-w 1");
-    c.wait_settled(1, SETTLE);
+    let c = proxied_ready("-w 1", 1);
     let mut s = TcpStream::connect(c.http).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     s.write_all(b"GET /events/10 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
@@ -565,8 +566,7 @@ fn a_websocket_keeps_its_worker_across_a_hup_and_new_ones_reach_the_new_workers(
 #[test]
 fn silent_and_idle_clients_are_closed_at_their_deadlines() {
     use std::io::{Read, Write};
-    let c = proxied("-w 1 --client-header-timeout 1s --keep-alive 2s");
-    c.wait_settled(1, SETTLE);
+    let c = proxied_ready("-w 1 --client-header-timeout 1s --keep-alive 2s", 1);
     let silent: Vec<TcpStream> = (0..200)
         .map(|_| TcpStream::connect(c.http).unwrap())
         .collect();
@@ -600,8 +600,10 @@ fn silent_and_idle_clients_are_closed_at_their_deadlines() {
 #[test]
 fn bodies_too_large_or_too_slow_are_refused() {
     use std::io::{Read, Write};
-    let c = proxied("-w 1 --client-max-body-size 100Ki --client-body-timeout 1s");
-    c.wait_settled(1, SETTLE);
+    let c = proxied_ready(
+        "-w 1 --client-max-body-size 100Ki --client-body-timeout 1s",
+        1,
+    );
     let declared = exchange(
         c.http,
         "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 200000\r\nConnection: close\r\n\r\n",
@@ -641,8 +643,7 @@ fn bodies_too_large_or_too_slow_are_refused() {
 
 #[test]
 fn the_metrics_and_the_workers_document_count_requests() {
-    let c = proxied("-w 2");
-    c.wait_settled(2, SETTLE);
+    let c = proxied_ready("-w 2", 2);
     answered_ok(&c, 10);
     assert_eq!(get(c.http, "/no-such-page").unwrap().0, 404);
     // The document is republished on the manager's next pass; a request
@@ -697,8 +698,7 @@ fn the_builtin_worker_serves_behind_the_front_through_a_hup() {
 
 #[test]
 fn corral_status_shows_the_requests_of_each_worker() {
-    let c = proxied("-w 2");
-    c.wait_settled(2, SETTLE);
+    let c = proxied_ready("-w 2", 2);
     answered_ok(&c, 4);
     c.wait_for("four requests counted", SETTLE, |d| {
         d.workers.iter().filter_map(|w| w.requests).sum::<u64>() == 4

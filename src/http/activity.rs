@@ -360,6 +360,13 @@ mod tests {
         assert!(taken.await.is_err(), "taken to its end: not stalled");
     }
 
+    /// `a` is asked to go, at once.
+    async fn goes(a: &Activity, what: &str) {
+        tokio::time::timeout(Duration::from_millis(1), a.evicted())
+            .await
+            .unwrap_or_else(|_| panic!("{what}"));
+    }
+
     #[tokio::test(start_paused = true)]
     async fn the_cap_evicts_the_connection_idle_longest_and_never_a_busy_one() {
         let registry = Registry::new();
@@ -369,18 +376,14 @@ mod tests {
         let _request = busy.begin();
         let (young, _r3) = registry.register(-1);
         assert!(registry.evict_idlest(), "the old one may go");
-        tokio::time::timeout(Duration::from_millis(1), old.evicted())
-            .await
-            .expect("the oldest idle one goes first");
+        goes(&old, "the oldest idle one goes first").await;
         assert!(
             !registry.evict_idlest(),
             "a new one is spared its first moments"
         );
         tokio::time::advance(FIRST_REQUEST_GRACE).await;
         assert!(registry.evict_idlest());
-        tokio::time::timeout(Duration::from_millis(1), young.evicted())
-            .await
-            .expect("then the next idle one");
+        goes(&young, "then the next idle one").await;
         assert!(
             !registry.evict_idlest(),
             "a busy connection is never evicted"
