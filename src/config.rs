@@ -88,6 +88,7 @@ pub struct ProxyConfig {
     pub client_header_timeout: Duration,
     pub client_body_timeout: Duration,
     pub send_timeout: Duration,
+    pub tunnel_idle_timeout: Duration,
     /// `None`: unbounded.
     pub client_max_body_size: Option<u64>,
     /// TLS for the https:// binds.
@@ -217,6 +218,9 @@ fn proxy_config(given: &Settings, m: &Merged) -> Result<Option<ProxyConfig>, Con
     if m.client_header_timeout.0.is_zero() {
         return Err(invalid("client-header-timeout", "must be more than 0"));
     }
+    if m.tunnel_idle_timeout.0.is_zero() {
+        return Err(invalid("tunnel-idle-timeout", "must be more than 0"));
+    }
     if m.send_timeout.0.is_zero() {
         return Err(invalid("send-timeout", "must be more than 0"));
     }
@@ -245,6 +249,7 @@ fn proxy_config(given: &Settings, m: &Merged) -> Result<Option<ProxyConfig>, Con
         client_header_timeout: m.client_header_timeout.0,
         client_body_timeout: m.client_body_timeout.0,
         send_timeout: m.send_timeout.0,
+        tunnel_idle_timeout: m.tunnel_idle_timeout.0,
         client_max_body_size: Some(m.client_max_body_size.0).filter(|n| *n > 0),
     }))
 }

@@ -15,6 +15,7 @@ pub mod pool;
 pub mod request_body;
 pub mod response_body;
 pub mod sockets;
+mod tunnel;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,7 +23,6 @@ use std::time::{Duration, Instant};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
-use hyper_util::rt::TokioIo;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
@@ -386,7 +386,12 @@ impl Shared {
         let (mut parts, mut body) = response.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers, switching);
         if let (Some(client_side), Some(worker_side)) = (client_side, worker_side) {
-            tokio::spawn(tunnel(client_side, worker_side, place));
+            tokio::spawn(tunnel::run(
+                client_side,
+                worker_side,
+                place,
+                self.config.tunnel_idle_timeout,
+            ));
             drop(sender);
             return Ok(Response::from_parts(parts, FrontBody::empty()));
         }
@@ -465,24 +470,4 @@ fn refused(refusal: Refusal) -> Response<FrontBody> {
     r.headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     r
-}
-
-/// Copies bytes both ways between an upgraded client connection and its
-/// worker until either side closes; the worker stays busy meanwhile.
-async fn tunnel(
-    client: hyper::upgrade::OnUpgrade,
-    worker: hyper::upgrade::OnUpgrade,
-    place: Place,
-) {
-    match tokio::try_join!(client, worker) {
-        Ok((client, worker)) => {
-            let mut client = TokioIo::new(client);
-            let mut worker = TokioIo::new(worker);
-            if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut worker).await {
-                debug!(error = %e, "upgraded connection");
-            }
-        }
-        Err(e) => debug!(error = %e, "upgrade failed"),
-    }
-    drop(place);
 }

@@ -474,6 +474,25 @@ fn server_sent_events_stream_through_and_keep_the_worker_busy() {
     until_in_flight(&c, 0, "the worker idle again");
 }
 
+/// A WebSocket in which nothing moves for --tunnel-idle-timeout is
+/// closed, and its worker's place freed; one in use is not.
+#[test]
+fn an_idle_websocket_is_closed_at_the_tunnel_idle_timeout() {
+    let c = proxied_ready("-w 1 --tunnel-idle-timeout 2s", 1);
+    let url = format!("ws://{}/ws", c.http);
+    let mut ws = WsClient::start();
+    assert_eq!(ws.say(&format!("open a {url}")), "ok");
+    for _ in 0..4 {
+        ws.echo_pid("a", "alive");
+        std::thread::sleep(Duration::from_millis(900));
+    }
+    until_in_flight(&c, 1, "the open socket holds its worker");
+    std::thread::sleep(Duration::from_secs(3));
+    let reply = ws.say("send a after");
+    assert!(reply.starts_with("error"), "{reply}");
+    until_in_flight(&c, 0, "the worker's place freed");
+}
+
 /// The stdin-driven WebSocket client in the Django test app.
 struct WsClient {
     child: Child,

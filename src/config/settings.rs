@@ -345,6 +345,9 @@ with_tls_settings!(settings! {
     [proxy] send_timeout: Secs = "60s",
         "Proxy mode: longest wait for a client to take the next part of its response before it is closed (nginx's send_timeout); the worker's place is freed then",
         (long, env = "CORRAL_SEND_TIMEOUT", value_name = "SECS");
+    [proxy] tunnel_idle_timeout: Secs = "60s",
+        "Proxy mode: an upgraded connection (WebSocket) in which neither side has sent a byte for this long is closed, and its worker's place freed (what nginx's proxy_read_timeout does to an idle WebSocket)",
+        (long, env = "CORRAL_TUNNEL_IDLE_TIMEOUT", value_name = "SECS");
     [proxy] client_body_timeout: Secs = "60s",
         "Proxy mode: longest wait between two reads of a request body before the client gets 408 and is closed (nginx's client_body_timeout)",
         (long, env = "CORRAL_CLIENT_BODY_TIMEOUT", value_name = "SECS");
