@@ -61,10 +61,15 @@ pub fn render_args(
         .collect()
 }
 
+/// Whether the command is given its descriptors as `{fd}`, `{fd0}`...
+pub fn names_descriptors(args: &[String]) -> bool {
+    args.iter().any(|a| a.contains("{fd"))
+}
+
 /// A command that names `{socket}` and no `{fd}` binds the path itself
 /// (`gunicorn -b unix:{socket}`): corral must not bind it first.
 pub fn binds_itself(args: &[String]) -> bool {
-    args.iter().any(|a| a.contains(SOCKET_PLACEHOLDER)) && !args.iter().any(|a| a.contains("{fd"))
+    args.iter().any(|a| a.contains(SOCKET_PLACEHOLDER)) && !names_descriptors(args)
 }
 
 fn cstring(bytes: Vec<u8>) -> Result<CString, SpawnError> {

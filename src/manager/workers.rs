@@ -104,8 +104,6 @@ impl Manager {
             ),
         };
         let mut extra = vec![
-            ("LISTEN_FDS", fds.len().to_string()),
-            ("LISTEN_FDNAMES", names.join(":")),
             ("NOTIFY_SOCKET", self.notify.address.clone()),
             ("CORRAL_WORKER_ID", id.to_string()),
             ("CORRAL_WORKER_GENERATION", self.generation.to_string()),
@@ -120,6 +118,13 @@ impl Manager {
         ];
         if let Some(t) = self.config.timeout {
             extra.push(("WATCHDOG_USEC", t.as_micros().to_string()));
+        }
+        // A command told where its sockets are (`{fd}`) is not told again
+        // through systemd's variables: Gunicorn takes the LISTEN_FDS
+        // sockets and then fails on `-b fd://3` as a second claim on them.
+        if !spawn::names_descriptors(&self.command.args) {
+            extra.push(("LISTEN_FDS", fds.len().to_string()));
+            extra.push(("LISTEN_FDNAMES", names.join(":")));
         }
         let args = spawn::render_args(
             &self.command.args,
