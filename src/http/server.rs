@@ -378,7 +378,10 @@ async fn serve_io<S, F, Fut, B>(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
+        // hyper's timer also runs while a keep-alive connection waits for
+        // its next request: never before ours (the header timeout counted
+        // from the connection, keep-alive after a request) would.
+        .header_read_timeout(limits.header_read_timeout.max(limits.keep_alive))
         .max_buf_size(MAX_HEAD_BYTES)
         .max_headers(MAX_HEADERS);
     builder
