@@ -24,11 +24,10 @@ import report
 from autoscale_analysis import (CONCURRENCY_RUN, CPU_RUN, FULL, MAX_WORKERS, MIN_WORKERS, SAMPLE_EVERY, SMOKE,
                                 WORKER_CONCURRENCY, analyse)
 from load import OpenLoop
-from procs import RunFailed, log, stop, wait_until
+from procs import ROOT, RunFailed, log, stop, wait_until
 from sampling import WorkersSampler, request
 from stacks import APPS, DJANGO_DIR, app_env, free_port, proxy_unsupported
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NS = "corral-bench"
 SECRET = "web-corral"
 TOKEN = "bench-admin-token-" + "".join(random.choice("0123456789abcdef") for _ in range(24))

@@ -8,17 +8,15 @@ import json
 import os
 import shutil
 import ssl
-import string
 import subprocess
 import sys
 import tempfile
 import threading
 import types
 
-from procs import Procs, RunFailed, Stopped, log, stop_on_signals, template, wait_until
+from procs import ROOT, Procs, RunFailed, Stopped, log, stop_on_signals, template, wait_until
 from sampling import request
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KUBE_UP = os.path.join(ROOT, ".ci", "kube-up.sh")
 KUBE = json.loads(template("kube.json"))
 
@@ -152,8 +150,7 @@ def start_operator(procs, corral, kube, workdir, namespace, metrics_port):
         "create", "token", sa_name, "-n", sa_ns, "--duration=2h", check=False).stdout.strip(), every=0.2)
     kubeconfig = os.path.join(workdir, "operator.kubeconfig")
     with open(kubeconfig, "w") as f:
-        f.write(string.Template(template("operator.kubeconfig")).substitute(
-            server=kube.server, user=sa_name, token=token))
+        f.write(template("operator.kubeconfig", server=kube.server, user=sa_name, token=token))
     os.chmod(kubeconfig, 0o600)
     operator = procs.start([corral, "operator", "--metrics-bind", f"127.0.0.1:{metrics_port}",
                             "--namespace", namespace, "--lease-namespace", sa_ns, "--lease-name", "corral-bench",

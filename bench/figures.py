@@ -10,7 +10,7 @@ import time
 from collections import Counter
 
 import load
-from procs import RunFailed, attempt, failure, wait_until
+from procs import RunFailed, attempt, failure, template, wait_until
 from sampling import cpu_or_none, cpu_seconds, status_kib
 
 
@@ -105,7 +105,8 @@ def measure_throughput(inst, app, cfg, out):
         raise RunFailed(f"exited during the run: {inst.log_tail()}")
     if app == "django" and cfg.mixed_duration:
         with tempfile.NamedTemporaryFile("w", prefix="corral-bench-mixed-", suffix=".lua") as f:
-            f.write(load.mixed_script("/", cfg.mixed_every, f"/cpu/{cfg.mixed_cpu_ms}"))
+            # Every mixed_every-th request to /cpu/N: deterministic, every stack gets the same mix.
+            f.write(template("mixed.lua", path="/", every=cfg.mixed_every, other=f"/cpu/{cfg.mixed_cpu_ms}"))
             f.flush()
             mixed = load.wrk(inst.addr, "/", cfg.connections, cfg.wrk_threads, cfg.mixed_duration, script=f.name)
         if not inst.alive():

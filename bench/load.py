@@ -6,14 +6,13 @@ import re
 import shutil
 import socket
 import ssl
-import string
 import subprocess
 import tempfile
 import threading
 import time
 from collections import Counter
 
-from procs import RunFailed, template
+from procs import RunFailed
 from sampling import has_child, percentile
 
 WRK = "/usr/bin/wrk"
@@ -300,11 +299,6 @@ def parse(out, res, fields):
 
 def summed(*counts):
     return sum(int(x) for x in counts)
-
-
-def mixed_script(path, every, other):
-    """Every `every`-th request to `other`, the rest to `path`: deterministic, every stack gets the same mix."""
-    return string.Template(template("mixed.lua")).substitute(path=path, every=every, other=other)
 
 
 def wrk(addr, path, connections, threads, seconds, script=None):

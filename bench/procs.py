@@ -3,17 +3,19 @@ run fails or is signalled; the one progress line (`log`); polling with a deadlin
 
 import os
 import signal
+import string
 import subprocess
 import sys
 import time
 
-TEMPLATES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates")
+BENCH = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(BENCH)
 
 
-def template(name):
-    """The text of bench/templates/<name> (what the kit writes that is not code)."""
-    with open(os.path.join(TEMPLATES, name)) as f:
-        return f.read()
+def template(name, **values):
+    """The text of bench/templates/<name> (what the kit writes that is not code), with values its $fields."""
+    with open(os.path.join(BENCH, "templates", name)) as f:
+        return string.Template(f.read()).substitute(values) if values else f.read()
 
 
 def log(msg):

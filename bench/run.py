@@ -23,11 +23,8 @@ import figures
 import operator_scale
 import procs
 import report
-from procs import attempt, failure, log
+from procs import BENCH, ROOT, attempt, failure, log
 from stacks import all_stacks, make_certs, nginx_binary, stop_all, tool
-
-BENCH = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(BENCH)
 
 
 @dataclass

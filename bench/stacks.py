@@ -11,16 +11,14 @@ import secrets
 import shutil
 import signal
 import socket
-import string
 import subprocess
 import tempfile
 import time
 
 import procs
-from procs import RunFailed, template
+from procs import ROOT, RunFailed, template
 from sampling import children, parent_of, prometheus, request
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DJANGO_DIR = os.path.join(ROOT, "tests", "django_app")
 
 # ASGI application per app name; the built-in worker serves its own app.
@@ -105,7 +103,7 @@ def make_certs(dir_):
     if openssl is None:
         raise RunFailed("openssl not found (apt-get install openssl; .ci/test installs it)")
     os.makedirs(dir_, exist_ok=True)
-    shutil.copyfile(os.path.join(procs.TEMPLATES, "server.ext"), os.path.join(dir_, "server.ext"))
+    shutil.copyfile(os.path.join(procs.BENCH, "templates", "server.ext"), os.path.join(dir_, "server.ext"))
     ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
     for argv in (
         ["req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=corral bench CA"],
@@ -135,8 +133,8 @@ def nginx_conf(prefix, port, upstream_sock, worker_processes, tls=None):
         # production; the socket directory is made traversable for it.
         nobody = pwd.getpwnam("nobody")
         user = f"user nobody {grp.getgrgid(nobody.pw_gid).gr_name};\n"
-    return string.Template(template("nginx.conf")).substitute(
-        user=user, worker_processes=worker_processes, prefix=prefix, upstream_sock=upstream_sock, listen=listen)
+    return template("nginx.conf", user=user, worker_processes=worker_processes, prefix=prefix,
+                    upstream_sock=upstream_sock, listen=listen)
 
 
 class Stack:
