@@ -24,13 +24,12 @@ import report
 from autoscale_analysis import (CONCURRENCY_RUN, CPU_RUN, FULL, MAX_WORKERS, MIN_WORKERS, SAMPLE_EVERY, SMOKE,
                                 WORKER_CONCURRENCY, analyse)
 from load import OpenLoop
-from procs import ROOT, RunFailed, log, stop, wait_until
+from procs import ROOT, RunFailed, check_running, log, stop, wait_until
 from sampling import WorkersSampler, request
 from stacks import APPS, DJANGO_DIR, app_env, free_port, proxy_unsupported
 
 NS = "corral-bench"
 SECRET = "web-corral"
-TOKEN = "bench-admin-token-" + "".join(random.choice("0123456789abcdef") for _ in range(24))
 HTTP_PORT = 8000
 ADMIN_PORT = 9000
 # The CPU run's autoscale.json is written, the Concurrency run failed: bench/run.py reads the JSON.
@@ -72,21 +71,13 @@ def manager_argv(corral, sc, ip, token_file):
 class Pod:
     """One pod of a run: its manager at a loopback address, the low load and the sampler running from start."""
 
-    def __init__(self, procs, corral, workdir, sc, op_port):
+    def __init__(self, c, corral, sc, op_port):
         self.sc, self.ip = sc, pick_address()
-        token_file = os.path.join(workdir, "admin-token")
-        with open(token_file, "w") as f:
-            f.write(TOKEN)
-        argv, env = manager_argv(corral, sc, self.ip, token_file)
-        log_path = os.path.join(workdir, f"manager-{sc.key}.log")
-        self.manager = procs.start(argv, log_path, env=env, cwd=DJANGO_DIR if env else None)
-
-        def manager_ready():
-            if self.manager.poll() is not None:
-                raise RunFailed(f"corral run exited {self.manager.returncode} (log: {log_path})")
-            status, body = request(self.ip, ADMIN_PORT, "GET", "/workers", timeout=2)
-            return status == 200 and json.loads(body)["ready"] >= 1
-        wait_until(f"the {sc.metric} run's manager to serve", 60, manager_ready, every=0.05)
+        argv, env = manager_argv(corral, sc, self.ip, c.token_file)
+        self.manager = c.procs.start(argv, os.path.join(c.workdir, f"manager-{sc.key}.log"), env=env,
+                                     cwd=DJANGO_DIR if env else None)
+        wait_until(f"the {sc.metric} run's manager to serve", 60, lambda: json.loads(request(
+            self.ip, ADMIN_PORT, "GET", "/workers", timeout=2)[1])["ready"] >= 1, every=0.05, proc=self.manager)
         log(f"figure 6, {sc.metric} run: manager ready at {self.ip}")
         # The low load runs from now on, so the manager's window is steady
         # at the baseline by the time the measured part starts.
@@ -109,30 +100,12 @@ def autoscaler_spec(phases, sc):
                                target=sc.target, down_window=phases["down_window"])
 
 
-def autoscaler_status(kube, name):
-    return (kube.get_json("workerautoscaler", name, "-n", NS) or {}).get("status")
-
-
 def measure(kube, pod, phases, operator, args):
     """The pod's Pod object and autoscaler, then the measured phases; the analysis."""
     sc, name = pod.sc, pod.sc.key
     kube.ready_pod(f"{name}-0", NS, {"app": name}, pod.ip)
     spec = autoscaler_spec(phases, sc)
-    kube.autoscaler(name, NS, spec)
-
-    def measured():
-        st = autoscaler_status(kube, name) or {}
-        conds = {c["type"]: c for c in st.get("conditions", [])}
-        invalid = conds.get("InvalidSpec", {})
-        if invalid.get("status") == "True":
-            raise RunFailed(f"the operator rejects metric type {sc.metric}: InvalidSpec: {invalid.get('message')}")
-        return st.get("pods") == 1 and conds.get("ScalingActive", {}).get("status") == "True"
-    try:
-        wait_until(f"the operator's first pass over the {sc.metric} run's pod", 30, measured, every=0.2)
-    except RunFailed as e:
-        if "rejects" in str(e):
-            raise
-        raise RunFailed(f"{e}; autoscaler status: {json.dumps(autoscaler_status(kube, name))}") from None
+    kube.autoscaler(name, NS, spec, pods=1, limit=30, every=0.2)
     log(f"figure 6, {sc.metric} run: autoscaler active; the measured part starts")
 
     load, sampler, t0 = pod.load, pod.sampler, pod.t0
@@ -147,9 +120,8 @@ def measure(kube, pod, phases, operator, args):
     if load.is_alive() or load.error is not None:
         raise RunFailed(f"the load generator failed: {load.error or 'did not finish'}")
     gen_cpu, elapsed = time.process_time() - pod.self_cpu0, time.monotonic() - t0
-    for what, proc in (("corral run", pod.manager), ("corral operator", operator)):
-        if proc.poll() is not None:
-            raise RunFailed(f"{what} exited {proc.returncode} during the run")
+    check_running(pod.manager)
+    check_running(operator)
     if len(sampler.samples) < 10:
         raise RunFailed(f"only {len(sampler.samples)} samples of /workers")
 
@@ -164,7 +136,7 @@ def measure(kube, pod, phases, operator, args):
             events.append({"t": t, "reason": e["reason"], "note": e.get("note"),
                            "count": (e.get("series") or {}).get("count", 1)})
     events.sort(key=lambda e: e["t"])
-    status = autoscaler_status(kube, name)
+    status = kube.status(name, NS)
     samples = [dict(x, t=x["t"] - t_base) for x in sampler.samples if x["t"] >= t_base - 1.5]
     operator_samples = [dict(x, t=x["t"] - t_base) for x in sampler.operator if x["t"] >= t_base]
     load.results = [(r[0] - t_base,) + tuple(r[1:]) for r in load.results if r[0] >= t_base]
@@ -178,20 +150,18 @@ def measure(kube, pod, phases, operator, args):
 
 def run(args):
     phases = SMOKE if args.smoke else FULL
-    corral = os.path.abspath(args.corral)
-    if not os.access(corral, os.X_OK):
-        raise RunFailed(f"{corral} is not an executable: cargo build --release first")
+    corral = args.corral
     wall_start, loadavg_before = time.monotonic(), os.getloadavg()
     pods = []
     with cluster.cluster("autoscale", "figure 6", args.keep) as c:
         try:
             # The API server takes ~6 s to come up: start the CPU run's pod meanwhile.
             op_port = free_port()
-            pods.append(Pod(c.procs, corral, c.workdir, CPU_RUN, op_port))
+            pods.append(Pod(c, corral, CPU_RUN, op_port))
             c.kube.wait_up()
             log("figure 6: API server ready")
-            c.kube.namespace(NS, SECRET, TOKEN)
-            operator = cluster.start_operator(c.procs, corral, c.kube, c.workdir, NS, op_port)
+            c.kube.namespace(NS, SECRET, c.token)
+            operator = cluster.start_operator(c, corral, NS, op_port)
             log("figure 6: operator leading")
             result = measure(c.kube, pods[0], phases, operator, args)
             pods[0].halt()
@@ -206,7 +176,7 @@ def run(args):
                 result["concurrency"] = {"not_available": why}
             else:
                 try:
-                    pods.append(Pod(c.procs, corral, c.workdir, CONCURRENCY_RUN, op_port))
+                    pods.append(Pod(c, corral, CONCURRENCY_RUN, op_port))
                     result["concurrency"] = measure(c.kube, pods[-1], phases, operator, args)
                 except RunFailed as e:
                     log(f"figure 6, Concurrency run failed: {e}")

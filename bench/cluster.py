@@ -14,7 +14,7 @@ import tempfile
 import threading
 import types
 
-from procs import ROOT, Procs, RunFailed, Stopped, log, stop_on_signals, template, wait_until
+from procs import ROOT, Procs, RunFailed, Stopped, log, stop_on_signals, template, wait_until, write_private
 from sampling import request
 
 KUBE_UP = os.path.join(ROOT, ".ci", "kube-up.sh")
@@ -122,17 +122,37 @@ class Kube:
         self.api("POST", base, kube_object("pod", name=name, namespace=namespace, labels=labels))
         self.api("PATCH", f"{base}/{name}/status", kube_object("pod status", ip=ip), "application/merge-patch+json")
 
-    def autoscaler(self, name, namespace, spec):
+    def status(self, name, namespace):
+        return (self.get_json("workerautoscaler", name, "-n", namespace) or {}).get("status")
+
+    def autoscaler(self, name, namespace, spec, pods, limit, every):
+        """A WorkerAutoscaler, once the operator has made a pass over its `pods` pods (InvalidSpec: at once)."""
         self.create(kube_object("autoscaler", name=name, namespace=namespace, spec=spec))
+
+        def active():
+            st = self.status(name, namespace) or {}
+            conds = {c["type"]: c for c in st.get("conditions", [])}
+            if conds.get("InvalidSpec", {}).get("status") == "True":
+                metric = spec["metrics"][0]["type"]
+                raise RunFailed(f"the operator rejects metric type {metric}: InvalidSpec: "
+                                f"{conds['InvalidSpec'].get('message')}")
+            return st.get("pods") == pods and conds.get("ScalingActive", {}).get("status") == "True"
+        try:
+            wait_until(f"the operator's first pass over the {pods} pod(s) of {name}", limit, active, every)
+        except RunFailed as e:
+            if "rejects" in str(e):
+                raise
+            raise RunFailed(f"{e}; autoscaler status: {json.dumps(self.status(name, namespace))}") from None
 
     def namespace(self, name, secret, token):
         """The namespace and the admin token Secret the autoscalers name."""
         self.create(kube_object("namespace", name=name, secret=secret, token=token))
 
 
-def start_operator(procs, corral, kube, workdir, namespace, metrics_port):
+def start_operator(c, corral, namespace, metrics_port):
     """The CRD and RBAC applied as shipped, then `corral operator` as their ServiceAccount (nothing runs its
-    Deployment); its process, once it leads."""
+    Deployment), in cluster c; its process, once it leads."""
+    kube = c.kube
     applied = json.loads(kube.kubectl(
         "apply", "-f", os.path.join(ROOT, "manifests", "crd.yaml"),
         "-f", os.path.join(ROOT, "manifests", "operator.yaml"), "-o", "json").stdout)
@@ -148,30 +168,27 @@ def start_operator(procs, corral, kube, workdir, namespace, metrics_port):
     # creation by a moment.
     token = wait_until("a token for the operator's ServiceAccount", 30, lambda: kube.kubectl(
         "create", "token", sa_name, "-n", sa_ns, "--duration=2h", check=False).stdout.strip(), every=0.2)
-    kubeconfig = os.path.join(workdir, "operator.kubeconfig")
-    with open(kubeconfig, "w") as f:
-        f.write(template("operator.kubeconfig", server=kube.server, user=sa_name, token=token))
-    os.chmod(kubeconfig, 0o600)
-    operator = procs.start([corral, "operator", "--metrics-bind", f"127.0.0.1:{metrics_port}",
-                            "--namespace", namespace, "--lease-namespace", sa_ns, "--lease-name", "corral-bench",
-                            "--identity", "bench-operator"], os.path.join(workdir, "operator.log"),
-                           env=dict(os.environ, KUBECONFIG=kubeconfig, CORRAL_LOG_LEVEL="info"))
+    kubeconfig = write_private(os.path.join(c.workdir, "operator.kubeconfig"),
+                               template("operator.kubeconfig", server=kube.server, user=sa_name, token=token))
+    operator = c.procs.start([corral, "operator", "--metrics-bind", f"127.0.0.1:{metrics_port}",
+                              "--namespace", namespace, "--lease-namespace", sa_ns, "--lease-name", "corral-bench",
+                              "--identity", "bench-operator"], os.path.join(c.workdir, "operator.log"),
+                             env=dict(os.environ, KUBECONFIG=kubeconfig, CORRAL_LOG_LEVEL="info"))
 
     def leading():
-        if operator.poll() is not None:
-            raise RunFailed(f"corral operator exited {operator.returncode}")
         status, body = request("127.0.0.1", metrics_port, "GET", "/readyz", timeout=2)
         return status == 200 and b"leader" in body
-    wait_until("the operator to lead", 30, leading)
+    wait_until("the operator to lead", 30, leading, proc=operator)
     return operator
 
 
 @contextlib.contextmanager
 def cluster(name, figure, keep):
-    """A figure's work directory, children and API server, all stopped on the way out; the directory (its
-    logs) is kept with `keep` or when the run did not set .ok."""
-    workdir = tempfile.mkdtemp(prefix=f"corral-{name}-")
-    run = types.SimpleNamespace(workdir=workdir, procs=Procs(), kube=Kube(workdir), ok=False)
+    """A figure's work directory, children, API server and admin token (the pods' and the Secret's), all stopped
+    on the way out; the directory (its logs) is kept with `keep` or when the run did not set .ok."""
+    workdir, token = tempfile.mkdtemp(prefix=f"corral-{name}-"), f"bench-{name}-token-{os.urandom(12).hex()}"
+    run = types.SimpleNamespace(workdir=workdir, procs=Procs(), kube=Kube(workdir), ok=False, token=token,
+                                token_file=write_private(os.path.join(workdir, "admin-token"), token))
     try:
         run.kube.start()
         yield run
@@ -191,8 +208,11 @@ def main(name, doc, run, configure):
     ap.add_argument("--keep", action="store_true", help="keep the logs and cluster state directory")
     configure(ap)
     args = ap.parse_args()
+    args.corral = os.path.abspath(args.corral)
     stop_on_signals()
     try:
+        if not os.access(args.corral, os.X_OK):
+            raise RunFailed(f"{args.corral} is not an executable: cargo build --release first")
         return run(args)
     except (RunFailed, Stopped) as e:
         print(f"{name}: run failed: {e}", file=sys.stderr)

@@ -8,7 +8,7 @@ import os
 import sys
 import types
 
-from procs import RunFailed, wait_until
+from procs import wait_until
 from sampling import request
 from stacks import free_port
 
@@ -112,23 +112,18 @@ def response(status, answer):
             f"content-length: {len(body)}\r\nconnection: close\r\n\r\n").encode() + body
 
 
-def start(procs, workdir, pods, port, token_file, documents, load):
-    """This file as a process of its own; its control client, once it answers."""
-    path, control = os.path.join(workdir, "fake.json"), free_port()
+def start(c, pods, port, documents, load):
+    """This file as a process of its own in cluster c; its control client, once it answers."""
+    path, control = os.path.join(c.workdir, "fake.json"), free_port()
     with open(path, "w") as f:
-        json.dump({"pods": pods, "port": port, "control_port": control, "token_file": token_file,
+        json.dump({"pods": pods, "port": port, "control_port": control, "token_file": c.token_file,
                    "documents": documents, "load": load}, f)
-    proc = procs.start([sys.executable, os.path.abspath(__file__), path], os.path.join(workdir, "fake.log"))
+    proc = c.procs.start([sys.executable, os.path.abspath(__file__), path], os.path.join(c.workdir, "fake.log"))
     # The benchmark's side of the control API.
     client = types.SimpleNamespace(
         stats=lambda: json.loads(request("127.0.0.1", control, "GET", "/stats", timeout=10)[1]),
         set_load=lambda cores: request("127.0.0.1", control, "PUT", "/load", {"cores": cores}, timeout=10))
-
-    def up():
-        if proc.poll() is not None:
-            raise RunFailed(f"the fake admin server exited {proc.returncode}: see {workdir}/fake.log")
-        return client.stats()
-    wait_until("the fake admin server", 60, up, every=0.1)
+    wait_until("the fake admin server", 60, client.stats, every=0.1, proc=proc)
     return client
 
 

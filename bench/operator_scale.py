@@ -19,14 +19,13 @@ import cluster
 import fake_admin
 import report
 from report import figure_rows
-from procs import RunFailed, log, stop, wait_until
+from procs import RunFailed, check_running, log, stop, wait_until
 from sampling import cpu_or_none, operator_metrics, request, status_kib
 from stacks import free_port
 
 NS = "corral-scale"
 LABELS = {"app": "scale"}
 SECRET = "scale-corral"
-TOKEN = "bench-scale-token-" + os.urandom(12).hex()
 FULL = {"pods": 1000, "passes": 6, "poll": 5}
 SMOKE = {"pods": 50, "passes": 1, "poll": 1}
 CPU_TARGET = 0.5  # cores per worker
@@ -39,27 +38,25 @@ CREATE_THREADS = 8
 BYPASSED = "Server cert bypassed"
 
 
-def real_documents(procs, corral, workdir, token_file):
+def real_documents(c, corral):
     """(WorkersDoc, 422 ErrorDoc) of a real `corral run`, every optional part filled: scaled down and back up
     (a recent exit, a reused slot's last_exit), then asked for more than --max-workers (last_limited)."""
     ip, port = "127.0.0.1", free_port()
-    manager = procs.start([corral, "run", "-w", str(BASE_WORKERS), "--max-workers", str(MAX_WORKERS),
-                           "-b", f"127.0.0.1:{free_port()}", "--admin-bind", f"{ip}:{port}",
-                           "--admin-token-file", token_file], os.path.join(workdir, "manager.log"))
-    call = lambda method, body=None: request(ip, port, method, "/workers", body, TOKEN)
+    manager = c.procs.start([corral, "run", "-w", str(BASE_WORKERS), "--max-workers", str(MAX_WORKERS),
+                             "-b", f"127.0.0.1:{free_port()}", "--admin-bind", f"{ip}:{port}",
+                             "--admin-token-file", c.token_file], os.path.join(c.workdir, "manager.log"))
+    call = lambda method, body=None: request(ip, port, method, "/workers", body, c.token)
 
     def at(n):
-        if manager.poll() is not None:
-            raise RunFailed(f"corral run exited {manager.returncode}")
         doc = json.loads(call("GET")[1])
         return doc["running"] == n and doc["ready"] == n
     try:
-        wait_until(f"the real manager at {BASE_WORKERS} workers", 30, lambda: at(BASE_WORKERS), every=0.05)
+        wait_until(f"the real manager at {BASE_WORKERS} workers", 30, lambda: at(BASE_WORKERS), 0.05, manager)
         for n in (1, BASE_WORKERS):
             status, _ = call("PUT", {"desired": n})
             if status != 200:
                 raise RunFailed(f"PUT {n} to the real manager answered {status}")
-            wait_until(f"the real manager at {n} workers", 30, lambda: at(n), every=0.05)
+            wait_until(f"the real manager at {n} workers", 30, lambda: at(n), 0.05, manager)
         status, error = call("PUT", {"desired": MAX_WORKERS + 1})
         if status != 422:
             raise RunFailed(f"PUT {MAX_WORKERS + 1} to the real manager answered {status}, not 422")
@@ -79,8 +76,7 @@ class OperatorProbe:
         self.proc, self.port, self.log_path = proc, metrics_port, log_path
 
     def metrics(self):
-        if self.proc.poll() is not None:
-            raise RunFailed(f"corral operator exited {self.proc.returncode}")
+        check_running(self.proc)
         m = operator_metrics(self.port)
         return {"passes": m["ok"] + m["error"], "errors": m["error"], "duration_sum": m["duration_sum"],
                 "duration_count": m["duration_count"]}
@@ -122,14 +118,9 @@ def measure_pass(probe, fake, kind, load, prev, poll):
     }
 
 
-def measure(kube, probe, fake, cfg):
+def measure(probe, fake, cfg):
     """From the end of the pass after the first over every pod, cfg["passes"] whole passes, scaling and steady
     alternating."""
-    def first_pass():
-        st = (kube.get_json("workerautoscaler", "scale", "-n", NS) or {}).get("status") or {}
-        active = any(c["type"] == "ScalingActive" and c["status"] == "True" for c in st.get("conditions", []))
-        return st.get("pods") == cfg["pods"] and active
-    wait_until(f"the operator's first pass over {cfg['pods']} pods", 120 + cfg["pods"] / 10, first_pass, every=0.5)
     end = {"metrics": probe.next_pass(probe.metrics(), cfg["poll"] + 60), "t": time.monotonic(),
            "stats": fake.stats()}
     log(f"figure 7: warm-up done; measuring {cfg['passes']} pass(es)")
@@ -194,20 +185,13 @@ def summarize(passes, hwm_kib, cfg, extra):
 def run(corral, out_dir=None, smoke=False, pods=None, keep=False):
     cfg = dict(SMOKE if smoke else FULL)
     cfg["pods"] = pods or cfg["pods"]
-    corral = os.path.abspath(corral)
-    if not os.access(corral, os.X_OK):
-        raise RunFailed(f"{corral} is not an executable")
     t0 = time.monotonic()
     with cluster.cluster("operator-scale", "figure 7", keep) as c:
-        token_file = os.path.join(c.workdir, "admin-token")
-        with open(token_file, "w") as f:
-            f.write(TOKEN)
         port = free_port()
-        fake = fake_admin.start(c.procs, c.workdir, cfg["pods"], port, token_file,
-                                real_documents(c.procs, corral, c.workdir, token_file), BASE_WORKERS * CPU_TARGET)
+        fake = fake_admin.start(c, cfg["pods"], port, real_documents(c, corral), BASE_WORKERS * CPU_TARGET)
         log(f"figure 7: fake admin API on {cfg['pods']} addresses, :{port}, serving corral run's WorkersDoc")
         c.kube.wait_up()
-        c.kube.namespace(NS, SECRET, TOKEN)
+        c.kube.namespace(NS, SECRET, c.token)
         t = time.monotonic()
         with concurrent.futures.ThreadPoolExecutor(CREATE_THREADS) as pool:
             for f in [pool.submit(c.kube.ready_pod, f"scale-{i}", NS, LABELS, ip)
@@ -215,12 +199,12 @@ def run(corral, out_dir=None, smoke=False, pods=None, keep=False):
                 f.result()
         log(f"figure 7: {cfg['pods']} pods Running and Ready in {time.monotonic() - t:.1f}s")
         metrics_port = free_port()
-        operator = cluster.start_operator(c.procs, corral, c.kube, c.workdir, NS, metrics_port)
-        probe = OperatorProbe(operator, metrics_port, os.path.join(c.workdir, "operator.log"))
+        operator = cluster.start_operator(c, corral, NS, metrics_port)
+        probe = OperatorProbe(operator, metrics_port, operator.log)
         spec = autoscaler_spec(port, cfg["poll"])
-        c.kube.autoscaler("scale", NS, spec)
-        passes = measure(c.kube, probe, fake, cfg)
-        extra = {"metrics": probe.metrics(), "log": operator_log(os.path.join(c.workdir, "operator.log"))}
+        c.kube.autoscaler("scale", NS, spec, cfg["pods"], limit=120 + cfg["pods"] / 10, every=0.5)
+        passes = measure(probe, fake, cfg)
+        extra = {"metrics": probe.metrics(), "log": operator_log(operator.log)}
         result = summarize(passes, status_kib(probe.proc.pid, "VmHWM"), cfg, extra)
         result.update(smoke=smoke, operator_log=extra["log"], spec=spec,
                       corral=subprocess.run([corral, "--version"], capture_output=True, text=True).stdout.strip(),

@@ -50,6 +50,14 @@ def stop_on_signals():
     signal.signal(signal.SIGHUP, terminate)
 
 
+def write_private(path, text):
+    """path, written with text, readable by its owner only (tokens, kubeconfig)."""
+    with open(path, "w") as f:
+        f.write(text)
+    os.chmod(path, 0o600)
+    return path
+
+
 def spawn(argv, log_path, mode="wb", **popen):
     """A child in a session of its own (its group can be stopped whole), its output to log_path."""
     with open(log_path, mode) as out:
@@ -84,6 +92,7 @@ class Procs(list):
 
     def start(self, argv, log_path, **popen):
         self.append(spawn(argv, log_path, **popen))
+        self[-1].what, self[-1].log = " ".join(os.path.basename(a) for a in argv[:2]), log_path
         return self[-1]
 
     def stop_all(self):
@@ -94,13 +103,21 @@ class Procs(list):
                 log(f"stopping pid {p.pid}: {e}")
 
 
-def wait_until(what, limit, fn, every=0.1):
-    """fn()'s first true value, polled; fn raises RunFailed to give up at once, anything else it raises is
-    retried until the deadline."""
+def check_running(proc):
+    """RunFailed once a child of Procs.start() has exited."""
+    if proc.poll() is not None:
+        raise RunFailed(f"{proc.what} exited {proc.returncode} (log: {proc.log})")
+
+
+def wait_until(what, limit, fn, every=0.1, proc=None):
+    """fn()'s first true value, polled while `proc` runs; fn raises RunFailed to give up at once, anything else
+    it raises is retried until the deadline."""
     deadline = time.monotonic() + limit
     last = None
     while time.monotonic() < deadline:
         try:
+            if proc is not None:
+                check_running(proc)
             v = fn()
             if v:
                 return v

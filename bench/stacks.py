@@ -16,7 +16,7 @@ import tempfile
 import time
 
 import procs
-from procs import ROOT, RunFailed, template
+from procs import ROOT, RunFailed, template, write_private
 from sampling import children, parent_of, prometheus, request
 
 DJANGO_DIR = os.path.join(ROOT, "tests", "django_app")
@@ -230,10 +230,8 @@ class Running:
         self.stack, self.app, self.tls, self.desired = stack, app, tls, stack.workers
         self.port, self.admin, self.token = free_port(), free_port(), secrets.token_hex(16)
         self.dir = tempfile.mkdtemp(prefix=f"corral-bench-{stack.key}-")
-        self.token_file, self.log_path = os.path.join(self.dir, "token"), os.path.join(self.dir, "log")
-        with open(self.token_file, "w") as f:
-            f.write(self.token)
-        os.chmod(self.token_file, 0o600)
+        self.token_file = write_private(os.path.join(self.dir, "token"), self.token)
+        self.log_path = os.path.join(self.dir, "log")
         self.front = self.front_log = None
         self.seen_workers = set()
         sock = os.path.join(self.dir, "gunicorn.sock")
