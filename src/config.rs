@@ -75,6 +75,8 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProxyConfig {
     pub runtime_dir: Option<PathBuf>,
+    /// The front's threads, at least 1.
+    pub front_threads: u32,
     pub worker_concurrency: Option<u32>,
     pub max_queue: u32,
     pub queue_timeout: Duration,
@@ -187,12 +189,20 @@ pub fn tls_files(
 
 /// The proxy mode's part of the configuration; its settings are refused
 /// without `proxy`, where they would silently do nothing.
-fn proxy_config(given: &Settings, m: &Merged) -> Result<Option<ProxyConfig>, ConfigError> {
+fn proxy_config(
+    given: &Settings,
+    m: &Merged,
+    host: &Host,
+) -> Result<Option<ProxyConfig>, ConfigError> {
     if !m.proxy {
         if let Some(field) = given.first_proxy_setting() {
             return Err(invalid(field, "only applies in proxy mode (--proxy)"));
         }
         return Ok(None);
+    }
+    let front_threads = m.front_threads.unwrap_or(host.cpus.max(1));
+    if !(1..=1024).contains(&front_threads) {
+        return Err(invalid("front-threads", "must be between 1 and 1024"));
     }
     if m.max_queue > 1_000_000 {
         return Err(invalid("max-queue", "at most 1000000"));
@@ -236,6 +246,7 @@ fn proxy_config(given: &Settings, m: &Merged) -> Result<Option<ProxyConfig>, Con
     Ok(Some(ProxyConfig {
         tls,
         runtime_dir: m.runtime_dir.clone(),
+        front_threads,
         worker_concurrency: Some(m.worker_concurrency).filter(|n| *n > 0),
         max_queue: m.max_queue,
         queue_timeout: m.queue_timeout.0,
@@ -350,7 +361,7 @@ impl Config {
     pub fn resolve(cli: Settings, file: Settings, host: &Host) -> Result<Config, ConfigError> {
         let given = cli.or(file);
         let m = given.clone().merged();
-        let proxy = proxy_config(&given, &m)?;
+        let proxy = proxy_config(&given, &m, host)?;
         let binds = tls_binds(binds(m.bind.clone(), host)?, proxy.as_ref())?;
         if !(1..=65535).contains(&m.backlog) {
             return Err(invalid("backlog", "must be between 1 and 65535"));
@@ -434,6 +445,7 @@ impl Config {
             min_ready,
             readiness: Some(readiness),
             shutdown_delay: Some(Secs(shutdown_delay)),
+            front_threads: proxy.as_ref().map(|p| p.front_threads),
             cert_reqs: proxy
                 .as_ref()
                 .and_then(|p| p.tls.as_ref())

@@ -15,6 +15,7 @@ pub mod pool;
 pub mod request_body;
 pub mod response_body;
 pub mod sockets;
+pub mod threads;
 mod tunnel;
 
 use std::sync::Arc;
@@ -37,6 +38,7 @@ use metrics::Retry;
 use pool::{ConnectError, Pool};
 use request_body::{BodyError, BodyLimits, Held, Outgoing};
 use response_body::{Ahead, Done, FrontBody};
+pub use threads::FrontThreads;
 
 /// The front's server limits: many clients, keep-alive and the header
 /// timeout as configured, HTTP/2, and at shutdown a second for a client
@@ -83,12 +85,20 @@ pub struct Front {
     pub pool: Arc<Pool>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
+    /// Last: the runtime ends once the rest is gone.
+    _threads: FrontThreads,
 }
 
 impl Front {
-    /// Starts serving on `listeners`. Requests wait in the queue until the
-    /// manager opens a first worker.
-    pub fn start(config: &ProxyConfig, listeners: Vec<Listener>, metrics: Arc<Metrics>) -> Front {
+    /// Starts serving on `listeners`, on `threads` (where the listeners
+    /// were made). Requests wait in the queue until the manager opens a
+    /// first worker.
+    pub fn start(
+        config: &ProxyConfig,
+        threads: FrontThreads,
+        listeners: Vec<Listener>,
+        metrics: Arc<Metrics>,
+    ) -> Front {
         let backends = Backends::new(
             config.worker_concurrency,
             config.max_queue,
@@ -102,7 +112,7 @@ impl Front {
             config: config.clone(),
         });
         let (stop, stopped) = watch::channel(false);
-        let task = tokio::spawn(server::serve(
+        let task = threads.handle().spawn(server::serve(
             listeners,
             limits(config),
             move |req| {
@@ -130,6 +140,7 @@ impl Front {
             pool,
             stop,
             task,
+            _threads: threads,
         }
     }
 

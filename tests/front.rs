@@ -844,3 +844,80 @@ fn the_django_example_with_its_tls_patch_serves_h2_over_tls() {
     );
     assert_eq!((code.as_str(), version.as_str()), ("200", "2"), "{body}");
 }
+
+/// CPU seconds (user + system, in ticks) of each of `pid`'s threads named
+/// `name`.
+fn thread_ticks(pid: u32, name: &str) -> Vec<u64> {
+    let mut ticks = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        if &stat[open + 1..close] != name {
+            continue;
+        }
+        let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+        let tick = |i: usize| fields[i].parse::<u64>().unwrap();
+        // After the name: state is field 0, utime 11, stime 12.
+        ticks.push(tick(11) + tick(12));
+    }
+    ticks
+}
+
+/// The front runs on threads of its own (`--front-threads`), so a front
+/// kept busy by h2 load over TLS neither delays `/livez` past the
+/// kubelet's 1-s timeout nor stays on one core: both front threads work.
+#[test]
+fn a_busy_front_spreads_over_its_threads_and_never_delays_the_probes() {
+    let _heavy = heavy();
+    let pki = Pki::new();
+    pki.issue("one", 1, Usage::Server(LOCAL));
+    pki.install("one");
+    // The built-in workers: a backend fast enough to keep the front busy.
+    let (cert, key) = (pki.path("server.pem"), pki.path("server.key"));
+    let c = corral()
+        .args(&["--proxy", "-w", "2", "--front-threads", "2"])
+        .args(&["--certfile", cert.to_str().unwrap()])
+        .args(&["--keyfile", key.to_str().unwrap()])
+        .start();
+    c.wait_settled(2, SETTLE);
+    let pid = c.child.id();
+    assert!(
+        thread_ticks(pid, "corral-front").len() >= 2,
+        "threads: {:?}",
+        thread_ticks(pid, "corral-front")
+    );
+    let before = thread_ticks(pid, "corral-front");
+    let load = h2load(&https(&c, "/"), 8, &["-c", "64"]);
+    let mut slowest = Duration::ZERO;
+    let until = Instant::now() + Duration::from_secs(7);
+    while Instant::now() < until {
+        let started = Instant::now();
+        for path in ["/livez", "/readyz"] {
+            assert_eq!(get(c.admin, path).unwrap().0, 200, "{path}");
+        }
+        slowest = slowest.max(started.elapsed());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (ok, bad, out) = load.join().unwrap();
+    assert!(ok > 0 && bad == 0, "{ok} succeeded, {bad} failed: {out}");
+    assert!(slowest < Duration::from_secs(1), "a probe took {slowest:?}");
+    let after = thread_ticks(pid, "corral-front");
+    let mut worked: Vec<u64> = after
+        .iter()
+        .zip(before.iter().chain(std::iter::repeat(&0)))
+        .map(|(a, b)| a.saturating_sub(*b))
+        .collect();
+    worked.sort_unstable();
+    worked.reverse();
+    assert!(
+        worked.len() >= 2 && worked[1] * 5 >= worked[0],
+        "the second thread did under a fifth of the first's work: {worked:?} ticks"
+    );
+}

@@ -321,6 +321,9 @@ with_tls_settings!(settings! {
     [proxy] runtime_dir: PathBuf | "$XDG_RUNTIME_DIR, else the temporary directory",
         "Proxy mode: where the private directory of worker sockets is made",
         (long, env = "CORRAL_RUNTIME_DIR", value_name = "DIR");
+    [proxy] front_threads: u32 | "the CPUs the cgroup quota allows (rounded up), else the machine's",
+        "Proxy mode: threads the front serves clients on, apart from the supervision loop and the admin API (nginx's worker_processes)",
+        (long, env = "CORRAL_FRONT_THREADS", value_name = "N");
     [proxy] worker_concurrency: u32 = "0",
         "Proxy mode: requests in flight per worker at most, the rest wait in corral's queue; 0 is unbounded",
         (long, env = "CORRAL_WORKER_CONCURRENCY", value_name = "N");

@@ -148,6 +148,7 @@ fn proxy_mode_has_defaults_and_reads_back() {
     assert!(p.forwarded_allow_ips.allows("10.1.2.3".parse().unwrap()));
     assert!(!p.forwarded_allow_ips.allows("127.0.0.1".parse().unwrap()));
     assert!(p.kill_stuck);
+    assert_eq!(p.front_threads, 2, "the host's CPUs");
     let text = serde_saphyr::to_string(&c.printed).unwrap();
     let again = Config::resolve(Settings::default(), yaml(&text).unwrap(), &host()).unwrap();
     assert_eq!(c, again);
@@ -155,6 +156,20 @@ fn proxy_mode_has_defaults_and_reads_back() {
     let text = serde_saphyr::to_string(&off.printed).unwrap();
     let again = Config::resolve(Settings::default(), yaml(&text).unwrap(), &host()).unwrap();
     assert_eq!(again.proxy, None);
+}
+
+#[test]
+fn the_front_s_threads_follow_the_cpu_quota_unless_given() {
+    let proxied = |text: &str, cpus: u32| {
+        let h = Host { cpus, ..host() };
+        Config::resolve(Settings::default(), yaml(text).unwrap(), &h)
+            .unwrap()
+            .proxy
+            .unwrap()
+            .front_threads
+    };
+    assert_eq!(proxied("proxy: true\n", 6), 6);
+    assert_eq!(proxied("proxy: true\nfront-threads: 1\n", 6), 1);
 }
 
 #[test]
@@ -169,6 +184,9 @@ fn proxy_settings_without_proxy_mode_are_refused_by_name() {
         ("kill-stuck: true\n", "kill-stuck"),
         ("proxy: true\nkill-stuck: true\n", "kill-stuck"),
         ("proxy: true\nqueue-timeout: 0\n", "queue-timeout"),
+        ("front-threads: 2\n", "front-threads"),
+        ("proxy: true\nfront-threads: 0\n", "front-threads"),
+        ("proxy: true\nfront-threads: 5000\n", "front-threads"),
         (
             "proxy: true\nworker-ready-path: healthz\n",
             "worker-ready-path",

@@ -20,7 +20,7 @@ use crate::contract::{ExitReason, WorkerState};
 use crate::http::server::Listener as ServerListener;
 use crate::http::tls::{Certs, TlsError};
 use crate::proxy::sockets::{DirError, RuntimeDir};
-use crate::proxy::{self, Front, Key, Load};
+use crate::proxy::{self, Front, FrontThreads, Key, Load};
 
 use super::listener::Listener;
 use super::{Manager, now};
@@ -86,13 +86,22 @@ impl Proxied {
     ) -> Result<Proxied, StartProxyError> {
         let dir = RuntimeDir::create(config.runtime_dir.as_deref())?;
         let certs = config.tls.clone().map(Certs::new).transpose()?;
-        let served = listeners
-            .iter()
-            .map(|l| l.serve_copy(certs.as_ref()))
-            .collect::<std::io::Result<Vec<ServerListener>>>()?;
-        let front = Front::start(config, served, metrics);
+        let threads = FrontThreads::start(config.front_threads)?;
+        // Registered with the front's runtime, whose threads accept on them.
+        let served = {
+            let _front = threads.handle().enter();
+            listeners
+                .iter()
+                .map(|l| l.serve_copy(certs.as_ref()))
+                .collect::<std::io::Result<Vec<ServerListener>>>()?
+        };
+        let front = Front::start(config, threads, served, metrics);
         let (ready_tx, ready_rx) = mpsc::unbounded_channel();
-        info!(runtime_dir = %dir.path().display(), "proxy mode: workers get their own sockets");
+        info!(
+            runtime_dir = %dir.path().display(),
+            front_threads = config.front_threads,
+            "proxy mode: workers get their own sockets"
+        );
         Ok(Proxied {
             tls: certs.map(|c| {
                 let watch = c.watch();
