@@ -14,7 +14,6 @@ import json
 import os
 import random
 import socket
-import subprocess
 import sys
 import time
 
@@ -24,7 +23,7 @@ import report
 from autoscale_analysis import (CONCURRENCY_RUN, CPU_RUN, FULL, MAX_WORKERS, MIN_WORKERS, SAMPLE_EVERY, SMOKE,
                                 WORKER_CONCURRENCY, analyse)
 from load import OpenLoop
-from procs import ROOT, RunFailed, check_running, log, stop, wait_until
+from procs import ROOT, RunFailed, announce, check_running, log, output, stop, wait_until
 from sampling import WorkersSampler, request
 from stacks import APPS, DJANGO_DIR, app_env, free_port, proxy_unsupported
 
@@ -171,8 +170,7 @@ def run(args):
             c.kube.kubectl("delete", "workerautoscaler", CPU_RUN.key, "-n", NS, check=False)
             why = proxy_unsupported(corral)
             if why:
-                log(f"figure 6, Concurrency run: not available: {why}")
-                print(f"autoscale: Concurrency run: not available: {why}", flush=True)
+                announce(f"figure 6, Concurrency run: not available: {why}")
                 result["concurrency"] = {"not_available": why}
             else:
                 try:
@@ -191,18 +189,13 @@ def run(args):
 
 
 def environment(corral, kube, loadavg_before):
-    def out(argv):
-        try:
-            return subprocess.run(argv, capture_output=True, text=True, timeout=30).stdout.strip()
-        except Exception:  # noqa: BLE001 - a missing tool leaves its line empty
-            return None
     try:
         version = json.loads(kube.kubectl("version", "-o", "json", check=False).stdout)["serverVersion"]["gitVersion"]
     except (ValueError, KeyError):
         version = None
-    return {"corral": out([corral, "--version"]), "commit": out(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"]),
-            "kube_apiserver": version, "cpus": os.cpu_count(),
-            "loadavg_before": [round(x, 2) for x in loadavg_before],
+    commit = output(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"])
+    return {"corral": output([corral, "--version"]), "commit": commit, "kube_apiserver": version,
+            "cpus": os.cpu_count(), "loadavg_before": [round(x, 2) for x in loadavg_before],
             "loadavg_after": [round(x, 2) for x in os.getloadavg()], "python": sys.version.split()[0]}
 
 

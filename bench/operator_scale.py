@@ -11,7 +11,6 @@ import concurrent.futures
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 
@@ -19,7 +18,7 @@ import cluster
 import fake_admin
 import report
 from report import figure_rows
-from procs import RunFailed, check_running, log, stop, wait_until
+from procs import RunFailed, check_running, log, output, stop, wait_until
 from sampling import cpu_or_none, operator_metrics, request, status_kib
 from stacks import free_port
 
@@ -207,7 +206,7 @@ def run(corral, out_dir=None, smoke=False, pods=None, keep=False):
         extra = {"metrics": probe.metrics(), "log": operator_log(operator.log)}
         result = summarize(passes, status_kib(probe.proc.pid, "VmHWM"), cfg, extra)
         result.update(smoke=smoke, operator_log=extra["log"], spec=spec,
-                      corral=subprocess.run([corral, "--version"], capture_output=True, text=True).stdout.strip(),
+                      corral=output([corral, "--version"]),
                       binary=corral, wall_s=round(time.monotonic() - t0, 1))
         if out_dir:
             os.makedirs(out_dir, exist_ok=True)

@@ -22,6 +22,12 @@ def log(msg):
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
+def announce(msg):
+    """A line for the log and the run's printed report (what is not available)."""
+    log(msg)
+    print(msg, flush=True)
+
+
 class RunFailed(Exception):
     """A figure cannot go on: a process exited, a wait timed out."""
 
@@ -48,6 +54,14 @@ def stop_on_signals():
         raise Stopped(f"stopped by signal {signum}")
     signal.signal(signal.SIGTERM, terminate)
     signal.signal(signal.SIGHUP, terminate)
+
+
+def output(argv, stderr=subprocess.DEVNULL):
+    """What argv prints (versions), stripped; None if it cannot run."""
+    try:
+        return subprocess.run(argv, stdout=subprocess.PIPE, stderr=stderr, text=True, timeout=30).stdout.strip()
+    except Exception:  # noqa: BLE001 - a missing tool leaves its line empty
+        return None
 
 
 def write_private(path, text):

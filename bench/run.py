@@ -23,7 +23,7 @@ import figures
 import operator_scale
 import procs
 import report
-from procs import BENCH, ROOT, attempt, failure, log
+from procs import BENCH, ROOT, announce, attempt, failure, log, output
 from stacks import all_stacks, make_certs, nginx_binary, stop_all, tool
 
 
@@ -106,25 +106,15 @@ def ensure_env():
 
 
 def machine_info(stacks):
-    def first_line(argv):
-        if tool(argv[0]) is None:
-            return "not found"
-        out = subprocess.run([tool(argv[0]), *argv[1:]], capture_output=True, text=True)
-        return ((out.stdout or out.stderr).strip().splitlines() or ["?"])[0]
-    cpu = "?"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    wrk = subprocess.run(["/usr/bin/wrk", "--version"], capture_output=True, text=True)
+    first_line = lambda name, *args: (output([tool(name), *args]) or "?").splitlines()[0] if tool(name) else "not found"
+    with open("/proc/cpuinfo") as f:
+        cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "?")
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "cpu_model": cpu, "cpus": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version(),
-        "wrk": (wrk.stdout or wrk.stderr).split("Copyright")[0].strip(),
-        "h2load": first_line(["h2load", "--version"]), "openssl": first_line(["openssl", "version"]),
-        "git": subprocess.run(["git", "-C", ROOT, "describe", "--always", "--dirty"],
-                              capture_output=True, text=True).stdout.strip(),
+        "wrk": output(["/usr/bin/wrk", "--version"]).split("Copyright")[0].strip(),
+        "h2load": first_line("h2load", "--version"), "openssl": first_line("openssl", "version"),
+        "git": output(["git", "-C", ROOT, "describe", "--always", "--dirty"]),
         "versions": {st.key: st.version() for st in stacks},
     }
 
@@ -167,9 +157,7 @@ def tls_figures(cfg, stacks, unavailable, labels):
                 mark(TLS_FIGS, TLS_FRONTS, f"no test certificate: {e}")
         for fig, title in TLS_FIGS.items():
             for key, u in gone[fig].items():
-                msg = f"{title}: {u['label']}: not available: {u['reason']}"
-                log(msg)
-                print(msg, flush=True)
+                announce(f"{title}: {u['label']}: not available: {u['reason']}")
         runnable = [st for st in fronts if wanted(st.key)]
         for rnd in range(cfg.tls_rounds if certs else 0):
             for st in runnable if rnd % 2 == 0 else runnable[::-1]:
@@ -193,41 +181,33 @@ def tls_figures(cfg, stacks, unavailable, labels):
 
 
 def start_autoscale(args, cfg):
-    script, out = os.path.join(BENCH, "autoscale.py"), os.path.join(args.out_dir, "autoscale.json")
-    if not os.path.exists(script):
-        return {"error": "bench/autoscale.py is missing"}
+    """bench/autoscale.py as a child; a function that waits for it and returns its autoscale.json, or an error."""
+    out = os.path.join(args.out_dir, "autoscale.json")
     if os.path.exists(out):
         os.remove(out)
-    argv = [sys.executable, script, "--out-dir", args.out_dir, "--corral", args.corral] + ["--smoke"] * cfg.smoke
-    log("figure 6: " + " ".join(argv))
-    proc = subprocess.Popen(argv, cwd=ROOT, stdout=sys.stderr, stderr=sys.stderr, start_new_session=True)
+    argv = [sys.executable, os.path.join(BENCH, "autoscale.py"), "--out-dir", args.out_dir, "--corral", args.corral]
+    log("figure 6: " + " ".join(argv + ["--smoke"] * cfg.smoke))
+    proc = subprocess.Popen(argv + ["--smoke"] * cfg.smoke, cwd=ROOT, stdout=sys.stderr, stderr=sys.stderr,
+                            start_new_session=True)
     # Should this run die first, the child still stops its cluster and pod.
     atexit.register(lambda: proc.poll() is None and proc.terminate())
-    return {"proc": proc, "t0": time.monotonic(), "out": out}
+    t0 = time.monotonic()
 
-
-def finish_autoscale(started, cfg):
-    if "error" in started:
-        return started
-    proc = started["proc"]
-    try:
-        proc.wait(timeout=max(1, cfg.autoscale_timeout - (time.monotonic() - started["t0"])))
-    except subprocess.TimeoutExpired:
-        procs.stop(proc, wait=30)  # on TERM it stops its cluster and pod
-        return {"error": f"bench/autoscale.py took more than {cfg.autoscale_timeout}s"}
-    took = time.monotonic() - started["t0"]
-    if proc.returncode not in (0, 3):  # 3: the CPU run's JSON is written, the Concurrency run failed
-        return {"error": f"bench/autoscale.py exited {proc.returncode} after {took:.0f}s"}
-    try:
-        with open(started["out"]) as f:
-            doc = json.load(f)
-    except (OSError, ValueError) as e:
-        return {"error": f"no readable {started['out']}: {e}"}
-    missing = [k for k in ("scale_up_decision_s", "target_met", "rows") if k not in doc]
-    if missing:
-        return {"error": f"autoscale.json lacks {', '.join(missing)}"}
-    doc["wall_s"] = round(took, 1)
-    return doc
+    def finish():
+        try:
+            proc.wait(timeout=max(1, cfg.autoscale_timeout - (time.monotonic() - t0)))
+        except subprocess.TimeoutExpired:
+            procs.stop(proc, wait=30)  # on TERM it stops its cluster and pod
+            return {"error": f"bench/autoscale.py took more than {cfg.autoscale_timeout}s"}
+        took = time.monotonic() - t0
+        if proc.returncode not in (0, 3):  # 3: the CPU run's JSON is written, the Concurrency run failed
+            return {"error": f"bench/autoscale.py exited {proc.returncode} after {took:.0f}s"}
+        try:
+            with open(out) as f:
+                return dict(json.load(f), wall_s=round(took, 1))
+        except (OSError, ValueError) as e:
+            return {"error": f"no readable {out}: {e}"}
+    return finish
 
 
 def start_operator_scale(args, cfg):
@@ -246,8 +226,7 @@ def select_stacks(cfg, venv, corral):
         why = st.unavailable()
         if why:
             unavailable[st.key] = {"label": st.label, "reason": why}
-            log(f"{st.label}: not available: {why}")
-            print(f"{st.label}: not available: {why}", flush=True)
+            announce(f"{st.label}: not available: {why}")
         else:
             stacks.append(st)
     return stacks, unavailable, labels
@@ -367,8 +346,8 @@ def main():
     raw["figures_8_9_s"] = round(time.monotonic() - t8, 1)
     log(f"figures 8-9 took {raw['figures_8_9_s']:.0f}s")
 
-    raw["autoscale"] = {"error": "skipped (--skip-autoscale)"} if args.skip_autoscale else finish_autoscale(
-        autoscale or start_autoscale(args, cfg), cfg)
+    raw["autoscale"] = {"error": "skipped (--skip-autoscale)"} if args.skip_autoscale else (
+        autoscale or start_autoscale(args, cfg))()
     raw["operator_scale"] = {"error": "skipped (--skip-operator-scale)"} if args.skip_operator_scale else attempt(
         (scale or start_operator_scale(args, cfg)).result)
     errors = write_results(args, cfg, raw, stacks, wall0)

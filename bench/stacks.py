@@ -16,7 +16,7 @@ import tempfile
 import time
 
 import procs
-from procs import ROOT, RunFailed, template, write_private
+from procs import ROOT, RunFailed, output, template, write_private
 from sampling import children, parent_of, prometheus, request
 
 DJANGO_DIR = os.path.join(ROOT, "tests", "django_app")
@@ -186,18 +186,18 @@ class Stack:
 
     def version(self):
         if self.is_corral:
-            return subprocess.run([self.corral, "--version"], capture_output=True, text=True).stdout.strip()
+            return output([self.corral, "--version"])
         py = os.path.join(self.venv, "bin", "python")
         mods = ["uvicorn"] if self.key == "uvicorn" else ["gunicorn", "uvicorn_worker", "uvicorn"]
         code = ("import importlib.metadata as m, sys; "
                 "print(' '.join(f'{n}={m.version(n)}' for n in sys.argv[1:]))")
-        out = subprocess.run([py, "-c", code, *(m.replace("_", "-") for m in mods)], capture_output=True, text=True)
+        out = output([py, "-c", code, *(m.replace("_", "-") for m in mods)])
         if self.fronted:
             nginx = nginx_binary()
-            v = subprocess.run([nginx, "-v"], capture_output=True, text=True) if nginx else None
-            front = (v.stderr or v.stdout).strip().replace("nginx version: ", "") if v else "nginx missing"
-            return f"{front} (worker_processes {self.nginx_workers}); {out.stdout.strip()}"
-        return out.stdout.strip()
+            front = output([nginx, "-v"], subprocess.STDOUT) if nginx else "nginx missing"
+            front = front.replace("nginx version: ", "")
+            return f"{front} (worker_processes {self.nginx_workers}); {out}"
+        return out
 
     def start(self, app, tls=None):
         """A started instance; with `tls` (a Certs), its front serves TLS (corral --proxy and nginx only)."""
