@@ -4,15 +4,14 @@
 //! `client_body_timeout` between two reads and `client_max_body_size`).
 //! Also the two body helpers the response side shares.
 
-use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use tokio::time::{Instant, Sleep};
+use tower_http::timeout::{TimeoutBody, TimeoutError};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -33,32 +32,44 @@ pub enum BodyError {
     #[error("the client sent nothing of its body for --client-body-timeout")]
     TimedOut,
     #[error("the request body could not be read: {0}")]
-    Read(#[from] hyper::Error),
+    Read(BoxError),
 }
 
-/// The client's body, read under [`BodyLimits`].
+/// The client's body, read under [`BodyLimits`]: tower-http's timeout
+/// between two frames over http-body-util's size limit, their errors
+/// named as [`BodyError`] for the answer the client gets (408, 413).
 pub struct ClientBody {
-    body: Incoming,
-    limits: BodyLimits,
-    read: u64,
-    idle: Pin<Box<Sleep>>,
+    body: Pin<Box<TimeoutBody<Limited<Incoming>>>>,
+    /// The length the client declared exceeds the limit.
+    declared_too_large: bool,
 }
 
 impl ClientBody {
     pub fn new(body: Incoming, limits: BodyLimits) -> ClientBody {
+        let max = limits.max_size.unwrap_or(u64::MAX);
         ClientBody {
-            body,
-            limits,
-            read: 0,
-            idle: Box::pin(tokio::time::sleep(limits.timeout)),
+            declared_too_large: body.size_hint().lower() > max,
+            body: Box::pin(TimeoutBody::new(
+                limits.timeout,
+                Limited::new(body, usize::try_from(max).unwrap_or(usize::MAX)),
+            )),
         }
     }
 
-    /// Its length as the client declared it exceeds the limit.
     pub fn declared_too_large(&self) -> bool {
-        self.limits
-            .max_size
-            .is_some_and(|max| self.body.size_hint().lower() > max)
+        self.declared_too_large
+    }
+}
+
+impl From<BoxError> for BodyError {
+    fn from(e: BoxError) -> BodyError {
+        if e.is::<LengthLimitError>() {
+            return BodyError::TooLarge;
+        }
+        if e.is::<TimeoutError>() {
+            return BodyError::TimedOut;
+        }
+        BodyError::Read(e)
     }
 }
 
@@ -67,28 +78,10 @@ impl Body for ClientBody {
     type Error = BodyError;
 
     fn poll_frame(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        let this = self.get_mut();
-        match Pin::new(&mut this.body).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    this.read += data.len() as u64;
-                    if this.limits.max_size.is_some_and(|max| this.read > max) {
-                        return Poll::Ready(Some(Err(BodyError::TooLarge)));
-                    }
-                }
-                let next = Instant::now() + this.limits.timeout;
-                this.idle.as_mut().reset(next);
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(other) => Poll::Ready(other.map(|r| r.map_err(BodyError::Read))),
-            Poll::Pending => match this.idle.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(BodyError::TimedOut))),
-                Poll::Pending => Poll::Pending,
-            },
-        }
+        self.body.as_mut().poll_frame(cx).map_err(BodyError::from)
     }
 
     fn is_end_stream(&self) -> bool {
