@@ -80,6 +80,7 @@ pub struct ProxyConfig {
     pub worker_concurrency: Option<u32>,
     pub max_queue: u32,
     pub queue_timeout: Duration,
+    pub max_connections: u32,
     pub worker_ready_path: Option<String>,
     pub forwarded_allow_ips: AllowIps,
     pub max_requests: Option<u64>,
@@ -204,6 +205,9 @@ fn proxy_config(
     if !(1..=1024).contains(&front_threads) {
         return Err(invalid("front-threads", "must be between 1 and 1024"));
     }
+    if !(1..=1_000_000).contains(&m.max_connections) {
+        return Err(invalid("max-connections", "must be between 1 and 1000000"));
+    }
     if m.max_queue > 1_000_000 {
         return Err(invalid("max-queue", "at most 1000000"));
     }
@@ -250,6 +254,7 @@ fn proxy_config(
         worker_concurrency: Some(m.worker_concurrency).filter(|n| *n > 0),
         max_queue: m.max_queue,
         queue_timeout: m.queue_timeout.0,
+        max_connections: m.max_connections,
         worker_ready_path: m.worker_ready_path.clone(),
         forwarded_allow_ips: m.forwarded_allow_ips.clone(),
         max_requests: Some(m.max_requests).filter(|n| *n > 0),

@@ -30,7 +30,7 @@ use tracing::{debug, warn};
 
 use crate::config::ProxyConfig;
 use crate::http::framing;
-use crate::http::server::{self, Limits, Listener, Peer};
+use crate::http::server::{self, ConnectionPlace, Limits, Listener, Peer};
 pub use backends::{Backends, Key, Load};
 use backends::{Place, Refusal};
 pub use metrics::Metrics;
@@ -40,12 +40,12 @@ use request_body::{BodyError, BodyLimits, Held, Outgoing};
 use response_body::{Ahead, Done, FrontBody};
 pub use threads::FrontThreads;
 
-/// The front's server limits: many clients, keep-alive and the header
+/// The front's server limits: clients, keep-alive and the header
 /// timeout as configured, HTTP/2, and at shutdown a second for a client
 /// that connected just in time to send its request.
 fn limits(config: &ProxyConfig) -> Limits {
     Limits {
-        connections: 16384,
+        connections: config.max_connections as usize,
         header_read_timeout: config.client_header_timeout,
         keep_alive: config.keep_alive,
         send_timeout: config.send_timeout,
@@ -275,7 +275,10 @@ impl Shared {
         }
         let peer = req.extensions().get::<Peer>().copied();
         let upgrade = headers::is_upgrade(req.headers());
-        let mut client_side = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let mut client_side = upgrade.then(|| {
+            let place = req.extensions_mut().remove::<ConnectionPlace>();
+            (hyper::upgrade::on(&mut req), place)
+        });
         let (parts, body) = req.into_parts();
         let head = Head::for_worker(parts, peer, upgrade, &self.config.forwarded_allow_ips);
         let mut body = match Held::read(body, self.body_limits()).await {
@@ -390,17 +393,17 @@ impl Shared {
         place: Place,
         sender: pool::Sender,
         started: Instant,
-        client_side: Option<hyper::upgrade::OnUpgrade>,
+        client_side: Option<(hyper::upgrade::OnUpgrade, Option<ConnectionPlace>)>,
     ) -> Result<Response<FrontBody>, hyper::Error> {
         let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
         let worker_side = switching.then(|| hyper::upgrade::on(&mut response));
         let (mut parts, mut body) = response.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers, switching);
-        if let (Some(client_side), Some(worker_side)) = (client_side, worker_side) {
+        if let (Some((client_side, connection)), Some(worker_side)) = (client_side, worker_side) {
             tokio::spawn(tunnel::run(
                 client_side,
                 worker_side,
-                place,
+                (place, connection),
                 self.config.tunnel_idle_timeout,
             ));
             drop(sender);

@@ -493,6 +493,27 @@ fn an_idle_websocket_is_closed_at_the_tunnel_idle_timeout() {
     until_in_flight(&c, 0, "the worker's place freed");
 }
 
+/// WebSocket tunnels hold their connection's place under
+/// --max-connections after the upgrade: with two open at a cap of two, a
+/// third client waits until one closes.
+#[test]
+fn websocket_tunnels_count_toward_the_connection_cap() {
+    let c = proxied_ready("-w 1 --max-connections 2", 1);
+    let url = format!("ws://{}/ws", c.http);
+    let mut ws = WsClient::start();
+    for name in ["a", "b"] {
+        assert_eq!(ws.say(&format!("open {name} {url}")), "ok");
+        ws.echo_pid(name, "alive");
+    }
+    let third = in_background(c.http, "/");
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(!third.is_finished(), "a third connection was served beside two tunnels");
+    assert_eq!(ws.say("close a"), "ok");
+    let (code, _) = third.join().unwrap().unwrap();
+    assert_eq!(code, 200);
+    ws.echo_pid("b", "still here");
+}
+
 /// The stdin-driven WebSocket client in the Django test app.
 struct WsClient {
     child: Child,

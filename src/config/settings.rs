@@ -339,6 +339,9 @@ with_tls_settings!(settings! {
     [proxy] forwarded_allow_ips: AllowIps = "127.0.0.1,::1",
         "Proxy mode: peers whose X-Forwarded-For, -Proto and -Host are kept: addresses, CIDR blocks or *",
         (long, env = "FORWARDED_ALLOW_IPS", value_name = "LIST");
+    [proxy] max_connections: u32 = "16384",
+        "Proxy mode: client connections held at once, WebSocket tunnels included; at the cap the one idle longest is closed to make room, and with none idle a new one waits (nginx's worker_connections)",
+        (long, env = "CORRAL_MAX_CONNECTIONS", value_name = "N");
     [proxy] keep_alive: Secs = "75s",
         "Proxy mode: how long a client connection may stay idle between requests (an HTTP/2 one with no open stream) before it is closed; at the connection cap the one idle longest is closed first. nginx's keepalive_timeout, Gunicorn's --keep-alive",
         (long, env = "CORRAL_KEEP_ALIVE", value_name = "SECS");

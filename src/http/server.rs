@@ -118,6 +118,14 @@ pub struct Peer {
     pub tls: bool,
 }
 
+/// A connection's place under the cap, in the extensions of a request
+/// that asks to upgrade it: the tunnel that outlives the connection's
+/// task holds it, so WebSocket tunnels count toward the cap too.
+#[derive(Clone)]
+pub struct ConnectionPlace {
+    _permit: Arc<Option<OwnedSemaphorePermit>>,
+}
+
 /// What a handler may answer with: any body of bytes (a full one, or the
 /// proxy's stream from a worker).
 pub trait ResponseBody: Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static {}
@@ -306,13 +314,16 @@ async fn connection<F, Fut, B>(
         activity,
         registration,
     } = accepted;
+    let place = ConnectionPlace {
+        _permit: Arc::new(permit),
+    };
     match conn {
         Conn::Tcp(s) => {
             let peer = Peer {
                 addr: s.peer_addr().ok(),
                 tls: false,
             };
-            serve_io(s, peer, activity, handle, limits, shutdown).await
+            serve_io(s, peer, &place, activity, handle, limits, shutdown).await
         }
         Conn::Tls(s, certs) => {
             let peer = Peer {
@@ -325,7 +336,7 @@ async fn connection<F, Fut, B>(
             let acceptor = tokio_rustls::TlsAcceptor::from(certs.current());
             tokio::select! {
                 handshake = acceptor.accept(s) => match handshake {
-                    Ok(tls) => serve_io(tls, peer, activity, handle, limits, shutdown).await,
+                    Ok(tls) => serve_io(tls, peer, &place, activity, handle, limits, shutdown).await,
                     Err(e) => debug!(error = %e, peer = ?peer.addr, "TLS handshake"),
                 },
                 why = idle(&activity, &limits) => debug!(peer = ?peer.addr, why, "TLS handshake cut off"),
@@ -336,16 +347,17 @@ async fn connection<F, Fut, B>(
                 addr: None,
                 tls: false,
             };
-            serve_io(s, peer, activity, handle, limits, shutdown).await
+            serve_io(s, peer, &place, activity, handle, limits, shutdown).await
         }
     }
     drop(registration);
-    drop(permit);
+    drop(place);
 }
 
 async fn serve_io<S, F, Fut, B>(
     stream: S,
     peer: Peer,
+    place: &ConnectionPlace,
     activity: Arc<Activity>,
     handle: F,
     limits: Limits,
@@ -363,10 +375,14 @@ async fn serve_io<S, F, Fut, B>(
     let service = {
         let requested = requested.clone();
         let activity = activity.clone();
+        let place = place.clone();
         hyper::service::service_fn(move |mut req: Request<Incoming>| {
             requested.notify_one();
             let in_flight = activity.begin();
             req.extensions_mut().insert(peer);
+            if req.headers().contains_key(hyper::header::UPGRADE) {
+                req.extensions_mut().insert(place.clone());
+            }
             if strict && req.version() != hyper::Version::HTTP_2 && verdicts.next_is_ambiguous() {
                 req.extensions_mut().insert(framing::Ambiguous);
             }

@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use super::backends::Place;
+use crate::http::server::ConnectionPlace;
 
 /// When either side last moved a byte, in milliseconds after `epoch`.
 struct LastByte {
@@ -94,8 +95,14 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
     }
 }
 
-/// Runs the tunnel to its end; `place` (the worker's) goes with it.
-pub async fn run(client: OnUpgrade, worker: OnUpgrade, place: Place, idle: Duration) {
+/// Runs the tunnel to its end; the worker's place and the client
+/// connection's place under the front's cap go with it.
+pub async fn run(
+    client: OnUpgrade,
+    worker: OnUpgrade,
+    places: (Place, Option<ConnectionPlace>),
+    idle: Duration,
+) {
     match tokio::try_join!(client, worker) {
         Ok((client, worker)) => {
             let last = Arc::new(LastByte {
@@ -121,7 +128,7 @@ pub async fn run(client: OnUpgrade, worker: OnUpgrade, place: Place, idle: Durat
         }
         Err(e) => debug!(error = %e, "upgrade failed"),
     }
-    drop(place);
+    drop(places);
 }
 
 #[cfg(test)]
