@@ -153,13 +153,9 @@ def analyse(*, phases, spec, samples, operator, load, events, t_up, t_down, t_en
     per_second(samples, is_cpu)
     changes = [{"t": round(b["t"], 2), "from": a["desired"], "to": b["desired"]}
                for a, b in zip(samples, samples[1:]) if b["desired"] != a["desired"]]
-
-    def first(pred, after, before=float("inf")):
-        return next((s["t"] for s in samples if after <= s["t"] < before and pred(s)), None)
-
-    def since(t, ref):
-        return None if t is None else t - ref
-
+    first = lambda pred, after, before=float("inf"): next(
+        (s["t"] for s in samples if after <= s["t"] < before and pred(s)), None)
+    since = lambda t, ref: None if t is None else t - ref
     desired_at_up = max([s["desired"] for s in samples if s["t"] < t_up] or [MIN_WORKERS])
     up_change = next((c for c in changes if t_up <= c["t"] < t_down and c["to"] > c["from"]), None)
     scale_up_decision = since(up_change["t"], t_up) if up_change else None
@@ -246,8 +242,7 @@ def analyse(*, phases, spec, samples, operator, load, events, t_up, t_down, t_en
             "metric": sc.metric, "scale_up_decision_s": rnd(scale_up_decision, 3), "ideal_high": ideal_high,
             "reach_ideal_desired_s": values["reach_desired"], "reach_ideal_ready_s": values["reach_ready"],
             "peak_desired": peak, "settled_desired": settled, "failed": failed, "sent": sent,
-            "p99_high_ms": req["high"]["p99_ms"], "scale_down_decision_s": values["scale_down"],
-        },
+            "p99_high_ms": req["high"]["p99_ms"], "scale_down_decision_s": values["scale_down"]},
         "method": {
             "metric": sc.metric, "target": sc.target, "signal": sc.signal, "signal_unit": sc.unit,
             "capacity": sc.capacity,
@@ -258,13 +253,8 @@ def analyse(*, phases, spec, samples, operator, load, events, t_up, t_down, t_en
             "low_rps": low_rps, "high_rps": high_rps, "low_fraction": LOW_FRACTION, "high_fraction": sc.high_fraction,
             "phases_s": {k: phases[k] for k in ("baseline", "high", "low")},
             "step_up_at_s": t_up, "step_down_at_s": t_down, "end_s": t_end, "ideal_high": ideal_high,
-            "ideal_low": ideal_low, "desired_before_step": desired_at_up, "sample_every_s": SAMPLE_EVERY,
-        },
-        "changes": changes,
-        "events": [dict(e, t=round(e["t"], 3)) for e in events],
-        "requests": req,
-        "operator_metrics": ops[-1] if ops else None,
-        "latency_per_s": latency,
-        "timeline": timeline,
+            "ideal_low": ideal_low, "desired_before_step": desired_at_up, "sample_every_s": SAMPLE_EVERY},
+        "changes": changes, "events": [dict(e, t=round(e["t"], 3)) for e in events], "requests": req,
+        "operator_metrics": ops[-1] if ops else None, "latency_per_s": latency, "timeline": timeline,
         "_chart_timeline": full,
     }

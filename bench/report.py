@@ -15,12 +15,8 @@ PROXY_VS_NGINX = 1.0  # Django throughput with --proxy, at least, x nginx -> gun
 PROXY_VS_REF = 0.95  # ... and x gunicorn direct
 H2_VS_NGINX = 1.0  # figure 8: HTTP/2 over TLS throughput, corral --proxy x nginx, at least
 HANDSHAKE_VS_NGINX = 1.0  # figure 9: TLS handshakes per second, corral --proxy x nginx, at least
-SCENARIOS = [
-    ("hup", "rolling restart (HUP) x{hups}"),
-    ("scale_down", "scale down {n1} -> {n} x{reps}"),
-    ("sigkill", "SIGKILL of one worker x{reps}"),
-    ("term", "TERM, {slow} slow requests in flight"),
-]
+SCENARIOS = [("hup", "rolling restart (HUP) x{hups}"), ("scale_down", "scale down {n1} -> {n} x{reps}"),
+             ("sigkill", "SIGKILL of one worker x{reps}"), ("term", "TERM, {slow} slow requests in flight")]
 PASS_COLUMNS = ["kind", "cpu_s", "wall_s", "gets", "puts", "rss_mib", "open_fds", "api_connections"]
 
 
@@ -39,14 +35,14 @@ def text(name, **values):
     return [p.format(**values) for p in TEXT[name]]
 
 
-def median(xs):
+def median(xs, of=statistics.median):
+    """of() (the median, mean()'s mean) of the values that are not None."""
     xs = [x for x in xs if x is not None]
-    return statistics.median(xs) if xs else None
+    return of(xs) if xs else None
 
 
 def mean(xs):
-    xs = [x for x in xs if x is not None]
-    return statistics.fmean(xs) if xs else None
+    return median(xs, statistics.fmean)
 
 
 def medians(items, *keys):
@@ -92,8 +88,7 @@ def summarize(raw, stacks, cfg):
                 # Django wrk run: for --proxy the proxy's cost per request.
                 "manager_cpu_us_per_request": median(u.get("manager_cpu_us_per_request") for u in under),
                 "front_rss_kib": median(i.get("front_rss_kib") for i in idle),
-                "front_cpu_us_per_request": median(u.get("front_cpu_us_per_request") for u in under),
-            }
+                "front_cpu_us_per_request": median(u.get("front_cpu_us_per_request") for u in under)}
         else:
             errors.append(f"figure 2 {st.label}: no idle measurement")
         lc = raw["lifecycle"].get(st.key, {})
@@ -157,9 +152,7 @@ def summarize_tls(s, tls, errors):
                 "errors": sum(sum(p[k] or 0 for k in ("failed", "errored", "timeout", "non_2xx")) for p, _ in h2),
                 "front_cpu_us_per_request": median(p.get("front_cpu_us_per_request") for p, _ in h2),
                 "tls": sorted({f"{p['tls_protocol']} {p['cipher']} {p['server_temp_key']}" for p, _ in h2}),
-                "alpn": sorted({p["application_protocol"] for p, _ in h2}),
-                "rounds": len(h2),
-            }
+                "alpn": sorted({p["application_protocol"] for p, _ in h2}), "rounds": len(h2)}
         if hs:
             row["fig9"] = {
                 "handshakes_per_s": mean(p["handshakes_per_s"] for p, _ in hs),
@@ -167,9 +160,7 @@ def summarize_tls(s, tls, errors):
                 "errors": sum(len(p["errors"]) for p, _ in hs),
                 "reused": sum(p["reused"] for p, _ in hs),
                 "front_cpu_us_per_handshake": median(p.get("front_cpu_us_per_handshake") for p, _ in hs),
-                "tls": sorted({f"{n.get('version')} {n.get('cipher')}" for _, n in hs}),
-                "rounds": len(hs),
-            }
+                "tls": sorted({f"{n.get('version')} {n.get('cipher')}" for _, n in hs}), "rounds": len(hs)}
 
 
 def judge(s):
@@ -218,8 +209,7 @@ def judge(s):
         (8, "h2", "rps", f"corral --proxy HTTP/2 (h2 over TLS) Django throughput >= {H2_VS_NGINX:.2f}x "
                          "nginx (HTTP/2, TLS) -> gunicorn", H2_VS_NGINX),
         (9, "handshake", "handshakes_per_s", f"corral --proxy TLS handshakes per second >= {HANDSHAKE_VS_NGINX:.2f}x "
-                                             "nginx", HANDSHAKE_VS_NGINX),
-    ):
+                                             "nginx", HANDSHAKE_VS_NGINX)):
         r = ratio(pro.get(f"fig{figure}", {}).get(field), ngx.get(f"fig{figure}", {}).get(field))
         add(figure, what, r, "x", lambda r: r >= want,
             "; ".join(f"{u['label']}: not available: {u['reason']}" for u in tls_gone.get(fig, {}).values())
@@ -274,7 +264,11 @@ def table(header, align, rows):
 
 
 def markdown(s, raw, cfg, machine, stacks):
-    L = overview(s, raw, cfg, machine, stacks)
+    L = text("overview", m=machine, cfg=cfg, wall=fmt(raw.get("wall_s"), ".0f"),
+             smoke=" (SMOKE RUN: tiny durations, numbers meaningless)" if cfg.smoke else "",
+             versions="; ".join(f"{st.label}: {machine['versions'].get(st.key, '?')}" for st in stacks))
+    L += [f"**{st['label']}: not available: {st['reason']}.** Its figures and targets are not measured.\n"
+          for st in s.get("unavailable", {}).values()]
     for section in (fig1, fig1b, fig2, fig3, fig4, fig5):
         L += section(s, cfg, s["stacks"].get(REF, {}))
     L += fig6(raw.get("autoscale", {})) + fig7(raw.get("operator_scale", {})) + tls_sections(s, raw, cfg, machine)
@@ -283,16 +277,6 @@ def markdown(s, raw, cfg, machine, stacks):
     if s["errors"]:
         L += ["## FAILED TO RUN\n"] + [f"- {e}" for e in s["errors"]] + [""]
     return "\n".join(L) + "\n"
-
-
-def overview(s, raw, cfg, machine, stacks):
-    return [
-        *text("overview", m=machine, cfg=cfg, wall=fmt(raw.get("wall_s"), ".0f"),
-              smoke=" (SMOKE RUN: tiny durations, numbers meaningless)" if cfg.smoke else "",
-              versions="; ".join(f"{st.label}: {machine['versions'].get(st.key, '?')}" for st in stacks)),
-        *(f"**{st['label']}: not available: {st['reason']}.** Its figures and targets are not measured.\n"
-          for st in s.get("unavailable", {}).values()),
-    ]
 
 
 def fig1(s, cfg, ref):
@@ -372,9 +356,7 @@ def fig5(s, cfg, ref):
         *table(["scenario", *(row["label"] for row in stack_rows), "target: corral 0 where gunicorn > 0",
                 "target: corral --proxy 0"], "l" + "r" * len(stack_rows) + "ll", rows),
         *(["\nFailures by kind:\n"] + kinds if kinds else []),
-        *(["\nTERM to manager exit: " + ", ".join(exits) + "."] if exits else []),
-        "",
-    ]
+        *(["\nTERM to manager exit: " + ", ".join(exits) + "."] if exits else []), ""]
 
 
 def fig6(a):
@@ -400,8 +382,7 @@ def fig6(a):
         *([conc] if conc else []),
         *(text("fig6-side", cpu=cells(a["summary"]), conc=cells(c.get("summary"))) + [""] if "summary" in a else []),
         "CPU run:\n", *rows_table(a.get("rows")), "",
-        *(["Concurrency run:\n", *rows_table(c.get("rows")), ""] if "rows" in c else []),
-    ]
+        *(["Concurrency run:\n", *rows_table(c.get("rows")), ""] if "rows" in c else [])]
 
 
 def fig7(o):
@@ -412,8 +393,7 @@ def fig7(o):
               cpu_met=verdict(o["cpu_per_pass_max_s"] <= o["targets"]["cpu_per_pass_s"]),
               rss=fmt(o["peak_rss_mib"], ".1f"), rss_met=verdict(o["peak_rss_mib"] <= o["targets"]["peak_rss_mib"])),
         *rows_table(o.get("rows")), "",
-        *rows_table([{k: p[k] for k in PASS_COLUMNS} for p in o.get("passes", [])]), "",
-    ]
+        *rows_table([{k: p[k] for k in PASS_COLUMNS} for p in o.get("passes", [])]), ""]
 
 
 ROWS = json.loads(template("rows.json"))
@@ -462,5 +442,4 @@ def tls_sections(s, raw, cfg, machine):
             fmt(f9["handshakes_per_s"]), vs(f9["handshakes_per_s"], n, "handshakes_per_s"),
             fmt(f9["front_cpu_us_per_handshake"], ".1f"), f9["handshakes"], f9["reused"], f9["errors"],
             ", ".join(f9["tls"])]),
-        *([f"Figures 8 and 9 took {raw['figures_8_9_s']:.0f} s.\n"] if "figures_8_9_s" in raw else []),
-    ]
+        *([f"Figures 8 and 9 took {raw['figures_8_9_s']:.0f} s.\n"] if "figures_8_9_s" in raw else [])]
