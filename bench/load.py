@@ -1,7 +1,6 @@
 """Load generators and probes, all to 127.0.0.0/8 and bounded in time."""
 
 import asyncio
-import os
 import re
 import shutil
 import socket
@@ -279,6 +278,7 @@ class OpenLoop(threading.Thread):
 
 
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0, "m": 60000.0}
+summed = lambda *counts: sum(int(x) for x in counts)
 
 
 def ms(text):
@@ -297,10 +297,6 @@ def parse(out, res, fields):
     return res
 
 
-def summed(*counts):
-    return sum(int(x) for x in counts)
-
-
 def wrk(addr, path, connections, threads, seconds, script=None):
     argv = [WRK, f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s", "--latency"]
     argv += (["-s", script] if script else []) + [f"http://{addr[0]}:{addr[1]}{path}"]
@@ -311,8 +307,7 @@ def wrk(addr, path, connections, threads, seconds, script=None):
         *((f"p{pct}_ms", rf"^\s+{pct}(?:\.000)?%\s+(\S+)", ms) for pct in (50, 90, 99)),
         ("requests", r"(\d+) requests in", int),
         ("errors", r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", summed),
-        ("non_2xx", r"Non-2xx or 3xx responses: (\d+)", int),
-    ])
+        ("non_2xx", r"Non-2xx or 3xx responses: (\d+)", int)])
     if res["rps"] is None:
         raise RunFailed(f"wrk gave no result: {out[-500:]}")
     return res
@@ -334,15 +329,10 @@ def tls_probe(addr, cafile, timeout=5.0):
 
 def h2load(url, clients, streams, threads, seconds):
     """h2load's rate, counts and negotiated TLS as it prints them; p50/p90/p99 ms from its --log-file."""
-    fd, log_file = tempfile.mkstemp(prefix="corral-bench-h2load-", suffix=".tsv")
-    os.close(fd)
-    try:
+    with tempfile.NamedTemporaryFile("r", prefix="corral-bench-h2load-", suffix=".tsv") as log:
         run = subprocess.run([H2LOAD, "-c", str(clients), "-m", str(streams), "-t", str(threads), "-D", str(seconds),
-                              "--log-file", log_file, url], capture_output=True, text=True, timeout=seconds + 60)
-        with open(log_file) as f:
-            rows = [line.split("\t") for line in f if line.strip()]
-    finally:
-        os.unlink(log_file)
+                              "--log-file", log.name, url], capture_output=True, text=True, timeout=seconds + 60)
+        rows = [line.split("\t") for line in log if line.strip()]
     out = run.stdout + run.stderr
     res = parse(out, dict.fromkeys(["rps", "p50_ms", "p90_ms", "p99_ms", "requests", "succeeded", "failed", "errored",
                                     "timeout", "non_2xx", "tls_protocol", "cipher", "server_temp_key",
@@ -354,10 +344,8 @@ def h2load(url, clients, streams, threads, seconds):
         ("non_2xx", r"status codes: \d+ 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", summed),
         *((key, rf"^{label}: (.+)$", str.strip) for key, label in (
             ("tls_protocol", "TLS Protocol"), ("cipher", "Cipher"), ("server_temp_key", "Server Temp Key"),
-            ("application_protocol", "Application protocol"))),
-    ])
-    # Per request: start (us since the epoch), status, microseconds to the
-    # end of the response.
+            ("application_protocol", "Application protocol")))])
+    # Per request: start (us since the epoch), status, microseconds to the end of the response.
     lat = [int(r[2]) / 1000 for r in rows if len(r) >= 3 and r[2].strip().isdigit()]
     res.update(p50_ms=percentile(lat, 0.5), p90_ms=percentile(lat, 0.9), p99_ms=percentile(lat, 0.99), logged=len(lat))
     if res["rps"] is None or res["requests"] is None:
@@ -390,8 +378,7 @@ def s_time(addr, processes, seconds):
             errors.append("timed out")
         wall = time.monotonic() - t0
         m = re.search(r"^(\d+) connections in [\d.]+s;", out, re.M)
-        # One mark per connection: '*' a new session ('t', '3' very old
-        # versions), 'r' a reused one.
+        # One mark per connection: '*' a new session ('t', '3' very old versions), 'r' a reused one.
         marks = "".join(line for line in out.splitlines() if line and set(line) <= set("*rt3"))
         n = int(m.group(1)) if m else len(marks)
         reused += marks.count("r")
