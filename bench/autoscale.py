@@ -1,9 +1,7 @@
 #!/usr/bin/env python3
-"""Autoscaling quality (issues 6 and 11, figure 6): `corral operator`
-sizing a real `corral run` pod through an open-loop load step, twice in
-one cluster: on CPU with CPU-bound requests (the CPU run), then on
-Concurrency with I/O-bound requests behind `corral run --proxy` (the
-Concurrency run). Method: docs/benchmarks/autoscale.md.
+"""Autoscaling quality (issues 6 and 11, figure 6): `corral operator` sizing a real `corral run` pod through an
+open-loop load step, twice in one cluster: on CPU with CPU-bound requests (the CPU run), then on Concurrency with
+I/O-bound requests behind `corral run --proxy` (the Concurrency run). Method: docs/benchmarks/autoscale.md.
 
 Usage, output and exit codes: bench/README.md.
 """
@@ -165,8 +163,7 @@ def run(args):
             result = measure(c.kube, pods[0], phases, operator, args)
             pods[0].halt()
             stop(pods[0].manager)
-            # The CPU run's autoscaler goes, so the operator does not poll a
-            # stopped pod through the second run.
+            # The CPU run's autoscaler goes, so the operator does not poll a stopped pod through the second run.
             c.kube.kubectl("delete", "workerautoscaler", CPU_RUN.key, "-n", NS, check=False)
             why = proxy_unsupported(corral)
             if why:

@@ -58,9 +58,8 @@ class Scenario:
 
 CPU_RUN = Scenario("web", "CPU", CPU_TARGET, REQUEST_MS / 1000, CAPACITY_CORES, f"/cpu/{REQUEST_MS}",
                    "cpu_utilisation", "cores", "CPU per worker")
-# 80 %, not 90 %: a request is in flight a few ms longer than its 50 ms
-# (Django, Uvicorn, the proxy), so the offered 6.4 in flight leaves the
-# ideal count at ceil(6.4 x overhead / 2) = 4 for up to 25 % overhead.
+# 80 %, not 90 %: a request is in flight a few ms longer than its 50 ms (Django, Uvicorn, the proxy), so the
+# offered 6.4 in flight leaves the ideal count at ceil(6.4 x overhead / 2) = 4 for up to 25 % overhead.
 CONCURRENCY_RUN = Scenario("web-conc", "Concurrency", CONCURRENCY_TARGET, DELAY_MS / 1000, CAPACITY_IN_FLIGHT,
                            f"/delay/{DELAY_MS}", "concurrency", "requests", "requests in flight per worker",
                            high_fraction=0.8)
@@ -135,8 +134,7 @@ def series(samples, results, offered, is_cpu):
             "served_rps": len(per_s.get(sec - 1, [])) if sec >= 1 else None,
             # For Concurrency, the signal the operator reads, and corral's queue.
             **({} if is_cpu else {"signal_window": rnd(s["util_window"], 3), "signal_1s": rnd(s.get("util_1s"), 3),
-                                  "in_flight": s["in_flight"], "queued": s.get("queued")}),
-        })
+                                  "in_flight": s["in_flight"], "queued": s.get("queued")})})
         if s["t"] + 1e-9 >= next_t:
             next_t = s["t"] + TIMELINE_EVERY - 0.02
             timeline.append(full[-1])
@@ -203,8 +201,7 @@ def analyse(*, phases, spec, samples, operator, load, events, t_up, t_down, t_en
     full, timeline, latency = series(samples, load.results, offered, is_cpu)
     last30 = (max(t_up, t_down - 30), t_down)
     pod_cores_high, in_flight_high = mean_of("pod_cores_1s", *last30), mean_of("in_flight", *last30)
-    # The CPU run's target is the decision's delay, the Concurrency run's
-    # (issue 11) the ideal count reached.
+    # The CPU run's target is the decision's delay, the Concurrency run's (issue 11) the ideal count reached.
     target_met = (scale_up_decision is not None and scale_up_decision <= TARGET_DECISION_S if is_cpu
                   else reach_desired is not None)
     measured_high = pod_cores_high if is_cpu else in_flight_high
@@ -256,5 +253,4 @@ def analyse(*, phases, spec, samples, operator, load, events, t_up, t_down, t_en
             "ideal_low": ideal_low, "desired_before_step": desired_at_up, "sample_every_s": SAMPLE_EVERY},
         "changes": changes, "events": [dict(e, t=round(e["t"], 3)) for e in events], "requests": req,
         "operator_metrics": ops[-1] if ops else None, "latency_per_s": latency, "timeline": timeline,
-        "_chart_timeline": full,
-    }
+        "_chart_timeline": full}

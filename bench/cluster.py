@@ -39,9 +39,8 @@ class Kube:
     def __init__(self, workdir):
         self.dir = os.path.join(workdir, "kube")
         self.kubeconfig = self.kubectl_bin = self.error = None
-        # Set when _up() returns. Not Thread.join: before Python 3.13 a join
-        # interrupted by a signal's exception leaves the thread marked as
-        # stopped, and a second join returns at once.
+        # Set when _up() returns. Not Thread.join: before Python 3.13 a join interrupted by a signal's exception
+        # leaves the thread marked as stopped, and a second join returns at once.
         self.done = threading.Event()
         self.local = threading.local()
         self.thread = threading.Thread(target=self._up, daemon=True)
@@ -160,12 +159,10 @@ def start_operator(c, corral, namespace, metrics_port):
     if sa is None:
         raise RunFailed("manifests/operator.yaml has no ServiceAccount")
     sa_name, sa_ns = sa["name"], sa.get("namespace", "default")
-    # The CRD's kind is served a moment after it is created; the operator's
-    # watch would back off if started before.
+    # The CRD's kind is served a moment after it is created; the operator's watch would back off if started before.
     wait_until("the WorkerAutoscaler kind to be served", 30, lambda: kube.kubectl(
         "get", "workerautoscalers", "-n", namespace, check=False).returncode == 0, every=0.2)
-    # The API server looks the ServiceAccount up in a cache that lags its
-    # creation by a moment.
+    # The API server looks the ServiceAccount up in a cache that lags its creation by a moment.
     token = wait_until("a token for the operator's ServiceAccount", 30, lambda: kube.kubectl(
         "create", "token", sa_name, "-n", sa_ns, "--duration=2h", check=False).stdout.strip(), every=0.2)
     kubeconfig = write_private(os.path.join(c.workdir, "operator.kubeconfig"),

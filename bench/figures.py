@@ -99,8 +99,7 @@ def measure_throughput(inst, app, cfg, out):
         "requests_counted_by": "corral_http_requests_total" if counted else "wrk",
         "manager_cpu_us_per_request": per_request(manager_cpu),
         **({"front_cpu_s": round(front_used, 3), "front_cpu_us_per_request": per_request(front_used)} if front
-           else {}),
-    }
+           else {})}
     if not inst.alive():
         raise RunFailed(f"exited during the run: {inst.log_tail()}")
     if app == "django" and cfg.mixed_duration:

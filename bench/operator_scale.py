@@ -1,7 +1,6 @@
 #!/usr/bin/env python3
-"""The operator at scale (issue 10, figure 7): CPU per reconcile pass and
-peak RSS of `corral operator` over 1,000 pods, whose admin APIs one fake
-process serves with the WorkersDoc a real `corral run` gave. Method:
+"""The operator at scale (issue 10, figure 7): CPU per reconcile pass and peak RSS of `corral operator` over 1,000
+pods, whose admin APIs one fake process serves with the WorkersDoc a real `corral run` gave. Method:
 docs/benchmarks/operator-scale.md.
 
 Usage and output: bench/README.md.
@@ -113,8 +112,7 @@ def measure_pass(probe, fake, kind, load, prev, poll):
         "put_status": {k: v for k, v in codes.items() if v}, "api_connections": probe.tls_handshakes() - tls0,
         "requests_before_sample": before["gets"] + before["puts"] - prev["stats"]["gets"] - prev["stats"]["puts"],
         "rss_mib": round(status_kib(pid, "VmRSS") / 1024, 1), "open_fds": len(os.listdir(f"/proc/{pid}/fd")),
-        "_end": {"metrics": m, "stats": after, "t": t1},
-    }
+        "_end": {"metrics": m, "stats": after, "t": t1}}
 
 
 def measure(probe, fake, cfg):
@@ -177,8 +175,7 @@ def summarize(passes, hwm_kib, cfg, extra):
         "cpu_per_pass_median_s": med(cpu), "cpu_per_pass_max_s": cpu_max, "peak_rss_mib": peak,
         "targets": {"cpu_per_pass_s": TARGET_CPU_S, "peak_rss_mib": TARGET_RSS_MIB},
         "target_met": cpu_max <= TARGET_CPU_S and peak <= TARGET_RSS_MIB,
-        "rows": rows, "passes": passes,
-    }
+        "rows": rows, "passes": passes}
 
 
 def run(corral, out_dir=None, smoke=False, pods=None, keep=False):

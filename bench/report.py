@@ -1,6 +1,5 @@
-"""Figures 1-5, 8 and 9 reduced to one number per stack and figure
-(`summarize()`), the issues' targets judged against gunicorn +
-UvicornWorker, and results.md rendered with figures 6 and 7 (`markdown()`)."""
+"""Figures 1-5, 8 and 9 reduced to one number per stack and figure (`summarize()`), the issues' targets judged
+against gunicorn + UvicornWorker, and results.md rendered with figures 6 and 7 (`markdown()`)."""
 
 import collections
 import json

@@ -115,8 +115,7 @@ def machine_info(stacks):
         "wrk": output(["/usr/bin/wrk", "--version"]).split("Copyright")[0].strip(),
         "h2load": first_line("h2load", "--version"), "openssl": first_line("openssl", "version"),
         "git": output(["git", "-C", ROOT, "describe", "--always", "--dirty"]),
-        "versions": {st.key: st.version() for st in stacks},
-    }
+        "versions": {st.key: st.version() for st in stacks}}
 
 
 TLS_FRONTS = ("proxy", "nginx")  # figures 8 and 9: corral --proxy against nginx

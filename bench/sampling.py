@@ -164,8 +164,7 @@ class WorkersSampler(threading.Thread):
             "workers": [(w["pid"], w["state"], cpu_or_none(w["pid"]), w.get("in_flight"))
                         for w in doc.get("workers", [])],
             "queue": max((lst.get("queue_length") or 0 for lst in doc.get("listeners", [])), default=0),
-            "busy": busy, "total": total,
-        }
+            "busy": busy, "total": total}
 
     def sample_operator(self):
         try:

@@ -1,7 +1,6 @@
-"""The stacks under comparison: a `Stack` is a process manager and its
-workers, `Running` one started instance with the verbs the figures need,
-mapped to each stack's own interface: PUT /workers for corral, TTIN/TTOU
-for the others, HUP and TERM for all."""
+"""The stacks under comparison: a `Stack` is a process manager and its workers, `Running` one started instance with
+the verbs the figures need, mapped to each stack's own interface: PUT /workers for corral, TTIN/TTOU for the
+others, HUP and TERM for all."""
 
 import functools
 import grp
