@@ -37,16 +37,13 @@ def pick_address():
     """A loopback address whose :8000 and :9000 are free (pod IPs are distinct: fixed ports are fine)."""
     for _ in range(50):
         ip = f"127.{random.randint(100, 250)}.{random.randint(0, 250)}.{random.randint(2, 250)}"
-        socks = [socket.socket() for _ in (HTTP_PORT, ADMIN_PORT)]
         try:
-            for s, port in zip(socks, (HTTP_PORT, ADMIN_PORT)):
-                s.bind((ip, port))
+            with socket.socket() as http, socket.socket() as admin:
+                http.bind((ip, HTTP_PORT))
+                admin.bind((ip, ADMIN_PORT))
             return ip
         except OSError:
             continue
-        finally:
-            for s in socks:
-                s.close()
     raise RunFailed("no free loopback address for the pod")
 
 

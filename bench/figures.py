@@ -28,11 +28,6 @@ def startup_run(stack, app="django"):
         return startup_sample(inst, app)
 
 
-def throughput_run(stack, app, cfg, out):
-    with stack.start(app) as inst:
-        measure_throughput(inst, app, cfg, out)
-
-
 def cpu_of(pids):
     """CPU seconds of these processes together (one that is gone counts 0)."""
     return sum(cpu_or_none(pid) or 0.0 for pid in pids)

@@ -126,13 +126,9 @@ class ClosedLoop:
         with self.lock:
             self.counts.update(local)
 
-    def ok(self):
-        with self.lock:
-            return self.counts["ok"]
-
     def wait_flowing(self, n=20, limit=10.0):
-        start, deadline = self.ok(), time.monotonic() + limit
-        while self.ok() < start + n:
+        start, deadline = self.counts["ok"], time.monotonic() + limit
+        while self.counts["ok"] < start + n:
             if time.monotonic() > deadline:
                 raise RunFailed(f"load to {self.path} made no progress: {dict(self.counts)}")
             time.sleep(0.02)

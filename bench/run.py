@@ -24,7 +24,7 @@ import operator_scale
 import procs
 import report
 from procs import BENCH, ROOT, announce, attempt, failure, log, output
-from stacks import all_stacks, make_certs, nginx_binary, stop_all, tool
+from stacks import CERTIFICATE, all_stacks, make_certs, nginx_binary, stop_all, tool
 
 
 @dataclass
@@ -151,7 +151,7 @@ def tls_figures(cfg, stacks, unavailable, labels):
         if any(wanted(k) for k in TLS_FRONTS):
             try:
                 certs = make_certs(tmp)
-                out["certificate"] = certs.describe()
+                out["certificate"] = CERTIFICATE
             except Exception as e:  # noqa: BLE001 - no certificate, nothing over TLS
                 mark(TLS_FIGS, TLS_FRONTS, f"no test certificate: {e}")
         for fig, title in TLS_FIGS.items():
@@ -240,7 +240,8 @@ def figures_1_5(cfg, stacks, raw):
                 log(f"figure 1-3 round {rnd + 1}/{cfg.rounds}: {st.label}, {app}")
                 out = {}
                 try:
-                    figures.throughput_run(st, app, cfg, out)
+                    with st.start(app) as inst:
+                        figures.measure_throughput(inst, app, cfg, out)
                 except Exception as e:  # noqa: BLE001 - reported as failed to run
                     out["error"] = failure(e)
                     log(f"  failed: {out['error']}")

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import types
 
 import procs
 from procs import ROOT, RunFailed, output, template, write_private
@@ -84,20 +85,13 @@ def nginx_tls_unsupported():
     return f"{nginx} was built without {' and '.join(missing)}" if missing else None
 
 
-class Certs:
-    """A throwaway CA and the server certificate it signs (ECDSA P-256, localhost and 127.0.0.1, 2 days);
-    server.pem is the leaf alone, the chain both TLS fronts serve."""
-
-    def __init__(self, dir_):
-        self.dir = dir_
-        self.ca, self.cert, self.key = (os.path.join(dir_, n) for n in ("ca.pem", "server.pem", "server.key"))
-
-    def describe(self):
-        return {"key": "ECDSA P-256", "signature": "ecdsa-with-SHA256", "chain": "leaf only, signed by a throwaway CA",
-                "subject_alt_names": ["DNS:localhost", "IP:127.0.0.1"]}
+# make_certs()'s server certificate (2 days); server.pem is the leaf alone, the chain both TLS fronts serve.
+CERTIFICATE = {"key": "ECDSA P-256", "signature": "ecdsa-with-SHA256", "chain": "leaf only, signed by a throwaway CA",
+               "subject_alt_names": ["DNS:localhost", "IP:127.0.0.1"]}
 
 
 def make_certs(dir_):
+    """A throwaway CA and the server certificate it signs, in dir_: their paths .ca, .cert and .key."""
     openssl = tool("openssl")
     if openssl is None:
         raise RunFailed("openssl not found (apt-get install openssl; .ci/test installs it)")
@@ -114,7 +108,8 @@ def make_certs(dir_):
         if out.returncode != 0:
             raise RunFailed(f"openssl {' '.join(argv[:2])} exited {out.returncode}: {out.stderr.strip()[-300:]}")
     os.chmod(os.path.join(dir_, "server.key"), 0o600)
-    return Certs(dir_)
+    return types.SimpleNamespace(dir=dir_, ca=os.path.join(dir_, "ca.pem"), cert=os.path.join(dir_, "server.pem"),
+                                 key=os.path.join(dir_, "server.key"))
 
 
 def nginx_conf(prefix, port, upstream_sock, worker_processes, tls=None):
@@ -199,7 +194,7 @@ class Stack:
         return out
 
     def start(self, app, tls=None):
-        """A started instance; with `tls` (a Certs), its front serves TLS (corral --proxy and nginx only)."""
+        """A started instance; with `tls` (make_certs()), its front serves TLS (corral --proxy and nginx only)."""
         if tls is not None and not (self.proxy or self.fronted):
             raise ValueError(f"{self.label} has no TLS front")
         return Running(self, app, tls)
