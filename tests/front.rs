@@ -434,15 +434,13 @@ fn slowhttptest(
     let stats = std::env::temp_dir().join(unique("corral-slowhttptest"));
     let prefix = stats.to_str().unwrap().to_string();
     let args: Vec<String> = attack.split_whitespace().map(str::to_string).collect();
-    let run = std::thread::spawn(move || {
+    let mut run = Tool::start(
         Command::new("slowhttptest")
             .args(&args)
-            .args(["-g", "-o", &prefix, "-u", &url])
-            .output()
-            .expect("slowhttptest (Debian's package; .ci/test installs it)")
-    });
+            .args(["-g", "-o", &prefix, "-u", &url]),
+    );
     let started = Instant::now();
-    while !run.is_finished() {
+    while !run.finished() {
         let probe = Instant::now();
         assert_eq!(get(c.admin, "/readyz").unwrap().0, 200);
         assert!(
@@ -457,13 +455,12 @@ fn slowhttptest(
             "slowhttptest did not end"
         );
     }
-    let out = run.join().unwrap();
     let report = load.stop();
     assert_eq!((report.failed, report.unanswered), (0, 0), "{report:?}");
     assert!(report.ok > 50, "{report:?}");
     let csv_path = format!("{}.csv", stats.display());
     let csv = std::fs::read_to_string(&csv_path)
-        .unwrap_or_else(|e| panic!("{csv_path}: {e}: {}", String::from_utf8_lossy(&out.stdout)));
+        .unwrap_or_else(|e| panic!("{csv_path}: {e}: {}", run.output()));
     eprintln!("slowhttptest {attack:?}:\n{csv}");
     let _ = std::fs::remove_file(&csv_path);
     let _ = std::fs::remove_file(format!("{}.html", stats.display()));
@@ -476,7 +473,7 @@ fn slowhttptest(
         rows.iter().all(|r| r[4] > 0),
         "the service was unavailable to its probe: {csv}"
     );
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = run.output();
     // Its last words, without the terminal colours (`\x1b[...m`).
     let line = stdout.split("Exit status:").nth(1).unwrap_or_default();
     let mut ended = String::new();
@@ -604,16 +601,11 @@ fn a_rapid_reset_client_is_cut_off_while_others_are_served() {
             Ok(n) => got.extend_from_slice(&buf[..n]),
         }
     }
-    let mut goaway = false;
-    let mut rest = &got[..];
-    while rest.len() >= 9 {
-        let len = (usize::from(rest[0]) << 16) | (usize::from(rest[1]) << 8) | usize::from(rest[2]);
-        if rest[3] == 0x7 {
-            goaway = true;
-        }
-        rest = &rest[(9 + len).min(rest.len())..];
-    }
-    assert!(goaway, "no GOAWAY in {} bytes", got.len());
+    assert!(
+        frame_types(&got).contains(&0x7),
+        "no GOAWAY in {} bytes",
+        got.len()
+    );
     let doc = c.workers().unwrap();
     assert!(
         doc.workers[0].requests.unwrap_or(0) < 100,
@@ -678,6 +670,69 @@ fn a_reset_after_dispatch_keeps_the_worker_s_place_until_it_answers() {
         "reset streams that waited must not reach the worker: {served}"
     );
     assert_eq!(get(c.http, "/").unwrap().0, 200);
+}
+
+/// Frame types in `got`, a server's bytes after the preface.
+fn frame_types(got: &[u8]) -> Vec<u8> {
+    let mut types = Vec::new();
+    let mut rest = got;
+    while rest.len() >= 9 {
+        let len = (usize::from(rest[0]) << 16) | (usize::from(rest[1]) << 8) | usize::from(rest[2]);
+        types.push(rest[3]);
+        rest = &rest[(9 + len).min(rest.len())..];
+    }
+    types
+}
+
+/// Rapid Reset after dispatch: each stream reset once its request has
+/// reached the front's handler, which h2's own limit (resets before
+/// dispatch) never sees. Past 100 such resets, half the connection's
+/// requests, the connection gets a GOAWAY and is closed.
+#[test]
+fn a_client_resetting_streams_after_dispatch_gets_a_goaway() {
+    let c = corral().flags("--proxy -w 1").django().start();
+    c.wait_settled(1, SETTLE);
+    let mut s = TcpStream::connect(c.http).unwrap();
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(0x4, 0, 0, &[]));
+    s.write_all(&out).unwrap();
+    let mut headers = vec![0x82, 0x86, 0x04, 11];
+    headers.extend_from_slice(b"/delay/1500");
+    headers.extend_from_slice(&[0x41, 0x01, b'x']);
+    let reader = {
+        let mut s = s.try_clone().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        std::thread::spawn(move || {
+            let (started, mut got, mut buf) = (Instant::now(), Vec::new(), [0u8; 16384]);
+            loop {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => return (got, started.elapsed()),
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+        })
+    };
+    for i in 0..150u32 {
+        let id = 2 * i + 1;
+        if s.write_all(&frame(0x1, 0x5, id, &headers)).is_err() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+        if s.write_all(&frame(0x3, 0, id, &8u32.to_be_bytes()))
+            .is_err()
+        {
+            break;
+        }
+    }
+    let (got, open_for) = reader.join().unwrap();
+    assert!(
+        frame_types(&got).contains(&0x7),
+        "no GOAWAY in {} bytes, the connection open {open_for:?}",
+        got.len()
+    );
+    assert!(open_for < Duration::from_secs(12), "open for {open_for:?}");
+    let (code, version, _) = curl(&format!("http://{}/", c.http), &["--http2-prior-knowledge"]);
+    assert_eq!((code.as_str(), version.as_str()), ("200", "2"));
 }
 
 fn rss_kib(pid: u32) -> u64 {

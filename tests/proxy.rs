@@ -507,7 +507,10 @@ fn websocket_tunnels_count_toward_the_connection_cap() {
     }
     let third = in_background(c.http, "/");
     std::thread::sleep(Duration::from_secs(1));
-    assert!(!third.is_finished(), "a third connection was served beside two tunnels");
+    assert!(
+        !third.is_finished(),
+        "a third connection was served beside two tunnels"
+    );
     assert_eq!(ws.say("close a"), "ok");
     let (code, _) = third.join().unwrap().unwrap();
     assert_eq!(code, 200);

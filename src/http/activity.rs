@@ -40,6 +40,13 @@ pub struct Registry {
 /// never does.
 pub const FIRST_REQUEST_GRACE: Duration = Duration::from_millis(100);
 
+/// Requests a client may abandon before their answer (an HTTP/2 stream
+/// reset after dispatch, mostly) once they are also half of its requests:
+/// then its connection is closed. A browser cancels a few; a Rapid Reset
+/// client, whose resets reach the handler, cancels them all. h2 itself
+/// counts only resets before dispatch.
+pub const ABANDONED_MAX: u64 = 100;
+
 /// One connection's state.
 pub struct Activity {
     /// The connection's socket, looked at (never read) for waiting bytes.
@@ -57,6 +64,10 @@ pub struct Activity {
     progress: AtomicU64,
     changed: Notify,
     evict: Notify,
+    /// Requests begun, and of those abandoned before their answer.
+    begun: AtomicU64,
+    abandoned: AtomicU64,
+    abandoning: Notify,
 }
 
 /// A connection's place in the registry, given up on drop.
@@ -65,8 +76,12 @@ pub struct Registration {
     id: u64,
 }
 
-/// One request in flight, until dropped.
-pub struct InFlight(Arc<Activity>);
+/// One request in flight, until dropped; abandoned if dropped before
+/// its answer was handed to a [`Tracked`] body.
+pub struct InFlight {
+    activity: Arc<Activity>,
+    answered: bool,
+}
 
 impl Registry {
     pub fn new() -> Arc<Registry> {
@@ -94,6 +109,9 @@ impl Registry {
             progress: AtomicU64::new(0),
             changed: Notify::new(),
             evict: Notify::new(),
+            begun: AtomicU64::new(0),
+            abandoned: AtomicU64::new(0),
+            abandoning: Notify::new(),
         });
         activity.stamp_idle();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -170,9 +188,19 @@ impl Activity {
     /// A request began: the connection is busy until the guard drops.
     pub fn begin(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
+        self.begun.fetch_add(1, Ordering::Relaxed);
         self.served.store(true, Ordering::SeqCst);
         self.changed.notify_waiters();
-        InFlight(self.clone())
+        InFlight {
+            activity: self.clone(),
+            answered: false,
+        }
+    }
+
+    /// Resolves once the client has abandoned too many requests
+    /// ([`ABANDONED_MAX`]).
+    pub async fn abandoning(&self) {
+        self.abandoning.notified().await;
     }
 
     /// Resolves once the connection has been idle past its deadline:
@@ -247,9 +275,16 @@ impl Activity {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        if self.0.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.0.stamp_idle();
-            self.0.changed.notify_waiters();
+        let a = &self.activity;
+        if !self.answered {
+            let abandoned = a.abandoned.fetch_add(1, Ordering::Relaxed) + 1;
+            if abandoned > ABANDONED_MAX && abandoned * 2 > a.begun.load(Ordering::Relaxed) {
+                a.abandoning.notify_one();
+            }
+        }
+        if a.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            a.stamp_idle();
+            a.changed.notify_waiters();
         }
     }
 }
@@ -273,7 +308,8 @@ pin_project_lite::pin_project! {
 }
 
 impl<B> Tracked<B> {
-    pub fn new(body: B, request: InFlight) -> Tracked<B> {
+    pub fn new(body: B, mut request: InFlight) -> Tracked<B> {
+        request.answered = true;
         Tracked {
             body,
             request,
@@ -286,7 +322,7 @@ impl<B> Tracked<B> {
 fn settle(request: &InFlight, handed_out: &mut bool) {
     if *handed_out {
         *handed_out = false;
-        request.0.sending.fetch_sub(1, Ordering::SeqCst);
+        request.activity.sending.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -301,7 +337,7 @@ impl<B: Body> Body for Tracked<B> {
         let this = self.project();
         // Asked again: what was handed out has been taken.
         settle(this.request, this.handed_out);
-        let activity = &this.request.0;
+        let activity = &this.request.activity;
         activity.progress.store(activity.now_ms(), Ordering::SeqCst);
         let polled = this.body.poll_frame(cx);
         if let Poll::Ready(Some(Ok(_))) = &polled {
@@ -388,5 +424,35 @@ mod tests {
             !registry.evict_idlest(),
             "a busy connection is never evicted"
         );
+    }
+
+    /// A client that abandons most of its requests, past the limit, is
+    /// closed; one that abandons as many among far more answered is not.
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_abandoning_most_requests_is_closed() {
+        let registry = Registry::new();
+        let abandoning = |answered: u64, abandoned: u64| {
+            let (a, _r) = registry.register(-1);
+            for _ in 0..answered {
+                drop(Tracked::new((), a.begin()));
+            }
+            for _ in 0..abandoned {
+                drop(a.begin());
+            }
+            a
+        };
+        let closed = abandoning(0, ABANDONED_MAX + 1);
+        tokio::time::timeout(Duration::from_secs(1), closed.abandoning())
+            .await
+            .expect("past the limit and half its requests");
+        for (answered, abandoned) in [(0, ABANDONED_MAX), (3 * ABANDONED_MAX, ABANDONED_MAX + 1)] {
+            let kept = abandoning(answered, abandoned);
+            assert!(
+                tokio::time::timeout(Duration::from_secs(1), kept.abandoning())
+                    .await
+                    .is_err(),
+                "{answered} answered, {abandoned} abandoned"
+            );
+        }
     }
 }

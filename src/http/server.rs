@@ -424,6 +424,11 @@ async fn serve_io<S, F, Fut, B>(
             activity.reset_on_close();
             Ok(())
         }
+        _ = activity.abandoning() => {
+            debug!(peer = ?peer.addr, "connection closed: its client abandoned most of its requests (resets)");
+            conn.as_mut().graceful_shutdown();
+            tokio::time::timeout(CLOSE_GRACE, conn.as_mut()).await.unwrap_or(Ok(()))
+        }
         why = idle(&activity, &limits) => {
             debug!(peer = ?peer.addr, why, "idle connection closed");
             conn.as_mut().graceful_shutdown();

@@ -480,6 +480,44 @@ impl Drop for Corral {
     }
 }
 
+/// An attack or load tool run beside a test, its output in a file: killed
+/// with its process group if the test ends first, however it ends.
+pub struct Tool {
+    child: Child,
+    out: PathBuf,
+}
+
+impl Tool {
+    pub fn start(cmd: &mut Command) -> Tool {
+        let out = std::env::temp_dir().join(unique("corral-tool"));
+        let file = std::fs::File::create(&out).unwrap();
+        let child = cmd
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .process_group(0)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {cmd:?}: {e}"));
+        Tool { child, out }
+    }
+
+    pub fn finished(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
+    /// What it printed so far (stdout and stderr).
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.out).unwrap_or_default()
+    }
+}
+
+impl Drop for Tool {
+    fn drop(&mut self) {
+        let _ = killpg(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL);
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.out);
+    }
+}
+
 /// How long one request through [`fetch`] may take, connection included.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
