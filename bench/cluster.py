@@ -33,7 +33,7 @@ def kube_object(kind, **values):
 
 
 class Kube:
-    """The API server of .ci/kube-up.sh in workdir/kube, started in a thread (it takes seconds: the caller
+    """The API server of .ci/kube-up.sh in workdir/kube, started at once in a thread (it takes seconds: the caller
     goes on meanwhile)."""
 
     def __init__(self, workdir):
@@ -43,10 +43,7 @@ class Kube:
         # leaves the thread marked as stopped, and a second join returns at once.
         self.done = threading.Event()
         self.local = threading.local()
-        self.thread = threading.Thread(target=self._up, daemon=True)
-
-    def start(self):
-        self.thread.start()
+        threading.Thread(target=self._up, daemon=True).start()
 
     def _up(self):
         try:
@@ -76,9 +73,8 @@ class Kube:
             raise RunFailed(f"API server: {self.error or 'did not come up'}")
 
     def stop(self):
-        """Once a start under way is over (it gives up after KUBE_UP_TIMEOUT), the daemons it detached."""
-        if self.thread.is_alive():
-            self.done.wait(200)
+        """Once the start is over (it gives up after KUBE_UP_TIMEOUT), the daemons it detached."""
+        self.done.wait(200)
         if os.path.isdir(self.dir):
             subprocess.run(["bash", KUBE_UP, "--stop", self.dir], capture_output=True, timeout=120)
 
@@ -187,7 +183,6 @@ def cluster(name, figure, keep):
     run = types.SimpleNamespace(workdir=workdir, procs=Procs(), kube=Kube(workdir), ok=False, token=token,
                                 token_file=write_private(os.path.join(workdir, "admin-token"), token))
     try:
-        run.kube.start()
         yield run
     finally:
         run.procs.stop_all()

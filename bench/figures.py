@@ -292,7 +292,8 @@ def with_tls_cpu(inst, run, count, per_key):
 
 
 def h2_measure(inst, cfg):
-    h2load = lambda seconds: load.h2load(inst.url("/"), cfg.h2_clients, cfg.h2_streams, cfg.h2_threads, seconds)
+    url = f"https://{inst.addr[0]}:{inst.addr[1]}/"
+    h2load = lambda seconds: load.h2load(url, cfg.h2_clients, cfg.h2_streams, cfg.h2_threads, seconds)
     if cfg.h2_warmup:
         h2load(cfg.h2_warmup)
     return with_tls_cpu(inst, lambda: h2load(cfg.h2_duration), "requests", "front_cpu_us_per_request")

@@ -24,7 +24,7 @@ import operator_scale
 import procs
 import report
 from procs import BENCH, ROOT, announce, attempt, failure, log, output
-from stacks import CERTIFICATE, all_stacks, make_certs, nginx_binary, stop_all, tool
+from stacks import CERTIFICATE, STACKS, all_stacks, make_certs, nginx_binary, stop_all, tool
 
 
 @dataclass
@@ -122,7 +122,7 @@ TLS_FRONTS = ("proxy", "nginx")  # figures 8 and 9: corral --proxy against nginx
 TLS_FIGS = {"h2": "figure 8 (HTTP/2 over TLS)", "handshake": "figure 9 (TLS handshakes)"}
 
 
-def tls_figures(cfg, stacks, unavailable, labels):
+def tls_figures(cfg, stacks, unavailable):
     """Figures 8 and 9, each TLS front on a fresh instance per round, with a throwaway certificate. What cannot
     run is in 'unavailable' (per figure, per front: {label, reason}), printed as "not available"."""
     out = {"unavailable": {fig: {} for fig in TLS_FIGS}, "runs": {}}
@@ -132,7 +132,7 @@ def tls_figures(cfg, stacks, unavailable, labels):
         """Figures `figs` of fronts `keys` not available, the first reason kept."""
         for fig in figs:
             for key in keys:
-                gone[fig].setdefault(key, {"label": labels[key], "reason": reason})
+                gone[fig].setdefault(key, {"label": STACKS[key], "reason": reason})
 
     fronts, running = [], {st.key: st for st in stacks}
     for key in TLS_FRONTS:
@@ -216,10 +216,9 @@ def start_operator_scale(args, cfg):
 
 
 def select_stacks(cfg, venv, corral):
-    """This run's stacks that the machine can run, the others' reasons, every stack's label."""
-    stacks, unavailable, labels = [], {}, {}
+    """This run's stacks that the machine can run, and the others' reasons."""
+    stacks, unavailable = [], {}
     for st in all_stacks(venv, corral, cfg.workers, cfg.nginx_workers):
-        labels[st.key] = st.label
         if st.key not in cfg.stacks:
             continue
         why = st.unavailable()
@@ -228,7 +227,7 @@ def select_stacks(cfg, venv, corral):
             announce(f"{st.label}: not available: {why}")
         else:
             stacks.append(st)
-    return stacks, unavailable, labels
+    return stacks, unavailable
 
 
 def figures_1_5(cfg, stacks, raw):
@@ -328,7 +327,7 @@ def main():
     atexit.register(stop_all)
 
     cfg = smoke_config(args.workers) if args.smoke else Config(workers=args.workers)
-    stacks, unavailable, labels = select_stacks(cfg, venv, args.corral)
+    stacks, unavailable = select_stacks(cfg, venv, args.corral)
     os.makedirs(args.out_dir, exist_ok=True)
     wall0 = time.monotonic()
     raw = {"throughput": {}, "lifecycle": {}, "startup_extra": {}, "unavailable": unavailable}
@@ -342,7 +341,7 @@ def main():
     log(f"figures 1-5 took {raw['figures_1_5_s']:.0f}s")
 
     t8 = time.monotonic()
-    raw["tls"] = tls_figures(cfg, stacks, unavailable, labels)
+    raw["tls"] = tls_figures(cfg, stacks, unavailable)
     raw["figures_8_9_s"] = round(time.monotonic() - t8, 1)
     log(f"figures 8-9 took {raw['figures_8_9_s']:.0f}s")
 

@@ -264,9 +264,6 @@ class Running:
     def addr(self):
         return ("127.0.0.1", self.port)
 
-    def url(self, path="/"):
-        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}{path}"
-
     def workers(self):
         pids = children(self.pid)
         self.seen_workers.update(pids)
