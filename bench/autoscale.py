@@ -32,7 +32,6 @@ ADMIN_PORT = 9000
 # The CPU run's autoscale.json is written, the Concurrency run failed: bench/run.py reads the JSON.
 EXIT_CONCURRENCY_FAILED = 3
 
-
 def pick_address():
     """A loopback address whose :8000 and :9000 are free (pod IPs are distinct: fixed ports are fine)."""
     for _ in range(50):
@@ -45,7 +44,6 @@ def pick_address():
         except OSError:
             continue
     raise RunFailed("no free loopback address for the pod")
-
 
 def manager_argv(corral, sc, ip, token_file):
     """The built-in worker for the CPU run; for the Concurrency run, proxy mode before the venv's Uvicorn."""
@@ -60,7 +58,6 @@ def manager_argv(corral, sc, ip, token_file):
                         "(bench/run.py sets it up)")
     return argv[:2] + ["--proxy", "--worker-concurrency", str(WORKER_CONCURRENCY)] + argv[2:] + [
         "--", uvicorn, "--fd", "{fd}", "--no-access-log", APPS["django"]], app_env(os.path.dirname(uvicorn))
-
 
 class Pod:
     """One pod of a run: its manager at a loopback address, the low load and the sampler running from start."""
@@ -87,12 +84,10 @@ class Pod:
         self.sampler.halt.set()
         self.sampler.join(5)
 
-
 def autoscaler_spec(phases, sc):
     return cluster.kube_object("figure 6 spec", app=sc.key, admin_port=ADMIN_PORT, secret=SECRET,
                                min_workers=MIN_WORKERS, max_workers=MAX_WORKERS, metric=sc.metric,
                                target=sc.target, down_window=phases["down_window"])
-
 
 def measure(kube, pod, phases, operator, args):
     """The pod's Pod object and autoscaler, then the measured phases; the analysis."""
@@ -141,7 +136,6 @@ def measure(kube, pod, phases, operator, args):
     result["method"]["warmup_s"] = round(t_base, 2)
     return result
 
-
 def run(args):
     phases = SMOKE if args.smoke else FULL
     corral = args.corral
@@ -181,7 +175,6 @@ def run(args):
             for pod in pods:
                 pod.halt()
 
-
 def environment(corral, kube, loadavg_before):
     try:
         version = json.loads(kube.kubectl("version", "-o", "json", check=False).stdout)["serverVersion"]["gitVersion"]
@@ -191,7 +184,6 @@ def environment(corral, kube, loadavg_before):
     return {"corral": output([corral, "--version"]), "commit": commit, "kube_apiserver": version,
             "cpus": os.cpu_count(), "loadavg_before": [round(x, 2) for x in loadavg_before],
             "loadavg_after": [round(x, 2) for x in os.getloadavg()], "python": sys.version.split()[0]}
-
 
 def dump_json(result):
     """Indented, one line per sample of the long series, the Concurrency run nested the same way."""
@@ -205,7 +197,6 @@ def dump_json(result):
     if "concurrency" in result:
         parts.append(',\n "concurrency": ' + dump_json(result["concurrency"]).rstrip())
     return "".join(parts) + "\n}\n"
-
 
 def main(args):
     # Fail early, before a minute of benchmark, if the chart cannot be drawn.
@@ -234,11 +225,9 @@ def main(args):
         return EXIT_CONCURRENCY_FAILED
     return 0
 
-
 def options(ap):
     ap.add_argument("--out-dir", default=os.path.join(ROOT, "docs", "benchmarks"))
     ap.add_argument("--smoke", action="store_true", help="a tiny step per run in <= 45 s, every code path")
-
 
 if __name__ == "__main__":
     sys.exit(cluster.main("autoscale", __doc__, main, options))

@@ -32,7 +32,6 @@ SAMPLE_EVERY = 0.1
 SETTLE_HOLD = 10.0  # how long utilisation must stay at or under the band to count as reached
 TIMELINE_EVERY = 0.5
 
-
 @dataclasses.dataclass(frozen=True)
 class Scenario:
     """One autoscaling run: what the pod serves, the metric, the load."""
@@ -55,7 +54,6 @@ class Scenario:
     def high_rps(self):
         return self.high_fraction * self.capacity / self.cost
 
-
 CPU_RUN = Scenario("web", "CPU", CPU_TARGET, REQUEST_MS / 1000, CAPACITY_CORES, f"/cpu/{REQUEST_MS}",
                    "cpu_utilisation", "cores", "CPU per worker")
 # 80 %, not 90 %: a request is in flight a few ms longer than its 50 ms (Django, Uvicorn, the proxy), so the
@@ -64,15 +62,12 @@ CONCURRENCY_RUN = Scenario("web-conc", "Concurrency", CONCURRENCY_TARGET, DELAY_
                            f"/delay/{DELAY_MS}", "concurrency", "requests", "requests in flight per worker",
                            high_fraction=0.8)
 
-
 def rnd(x, n=2):
     return None if x is None else round(x, n)
-
 
 def workers_for(x):
     """The worker count that carries x at the target, within the limits."""
     return None if x is None else min(MAX_WORKERS, max(MIN_WORKERS, math.ceil(x - 1e-9)))
-
 
 def per_second(samples, is_cpu):
     """Adds to each sample its figures over the last second: CPU per worker and pod CPU (/proc), the machine's
@@ -103,7 +98,6 @@ def per_second(samples, is_cpu):
             now = [x["in_flight_now"] for x in samples[j:i + 1] if x["in_flight_now"] is not None]
             s["util_1s"] = sum(now) / len(now) if now else None
 
-
 def request_stats(results, dropped, t_up, t_down, t_end):
     """Sent, failed and latency of the load's requests per phase, and the failures by kind."""
     def phase(lo, hi):
@@ -115,7 +109,6 @@ def request_stats(results, dropped, t_up, t_down, t_end):
     errors = dict(Counter(str(r[2]) for r in results if r[2] != 200))
     return {"baseline": phase(0, t_up), "high": phase(t_up, t_down), "low": phase(t_down, t_end),
             "dropped_over_inflight_cap": dropped, "errors": errors}
-
 
 def series(samples, results, offered, is_cpu):
     """The timeline (every sample for the chart, one per TIMELINE_EVERY for the JSON) and latency per second."""
@@ -141,7 +134,6 @@ def series(samples, results, offered, is_cpu):
     latency = [{"t": sec, "served": len(per_s[sec]), "p50_ms": round(percentile(per_s[sec], 0.5) * 1000, 1),
                 "p99_ms": round(percentile(per_s[sec], 0.99) * 1000, 1)} for sec in sorted(per_s)]
     return full, timeline, latency
-
 
 def analyse(*, phases, spec, samples, operator, load, events, t_up, t_down, t_end, gen_cpu, elapsed, sc):
     low_rps, high_rps, target, is_cpu = sc.low_rps, sc.high_rps, sc.target, sc.metric == "CPU"

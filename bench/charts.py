@@ -2,13 +2,11 @@
 imported only when a chart is drawn."""
 from report import NGINX, PROXY, SCENARIOS
 
-
 def pyplot():
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     return plt
-
 
 def results(s, path, cfg):
     plt = pyplot()
@@ -87,7 +85,6 @@ def results(s, path, cfg):
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
-
 
 def autoscale(result, path, max_workers, request_timeout):
     """One run: workers against the ideal count, the signal against its band, load and p99; shaded: high load."""

@@ -20,7 +20,6 @@ from sampling import request
 KUBE_UP = os.path.join(ROOT, ".ci", "kube-up.sh")
 KUBE = json.loads(template("kube.json"))
 
-
 def kube_object(kind, **values):
     """templates/kube.json's `kind`, each "$name" in it replaced by values[name]."""
     def fill(x):
@@ -30,7 +29,6 @@ def kube_object(kind, **values):
             return [fill(v) for v in x]
         return values[x[1:]] if isinstance(x, str) and x.startswith("$") else x
     return fill(KUBE[kind])
-
 
 class Kube:
     """The API server of .ci/kube-up.sh in workdir/kube, started at once in a thread (it takes seconds: the caller
@@ -143,7 +141,6 @@ class Kube:
         """The namespace and the admin token Secret the autoscalers name."""
         self.create(kube_object("namespace", name=name, secret=secret, token=token))
 
-
 def start_operator(c, corral, namespace, metrics_port):
     """The CRD and RBAC applied as shipped, then `corral operator` as their ServiceAccount (nothing runs its
     Deployment), in cluster c; its process, once it leads."""
@@ -174,7 +171,6 @@ def start_operator(c, corral, namespace, metrics_port):
     wait_until("the operator to lead", 30, leading, proc=operator)
     return operator
 
-
 @contextlib.contextmanager
 def cluster(name, figure, keep):
     """A figure's work directory, children, API server and admin token (the pods' and the Secret's), all stopped
@@ -191,7 +187,6 @@ def cluster(name, figure, keep):
             shutil.rmtree(workdir, ignore_errors=True)
         else:
             log(f"{figure}: logs kept in {workdir}")
-
 
 def main(name, doc, run, configure):
     """A figure's command line; run(args) returns the exit status, a failed run prints why and returns 1."""

@@ -15,10 +15,8 @@ from stacks import free_port
 REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
            405: "Method Not Allowed", 422: "Unprocessable Entity"}
 
-
 def pod_ips(n):
     return [f"127.1.{i // 256}.{i % 256}" for i in range(1, n + 1)]
-
 
 class FakeAdmin:
     """Every pod ([desired, requested]) behind one asyncio loop, and a control API on 127.0.0.1 (GET /stats,
@@ -105,12 +103,10 @@ class FakeAdmin:
         print(f"serving {len(self.pods)} pods on :{self.port}, control on 127.0.0.1:{control_port}", flush=True)
         await asyncio.Event().wait()
 
-
 def response(status, answer):
     body = json.dumps(answer).encode()
     return (f"HTTP/1.1 {status} {REASONS[status]}\r\ncontent-type: application/json\r\n"
             f"content-length: {len(body)}\r\nconnection: close\r\n\r\n").encode() + body
-
 
 def start(c, pods, port, documents, load):
     """This file as a process of its own in cluster c; its control client, once it answers."""
@@ -125,7 +121,6 @@ def start(c, pods, port, documents, load):
         set_load=lambda cores: request("127.0.0.1", control, "PUT", "/load", {"cores": cores}, timeout=10))
     wait_until("the fake admin server", 60, client.stats, every=0.1, proc=proc)
     return client
-
 
 if __name__ == "__main__":
     with open(sys.argv[1]) as f:

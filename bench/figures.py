@@ -13,7 +13,6 @@ import load
 from procs import RunFailed, attempt, failure, template, wait_until
 from sampling import cpu_or_none, cpu_seconds, status_kib
 
-
 def startup_sample(inst, app, limit=60.0):
     path = "/" if app == "hello" and not inst.stack.builtin else "/healthz"
     spawned, accepting, first = load.startup(inst.addr, path, inst.t0, inst.pid, limit=limit, alive=inst.alive)
@@ -22,16 +21,13 @@ def startup_sample(inst, app, limit=60.0):
                         f"accepting: {accepting}); log: {inst.log_tail()}")
     return {"spawned_s": spawned, "accepting_s": accepting, "first_200_s": first, "manager_share": spawned / first}
 
-
 def startup_run(stack, app="django"):
     with stack.start(app) as inst:
         return startup_sample(inst, app)
 
-
 def cpu_of(pids):
     """CPU seconds of these processes together (one that is gone counts 0)."""
     return sum(cpu_or_none(pid) or 0.0 for pid in pids)
-
 
 def served(inst):
     """Requests answered so far by the stack's own count: corral_http_requests_total in proxy mode, else None."""
@@ -42,7 +38,6 @@ def served(inst):
     except OSError:
         return None
     return sum(total) if total else None
-
 
 def measure_throughput(inst, app, cfg, out):
     out["startup"] = startup_sample(inst, app)
@@ -107,7 +102,6 @@ def measure_throughput(inst, app, cfg, out):
             raise RunFailed(f"exited during the mixed run: {inst.log_tail()}")
         out["mixed"] = mixed
 
-
 def lifecycle_run(stack, cfg, throughput=None):
     """Figures 4 and 5 on one Django instance. With `throughput` (a dict), figures 1-3 first on the same
     instance into it (the smoke run saves a start that way)."""
@@ -152,7 +146,6 @@ def lifecycle_run(stack, cfg, throughput=None):
             res.setdefault("error", failure(e))
     return res
 
-
 def scale_up(inst, n, api_ready):
     """Seconds from the request for worker n+1 to a new pid answering /pid (why the old workers are paused, or
     not, and nginx -> gunicorn not timed: results.md, figure 4); nginx's worker is still added, for the
@@ -189,7 +182,6 @@ def scale_up(inst, n, api_ready):
         raise RunFailed(f"no new worker answered /pid within 60s; log: {inst.log_tail()}")
     return when - t
 
-
 def rolling_restarts(inst, n, cfg):
     for _ in range(cfg.hups):
         old = inst.workers()
@@ -197,14 +189,12 @@ def rolling_restarts(inst, n, cfg):
         inst.wait_workers(n, gone=old, limit=90)
         time.sleep(cfg.tail)
 
-
 def kill_workers(inst, n, cfg):
     for _ in range(cfg.reps):
         victim = inst.workers()[0]
         os.kill(victim, signal.SIGKILL)
         inst.wait_workers(n, gone=[victim], limit=60)
         time.sleep(cfg.tail)
-
 
 def under_load(inst, cfg, action):
     lp = load.ClosedLoop(inst.addr, "/", cfg.clients, limit=300)
@@ -218,7 +208,6 @@ def under_load(inst, cfg, action):
     if not inst.alive():
         raise RunFailed(f"manager exited: {inst.log_tail()}")
     return counts
-
 
 def term_with_slow_requests(inst, cfg):
     """TERM to the manager with slow requests in flight; all must complete."""
@@ -245,7 +234,6 @@ def term_with_slow_requests(inst, cfg):
     return {"counts": dict(results), "requests": n_slow, "slow_ms": cfg.slow_ms,
             "exit_s": exited["s"] if exited.get("code") is not None else None, "exit_code": exited.get("code")}
 
-
 def wait_tls_ready(inst, cafile, limit=60.0):
     """Seconds from spawn to the first 200 on /healthz over TLS, the certificate checked."""
     ctx, last = load.tls_context(cafile, ["http/1.1"]), None
@@ -256,7 +244,6 @@ def wait_tls_ready(inst, cafile, limit=60.0):
         last = why or f"status {status}"
         time.sleep(0.02)
     raise RunFailed(f"no 200 on /healthz over TLS within {limit}s (last: {last}); log: {inst.log_tail()}")
-
 
 def tls_run(stack, cfg, certs, out, h2=True, handshake=True):
     """Figures 8 and 9 on one TLS instance of a front, into out; a part that failed is {'error': ...}."""
@@ -278,7 +265,6 @@ def tls_run(stack, cfg, certs, out, h2=True, handshake=True):
         out["error"] = failure(e)
     return out
 
-
 def with_tls_cpu(inst, run, count, per_key):
     """run()'s result with the CPU of the processes terminating TLS (corral's manager, whose thread the --proxy
     front is; nginx's master and workers) over it, and per res[count] in microseconds under per_key."""
@@ -290,14 +276,12 @@ def with_tls_cpu(inst, run, count, per_key):
     res[per_key] = round(cpu / res[count] * 1e6, 2) if res[count] else None
     return res
 
-
 def h2_measure(inst, cfg):
     url = f"https://{inst.addr[0]}:{inst.addr[1]}/"
     h2load = lambda seconds: load.h2load(url, cfg.h2_clients, cfg.h2_streams, cfg.h2_threads, seconds)
     if cfg.h2_warmup:
         h2load(cfg.h2_warmup)
     return with_tls_cpu(inst, lambda: h2load(cfg.h2_duration), "requests", "front_cpu_us_per_request")
-
 
 def handshake_measure(inst, cfg):
     res = with_tls_cpu(inst, lambda: load.s_time(inst.addr, cfg.handshake_clients, cfg.handshake_duration),

@@ -18,7 +18,6 @@ WRK = "/usr/bin/wrk"
 H2LOAD = shutil.which("h2load") or "/usr/bin/h2load"
 OPENSSL = shutil.which("openssl") or "/usr/bin/openssl"
 
-
 def get(addr, path, timeout=5.0, tls=None):
     """(status, body, None) or (None, None, failure kind); with `tls` (an SSLContext) to server name localhost."""
     s = socket.socket()
@@ -66,7 +65,6 @@ def get(addr, path, timeout=5.0, tls=None):
     finally:
         s.close()
 
-
 def complete(data):
     head, sep, body = data.partition(b"\r\n\r\n")
     if not sep:
@@ -77,7 +75,6 @@ def complete(data):
     if re.search(rb"(?im)^transfer-encoding:\s*chunked", head):
         return body.endswith(b"0\r\n\r\n")
     return False  # until the server closes
-
 
 def dechunk(body):
     out = b""
@@ -90,20 +87,17 @@ def dechunk(body):
         body = rest[n + 2:]
     return out
 
-
 def start_threads(target, n):
     threads = [threading.Thread(target=target, daemon=True) for _ in range(n)]
     for t in threads:
         t.start()
     return threads
 
-
 def outcome(result):
     status, _, failure = result
     if failure:
         return failure
     return "ok" if status == 200 else f"status {status}"
-
 
 class ClosedLoop:
     """Threads each sending a request per fresh connection until stop(), counted by outcome: the fair measure
@@ -139,7 +133,6 @@ class ClosedLoop:
             t.join(timeout=15)
         return dict(self.counts)
 
-
 def startup(addr, path, t0, pid, limit=60.0, alive=lambda: True):
     """Seconds from t0 to the manager's first child (its own start-up done), to accepting, to the first 200."""
     deadline = t0 + limit
@@ -173,7 +166,6 @@ def startup(addr, path, t0, pid, limit=60.0, alive=lambda: True):
     watcher.join(timeout=max(0.0, deadline - time.monotonic()))
     return (spawned[0] if spawned else None), accepting, first
 
-
 class NewPidWatch:
     """When a pid not in `known` first answers GET /pid, polled by `clients` threads."""
 
@@ -206,7 +198,6 @@ class NewPidWatch:
         for t in self.threads:
             t.join(timeout=6)
         return self.when
-
 
 class OpenLoop(threading.Thread):
     """Requests at fixed times, each on a new connection, whatever the answers do, as many independent clients
@@ -272,15 +263,12 @@ class OpenLoop(threading.Thread):
         except Exception as e:  # noqa: BLE001 - the run reports it
             self.error = e
 
-
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0, "m": 60000.0}
 summed = lambda *counts: sum(int(x) for x in counts)
-
 
 def ms(text):
     m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
     return float(m.group(1)) * UNITS[m.group(2)] if m else None
-
 
 def parse(out, res, fields):
     """res[key] = conv(*groups) for each (key, pattern, conv) found in out; a tuple of keys: conv(group) each."""
@@ -291,7 +279,6 @@ def parse(out, res, fields):
         elif m:
             res[key] = conv(*m.groups())
     return res
-
 
 def wrk(addr, path, connections, threads, seconds, script=None):
     argv = [WRK, f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s", "--latency"]
@@ -308,12 +295,10 @@ def wrk(addr, path, connections, threads, seconds, script=None):
         raise RunFailed(f"wrk gave no result: {out[-500:]}")
     return res
 
-
 def tls_context(cafile, alpn):
     ctx = ssl.create_default_context(cafile=cafile)
     ctx.set_alpn_protocols(alpn)
     return ctx
-
 
 def tls_probe(addr, cafile, timeout=5.0):
     """One checked handshake offering h2 then http/1.1, as h2load and browsers do."""
@@ -321,7 +306,6 @@ def tls_probe(addr, cafile, timeout=5.0):
     with socket.create_connection(addr, timeout=timeout) as raw:
         with ctx.wrap_socket(raw, server_hostname="localhost") as s:
             return {"alpn": s.selected_alpn_protocol(), "version": s.version(), "cipher": s.cipher()[0]}
-
 
 def h2load(url, clients, streams, threads, seconds):
     """h2load's rate, counts and negotiated TLS as it prints them; p50/p90/p99 ms from its --log-file."""
@@ -350,7 +334,6 @@ def h2load(url, clients, streams, threads, seconds):
         raise RunFailed(f"h2load did not negotiate h2 (application protocol {res['application_protocol']}): "
                         f"{out.strip()[-300:]}")
     return res
-
 
 def s_time(addr, processes, seconds):
     """Full handshakes per second of `processes` concurrent `openssl s_time -new`. s_time times itself in

@@ -35,7 +35,6 @@ METRICS_EVERY = 0.05
 CREATE_THREADS = 8
 BYPASSED = "Server cert bypassed"
 
-
 def real_documents(c, corral):
     """(WorkersDoc, 422 ErrorDoc) of a real `corral run`, every optional part filled: scaled down and back up
     (a recent exit, a reused slot's last_exit), then asked for more than --max-workers (last_limited)."""
@@ -62,11 +61,9 @@ def real_documents(c, corral):
     finally:
         stop(manager)
 
-
 def autoscaler_spec(port, poll):
     return cluster.kube_object("figure 7 spec", labels=LABELS, admin_port=port, secret=SECRET, min_workers=MIN_WORKERS,
                                max_workers=MAX_WORKERS, target=CPU_TARGET, poll=poll)
-
 
 class OperatorProbe:
 
@@ -93,7 +90,6 @@ class OperatorProbe:
             time.sleep(METRICS_EVERY)
         raise RunFailed(f"no reconcile pass ended within {limit:.0f}s")
 
-
 def measure_pass(probe, fake, kind, load, prev, poll):
     """One pass, its CPU sampled just before it is due and at its end; `prev`: the previous pass's end."""
     fake.set_load(load)
@@ -114,7 +110,6 @@ def measure_pass(probe, fake, kind, load, prev, poll):
         "rss_mib": round(status_kib(pid, "VmRSS") / 1024, 1), "open_fds": len(os.listdir(f"/proc/{pid}/fd")),
         "_end": {"metrics": m, "stats": after, "t": t1}}
 
-
 def measure(probe, fake, cfg):
     """From the end of the pass after the first over every pod, cfg["passes"] whole passes, scaling and steady
     alternating."""
@@ -134,14 +129,12 @@ def measure(probe, fake, cfg):
     check_passes(passes, cfg["pods"])
     return passes
 
-
 def check_passes(passes, pods):
     for i, p in enumerate(passes, 1):
         if p["gets"] != pods or p["passes_counted"] != 1 or p["requests_before_sample"]:
             raise RunFailed(f"measured pass {i} is not one clean pass: {json.dumps(p)}")
         if p["kind"] == "scaling" and p["put_status"] != {"200": pods}:
             raise RunFailed(f"scaling pass {i} did not change every pod: {p['put_status']}")
-
 
 def operator_log(path, limit=5):
     """WARN and ERROR lines of the operator's log but the TLS bypass notes: counts and the first few."""
@@ -154,7 +147,6 @@ def operator_log(path, limit=5):
                 if len(examples) < limit:
                     examples.append(line.strip()[:300])
     return {"warnings": counts["WARN"], "errors": counts["ERROR"], "examples": examples}
-
 
 def summarize(passes, hwm_kib, cfg, extra):
     cpu = [p["cpu_s"] for p in passes]
@@ -176,7 +168,6 @@ def summarize(passes, hwm_kib, cfg, extra):
         "targets": {"cpu_per_pass_s": TARGET_CPU_S, "peak_rss_mib": TARGET_RSS_MIB},
         "target_met": cpu_max <= TARGET_CPU_S and peak <= TARGET_RSS_MIB,
         "rows": rows, "passes": passes}
-
 
 def run(corral, out_dir=None, smoke=False, pods=None, keep=False):
     cfg = dict(SMOKE if smoke else FULL)
@@ -212,7 +203,6 @@ def run(corral, out_dir=None, smoke=False, pods=None, keep=False):
         c.ok = True
         return result
 
-
 def main(args):
     if args.pods is not None and not 1 <= args.pods <= 65000:
         print("operator_scale: --pods must be 1..65000", file=sys.stderr)
@@ -223,12 +213,10 @@ def main(args):
         print(f"operator log: {line}")
     return 0
 
-
 def options(ap):
     ap.add_argument("--pods", type=int, help=f"pods to create (default {FULL['pods']}, {SMOKE['pods']} with --smoke)")
     ap.add_argument("--smoke", action="store_true", help="50 pods, one measured pass: every code path")
     ap.add_argument("--out-dir", help="write operator_scale.json here")
-
 
 if __name__ == "__main__":
     sys.exit(cluster.main("operator_scale", __doc__, main, options))

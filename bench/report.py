@@ -18,7 +18,6 @@ SCENARIOS = [("hup", "rolling restart (HUP) x{hups}"), ("scale_down", "scale dow
              ("sigkill", "SIGKILL of one worker x{reps}"), ("term", "TERM, {slow} slow requests in flight")]
 PASS_COLUMNS = ["kind", "cpu_s", "wall_s", "gets", "puts", "rss_mib", "open_fds", "api_connections"]
 
-
 def load_text(name):
     """templates/<name>'s sections: each paragraph one line (with its "\\n"), each table line as it stands."""
     parts = re.split(r"^<!-- (\S+) -->\n", template(name), flags=re.M)
@@ -26,36 +25,28 @@ def load_text(name):
         block.split("\n") if block.startswith("|") else [" ".join(block.split("\n")) + "\n"])]
         for key, body in zip(parts[1::2], parts[2::2])}
 
-
 TEXT = load_text("results.md")
-
 
 def text(name, **values):
     return [p.format(**values) for p in TEXT[name]]
-
 
 def median(xs, of=statistics.median):
     """of() (the median, mean()'s mean) of the values that are not None."""
     xs = [x for x in xs if x is not None]
     return of(xs) if xs else None
 
-
 def mean(xs):
     return median(xs, statistics.fmean)
-
 
 def medians(items, *keys):
     return {k: median(i.get(k) for i in items) for k in keys}
 
-
 def ratio(a, b):
     return a / b if a is not None and b else None
-
 
 def wrk_summary(runs):
     return {**{k: mean(w[k] for w in runs) for k in ("rps", "p50_ms", "p99_ms")},
             "errors": sum(w["errors"] + w["non_2xx"] for w in runs)}
-
 
 def summarize(raw, stacks, cfg):
     errors = []
@@ -125,7 +116,6 @@ def summarize(raw, stacks, cfg):
     judge(s)
     return s
 
-
 def summarize_tls(s, tls, errors):
     """Figures 8 (h2load) and 9 (s_time) into the fronts' rows, the mean over rounds."""
     s["tls_unavailable"] = tls.get("unavailable", {"h2": {}, "handshake": {}})
@@ -160,7 +150,6 @@ def summarize_tls(s, tls, errors):
                 "reused": sum(p["reused"] for p, _ in hs),
                 "front_cpu_us_per_handshake": median(p.get("front_cpu_us_per_handshake") for p, _ in hs),
                 "tls": sorted({f"{n.get('version')} {n.get('cipher')}" for _, n in hs}), "rounds": len(hs)}
-
 
 def judge(s):
     """s['targets']: corral's (issue 1), proxy mode's (11) and the TLS front's (13), with why if not measured."""
@@ -214,16 +203,13 @@ def judge(s):
             "; ".join(f"{u['label']}: not available: {u['reason']}" for u in tls_gone.get(fig, {}).values())
             or "not measured in this run (see FAILED TO RUN)")
 
-
 def verdict(met, why=None):
     if met is None and why:
         return f"not measured ({why})"
     return {True: "met", False: "MISSED", None: "not measured", "n/a": "n/a: gunicorn dropped none"}[met]
 
-
 def tverdict(t, short=False):
     return verdict(t["met"], ("not available" if short else t["why"]) if t.get("why") else None)
-
 
 def tvalue(t):
     v, unit = t["value"], t.get("unit")
@@ -231,18 +217,14 @@ def tvalue(t):
         return "-"
     return {"x": f"{v:.2f}x", "us": f"{v:.1f} us"}.get(unit, f"{v} {unit or ''}".strip())
 
-
 def target_lines(s, figure):
     return [f"\nTarget: {t['what']}: {tvalue(t)}, **{tverdict(t)}**" for t in s["targets"] if t["figure"] == figure]
-
 
 def measured(s, fig):
     return [(row, row[fig]) for row in s["stacks"].values() if row.get(fig)]
 
-
 def fmt(x, spec=".0f", none="-"):
     return none if x is None else format(x, spec)
-
 
 def vs(x, row, *path):
     """x over `row`'s value at path (figure, [app,] field), as "1.23x"."""
@@ -251,16 +233,13 @@ def vs(x, row, *path):
     r = ratio(x, row.get(path[-1]))
     return "-" if r is None else f"{r:.2f}x"
 
-
 def line(cells):
     return "| " + " | ".join(map(str, cells)) + " |"
-
 
 def table(header, align, rows):
     """A markdown table: each column's alignment ("l" or "r"); a row is a list of cells or a line as it stands."""
     return ([line(header), "|" + "".join("---:|" if a == "r" else "---|" for a in align)]
             + [r if isinstance(r, str) else line(r) for r in rows])
-
 
 def markdown(s, raw, cfg, machine, stacks):
     L = text("overview", m=machine, cfg=cfg, wall=fmt(raw.get("wall_s"), ".0f"),
@@ -277,7 +256,6 @@ def markdown(s, raw, cfg, machine, stacks):
         L += ["## FAILED TO RUN\n"] + [f"- {e}" for e in s["errors"]] + [""]
     return "\n".join(L) + "\n"
 
-
 def fig1(s, cfg, ref):
     rows = []
     for app in ("hello", "django"):
@@ -290,13 +268,11 @@ def fig1(s, cfg, ref):
                                   f"{fmt(None if busiest is None else busiest * 100)} %"]))
     return [*text("fig1", cfg=cfg, rounds=max(cfg.rounds, 1), even=100 / cfg.workers), *rows, *target_lines(s, 1), ""]
 
-
 def fig1b(s, cfg, ref):
     return [*text("fig1b", cfg=cfg), *(line([
         row["label"], fmt(m["rps"]), fmt(m["p50_ms"], ".2f"), fmt(m["p99_ms"], ".2f"),
         vs(m["p99_ms"], ref, "fig1b", "p99_ms"), m["errors"]]) for row, m in measured(s, "fig1b")),
         *target_lines(s, "1b"), ""]
-
 
 def fig2(s, cfg, ref):
     mib = lambda f2, k: fmt(None if f2.get(k) is None else f2[k] / 1024, ".1f")
@@ -308,14 +284,12 @@ def fig2(s, cfg, ref):
         fmt(f2.get("front_cpu_us_per_request"), ".1f")]) for row, f2 in measured(s, "fig2")),
         *target_lines(s, 2), ""]
 
-
 def fig3(s, cfg, ref):
     return [*text("fig3"), *(line([
         row["label"], fmt(f3["first_200_s"] * 1000), vs(f3["first_200_s"], ref, "fig3", "first_200_s"),
         fmt(f3["spawned_s"] * 1000, ".1f"), f"{f3['manager_share'] * 100:.1f} %",
         fmt(None if f3["accepting_s"] is None else f3["accepting_s"] * 1000, ".1f"), f3["samples"]])
         for row, f3 in measured(s, "fig3")), ""]
-
 
 def fig4(s, cfg, ref):
     rows = []
@@ -330,7 +304,6 @@ def fig4(s, cfg, ref):
                          fmt(f4["api_ready_seconds"], ".3f")])
     rows += [[st["label"], "-", "not available", "-", "-"] for st in s.get("unavailable", {}).values()]
     return [*text("fig4", cfg=cfg, n1=cfg.workers + 1), *map(line, rows), ""]
-
 
 def fig5(s, cfg, ref):
     stack_rows = s["stacks"].values()
@@ -357,7 +330,6 @@ def fig5(s, cfg, ref):
         *(["\nFailures by kind:\n"] + kinds if kinds else []),
         *(["\nTERM to manager exit: " + ", ".join(exits) + "."] if exits else []), ""]
 
-
 def fig6(a):
     if "error" in a:
         return [TEXT["fig6"][0], f"not run: {a['error']}\n"]
@@ -383,7 +355,6 @@ def fig6(a):
         "CPU run:\n", *rows_table(a.get("rows")), "",
         *(["Concurrency run:\n", *rows_table(c.get("rows")), ""] if "rows" in c else [])]
 
-
 def fig7(o):
     if "error" in o:
         return [TEXT["fig7"][0], f"not run: {o['error']}\n"]
@@ -394,9 +365,7 @@ def fig7(o):
         *rows_table(o.get("rows")), "",
         *rows_table([{k: p[k] for k in PASS_COLUMNS} for p in o.get("passes", [])]), ""]
 
-
 ROWS = json.loads(template("rows.json"))
-
 
 def figure_rows(figure, v):
     """Figure 6's or 7's rows (templates/rows.json), each filled in from the values v."""
@@ -404,14 +373,12 @@ def figure_rows(figure, v):
              **v.get(r.get("target"), {}), **({"note": r["note"].format(**v)} if "note" in r else {})}
             for r in ROWS[figure] if r.get("only", v.get("metric")) == v.get("metric")]
 
-
 def rows_table(rows):
     if not rows:
         return []
     cols = list(dict.fromkeys(k for r in rows for k in r))
     cell = lambda v: "" if v is None else {True: "met", False: "MISSED"}[v] if isinstance(v, bool) else v
     return table(cols, "l" * len(cols), [[cell(r.get(c, "")) for c in cols] for r in rows])
-
 
 def tls_sections(s, raw, cfg, machine):
     rows, gone, cert = s["stacks"], s.get("tls_unavailable", {}), s.get("tls_certificate")

@@ -26,7 +26,6 @@ import report
 from procs import BENCH, ROOT, announce, attempt, failure, log, output
 from stacks import CERTIFICATE, STACKS, all_stacks, make_certs, nginx_binary, stop_all, tool
 
-
 @dataclass
 class Config:
     """What a run measures, and for how long (smoke_config(): tiny)."""
@@ -67,14 +66,12 @@ class Config:
     handshake_clients: int = 2
     handshake_duration: int = 10  # s of handshakes
 
-
 def smoke_config(workers):
     return Config(smoke=True, workers=workers, stacks=["gunicorn", "corral", "proxy", "nginx", "builtin"],
                   apps=["django"], duration=1, warmup=0, rounds=0, shared_instance=True, idle=0.3, settle=0.1,
                   start_samples=1, reps=1, hups=1, clients=4, tail=0.2, slow_ms=300, in_flight_wait=0.15,
                   mixed_duration=1, autoscale_timeout=180, tls_rounds=1, h2_duration=1, h2_warmup=0,
                   handshake_duration=1)
-
 
 def ensure_env():
     """Venv and wrk; re-exec inside the venv (where matplotlib is)."""
@@ -104,7 +101,6 @@ def ensure_env():
         os.execve(py, [py, os.path.abspath(__file__), *sys.argv[1:]], env)
     return os.environ["CORRAL_BENCH_VENV_DIR"]
 
-
 def machine_info(stacks):
     first_line = lambda name, *args: (output([tool(name), *args]) or "?").splitlines()[0] if tool(name) else "not found"
     with open("/proc/cpuinfo") as f:
@@ -117,10 +113,8 @@ def machine_info(stacks):
         "git": output(["git", "-C", ROOT, "describe", "--always", "--dirty"]),
         "versions": {st.key: st.version() for st in stacks}}
 
-
 TLS_FRONTS = ("proxy", "nginx")  # figures 8 and 9: corral --proxy against nginx
 TLS_FIGS = {"h2": "figure 8 (HTTP/2 over TLS)", "handshake": "figure 9 (TLS handshakes)"}
-
 
 def tls_figures(cfg, stacks, unavailable):
     """Figures 8 and 9, each TLS front on a fresh instance per round, with a throwaway certificate. What cannot
@@ -178,7 +172,6 @@ def tls_figures(cfg, stacks, unavailable):
                         log(f"  {k} failed: {r[k]['error']}")
     return out
 
-
 def start_autoscale(args, cfg):
     """bench/autoscale.py as a child; a function that waits for it and returns its autoscale.json, or an error."""
     out = os.path.join(args.out_dir, "autoscale.json")
@@ -208,12 +201,10 @@ def start_autoscale(args, cfg):
             return {"error": f"no readable {out}: {e}"}
     return finish
 
-
 def start_operator_scale(args, cfg):
     log("figure 7: bench/operator_scale.py" + (" --smoke" if cfg.smoke else ""))
     pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="operator-scale")
     return pool.submit(operator_scale.run, args.corral, args.out_dir, smoke=cfg.smoke)
-
 
 def select_stacks(cfg, venv, corral):
     """This run's stacks that the machine can run, and the others' reasons."""
@@ -228,7 +219,6 @@ def select_stacks(cfg, venv, corral):
         else:
             stacks.append(st)
     return stacks, unavailable
-
 
 def figures_1_5(cfg, stacks, raw):
     """Rounds of every stack on every app (figures 1-3, the order reversed each round), one Django instance
@@ -265,7 +255,6 @@ def figures_1_5(cfg, stacks, raw):
             sample = attempt(figures.startup_run, st, "builtin" if st.builtin else "django")
             raw["startup_extra"].setdefault(st.key, []).append(sample)
 
-
 def write_results(args, cfg, raw, stacks, wall0):
     """results.md, .json and .png written and the table printed; returns what failed to run."""
     machine = machine_info(stacks)
@@ -296,7 +285,6 @@ def write_results(args, cfg, raw, stacks, wall0):
           f"figures 8-9: {raw['figures_8_9_s']:.0f} s)")
     return errors
 
-
 def report_only(out_dir):
     """results.md again from out_dir's results.json, nothing run (after a change to report.py)."""
     with open(os.path.join(out_dir, "results.json")) as f:
@@ -304,7 +292,6 @@ def report_only(out_dir):
     stacks = [types.SimpleNamespace(key=key, label=row["label"]) for key, row in doc["summary"]["stacks"].items()]
     with open(os.path.join(out_dir, "results.md"), "w") as f:
         f.write(report.markdown(doc["summary"], doc["raw"], Config(**doc["config"]), doc["machine"], stacks))
-
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -353,7 +340,6 @@ def main():
     if errors:
         print(f"{len(errors)} measurement(s) FAILED TO RUN", file=sys.stderr)
         sys.exit(1)
-
 
 if __name__ == "__main__":
     try:

@@ -8,18 +8,15 @@ import os
 import threading
 import time
 
-
 def stat_fields(pid):
     """/proc/<pid>/stat after the command name: state, ppid, ... (field 3 on)."""
     with open(f"/proc/{pid}/stat") as f:
         return f.read().rsplit(")", 1)[1].split()
 
-
 def cpu_seconds(pid):
     """User + system CPU time of one process (not its children)."""
     fields = stat_fields(pid)
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
 
 def cpu_or_none(pid):
     """cpu_seconds, or None once the process is gone."""
@@ -27,7 +24,6 @@ def cpu_or_none(pid):
         return cpu_seconds(pid)
     except (OSError, IndexError, ValueError):
         return None
-
 
 def status_kib(pid, field="VmRSS"):
     """A kB line of /proc/<pid>/status (VmRSS, VmHWM), 0 once it is gone."""
@@ -37,13 +33,11 @@ def status_kib(pid, field="VmRSS"):
     except OSError:
         return 0
 
-
 def parent_of(pid):
     try:
         return int(stat_fields(pid)[1])
     except (OSError, IndexError, ValueError):
         return None
-
 
 def children(ppid):
     """Pids of the live (non-zombie) children of ppid, helpers excluded."""
@@ -63,7 +57,6 @@ def children(ppid):
             continue
     return sorted(out)
 
-
 def has_child(pid):
     """Whether pid has a child yet (any of its threads may have spawned it)."""
     try:
@@ -75,7 +68,6 @@ def has_child(pid):
         pass
     return False
 
-
 def machine_cpu():
     with open("/proc/stat") as f:
         vals = [int(x) for x in f.readline().split()[1:]]
@@ -83,14 +75,12 @@ def machine_cpu():
     total = sum(vals[:8])
     return total - idle, total
 
-
 def percentile(values, q):
     """The nearest-rank q-quantile (0 < q <= 1) of values: one of them."""
     if not values:
         return None
     v = sorted(values)
     return v[min(len(v) - 1, max(0, math.ceil(q * len(v)) - 1))]
-
 
 def request(host, port, method, path, body=None, token=None, timeout=5.0):
     """(status, body bytes) of one request on a fresh connection, `body` as JSON, `token` as a bearer token."""
@@ -105,7 +95,6 @@ def request(host, port, method, path, body=None, token=None, timeout=5.0):
     finally:
         conn.close()
 
-
 def prometheus(text):
     out = {}
     for line in text.splitlines():
@@ -116,7 +105,6 @@ def prometheus(text):
             except ValueError:
                 pass
     return out
-
 
 class WorkersSampler(threading.Thread):
     """GET /workers every `every` s on one connection, with each worker's CPU and the machine's, and the
@@ -172,7 +160,6 @@ class WorkersSampler(threading.Thread):
         except (OSError, http.client.HTTPException):
             return
         self.operator.append({"t": time.monotonic() - self.t0, **{k: m[k] for k in ("up", "down", "ok", "error")}})
-
 
 def operator_metrics(port):
     """`corral operator`'s scale events, passes and reconcile durations from its /metrics."""

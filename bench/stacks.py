@@ -31,29 +31,24 @@ CORRAL_KEYS = ("corral", "builtin", "proxy")
 NGINX_PATHS = ("/usr/sbin/nginx", "/usr/bin/nginx")
 NGINX_MISSING = "nginx not found (apt-get install nginx; .ci/test installs it)"
 
-
 def app_env(bin_dir):
     """tests/django_app importable, the venv first on PATH, no WEB_CONCURRENCY (it changes worker counts)."""
     env = dict(os.environ, PYTHONPATH=DJANGO_DIR, PATH=bin_dir + ":" + os.environ.get("PATH", ""))
     env.pop("WEB_CONCURRENCY", None)
     return env
 
-
 def nginx_binary():
     return shutil.which("nginx") or next((p for p in NGINX_PATHS if os.access(p, os.X_OK)), None)
-
 
 def tool(name):
     """Path of a tool from Debian (h2load, openssl), or None."""
     path = shutil.which(name) or f"/usr/bin/{name}"
     return path if os.access(path, os.X_OK) else None
 
-
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
 
 @functools.lru_cache(maxsize=None)
 def run_flag_missing(corral, flag, what):
@@ -66,10 +61,8 @@ def run_flag_missing(corral, flag, what):
         return f"`{os.path.basename(corral)} run --help` lists no {flag} (this build has no {what})"
     return None
 
-
 def proxy_unsupported(corral):
     return run_flag_missing(corral, "--proxy", "proxy mode")
-
 
 @functools.lru_cache(maxsize=None)
 def nginx_tls_unsupported():
@@ -84,11 +77,9 @@ def nginx_tls_unsupported():
     missing = [m for m in ("http_ssl_module", "http_v2_module") if f"--with-{m}" not in out.stdout + out.stderr]
     return f"{nginx} was built without {' and '.join(missing)}" if missing else None
 
-
 # make_certs()'s server certificate (2 days); server.pem is the leaf alone, the chain both TLS fronts serve.
 CERTIFICATE = {"key": "ECDSA P-256", "signature": "ecdsa-with-SHA256", "chain": "leaf only, signed by a throwaway CA",
                "subject_alt_names": ["DNS:localhost", "IP:127.0.0.1"]}
-
 
 def make_certs(dir_):
     """A throwaway CA and the server certificate it signs, in dir_: their paths .ca, .cert and .key."""
@@ -111,7 +102,6 @@ def make_certs(dir_):
     return types.SimpleNamespace(dir=dir_, ca=os.path.join(dir_, "ca.pem"), cert=os.path.join(dir_, "server.pem"),
                                  key=os.path.join(dir_, "server.key"))
 
-
 def nginx_conf(prefix, port, upstream_sock, worker_processes, tls=None):
     """templates/nginx.conf ($$ is nginx's $). With `tls`, HTTP/2 and HTTP/1.1 by ALPN (nginx 1.22's `listen
     ... ssl http2`), TLS 1.2 and 1.3 as corral, nginx's defaults otherwise (no session cache, tickets on)."""
@@ -129,7 +119,6 @@ def nginx_conf(prefix, port, upstream_sock, worker_processes, tls=None):
         user = f"user nobody {grp.getgrgid(nobody.pw_gid).gr_name};\n"
     return template("nginx.conf", user=user, worker_processes=worker_processes, prefix=prefix,
                     upstream_sock=upstream_sock, listen=listen)
-
 
 class Stack:
     """One way of serving the app with N workers, one of STACKS (bench/README.md)."""
@@ -199,14 +188,11 @@ class Stack:
             raise ValueError(f"{self.label} has no TLS front")
         return Running(self, app, tls)
 
-
 def all_stacks(venv, corral, workers, nginx_workers=1):
     return [Stack(key, label, venv, corral, workers, nginx_workers) for key, label in STACKS.items()]
 
-
 # Every instance not stopped yet: stop_all() stops them on run.py's way out.
 _live = set()
-
 
 def stop_all():
     for inst in list(_live):
@@ -214,7 +200,6 @@ def stop_all():
             inst.stop(limit=10)
         except Exception:  # noqa: BLE001 - keep stopping the others
             pass
-
 
 class Running:
     """A started stack: its manager (for nginx -> gunicorn the gunicorn master, nginx being the `front`),
