@@ -174,7 +174,6 @@ def analyse(*, phases, spec, samples, operator, load, events, t_up, t_down, t_en
     def mean_of(key, lo, hi):
         v = [s[key] for s in samples if lo <= s["t"] < hi and s.get(key) is not None]
         return sum(v) / len(v) if v else None
-
     rev_high, moves_high = reversals(t_up, t_down)
     rev_low, moves_low = reversals(t_down, t_end + 5)
     moves_base = reversals(0, t_up)[1]

@@ -30,7 +30,6 @@ def results(s, path, cfg):
         for rect, v in zip(b, values):
             a.annotate(missing if v is None else fmt_.format(v),
                        (rect.get_x() + rect.get_width() / 2, rect.get_height()), ha="center", va="bottom", fontsize=8)
-
     width = 0.8 / len(keys)
 
     def grouped(a, groups, value, title, ylabel, annotate=None, fontsize=None):
@@ -45,7 +44,6 @@ def results(s, path, cfg):
             if annotate(rect.get_height()):
                 a.annotate(f"{rect.get_height():.0f}", (rect.get_x() + rect.get_width() / 2, rect.get_height()),
                            ha="center", va="bottom", fontsize=7)
-
     # The built-in worker serves its own app, shown under hello.
     apps = ("hello", "django")
     fig1 = lambda k, app, field: (rows[k].get("fig1", {}).get(

@@ -59,7 +59,6 @@ def measure_throughput(inst, app, cfg, out):
     def sample_rss():
         while not stop.wait(0.25):
             peak.append(status_kib(inst.pid))
-
     sampler, = load.start_threads(sample_rss, 1)
     front = inst.front_pids()
     n0, c0, f0 = served(inst), cpu_seconds(inst.pid), cpu_of(front)
@@ -221,7 +220,6 @@ def term_with_slow_requests(inst, cfg):
     def watch_exit():
         exited["code"] = inst.wait_exit(cfg.slow_ms / 1000 + 60)
         exited["s"] = time.monotonic() - t
-
     threads = load.start_threads(one, n_slow)
     time.sleep(cfg.in_flight_wait)  # accepted and being served
     t = time.monotonic()

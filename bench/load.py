@@ -144,7 +144,6 @@ def startup(addr, path, t0, pid, limit=60.0, alive=lambda: True):
                 spawned.append(time.monotonic() - t0)
                 return
             time.sleep(0.001)
-
     watcher = threading.Thread(target=watch_children, daemon=True)
     watcher.start()
     accepting = first = None

@@ -82,13 +82,8 @@ class OperatorProbe:
             return sum(1 for line in f if BYPASSED in line)
 
     def next_pass(self, after, limit):
-        deadline = time.monotonic() + limit
-        while time.monotonic() < deadline:
-            m = self.metrics()
-            if m["passes"] > after["passes"]:
-                return m
-            time.sleep(METRICS_EVERY)
-        raise RunFailed(f"no reconcile pass ended within {limit:.0f}s")
+        passed = lambda m: m if m["passes"] > after["passes"] else None
+        return wait_until("a reconcile pass to end", limit, lambda: passed(self.metrics()), every=METRICS_EVERY)
 
 def measure_pass(probe, fake, kind, load, prev, poll):
     """One pass, its CPU sampled just before it is due and at its end; `prev`: the previous pass's end."""

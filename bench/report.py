@@ -168,7 +168,6 @@ def judge(s):
         """Why a proxy-mode target has no value: a stack not run."""
         return "; ".join(f"{gone[k]['label']} not available: {gone[k]['reason']}" for k in keys if k in gone) \
             or "not measured in this run"
-
     rps = lambda row, app="django": row.get("fig1", {}).get(app, {}).get("rps")
     for app in ("hello", "django"):
         r = ratio(rps(cor, app), rps(ref, app))
@@ -395,7 +394,6 @@ def tls_sections(s, raw, cfg, machine):
             else:
                 head.append(line([row["label"], *cells(row[part], rows.get(NGINX, {}).get(part, {}))]))
         return head + [t + "\n" for t in target_lines(s, int(part[3:]))]
-
     return [
         *front_table("h2", "fig8", text(
             "fig8", cfg=cfg, cert=f"{cert['key']} certificate ({cert['chain']})" if cert else "certificate",

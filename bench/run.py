@@ -127,7 +127,6 @@ def tls_figures(cfg, stacks, unavailable):
         for fig in figs:
             for key in keys:
                 gone[fig].setdefault(key, {"label": STACKS[key], "reason": reason})
-
     fronts, running = [], {st.key: st for st in stacks}
     for key in TLS_FRONTS:
         st = running.get(key)
