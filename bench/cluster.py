@@ -145,9 +145,8 @@ def start_operator(c, corral, namespace, metrics_port):
     """The CRD and RBAC applied as shipped, then `corral operator` as their ServiceAccount (nothing runs its
     Deployment), in cluster c; its process, once it leads."""
     kube = c.kube
-    applied = json.loads(kube.kubectl(
-        "apply", "-f", os.path.join(ROOT, "manifests", "crd.yaml"),
-        "-f", os.path.join(ROOT, "manifests", "operator.yaml"), "-o", "json").stdout)
+    applied = json.loads(kube.kubectl("apply", "-f", os.path.join(ROOT, "manifests", "crd.yaml"), "-f",
+                                      os.path.join(ROOT, "manifests", "operator.yaml"), "-o", "json").stdout)
     sa = next((i["metadata"] for i in applied.get("items", [applied]) if i.get("kind") == "ServiceAccount"), None)
     if sa is None:
         raise RunFailed("manifests/operator.yaml has no ServiceAccount")

@@ -76,12 +76,10 @@ def smoke_config(workers):
 def ensure_env():
     """Venv and wrk; re-exec inside the venv (where matplotlib is)."""
     if os.environ.get("CORRAL_BENCH_IN_VENV") != "1":
-        venv = subprocess.run(
-            ["bash", os.path.join(ROOT, ".ci", "python-env.sh"), "bench/requirements.txt"], check=True,
-            stdout=subprocess.PIPE, text=True,
-            env=dict(os.environ, CORRAL_VENV=os.environ.get(
-                "CORRAL_BENCH_VENV", os.path.expanduser("~/.cache/corral/bench-venv"))),
-        ).stdout.strip().splitlines()[-1]
+        cache = os.environ.get("CORRAL_BENCH_VENV", os.path.expanduser("~/.cache/corral/bench-venv"))
+        venv = subprocess.run(["bash", os.path.join(ROOT, ".ci", "python-env.sh"), "bench/requirements.txt"],
+                              check=True, stdout=subprocess.PIPE, text=True,
+                              env=dict(os.environ, CORRAL_VENV=cache)).stdout.strip().splitlines()[-1]
         missing = [pkg for pkg, there in (("wrk", os.path.exists("/usr/bin/wrk")), ("nginx", nginx_binary()),
                                           ("nghttp2-client", tool("h2load")), ("openssl", tool("openssl")))
                    if not there]
