@@ -175,8 +175,8 @@ def cluster(name, figure, keep):
     """A figure's work directory, children, API server and admin token (the pods' and the Secret's), all stopped
     on the way out; the directory (its logs) is kept with `keep` or when the run did not set .ok."""
     workdir, token = tempfile.mkdtemp(prefix=f"corral-{name}-"), f"bench-{name}-token-{os.urandom(12).hex()}"
-    run = types.SimpleNamespace(workdir=workdir, procs=Procs(), kube=Kube(workdir), ok=False, token=token,
-                                token_file=write_private(os.path.join(workdir, "admin-token"), token))
+    run = types.SimpleNamespace(workdir=workdir, token=token, token_file=write_private(
+        os.path.join(workdir, "admin-token"), token), procs=Procs(), kube=Kube(workdir), ok=False)
     try:
         yield run
     finally:

@@ -100,7 +100,8 @@ def ensure_env():
     return os.environ["CORRAL_BENCH_VENV_DIR"]
 
 def machine_info(stacks):
-    first_line = lambda name, *args: (output([tool(name), *args]) or "?").splitlines()[0] if tool(name) else "not found"
+    first_line = lambda name, *args: ((output([tool(name), *args]) or "?").splitlines()[0] if tool(name)
+                                      else "not found")
     with open("/proc/cpuinfo") as f:
         cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "?")
     return {
@@ -171,13 +172,12 @@ def tls_figures(cfg, stacks, unavailable):
 
 def start_autoscale(args, cfg):
     """bench/autoscale.py as a child; a function that waits for it and returns its autoscale.json, or an error."""
-    out = os.path.join(args.out_dir, "autoscale.json")
+    script, out = os.path.join(BENCH, "autoscale.py"), os.path.join(args.out_dir, "autoscale.json")
     if os.path.exists(out):
         os.remove(out)
-    argv = [sys.executable, os.path.join(BENCH, "autoscale.py"), "--out-dir", args.out_dir, "--corral", args.corral]
-    log("figure 6: " + " ".join(argv + ["--smoke"] * cfg.smoke))
-    proc = subprocess.Popen(argv + ["--smoke"] * cfg.smoke, cwd=ROOT, stdout=sys.stderr, stderr=sys.stderr,
-                            start_new_session=True)
+    argv = [sys.executable, script, "--out-dir", args.out_dir, "--corral", args.corral] + ["--smoke"] * cfg.smoke
+    log("figure 6: " + " ".join(argv))
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=sys.stderr, stderr=sys.stderr, start_new_session=True)
     # Should this run die first, the child still stops its cluster and pod.
     atexit.register(lambda: proc.poll() is None and proc.terminate())
     t0 = time.monotonic()
