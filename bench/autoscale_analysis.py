@@ -232,7 +232,8 @@ def analyse(*, phases, spec, samples, operator, load, events, t_up, t_down, t_en
             "peak_desired": peak, "settled_desired": settled, "failed": failed, "sent": sent,
             "p99_high_ms": req["high"]["p99_ms"], "scale_down_decision_s": values["scale_down"]},
         "method": {
-            "metric": sc.metric, "target": sc.target, "signal": sc.signal, "signal_unit": sc.unit, "capacity": sc.capacity,
+            "metric": sc.metric, "target": sc.target, "signal": sc.signal, "signal_unit": sc.unit,
+            "capacity": sc.capacity,
             **({"capacity_cores": CAPACITY_CORES, "cpu_target": CPU_TARGET} if is_cpu else
                {"capacity_in_flight": CAPACITY_IN_FLIGHT, "worker_concurrency": WORKER_CONCURRENCY,
                 "stack": "corral run --proxy -- uvicorn --fd {fd} mysite.asgi:application"}),
