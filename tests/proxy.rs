@@ -637,6 +637,40 @@ fn silent_and_idle_clients_are_closed_at_their_deadlines() {
     );
 }
 
+/// The head of a keep-alive connection's next request has
+/// --client-header-timeout from its first byte, as nginx gives it, not
+/// the --keep-alive the connection had while it waited.
+#[test]
+fn a_second_request_head_trickled_is_cut_off_at_the_header_timeout() {
+    use std::io::{Read, Write};
+    let c = proxied_ready("-w 1 --client-header-timeout 1s --keep-alive 20s", 1);
+    let mut s = TcpStream::connect(c.http).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut buf = [0u8; 4096];
+    let n = s.read(&mut buf).unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    std::thread::sleep(Duration::from_secs(2));
+    let started = std::time::Instant::now();
+    let mut cut = None;
+    for byte in b"GET / HTTP/1.1\r\nHost: trickled.example\r\nX-Slow: 1111111111111\r\n".iter() {
+        if s.write_all(std::slice::from_ref(byte)).is_err() {
+            cut = Some(started.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let cut = cut.unwrap_or_else(|| started.elapsed());
+    assert!(
+        cut < Duration::from_secs(4),
+        "the trickled head went on for {cut:?}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "cut before its deadline"
+    );
+    answered_ok(&c, 2);
+}
+
 /// Bodies past --client-max-body-size get 413 and never reach a worker,
 /// whether declared (Content-Length), read ahead, or streamed; a body
 /// that stalls gets 408 at --client-body-timeout.

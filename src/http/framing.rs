@@ -8,15 +8,19 @@
 //! pass (heads, then body lengths, chunk by chunk, to find the next head)
 //! and records a verdict per request in order; the server hands each
 //! request its verdict, and the front answers an ambiguous one 400 without
-//! forwarding it.
+//! forwarding it. The same reading tells when each request head began, for
+//! the header timeout of a keep-alive connection's later requests.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
 
 /// The largest request head (request line and headers) taken, in bytes;
 /// a larger one is answered 431. Gunicorn allows 4 KiB per line and 8 KiB
@@ -57,6 +61,8 @@ pub struct Reader {
     state: State,
     /// One per request head, in order: true when ambiguous.
     verdicts: VecDeque<bool>,
+    /// Request heads begun so far.
+    heads: u64,
 }
 
 impl Default for Reader {
@@ -64,6 +70,7 @@ impl Default for Reader {
         Reader {
             state: State::Head(Vec::new()),
             verdicts: VecDeque::new(),
+            heads: 0,
         }
     }
 }
@@ -136,6 +143,14 @@ fn skip(left: &mut u64, bytes: &mut &[u8]) -> bool {
 }
 
 impl Reader {
+    /// The number of the request head begun and not yet whole, if any.
+    pub fn head_in_progress(&self) -> Option<u64> {
+        match &self.state {
+            State::Head(buf) if !buf.is_empty() => Some(self.heads),
+            _ => None,
+        }
+    }
+
     /// Takes the next bytes the client sent.
     pub fn feed(&mut self, mut bytes: &[u8]) {
         while !bytes.is_empty() {
@@ -152,6 +167,7 @@ impl Reader {
                         if bytes.is_empty() {
                             return;
                         }
+                        self.heads += 1;
                     }
                     let before = buf.len();
                     buf.extend_from_slice(bytes);
@@ -243,39 +259,93 @@ impl Reader {
     }
 }
 
+/// What a [`Watch`] shares with its [`Verdicts`].
+#[derive(Default)]
+struct Seen {
+    reader: Reader,
+    /// The request head in progress: its number, and when its first byte
+    /// came.
+    head: Option<(u64, Instant)>,
+}
+
 /// A connection's read side, watched by a [`Reader`] when `active`
 /// (servers that are not a front pass their bytes straight through).
 pub struct Watch<T> {
     inner: T,
-    reader: Arc<Mutex<Reader>>,
+    seen: Arc<Mutex<Seen>>,
     active: bool,
 }
 
 impl<T> Watch<T> {
     pub fn new(inner: T, active: bool) -> (Watch<T>, Verdicts) {
-        let reader = Arc::new(Mutex::new(Reader::default()));
+        let seen = Arc::new(Mutex::new(Seen::default()));
         (
             Watch {
                 inner,
-                reader: reader.clone(),
+                seen: seen.clone(),
                 active,
             },
-            Verdicts(reader),
+            Verdicts(seen),
         )
     }
 }
 
+fn lock(seen: &Mutex<Seen>) -> std::sync::MutexGuard<'_, Seen> {
+    seen.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// The verdicts of a watched connection, taken by the server as its
 /// requests come.
-pub struct Verdicts(Arc<Mutex<Reader>>);
+#[derive(Clone)]
+pub struct Verdicts(Arc<Mutex<Seen>>);
 
 impl Verdicts {
     /// Whether the next request in order was found ambiguous. Requests on
     /// one HTTP/1 connection are served in order, so the oldest verdict is
     /// the next request's.
     pub fn next_is_ambiguous(&self) -> bool {
-        let mut reader = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        reader.verdicts.pop_front() == Some(true)
+        lock(&self.0).reader.verdicts.pop_front() == Some(true)
+    }
+
+    /// Resolves once a request head has been arriving for `limit` and is
+    /// still not whole: nginx's client_header_timeout for every request
+    /// of a keep-alive connection, counted from the head's first byte. It
+    /// looks at the head only when polled, so the connection's own future
+    /// must be polled first (a `biased` select), which reads the bytes.
+    pub fn head_past(&self, limit: Duration) -> HeadPast<'_> {
+        HeadPast {
+            seen: &self.0,
+            limit,
+            timing: None,
+            sleep: Box::pin(tokio::time::sleep(limit)),
+        }
+    }
+}
+
+/// The future of [`Verdicts::head_past`].
+pub struct HeadPast<'a> {
+    seen: &'a Mutex<Seen>,
+    limit: Duration,
+    /// The head the timer is set for.
+    timing: Option<u64>,
+    sleep: Pin<Box<Sleep>>,
+}
+
+impl Future for HeadPast<'_> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let head = lock(self.seen).head;
+        let Some((n, since)) = head else {
+            self.timing = None;
+            return Poll::Pending;
+        };
+        if self.timing != Some(n) {
+            self.timing = Some(n);
+            let deadline = since + self.limit;
+            self.sleep.as_mut().reset(deadline);
+        }
+        self.sleep.as_mut().poll(cx)
     }
 }
 
@@ -292,10 +362,13 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watch<T> {
         {
             let new = &buf.filled()[before..];
             if !new.is_empty() {
-                self.reader
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .feed(new);
+                let mut seen = lock(&self.seen);
+                seen.reader.feed(new);
+                seen.head = match (seen.reader.head_in_progress(), seen.head) {
+                    (Some(n), Some((m, since))) if n == m => Some((m, since)),
+                    (Some(n), _) => Some((n, Instant::now())),
+                    (None, _) => None,
+                };
             }
         }
         polled
@@ -376,6 +449,19 @@ mod tests {
     fn duplicate_content_lengths_are_ambiguous_even_when_equal() {
         let input = b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc";
         assert_eq!(verdicts(input), vec![true]);
+    }
+
+    #[test]
+    fn a_head_is_in_progress_from_its_first_byte_to_its_end() {
+        let mut r = Reader::default();
+        r.feed(b"\r\n");
+        assert_eq!(r.head_in_progress(), None, "blank lines begin nothing");
+        r.feed(b"GET / HTTP/1.1\r\nHost: x\r\n");
+        assert_eq!(r.head_in_progress(), Some(1));
+        r.feed(b"\r\nPOST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nab");
+        assert_eq!(r.head_in_progress(), None, "in a body");
+        r.feed(b"cG");
+        assert_eq!(r.head_in_progress(), Some(3));
     }
 
     #[test]

@@ -370,6 +370,7 @@ async fn serve_io<S, F, Fut, B>(
 {
     let strict = limits.strict_framing;
     let (stream, verdicts) = framing::Watch::new(stream, strict);
+    let heads = verdicts.clone();
     let io = TokioIo::new(stream);
     let requested = Arc::new(Notify::new());
     let service = {
@@ -415,6 +416,8 @@ async fn serve_io<S, F, Fut, B>(
     let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
     let result = tokio::select! {
+        // The connection first: it reads the bytes the head timer looks at.
+        biased;
         result = conn.as_mut() => result,
         _ = activity.stalled_past(limits.send_timeout) => {
             // Reset, as nginx's reset_timedout_connection: a close would
@@ -422,6 +425,10 @@ async fn serve_io<S, F, Fut, B>(
             // does not read it.
             debug!(peer = ?peer.addr, "connection reset: its client stopped taking its response");
             activity.reset_on_close();
+            Ok(())
+        }
+        _ = heads.head_past(limits.header_read_timeout), if strict => {
+            debug!(peer = ?peer.addr, "connection closed: a request head took longer than its timeout");
             Ok(())
         }
         _ = activity.abandoning() => {
