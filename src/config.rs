@@ -11,6 +11,7 @@ use std::time::Duration;
 mod check;
 mod settings;
 
+use crate::http::framing::{HeadLimits, MAX_HEAD_BYTES};
 use crate::limits::MAX_WORKERS;
 use crate::values::{AllowIps, BindAddr, CertReqs, Secs};
 
@@ -81,6 +82,7 @@ pub struct ProxyConfig {
     pub max_queue: u32,
     pub queue_timeout: Duration,
     pub max_connections: u32,
+    pub head_limits: HeadLimits,
     pub worker_ready_path: Option<String>,
     pub forwarded_allow_ips: AllowIps,
     pub max_requests: Option<u64>,
@@ -208,6 +210,28 @@ fn proxy_config(
     if !(1..=1_000_000).contains(&m.max_connections) {
         return Err(invalid("max-connections", "must be between 1 and 1000000"));
     }
+    let max_head = MAX_HEAD_BYTES as u32;
+    if m.limit_request_line > max_head {
+        return Err(invalid("limit-request-line", format!("at most {max_head}")));
+    }
+    if !(1..=32768).contains(&m.limit_request_fields) {
+        return Err(invalid(
+            "limit-request-fields",
+            "must be between 1 and 32768",
+        ));
+    }
+    if m.limit_request_field_size > max_head {
+        return Err(invalid(
+            "limit-request-field-size",
+            format!("at most {max_head}"),
+        ));
+    }
+    let bound = |n: u32| Some(n as usize).filter(|n| *n > 0);
+    let head_limits = HeadLimits {
+        line: bound(m.limit_request_line),
+        fields: m.limit_request_fields as usize,
+        field_size: bound(m.limit_request_field_size),
+    };
     if m.max_queue > 1_000_000 {
         return Err(invalid("max-queue", "at most 1000000"));
     }
@@ -255,6 +279,7 @@ fn proxy_config(
         max_queue: m.max_queue,
         queue_timeout: m.queue_timeout.0,
         max_connections: m.max_connections,
+        head_limits,
         worker_ready_path: m.worker_ready_path.clone(),
         forwarded_allow_ips: m.forwarded_allow_ips.clone(),
         max_requests: Some(m.max_requests).filter(|n| *n > 0),

@@ -53,6 +53,7 @@ fn limits(config: &ProxyConfig) -> Limits {
         first_request_grace: Duration::from_secs(1),
         http2: true,
         strict_framing: true,
+        max_headers: config.head_limits.fields,
     }
 }
 
@@ -266,6 +267,9 @@ impl Shared {
             r.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
             return r;
+        }
+        if let Some((status, why)) = self.config.head_limits.refusal(&req) {
+            return answer(status, why);
         }
         if req.method() == Method::TRACE {
             // nginx's answer: TRACE echoes a request's cookies and

@@ -35,6 +35,7 @@ const LIMITS: Limits = Limits {
     first_request_grace: Duration::from_secs(1),
     http2: false,
     strict_framing: false,
+    max_headers: crate::http::framing::MAX_HEADERS,
 };
 
 #[derive(Debug, thiserror::Error)]

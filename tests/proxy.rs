@@ -671,6 +671,47 @@ fn a_second_request_head_trickled_is_cut_off_at_the_header_timeout() {
     answered_ok(&c, 2);
 }
 
+/// Gunicorn's request-head limits, under their Gunicorn names (the
+/// underscore spelling of --limit-request-field_size included): a long
+/// request line gets 414, too many or too large fields 431, over HTTP/1.1
+/// and HTTP/2, and none of them reaches a worker.
+#[test]
+fn request_heads_past_gunicorn_s_limits_are_refused() {
+    let c = proxied_ready(
+        "-w 1 --limit-request-line 100 --limit-request-fields 5 --limit-request-field_size 200",
+        1,
+    );
+    let served = |c: &Corral| c.workers().unwrap().workers[0].requests.unwrap_or(0);
+    let before = served(&c);
+    let long_line = format!(
+        "GET /{} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        "a".repeat(100)
+    );
+    assert_eq!(status_of(&exchange(c.http, &long_line)), 414);
+    let big_field = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\nConnection: close\r\n\r\n",
+        "b".repeat(200)
+    );
+    assert_eq!(status_of(&exchange(c.http, &big_field)), 431);
+    let many = "GET / HTTP/1.1\r\nHost: x\r\nA: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\nE: 5\r\nConnection: close\r\n\r\n";
+    assert_eq!(status_of(&exchange(c.http, many)), 431);
+    let url = format!("http://{}/", c.http);
+    let mut h2 = vec!["--http2-prior-knowledge"];
+    let fields: Vec<String> = (0..6).map(|i| format!("X-F{i}: {i}")).collect();
+    for f in &fields {
+        h2.extend(["-H", f.as_str()]);
+    }
+    let (code, version, _) = support::tls::curl(&url, &h2);
+    assert_eq!((code.as_str(), version.as_str()), ("431", "2"));
+    let fine = "GET / HTTP/1.1\r\nHost: x\r\nA: 1\r\nConnection: close\r\n\r\n";
+    assert_eq!(status_of(&exchange(c.http, fine)), 200);
+    assert_eq!(
+        served(&c),
+        before + 1,
+        "only the request within the limits was forwarded"
+    );
+}
+
 /// Bodies past --client-max-body-size get 413 and never reach a worker,
 /// whether declared (Content-Length), read ahead, or streamed; a body
 /// that stalls gets 408 at --client-body-timeout.

@@ -354,6 +354,15 @@ with_tls_settings!(settings! {
     [proxy] tunnel_idle_timeout: Secs = "60s",
         "Proxy mode: an upgraded connection (WebSocket) in which neither side has sent a byte for this long is closed, and its worker's place freed (what nginx's proxy_read_timeout does to an idle WebSocket)",
         (long, env = "CORRAL_TUNNEL_IDLE_TIMEOUT", value_name = "SECS");
+    [proxy] limit_request_line: u32 = "4094",
+        "Proxy mode: longest request line (method, target, version) in bytes; a longer one gets 414 and is never forwarded; 0 is unbounded within the 64 KiB head (Gunicorn's)",
+        (long, env = "CORRAL_LIMIT_REQUEST_LINE", value_name = "BYTES");
+    [proxy] limit_request_fields: u32 = "100",
+        "Proxy mode: header fields a request may have, at most 32768; more get 431 (Gunicorn's)",
+        (long, env = "CORRAL_LIMIT_REQUEST_FIELDS", value_name = "N");
+    [proxy] limit_request_field_size: u32 = "8190",
+        "Proxy mode: largest request header field (name and value) in bytes; a larger one gets 431; 0 is unbounded within the 64 KiB head (Gunicorn's --limit-request-field_size)",
+        (long, alias = "limit-request-field_size", env = "CORRAL_LIMIT_REQUEST_FIELD_SIZE", value_name = "BYTES");
     [proxy] client_body_timeout: Secs = "60s",
         "Proxy mode: longest wait between two reads of a request body before the client gets 408 and is closed (nginx's client_body_timeout)",
         (long, env = "CORRAL_CLIENT_BODY_TIMEOUT", value_name = "SECS");

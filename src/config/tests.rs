@@ -185,6 +185,19 @@ fn proxy_settings_without_proxy_mode_are_refused_by_name() {
         ("proxy: true\nkill-stuck: true\n", "kill-stuck"),
         ("proxy: true\nqueue-timeout: 0\n", "queue-timeout"),
         ("front-threads: 2\n", "front-threads"),
+        (
+            "proxy: true\nlimit-request-fields: 0\n",
+            "limit-request-fields",
+        ),
+        (
+            "proxy: true\nlimit-request-line: 70000\n",
+            "limit-request-line",
+        ),
+        (
+            "proxy: true\nlimit-request-field-size: 70000\n",
+            "limit-request-field-size",
+        ),
+        ("proxy: true\nmax-connections: 0\n", "max-connections"),
         ("proxy: true\nfront-threads: 0\n", "front-threads"),
         ("proxy: true\nfront-threads: 5000\n", "front-threads"),
         (

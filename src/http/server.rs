@@ -54,6 +54,8 @@ pub struct Limits {
     /// Mark HTTP/1.1 requests whose length could be read two ways
     /// ([`framing::Ambiguous`]), for a front that must not forward them.
     pub strict_framing: bool,
+    /// Header fields an HTTP/1.1 request may have; more get 431.
+    pub max_headers: usize,
 }
 
 /// HTTP/2 limits. Streams open at once per connection (nginx's default);
@@ -83,6 +85,7 @@ pub const SMALL: Limits = Limits {
     first_request_grace: Duration::ZERO,
     http2: false,
     strict_framing: false,
+    max_headers: MAX_HEADERS,
 };
 
 /// A listener the server accepts on.
@@ -400,7 +403,7 @@ async fn serve_io<S, F, Fut, B>(
         // from the connection, keep-alive after a request) would.
         .header_read_timeout(limits.header_read_timeout.max(limits.keep_alive))
         .max_buf_size(MAX_HEAD_BYTES)
-        .max_headers(MAX_HEADERS);
+        .max_headers(limits.max_headers);
     builder
         .http2()
         .timer(TokioTimer::new())

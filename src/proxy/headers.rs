@@ -186,6 +186,7 @@ fn set_rfc7239(headers: &mut HeaderMap, peer: Option<IpAddr>, proto: &str) {
 
 #[cfg(test)]
 mod tests {
+
     use super::*;
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
