@@ -615,6 +615,20 @@ fn a_rapid_reset_client_is_cut_off_while_others_are_served() {
     assert_eq!((code.as_str(), version.as_str()), ("200", "2"));
 }
 
+/// An HTTP/2 connection past its preface and SETTINGS, and the HPACK
+/// block of `GET /delay/1500` (:method GET, :scheme http, :path as a
+/// literal without indexing, :authority x).
+fn h2_delay_client(addr: SocketAddr) -> (TcpStream, Vec<u8>) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(0x4, 0, 0, &[]));
+    s.write_all(&out).unwrap();
+    let mut headers = vec![0x82, 0x86, 0x04, 11];
+    headers.extend_from_slice(b"/delay/1500");
+    headers.extend_from_slice(&[0x41, 0x01, b'x']);
+    (s, headers)
+}
+
 /// Resets after dispatch: each stream is reset once its request has
 /// reached the worker. The worker's place stays held until it has
 /// answered, so with `--worker-concurrency 1` it never has two at once;
@@ -626,15 +640,7 @@ fn a_reset_after_dispatch_keeps_the_worker_s_place_until_it_answers() {
         .django()
         .start();
     c.wait_settled(1, SETTLE);
-    let mut s = TcpStream::connect(c.http).unwrap();
-    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    out.extend(frame(0x4, 0, 0, &[]));
-    s.write_all(&out).unwrap();
-    // GET /delay/1500 (HPACK: :method GET, :scheme http, :path as a
-    // literal without indexing, :authority x).
-    let mut headers = vec![0x82, 0x86, 0x04, 11];
-    headers.extend_from_slice(b"/delay/1500");
-    headers.extend_from_slice(&[0x41, 0x01, b'x']);
+    let (mut s, headers) = h2_delay_client(c.http);
     let most = Arc::new(AtomicUsize::new(0));
     let watching = {
         let (admin, most) = (c.admin, most.clone());
@@ -692,13 +698,7 @@ fn frame_types(got: &[u8]) -> Vec<u8> {
 fn a_client_resetting_streams_after_dispatch_gets_a_goaway() {
     let c = corral().flags("--proxy -w 1").django().start();
     c.wait_settled(1, SETTLE);
-    let mut s = TcpStream::connect(c.http).unwrap();
-    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    out.extend(frame(0x4, 0, 0, &[]));
-    s.write_all(&out).unwrap();
-    let mut headers = vec![0x82, 0x86, 0x04, 11];
-    headers.extend_from_slice(b"/delay/1500");
-    headers.extend_from_slice(&[0x41, 0x01, b'x']);
+    let (mut s, headers) = h2_delay_client(c.http);
     let reader = {
         let mut s = s.try_clone().unwrap();
         s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();

@@ -478,9 +478,7 @@ fn server_sent_events_stream_through_and_keep_the_worker_busy() {
 /// closed, and its worker's place freed; one in use is not.
 #[test]
 fn an_idle_websocket_is_closed_at_the_tunnel_idle_timeout() {
-    let c = proxied_ready("-w 1 --tunnel-idle-timeout 2s", 1);
-    let url = format!("ws://{}/ws", c.http);
-    let mut ws = WsClient::start();
+    let (c, mut ws, url) = websocket_front("-w 1 --tunnel-idle-timeout 2s");
     assert_eq!(ws.say(&format!("open a {url}")), "ok");
     for _ in 0..4 {
         ws.echo_pid("a", "alive");
@@ -498,9 +496,7 @@ fn an_idle_websocket_is_closed_at_the_tunnel_idle_timeout() {
 /// third client waits until one closes.
 #[test]
 fn websocket_tunnels_count_toward_the_connection_cap() {
-    let c = proxied_ready("-w 1 --max-connections 2", 1);
-    let url = format!("ws://{}/ws", c.http);
-    let mut ws = WsClient::start();
+    let (c, mut ws, url) = websocket_front("-w 1 --max-connections 2");
     for name in ["a", "b"] {
         assert_eq!(ws.say(&format!("open {name} {url}")), "ok");
         ws.echo_pid(name, "alive");
@@ -515,6 +511,14 @@ fn websocket_tunnels_count_toward_the_connection_cap() {
     let (code, _) = third.join().unwrap().unwrap();
     assert_eq!(code, 200);
     ws.echo_pid("b", "still here");
+}
+
+/// A proxied Django with one ready worker, a WebSocket client, and the
+/// URL of its echo socket.
+fn websocket_front(flags: &str) -> (Corral, WsClient, String) {
+    let c = proxied_ready(flags, 1);
+    let url = format!("ws://{}/ws", c.http);
+    (c, WsClient::start(), url)
 }
 
 /// The stdin-driven WebSocket client in the Django test app.
