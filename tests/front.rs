@@ -9,6 +9,7 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -733,6 +734,71 @@ fn a_client_resetting_streams_after_dispatch_gets_a_goaway() {
     assert!(open_for < Duration::from_secs(12), "open for {open_for:?}");
     let (code, version, _) = curl(&format!("http://{}/", c.http), &["--http2-prior-knowledge"]);
     assert_eq!((code.as_str(), version.as_str()), ("200", "2"));
+}
+
+/// Runs tests/attacks/h2_attack.py's `attack` against the front for
+/// `secs`, checking meanwhile that the probes answer within 1 s and an
+/// HTTP/2 client is served; what the attacker saw.
+fn h2_attack(c: &Corral, attack: &str, secs: u32) -> serde_json::Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/attacks/h2_attack.py");
+    let mut run = Tool::start(Command::new(venv().join("bin/python")).arg(script).args([
+        attack,
+        "127.0.0.1",
+        &c.http.port().to_string(),
+        &secs.to_string(),
+    ]));
+    let started = Instant::now();
+    while !run.finished() {
+        let probe = Instant::now();
+        assert_eq!(get(c.admin, "/readyz").unwrap().0, 200, "{attack}");
+        let (code, version, _) = curl(&format!("http://{}/", c.http), &["--http2-prior-knowledge"]);
+        assert_eq!((code.as_str(), version.as_str()), ("200", "2"), "{attack}");
+        assert!(
+            probe.elapsed() < Duration::from_secs(1),
+            "{attack}: served in {:?}",
+            probe.elapsed()
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{attack} did not end"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = run.output();
+    serde_json::from_str(out.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("{attack}: {e}: {out}"))
+}
+
+/// HTTP/2 attacks whose frames PyPI's hyperframe and hpack make: the
+/// preface and then silence, a CONTINUATION flood, an oversized header
+/// list. Each attacker is cut off within its deadline while the probes and
+/// another HTTP/2 client are served.
+#[test]
+fn h2_attacks_made_with_hyperframe_are_cut_off_while_others_are_served() {
+    let c = corral()
+        .flags("--proxy -w 1 --client-header-timeout 1s")
+        .django()
+        .start();
+    c.wait_settled(1, SETTLE);
+    let silent = h2_attack(&c, "preface-silence", 4);
+    let closed = silent["closed_after"].as_f64();
+    // The header timeout, then a second for the GOAWAY to go out.
+    assert!(
+        closed.is_some_and(|s| s < 3.0),
+        "preface and silence: {silent}"
+    );
+    let flood = h2_attack(&c, "continuation-flood", 4);
+    assert!(
+        flood["closed_after"].as_f64().is_some_and(|s| s < 3.0),
+        "{flood}"
+    );
+    assert_eq!(flood["goaway"], 11, "ENHANCE_YOUR_CALM: {flood}");
+    let big = h2_attack(&c, "big-header-list", 4);
+    assert_eq!(big["status"], 431, "{big}");
+    assert!(
+        big["closed_after"].as_f64().is_some_and(|s| s < 3.0),
+        "{big}"
+    );
 }
 
 fn rss_kib(pid: u32) -> u64 {
