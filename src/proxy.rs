@@ -9,6 +9,7 @@
 //! module only moves requests.
 
 pub mod backends;
+mod dispatched;
 pub mod headers;
 pub mod metrics;
 pub mod pool;
@@ -24,7 +25,7 @@ use std::time::{Duration, Instant};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
@@ -33,6 +34,7 @@ use crate::http::framing;
 use crate::http::server::{self, ConnectionPlace, Limits, Listener, Peer};
 pub use backends::{Backends, Key, Load};
 use backends::{Place, Refusal};
+use dispatched::Dispatched;
 pub use metrics::Metrics;
 use metrics::Retry;
 use pool::{ConnectError, Pool};
@@ -62,11 +64,8 @@ fn limits(config: &ProxyConfig) -> Limits {
 /// left it unanswered.
 const MAX_ATTEMPTS: u32 = 4;
 
-/// Resolves when the client's side of a request is gone (reset, hung up).
-type ClientGone = oneshot::Receiver<()>;
-
-/// Recorded for a request whose client left while it waited for a worker
-/// (nginx's 499); nobody receives it.
+/// Recorded for a request whose client left before its answer (nginx's
+/// 499); nobody receives it.
 const CLIENT_GONE: StatusCode = match StatusCode::from_u16(499) {
     Ok(code) => code,
     Err(_) => StatusCode::BAD_REQUEST,
@@ -78,6 +77,24 @@ struct Shared {
     pool: Arc<Pool>,
     metrics: Arc<Metrics>,
     config: ProxyConfig,
+}
+
+/// A request's record in the metrics if its client leaves before the
+/// answer (the exchange is dropped with it): 499, as nginx logs it.
+struct Unanswered<'a> {
+    metrics: &'a Metrics,
+    method: Method,
+    version: Version,
+    answered: bool,
+}
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.metrics
+                .answered(CLIENT_GONE, &self.method, self.version);
+        }
+    }
 }
 
 /// The running front, as the manager holds it.
@@ -118,21 +135,7 @@ impl Front {
             limits(config),
             move |req| {
                 let shared = shared.clone();
-                // On a task of its own: a client that resets its stream or
-                // hangs up drops the server's future, not the exchange, so
-                // the worker's place is held until the worker has answered
-                // (an HTTP/2 Rapid Reset after dispatch cannot get past
-                // --worker-concurrency and the queue). A request still
-                // waiting for a worker is dropped with its client.
-                let (client_here, client_gone) = oneshot::channel::<()>();
-                let exchange = tokio::spawn(async move { shared.handle(req, client_gone).await });
-                async move {
-                    let _client_here = client_here;
-                    exchange.await.unwrap_or_else(|e| {
-                        warn!(error = %e, "request handler failed");
-                        answer(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n")
-                    })
-                }
+                async move { shared.handle(req).await }
             },
             stopped,
         ));
@@ -240,24 +243,28 @@ impl Shared {
         }
     }
 
-    async fn handle(&self, req: Request<Incoming>, client_gone: ClientGone) -> Response<FrontBody> {
+    async fn handle(&self, req: Request<Incoming>) -> Response<FrontBody> {
         let started = Instant::now();
-        let method = req.method().clone();
-        let version = req.version();
-        let response = self.forward(req, started, client_gone).await;
-        self.metrics.answered(response.status(), &method, version);
+        let mut unanswered = Unanswered {
+            metrics: &self.metrics,
+            method: req.method().clone(),
+            version: req.version(),
+            answered: false,
+        };
+        // Boxed: hyper keeps the space of a connection's request future for
+        // as long as the connection lives, and this one is large; boxed, an
+        // idle keep-alive connection holds a pointer's worth of it.
+        let response = Box::pin(self.forward(req, started)).await;
+        unanswered.answered = true;
+        self.metrics
+            .answered(response.status(), &unanswered.method, unanswered.version);
         if !matches!(response.body(), FrontBody::Proxied { .. }) {
             self.metrics.observe_duration(started.elapsed());
         }
         response
     }
 
-    async fn forward(
-        &self,
-        mut req: Request<Incoming>,
-        started: Instant,
-        mut client_gone: ClientGone,
-    ) -> Response<FrontBody> {
+    async fn forward(&self, mut req: Request<Incoming>, started: Instant) -> Response<FrontBody> {
         if req.extensions().get::<framing::Ambiguous>().is_some() {
             // Never forwarded: a worker could read its length otherwise.
             let mut r = answer(
@@ -297,12 +304,9 @@ impl Shared {
         let mut retried = false;
         for _ in 0..MAX_ATTEMPTS {
             let waited = Instant::now();
-            let place = tokio::select! {
-                place = self.backends.acquire(avoid) => match place {
-                    Ok(p) => p,
-                    Err(refusal) => return refused(refusal),
-                },
-                _ = &mut client_gone => return answer(CLIENT_GONE, "the client went away\n"),
+            let place = match self.backends.acquire(avoid).await {
+                Ok(p) => p,
+                Err(refusal) => return refused(refusal),
             };
             self.metrics.observe_queue_wait(waited.elapsed());
             let key = place.key;
@@ -322,10 +326,17 @@ impl Shared {
                 break;
             };
             let sent = sender.try_send_request(head.request(outgoing));
-            let result = match self.config.request_timeout {
-                None => Ok(sent.await),
-                Some(limit) => tokio::time::timeout(limit, sent).await,
-            };
+            let limit = self.config.request_timeout;
+            let (result, place) = Dispatched::new(
+                async move {
+                    match limit {
+                        None => Ok(sent.await),
+                        Some(limit) => tokio::time::timeout(limit, sent).await,
+                    }
+                },
+                place,
+            )
+            .await;
             match result {
                 Ok(Ok(response)) => {
                     match self

@@ -709,6 +709,9 @@ fn request_heads_past_gunicorn_s_limits_are_refused() {
     assert_eq!((code.as_str(), version.as_str()), ("431", "2"));
     let fine = "GET / HTTP/1.1\r\nHost: x\r\nA: 1\r\nConnection: close\r\n\r\n";
     assert_eq!(status_of(&exchange(c.http, fine)), 200);
+    c.wait_for("the request within the limits counted", SETTLE, |d| {
+        d.workers[0].requests.unwrap_or(0) > before
+    });
     assert_eq!(
         served(&c),
         before + 1,
