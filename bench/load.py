@@ -279,8 +279,9 @@ def parse(out, res, fields):
             res[key] = conv(*m.groups())
     return res
 
-def wrk(addr, path, connections, threads, seconds, script=None):
-    argv = [WRK, f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s", "--latency"]
+def wrk(addr, path, connections, threads, seconds, script=None, cpus=None):
+    argv = (["taskset", "-c", cpus] if cpus else []) + [WRK, f"-t{threads}", f"-c{connections}", f"-d{seconds}s",
+                                                      "--timeout", "5s", "--latency"]
     argv += (["-s", script] if script else []) + [f"http://{addr[0]}:{addr[1]}{path}"]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30).stdout
     res = parse(out, {"rps": None, "p50_ms": None, "p90_ms": None, "p99_ms": None, "errors": 0, "non_2xx": 0,

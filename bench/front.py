@@ -1,0 +1,161 @@
+#!/usr/bin/env python3
+"""Figure 10: the front alone. corral --proxy and nginx before the same backend (corral's built-in workers, so
+the app costs little), each front pinned to CPU 0 and everything else (workers, wrk) to CPU 1: the front's CPU per
+request and its requests per second on one core, 3 rounds in alternating order. Then corral's front on 1 and 2
+threads with nothing pinned, and what N cores would give, computed from the per-core figure (labelled computed).
+
+    python3 bench/front.py [--corral target/release/corral] [--rounds 3] [--seconds 8] [--out-dir DIR] [--smoke]
+
+Prints the table and writes OUT/front.json. Method: docs/benchmarks/front.md."""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import load  # noqa: E402
+import procs  # noqa: E402
+from sampling import children, stat_fields  # noqa: E402
+from stacks import free_port, nginx_binary, nginx_conf  # noqa: E402
+
+FRONT_CPU, REST_CPU = "0", "1"
+
+def user_system(pids):
+    """User and system CPU seconds of `pids`, summed."""
+    fields = [stat_fields(p) for p in pids]
+    tick = os.sysconf("SC_CLK_TCK")
+    return sum(int(f[11]) for f in fields) / tick, sum(int(f[12]) for f in fields) / tick
+
+def pin(pid, cpu):
+    for task in os.listdir(f"/proc/{pid}/task"):
+        os.sched_setaffinity(int(task), {int(cpu)})
+
+def answering(port):
+    return load.get(("127.0.0.1", port), "/")[0] == 200
+
+def nginx_front(run, workers, port):
+    """nginx (1 worker process) before `corral run -w N` on a Unix socket: pids whose CPU is the front's."""
+    sock = os.path.join(run.dir, "backend.sock")
+    backend = run.procs.start(["taskset", "-c", REST_CPU, run.corral, "run", "-w", str(workers), "-b",
+                               f"unix:{sock}", "--socket-mode", "666", "--admin-bind", f"127.0.0.1:{free_port()}"],
+                              os.path.join(run.dir, "backend.log"))
+    procs.wait_until("the backend's socket", 30, lambda: os.path.exists(sock), proc=backend)
+    prefix = os.path.join(run.dir, "nginx")
+    os.makedirs(prefix, exist_ok=True)
+    conf = os.path.join(prefix, "nginx.conf")
+    with open(conf, "w") as f:
+        f.write(nginx_conf(prefix, port, sock, 1))
+    nginx = run.procs.start(["taskset", "-c", FRONT_CPU, nginx_binary(), "-p", prefix, "-c", conf, "-g",
+                             "daemon off;"], os.path.join(run.dir, "nginx.log"))
+    procs.wait_until("nginx answering", 30, lambda: answering(port), proc=nginx)
+    return [nginx.pid] + children(nginx.pid)
+
+def corral_front(run, workers, port, threads, pinned=True):
+    """corral run --proxy with the built-in workers: the manager's pid (the front is its threads)."""
+    manager = run.procs.start([run.corral, "run", "--proxy", "-w", str(workers), "--front-threads", str(threads),
+                               "-b", f"127.0.0.1:{port}", "--admin-bind", f"127.0.0.1:{free_port()}"],
+                              os.path.join(run.dir, f"corral-{threads}.log"))
+    procs.wait_until("corral answering", 30, lambda: answering(port) and len(children(manager.pid)) == workers,
+                     proc=manager)
+    if pinned:
+        pin(manager.pid, FRONT_CPU)
+        for worker in children(manager.pid):
+            pin(worker, REST_CPU)
+    return [manager.pid]
+
+def measure(port, pids, seconds, connections=64, threads=1, wrk_cpu=REST_CPU):
+    """wrk for `seconds` after a second's warm-up: req/s and the front's CPU microseconds per request."""
+    load.wrk(("127.0.0.1", port), "/", connections, threads, 1, cpus=wrk_cpu)
+    (user0, sys0) = user_system(pids)
+    res = load.wrk(("127.0.0.1", port), "/", connections, threads, seconds, cpus=wrk_cpu)
+    (user1, sys1) = user_system(pids)
+    n = res["requests"]
+    return {"rps": res["rps"], "requests": n, "errors": res["errors"] + res["non_2xx"],
+            "us_per_request": (user1 - user0 + sys1 - sys0) / n * 1e6,
+            "user_us_per_request": (user1 - user0) / n * 1e6, "system_us_per_request": (sys1 - sys0) / n * 1e6}
+
+class Run:
+    def __init__(self, corral):
+        self.corral, self.dir, self.procs = corral, tempfile.mkdtemp(prefix="corral-bench-front-"), procs.Procs()
+        os.chmod(self.dir, 0o711)  # nginx's unprivileged worker reaches the backend's socket
+
+    def one(self, start, seconds, **measure_args):
+        port = free_port()
+        try:
+            return measure(port, start(self, port), seconds, **measure_args)
+        finally:
+            self.procs.stop_all()
+            self.procs.clear()
+
+def run(corral, rounds, seconds, workers=2):
+    r = Run(corral)
+    fronts = {"nginx": lambda run, port: nginx_front(run, workers, port),
+              "corral": lambda run, port: corral_front(run, workers, port, 1)}
+    per_core = {k: [] for k in fronts}
+    for i in range(rounds):
+        for name in (list(fronts) if i % 2 == 0 else list(reversed(fronts))):
+            procs.log(f"figure 10: {name}, round {i + 1}/{rounds}")
+            per_core[name].append(r.one(fronts[name], seconds))
+    scaling = {}
+    for threads in (1, 2):
+        procs.log(f"figure 10: corral on {threads} front thread(s), unpinned")
+        scaling[threads] = r.one(lambda run, port: corral_front(run, workers, port, threads, pinned=False),
+                                 seconds, connections=128, threads=2, wrk_cpu=None)
+    return {"workers": workers, "seconds": seconds, "rounds": rounds, "per_core": per_core, "scaling": scaling}
+
+def summary(res):
+    med = {k: {m: statistics.median(x[m] for x in runs)
+               for m in ("rps", "us_per_request", "user_us_per_request", "system_us_per_request")}
+           for k, runs in res["per_core"].items()}
+    per_core_rps = 1e6 / med["corral"]["us_per_request"]
+    return {"median": med, "cpu_vs_nginx": med["corral"]["us_per_request"] / med["nginx"]["us_per_request"],
+            "two_threads_vs_one": res["scaling"][2]["rps"] / res["scaling"][1]["rps"],
+            "computed_capacity": {n: n * per_core_rps for n in (1, 2, 4, 8)},
+            "errors": sum(x["errors"] for runs in res["per_core"].values() for x in runs)
+            + sum(x["errors"] for x in res["scaling"].values())}
+
+def markdown(res, s):
+    out = ["| front | req/s on one core | front CPU per request, us | of which user / kernel | rounds (us) |",
+           "|---|---|---|---|---|"]
+    for k, m in s["median"].items():
+        rounds = ", ".join(f"{x['us_per_request']:.2f}" for x in res["per_core"][k])
+        out.append(f"| {k} | {m['rps']:.0f} | {m['us_per_request']:.2f} | {m['user_us_per_request']:.2f} / "
+                   f"{m['system_us_per_request']:.2f} | {rounds} |")
+    out += ["", f"Medians of {res['rounds']} rounds. corral's front CPU per request: {s['cpu_vs_nginx']:.2f}x nginx's.",
+            "",
+            "| corral --front-threads | req/s (wrk -t2 -c128, nothing pinned) |", "|---|---|"]
+    out += [f"| {t} | {x['rps']:.0f} |" for t, x in res["scaling"].items()]
+    out += ["", f"2 threads: {s['two_threads_vs_one']:.2f}x one (wrk and the workers share the same 2 cores).", "",
+            "Computed, not measured: N cores given to the front alone at the per-core rate: "
+            + ", ".join(f"{n}: {v:.0f} req/s" for n, v in s["computed_capacity"].items()) + ".",
+            "", f"Errors (wrk socket errors and non-2xx): {s['errors']}."]
+    return "\n".join(out)
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--corral", default=os.path.join(procs.ROOT, "target/release/corral"))
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seconds", type=int, default=8)
+    ap.add_argument("--out-dir", default=os.path.join(procs.ROOT, "docs/benchmarks"))
+    ap.add_argument("--smoke", action="store_true", help="1 round of 1 s")
+    args = ap.parse_args()
+    if len(os.sched_getaffinity(0)) < 2:
+        sys.exit("figure 10 needs 2 CPUs: the front on one, the rest on the other")
+    procs.stop_on_signals()
+    res = run(args.corral, 1 if args.smoke else args.rounds, 1 if args.smoke else args.seconds)
+    res["machine"] = {"cpus": os.cpu_count(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                      "nginx": procs.output([nginx_binary(), "-v"], stderr=-2),
+                      "corral": procs.output([args.corral, "--version"])}
+    res["summary"] = s = summary(res)
+    print(markdown(res, s))
+    os.makedirs(args.out_dir, exist_ok=True)
+    with open(os.path.join(args.out_dir, "front.json"), "w") as f:
+        json.dump(res, f, indent=1)
+    return 1 if s["errors"] else 0
+
+if __name__ == "__main__":
+    sys.exit(main())
