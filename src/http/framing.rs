@@ -534,10 +534,10 @@ mod tests {
             b.body(()).unwrap()
         };
         assert_eq!(limits.refusal(&req("/a", &[("host", "x")])), None);
-        // GET /0123456789012345 HTTP/1.1 is 31 bytes.
-        let long = limits.refusal(&req("/0123456789012345", &[])).unwrap();
+        // GET /01234567890123456 HTTP/1.1 is 31 bytes; one less is 30.
+        let long = limits.refusal(&req("/01234567890123456", &[])).unwrap();
         assert_eq!(long.0, StatusCode::URI_TOO_LONG);
-        assert_eq!(limits.refusal(&req("/012345678901234", &[])), None);
+        assert_eq!(limits.refusal(&req("/0123456789012345", &[])), None);
         let many = limits.refusal(&req("/", &[("a", "1"), ("b", "2"), ("c", "3")]));
         assert_eq!(many.unwrap().0, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
         // "x-long: " and 13 bytes is 21.
