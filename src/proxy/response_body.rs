@@ -59,7 +59,7 @@ impl FrontBody {
 }
 
 /// How long the front waits, once a worker's response head is in, for its
-/// body to follow before sending the head on alone.
+/// body to follow (to its end, if it comes) before sending on what it has.
 const READ_AHEAD_WAIT: Duration = Duration::from_millis(2);
 
 /// The most of a response body read ahead whole: past it, the body streams.
@@ -89,18 +89,18 @@ pub async fn read_ahead(body: &mut Incoming) -> Result<Ahead, hyper::Error> {
         .is_some_and(|n| n <= READ_AHEAD_LIMIT);
     let mut frames = VecDeque::new();
     let mut size = 0u64;
+    // One wait for the whole read-ahead: a chunked body's last chunk
+    // (Uvicorn writes it apart from the data) is taken in too, so the
+    // client gets one write with a Content-Length.
+    let deadline = tokio::time::Instant::now() + READ_AHEAD_WAIT;
     loop {
         if body.is_end_stream() {
             break;
         }
         let next = if small {
             Some(body.frame().await)
-        } else if frames.is_empty() {
-            tokio::time::timeout(READ_AHEAD_WAIT, body.frame())
-                .await
-                .ok()
         } else {
-            futures::FutureExt::now_or_never(body.frame())
+            tokio::time::timeout_at(deadline, body.frame()).await.ok()
         };
         match next {
             None => return Ok(Ahead::Partial(frames)),
