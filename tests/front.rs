@@ -300,8 +300,7 @@ fn raw(addr: SocketAddr, raw: &[u8]) -> String {
 
 #[test]
 fn requests_that_could_be_smuggled_are_refused_and_never_forwarded() {
-    let c = corral().args(&["--proxy", "-w", "1"]).django().start();
-    c.wait_settled(1, SETTLE);
+    let c = django_front("--proxy -w 1", 1);
     let cases: [(&str, &[u8], &str); 5] = [
         (
             "Content-Length with Transfer-Encoding",
@@ -349,8 +348,7 @@ fn requests_that_could_be_smuggled_are_refused_and_never_forwarded() {
 #[test]
 fn slowloris_clients_are_cut_off_and_do_not_starve_others() {
     let _heavy = heavy();
-    let c = corral().args(&["--proxy", "-w", "1"]).django().start();
-    c.wait_settled(1, SETTLE);
+    let c = django_front("--proxy -w 1", 1);
     // 300 clients that send a byte of headers every second, for at most
     // 15 s (the header-read timeout is 10 s).
     let (sending, cut) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
@@ -411,9 +409,10 @@ fn slowloris_clients_are_cut_off_and_do_not_starve_others() {
 }
 
 /// The front with two Django workers under `flags`, ready.
-fn django_front(flags: &str) -> Corral {
+/// Django behind the front with `flags`, once its `workers` are ready.
+fn django_front(flags: &str, workers: u32) -> Corral {
     let c = corral().flags(flags).django().start();
-    c.wait_settled(2, SETTLE);
+    c.wait_settled(workers, SETTLE);
     c
 }
 
@@ -513,7 +512,7 @@ fn closed_them_all(rows: &[Vec<u64>], ended: &str, seconds: usize, total: u64) {
 #[test]
 fn slowhttptest_slowloris_is_cut_off_at_the_header_timeout() {
     let _heavy = heavy();
-    let c = django_front("--proxy -w 2 --client-header-timeout 2s");
+    let c = django_front("--proxy -w 2 --client-header-timeout 2s", 2);
     let (rows, ended) = slowhttptest(&c, "/", "-H -c 400 -r 200 -i 1 -x 8 -l 12 -p 2", &|_| {});
     closed_them_all(&rows, &ended, 10, 400);
 }
@@ -524,7 +523,7 @@ fn slowhttptest_slowloris_is_cut_off_at_the_header_timeout() {
 #[test]
 fn slowhttptest_slow_body_is_cut_off_at_the_body_timeout() {
     let _heavy = heavy();
-    let c = django_front("--proxy -w 2 --client-body-timeout 1s");
+    let c = django_front("--proxy -w 2 --client-body-timeout 1s", 2);
     let (rows, ended) = slowhttptest(
         &c,
         "/",
@@ -544,7 +543,7 @@ fn slowhttptest_slow_body_is_cut_off_at_the_body_timeout() {
 #[test]
 fn slowhttptest_slow_read_is_cut_off_at_the_send_timeout() {
     let _heavy = heavy();
-    let c = django_front("--proxy -w 2 --send-timeout 2s");
+    let c = django_front("--proxy -w 2 --send-timeout 2s", 2);
     let most_late = Arc::new(AtomicUsize::new(0));
     let seen = most_late.clone();
     let admin = c.admin;
@@ -577,8 +576,7 @@ fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
 
 #[test]
 fn a_rapid_reset_client_is_cut_off_while_others_are_served() {
-    let c = corral().args(&["--proxy", "-w", "1"]).django().start();
-    c.wait_settled(1, SETTLE);
+    let c = django_front("--proxy -w 1", 1);
     let mut s = TcpStream::connect(c.http).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
@@ -636,11 +634,7 @@ fn h2_delay_client(addr: SocketAddr) -> (TcpStream, Vec<u8>) {
 /// the streams reset while they waited never reach it.
 #[test]
 fn a_reset_after_dispatch_keeps_the_worker_s_place_until_it_answers() {
-    let c = corral()
-        .flags("--proxy -w 1 --worker-concurrency 1")
-        .django()
-        .start();
-    c.wait_settled(1, SETTLE);
+    let c = django_front("--proxy -w 1 --worker-concurrency 1", 1);
     let (mut s, headers) = h2_delay_client(c.http);
     let most = Arc::new(AtomicUsize::new(0));
     let watching = {
@@ -697,8 +691,7 @@ fn frame_types(got: &[u8]) -> Vec<u8> {
 /// requests, the connection gets a GOAWAY and is closed.
 #[test]
 fn a_client_resetting_streams_after_dispatch_gets_a_goaway() {
-    let c = corral().flags("--proxy -w 1").django().start();
-    c.wait_settled(1, SETTLE);
+    let c = django_front("--proxy -w 1", 1);
     let (mut s, headers) = h2_delay_client(c.http);
     let reader = {
         let mut s = s.try_clone().unwrap();
@@ -775,11 +768,7 @@ fn h2_attack(c: &Corral, attack: &str, secs: u32) -> serde_json::Value {
 /// another HTTP/2 client are served.
 #[test]
 fn h2_attacks_made_with_hyperframe_are_cut_off_while_others_are_served() {
-    let c = corral()
-        .flags("--proxy -w 1 --client-header-timeout 1s")
-        .django()
-        .start();
-    c.wait_settled(1, SETTLE);
+    let c = django_front("--proxy -w 1 --client-header-timeout 1s", 1);
     let silent = h2_attack(&c, "preface-silence", 4);
     let closed = silent["closed_after"].as_f64();
     // The header timeout, then a second for the GOAWAY to go out.
@@ -814,8 +803,7 @@ fn rss_kib(pid: u32) -> u64 {
 fn ping_and_settings_floods_neither_grow_the_front_nor_starve_others() {
     // Not beside the other load tests: "not starved" is a time bound.
     let _heavy = heavy();
-    let c = corral().args(&["--proxy", "-w", "1"]).django().start();
-    c.wait_settled(1, SETTLE);
+    let c = django_front("--proxy -w 1", 1);
     let before = rss_kib(c.child.id());
     let mut s = TcpStream::connect(c.http).unwrap();
     s.set_read_timeout(Some(Duration::from_millis(200)))
