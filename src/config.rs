@@ -11,7 +11,8 @@ use std::time::Duration;
 mod check;
 mod settings;
 
-use crate::http::framing::{HeadLimits, MAX_HEAD_BYTES};
+use crate::http::framing::MAX_HEAD_BYTES;
+use crate::http::head_limits::HeadLimits;
 use crate::limits::MAX_WORKERS;
 use crate::values::{AllowIps, BindAddr, CertReqs, Secs};
 
