@@ -30,7 +30,6 @@ use tokio::time::Instant;
 
 /// Every connection of one server, for eviction at the cap.
 pub struct Registry {
-    epoch: Instant,
     next_id: AtomicU64,
     connections: Mutex<HashMap<u64, Arc<Activity>>>,
 }
@@ -47,21 +46,60 @@ pub const FIRST_REQUEST_GRACE: Duration = Duration::from_millis(100);
 /// counts only resets before dispatch.
 pub const ABANDONED_MAX: u64 = 100;
 
+/// An instant any thread may set and read without a lock: milliseconds
+/// after an epoch, in an atomic. Connections and tunnels stamp what last
+/// happened on them with it.
+pub struct Stamp {
+    epoch: Instant,
+    ms: AtomicU64,
+}
+
+impl Stamp {
+    /// Set to now.
+    pub fn now() -> Stamp {
+        let stamp = Stamp {
+            epoch: Instant::now(),
+            ms: AtomicU64::new(0),
+        };
+        stamp.touch();
+        stamp
+    }
+
+    pub fn touch(&self) {
+        self.ms
+            .store(self.epoch.elapsed().as_millis() as u64, Ordering::SeqCst);
+    }
+
+    pub fn at(&self) -> Instant {
+        self.epoch + Duration::from_millis(self.ms.load(Ordering::SeqCst))
+    }
+
+    /// Resolves once the stamp is `limit` old (touched meanwhile, later).
+    pub async fn older_than(&self, limit: Duration) {
+        loop {
+            let deadline = self.at() + limit;
+            if Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    }
+}
+
 /// One connection's state.
 pub struct Activity {
     /// The connection's socket, looked at (never read) for waiting bytes.
     fd: RawFd,
-    epoch: Instant,
     in_flight: AtomicUsize,
-    /// Milliseconds after the epoch when the connection last became idle.
-    idle_since: AtomicU64,
+    /// When the connection last became idle.
+    idle_since: Stamp,
     served: AtomicBool,
     evicting: AtomicBool,
     /// Response bodies with a part handed out and not yet taken: the
     /// client's turn.
     sending: AtomicUsize,
-    /// Milliseconds after the epoch when a response last moved.
-    progress: AtomicU64,
+    /// When a response last moved.
+    progress: Stamp,
     changed: Notify,
     evict: Notify,
     /// Requests begun, and of those abandoned before their answer.
@@ -86,7 +124,6 @@ pub struct InFlight {
 impl Registry {
     pub fn new() -> Arc<Registry> {
         Arc::new(Registry {
-            epoch: Instant::now(),
             next_id: AtomicU64::new(0),
             connections: Mutex::new(HashMap::new()),
         })
@@ -100,20 +137,18 @@ impl Registry {
     pub fn register(self: &Arc<Self>, fd: RawFd) -> (Arc<Activity>, Registration) {
         let activity = Arc::new(Activity {
             fd,
-            epoch: self.epoch,
             in_flight: AtomicUsize::new(0),
-            idle_since: AtomicU64::new(0),
+            idle_since: Stamp::now(),
             served: AtomicBool::new(false),
             evicting: AtomicBool::new(false),
             sending: AtomicUsize::new(0),
-            progress: AtomicU64::new(0),
+            progress: Stamp::now(),
             changed: Notify::new(),
             evict: Notify::new(),
             begun: AtomicU64::new(0),
             abandoned: AtomicU64::new(0),
             abandoning: Notify::new(),
         });
-        activity.stamp_idle();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.lock().insert(id, activity.clone());
         let registration = Registration {
@@ -130,7 +165,7 @@ impl Registry {
         let idlest = connections
             .values()
             .filter(|a| a.evictable(now))
-            .min_by_key(|a| a.idle_since.load(Ordering::SeqCst));
+            .min_by_key(|a| a.idle_since.at());
         match idlest {
             Some(a) => {
                 a.evicting.store(true, Ordering::SeqCst);
@@ -149,15 +184,6 @@ impl Drop for Registration {
 }
 
 impl Activity {
-    fn stamp_idle(&self) {
-        let ms = self.epoch.elapsed().as_millis() as u64;
-        self.idle_since.store(ms, Ordering::SeqCst);
-    }
-
-    fn idle_since(&self) -> Instant {
-        self.epoch + Duration::from_millis(self.idle_since.load(Ordering::SeqCst))
-    }
-
     /// Idle, not already asked to go, and not a new client about to send
     /// its first request.
     fn evictable(&self, now: Instant) -> bool {
@@ -167,7 +193,7 @@ impl Activity {
         if self.served.load(Ordering::SeqCst) {
             return true;
         }
-        now.duration_since(self.idle_since()) >= FIRST_REQUEST_GRACE && !self.bytes_waiting()
+        now.duration_since(self.idle_since.at()) >= FIRST_REQUEST_GRACE && !self.bytes_waiting()
     }
 
     /// Whether the client has sent bytes not read yet (a peek, so nothing
@@ -219,7 +245,7 @@ impl Activity {
             } else {
                 first_request
             };
-            let deadline = self.idle_since() + limit;
+            let deadline = self.idle_since.at() + limit;
             if Instant::now() >= deadline {
                 return;
             }
@@ -230,14 +256,10 @@ impl Activity {
         }
     }
 
-    fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
-    }
-
     /// Resolves once a response has waited for its client past `limit`.
     pub async fn stalled_past(&self, limit: Duration) {
         loop {
-            let since = self.epoch + Duration::from_millis(self.progress.load(Ordering::SeqCst));
+            let since = self.progress.at();
             let stalled = self.sending.load(Ordering::SeqCst) > 0;
             if stalled && Instant::now() >= since + limit {
                 return;
@@ -283,7 +305,7 @@ impl Drop for InFlight {
             }
         }
         if a.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
-            a.stamp_idle();
+            a.idle_since.touch();
             a.changed.notify_waiters();
         }
     }
@@ -338,7 +360,7 @@ impl<B: Body> Body for Tracked<B> {
         // Asked again: what was handed out has been taken.
         settle(this.request, this.handed_out);
         let activity = &this.request.activity;
-        activity.progress.store(activity.now_ms(), Ordering::SeqCst);
+        activity.progress.touch();
         let polled = this.body.poll_frame(cx);
         if let Poll::Ready(Some(Ok(_))) = &polled {
             *this.handed_out = true;

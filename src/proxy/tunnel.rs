@@ -7,51 +7,22 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::Instant;
 use tracing::debug;
 
 use super::backends::Place;
+use crate::http::activity::Stamp;
 use crate::http::server::ConnectionPlace;
 
-/// When either side last moved a byte, in milliseconds after `epoch`.
-struct LastByte {
-    epoch: Instant,
-    ms: AtomicU64,
-}
-
-impl LastByte {
-    fn touch(&self) {
-        self.ms
-            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
-    }
-
-    fn at(&self) -> Instant {
-        self.epoch + Duration::from_millis(self.ms.load(Ordering::Relaxed))
-    }
-
-    /// Resolves once nothing has moved for `limit`.
-    async fn idle_past(&self, limit: Duration) {
-        loop {
-            let deadline = self.at() + limit;
-            if Instant::now() >= deadline {
-                return;
-            }
-            tokio::time::sleep_until(deadline).await;
-        }
-    }
-}
-
-/// One side of the tunnel, stamping [`LastByte`] whenever a byte moves.
+/// One side of the tunnel, stamping `last` whenever a byte moves.
 struct Watched<T> {
     io: T,
-    last: Arc<LastByte>,
+    last: Arc<Stamp>,
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
@@ -105,10 +76,7 @@ pub async fn run(
 ) {
     match tokio::try_join!(client, worker) {
         Ok((client, worker)) => {
-            let last = Arc::new(LastByte {
-                epoch: Instant::now(),
-                ms: AtomicU64::new(0),
-            });
+            let last = Arc::new(Stamp::now());
             let mut client = Watched {
                 io: TokioIo::new(client),
                 last: last.clone(),
@@ -123,7 +91,7 @@ pub async fn run(
                         debug!(error = %e, "upgraded connection");
                     }
                 }
-                _ = last.idle_past(idle) => debug!(?idle, "upgraded connection idle: closed"),
+                _ = last.older_than(idle) => debug!(?idle, "upgraded connection idle: closed"),
             }
         }
         Err(e) => debug!(error = %e, "upgrade failed"),
@@ -133,19 +101,18 @@ pub async fn run(
 
 #[cfg(test)]
 mod tests {
+    use tokio::time::Instant;
+
     use super::*;
 
     #[tokio::test(start_paused = true)]
     async fn a_tunnel_is_idle_only_when_no_byte_moves() {
-        let last = LastByte {
-            epoch: Instant::now(),
-            ms: AtomicU64::new(0),
-        };
+        let last = Stamp::now();
         let limit = Duration::from_secs(60);
         tokio::time::advance(Duration::from_secs(50)).await;
         last.touch();
         let t0 = Instant::now();
-        last.idle_past(limit).await;
+        last.older_than(limit).await;
         assert_eq!(t0.elapsed(), limit, "counted from the last byte");
     }
 }
