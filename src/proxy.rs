@@ -79,21 +79,20 @@ struct Shared {
     config: ProxyConfig,
 }
 
-/// A request's record in the metrics if its client leaves before the
-/// answer (the exchange is dropped with it): 499, as nginx logs it.
-struct Unanswered<'a> {
+/// A request's line in the metrics, written when it is dropped: its
+/// answer's status, or 499 (as nginx logs it) if its client left first and
+/// the exchange was dropped with it.
+struct Counted<'a> {
     metrics: &'a Metrics,
     method: Method,
     version: Version,
-    answered: bool,
+    status: StatusCode,
 }
 
-impl Drop for Unanswered<'_> {
+impl Drop for Counted<'_> {
     fn drop(&mut self) {
-        if !self.answered {
-            self.metrics
-                .answered(CLIENT_GONE, &self.method, self.version);
-        }
+        self.metrics
+            .answered(self.status, &self.method, self.version);
     }
 }
 
@@ -245,19 +244,17 @@ impl Shared {
 
     async fn handle(&self, req: Request<Incoming>) -> Response<FrontBody> {
         let started = Instant::now();
-        let mut unanswered = Unanswered {
+        let mut counted = Counted {
             metrics: &self.metrics,
             method: req.method().clone(),
             version: req.version(),
-            answered: false,
+            status: CLIENT_GONE,
         };
         // Boxed: hyper keeps the space of a connection's request future for
         // as long as the connection lives, and this one is large; boxed, an
         // idle keep-alive connection holds a pointer's worth of it.
         let response = Box::pin(self.forward(req, started)).await;
-        unanswered.answered = true;
-        self.metrics
-            .answered(response.status(), &unanswered.method, unanswered.version);
+        counted.status = response.status();
         if !matches!(response.body(), FrontBody::Proxied { .. }) {
             self.metrics.observe_duration(started.elapsed());
         }

@@ -342,7 +342,7 @@ async fn connection<F, Fut, B>(
                     Ok(tls) => serve_io(tls, peer, &place, activity, handle, limits, shutdown).await,
                     Err(e) => debug!(error = %e, peer = ?peer.addr, "TLS handshake"),
                 },
-                why = idle(&activity, &limits) => debug!(peer = ?peer.addr, why, "TLS handshake cut off"),
+                why = closing(&activity, &limits) => debug!(peer = ?peer.addr, why, "TLS handshake cut off"),
             }
         }
         Conn::Unix(s) => {
@@ -434,13 +434,8 @@ async fn serve_io<S, F, Fut, B>(
             debug!(peer = ?peer.addr, "connection closed: a request head took longer than its timeout");
             Ok(())
         }
-        _ = activity.abandoning() => {
-            debug!(peer = ?peer.addr, "connection closed: its client abandoned most of its requests (resets)");
-            conn.as_mut().graceful_shutdown();
-            tokio::time::timeout(CLOSE_GRACE, conn.as_mut()).await.unwrap_or(Ok(()))
-        }
-        why = idle(&activity, &limits) => {
-            debug!(peer = ?peer.addr, why, "idle connection closed");
+        why = closing(&activity, &limits) => {
+            debug!(peer = ?peer.addr, why, "connection closed");
             conn.as_mut().graceful_shutdown();
             tokio::time::timeout(CLOSE_GRACE, conn.as_mut()).await.unwrap_or(Ok(()))
         }
@@ -460,12 +455,14 @@ async fn serve_io<S, F, Fut, B>(
     }
 }
 
-/// Resolves when an idle connection should close: past its deadline, or
-/// evicted to make room at the cap.
-async fn idle(activity: &Activity, limits: &Limits) -> &'static str {
+/// Resolves when a connection should close, with why: idle past its
+/// deadline, evicted to make room at the cap, or its client abandons most
+/// of its requests (resets).
+async fn closing(activity: &Activity, limits: &Limits) -> &'static str {
     tokio::select! {
-        _ = activity.idle_past(limits.header_read_timeout, limits.keep_alive) => "past its deadline",
+        _ = activity.idle_past(limits.header_read_timeout, limits.keep_alive) => "idle past its deadline",
         _ = activity.evicted() => "to make room at the cap",
+        _ = activity.abandoning() => "its client abandoned most of its requests",
     }
 }
 
