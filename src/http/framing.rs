@@ -331,8 +331,7 @@ impl Verdicts {
         HeadPast {
             seen: &self.0,
             limit,
-            timing: None,
-            sleep: Box::pin(tokio::time::sleep(limit)),
+            timer: None,
         }
     }
 }
@@ -341,26 +340,27 @@ impl Verdicts {
 pub struct HeadPast<'a> {
     seen: &'a Mutex<Seen>,
     limit: Duration,
-    /// The head the timer is set for.
-    timing: Option<u64>,
-    sleep: Pin<Box<Sleep>>,
+    /// The head the timer runs for, and the timer: made with the first
+    /// head, so a connection that sends none costs no timer.
+    timer: Option<(u64, Pin<Box<Sleep>>)>,
 }
 
 impl Future for HeadPast<'_> {
     type Output = ();
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let head = lock(self.seen).head;
-        let Some((n, since)) = head else {
-            self.timing = None;
+        let Some((n, since)) = lock(self.seen).head else {
             return Poll::Pending;
         };
-        if self.timing != Some(n) {
-            self.timing = Some(n);
-            let deadline = since + self.limit;
-            self.sleep.as_mut().reset(deadline);
+        let deadline = since + self.limit;
+        let (timing, sleep) = self
+            .timer
+            .get_or_insert_with(|| (n, Box::pin(tokio::time::sleep_until(deadline))));
+        if *timing != n {
+            *timing = n;
+            sleep.as_mut().reset(deadline);
         }
-        self.sleep.as_mut().poll(cx)
+        sleep.as_mut().poll(cx)
     }
 }
 
