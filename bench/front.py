@@ -3,6 +3,8 @@
 the app costs little), each front pinned to CPU 0 and everything else (workers, wrk) to CPU 1: the front's CPU per
 request and its requests per second on one core, 3 rounds in alternating order. Then corral's front on 1 and 2
 threads with nothing pinned, and what N cores would give, computed from the per-core figure (labelled computed).
+Then the instructions each front executes per request, counted by valgrind's callgrind (HTTP/1.1, and h2 for
+corral): counts that repeat run to run, where times do not.
 
     python3 bench/front.py [--corral target/release/corral] [--rounds 3] [--seconds 8] [--out-dir DIR] [--smoke]
 
@@ -11,7 +13,9 @@ Prints the table and writes OUT/front.json. Method: docs/benchmarks/front.md."""
 import argparse
 import json
 import os
+import glob
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -23,6 +27,7 @@ from sampling import children, stat_fields  # noqa: E402
 from stacks import free_port, nginx_binary, nginx_conf  # noqa: E402
 
 FRONT_CPU, REST_CPU = "0", "1"
+CALLGRIND = ["valgrind", "--tool=callgrind"]
 
 def user_system(pids):
     """User and system CPU seconds of `pids`, summed."""
@@ -37,8 +42,9 @@ def pin(pid, cpu):
 def answering(port):
     return load.get(("127.0.0.1", port), "/")[0] == 200
 
-def nginx_front(run, workers, port):
-    """nginx (1 worker process) before `corral run -w N` on a Unix socket: pids whose CPU is the front's."""
+def nginx_front(run, workers, port, wrap=()):
+    """nginx (1 worker process) before `corral run -w N` on a Unix socket: pids whose CPU is the front's. Under
+    `wrap` (callgrind), nginx is one process: its master does the worker's job."""
     sock = os.path.join(run.dir, "backend.sock")
     backend = run.procs.start(["taskset", "-c", REST_CPU, run.corral, "run", "-w", str(workers), "-b",
                                f"unix:{sock}", "--socket-mode", "666", "--admin-bind", f"127.0.0.1:{free_port()}"],
@@ -49,14 +55,15 @@ def nginx_front(run, workers, port):
     conf = os.path.join(prefix, "nginx.conf")
     with open(conf, "w") as f:
         f.write(nginx_conf(prefix, port, sock, 1))
-    nginx = run.procs.start(["taskset", "-c", FRONT_CPU, nginx_binary(), "-p", prefix, "-c", conf, "-g",
-                             "daemon off;"], os.path.join(run.dir, "nginx.log"))
+    single = " master_process off;" if wrap else ""
+    nginx = run.procs.start(["taskset", "-c", FRONT_CPU, *wrap, nginx_binary(), "-p", prefix, "-c", conf, "-g",
+                             f"daemon off;{single}"], os.path.join(run.dir, "nginx.log"))
     procs.wait_until("nginx answering", 30, lambda: answering(port), proc=nginx)
     return [nginx.pid] + children(nginx.pid)
 
-def corral_front(run, workers, port, threads, pinned=True):
+def corral_front(run, workers, port, threads, pinned=True, wrap=()):
     """corral run --proxy with the built-in workers: the manager's pid (the front is its threads)."""
-    manager = run.procs.start([run.corral, "run", "--proxy", "-w", str(workers), "--front-threads", str(threads),
+    manager = run.procs.start([*wrap, run.corral, "run", "--proxy", "-w", str(workers), "--front-threads", str(threads),
                                "-b", f"127.0.0.1:{port}", "--admin-bind", f"127.0.0.1:{free_port()}"],
                               os.path.join(run.dir, f"corral-{threads}.log"))
     procs.wait_until("corral answering", 30, lambda: answering(port) and len(children(manager.pid)) == workers,
@@ -77,6 +84,29 @@ def measure(port, pids, seconds, connections=64, threads=1, wrk_cpu=REST_CPU):
     return {"rps": res["rps"], "requests": n, "errors": res["errors"] + res["non_2xx"],
             "us_per_request": (user1 - user0 + sys1 - sys0) / n * 1e6,
             "user_us_per_request": (user1 - user0) / n * 1e6, "system_us_per_request": (sys1 - sys0) / n * 1e6}
+
+def instructions(run, start, requests, h2=False):
+    """Instructions per request of the front started by `start(run, port, wrap)` under callgrind: counters zeroed
+    after a warm-up, then `requests` sent one at a time on one connection by h2load, then dumped. Every
+    thread of the front's process counts (for corral, the supervision loop and admin API too)."""
+    port = free_port()
+    out = os.path.join(run.dir, "callgrind")
+    try:
+        pid = start(run, port, [*CALLGRIND, f"--callgrind-out-file={out}.%p"])[0]
+        send = [load.H2LOAD, "-c", "1", "-m", "1", *([] if h2 else ["--h1"]), f"http://127.0.0.1:{port}/"]
+        subprocess.run(send + ["-n", "200"], capture_output=True, check=True, timeout=120)
+        subprocess.run(["callgrind_control", "--zero", str(pid)], capture_output=True, check=True, timeout=60)
+        sent = subprocess.run(send + ["-n", str(requests)], capture_output=True, text=True, timeout=300).stdout
+        subprocess.run(["callgrind_control", "--dump", str(pid)], capture_output=True, check=True, timeout=60)
+        if f"{requests} succeeded" not in sent:
+            raise procs.RunFailed(f"h2load under callgrind: {sent.strip()[-300:]}")
+        dump = max(glob.glob(f"{out}.{pid}.*"), key=lambda f: int(f.rsplit(".", 1)[1]))
+        with open(dump) as f:
+            total = next(int(line.split()[1]) for line in f if line.startswith("totals:"))
+        return total / requests
+    finally:
+        run.procs.stop_all()
+        run.procs.clear()
 
 class Run:
     def __init__(self, corral):
@@ -105,7 +135,14 @@ def run(corral, rounds, seconds, workers=2):
         procs.log(f"figure 10: corral on {threads} front thread(s), unpinned")
         scaling[threads] = r.one(lambda run, port: corral_front(run, workers, port, threads, pinned=False),
                                  seconds, connections=128, threads=2, wrk_cpu=None)
-    return {"workers": workers, "seconds": seconds, "rounds": rounds, "per_core": per_core, "scaling": scaling}
+    n = 200 if rounds == 1 else 2000
+    procs.log(f"figure 10: instructions per request under callgrind, {n} requests")
+    counted = {"nginx": instructions(r, lambda run, port, wrap: nginx_front(run, workers, port, wrap), n),
+               "corral": instructions(r, lambda run, port, wrap: corral_front(run, workers, port, 1, False, wrap), n),
+               "corral_h2": instructions(r, lambda run, port, wrap: corral_front(run, workers, port, 1, False, wrap),
+                                         n, h2=True)}
+    return {"workers": workers, "seconds": seconds, "rounds": rounds, "per_core": per_core, "scaling": scaling,
+            "instructions_per_request": counted}
 
 def summary(res):
     med = {k: {m: statistics.median(x[m] for x in runs)
@@ -132,7 +169,9 @@ def markdown(res, s):
     out += ["", f"2 threads: {s['two_threads_vs_one']:.2f}x one (wrk and the workers share the same 2 cores).", "",
             "Computed, not measured: N cores given to the front alone at the per-core rate: "
             + ", ".join(f"{n}: {v:.0f} req/s" for n, v in s["computed_capacity"].items()) + ".",
-            "", f"Errors (wrk socket errors and non-2xx): {s['errors']}."]
+            "", "| front | instructions per request (callgrind) |", "|---|---|"]
+    out += [f"| {k.replace('_', ' ')} | {v:.0f} |" for k, v in res["instructions_per_request"].items()]
+    out += ["", f"Errors (wrk socket errors and non-2xx): {s['errors']}."]
     return "\n".join(out)
 
 def main():
