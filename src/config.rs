@@ -60,6 +60,9 @@ pub struct Config {
     pub rss_samples: u32,
     pub max_worker_lifetime: Option<Duration>,
     pub max_worker_lifetime_jitter: Duration,
+    /// Where the manager's private directory is made; `None`:
+    /// `$XDG_RUNTIME_DIR`, else the temporary directory.
+    pub runtime_dir: Option<PathBuf>,
     /// `Some` in proxy mode.
     pub proxy: Option<ProxyConfig>,
     pub admin_bind: SocketAddr,
@@ -76,7 +79,6 @@ pub struct Config {
 /// The front's settings, present only in proxy mode.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProxyConfig {
-    pub runtime_dir: Option<PathBuf>,
     /// The front's threads, at least 1.
     pub front_threads: u32,
     pub worker_concurrency: Option<u32>,
@@ -274,7 +276,6 @@ fn proxy_config(
     )?;
     Ok(Some(ProxyConfig {
         tls,
-        runtime_dir: m.runtime_dir.clone(),
         front_threads,
         worker_concurrency: Some(m.worker_concurrency).filter(|n| *n > 0),
         max_queue: m.max_queue,
@@ -507,6 +508,7 @@ impl Config {
             rss_samples: m.rss_samples,
             max_worker_lifetime: Some(m.max_worker_lifetime.0).filter(|d| !d.is_zero()),
             max_worker_lifetime_jitter: m.max_worker_lifetime_jitter.0,
+            runtime_dir: m.runtime_dir.clone(),
             proxy,
             admin_bind: m.admin_bind,
             admin_token_file: m.admin_token_file,

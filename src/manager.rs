@@ -42,6 +42,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::{Config, Host, Settings};
 use crate::contract::{ExitReason, Limited};
+use crate::proxy::sockets::{DirError, RuntimeDir};
 use boots::Boots;
 pub use commands::{Command, ScaleError};
 use lifecycle::Shutdown;
@@ -68,6 +69,8 @@ pub enum StartError {
     HandOff(#[from] serde_json::Error),
     #[error(transparent)]
     Proxy(#[from] StartProxyError),
+    #[error("invalid value for `runtime-dir`: {0}")]
+    RuntimeDir(#[from] DirError),
 }
 
 /// The worker command, resolved once.
@@ -100,6 +103,8 @@ pub struct Manager {
     counters: Counters,
     processes: Box<dyn Processes>,
     snapshot: watch::Sender<Arc<Snapshot>>,
+    /// The private directory: each worker's own, and proxy mode's sockets.
+    runtime: Arc<RuntimeDir>,
     /// Proxy mode's front and worker sockets.
     proxy: Option<Proxied>,
 }
@@ -179,6 +184,7 @@ impl Manager {
         )?;
         // Whatever was inherited and not claimed closes here.
         drop(inherited);
+        let runtime = Arc::new(RuntimeDir::create(start.config.runtime_dir.as_deref())?);
         let proxy = match &start.config.proxy {
             Some(config) => {
                 // Without the admin API's registry (a test's manager) the
@@ -188,7 +194,12 @@ impl Manager {
                     None => crate::proxy::Metrics::register(&prometheus::Registry::new())
                         .map_err(|e| std::io::Error::other(e.to_string()))?,
                 };
-                Some(Proxied::start(config, &listeners, metrics)?)
+                Some(Proxied::start(
+                    config,
+                    runtime.clone(),
+                    &listeners,
+                    metrics,
+                )?)
             }
             None => None,
         };
@@ -219,6 +230,7 @@ impl Manager {
             counters: Counters::default(),
             processes,
             snapshot,
+            runtime,
             proxy,
             config: start.config,
         };

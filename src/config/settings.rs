@@ -318,8 +318,8 @@ with_tls_settings!(settings! {
     proxy: bool = "false",
         "Proxy mode: corral accepts on --bind itself and forwards each request to the least busy worker, each worker on its own Unix socket (`{fd}`, `{socket}`)",
         (long, env = "CORRAL_PROXY", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true");
-    [proxy] runtime_dir: PathBuf | "$XDG_RUNTIME_DIR, else the temporary directory",
-        "Proxy mode: where the private directory of worker sockets is made",
+    runtime_dir: PathBuf | "$XDG_RUNTIME_DIR, else the temporary directory",
+        "Where corral makes its private directory: each worker's own XDG_RUNTIME_DIR and, in proxy mode, the worker sockets",
         (long, env = "CORRAL_RUNTIME_DIR", value_name = "DIR");
     [proxy] front_threads: u32 | "the CPUs the cgroup quota allows (rounded up), else the machine's",
         "Proxy mode: threads the front serves clients on, apart from the supervision loop and the admin API (nginx's worker_processes)",
@@ -458,10 +458,10 @@ mod tests {
         };
         assert_eq!(at_default.first_proxy_setting(), None);
         let given = Settings {
-            runtime_dir: Some("/run".into()),
+            max_queue: Some(10),
             ..Settings::default()
         };
-        assert_eq!(given.first_proxy_setting(), Some("runtime-dir"));
+        assert_eq!(given.first_proxy_setting(), Some("max-queue"));
     }
 
     #[test]

@@ -19,7 +19,7 @@ use crate::config::ProxyConfig;
 use crate::contract::{ExitReason, WorkerState};
 use crate::http::server::Listener as ServerListener;
 use crate::http::tls::{Certs, TlsError};
-use crate::proxy::sockets::{DirError, RuntimeDir};
+use crate::proxy::sockets::RuntimeDir;
 use crate::proxy::{self, Front, FrontThreads, Key, Load};
 
 use super::listener::Listener;
@@ -52,7 +52,8 @@ const CONCURRENCY_WINDOW: Duration = Duration::from_secs(3);
 
 pub(super) struct Proxied {
     pub front: Front,
-    pub dir: RuntimeDir,
+    /// The manager's private directory, where the worker sockets are.
+    pub dir: Arc<RuntimeDir>,
     /// The front's certificate, with the task that watches its files.
     pub tls: Option<(Arc<Certs>, tokio::task::JoinHandle<()>)>,
     pub config: ProxyConfig,
@@ -78,13 +79,13 @@ pub(super) struct WorkerSocket {
 }
 
 impl Proxied {
-    /// Makes the runtime directory and starts the front on `listeners`.
+    /// Starts the front on `listeners`, the worker sockets in `dir`.
     pub fn start(
         config: &ProxyConfig,
+        dir: Arc<RuntimeDir>,
         listeners: &[Listener],
         metrics: Arc<proxy::Metrics>,
     ) -> Result<Proxied, StartProxyError> {
-        let dir = RuntimeDir::create(config.runtime_dir.as_deref())?;
         let certs = config.tls.clone().map(Certs::new).transpose()?;
         let threads = FrontThreads::start(config.front_threads)?;
         // Registered with the front's runtime, whose threads accept on them.
@@ -178,8 +179,6 @@ impl Proxied {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartProxyError {
-    #[error("invalid value for `runtime-dir`: {0}")]
-    Dir(#[from] DirError),
     #[error("cannot serve on the listeners: {0}")]
     Listen(#[from] std::io::Error),
     #[error("invalid value for `certfile`: {0}")]

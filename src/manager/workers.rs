@@ -103,8 +103,13 @@ impl Manager {
                     .collect(),
             ),
         };
+        let own_dir = match self.runtime.worker_dir(id) {
+            Ok(d) => d,
+            Err(e) => return self.start_failed(now, &e, "cannot make the worker's directory"),
+        };
         let mut extra = vec![
             ("NOTIFY_SOCKET", self.notify.address.clone()),
+            ("XDG_RUNTIME_DIR", own_dir.display().to_string()),
             ("CORRAL_WORKER_ID", id.to_string()),
             ("CORRAL_WORKER_GENERATION", self.generation.to_string()),
             (

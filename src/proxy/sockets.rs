@@ -1,5 +1,6 @@
-//! The private directory of worker sockets. Each worker slot gets a Unix
-//! socket there, bound by corral but not yet listening: the worker
+//! The manager's private directory. Each worker slot gets a directory
+//! of its own there, its `XDG_RUNTIME_DIR`, in both modes; in proxy mode
+//! also a Unix socket, bound by corral but not yet listening: the worker
 //! inherits it (`{fd}`) and listens once its app is loaded, so a connect
 //! that succeeds means the worker is ready, with no boot grace to guess.
 //! The directory is mode 0700, made fresh per manager, and removed when
@@ -27,6 +28,10 @@ pub enum DirError {
 
 fn socket_path(dir: &Path, slot: u32) -> PathBuf {
     dir.join(format!("worker-{slot}.sock"))
+}
+
+fn worker_dir(dir: &Path, slot: u32) -> PathBuf {
+    dir.join(format!("worker-{slot}"))
 }
 
 #[derive(Debug)]
@@ -92,6 +97,23 @@ impl RuntimeDir {
         Ok((socket.into(), path))
     }
 
+    /// A fresh, empty directory for the worker of `slot`, mode 0700: its
+    /// `XDG_RUNTIME_DIR`. What a server makes there for its own process
+    /// tree (Gunicorn's control socket, `gunicorn.ctl`) is then never
+    /// shared with a sibling worker, nor unlinked by one that stops: two
+    /// workers of one slot never run at once, a slot's next worker starts
+    /// after the last one was reaped.
+    pub fn worker_dir(&self, slot: u32) -> io::Result<PathBuf> {
+        let path = worker_dir(&self.path, slot);
+        match std::fs::remove_dir_all(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        std::fs::DirBuilder::new().mode(0o700).create(&path)?;
+        Ok(path)
+    }
+
     /// The socket of a worker that is gone.
     pub fn remove(&self, slot: u32) {
         let _ = std::fs::remove_file(self.socket_path(slot));
@@ -125,6 +147,19 @@ mod tests {
         socket2::Socket::from(fd).listen(8).unwrap();
         drop(dir);
         assert!(!path.exists());
+    }
+
+    #[test]
+    fn each_slot_gets_a_private_directory_made_anew() {
+        let dir = RuntimeDir::create(Some(&std::env::temp_dir())).unwrap();
+        let one = dir.worker_dir(1).unwrap();
+        let two = dir.worker_dir(2).unwrap();
+        assert_ne!(one, two);
+        let mode = std::fs::metadata(&one).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        std::fs::write(one.join("gunicorn.ctl"), "left by the last worker").unwrap();
+        assert_eq!(dir.worker_dir(1).unwrap(), one);
+        assert!(std::fs::read_dir(&one).unwrap().next().is_none());
     }
 
     #[test]
