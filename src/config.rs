@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 mod check;
+mod servers;
 mod settings;
 
 use crate::http::framing::MAX_HEAD_BYTES;
@@ -432,6 +433,12 @@ impl Config {
                 "command",
                 "{socket} is the worker's own socket, which only proxy mode (--proxy) makes",
             ));
+        }
+        if let Some(why) = command
+            .as_deref()
+            .and_then(|cmd| servers::refusal(cmd, proxy.is_some()))
+        {
+            return Err(invalid("command", why));
         }
         let readiness = m.readiness.unwrap_or(if command.is_some() {
             Readiness::Auto
