@@ -224,41 +224,6 @@ against_both_workers! {
     term_finishes_in_flight_requests: term_drains_builtin_workers_gracefully, term_drains_uvicorn_workers_gracefully;
 }
 
-/// Gunicorn given its socket as `-b fd://{fd}`, as a user migrating from
-/// Gunicorn writes it, in both modes: it is not also told of the socket
-/// through LISTEN_FDS, which it would claim first and then fail on
-/// `fd://3` (`OSError: [Errno 9] Bad file descriptor`, every worker).
-#[test]
-fn gunicorn_with_b_fd_serves_django_wsgi_in_both_modes() {
-    let gunicorn = venv().join("bin/gunicorn").display().to_string();
-    for proxy in [false, true] {
-        let mut builder = corral().flags("-w 2").cwd(django_dir()).command(&[
-            gunicorn.as_str(),
-            "-w",
-            "1",
-            "-b",
-            "fd://{fd}",
-            "mysite.wsgi:application",
-        ]);
-        if proxy {
-            builder = builder.flags("--proxy");
-        }
-        let c = builder.start();
-        c.wait_settled(2, SETTLE);
-        let (code, body) = get(c.http, "/").unwrap();
-        assert_eq!(code, 200, "proxy {proxy}: {body}\n{}", c.log());
-        assert!(!c.log().contains("Bad file descriptor"), "{}", c.log());
-        let restarts: u32 = c
-            .workers()
-            .unwrap()
-            .workers
-            .iter()
-            .map(|w| w.restarts)
-            .sum();
-        assert_eq!(restarts, 0, "{}", c.log());
-    }
-}
-
 #[test]
 fn a_killed_worker_is_replaced_and_the_manager_carries_on() {
     let mut c = corral().args(&["-w", "2"]).start();
