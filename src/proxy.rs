@@ -206,12 +206,18 @@ impl Head {
         if parts.version == Version::HTTP_2 {
             headers::join_cookie_crumbs(&mut parts.headers);
         }
-        let mut head = Head {
-            method: parts.method,
-            uri: parts.uri.path_and_query().map_or_else(
+        let uri = if parts.uri.scheme().is_none() && parts.uri.authority().is_none() {
+            // Already in origin form, as HTTP/1.1 clients send it.
+            parts.uri
+        } else {
+            parts.uri.path_and_query().map_or_else(
                 || Uri::from_static("/"),
                 |pq| Uri::try_from(pq.as_str()).unwrap_or_else(|_| Uri::from_static("/")),
-            ),
+            )
+        };
+        let mut head = Head {
+            method: parts.method,
+            uri,
             headers: parts.headers,
         };
         headers::strip_hop_by_hop(&mut head.headers, upgrade);

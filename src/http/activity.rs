@@ -100,7 +100,6 @@ pub struct Activity {
     sending: AtomicUsize,
     /// When a response last moved.
     progress: Stamp,
-    changed: Notify,
     evict: Notify,
     /// Requests begun, and of those abandoned before their answer.
     begun: AtomicU64,
@@ -143,7 +142,6 @@ impl Registry {
             evicting: AtomicBool::new(false),
             sending: AtomicUsize::new(0),
             progress: Stamp::now(),
-            changed: Notify::new(),
             evict: Notify::new(),
             begun: AtomicU64::new(0),
             abandoned: AtomicU64::new(0),
@@ -216,7 +214,6 @@ impl Activity {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         self.begun.fetch_add(1, Ordering::Relaxed);
         self.served.store(true, Ordering::SeqCst);
-        self.changed.notify_waiters();
         InFlight {
             activity: self.clone(),
             answered: false,
@@ -231,28 +228,25 @@ impl Activity {
 
     /// Resolves once the connection has been idle past its deadline:
     /// `first_request` before any request began, `keep_alive` after.
+    /// Requests neither wake nor notify it: it looks at the connection
+    /// when its timer fires, which is never after the deadline of the
+    /// state it finds then, and at worst once a period while busy.
     pub async fn idle_past(&self, first_request: Duration, keep_alive: Duration) {
         loop {
-            let changed = self.changed.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            if self.in_flight.load(Ordering::SeqCst) > 0 {
-                changed.await;
-                continue;
-            }
             let limit = if self.served.load(Ordering::SeqCst) {
                 keep_alive
             } else {
                 first_request
             };
+            if self.in_flight.load(Ordering::SeqCst) > 0 {
+                tokio::time::sleep(limit).await;
+                continue;
+            }
             let deadline = self.idle_since.at() + limit;
             if Instant::now() >= deadline {
                 return;
             }
-            tokio::select! {
-                _ = tokio::time::sleep_until(deadline) => {}
-                _ = changed => {}
-            }
+            tokio::time::sleep_until(deadline).await;
         }
     }
 
@@ -306,7 +300,6 @@ impl Drop for InFlight {
         }
         if a.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
             a.idle_since.touch();
-            a.changed.notify_waiters();
         }
     }
 }

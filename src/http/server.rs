@@ -16,6 +16,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use hyper::body::{Body, Incoming};
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -418,34 +420,49 @@ async fn serve_io<S, F, Fut, B>(
     }
     let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
+    // What ends a connection besides its client, polled only when one of
+    // its own timers or notifications fires: a connection's task wakes
+    // several times per request, and polling these on every wake (each a
+    // lock in tokio's Notify) cost more than hyper's parse.
+    let guards = async {
+        tokio::select! {
+            _ = activity.stalled_past(limits.send_timeout) => Guard::Stalled,
+            why = closing(&activity, &limits) => Guard::Closing(why),
+            _ = stopped(&mut shutdown) => Guard::Stopped,
+        }
+    };
+    let mut guards = FuturesUnordered::from_iter([guards]);
     let result = tokio::select! {
-        // The connection first: it reads the bytes the head timer looks at.
+        // The connection first: it reads the bytes the head timer looks at,
+        // so the head timer is polled after it on every wake.
         biased;
         result = conn.as_mut() => result,
-        _ = activity.stalled_past(limits.send_timeout) => {
-            // Reset, as nginx's reset_timedout_connection: a close would
-            // leave the response queued in the kernel for a client that
-            // does not read it.
-            debug!(peer = ?peer.addr, "connection reset: its client stopped taking its response");
-            activity.reset_on_close();
-            Ok(())
-        }
         _ = heads.head_past(limits.header_read_timeout), if strict => {
             debug!(peer = ?peer.addr, "connection closed: a request head took longer than its timeout");
             Ok(())
         }
-        why = closing(&activity, &limits) => {
-            debug!(peer = ?peer.addr, why, "connection closed");
-            conn.as_mut().graceful_shutdown();
-            tokio::time::timeout(CLOSE_GRACE, conn.as_mut()).await.unwrap_or(Ok(()))
-        }
-        _ = stopped(&mut shutdown) => {
-            // A request already seen left a permit: no wait then.
-            tokio::select! {
-                result = conn.as_mut() => result,
-                _ = tokio::time::timeout(limits.first_request_grace, requested.notified()) => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
+        Some(guard) = guards.next() => match guard {
+            Guard::Stalled => {
+                // Reset, as nginx's reset_timedout_connection: a close would
+                // leave the response queued in the kernel for a client that
+                // does not read it.
+                debug!(peer = ?peer.addr, "connection reset: its client stopped taking its response");
+                activity.reset_on_close();
+                Ok(())
+            }
+            Guard::Closing(why) => {
+                debug!(peer = ?peer.addr, why, "connection closed");
+                conn.as_mut().graceful_shutdown();
+                tokio::time::timeout(CLOSE_GRACE, conn.as_mut()).await.unwrap_or(Ok(()))
+            }
+            Guard::Stopped => {
+                // A request already seen left a permit: no wait then.
+                tokio::select! {
+                    result = conn.as_mut() => result,
+                    _ = tokio::time::timeout(limits.first_request_grace, requested.notified()) => {
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    }
                 }
             }
         }
@@ -453,6 +470,16 @@ async fn serve_io<S, F, Fut, B>(
     if let Err(e) = result {
         debug!(error = %e, "connection");
     }
+}
+
+/// Why a connection is ended by the server rather than by its client.
+enum Guard {
+    /// Its client stopped taking its response past the send timeout.
+    Stalled,
+    /// Idle, evicted or abandoning (see [`closing`]).
+    Closing(&'static str),
+    /// The server is shutting down.
+    Stopped,
 }
 
 /// Resolves when a connection should close, with why: idle past its

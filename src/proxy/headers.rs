@@ -39,25 +39,33 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = String> + '_ {
         .filter(|t| !t.is_empty())
 }
 
+/// The fields that stop at every hop whether or not `Connection` names them.
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
 /// Drops the hop-by-hop fields; with `upgrade`, the two that carry the
-/// protocol switch are put back.
+/// protocol switch are put back. Most requests have none: one look at
+/// each name, and nothing is hashed or allocated for them.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    let upgrade_to = headers.get(header::UPGRADE).cloned();
-    let named: Vec<String> = connection_tokens(headers).collect();
-    for name in named {
-        if let Ok(name) = HeaderName::from_bytes(name.as_bytes()) {
-            headers.remove(name);
-        }
+    if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+        return;
     }
-    for name in [
-        header::CONNECTION,
-        KEEP_ALIVE,
-        PROXY_CONNECTION,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-    ] {
+    let upgrade_to = headers.get(header::UPGRADE).cloned();
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named.into_iter().chain(HOP_BY_HOP) {
         headers.remove(name);
     }
     if upgrade && let Some(to) = upgrade_to {
@@ -84,10 +92,22 @@ const FORWARDING: &[&str] = &[
     "x-rewrite-url",
 ];
 
-/// Whether `name` is a forwarding field, however it is spelt.
+/// Whether `name` is a forwarding field, however it is spelt (compared
+/// byte by byte: this runs on every field of every request).
 fn is_forwarding(name: &str) -> bool {
-    let name = name.to_ascii_lowercase().replace('_', "-");
-    name.starts_with("x-forwarded-") || name == "x-forwarded" || FORWARDING.contains(&name.as_str())
+    let name = name.as_bytes();
+    let spelt = |known: &str| {
+        name.len() >= known.len()
+            && name.iter().zip(known.as_bytes()).all(|(&b, &k)| {
+                (if b == b'_' {
+                    b'-'
+                } else {
+                    b.to_ascii_lowercase()
+                }) == k
+            })
+    };
+    (spelt("x-forwarded") && matches!(name.get(11), None | Some(b'-' | b'_')))
+        || FORWARDING.iter().any(|f| f.len() == name.len() && spelt(f))
 }
 
 /// Sets X-Forwarded-For, -Proto and -Host and `Forwarded` (RFC 7239) for
@@ -107,8 +127,8 @@ pub fn set_forwarded(headers: &mut HeaderMap, peer: Option<IpAddr>, tls: bool, a
         headers.remove(name);
     }
     let proto = if tls { "https" } else { "http" };
-    set_rfc7239(headers, peer, proto);
     let peer_text = peer.map(|p| p.to_string());
+    set_rfc7239(headers, peer, peer_text.as_deref(), proto);
     if trusted {
         let chain = headers
             .get_all(&X_FORWARDED_FOR)
@@ -157,17 +177,31 @@ pub fn join_cookie_crumbs(headers: &mut HeaderMap) {
 /// Appends this hop to `Forwarded` (RFC 7239 section 4): `for` the peer
 /// (`unknown` on a Unix socket; an IPv6 address quoted in brackets),
 /// `proto`, and `host` as the client asked.
-fn set_rfc7239(headers: &mut HeaderMap, peer: Option<IpAddr>, proto: &str) {
-    let node = match peer {
-        Some(IpAddr::V4(a)) => a.to_string(),
-        Some(IpAddr::V6(a)) => format!("\"[{a}]\""),
-        None => "unknown".into(),
-    };
-    let mut hop = format!("for={node};proto={proto}");
+fn set_rfc7239(
+    headers: &mut HeaderMap,
+    peer: Option<IpAddr>,
+    peer_text: Option<&str>,
+    proto: &str,
+) {
+    let mut hop = String::with_capacity(64);
+    hop.push_str("for=");
+    match (peer, peer_text) {
+        (Some(IpAddr::V6(_)), Some(text)) => {
+            hop.push_str("\"[");
+            hop.push_str(text);
+            hop.push_str("]\"");
+        }
+        (_, Some(text)) => hop.push_str(text),
+        (_, None) => hop.push_str("unknown"),
+    }
+    hop.push_str(";proto=");
+    hop.push_str(proto);
     if let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok())
         && !host.contains(['"', '\\'])
     {
-        hop.push_str(&format!(";host=\"{host}\""));
+        hop.push_str(";host=\"");
+        hop.push_str(host);
+        hop.push('"');
     }
     let before: Vec<&str> = headers
         .get_all(&FORWARDED)
