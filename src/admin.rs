@@ -40,7 +40,7 @@ type Resp = Response<Full<Bytes>>;
 
 /// Serves the admin API until `shutdown` turns true.
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>, shutdown: watch::Receiver<bool>) {
-    let handle = move |req| handle(state.clone(), req);
+    let handle = move |req, _| handle(state.clone(), req);
     use crate::http::server::{self, Listener, SMALL};
     server::serve(vec![Listener::Tcp(listener)], SMALL, handle, shutdown).await;
 }

@@ -132,9 +132,9 @@ impl Front {
         let task = threads.handle().spawn(server::serve(
             listeners,
             limits(config),
-            move |req| {
+            move |req, peer| {
                 let shared = shared.clone();
-                async move { shared.handle(req).await }
+                async move { shared.handle(req, peer).await }
             },
             stopped,
         ));
@@ -191,7 +191,7 @@ impl Head {
     /// gone and the forwarded fields set.
     fn for_worker(
         mut parts: hyper::http::request::Parts,
-        peer: Option<Peer>,
+        peer: Peer,
         upgrade: bool,
         allow: &crate::values::AllowIps,
     ) -> Head {
@@ -223,8 +223,8 @@ impl Head {
         headers::strip_hop_by_hop(&mut head.headers, upgrade);
         headers::set_forwarded(
             &mut head.headers,
-            peer.and_then(|p| p.addr).map(|a| a.ip()),
-            peer.is_some_and(|p| p.tls),
+            peer.addr.map(|a| a.ip()),
+            peer.tls,
             allow,
         );
         head
@@ -248,7 +248,7 @@ impl Shared {
         }
     }
 
-    async fn handle(&self, req: Request<Incoming>) -> Response<FrontBody> {
+    async fn handle(&self, req: Request<Incoming>, peer: Peer) -> Response<FrontBody> {
         let started = Instant::now();
         let mut counted = Counted {
             metrics: &self.metrics,
@@ -259,7 +259,7 @@ impl Shared {
         // Boxed: hyper keeps the space of a connection's request future for
         // as long as the connection lives, and this one is large; boxed, an
         // idle keep-alive connection holds a pointer's worth of it.
-        let response = Box::pin(self.forward(req, started)).await;
+        let response = Box::pin(self.forward(req, peer, started)).await;
         counted.status = response.status();
         if !matches!(response.body(), FrontBody::Proxied { .. }) {
             self.metrics.observe_duration(started.elapsed());
@@ -267,7 +267,12 @@ impl Shared {
         response
     }
 
-    async fn forward(&self, mut req: Request<Incoming>, started: Instant) -> Response<FrontBody> {
+    async fn forward(
+        &self,
+        mut req: Request<Incoming>,
+        peer: Peer,
+        started: Instant,
+    ) -> Response<FrontBody> {
         if req.extensions().get::<framing::Ambiguous>().is_some() {
             // Never forwarded: a worker could read its length otherwise.
             let mut r = answer(
@@ -287,7 +292,6 @@ impl Shared {
             // through a proxy.
             return answer(StatusCode::METHOD_NOT_ALLOWED, "TRACE is not allowed\n");
         }
-        let peer = req.extensions().get::<Peer>().copied();
         let upgrade = headers::is_upgrade(req.headers());
         let mut client_side = upgrade.then(|| {
             let place = req.extensions_mut().remove::<ConnectionPlace>();

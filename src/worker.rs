@@ -121,7 +121,12 @@ async fn serve(args: WorkerArgs) -> Result<(), WorkerError> {
     let mut quit = signal(SignalKind::quit())?;
     let mut usr1 = signal(SignalKind::user_defined1())?;
     let (stop, stopped) = watch::channel(false);
-    let serving = tokio::spawn(server::serve(listeners, LIMITS, app::handle, stopped));
+    let serving = tokio::spawn(server::serve(
+        listeners,
+        LIMITS,
+        |req, _| app::handle(req),
+        stopped,
+    ));
 
     let notifier = sd_notify::Notifier::from_env();
     notifier.send("READY=1\nSTATUS=serving");

@@ -114,7 +114,8 @@ impl Conn {
     }
 }
 
-/// Where a request came from, in each request's extensions: the proxy's
+/// Where a request came from, handed to the handler beside it (not in the
+/// request's extensions, a map allocated per request): the proxy's
 /// X-Forwarded-* and its trust rule read it.
 #[derive(Debug, Clone, Copy)]
 pub struct Peer {
@@ -142,7 +143,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// sender is dropped), then lets the connections accepted so far finish,
 /// those still in the kernel's accept queue included: they are taken in
 /// and answered before the listeners close, so no client that connected in
-/// time is reset. Requests carry their [`Peer`]; `Upgrade` (WebSocket)
+/// time is reset. Each request is handled with its [`Peer`]; `Upgrade` (WebSocket)
 /// connections are handed over to whatever the handler does with them.
 pub async fn serve<F, Fut, B>(
     listeners: Vec<Listener>,
@@ -150,7 +151,7 @@ pub async fn serve<F, Fut, B>(
     handle: F,
     mut shutdown: watch::Receiver<bool>,
 ) where
-    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    F: Fn(Request<Incoming>, Peer) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<B>> + Send + 'static,
     B: ResponseBody,
     B::Data: Send,
@@ -309,7 +310,7 @@ async fn connection<F, Fut, B>(
     limits: Limits,
     shutdown: watch::Receiver<bool>,
 ) where
-    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    F: Fn(Request<Incoming>, Peer) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Response<B>> + Send + 'static,
     B: ResponseBody,
 {
@@ -369,7 +370,7 @@ async fn serve_io<S, F, Fut, B>(
     mut shutdown: watch::Receiver<bool>,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    F: Fn(Request<Incoming>, Peer) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Response<B>> + Send + 'static,
     B: ResponseBody,
 {
@@ -385,14 +386,13 @@ async fn serve_io<S, F, Fut, B>(
         hyper::service::service_fn(move |mut req: Request<Incoming>| {
             requested.notify_one();
             let in_flight = activity.begin();
-            req.extensions_mut().insert(peer);
             if req.headers().contains_key(hyper::header::UPGRADE) {
                 req.extensions_mut().insert(place.clone());
             }
             if strict && req.version() != hyper::Version::HTTP_2 && verdicts.next_is_ambiguous() {
                 req.extensions_mut().insert(framing::Ambiguous);
             }
-            let answer = handle(req);
+            let answer = handle(req, peer);
             async move { Ok::<_, Infallible>(answer.await.map(|b| Tracked::new(b, in_flight))) }
         })
     };
@@ -400,10 +400,13 @@ async fn serve_io<S, F, Fut, B>(
     builder
         .http1()
         .timer(TokioTimer::new())
-        // hyper's timer also runs while a keep-alive connection waits for
-        // its next request: never before ours (the header timeout counted
-        // from the connection, keep-alive after a request) would.
-        .header_read_timeout(limits.header_read_timeout.max(limits.keep_alive))
+        // hyper's own head timer bounds a trickled head on servers without
+        // the framing reader's (the admin API, the built-in worker). It
+        // also runs while a keep-alive connection waits for its next
+        // request, so never before ours (the header timeout counted from
+        // the connection, keep-alive after a request) would. With the
+        // framing reader's timer it would only add a timer per request.
+        .header_read_timeout((!strict).then_some(limits.header_read_timeout.max(limits.keep_alive)))
         .max_buf_size(MAX_HEAD_BYTES)
         .max_headers(limits.max_headers);
     builder

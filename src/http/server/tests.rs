@@ -51,7 +51,7 @@ async fn started(limits: Limits) -> (SocketAddr, watch::Sender<bool>, Arc<Handle
     tokio::spawn(serve(
         vec![Listener::Tcp(listener)],
         limits,
-        move |_req| {
+        move |_req, _peer| {
             let h = seen.clone();
             async move {
                 h.started.fetch_add(1, Ordering::SeqCst);
