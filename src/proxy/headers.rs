@@ -126,35 +126,58 @@ pub fn set_forwarded(headers: &mut HeaderMap, peer: Option<IpAddr>, tls: bool, a
     for name in spoofable {
         headers.remove(name);
     }
+    // From an untrusted peer every forwarding field is gone by now: no
+    // need to look for the client's own.
+    let kept = |headers: &HeaderMap, name: &HeaderName| trusted && headers.contains_key(name);
     let proto = if tls { "https" } else { "http" };
+    let host = headers.get(header::HOST).cloned();
     let peer_text = peer.map(ip_text);
-    set_rfc7239(headers, peer, peer_text.as_deref(), proto);
-    if trusted {
-        let chain = headers
-            .get_all(&X_FORWARDED_FOR)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect::<Vec<_>>()
-            .join(", ");
-        let value = match (&peer_text, chain.is_empty()) {
-            (Some(p), true) => p.clone(),
-            (Some(p), false) => format!("{chain}, {p}"),
-            (None, _) => chain,
-        };
-        if let Ok(v) = HeaderValue::try_from(value) {
-            headers.insert(X_FORWARDED_FOR, v);
-        }
-    } else if let Some(v) = peer_text.and_then(|p| HeaderValue::try_from(p).ok()) {
+    let before = if trusted {
+        joined(headers, &FORWARDED)
+    } else {
+        String::new()
+    };
+    set_rfc7239(
+        headers,
+        before,
+        peer,
+        peer_text.as_deref(),
+        proto,
+        host.as_ref(),
+    );
+    let chain = if trusted {
+        joined(headers, &X_FORWARDED_FOR)
+    } else {
+        String::new()
+    };
+    let value = match (peer_text, chain.is_empty()) {
+        (Some(p), true) => p,
+        (Some(p), false) => format!("{chain}, {p}"),
+        (None, _) => chain,
+    };
+    if !value.is_empty()
+        && let Ok(v) = HeaderValue::try_from(value)
+    {
         headers.insert(X_FORWARDED_FOR, v);
     }
-    if !headers.contains_key(&X_FORWARDED_PROTO) {
+    if !kept(headers, &X_FORWARDED_PROTO) {
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     }
-    if !headers.contains_key(&X_FORWARDED_HOST)
-        && let Some(host) = headers.get(header::HOST).cloned()
+    if let Some(host) = host
+        && !kept(headers, &X_FORWARDED_HOST)
     {
         headers.insert(X_FORWARDED_HOST, host);
     }
+}
+
+/// The values of every `name` field, joined with `, ` as one list.
+fn joined(headers: &HeaderMap, name: &HeaderName) -> String {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// An address as text. IPv4 is written digit by digit: every request
@@ -201,11 +224,16 @@ pub fn join_cookie_crumbs(headers: &mut HeaderMap) {
 /// `proto`, and `host` as the client asked.
 fn set_rfc7239(
     headers: &mut HeaderMap,
+    before: String,
     peer: Option<IpAddr>,
     peer_text: Option<&str>,
     proto: &str,
+    host: Option<&HeaderValue>,
 ) {
-    let mut hop = String::with_capacity(64);
+    let mut hop = before;
+    if !hop.is_empty() {
+        hop.push_str(", ");
+    }
     hop.push_str("for=");
     match (peer, peer_text) {
         (Some(IpAddr::V6(_)), Some(text)) => {
@@ -218,24 +246,14 @@ fn set_rfc7239(
     }
     hop.push_str(";proto=");
     hop.push_str(proto);
-    if let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok())
+    if let Some(host) = host.and_then(|h| h.to_str().ok())
         && !host.contains(['"', '\\'])
     {
         hop.push_str(";host=\"");
         hop.push_str(host);
         hop.push('"');
     }
-    let before: Vec<&str> = headers
-        .get_all(&FORWARDED)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    let value = if before.is_empty() {
-        hop
-    } else {
-        format!("{}, {hop}", before.join(", "))
-    };
-    if let Ok(v) = HeaderValue::try_from(value) {
+    if let Ok(v) = HeaderValue::try_from(hop) {
         headers.insert(FORWARDED, v);
     }
 }
