@@ -16,7 +16,8 @@ out="$repo_root/manifests/operator.yaml"
 # (release `corral`, namespace `corral-system`). Apply manifests/crd.yaml
 # first. Least privilege: the operator reads pods and the token secrets its
 # autoscalers name, writes autoscaler status and finalizers, records events,
-# and holds one Lease in its own namespace.
+# reads HPAs and the scale of the workloads autoscalers target (and sets
+# their replicas), and holds one Lease in its own namespace.
 apiVersion: v1
 kind: Namespace
 metadata:

@@ -22,6 +22,8 @@ use serde::{Deserialize, Serialize};
     printcolumn = r#"{"name":"Max","type":"integer","jsonPath":".spec.maxWorkers"}"#,
     printcolumn = r#"{"name":"Pods","type":"integer","jsonPath":".status.pods"}"#,
     printcolumn = r#"{"name":"Workers","type":"integer","jsonPath":".status.workers"}"#,
+    printcolumn = r#"{"name":"Replicas","type":"integer","jsonPath":".status.replicas"}"#,
+    printcolumn = r#"{"name":"Desired","type":"integer","jsonPath":".status.desiredReplicas"}"#,
     printcolumn = r#"{"name":"Utilisation","type":"string","jsonPath":".status.utilisation"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
@@ -65,6 +67,45 @@ pub struct WorkerAutoscalerSpec {
     /// Observe and report, change nothing.
     #[serde(default)]
     pub paused: bool,
+
+    /// The workload whose replicas this autoscaler also sets, as an HPA
+    /// names it: anything with a scale subresource (Deployment,
+    /// StatefulSet...) in the autoscaler's namespace, whose pods the
+    /// selector selects. Pods are filled to their ceiling before replicas
+    /// rise, and shed workers before replicas fall. Without it only
+    /// workers are scaled. If a HorizontalPodAutoscaler targets the same
+    /// workload, replicas are left to it (the ScalingReplicas condition
+    /// names it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_target_ref: Option<ScaleTargetRef>,
+
+    /// Fewest replicas, with scaleTargetRef. Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub min_replicas: Option<u32>,
+
+    /// Most replicas; required with scaleTargetRef.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_replicas: Option<u32>,
+
+    /// How fast replicas move, as an HPA's `behavior` (policy type Pods or
+    /// Percent). Defaults, an HPA's: up at once by 4 pods or 100% per 15s;
+    /// down after 300s of lower recommendations, by up to 100% per 15s.
+    #[serde(default)]
+    pub replica_behavior: Behavior,
+}
+
+/// A workload with a scale subresource, as in an HPA's scaleTargetRef.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScaleTargetRef {
+    /// API version of the workload, e.g. apps/v1.
+    pub api_version: String,
+    /// Kind of the workload, e.g. Deployment or StatefulSet.
+    pub kind: String,
+    /// Name of the workload, in the autoscaler's namespace.
+    pub name: String,
 }
 
 fn default_admin_port() -> u16 {
@@ -163,10 +204,11 @@ pub enum SelectPolicy {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ScalingPolicy {
-    /// Workers (a count) or Percent (of the workers at the period's start).
+    /// Workers (a count, in `behavior`), Pods (a count, in
+    /// `replicaBehavior`) or Percent (of the count at the period's start).
     #[serde(rename = "type")]
     pub policy_type: PolicyType,
-    /// How many workers, or what percentage.
+    /// How many workers or pods, or what percentage.
     #[schemars(range(min = 1))]
     pub value: u32,
     /// The period the limit applies to.
@@ -177,6 +219,7 @@ pub struct ScalingPolicy {
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
 pub enum PolicyType {
     Workers,
+    Pods,
     Percent,
 }
 
@@ -196,10 +239,22 @@ pub struct WorkerAutoscalerStatus {
     /// Mean of the first metric over the pods against its target, e.g. "54%/70%".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub utilisation: Option<String>,
+    /// With scaleTargetRef: the target's replicas now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u32>,
+    /// With scaleTargetRef: the replicas the autoscaler wants.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired_replicas: Option<u32>,
+    /// With scaleTargetRef: what held the replicas back: minReplicas,
+    /// maxReplicas, fillingPods (some pod is below its ceiling),
+    /// podsStarting, stabilization, scaleUpPolicy, scaleDownPolicy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas_limited_by: Option<String>,
     /// Per pod: what it runs, what it should run, and why not more.
     #[serde(default)]
     pub pod_status: Vec<PodScaleStatus>,
-    /// Ready, ScalingActive, ScalingLimited, InvalidSpec.
+    /// Ready, ScalingActive, ScalingLimited, InvalidSpec, and with
+    /// scaleTargetRef ScalingReplicas.
     #[serde(default)]
     pub conditions: Vec<Condition>,
 }

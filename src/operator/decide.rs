@@ -36,6 +36,7 @@ pub enum Select {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PolicyKind {
+    /// A count: workers at the worker level, pods at the replica level.
     Workers,
     Percent,
 }
@@ -58,6 +59,25 @@ pub struct Rules {
 pub struct Behavior {
     pub up: Rules,
     pub down: Rules,
+}
+
+impl Behavior {
+    /// Seconds of history the longest window or period needs.
+    pub fn history_keep(&self) -> f64 {
+        let periods = self
+            .up
+            .policies
+            .iter()
+            .chain(&self.down.policies)
+            .map(|p| p.period);
+        f64::from(
+            periods
+                .chain([self.up.window, self.down.window])
+                .max()
+                .unwrap_or(0)
+                + 1,
+        )
+    }
 }
 
 impl Default for Behavior {
@@ -168,6 +188,9 @@ impl History {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Decision {
+    /// What the metrics asked for before any bound: the pod's part of the
+    /// fleet's demand at the replica level.
+    pub wanted: u32,
     /// What metrics asked for, within min/max: the value to record.
     pub recommendation: u32,
     pub desired: u32,
@@ -236,8 +259,40 @@ pub fn decide(
         raw
     };
 
-    // Stabilization: the lowest recent recommendation bounds a scale-up,
-    // the highest bounds a scale-down.
+    let (mut desired, held) = behave(current, recommendation, history, behavior, now);
+    match held {
+        Some(Limit::Stabilization) if limited_by.is_some() => {}
+        Some(held) => limited_by = Some(held),
+        None => {}
+    }
+
+    if let Some(held) = bounds.memory_guard(desired, current) {
+        desired = held;
+        limited_by = Some(Limit::Bound(LimitReason::MemoryGuard));
+    }
+    // The bounds win over everything, as in an HPA.
+    desired = desired.clamp(bounds.min, bounds.max);
+    Some(Decision {
+        wanted: raw,
+        recommendation,
+        desired,
+        limited_by,
+    })
+}
+
+/// Where `current` may move towards `recommendation` now: the
+/// stabilization windows (the lowest recent recommendation bounds a
+/// scale-up, the highest a scale-down), then the rate policies against the
+/// count at the start of each period. Shared by the worker level and the
+/// replica level ([`fleet`]), each with its own history and rules; the
+/// limit says which of them held the move back.
+pub fn behave(
+    current: u32,
+    recommendation: u32,
+    history: &History,
+    behavior: &Behavior,
+    now: f64,
+) -> (u32, Option<Limit>) {
     let within = |window: u32| {
         history
             .recommendations
@@ -254,11 +309,7 @@ pub fn decide(
     } else {
         current
     };
-    if desired != recommendation && limited_by.is_none() {
-        limited_by = Some(Limit::Stabilization);
-    }
-
-    // Rate policies, against the count at the start of each period.
+    let mut limited_by = (desired != recommendation).then_some(Limit::Stabilization);
     if desired > current {
         let limit = rate_limit(current, &history.changes, &behavior.up, now, true);
         if desired > limit {
@@ -272,18 +323,7 @@ pub fn decide(
             limited_by = Some(Limit::ScaleDownPolicy);
         }
     }
-
-    if let Some(held) = bounds.memory_guard(desired, current) {
-        desired = held;
-        limited_by = Some(Limit::Bound(LimitReason::MemoryGuard));
-    }
-    // The bounds win over everything, as in an HPA.
-    desired = desired.clamp(bounds.min, bounds.max);
-    Some(Decision {
-        recommendation,
-        desired,
-        limited_by,
-    })
+    (desired, limited_by)
 }
 
 /// The most (`up`) or fewest workers the policies allow now.
@@ -326,6 +366,8 @@ fn rate_limit(
         _ => limits.min().unwrap_or(current),
     }
 }
+
+pub mod fleet;
 
 #[cfg(test)]
 mod tests;

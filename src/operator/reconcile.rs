@@ -5,12 +5,15 @@
 //!
 //! - `pod`: one pod's part of a pass (measure, decide, PUT);
 //! - `records`: what the operator remembers of each pod between passes;
+//! - `replicas`: the replica level, with scaleTargetRef (scale subresource,
+//!   HPAs);
 //! - `status`: the conditions and columns from what a pass found (pure);
 //! - `events`: the Events, capped per pass.
 
 mod events;
 mod pod;
 mod records;
+mod replicas;
 mod status;
 
 use std::collections::BTreeMap;
@@ -175,6 +178,44 @@ async fn apply(wa: &WorkerAutoscaler, ctx: &Context) -> Result<Action, Error> {
         events::publish(ctx, wa, notice).await;
     }
 
+    // The replica level, after the workers: it counts what they were set to.
+    let replica = match &plan.replicas {
+        Some(replica_plan) => {
+            let fleet = outcomes.iter().filter_map(|o| o.fleet).collect();
+            let seconds = now.as_millisecond() as f64 / 1000.0;
+            let outcome =
+                replicas::size(ctx, wa, replica_plan, &uid, fleet, plan.paused, seconds).await;
+            let told = status::condition_reason_is(
+                &previous,
+                status::REPLICAS,
+                outcome.reason,
+                generation,
+            );
+            let notice = match &outcome.scaled {
+                Some((up, note)) => Some(events::about_autoscaler(
+                    false,
+                    if *up {
+                        "ScaledReplicasUp"
+                    } else {
+                        "ScaledReplicasDown"
+                    },
+                    note,
+                )),
+                None if !outcome.active && !told => Some(events::about_autoscaler(
+                    true,
+                    outcome.reason,
+                    &outcome.message,
+                )),
+                None => None,
+            };
+            if let Some(notice) = notice {
+                events::publish(ctx, wa, notice).await;
+            }
+            Some(outcome)
+        }
+        None => None,
+    };
+
     let limited: Vec<&PodOutcome> = outcomes.iter().filter(|o| o.limited).collect();
     let findings = Findings {
         paused: plan.paused,
@@ -191,7 +232,12 @@ async fn apply(wa: &WorkerAutoscaler, ctx: &Context) -> Result<Action, Error> {
         }),
     };
     let values: Vec<f64> = outcomes.iter().filter_map(|o| o.first_metric).collect();
-    let conditions = findings.conditions(&previous, generation, now);
+    let mut conditions = findings.conditions(&previous, generation, now);
+    if let Some(r) = &replica {
+        conditions.push(status::replicas_condition(
+            &previous, generation, now, r.active, r.reason, &r.message,
+        ));
+    }
     if findings.warn_inactive(&previous, generation) {
         let activity = findings.activity();
         let notice = events::about_autoscaler(true, activity.reason, &activity.message);
@@ -202,6 +248,11 @@ async fn apply(wa: &WorkerAutoscaler, ctx: &Context) -> Result<Action, Error> {
         pods: selected.len() as u32,
         workers: outcomes.iter().filter_map(|o| o.desired).sum(),
         utilisation: status::utilisation(&plan.metrics[0], &values),
+        replicas: replica.as_ref().and_then(|r| r.replicas),
+        desired_replicas: replica.as_ref().and_then(|r| r.desired),
+        replicas_limited_by: replica
+            .as_ref()
+            .and_then(|r| r.limited_by.map(str::to_string)),
         conditions,
         pod_status: outcomes.into_iter().map(|o| o.status).collect(),
     };

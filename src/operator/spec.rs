@@ -5,8 +5,8 @@
 
 use kube::core::Selector;
 
-use super::crd::{PolicyType, ScalingRules, SelectPolicy, WorkerAutoscalerSpec};
-use super::decide::{self, Behavior, Metric, Policy, PolicyKind, Rules, Select};
+use super::crd::{PolicyType, ScaleTargetRef, ScalingRules, SelectPolicy, WorkerAutoscalerSpec};
+use super::decide::{self, Behavior, Metric, Policy, PolicyKind, Rules, Select, fleet};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum MetricPlan {
@@ -54,6 +54,28 @@ pub struct Plan {
     pub behavior: Behavior,
     pub poll_seconds: u32,
     pub paused: bool,
+    /// The replica level, with scaleTargetRef.
+    pub replicas: Option<ReplicaPlan>,
+}
+
+/// The replica level of a plan: the target and its bounds and behaviour.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplicaPlan {
+    pub target: ScaleTargetRef,
+    pub min: u32,
+    pub max: u32,
+    pub behavior: Behavior,
+}
+
+impl Plan {
+    /// The CPU metric's target, if the plan scales on CPU: what the
+    /// workers a CPU limit can feed are counted against.
+    pub fn cpu_target(&self) -> Option<f64> {
+        self.metrics.iter().find_map(|m| match m {
+            MetricPlan::Cpu { target } => Some(*target),
+            _ => None,
+        })
+    }
 }
 
 fn parse_server(address: &str) -> Result<PromServer, String> {
@@ -69,7 +91,15 @@ fn parse_server(address: &str) -> Result<PromServer, String> {
     })
 }
 
-fn rules(spec: Option<&ScalingRules>, default: Rules) -> Result<Rules, String> {
+/// One direction's rules; `count` is the policy type that counts units at
+/// this level (Workers for workers, Pods for replicas) and `field` names
+/// the block in messages.
+fn rules(
+    spec: Option<&ScalingRules>,
+    default: Rules,
+    count: PolicyType,
+    field: &str,
+) -> Result<Rules, String> {
     let Some(spec) = spec else { return Ok(default) };
     let policies = if spec.policies.is_empty() {
         default.policies
@@ -84,8 +114,13 @@ fn rules(spec: Option<&ScalingRules>, default: Rules) -> Result<Rules, String> {
                 }
                 Ok(Policy {
                     kind: match p.policy_type {
-                        PolicyType::Workers => PolicyKind::Workers,
                         PolicyType::Percent => PolicyKind::Percent,
+                        t if t == count => PolicyKind::Workers,
+                        t => {
+                            return Err(format!(
+                                "{field}: policy type {t:?} does not apply here (use {count:?} or Percent)"
+                            ));
+                        }
                     },
                     value: p.value,
                     period: p.period_seconds,
@@ -176,8 +211,18 @@ pub fn plan(spec: &WorkerAutoscalerSpec) -> Result<Plan, String> {
     }
     let defaults = decide::Behavior::default();
     let behavior = Behavior {
-        up: rules(spec.behavior.scale_up.as_ref(), defaults.up)?,
-        down: rules(spec.behavior.scale_down.as_ref(), defaults.down)?,
+        up: rules(
+            spec.behavior.scale_up.as_ref(),
+            defaults.up,
+            PolicyType::Workers,
+            "behavior.scaleUp",
+        )?,
+        down: rules(
+            spec.behavior.scale_down.as_ref(),
+            defaults.down,
+            PolicyType::Workers,
+            "behavior.scaleDown",
+        )?,
     };
     Ok(Plan {
         selector,
@@ -188,7 +233,60 @@ pub fn plan(spec: &WorkerAutoscalerSpec) -> Result<Plan, String> {
         behavior,
         poll_seconds: spec.poll_interval_seconds.max(1),
         paused: spec.paused,
+        replicas: replica_plan(spec)?,
     })
+}
+
+/// The replica level, checked: a complete target, maxReplicas, and
+/// 1 <= minReplicas <= maxReplicas; replica fields without a target are
+/// an error rather than silently ignored.
+fn replica_plan(spec: &WorkerAutoscalerSpec) -> Result<Option<ReplicaPlan>, String> {
+    let Some(target) = &spec.scale_target_ref else {
+        if spec.min_replicas.is_some() || spec.max_replicas.is_some() {
+            return Err("minReplicas and maxReplicas need a scaleTargetRef".into());
+        }
+        return Ok(None);
+    };
+    for (field, value) in [
+        ("apiVersion", &target.api_version),
+        ("kind", &target.kind),
+        ("name", &target.name),
+    ] {
+        if value.trim().is_empty() {
+            return Err(format!("scaleTargetRef.{field} is empty"));
+        }
+    }
+    let max = spec
+        .max_replicas
+        .ok_or("scaleTargetRef needs maxReplicas")?;
+    let min = spec.min_replicas.unwrap_or(1);
+    if min < 1 {
+        return Err("minReplicas must be at least 1".into());
+    }
+    if min > max {
+        return Err(format!("minReplicas ({min}) is above maxReplicas ({max})"));
+    }
+    let defaults = fleet::default_behavior();
+    let given = &spec.replica_behavior;
+    Ok(Some(ReplicaPlan {
+        target: target.clone(),
+        min,
+        max,
+        behavior: Behavior {
+            up: rules(
+                given.scale_up.as_ref(),
+                defaults.up,
+                PolicyType::Pods,
+                "replicaBehavior.scaleUp",
+            )?,
+            down: rules(
+                given.scale_down.as_ref(),
+                defaults.down,
+                PolicyType::Pods,
+                "replicaBehavior.scaleDown",
+            )?,
+        },
+    }))
 }
 
 /// Fills `{{pod}}` and `{{namespace}}` in a query.
@@ -314,6 +412,53 @@ mod tests {
                 MetricPlan::Cpu { target: 0.7 }
             ]
         );
+    }
+
+    const TWO_LEVEL: &str = "scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: web}\n";
+
+    #[test]
+    fn a_scale_target_adds_the_replica_level() {
+        assert_eq!(plan(&spec(BASE)).unwrap().replicas, None);
+        let p = plan(&spec(&format!("{BASE}{TWO_LEVEL}maxReplicas: 5\n"))).unwrap();
+        let r = p.replicas.unwrap();
+        assert_eq!((r.target.kind.as_str(), r.min, r.max), ("Deployment", 1, 5));
+        assert_eq!(r.behavior, fleet::default_behavior());
+        let text = format!(
+            "{BASE}{TWO_LEVEL}minReplicas: 2\nmaxReplicas: 5\nreplicaBehavior:\n  \
+             scaleUp: {{policies: [{{type: Pods, value: 1, periodSeconds: 60}}]}}\n"
+        );
+        let r = plan(&spec(&text)).unwrap().replicas.unwrap();
+        assert_eq!(r.min, 2);
+        assert_eq!(
+            r.behavior.up.policies,
+            vec![Policy {
+                kind: PolicyKind::Workers,
+                value: 1,
+                period: 60
+            }]
+        );
+    }
+
+    #[test]
+    fn invalid_replica_fields_say_why() {
+        let err = |text: String| plan(&spec(&text)).unwrap_err();
+        assert!(err(format!("{BASE}{TWO_LEVEL}")).contains("needs maxReplicas"));
+        assert!(err(format!("{BASE}maxReplicas: 3\n")).contains("need a scaleTargetRef"));
+        assert!(
+            err(format!("{BASE}{TWO_LEVEL}minReplicas: 4\nmaxReplicas: 3\n"))
+                .contains("minReplicas (4) is above maxReplicas (3)")
+        );
+        let no_name = "scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: ''}\n";
+        assert!(err(format!("{BASE}{no_name}maxReplicas: 3\n")).contains("scaleTargetRef.name"));
+        let workers = format!(
+            "{BASE}{TWO_LEVEL}maxReplicas: 3\nreplicaBehavior:\n  \
+             scaleDown: {{policies: [{{type: Workers, value: 1, periodSeconds: 60}}]}}\n"
+        );
+        assert!(err(workers).contains("replicaBehavior.scaleDown: policy type Workers"));
+        let pods = format!(
+            "{BASE}behavior:\n  scaleUp: {{policies: [{{type: Pods, value: 1, periodSeconds: 60}}]}}\n"
+        );
+        assert!(err(pods).contains("behavior.scaleUp: policy type Pods"));
     }
 
     #[test]

@@ -13,6 +13,7 @@ use crate::contract::WorkersDoc;
 use crate::limits::Bounds;
 
 use super::super::crd::{PodScaleStatus, WorkerAutoscaler};
+use super::super::decide::fleet::{self, FleetPod};
 use super::super::decide::{self, History, Metric, PodInput};
 use super::super::pods::{self, PodError};
 use super::super::spec::{self, MetricPlan, Plan};
@@ -45,6 +46,8 @@ pub struct PodOutcome {
     pub scaled: Option<(bool, String)>,
     /// The pod has just been found not to report concurrency: an Event is due.
     pub unreported: bool,
+    /// The pod as the replica level counts it, once measured.
+    pub fleet: Option<FleetPod>,
 }
 
 impl PodOutcome {
@@ -65,6 +68,7 @@ impl PodOutcome {
             limited: false,
             scaled: None,
             unreported: false,
+            fleet: None,
         }
     }
 
@@ -118,6 +122,10 @@ impl Pass<'_> {
             bounds: bounds(self.plan, &doc),
             values,
         };
+        let ceiling = fleet::ceiling(
+            &input.bounds,
+            fleet::cpu_fed(doc.cgroup.cpu_quota_cores, self.plan.cpu_target()),
+        );
         let mut record = self.ctx.records.get(&key).unwrap_or_else(|| PodRecord {
             history: History::starting_at(current, self.seconds(), self.plan.behavior.down.window),
             last_scale: None,
@@ -128,6 +136,11 @@ impl Pass<'_> {
             outcome.say("no metric could be read");
             outcome.status.desired = Some(current);
             outcome.desired = Some(current);
+            outcome.fleet = Some(FleetPod {
+                workers: current,
+                wanted: current,
+                ceiling,
+            });
             return outcome;
         };
         outcome.status.limited_by = decision.limited_by.map(|l| l.as_str().to_string());
@@ -184,12 +197,17 @@ impl Pass<'_> {
         }
         outcome.status.desired = Some(shown);
         outcome.desired = Some(applied);
+        outcome.fleet = Some(FleetPod {
+            workers: applied,
+            wanted: decision.wanted,
+            ceiling,
+        });
         outcome.status.last_scale_time = record.last_scale.clone();
         record.history.record(
             self.seconds(),
             decision.recommendation,
             change,
-            history_keep(self.plan),
+            self.plan.behavior.history_keep(),
         );
         self.ctx.records.put(key, record);
         outcome
@@ -261,23 +279,6 @@ fn bounds(plan: &Plan, doc: &WorkersDoc) -> Bounds {
         max: plan.max.min(doc.limits.max).max(min),
         memory_cap: doc.limits.memory_cap,
     }
-}
-
-/// How much history the longest window or period needs.
-fn history_keep(plan: &Plan) -> f64 {
-    let b = &plan.behavior;
-    let periods =
-        b.up.policies
-            .iter()
-            .chain(&b.down.policies)
-            .map(|p| p.period);
-    f64::from(
-        periods
-            .chain([b.up.window, b.down.window])
-            .max()
-            .unwrap_or(0)
-            + 1,
-    )
 }
 
 /// `host:port` of a pod's admin API; IPv6 pod IPs need brackets.

@@ -1,7 +1,8 @@
 //! What the operator remembers of each pod between passes: its scaling
 //! history (for stabilization windows and rate policies), when it last
 //! changed the pod, and whether the pod was already named for not
-//! reporting concurrency. Keyed `autoscaler-uid/pod-name`, so that two
+//! reporting concurrency; and of each autoscaler, its replica-level
+//! history. Keyed `autoscaler-uid/pod-name`, so that two
 //! autoscalers selecting one pod keep apart; pruned to the pods each pass
 //! still selects.
 
@@ -25,6 +26,8 @@ pub struct PodRecords {
     /// Pods already named in a `ConcurrencyUnreported` Event, so that a
     /// shared-mode pod gets one when it is first seen so, not one a pass.
     unreported: Mutex<HashSet<String>>,
+    /// Each autoscaler's replica-level history, keyed by its uid.
+    replicas: Mutex<HashMap<String, History>>,
 }
 
 /// The key of `pod` under the autoscaler `uid`.
@@ -74,9 +77,23 @@ impl PodRecords {
         }
     }
 
+    /// Autoscaler `uid`'s replica-level history, if it has one.
+    pub fn replica_history(&self, uid: &str) -> Option<History> {
+        self.replicas.lock().ok()?.get(uid).cloned()
+    }
+
+    pub fn put_replica_history(&self, uid: &str, history: History) {
+        if let Ok(mut replicas) = self.replicas.lock() {
+            replicas.insert(uid.to_string(), history);
+        }
+    }
+
     /// Forgets every record of autoscaler `uid` (it was deleted).
     pub fn forget(&self, uid: &str) {
         self.keep_only(uid, []);
+        if let Ok(mut replicas) = self.replicas.lock() {
+            replicas.remove(uid);
+        }
     }
 }
 

@@ -1,5 +1,5 @@
 //! The autoscaler's status from what a pass saw: the conditions (Ready,
-//! ScalingActive, ScalingLimited, InvalidSpec), their reasons and
+//! ScalingActive, ScalingLimited, InvalidSpec, ScalingReplicas), their reasons and
 //! messages, and the utilisation column. Pure: the pass's findings and the
 //! time come in, the status parts go out.
 
@@ -141,6 +141,37 @@ pub fn invalid_spec_conditions(
         at.condition("Ready", false, "InvalidSpec", "the spec is invalid"),
         at.condition("ScalingActive", false, "InvalidSpec", "no pod is touched"),
     ]
+}
+
+/// The condition of the replica level.
+pub const REPLICAS: &str = "ScalingReplicas";
+
+/// The ScalingReplicas condition (only with scaleTargetRef): whether the
+/// autoscaler sizes the target's replicas, and why not when it does not
+/// (an HPA owns them, the target cannot be read).
+pub fn replicas_condition(
+    previous: &WorkerAutoscalerStatus,
+    generation: Option<i64>,
+    now: Timestamp,
+    active: bool,
+    reason: &str,
+    message: &str,
+) -> Condition {
+    Stamp::new(previous, generation, now).condition(REPLICAS, active, reason, message)
+}
+
+/// Whether `status` already has condition `type_` with `reason` for this
+/// generation (its Event was published then).
+pub fn condition_reason_is(
+    status: &WorkerAutoscalerStatus,
+    type_: &str,
+    reason: &str,
+    generation: Option<i64>,
+) -> bool {
+    status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == type_ && c.reason == reason && c.observed_generation == generation)
 }
 
 /// Whether `status` already has condition `type_` at `value` for this
