@@ -19,7 +19,9 @@ use crate::values::{AllowIps, BindAddr, CertReqs, Secs};
 
 pub use crate::http::tls::TlsFiles;
 pub use check::{Checked, resolve_program};
-pub use settings::{LogFormat, Merged, Readiness, SOCKET_PLACEHOLDER, Settings, TlsArgs};
+pub use settings::{
+    LogFormat, Merged, Readiness, SOCKET_PLACEHOLDER, Settings, SocketKind, TlsArgs,
+};
 
 /// What resolution needs to know about the machine, read once by the caller.
 #[derive(Debug, Clone, PartialEq)]
@@ -82,6 +84,7 @@ pub struct Config {
 pub struct ProxyConfig {
     /// The front's threads, at least 1.
     pub front_threads: u32,
+    pub worker_socket: SocketKind,
     pub worker_concurrency: Option<u32>,
     pub max_queue: u32,
     pub queue_timeout: Duration,
@@ -278,6 +281,7 @@ fn proxy_config(
     Ok(Some(ProxyConfig {
         tls,
         front_threads,
+        worker_socket: m.worker_socket,
         worker_concurrency: Some(m.worker_concurrency).filter(|n| *n > 0),
         max_queue: m.max_queue,
         queue_timeout: m.queue_timeout.0,
@@ -423,16 +427,27 @@ impl Config {
         if command.as_ref().is_some_and(|cmd| cmd[0].trim().is_empty()) {
             return Err(invalid("command", "the program name is empty"));
         }
-        if proxy.is_none()
-            && command
-                .iter()
-                .flatten()
-                .any(|a| a.contains(SOCKET_PLACEHOLDER))
-        {
-            return Err(invalid(
-                "command",
-                "{socket} is the worker's own socket, which only proxy mode (--proxy) makes",
-            ));
+        let names_socket = command
+            .iter()
+            .flatten()
+            .any(|a| a.contains(SOCKET_PLACEHOLDER));
+        match proxy.as_ref().map(|p| p.worker_socket) {
+            None if names_socket => {
+                return Err(invalid(
+                    "command",
+                    "{socket} is the worker's own socket, which only proxy mode (--proxy) makes",
+                ));
+            }
+            Some(SocketKind::Tcp) if names_socket => {
+                return Err(invalid(
+                    "command",
+                    "{socket} is the path of a worker's Unix socket, and with --worker-socket tcp \
+                     each worker gets a loopback TCP listener instead: name it with {fd} \
+                     (a server that can only bind a path itself, as Granian's --uds, \
+                     needs --worker-socket unix)",
+                ));
+            }
+            _ => {}
         }
         if let Some(why) = command
             .as_deref()

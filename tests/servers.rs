@@ -1,9 +1,11 @@
 //! The servers people already run, under corral as they would write them:
 //! Uvicorn (ASGI and WSGI), Gunicorn (sync, gthread and UvicornWorker;
 //! given its socket as `-b fd://{fd}` and through LISTEN_FDS alone),
-//! Granian (ASGI and WSGI) and Hypercorn, each serving the test Django
-//! project in shared-socket mode (where it can take an inherited
-//! listener) and in proxy mode. One table, one scenario for every row:
+//! Granian (ASGI and WSGI), Hypercorn and a server that takes only a TCP
+//! listener (as Daphne's `--fd`), each serving the test Django project in
+//! shared-socket mode (where it can take an inherited listener) and in
+//! proxy mode, on a Unix worker socket or with `--worker-socket tcp`. One
+//! table, one scenario for every row:
 //! two workers ready and serving, a HUP that rolls both, a TTOU and a
 //! TTIN under a bounded load, then a TERM with requests in flight that
 //! all finish.
@@ -141,15 +143,50 @@ const GRANIAN_WSGI: Server = Server {
     ],
 };
 
-fn start(server: &Server, proxy: bool) -> Corral {
-    let mut builder = corral()
-        .flags("-w 2 --graceful-timeout 20s")
-        .cwd(django_dir())
-        .command(&server.command());
-    if proxy {
-        builder = builder.flags("--proxy");
+/// A server that, like Daphne's `--fd`, takes only a TCP listener: it
+/// exits at start on a Unix socket.
+const TCP_ONLY: Server = Server {
+    program: "python",
+    args: &[
+        "tcp_only_server.py",
+        "--fd",
+        "{fd}",
+        "mysite.wsgi:application",
+    ],
+};
+
+/// How corral hands the server its socket.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Mode {
+    /// The listener every worker shares.
+    Shared,
+    /// Proxy mode, a Unix socket per worker.
+    Proxy,
+    /// Proxy mode, a loopback TCP socket per worker.
+    ProxyTcp,
+}
+
+impl Mode {
+    fn flags(self) -> &'static str {
+        match self {
+            Mode::Shared => "",
+            Mode::Proxy => "--proxy",
+            Mode::ProxyTcp => "--proxy --worker-socket tcp",
+        }
     }
-    builder.start()
+
+    fn proxied(self) -> bool {
+        self != Mode::Shared
+    }
+}
+
+fn start(server: &Server, mode: Mode) -> Corral {
+    corral()
+        .flags("-w 2 --graceful-timeout 20s")
+        .flags(mode.flags())
+        .cwd(django_dir())
+        .command(&server.command())
+        .start()
 }
 
 /// Waits until `n` requests are in the workers' hands: accepted from the
@@ -172,8 +209,9 @@ fn in_workers_hands(c: &Corral, proxy: bool, n: u32) {
 }
 
 /// The scenario every row of the matrix goes through.
-fn serves_rolls_scales_and_stops(server: &Server, proxy: bool) {
-    let mut c = start(server, proxy);
+fn serves_rolls_scales_and_stops(server: &Server, mode: Mode) {
+    let proxy = mode.proxied();
+    let mut c = start(server, mode);
     c.wait_settled(2, SETTLE);
     assert_eq!(
         get(c.http, "/").unwrap(),
@@ -205,7 +243,7 @@ fn serves_rolls_scales_and_stops(server: &Server, proxy: bool) {
         c.log()
     );
     eprintln!(
-        "{} {} (proxy {proxy}): {} ok, {} failed, {} reset unread",
+        "{} {} ({mode:?}): {} ok, {} failed, {} reset unread",
         server.program,
         server.args.join(" "),
         report.ok,
@@ -229,61 +267,71 @@ fn serves_rolls_scales_and_stops(server: &Server, proxy: bool) {
     assert!(status.success(), "{status:?}\n{}", c.log());
 }
 
-/// A test per row and mode; Granian's rows in proxy mode only.
+/// A test per row and mode; Granian's rows in proxy mode only (it binds
+/// its own Unix socket), the TCP-only server's not on a Unix socket.
 macro_rules! matrix {
-    ($($server:ident: $shared:ident, $proxied:ident;)*) => {
-        $(
+    ($($server:ident: $($test:ident in $mode:ident),+;)*) => {
+        $($(
             #[test]
-            fn $shared() {
-                serves_rolls_scales_and_stops(&$server, false);
+            fn $test() {
+                serves_rolls_scales_and_stops(&$server, Mode::$mode);
             }
-
-            #[test]
-            fn $proxied() {
-                serves_rolls_scales_and_stops(&$server, true);
-            }
-        )*
-    };
-    ($($server:ident: proxy only $proxied:ident;)*) => {
-        $(
-            #[test]
-            fn $proxied() {
-                serves_rolls_scales_and_stops(&$server, true);
-            }
-        )*
+        )+)*
     };
 }
 
 matrix! {
-    UVICORN_ASGI: uvicorn_asgi_shared, uvicorn_asgi_proxy;
-    UVICORN_WSGI: uvicorn_wsgi_shared, uvicorn_wsgi_proxy;
-    GUNICORN_SYNC_FD: gunicorn_sync_fd_shared, gunicorn_sync_fd_proxy;
-    GUNICORN_SYNC_LISTEN_FDS: gunicorn_sync_listen_fds_shared, gunicorn_sync_listen_fds_proxy;
-    GUNICORN_GTHREAD_FD: gunicorn_gthread_fd_shared, gunicorn_gthread_fd_proxy;
-    GUNICORN_GTHREAD_LISTEN_FDS: gunicorn_gthread_listen_fds_shared, gunicorn_gthread_listen_fds_proxy;
-    GUNICORN_UVICORN_WORKER_FD: gunicorn_uvicorn_worker_fd_shared, gunicorn_uvicorn_worker_fd_proxy;
-    GUNICORN_UVICORN_WORKER_LISTEN_FDS: gunicorn_uvicorn_worker_listen_fds_shared, gunicorn_uvicorn_worker_listen_fds_proxy;
-    HYPERCORN: hypercorn_shared, hypercorn_proxy;
+    UVICORN_ASGI: uvicorn_asgi_shared in Shared, uvicorn_asgi_proxy in Proxy,
+        uvicorn_asgi_proxy_tcp in ProxyTcp;
+    UVICORN_WSGI: uvicorn_wsgi_shared in Shared, uvicorn_wsgi_proxy in Proxy;
+    GUNICORN_SYNC_FD: gunicorn_sync_fd_shared in Shared, gunicorn_sync_fd_proxy in Proxy;
+    GUNICORN_SYNC_LISTEN_FDS: gunicorn_sync_listen_fds_shared in Shared,
+        gunicorn_sync_listen_fds_proxy in Proxy;
+    GUNICORN_GTHREAD_FD: gunicorn_gthread_fd_shared in Shared,
+        gunicorn_gthread_fd_proxy in Proxy;
+    GUNICORN_GTHREAD_LISTEN_FDS: gunicorn_gthread_listen_fds_shared in Shared,
+        gunicorn_gthread_listen_fds_proxy in Proxy;
+    GUNICORN_UVICORN_WORKER_FD: gunicorn_uvicorn_worker_fd_shared in Shared,
+        gunicorn_uvicorn_worker_fd_proxy in Proxy;
+    GUNICORN_UVICORN_WORKER_LISTEN_FDS: gunicorn_uvicorn_worker_listen_fds_shared in Shared,
+        gunicorn_uvicorn_worker_listen_fds_proxy in Proxy;
+    HYPERCORN: hypercorn_shared in Shared, hypercorn_proxy in Proxy;
+    GRANIAN_ASGI: granian_asgi_proxy in Proxy;
+    GRANIAN_WSGI: granian_wsgi_proxy in Proxy;
+    TCP_ONLY: tcp_only_shared in Shared, tcp_only_proxy_tcp in ProxyTcp;
 }
 
-matrix! {
-    GRANIAN_ASGI: proxy only granian_asgi_proxy;
-    GRANIAN_WSGI: proxy only granian_wsgi_proxy;
+/// What `--worker-socket tcp` is for: a server that takes only a TCP
+/// listener cannot serve on proxy mode's Unix socket; it says why, and
+/// corral gives up as on any server that never boots.
+#[test]
+fn a_tcp_only_server_fails_on_a_unix_worker_socket() {
+    let mut c = corral()
+        .flags("-w 1 --max-boot-failures 2")
+        .flags(Mode::Proxy.flags())
+        .cwd(django_dir())
+        .command(&TCP_ONLY.command())
+        .start();
+    let status = c.wait_exit(Duration::from_secs(30));
+    let log = c.log();
+    assert!(!status.success(), "{status:?}\n{log}");
+    assert!(log.contains("is AF_UNIX, not a TCP listener"), "{log}");
+    assert!(!log.contains("worker ready"), "{log}");
 }
 
 /// A server that cannot work in a mode is refused at start (exit 2),
 /// naming what to write instead, and never crash-loops.
 #[test]
 fn servers_that_cannot_work_in_a_mode_are_refused_naming_the_way_that_works() {
-    let cases: [(Vec<String>, bool, &str); 3] = [
-        (GRANIAN_WSGI.command(), false, "--proxy"),
+    let cases: [(Vec<String>, &str, &str); 4] = [
+        (GRANIAN_WSGI.command(), "", "--proxy"),
         (
             Server {
                 program: "granian",
                 args: &["--interface", "wsgi", "mysite.wsgi:application"],
             }
             .command(),
-            true,
+            "--proxy",
             "--uds {socket}",
         ),
         (
@@ -292,19 +340,22 @@ fn servers_that_cannot_work_in_a_mode_are_refused_naming_the_way_that_works() {
                 args: &["mysite.asgi:application"],
             }
             .command(),
-            false,
+            "",
             "--fd {fd}",
         ),
+        (
+            GRANIAN_WSGI.command(),
+            "--proxy --worker-socket tcp",
+            "--worker-socket unix",
+        ),
     ];
-    for (command, proxy, needle) in cases {
+    for (command, flags, needle) in cases {
         let mut args = vec![
             "run".to_string(),
             "--admin-bind".into(),
             "127.0.0.1:0".into(),
         ];
-        if proxy {
-            args.push("--proxy".into());
-        }
+        args.extend(flags.split_whitespace().map(String::from));
         args.push("--".into());
         args.extend(command);
         let (ok, text) = output_text(std::process::Command::new(BIN).args(&args));
@@ -319,7 +370,7 @@ fn servers_that_cannot_work_in_a_mode_are_refused_naming_the_way_that_works() {
 /// XDG_RUNTIME_DIR, so after a roll every master still answers on its own.
 #[test]
 fn gunicorn_masters_keep_their_own_control_sockets_across_a_roll() {
-    let c = start(&GUNICORN_SYNC_FD, false);
+    let c = start(&GUNICORN_SYNC_FD, Mode::Shared);
     c.wait_settled(2, SETTLE);
     c.signal(Signal::SIGHUP);
     let doc = c.wait_generation(2, 2, SETTLE);

@@ -42,6 +42,25 @@ impl FromStr for LogFormat {
     }
 }
 
+/// What a worker's own socket is in proxy mode: a Unix socket in the
+/// private directory, or a loopback TCP port for servers that take only a
+/// TCP listener as their inherited fd (Daphne's `--fd`, Twisted's
+/// endpoints), as they get one in shared-socket mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SocketKind {
+    Unix,
+    Tcp,
+}
+
+impl FromStr for SocketKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        <SocketKind as ValueEnum>::from_str(s, false)
+    }
+}
+
 /// Proxy mode's placeholder for the worker's own socket path in the command.
 pub const SOCKET_PLACEHOLDER: &str = "{socket}";
 
@@ -316,7 +335,7 @@ with_tls_settings!(settings! {
         "Up to this much longer per worker (random, fixed at its start), so workers started together do not retire together",
         (long, env = "CORRAL_MAX_WORKER_LIFETIME_JITTER", value_name = "SECS");
     proxy: bool = "false",
-        "Proxy mode: corral accepts on --bind itself and forwards each request to the least busy worker, each worker on its own Unix socket (`{fd}`, `{socket}`)",
+        "Proxy mode: corral accepts on --bind itself and forwards each request to the least busy worker, each worker on its own socket (`{fd}`; see --worker-socket)",
         (long, env = "CORRAL_PROXY", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true");
     runtime_dir: PathBuf | "$XDG_RUNTIME_DIR, else the temporary directory",
         "Where corral makes its private directory: each worker's own XDG_RUNTIME_DIR and, in proxy mode, the worker sockets",
@@ -324,6 +343,9 @@ with_tls_settings!(settings! {
     [proxy] front_threads: u32 | "the CPUs the cgroup quota allows (rounded up), else the machine's",
         "Proxy mode: threads the front serves clients on, apart from the supervision loop and the admin API (nginx's worker_processes)",
         (long, env = "CORRAL_FRONT_THREADS", value_name = "N");
+    [proxy] worker_socket: SocketKind = "unix",
+        "Proxy mode: each worker's own socket, handed over as `{fd}`: `unix` (a Unix socket in the private directory, also named by `{socket}`) or `tcp` (a loopback TCP port the kernel picks, for servers that take only a TCP listener)",
+        (long, env = "CORRAL_WORKER_SOCKET", value_name = "KIND");
     [proxy] worker_concurrency: u32 = "0",
         "Proxy mode: requests in flight per worker at most, the rest wait in corral's queue; 0 is unbounded",
         (long, env = "CORRAL_WORKER_CONCURRENCY", value_name = "N");
@@ -440,6 +462,7 @@ mod tests {
         assert_eq!(m.socket_mode, Mode(0o660));
         assert_eq!(m.forwarded_allow_ips, "127.0.0.1,::1".parse().unwrap());
         assert_eq!(m.log_format, LogFormat::Text);
+        assert_eq!(m.worker_socket, SocketKind::Unix);
         assert_eq!(m.admin_bind, SocketAddr::from(([0, 0, 0, 0], 9000)));
     }
 

@@ -159,6 +159,26 @@ fn proxy_mode_has_defaults_and_reads_back() {
 }
 
 #[test]
+fn socket_placeholder_needs_a_unix_worker_socket() {
+    let resolve =
+        |text: &str| yaml(text).and_then(|f| Config::resolve(Settings::default(), f, &host()));
+    let command = "command: [uvicorn, --uds, '{socket}', app:app]\n";
+    let unix = resolve(&format!("proxy: true\n{command}")).unwrap();
+    assert_eq!(unix.proxy.unwrap().worker_socket, SocketKind::Unix);
+    let err = resolve(&format!("proxy: true\nworker-socket: tcp\n{command}"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("--worker-socket tcp") && err.contains("{fd}"),
+        "{err}"
+    );
+    assert!(resolve(&format!("worker-socket: tcp\n{command}")).is_err());
+    let fd = "proxy: true\nworker-socket: tcp\ncommand: [uvicorn, --fd, '{fd}', app:app]\n";
+    let tcp = resolve(fd).unwrap().proxy.unwrap();
+    assert_eq!(tcp.worker_socket, SocketKind::Tcp);
+}
+
+#[test]
 fn the_front_s_threads_follow_the_cpu_quota_unless_given() {
     let proxied = |text: &str, cpus: u32| {
         let h = Host { cpus, ..host() };
@@ -185,6 +205,7 @@ fn proxy_settings_without_proxy_mode_are_refused_by_name() {
         ("proxy: true\nkill-stuck: true\n", "kill-stuck"),
         ("proxy: true\nqueue-timeout: 0\n", "queue-timeout"),
         ("front-threads: 2\n", "front-threads"),
+        ("worker-socket: tcp\n", "worker-socket"),
         (
             "proxy: true\nlimit-request-fields: 0\n",
             "limit-request-fields",

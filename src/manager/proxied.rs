@@ -7,7 +7,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::OwnedFd;
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,11 +15,11 @@ use nix::sys::signal::Signal as Sig;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::config::ProxyConfig;
+use crate::config::{ProxyConfig, SocketKind};
 use crate::contract::{ExitReason, WorkerState};
 use crate::http::server::Listener as ServerListener;
 use crate::http::tls::{Certs, TlsError};
-use crate::proxy::sockets::RuntimeDir;
+use crate::proxy::sockets::{self, Address, RuntimeDir};
 use crate::proxy::{self, Front, FrontThreads, Key, Load};
 
 use super::listener::Listener;
@@ -52,8 +52,10 @@ const CONCURRENCY_WINDOW: Duration = Duration::from_secs(3);
 
 pub(super) struct Proxied {
     pub front: Front,
-    /// The manager's private directory, where the worker sockets are.
+    /// The manager's private directory, where the Unix worker sockets are.
     pub dir: Arc<RuntimeDir>,
+    /// Where each slot's current worker listens.
+    pub addresses: HashMap<u32, Arc<Address>>,
     /// The front's certificate, with the task that watches its files.
     pub tls: Option<(Arc<Certs>, tokio::task::JoinHandle<()>)>,
     pub config: ProxyConfig,
@@ -75,7 +77,18 @@ pub(super) struct Proxied {
 /// for a server that binds it itself (`{socket}` without `{fd}`).
 pub(super) struct WorkerSocket {
     pub fd: Option<OwnedFd>,
-    pub path: PathBuf,
+    pub address: Address,
+}
+
+impl WorkerSocket {
+    /// What `{socket}` stands for: a Unix socket's path (configuration
+    /// refuses `{socket}` with `--worker-socket tcp`).
+    pub fn path(&self) -> Option<&Path> {
+        match &self.address {
+            Address::Unix(path) => Some(path),
+            Address::Tcp(_) => None,
+        }
+    }
 }
 
 impl Proxied {
@@ -101,6 +114,7 @@ impl Proxied {
         info!(
             runtime_dir = %dir.path().display(),
             front_threads = config.front_threads,
+            worker_socket = ?config.worker_socket,
             "proxy mode: workers get their own sockets"
         );
         Ok(Proxied {
@@ -110,6 +124,7 @@ impl Proxied {
             }),
             front,
             dir,
+            addresses: HashMap::new(),
             config: config.clone(),
             boots: HashMap::new(),
             ready_tx,
@@ -121,30 +136,50 @@ impl Proxied {
         })
     }
 
-    /// The socket for a new worker of `slot`.
-    pub fn socket_for(&self, slot: u32, binds_itself: bool) -> std::io::Result<WorkerSocket> {
-        if binds_itself {
-            self.dir.remove(slot);
-            return Ok(WorkerSocket {
-                fd: None,
-                path: self.dir.socket_path(slot),
-            });
-        }
-        let (fd, path) = self.dir.bind(slot)?;
-        Ok(WorkerSocket { fd: Some(fd), path })
+    /// The socket for a new worker of `slot`, its address kept for the
+    /// front and the readiness probe.
+    pub fn socket_for(&mut self, slot: u32, binds_itself: bool) -> std::io::Result<WorkerSocket> {
+        let socket = match self.config.worker_socket {
+            SocketKind::Tcp => {
+                let (fd, addr) = sockets::bind_loopback()?;
+                WorkerSocket {
+                    fd: Some(fd),
+                    address: Address::Tcp(addr),
+                }
+            }
+            SocketKind::Unix if binds_itself => {
+                self.dir.remove(slot);
+                WorkerSocket {
+                    fd: None,
+                    address: Address::Unix(self.dir.socket_path(slot)),
+                }
+            }
+            SocketKind::Unix => {
+                let (fd, path) = self.dir.bind(slot)?;
+                WorkerSocket {
+                    fd: Some(fd),
+                    address: Address::Unix(path),
+                }
+            }
+        };
+        self.addresses
+            .insert(slot, Arc::new(socket.address.clone()));
+        Ok(socket)
     }
 
     /// Watches a booting worker's socket until it answers, for at most
     /// `limit` (the boot timeout aborts it after that anyway), or until the
     /// worker is gone ([`Proxied::forget`]).
     pub fn watch_boot(&mut self, key: Key, limit: Duration) {
-        let socket = self.dir.socket_path(key.id);
+        let Some(address) = self.addresses.get(&key.id).cloned() else {
+            return;
+        };
         let path = self.config.worker_ready_path.clone();
         let tx = self.ready_tx.clone();
         let probe = tokio::spawn(async move {
             let deadline = tokio::time::Instant::now() + limit;
             while tokio::time::Instant::now() < deadline && !tx.is_closed() {
-                if proxy::pool::answers(&socket, path.as_deref()).await {
+                if proxy::pool::answers(&address, path.as_deref()).await {
                     let _ = tx.send(key);
                     return;
                 }
@@ -159,6 +194,7 @@ impl Proxied {
     /// A worker of `slot` is gone: its socket and its boot probe with it.
     pub fn forget(&mut self, slot: u32) {
         self.dir.remove(slot);
+        self.addresses.remove(&slot);
         if let Some(probe) = self.boots.remove(&slot) {
             probe.abort();
         }
@@ -261,7 +297,11 @@ impl Manager {
         for w in &mut self.table.workers {
             let key = key_of(w);
             match w.facts.state {
-                WorkerState::Ready => backends.open(key, p.dir.socket_path(key.id)),
+                WorkerState::Ready => {
+                    if let Some(address) = p.addresses.get(&key.id) {
+                        backends.open(key, address.clone());
+                    }
+                }
                 WorkerState::Draining => {
                     if backends.close(key) && w.awaiting_idle {
                         w.awaiting_idle = false;

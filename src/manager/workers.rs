@@ -83,7 +83,7 @@ impl Manager {
     pub(super) fn spawn_worker(&mut self, now: Instant) {
         let id = self.table.free_slot();
         // Proxy mode: the worker's own socket instead of the listeners.
-        let socket = match &self.proxy {
+        let socket = match &mut self.proxy {
             Some(p) => match p.socket_for(id, spawn::binds_itself(&self.command.args)) {
                 Ok(s) => Some(s),
                 Err(e) => return self.start_failed(now, &e, "cannot make the worker's socket"),
@@ -135,7 +135,7 @@ impl Manager {
             &self.command.args,
             3,
             fds.len(),
-            socket.as_ref().map(|s| s.path.as_path()),
+            socket.as_ref().and_then(|s| s.path()),
         );
         let spec = spawn::SpawnSpec {
             program: &self.command.program,

@@ -9,11 +9,12 @@
 //! updates, never I/O.
 
 use std::collections::VecDeque;
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::sync::{Notify, oneshot};
+
+use super::sockets::Address;
 
 /// A worker process, as the front names it: a slot is reused by the next
 /// worker, the pid tells them apart.
@@ -47,7 +48,7 @@ pub enum Refusal {
 #[derive(Debug)]
 struct Backend {
     key: Key,
-    socket: Arc<Path>,
+    socket: Arc<Address>,
     open: bool,
     load: Load,
 }
@@ -80,8 +81,9 @@ pub struct Backends {
 pub struct Place {
     backends: Arc<Backends>,
     pub key: Key,
-    /// Shared, not copied: a place is taken per request.
-    pub socket: Arc<Path>,
+    /// Where the worker listens; shared, not copied: a place is taken
+    /// per request.
+    pub socket: Arc<Address>,
     armed: bool,
 }
 
@@ -199,14 +201,14 @@ impl Backends {
 
     /// A worker is ready: it takes requests from now on. Opening one that
     /// is known already changes nothing (the manager says it every pass).
-    pub fn open(self: &Arc<Self>, key: Key, socket: PathBuf) {
+    pub fn open(self: &Arc<Self>, key: Key, socket: Arc<Address>) {
         let mut state = self.lock();
         if state.workers.iter().any(|b| b.key == key) {
             return;
         }
         state.workers.push(Backend {
             key,
-            socket: socket.into(),
+            socket,
             open: true,
             load: Load {
                 key,
@@ -280,10 +282,14 @@ mod tests {
         }
     }
 
+    fn unix(path: &str) -> Arc<Address> {
+        Arc::new(Address::Unix(path.into()))
+    }
+
     fn with(n: u32, concurrency: Option<u32>, max_queue: u32) -> Arc<Backends> {
         let b = Backends::new(concurrency, max_queue, Duration::from_secs(5));
         for id in 1..=n {
-            b.open(key(id), PathBuf::from(format!("/w{id}")));
+            b.open(key(id), unix(&format!("/w{id}")));
         }
         b
     }
@@ -358,7 +364,7 @@ mod tests {
         let b1 = b.clone();
         let waiting = tokio::spawn(async move { b1.acquire(None).await.map(|l| l.key.id) });
         tokio::time::sleep(Duration::from_secs(1)).await;
-        b.open(key(7), PathBuf::from("/w7"));
+        b.open(key(7), unix("/w7"));
         assert_eq!(waiting.await.unwrap(), Ok(7));
     }
 

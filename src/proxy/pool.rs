@@ -11,7 +11,6 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -19,11 +18,13 @@ use http_body_util::Full;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper::{Request, header};
 use hyper_util::rt::TokioIo;
-use tokio::net::UnixStream;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpStream, UnixStream};
 use tracing::debug;
 
 use super::backends::Key;
 use super::request_body::Outgoing;
+use super::sockets::Address;
 
 /// Idle connections kept per worker; more are closed when they come back.
 const IDLE_PER_WORKER: usize = 64;
@@ -54,10 +55,10 @@ pub enum ConnectError {
 
 impl Pool {
     /// An idle connection ready for a request, else a new one.
-    pub async fn checkout(&self, key: Key, socket: &Path) -> Result<Sender, ConnectError> {
+    pub async fn checkout(&self, key: Key, address: &Address) -> Result<Sender, ConnectError> {
         match self.take_idle(key) {
             Some(sender) => Ok(sender),
-            None => connect(socket).await,
+            None => connect(address).await,
         }
     }
 
@@ -99,14 +100,28 @@ impl Pool {
     }
 }
 
-/// A new connection to the worker listening on `socket`.
-async fn connect(socket: &Path) -> Result<Sender, ConnectError> {
-    let stream = UnixStream::connect(socket)
-        .await
-        .map_err(|e| match e.kind() {
-            io::ErrorKind::ConnectionRefused | io::ErrorKind::NotFound => ConnectError::Refused(e),
-            _ => ConnectError::Other(e),
-        })?;
+/// A new connection to the worker listening at `address`.
+async fn connect(address: &Address) -> Result<Sender, ConnectError> {
+    let refused = |e: io::Error| match e.kind() {
+        io::ErrorKind::ConnectionRefused | io::ErrorKind::NotFound => ConnectError::Refused(e),
+        _ => ConnectError::Other(e),
+    };
+    match address {
+        Address::Unix(path) => handshake(UnixStream::connect(path).await.map_err(refused)?).await,
+        Address::Tcp(addr) => {
+            let stream = TcpStream::connect(addr).await.map_err(refused)?;
+            // A request head and its body are separate writes: without
+            // it the body waits for the head's ACK (Nagle).
+            stream.set_nodelay(true)?;
+            handshake(stream).await
+        }
+    }
+}
+
+async fn handshake<S>(stream: S) -> Result<Sender, ConnectError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let (sender, conn) = http1::Builder::new()
         .handshake(TokioIo::new(stream))
         .await?;
@@ -118,11 +133,12 @@ async fn connect(socket: &Path) -> Result<Sender, ConnectError> {
     Ok(sender)
 }
 
-/// Whether the worker on `socket` is ready: it accepts a connection, and,
-/// given a `path`, answers a GET of it with a status under 500 within 2 s.
-pub async fn answers(socket: &Path, path: Option<&str>) -> bool {
+/// Whether the worker at `address` is ready: it accepts a connection,
+/// and, given a `path`, answers a GET of it with a status under 500
+/// within 2 s.
+pub async fn answers(address: &Address, path: Option<&str>) -> bool {
     let probe = async {
-        let mut sender = connect(socket).await.ok()?;
+        let mut sender = connect(address).await.ok()?;
         let Some(path) = path else {
             return Some(true);
         };

@@ -1,12 +1,17 @@
-//! The manager's private directory. Each worker slot gets a directory
-//! of its own there, its `XDG_RUNTIME_DIR`, in both modes; in proxy mode
-//! also a Unix socket, bound by corral but not yet listening: the worker
-//! inherits it (`{fd}`) and listens once its app is loaded, so a connect
-//! that succeeds means the worker is ready, with no boot grace to guess.
-//! The directory is mode 0700, made fresh per manager, and removed when
-//! the manager ends.
+//! The workers' own sockets in proxy mode, and the manager's private
+//! directory. Each worker slot gets a directory of its own there, its
+//! `XDG_RUNTIME_DIR`, in both modes; in proxy mode also a socket, bound by
+//! corral but not yet listening: the worker inherits it (`{fd}`) and
+//! listens once its app is loaded, so a connect that succeeds means the
+//! worker is ready, with no boot grace to guess. The socket is a Unix one
+//! in the directory, or with `--worker-socket tcp` a loopback TCP port
+//! (for servers that take only a TCP listener); [`Address`] is where the
+//! front reaches it either way. The directory is mode 0700, made fresh per
+//! manager, and removed when the manager ends.
 
+use std::fmt;
 use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
@@ -24,6 +29,38 @@ pub enum DirError {
         "{base} is too long a path for Unix sockets (at most {MAX_SOCKET_PATH} bytes with the socket name)"
     )]
     TooLong { base: PathBuf },
+}
+
+/// Where a worker's own socket is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Address {
+    Unix(PathBuf),
+    Tcp(SocketAddr),
+}
+
+impl fmt::Display for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Address::Unix(path) => write!(f, "unix:{}", path.display()),
+            Address::Tcp(addr) => write!(f, "{addr}"),
+        }
+    }
+}
+
+/// A fresh loopback TCP socket on a port the kernel picks, bound and not
+/// listening, close-on-exec, with TCP_NODELAY, which the connections the
+/// worker accepts inherit (without it `uvicorn --fd` answers keep-alive
+/// requests ~40 ms late). The port stays the worker's while the socket is
+/// open: no outgoing connection takes it as its source port meanwhile.
+pub fn bind_loopback() -> io::Result<(OwnedFd, SocketAddr)> {
+    let socket = Socket::new(Domain::IPV4, Type::STREAM.cloexec(), None)?;
+    socket.set_tcp_nodelay(true)?;
+    socket.bind(&SocketAddr::from((Ipv4Addr::LOCALHOST, 0)).into())?;
+    let addr = socket
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| io::Error::other("a loopback socket without an address"))?;
+    Ok((socket.into(), addr))
 }
 
 fn socket_path(dir: &Path, slot: u32) -> PathBuf {
@@ -147,6 +184,20 @@ mod tests {
         socket2::Socket::from(fd).listen(8).unwrap();
         drop(dir);
         assert!(!path.exists());
+    }
+
+    #[test]
+    fn a_loopback_socket_has_its_port_and_answers_only_once_listening() {
+        let (fd, addr) = bind_loopback().unwrap();
+        assert!(addr.ip().is_loopback() && addr.port() != 0, "{addr}");
+        assert!(
+            std::net::TcpStream::connect(addr).is_err(),
+            "bound but not listening: nobody answers yet"
+        );
+        let socket = socket2::Socket::from(fd);
+        assert!(socket.tcp_nodelay().unwrap());
+        socket.listen(8).unwrap();
+        std::net::TcpStream::connect(addr).unwrap();
     }
 
     #[test]
