@@ -230,8 +230,9 @@ fn set_rfc7239(
     proto: &str,
     host: Option<&HeaderValue>,
 ) {
-    let mut hop = before;
-    if !hop.is_empty() {
+    let mut hop = String::with_capacity(before.len() + 64);
+    if !before.is_empty() {
+        hop.push_str(&before);
         hop.push_str(", ");
     }
     hop.push_str("for=");
