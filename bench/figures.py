@@ -129,12 +129,15 @@ def lifecycle_run(stack, cfg, throughput=None):
                     inst.wait_workers(n + 1, limit=30)
                     time.sleep(cfg.settle)
                     down.update(under_load(inst, cfg, scale_down))
-                out = {"seconds": ups} if any(u is not None for u in ups) else {
-                    "n/a": "not timed through nginx: the same gunicorn master and TTIN as gunicorn direct"}
+                out = {"seconds": ups} if any(u is not None for u in ups) else {"n/a": stack.untimed}
                 return dict(out, api_ready_seconds=api_ready) if api_ready else out
 
-            res["scale_up"] = attempt(scale_cycle)
-            res["scale_down"] = {"counts": dict(down)} if down else {"error": res["scale_up"].get("error", "not run")}
+            if stack.no_scaling:
+                res["scale_up"] = res["scale_down"] = {"n/a": stack.no_scaling}
+            else:
+                res["scale_up"] = attempt(scale_cycle)
+                res["scale_down"] = {"counts": dict(down)} if down else {
+                    "error": res["scale_up"].get("error", "not run")}
             if inst.desired != n:  # a failed scale cycle left it elsewhere
                 inst.set_workers(n)
             inst.wait_workers(n, limit=30)
@@ -147,10 +150,10 @@ def lifecycle_run(stack, cfg, throughput=None):
 
 def scale_up(inst, n, api_ready):
     """Seconds from the request for worker n+1 to a new pid answering /pid (why the old workers are paused, or
-    not, and nginx -> gunicorn not timed: results.md, figure 4); nginx's worker is still added, for the
+    not, and the UNTIMED stacks not timed: results.md, figure 4); their worker is still added, for the
     scale-down that follows."""
     old = inst.workers()
-    if inst.stack.fronted:
+    if inst.stack.untimed:
         inst.set_workers(n + 1)
         return None
     pause = [] if inst.stack.proxy else old

@@ -110,7 +110,7 @@ def summarize(raw, stacks, cfg):
                 kinds = {k: v for k, v in sc["counts"].items() if k != "ok"}
                 row["fig5"][key] = {"failed": sum(kinds.values()), "total": sum(sc["counts"].values()),
                                     "kinds": kinds, **({"exit_s": sc.get("exit_s")} if key == "term" else {})}
-            elif lc:
+            elif lc and "n/a" not in sc:
                 errors.append(f"figure 5 {st.label} {key}: {sc.get('error', 'not run')}")
     summarize_tls(s, raw.get("tls", {}), errors)
     judge(s)
@@ -294,8 +294,8 @@ def fig4(s, cfg, ref):
     rows = []
     for key, row in s["stacks"].items():
         f4 = row.get("fig4")
-        how = {"corral": "PUT /workers (boot grace)", "builtin": "PUT /workers (READY=1)",
-               "proxy": "PUT /workers (exact readiness)"}.get(key, "TTIN")
+        how = {"corral": "PUT /workers (boot grace)", "builtin": "PUT /workers (READY=1)"}.get(
+            key, "PUT /workers (exact readiness)" if key.startswith("proxy") else "TTIN")
         if f4 and "n/a" in f4:
             rows.append([row["label"], how, "n/a", "-", "-"])
         elif f4:

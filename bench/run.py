@@ -31,7 +31,7 @@ class Config:
     """What a run measures, and for how long (smoke_config(): tiny)."""
     smoke: bool = False
     workers: int = 2
-    stacks: list = field(default_factory=lambda: ["gunicorn", "uvicorn", "corral", "proxy", "nginx", "builtin"])
+    stacks: list = field(default_factory=lambda: list(STACKS))
     apps: list = field(default_factory=lambda: ["hello", "django"])
     connections: int = 32  # wrk: fixed keep-alive connections
     wrk_threads: int = 1  # one core at most for the load generator
@@ -67,7 +67,7 @@ class Config:
     handshake_duration: int = 10  # s of handshakes
 
 def smoke_config(workers):
-    return Config(smoke=True, workers=workers, stacks=["gunicorn", "corral", "proxy", "nginx", "builtin"],
+    return Config(smoke=True, workers=workers, stacks=[k for k in STACKS if k != "uvicorn"],
                   apps=["django"], duration=1, warmup=0, rounds=0, shared_instance=True, idle=0.3, settle=0.1,
                   start_samples=1, reps=1, hups=1, clients=4, tail=0.2, slow_ms=300, in_flight_wait=0.15,
                   mixed_duration=1, autoscale_timeout=180, tls_rounds=1, h2_duration=1, h2_warmup=0,

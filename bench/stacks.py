@@ -24,10 +24,20 @@ DJANGO_DIR = os.path.join(ROOT, "tests", "django_app")
 # ASGI application per app name; the built-in worker serves its own app.
 APPS = {"hello": "hello_asgi:app", "django": "mysite.asgi:application"}
 
-STACKS = {"gunicorn": "gunicorn + UvicornWorker", "uvicorn": "uvicorn --workers", "corral": "corral + uvicorn --fd",
-          "proxy": "corral --proxy + uvicorn", "nginx": "nginx (Debian) -> gunicorn + UvicornWorker",
-          "builtin": "corral built-in worker"}
-CORRAL_KEYS = ("corral", "builtin", "proxy")
+STACKS = {"gunicorn": "gunicorn + UvicornWorker", "uvicorn": "uvicorn --workers", "granian": "granian --workers",
+          "corral": "corral + uvicorn --fd", "proxy": "corral --proxy + uvicorn",
+          "proxy_tcp": "corral --proxy --worker-socket tcp + uvicorn", "proxy_granian": "corral --proxy + granian --uds",
+          "nginx": "nginx (Debian) -> gunicorn + UvicornWorker", "builtin": "corral built-in worker"}
+PROXY_KEYS = ("proxy", "proxy_tcp", "proxy_granian")  # corral in the request path
+CORRAL_KEYS = ("corral", "builtin", *PROXY_KEYS)
+# Granian's ASGI server as both stacks run it; under corral each worker binds its own Unix socket (it has no --fd).
+# Alone it is told to replace a crashed worker: by default it exits when one dies.
+GRANIAN = ["--interface", "asgi", "--log-level", "warning"]
+# Stacks whose manager cannot add or remove a worker: figures 4 and 5's scale runs are "n/a" for them.
+NO_SCALING = {"granian": "granian ignores TTIN and TTOU (its worker count is fixed at start)"}
+# Stacks whose new worker figure 4 cannot time by a new pid answering /pid (their workers still scale).
+UNTIMED = {"nginx": "not timed through nginx: the same gunicorn master and TTIN as gunicorn direct",
+           "proxy_granian": "not timed: /pid answers granian's worker process, a grandchild of corral's worker"}
 NGINX_PATHS = ("/usr/sbin/nginx", "/usr/bin/nginx")
 NGINX_MISSING = "nginx not found (apt-get install nginx; .ci/test installs it)"
 
@@ -126,7 +136,7 @@ class Stack:
     def __init__(self, key, label, venv, corral, workers, nginx_workers=1):
         self.key, self.label, self.venv, self.corral, self.workers = key, label, venv, corral, workers
         self.nginx_workers, self.builtin, self.is_corral = nginx_workers, key == "builtin", key in CORRAL_KEYS
-        self.proxy = key == "proxy"  # corral in the request path
+        self.proxy, self.no_scaling, self.untimed = key in PROXY_KEYS, NO_SCALING.get(key), UNTIMED.get(key)
         self.fronted = key == "nginx"  # a front process (nginx) before the manager's workers
 
     def unavailable(self):
@@ -156,6 +166,9 @@ class Stack:
         if self.key == "uvicorn":
             return [bin_("uvicorn"), "--workers", n, "--host", "127.0.0.1", "--port", str(port),
                     "--no-access-log", target]
+        if self.key == "granian":
+            return [bin_("granian"), *GRANIAN, "--workers", n, "--respawn-failed-workers", "--host", "127.0.0.1",
+                    "--port", str(port), target]
         bind = f"127.0.0.1:{port}" if tls is None else f"https://127.0.0.1:{port}"
         corral = [self.corral, "run", "-w", n, "-b", bind,
                   "--admin-bind", f"127.0.0.1:{admin}", "--admin-token-file", token_file]
@@ -164,14 +177,16 @@ class Stack:
         if self.builtin:
             return corral
         if self.proxy:
-            corral[2:2] = ["--proxy"]
+            corral[2:2] = ["--proxy", "--worker-socket", "tcp" if self.key == "proxy_tcp" else "unix"]
+        if self.key == "proxy_granian":
+            return corral + ["--", bin_("granian"), *GRANIAN, "--uds", "{socket}", target]
         return corral + ["--", bin_("uvicorn"), "--fd", "{fd}", "--no-access-log", target]
 
     def version(self):
         if self.is_corral:
             return output([self.corral, "--version"])
         py = os.path.join(self.venv, "bin", "python")
-        mods = ["uvicorn"] if self.key == "uvicorn" else ["gunicorn", "uvicorn_worker", "uvicorn"]
+        mods = [self.key] if self.key in ("uvicorn", "granian") else ["gunicorn", "uvicorn_worker", "uvicorn"]
         code = ("import importlib.metadata as m, sys; "
                 "print(' '.join(f'{n}={m.version(n)}' for n in sys.argv[1:]))")
         out = output([py, "-c", code, *(m.replace("_", "-") for m in mods)])
