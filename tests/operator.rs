@@ -850,3 +850,163 @@ async fn the_operator_serves_its_metrics_over_tls_and_takes_a_rotated_certificat
         );
     }
 }
+
+/// The Deployment `web` (app: web) with `replicas`: no controller-manager
+/// runs here, so only its scale changes, and the test's Pods stand in.
+async fn deployment(env: &Env, replicas: i32) -> Api<k8s_openapi::api::apps::v1::Deployment> {
+    let api = Api::namespaced(env.admin.clone(), &env.ns);
+    let d = serde_json::from_value(json!({
+        "metadata": {"name": "web"},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": web()},
+            "template": {
+                "metadata": {"labels": web()},
+                "spec": {"containers": [{"name": "app", "image": "corral:test"}]},
+            },
+        },
+    }))
+    .unwrap();
+    api.create(&PostParams::default(), &d).await.unwrap();
+    api
+}
+
+async fn until_replicas(
+    api: &Api<k8s_openapi::api::apps::v1::Deployment>,
+    what: &str,
+    cond: impl Fn(i32) -> bool,
+) -> i32 {
+    eventually_async(what, WAIT, || async {
+        let replicas = api
+            .get_scale("web")
+            .await
+            .unwrap()
+            .spec
+            .unwrap()
+            .replicas
+            .unwrap();
+        if cond(replicas) {
+            Ok(replicas)
+        } else {
+            Err(replicas)
+        }
+    })
+    .await
+}
+
+async fn events_with(env: &Env, reason: &str) -> Vec<Event> {
+    let events: Api<Event> = Api::namespaced(env.admin.clone(), &env.ns);
+    let all = events.list(&ListParams::default()).await.unwrap();
+    all.items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some(reason))
+        .collect()
+}
+
+/// Issue 24: with scaleTargetRef the pod is filled to its ceiling
+/// (maxWorkers 2) before the Deployment's replicas rise through its scale
+/// subresource, with the operator's real RBAC; the load gone, replicas
+/// fall back; an HPA on the same Deployment then keeps the replicas, named
+/// in a condition and an Event, while workers still scale.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_fill_the_pod_before_replicas_rise_and_an_hpa_is_never_fought() {
+    let env = setup("replicas").await;
+    let m = manager(&env, "127.0.0.15", 0, &["-w", "1", "--max-workers", "2"]);
+    let port = m.admin.port();
+    k::ready_pod(&env.admin, &env.ns, "web-r", web(), "127.0.0.15").await;
+    let deploy = deployment(&env, 1).await;
+    let fast = json!({
+        "scaleUp": {"stabilizationWindowSeconds": 0, "policies": [{"type": "Workers", "value": 4, "periodSeconds": 1}]},
+        "scaleDown": {"stabilizationWindowSeconds": 2, "policies": [{"type": "Percent", "value": 100, "periodSeconds": 1}]}
+    });
+    let api = autoscaler(
+        &env,
+        "web",
+        spec(
+            port,
+            (1, 2),
+            json!({
+                "metrics": [{"type": "CPU", "target": 0.2}],
+                "behavior": fast,
+                "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"},
+                "minReplicas": 1,
+                "maxReplicas": 3,
+                "replicaBehavior": {
+                    "scaleUp": {"policies": [{"type": "Pods", "value": 1, "periodSeconds": 1}]},
+                    "scaleDown": {"stabilizationWindowSeconds": 3, "policies": [{"type": "Pods", "value": 1, "periodSeconds": 1}]}
+                },
+            }),
+        ),
+    )
+    .await;
+    let _op = Operator::start(
+        &env.kubeconfig,
+        &env.ns,
+        "op-replicas",
+        "lease-replicas",
+        &[],
+    );
+    let wa = until_status(&api, "web", "the replica level to report", |wa| {
+        wa.status.as_ref().is_some_and(|s| s.replicas == Some(1))
+    })
+    .await;
+    assert_eq!(
+        condition(&wa, "ScalingReplicas").map(|c| (c.0, c.1)),
+        Some(("True".into(), "Scaling".into())),
+        "{:#?}",
+        wa.status
+    );
+
+    let load = Load::start(m.http, "/cpu/300", 3, Duration::from_secs(120));
+    until_replicas(&deploy, "the Deployment to get a second replica", |r| {
+        r >= 2
+    })
+    .await;
+    // Workers first: by the time replicas rose, the pod was at its ceiling.
+    assert_eq!(m.workers().unwrap().desired, 2);
+    // The second replica never appears (no controller-manager): held there.
+    let wa = until_status(&api, "web", "podsStarting", |wa| {
+        wa.status
+            .as_ref()
+            .is_some_and(|s| s.replicas_limited_by.as_deref() == Some("podsStarting"))
+    })
+    .await;
+    assert_eq!(wa.status.as_ref().unwrap().desired_replicas, Some(2));
+    assert!(!events_with(&env, "ScaledReplicasUp").await.is_empty());
+    let report = load.stop();
+    assert_eq!(report.failed, 0, "{report:?}");
+    // The load gone: the demand fits in one pod again.
+    until_replicas(&deploy, "the Deployment back to one replica", |r| r == 1).await;
+    until_workers(&m, "the pod back to one worker", |d| d.desired == 1).await;
+
+    let hpas: Api<k8s_openapi::api::autoscaling::v1::HorizontalPodAutoscaler> =
+        Api::namespaced(env.admin.clone(), &env.ns);
+    let hpa = serde_json::from_value(json!({
+        "metadata": {"name": "web-hpa"},
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"},
+            "minReplicas": 1,
+            "maxReplicas": 5,
+        },
+    }))
+    .unwrap();
+    hpas.create(&PostParams::default(), &hpa).await.unwrap();
+    let wa = until_status(&api, "web", "the HPA to be named", |wa| {
+        condition(wa, "ScalingReplicas").is_some_and(|c| c.1 == "HPAControlsReplicas")
+    })
+    .await;
+    let (status, _, message) = condition(&wa, "ScalingReplicas").unwrap();
+    assert_eq!(status, "False");
+    assert!(
+        message.contains("HorizontalPodAutoscaler web-hpa"),
+        "{message}"
+    );
+    assert!(!events_with(&env, "HPAControlsReplicas").await.is_empty());
+    let load = Load::start(m.http, "/cpu/300", 3, Duration::from_secs(120));
+    until_workers(&m, "workers to scale up beside the HPA", |d| d.desired == 2).await;
+    // Full pod, more asked: the replicas are the HPA's all the same.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(until_replicas(&deploy, "replicas", |_| true).await, 1);
+    let report = load.stop();
+    assert_eq!(report.failed, 0, "{report:?}");
+}
