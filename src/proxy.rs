@@ -420,6 +420,9 @@ impl Shared {
         let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
         let worker_side = switching.then(|| hyper::upgrade::on(&mut response));
         let (mut parts, mut body) = response.into_parts();
+        // The client gets the front's HTTP version, as from nginx: a worker
+        // answering HTTP/1.0 would otherwise close every client connection.
+        parts.version = Version::HTTP_11;
         headers::strip_hop_by_hop(&mut parts.headers, switching);
         if let (Some((client_side, connection)), Some(worker_side)) = (client_side, worker_side) {
             tokio::spawn(tunnel::run(

@@ -451,6 +451,48 @@ fn the_target_s_authority_wins_over_host_and_trace_is_refused() {
     assert!(!answer.contains("secret"), "{answer}");
 }
 
+/// Python's http.server answers HTTP/1.0 and closes, as some WSGI
+/// servers and many small apps do: the client still gets HTTP/1.1 and
+/// keeps its connection, as from nginx.
+#[test]
+fn a_worker_answering_http_1_0_gives_clients_http_1_1_kept_alive() {
+    let server = "import socket, sys\n\
+        from http.server import BaseHTTPRequestHandler, HTTPServer\n\
+        class H(BaseHTTPRequestHandler):\n\
+        \x20   def log_message(self, *args):\n\
+        \x20       pass\n\
+        \x20   def do_GET(self):\n\
+        \x20       self.send_response(200)\n\
+        \x20       self.send_header('Content-Length', '3')\n\
+        \x20       self.end_headers()\n\
+        \x20       self.wfile.write(b'ok\\n')\n\
+        s = HTTPServer(('127.0.0.1', 0), H, bind_and_activate=False)\n\
+        s.socket = socket.socket(fileno=int(sys.argv[1]))\n\
+        s.socket.listen()\n\
+        s.serve_forever()\n";
+    let python = venv().join("bin/python").display().to_string();
+    let c = corral()
+        .flags("--proxy -w 1")
+        .command(&[python.as_str(), "-c", server, "{fd}"])
+        .start();
+    c.wait_settled(1, SETTLE);
+    let mut s = TcpStream::connect(c.http).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    for _ in 0..2 {
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut answer = Vec::new();
+        while !answer.ends_with(b"ok\n") {
+            let mut buf = [0u8; 1024];
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0, "closed: {}", String::from_utf8_lossy(&answer));
+            answer.extend_from_slice(&buf[..n]);
+        }
+        let answer = String::from_utf8_lossy(&answer).to_lowercase();
+        assert!(answer.starts_with("http/1.1 200"), "{answer}");
+        assert!(!answer.contains("connection: close"), "{answer}");
+    }
+}
+
 #[test]
 fn server_sent_events_stream_through_and_keep_the_worker_busy() {
     let c = proxied_ready("-w 1", 1);
