@@ -4,16 +4,19 @@ the app costs little), each front pinned to CPU 0 and everything else (workers, 
 request and its requests per second on one core, 3 rounds in alternating order. Then corral's front on 1 and 2
 threads with nothing pinned, and what N cores would give, computed from the per-core figure (labelled computed).
 Then the instructions each front executes per request, counted by valgrind's callgrind (HTTP/1.1, and h2 for
-corral): counts that repeat run to run, where times do not.
+corral): counts that repeat run to run, where times do not. Last, each front's resident memory per idle keep-alive
+connection, 5,000 of them each after one request.
 
     python3 bench/front.py [--corral target/release/corral] [--rounds 3] [--seconds 8] [--out-dir DIR] [--smoke]
 
 Prints the table and writes OUT/front.json. Method: docs/benchmarks/front.md."""
 
 import argparse
+import glob
 import json
 import os
-import glob
+import resource
+import socket
 import statistics
 import subprocess
 import sys
@@ -23,7 +26,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import load  # noqa: E402
 import procs  # noqa: E402
-from sampling import children, stat_fields  # noqa: E402
+from sampling import children, stat_fields, status_kib  # noqa: E402
 from stacks import free_port, nginx_binary, nginx_conf  # noqa: E402
 
 FRONT_CPU, REST_CPU = "0", "1"
@@ -108,6 +111,33 @@ def instructions(run, start, requests, h2=False):
         run.procs.stop_all()
         run.procs.clear()
 
+def idle_memory(run, start, connections):
+    """KB of the front's resident memory per idle keep-alive connection: `connections` clients each send one
+    request, read its answer and stay connected; the front's RSS (all its processes) before and after."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    port = free_port()
+    held = []
+    try:
+        pids = start(run, port)
+        before = sum(status_kib(p) for p in pids)
+        for i in range(0, connections, 200):
+            batch = [socket.create_connection(("127.0.0.1", port)) for _ in range(min(200, connections - i))]
+            for s in batch:
+                s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            for s in batch:
+                s.settimeout(10)
+                if not s.recv(4096).startswith(b"HTTP/1.1 200"):
+                    raise procs.RunFailed("an idle connection's one request was not answered 200")
+            held += batch
+        time.sleep(1)
+        return (sum(status_kib(p) for p in pids) - before) * 1024 / connections / 1000
+    finally:
+        for s in held:
+            s.close()
+        run.procs.stop_all()
+        run.procs.clear()
+
 class Run:
     def __init__(self, corral):
         self.corral, self.dir, self.procs = corral, tempfile.mkdtemp(prefix="corral-bench-front-"), procs.Procs()
@@ -141,8 +171,12 @@ def run(corral, rounds, seconds, workers=2):
                "corral": instructions(r, lambda run, port, wrap: corral_front(run, workers, port, 1, False, wrap), n),
                "corral_h2": instructions(r, lambda run, port, wrap: corral_front(run, workers, port, 1, False, wrap),
                                          n, h2=True)}
+    idle = 200 if rounds == 1 else 5000
+    procs.log(f"figure 10: memory per idle keep-alive connection, {idle} connections")
+    memory = {"nginx": idle_memory(r, lambda run, port: nginx_front(run, workers, port), idle),
+              "corral": idle_memory(r, lambda run, port: corral_front(run, workers, port, 1, False), idle)}
     return {"workers": workers, "seconds": seconds, "rounds": rounds, "per_core": per_core, "scaling": scaling,
-            "instructions_per_request": counted}
+            "instructions_per_request": counted, "idle_connections": idle, "kb_per_idle_connection": memory}
 
 def summary(res):
     med = {k: {m: statistics.median(x[m] for x in runs)
@@ -171,6 +205,8 @@ def markdown(res, s):
             + ", ".join(f"{n}: {v:.0f} req/s" for n, v in s["computed_capacity"].items()) + ".",
             "", "| front | instructions per request (callgrind) |", "|---|---|"]
     out += [f"| {k.replace('_', ' ')} | {v:.0f} |" for k, v in res["instructions_per_request"].items()]
+    out += ["", f"| front | KB per idle keep-alive connection ({res['idle_connections']} held) |", "|---|---|"]
+    out += [f"| {k} | {v:.1f} |" for k, v in res["kb_per_idle_connection"].items()]
     out += ["", f"Errors (wrk socket errors and non-2xx): {s['errors']}."]
     return "\n".join(out)
 
