@@ -1032,14 +1032,15 @@ fn a_busy_front_spreads_over_its_threads_and_never_delays_the_probes() {
 }
 
 /// Instructions the front executes per request (debug build, all of the
-/// manager's threads), counted by valgrind's callgrind: measured
-/// 527,000 over HTTP/1.1 and 646,000 over h2 on 2026-12-07, within 1 %
-/// run to run. A count repeats where a time does not, so this can fail a
-/// change that makes every request do more work (a copy, an allocation,
-/// a hand-off between tasks) without flaking on a busy machine. The
-/// margin covers the supervision loop's own ticks while the load runs.
-/// bench/front.py counts the release build against nginx.
-const INSTRUCTIONS_CEILING: [(&str, u64); 2] = [("HTTP/1.1", 610_000), ("h2", 745_000)];
+/// manager's threads), counted by valgrind's callgrind: 412,000 over
+/// HTTP/1.1 and 547,000 over h2 on 2026-12-07 (527,000 and 647,000 before
+/// that day's work on the request path), within 1 % run to run. A count
+/// repeats where a time does not, so this can fail a change that makes
+/// every request do more work (a copy, an allocation, a hand-off between
+/// tasks) without flaking on a busy machine. The 15 % margin covers the
+/// supervision loop's own ticks while the load runs. bench/front.py
+/// counts the release build against nginx.
+const INSTRUCTIONS_CEILING: [(&str, u64); 2] = [("HTTP/1.1", 475_000), ("h2", 630_000)];
 
 #[test]
 fn instructions_per_request_stay_under_their_ceiling() {
