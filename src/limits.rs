@@ -54,6 +54,21 @@ impl Bounds {
     pub fn effective(&self, desired: u32, current: u32) -> u32 {
         self.memory_guard(desired, current).unwrap_or(desired)
     }
+
+    /// The most workers the pod can usefully run: the max (narrowed, on
+    /// the operator's side, to its maxWorkers), the workers the memory
+    /// limit holds, and the workers the CPU limit can feed (`cpu_fed`,
+    /// known only to the operator, which knows the CPU target); never
+    /// below the minimum. The operator fills pods to it before it adds
+    /// replicas, and the manager's saturation is measured against it.
+    pub fn ceiling(&self, cpu_fed: Option<u32>) -> u32 {
+        [Some(self.max), self.memory_cap, cpu_fed]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(self.max)
+            .max(self.min)
+    }
 }
 
 /// How many workers fit in `limit` bytes, keeping `headroom` of it free,
@@ -109,6 +124,28 @@ mod tests {
             ..B
         };
         assert_eq!(tiny.effective(5, 1), 2, "never below min");
+    }
+
+    #[test]
+    fn the_ceiling_is_the_tightest_of_max_memory_and_cpu() {
+        let b = Bounds {
+            min: 1,
+            max: 8,
+            memory_cap: None,
+        };
+        assert_eq!(b.ceiling(None), 8);
+        assert_eq!(b.ceiling(Some(3)), 3);
+        let held = Bounds {
+            memory_cap: Some(2),
+            ..b
+        };
+        assert_eq!(held.ceiling(Some(3)), 2);
+        let tiny = Bounds {
+            min: 2,
+            memory_cap: Some(0),
+            ..b
+        };
+        assert_eq!(tiny.ceiling(None), 2, "never below min");
     }
 
     #[test]

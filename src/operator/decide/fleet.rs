@@ -7,8 +7,6 @@
 //! the replica level's own stabilization window. Values in, values out, as
 //! the rest of `decide`.
 
-use crate::limits::Bounds;
-
 use super::{Behavior, History, Limit, Policy, PolicyKind, Rules, Select, behave};
 
 /// One measured pod, as the replica level sees it.
@@ -18,21 +16,10 @@ pub struct FleetPod {
     pub workers: u32,
     /// Workers the pod's metrics asked for, before any bound.
     pub wanted: u32,
-    /// The most workers the pod can usefully run: see [`ceiling`].
+    /// The most workers the pod can usefully run: see
+    /// [`crate::limits::Bounds::ceiling`],
+    /// with what its CPU limit feeds ([`cpu_fed`]).
     pub ceiling: u32,
-}
-
-/// The most workers a pod can usefully run: its maxWorkers (narrowed to
-/// its manager's), the workers its memory limit holds, and the workers its
-/// CPU limit can feed at the CPU target (`cpu_fed`); never below its
-/// minimum.
-pub fn ceiling(bounds: &Bounds, cpu_fed: Option<u32>) -> u32 {
-    [Some(bounds.max), bounds.memory_cap, cpu_fed]
-        .into_iter()
-        .flatten()
-        .min()
-        .unwrap_or(bounds.max)
-        .max(bounds.min)
 }
 
 /// Workers a CPU quota of `quota` cores feeds at `target` cores each (at

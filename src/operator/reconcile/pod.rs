@@ -122,10 +122,10 @@ impl Pass<'_> {
             bounds: bounds(self.plan, &doc),
             values,
         };
-        let ceiling = fleet::ceiling(
-            &input.bounds,
-            fleet::cpu_fed(doc.cgroup.cpu_quota_cores, self.plan.cpu_target()),
-        );
+        let ceiling = input.bounds.ceiling(fleet::cpu_fed(
+            doc.cgroup.cpu_quota_cores,
+            self.plan.cpu_target(),
+        ));
         let mut record = self.ctx.records.get(&key).unwrap_or_else(|| PodRecord {
             history: History::starting_at(current, self.seconds(), self.plan.behavior.down.window),
             last_scale: None,

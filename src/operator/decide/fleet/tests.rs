@@ -37,25 +37,7 @@ fn run(input: &FleetInput) -> ReplicaDecision {
 }
 
 #[test]
-fn the_ceiling_is_the_tightest_of_max_memory_and_cpu() {
-    let b = Bounds {
-        min: 1,
-        max: 8,
-        memory_cap: None,
-    };
-    assert_eq!(ceiling(&b, None), 8);
-    assert_eq!(ceiling(&b, Some(3)), 3);
-    let held = Bounds {
-        memory_cap: Some(2),
-        ..b
-    };
-    assert_eq!(ceiling(&held, Some(3)), 2);
-    let tiny = Bounds {
-        min: 2,
-        memory_cap: Some(0),
-        ..b
-    };
-    assert_eq!(ceiling(&tiny, None), 2, "never below min");
+fn cpu_fed_is_the_workers_a_quota_feeds_at_the_target() {
     assert_eq!(cpu_fed(Some(2.0), Some(0.5)), Some(4));
     assert_eq!(cpu_fed(Some(1.0), Some(0.7)), Some(1));
     assert_eq!(cpu_fed(Some(0.2), Some(0.7)), Some(1), "at least one");
