@@ -1,7 +1,8 @@
 //! The admin API of a real manager: probe semantics through start-up,
 //! scale-down and shutdown; auth and bad input on every changing route;
 //! the memory guard under a real cgroup limit; the listen queue measured
-//! from the kernel; metrics checked by promtool; the CLI clients.
+//! from the kernel; the pod's saturation at and past its ceiling; metrics
+//! checked by promtool; the CLI clients.
 
 mod support;
 
@@ -339,7 +340,7 @@ fn cgroup_limits_set_the_default_count_and_the_memory_guard() {
 #[test]
 fn the_listen_queue_is_measured_while_workers_cannot_accept() {
     let _heavy = heavy();
-    let c = corral().args(&["-w", "1"]).start();
+    let c = corral().args(&["-w", "1", "--max-workers", "1"]).start();
     let doc = c.wait_settled(1, SETTLE);
     let worker = Pid::from_raw(doc.workers[0].pid);
     kill(worker, Signal::SIGSTOP).unwrap();
@@ -359,11 +360,52 @@ fn the_listen_queue_is_measured_while_workers_cannot_accept() {
         Some(5.0),
         "{text}"
     );
+    // Without a proxy each waiting connection is a worker's worth of
+    // demand, against a ceiling of one.
+    until_saturation(&c, 5.0..=5.1, "saturation from the accept queue");
     kill(worker, Signal::SIGCONT).unwrap();
     c.wait_for("the queue to drain", SETTLE, |d| {
         d.listeners[0].queue_length == Some(0)
     });
     assert_answered(&mut clients);
+}
+
+/// The pod's saturation, read from a scrape.
+fn saturation(c: &Corral) -> Result<f64, String> {
+    let (_, text) = get(c.admin, "/metrics").map_err(|e| e.to_string())?;
+    metrics::value(&text, "corral_pod_saturation", &[]).ok_or(text)
+}
+
+/// Waits until the pod's saturation is within `range`.
+fn until_saturation(c: &Corral, range: std::ops::RangeInclusive<f64>, what: &str) -> f64 {
+    eventually(what, SETTLE, || match saturation(c)? {
+        s if range.contains(&s) => Ok(s),
+        s => Err(format!("{s}")),
+    })
+}
+
+#[test]
+fn saturation_reaches_one_at_the_ceiling_and_passes_it_while_requests_queue() {
+    let _heavy = heavy();
+    let c = corral()
+        .flags("--proxy -w 1 --max-workers 1 --worker-concurrency 1")
+        .start();
+    c.wait_settled(1, SETTLE);
+    until_saturation(&c, 0.0..=0.1, "an idle pod");
+    let mut held = sent_requests(c.http, "/delay/6000", 1);
+    eventually("the request in the worker", SETTLE, || {
+        match c.try_workers()?.workers[0].in_flight {
+            Some(1) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    until_saturation(&c, 1.0..=1.1, "the one worker it may run busy");
+    let mut queued = sent_requests(c.http, "/delay/10", 3);
+    // One worker busy and three requests' worth waiting for it.
+    until_saturation(&c, 4.0..=4.1, "requests queued at the ceiling");
+    assert_answered(&mut held);
+    assert_answered(&mut queued);
+    until_saturation(&c, 0.0..=0.1, "the pod idle again");
 }
 
 #[test]

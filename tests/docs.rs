@@ -1,7 +1,8 @@
 //! The reference in docs/ against the code it describes, so it cannot
 //! drift: every flag and config key the binary accepts, every admin route
 //! in /openapi.json, every metric a live manager and operator export, and
-//! every property of the generated CRD is documented.
+//! every property of the generated CRD is documented; the saturation
+//! recipes' PromQL answers from a real Prometheus.
 
 mod support;
 
@@ -9,6 +10,7 @@ use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::Duration;
 
+use support::prometheus::Prometheus;
 use support::*;
 
 fn doc(name: &str) -> String {
@@ -136,4 +138,58 @@ fn the_crd_reference_covers_every_property() {
     }
     assert!(paths.contains(&"spec.metrics[].prometheus.query".to_string()));
     assert_mentions("crd.md", &doc("crd.md"), paths);
+}
+
+/// What follows `key` on the first line of crd.md's saturation section
+/// that starts with it, without its quotes.
+fn recipe(text: &str, key: &str) -> String {
+    let section = text
+        .split_once("### Keeping an HPA or KEDA for pods")
+        .expect("crd.md has the saturation section")
+        .1;
+    let line = section
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix(key))
+        .unwrap_or_else(|| panic!("no {key} in crd.md's saturation section"));
+    line.trim().trim_matches('\'').to_string()
+}
+
+#[test]
+fn the_saturation_recipes_answer_from_prometheus() {
+    let text = doc("crd.md");
+    let keda = recipe(&text, "query: ");
+    // prometheus-adapter's template, filled in as it fills it for one pod.
+    let adapter = recipe(&text, "metricsQuery: ")
+        .replace("<<.Series>>", "corral_pod_saturation")
+        .replace(
+            "<<.LabelMatchers>>",
+            "namespace=\"shop\",pod=~\"web-7d4b9-x2k5q\"",
+        )
+        .replace("<<.GroupBy>>", "pod");
+    assert!(keda.contains(r#"namespace="shop",pod=~"web-.*""#), "{keda}");
+    let c = corral()
+        .flags("--proxy -w 1 --max-workers 1 --worker-concurrency 1")
+        .start();
+    c.wait_for("a ready worker", Duration::from_secs(30), |d| d.ready >= 1);
+    let prometheus = Prometheus::start(&[(
+        c.admin,
+        &[("namespace", "shop"), ("pod", "web-7d4b9-x2k5q")],
+    )]);
+    // Held past Prometheus's first scrape, which follows its service
+    // discovery's first update (up to 5 s after it is ready).
+    let mut held = sent_requests(c.http, "/delay/12000", 1);
+    for query in [&keda, &adapter] {
+        let value = eventually(query, Duration::from_secs(30), || {
+            let result = prometheus.query(query);
+            match result.as_slice() {
+                [one] => match one["value"][1].as_str().map(str::parse::<f64>) {
+                    Some(Ok(v)) if v > 0.0 => Ok(v),
+                    other => Err(format!("{other:?}")),
+                },
+                other => Err(format!("{other:?}")),
+            }
+        });
+        assert!(value <= 1.0, "{query}: {value} with one busy worker");
+    }
+    assert_answered(&mut held);
 }

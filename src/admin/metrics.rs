@@ -3,8 +3,10 @@
 //! counters here catch up to it, so a scrape never waits on the loop and
 //! never shows a half-updated table.
 
+mod saturation;
+
 use prometheus::{
-    CounterVec, Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    CounterVec, Encoder, Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,
 };
 
@@ -21,6 +23,7 @@ pub struct Metrics {
     rss: IntGaugeVec,
     queue: IntGaugeVec,
     cgroup_memory_limit: IntGauge,
+    saturation: Gauge,
     proxy: ProxyGauges,
 }
 
@@ -76,6 +79,11 @@ impl Metrics {
             "corral_cgroup_memory_limit_bytes",
             "Memory limit of the manager's cgroup (absent without one).",
         )?;
+        let saturation = Gauge::new(
+            "pod_saturation",
+            "Demand on the pod against the most it can give: 1 when every worker \
+             it may run is busy, above 1 while requests wait for one.",
+        )?;
         let proxy = ProxyGauges {
             in_flight: IntGauge::new(
                 "corral_http_requests_in_flight",
@@ -108,6 +116,7 @@ impl Metrics {
         registry.register(Box::new(cpu.clone()))?;
         registry.register(Box::new(rss.clone()))?;
         registry.register(Box::new(queue.clone()))?;
+        registry.register(Box::new(saturation.clone()))?;
         registry.register(Box::new(build_info))?;
         let process = prometheus::process_collector::ProcessCollector::for_self();
         Registry::register(&registry, Box::new(process))?;
@@ -121,6 +130,7 @@ impl Metrics {
             rss,
             queue,
             cgroup_memory_limit,
+            saturation,
             proxy,
         })
     }
@@ -173,6 +183,11 @@ impl Metrics {
                     .set(i64::from(q));
             }
         }
+        self.saturation
+            .set(saturation::saturation(&saturation::PodLoad::of(
+                doc,
+                snapshot.worker_concurrency,
+            )));
         let mut families = self.registry.gather();
         if let Some(limit) = doc.cgroup.memory_limit_bytes {
             self.cgroup_memory_limit.set(limit as i64);

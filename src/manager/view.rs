@@ -19,6 +19,9 @@ pub struct Snapshot {
     /// Starts that failed in a row (0 once a worker is ready).
     pub failures: u32,
     pub counters: Counters,
+    /// Proxy mode's per-worker request limit, which the pod's saturation
+    /// counts in.
+    pub worker_concurrency: Option<u32>,
 }
 
 /// Events counted since the manager started, for the metrics' counters.
@@ -67,6 +70,7 @@ impl Snapshot {
             min_ready: config.min_ready,
             failures: 0,
             counters: Counters::default(),
+            worker_concurrency: config.proxy.as_ref().and_then(|p| p.worker_concurrency),
         }
     }
 }
@@ -78,6 +82,11 @@ impl Manager {
             min_ready: self.config.min_ready,
             failures: self.boots.failures(),
             counters: self.counters.clone(),
+            worker_concurrency: self
+                .config
+                .proxy
+                .as_ref()
+                .and_then(|p| p.worker_concurrency),
         }));
     }
 
