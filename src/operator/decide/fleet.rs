@@ -35,28 +35,12 @@ pub fn cpu_fed(quota: Option<f64>, target: Option<f64>) -> Option<u32> {
 }
 
 /// The replica level's behaviour unless the spec says otherwise: an
-/// HPA's defaults (up at once by 4 pods or 100 % per 15 s, whichever is
-/// more; down after 300 s of lower recommendations, by up to 100 % per
+/// HPA's defaults (up as the worker level, at once by 4 pods or 100 % per
+/// 15 s, whichever is more; down after 300 s of lower recommendations, by up to 100 % per
 /// 15 s). The down window is longer than the worker level's 120 s, so that
 /// workers fall before pods do.
 pub fn default_behavior() -> Behavior {
     Behavior {
-        up: Rules {
-            window: 0,
-            select: Select::Max,
-            policies: vec![
-                Policy {
-                    kind: PolicyKind::Workers,
-                    value: 4,
-                    period: 15,
-                },
-                Policy {
-                    kind: PolicyKind::Percent,
-                    value: 100,
-                    period: 15,
-                },
-            ],
-        },
         down: Rules {
             window: 300,
             select: Select::Max,
@@ -66,6 +50,7 @@ pub fn default_behavior() -> Behavior {
                 period: 15,
             }],
         },
+        ..Behavior::default()
     }
 }
 
