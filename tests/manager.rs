@@ -50,20 +50,6 @@ fn assert_nothing_lost(kind: Kind, report: &Report, drained: u64, log: &str) {
     );
 }
 
-/// Waits until every connection made so far to the HTTP listener has been
-/// accepted by a worker (its accept queue is empty): requests sent before
-/// are in the workers' hands.
-fn taken_by_workers(c: &Corral) {
-    eventually(
-        "the workers to accept the requests",
-        Duration::from_secs(10),
-        || match accept_queue(c.http) {
-            Some(0) => Ok(()),
-            other => Err(other),
-        },
-    );
-}
-
 fn pids(doc: &corral::contract::WorkersDoc) -> Vec<i32> {
     doc.workers.iter().map(|w| w.pid).collect()
 }
@@ -182,7 +168,7 @@ fn term_finishes_in_flight_requests(kind: Kind) {
     // go first, while the accept queue can be seen to empty; under the
     // load's churn of fresh connections it seldom stands at zero.
     let mut slow = sent_requests(c.http, "/delay/3000", 3);
-    taken_by_workers(&c);
+    c.taken_by_workers();
     let load = Load::start(c.http, "/", 4, Duration::from_secs(60));
     load.wait_progress(50, Duration::from_secs(10));
     c.signal(Signal::SIGTERM);
@@ -476,7 +462,7 @@ fn int_is_a_quick_shutdown() {
         .start();
     c.wait_settled(2, SETTLE);
     let mut slow = sent_requests(c.http, "/delay/20000", 1);
-    taken_by_workers(&c);
+    c.taken_by_workers();
     let t0 = std::time::Instant::now();
     c.signal(Signal::SIGINT);
     assert!(

@@ -197,14 +197,7 @@ fn in_workers_hands(c: &Corral, proxy: bool, n: u32) {
             d.workers.iter().filter_map(|w| w.in_flight).sum::<u32>() == n
         });
     } else {
-        eventually(
-            "the workers to accept the requests",
-            Duration::from_secs(10),
-            || match accept_queue(c.http) {
-                Some(0) => Ok(()),
-                other => Err(other),
-            },
-        );
+        c.taken_by_workers();
     }
 }
 

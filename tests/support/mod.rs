@@ -360,6 +360,20 @@ impl<T: Debug> Debug for WithLog<T> {
 }
 
 impl Corral {
+    /// Waits until every connection made so far to the HTTP listener has
+    /// been accepted by a worker (its accept queue is empty): requests
+    /// sent before are in the workers' hands.
+    pub fn taken_by_workers(&self) {
+        eventually(
+            "the workers to accept the requests",
+            Duration::from_secs(10),
+            || match accept_queue(self.http) {
+                Some(0) => Ok(()),
+                other => Err(other),
+            },
+        );
+    }
+
     pub fn pid(&self) -> Pid {
         Pid::from_raw(self.child.id() as i32)
     }
