@@ -104,7 +104,8 @@ pub struct Manager {
     processes: Box<dyn Processes>,
     snapshot: watch::Sender<Arc<Snapshot>>,
     /// The private directory: each worker's own, and proxy mode's sockets.
-    runtime: Arc<RuntimeDir>,
+    /// `None` only in shared-socket mode where none could be made.
+    runtime: Option<Arc<RuntimeDir>>,
     /// Proxy mode's front and worker sockets.
     proxy: Option<Proxied>,
 }
@@ -184,9 +185,25 @@ impl Manager {
         )?;
         // Whatever was inherited and not claimed closes here.
         drop(inherited);
-        let runtime = Arc::new(RuntimeDir::create(start.config.runtime_dir.as_deref())?);
-        let proxy = match &start.config.proxy {
-            Some(config) => {
+        let runtime = match RuntimeDir::create(start.config.runtime_dir.as_deref()) {
+            Ok(dir) => Some(Arc::new(dir)),
+            // Shared-socket mode needs it only to give each worker an
+            // XDG_RUNTIME_DIR of its own: a pod with a read-only root file
+            // system and no writable /tmp still runs, as it did before.
+            Err(e) if start.config.proxy.is_none() && start.config.runtime_dir.is_none() => {
+                warn!(
+                    error = %e,
+                    "no private directory: the workers keep the XDG_RUNTIME_DIR they inherit \
+                     (several Gunicorn masters then share one control socket path); \
+                     set --runtime-dir or mount a writable /tmp"
+                );
+                None
+            }
+            Err(e) => return Err(e.into()),
+        };
+        // With proxy mode the directory was made or start-up ended above.
+        let proxy = match (&start.config.proxy, &runtime) {
+            (Some(config), Some(runtime)) => {
                 // Without the admin API's registry (a test's manager) the
                 // series are still kept, in one nobody scrapes.
                 let metrics = match start.proxy_metrics {
@@ -201,7 +218,7 @@ impl Manager {
                     metrics,
                 )?)
             }
-            None => None,
+            _ => None,
         };
         let notify = match &start.handoff {
             Some(h) => NotifySocket::from_fd(h.notify_fd, h.notify_address.clone())?,

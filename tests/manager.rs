@@ -4,6 +4,7 @@
 
 mod support;
 
+use std::process::Command;
 use std::time::Duration;
 
 use corral::contract::{ExitReason, WorkerState};
@@ -79,6 +80,30 @@ fn builtin_worker_serves_out_of_the_box() {
             .all(|w| w.status.as_deref() == Some("serving")),
         "{doc:#?}"
     );
+}
+
+/// A pod with a read-only root file system and no writable /tmp: shared
+/// mode makes no private directory there and still serves (the workers
+/// keep the XDG_RUNTIME_DIR they inherit); proxy mode, whose worker
+/// sockets live in it, refuses to start, naming the setting.
+#[test]
+fn shared_mode_serves_without_a_writable_temporary_directory() {
+    let nowhere = "/nonexistent/corral-test-tmp";
+    let c = corral()
+        .args(&["-w", "1"])
+        .env("TMPDIR", nowhere)
+        .env("XDG_RUNTIME_DIR", nowhere)
+        .start();
+    c.wait_settled(1, SETTLE);
+    assert_eq!(get(c.http, "/healthz").unwrap(), (200, "ok\n".into()));
+    assert!(c.log().contains("no private directory"), "{}", c.log());
+    let (ok, text) = output_text(
+        Command::new(BIN)
+            .args(["run", "--proxy", "--bind", "127.0.0.1:0", "--admin-bind", "127.0.0.1:0"])
+            .env("TMPDIR", nowhere)
+            .env("XDG_RUNTIME_DIR", nowhere),
+    );
+    assert!(!ok && text.contains("runtime-dir"), "{text}");
 }
 
 #[test]

@@ -103,13 +103,12 @@ impl Manager {
                     .collect(),
             ),
         };
-        let own_dir = match self.runtime.worker_dir(id) {
+        let own_dir = match self.runtime.as_ref().map(|r| r.worker_dir(id)).transpose() {
             Ok(d) => d,
             Err(e) => return self.start_failed(now, &e, "cannot make the worker's directory"),
         };
         let mut extra = vec![
             ("NOTIFY_SOCKET", self.notify.address.clone()),
-            ("XDG_RUNTIME_DIR", own_dir.display().to_string()),
             ("CORRAL_WORKER_ID", id.to_string()),
             ("CORRAL_WORKER_GENERATION", self.generation.to_string()),
             (
@@ -121,6 +120,9 @@ impl Manager {
                 .to_string(),
             ),
         ];
+        if let Some(dir) = own_dir {
+            extra.push(("XDG_RUNTIME_DIR", dir.display().to_string()));
+        }
         if let Some(t) = self.config.timeout {
             extra.push(("WATCHDOG_USEC", t.as_micros().to_string()));
         }
