@@ -99,7 +99,14 @@ fn shared_mode_serves_without_a_writable_temporary_directory() {
     assert!(c.log().contains("no private directory"), "{}", c.log());
     let (ok, text) = output_text(
         Command::new(BIN)
-            .args(["run", "--proxy", "--bind", "127.0.0.1:0", "--admin-bind", "127.0.0.1:0"])
+            .args([
+                "run",
+                "--proxy",
+                "--bind",
+                "127.0.0.1:0",
+                "--admin-bind",
+                "127.0.0.1:0",
+            ])
             .env("TMPDIR", nowhere)
             .env("XDG_RUNTIME_DIR", nowhere),
     );
