@@ -142,7 +142,8 @@ def lifecycle_run(stack, cfg, throughput=None):
                 inst.set_workers(n)
             inst.wait_workers(n, limit=30)
             res["hup"] = attempt(lambda: {"counts": under_load(inst, cfg, lambda: rolling_restarts(inst, n, cfg))})
-            res["sigkill"] = attempt(lambda: {"counts": under_load(inst, cfg, lambda: kill_workers(inst, n, cfg))})
+            res["sigkill"] = {"n/a": stack.no_kill} if stack.no_kill else attempt(
+                lambda: {"counts": under_load(inst, cfg, lambda: kill_workers(inst, n, cfg))})
             res["term"] = attempt(term_with_slow_requests, inst, cfg)
         except Exception as e:  # noqa: BLE001
             res.setdefault("error", failure(e))

@@ -35,6 +35,9 @@ CORRAL_KEYS = ("corral", "builtin", *PROXY_KEYS)
 GRANIAN = ["--interface", "asgi", "--log-level", "warning"]
 # Stacks whose manager cannot add or remove a worker: figures 4 and 5's scale runs are "n/a" for them.
 NO_SCALING = {"granian": "granian ignores TTIN and TTOU (its worker count is fixed at start)"}
+# A stack that cannot go through figure 5's SIGKILLs and still be measured: Granian exits on its own crash-loop
+# detection when its workers are killed one after another ("Worker crash loop detected, exiting", 2026-12-07).
+NO_KILL = {"granian": "granian --workers exits on its crash-loop detection when its workers are killed in a row"}
 # Stacks whose new worker figure 4 cannot time by a new pid answering /pid (their workers still scale).
 UNTIMED = {"nginx": "not timed through nginx: the same gunicorn master and TTIN as gunicorn direct",
            "proxy_granian": "not timed: /pid answers granian's worker process, a grandchild of corral's worker"}
@@ -137,6 +140,7 @@ class Stack:
         self.key, self.label, self.venv, self.corral, self.workers = key, label, venv, corral, workers
         self.nginx_workers, self.builtin, self.is_corral = nginx_workers, key == "builtin", key in CORRAL_KEYS
         self.proxy, self.no_scaling, self.untimed = key in PROXY_KEYS, NO_SCALING.get(key), UNTIMED.get(key)
+        self.no_kill = NO_KILL.get(key)
         self.fronted = key == "nginx"  # a front process (nginx) before the manager's workers
 
     def unavailable(self):
