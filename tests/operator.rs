@@ -973,6 +973,14 @@ async fn workers_fill_the_pod_before_replicas_rise_and_an_hpa_is_never_fought() 
     .await;
     assert_eq!(wa.status.as_ref().unwrap().desired_replicas, Some(2));
     assert!(!events_with(&env, "ScaledReplicasUp").await.is_empty());
+    // The second replica's pod comes up with its configured one worker and
+    // no load yet: it is brought at once to its share, here its ceiling.
+    let joined = manager(&env, "127.0.0.16", port, &["-w", "1", "--max-workers", "2"]);
+    k::ready_pod(&env.admin, &env.ns, "web-r2", web(), "127.0.0.16").await;
+    until_workers(&joined, "the new pod brought to its share", |d| {
+        d.desired == 2
+    })
+    .await;
     let report = load.stop();
     assert_eq!(report.failed, 0, "{report:?}");
     // The load gone: the demand fits in one pod again.

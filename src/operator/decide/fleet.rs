@@ -7,7 +7,7 @@
 //! the replica level's own stabilization window. Values in, values out, as
 //! the rest of `decide`.
 
-use super::{Behavior, History, Limit, Policy, PolicyKind, Rules, Select, behave};
+use super::{Behavior, Decision, History, Limit, Policy, PolicyKind, Rules, Select, behave};
 
 /// One measured pod, as the replica level sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,6 +160,37 @@ pub fn decide(
         desired: desired.clamp(input.min, input.max),
         limited_by,
     })
+}
+
+/// Each pod's share of the fleet's demand once the replica level has
+/// decided: the workers a pod joining now should run. `None` without a
+/// demand to share.
+pub fn share(decision: &ReplicaDecision) -> Option<u32> {
+    if decision.demand == 0 || decision.desired == 0 {
+        return None;
+    }
+    let share = decision.demand.div_ceil(u64::from(decision.desired));
+    Some(u32::try_from(share).unwrap_or(u32::MAX))
+}
+
+/// The decision for a pod seen for the first time while the fleet has a
+/// share. A pod the replica level has just added starts at its configured
+/// count and has no load of its own yet (the Service's endpoints are still
+/// catching up), so its metrics would leave it there while the old pods,
+/// still overloaded, wait for it; it is brought at once to its share,
+/// within its ceiling. The share is recorded as its recommendation, so
+/// the scale-down window holds it until the load arrives.
+pub fn first_sight(decision: Decision, share: u32, ceiling: u32) -> Decision {
+    let share = share.min(ceiling);
+    if share <= decision.desired {
+        return decision;
+    }
+    Decision {
+        recommendation: decision.recommendation.max(share),
+        desired: share,
+        limited_by: None,
+        ..decision
+    }
 }
 
 #[cfg(test)]

@@ -126,12 +126,22 @@ impl Pass<'_> {
             doc.cgroup.cpu_quota_cores,
             self.plan.cpu_target(),
         ));
-        let mut record = self.ctx.records.get(&key).unwrap_or_else(|| PodRecord {
+        let known = self.ctx.records.get(&key);
+        let share = match known {
+            Some(_) => None,
+            None => self.ctx.records.share(self.uid),
+        };
+        let mut record = known.unwrap_or_else(|| PodRecord {
             history: History::starting_at(current, self.seconds(), self.plan.behavior.down.window),
             last_scale: None,
         });
         let Some(decision) =
-            decide::decide(&input, &record.history, &self.plan.behavior, self.seconds())
+            decide::decide(&input, &record.history, &self.plan.behavior, self.seconds()).map(|d| {
+                match share {
+                    Some(share) => fleet::first_sight(d, share, ceiling),
+                    None => d,
+                }
+            })
         else {
             outcome.say("no metric could be read");
             outcome.status.desired = Some(current);

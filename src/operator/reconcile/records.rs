@@ -2,7 +2,7 @@
 //! history (for stabilization windows and rate policies), when it last
 //! changed the pod, and whether the pod was already named for not
 //! reporting concurrency; and of each autoscaler, its replica-level
-//! history. Keyed `autoscaler-uid/pod-name`, so that two
+//! history and each pod's share of its fleet's demand. Keyed `autoscaler-uid/pod-name`, so that two
 //! autoscalers selecting one pod keep apart; pruned to the pods each pass
 //! still selects.
 
@@ -28,6 +28,9 @@ pub struct PodRecords {
     unreported: Mutex<HashSet<String>>,
     /// Each autoscaler's replica-level history, keyed by its uid.
     replicas: Mutex<HashMap<String, History>>,
+    /// Each autoscaler's last share per pod (`decide::fleet::share`),
+    /// for the pods it has not seen yet; keyed by its uid.
+    shares: Mutex<HashMap<String, u32>>,
 }
 
 /// The key of `pod` under the autoscaler `uid`.
@@ -88,12 +91,29 @@ impl PodRecords {
         }
     }
 
+    /// The share a pod autoscaler `uid` has not seen yet is brought to.
+    pub fn share(&self, uid: &str) -> Option<u32> {
+        self.shares.lock().ok()?.get(uid).copied()
+    }
+
+    /// Sets (or, with `None`: the replica level is not sizing the fleet,
+    /// clears) autoscaler `uid`'s share.
+    pub fn put_share(&self, uid: &str, share: Option<u32>) {
+        if let Ok(mut shares) = self.shares.lock() {
+            match share {
+                Some(share) => shares.insert(uid.to_string(), share),
+                None => shares.remove(uid),
+            };
+        }
+    }
+
     /// Forgets every record of autoscaler `uid` (it was deleted).
     pub fn forget(&self, uid: &str) {
         self.keep_only(uid, []);
         if let Ok(mut replicas) = self.replicas.lock() {
             replicas.remove(uid);
         }
+        self.put_share(uid, None);
     }
 }
 
@@ -132,7 +152,10 @@ mod tests {
         // web-1 of a is seen anew: it is told again.
         assert!(records.newly_unreported("a/web-1", true));
         assert!(!records.newly_unreported("b/web-1", true));
+        records.put_share("b", Some(3));
+        records.put_share("a", Some(2));
         records.forget("b");
+        assert_eq!((records.share("a"), records.share("b")), (Some(2), None));
         assert!(records.get("b/web-1").is_none());
         assert!(records.get("a/web-2").is_some());
         assert!(records.newly_unreported("b/web-1", true));

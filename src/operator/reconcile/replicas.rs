@@ -12,7 +12,7 @@ use tracing::{info, warn};
 
 use super::super::crd::{ScaleTargetRef, WorkerAutoscaler};
 use super::super::decide::History;
-use super::super::decide::fleet::{self, FleetInput, FleetPod};
+use super::super::decide::fleet::{self, FleetInput, FleetPod, ReplicaDecision};
 use super::super::spec::ReplicaPlan;
 use super::Context;
 
@@ -78,6 +78,8 @@ pub async fn size(
     paused: bool,
     now: f64,
 ) -> ReplicaOutcome {
+    // A share stands only while this level sizes the fleet.
+    ctx.records.put_share(uid, None);
     let ns = wa.namespace().unwrap_or_default();
     let target = &plan.target;
     let what = format!("{} {}", target.kind, target.name);
@@ -200,6 +202,11 @@ pub async fn size(
         plan.behavior.history_keep(),
     );
     ctx.records.put_replica_history(uid, history);
+    let sized = ReplicaDecision {
+        desired: outcome.desired.unwrap_or(replicas),
+        ..decision
+    };
+    ctx.records.put_share(uid, fleet::share(&sized));
     outcome
 }
 

@@ -178,3 +178,30 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn a_new_pod_is_brought_to_its_share_within_its_ceiling() {
+    // Two full pods of ceiling 4 asking for 6 each: 3 replicas, 4 each.
+    let d = run(&fleet(2, pods(2, 4, 6, 4)));
+    assert_eq!((d.desired, share(&d)), (3, Some(4)));
+    let idle = Decision {
+        wanted: 1,
+        recommendation: 1,
+        desired: 1,
+        limited_by: Some(Limit::Stabilization),
+    };
+    let joined = first_sight(idle, 4, 4);
+    assert_eq!((joined.desired, joined.recommendation), (4, 4));
+    assert_eq!(joined.limited_by, None);
+    // Never past its own ceiling, and never below what its metrics ask.
+    assert_eq!(first_sight(idle, 4, 2).desired, 2);
+    let busy = Decision {
+        desired: 5,
+        recommendation: 5,
+        ..idle
+    };
+    assert_eq!(first_sight(busy, 4, 8), busy);
+    // Nothing to share.
+    let none = ReplicaDecision { demand: 0, ..d };
+    assert_eq!(share(&none), None);
+}
