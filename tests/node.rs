@@ -1212,3 +1212,210 @@ fn kubernetes_sd_discovers_and_scrapes_the_pods_and_the_operator() {
     );
     node.kubectl_ok(&["delete", "clusterrolebinding,clusterrole", "e2e-prometheus"]);
 }
+
+/// The Deployment's `spec.replicas`: what the operator (or anyone) asked.
+fn replicas(node: &Node, ns: &str) -> u64 {
+    node.get_json(&["deployment", "mysite", "-n", ns])["spec"]["replicas"]
+        .as_u64()
+        .unwrap()
+}
+
+/// The sum of the workers the Ready pods' managers drive towards.
+fn fleet_workers(node: &Node, ns: &str) -> Vec<u32> {
+    node.pods(ns, "app=mysite")
+        .iter()
+        .filter(|p| condition(p, "Ready").as_deref() == Some("True"))
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .map(|p| workers(node, p).desired)
+        .collect()
+}
+
+/// Panics with what the load's failures were and what the cluster saw.
+fn no_failures(node: &Node, ns: &str, what: &str, report: &support::Report) {
+    if report.failures() > 0 {
+        let (_, events) = node.kubectl(&["get", "events", "-n", ns]);
+        panic!(
+            "{what}: {} of {} requests failed through the NodePort: {:?}\n{}\n--- events ---\n{events}",
+            report.failures(),
+            report.ok + report.failures(),
+            report.errors,
+            node.service_report(ns, "mysite"),
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs root and the node: .ci/test runs it with --ignored"]
+fn two_levels_fill_workers_then_add_replicas_and_leave_an_hpa_s_replicas_alone() {
+    let (node, _turn) = node_turn();
+    operator(node);
+    let ns = "e2e-replicas";
+    let _ns = node.namespace(ns);
+    let mut docs = example();
+    node_port(&mut docs, 30084);
+    kind(&mut docs, "Deployment")["spec"]["replicas"] = 1.into();
+    app_container(&mut docs)["resources"]["limits"] = json!({"cpu": "1", "memory": "1Gi"});
+    // Two workers a pod at most; requests in flight per worker as the signal
+    // (the example runs --proxy), one per worker the target: four clients
+    // ask for four workers, two pods' worth.
+    let wa = kind(&mut docs, "WorkerAutoscaler");
+    wa["spec"]["minWorkers"] = 1.into();
+    wa["spec"]["maxWorkers"] = 2.into();
+    wa["spec"]["pollIntervalSeconds"] = 2.into();
+    wa["spec"]["metrics"] = json!([{"type": "Concurrency", "target": 1}]);
+    wa["spec"]["behavior"]["scaleDown"] = json!({
+        "stabilizationWindowSeconds": 10,
+        "policies": [{"type": "Percent", "value": 100, "periodSeconds": 2}],
+    });
+    wa["spec"]["scaleTargetRef"] =
+        json!({"apiVersion": "apps/v1", "kind": "Deployment", "name": "mysite"});
+    wa["spec"]["minReplicas"] = 1.into();
+    wa["spec"]["maxReplicas"] = 2.into();
+    wa["spec"]["replicaBehavior"] = json!({
+        "scaleDown": {
+            "stabilizationWindowSeconds": 40,
+            "policies": [{"type": "Pods", "value": 1, "periodSeconds": 10}],
+        },
+    });
+    let all: Vec<&Value> = docs.iter().collect();
+    node.apply(ns, &yaml(&all));
+    node.rollout(ns, "mysite", WAIT);
+    let first = ready_pods(node, ns, "app=mysite", 1).remove(0);
+    eventually_every(
+        "the replica level to size the Deployment",
+        WAIT,
+        EVERY,
+        || {
+            let status = autoscaler(node, ns, "mysite")["status"].clone();
+            let sizing = status["conditions"].as_array().is_some_and(|cs| {
+                cs.iter().any(|c| {
+                    c["type"] == "ScalingReplicas"
+                        && c["status"] == "True"
+                        && c["reason"] == "Scaling"
+                })
+            });
+            if sizing && status["replicas"] == 1 {
+                Ok(())
+            } else {
+                Err(status)
+            }
+        },
+    );
+    node.until_node_port_serves(ns, "mysite", 30084);
+
+    // The step: workers rise first, within seconds; then a second pod,
+    // brought to its share.
+    let load = node.node_port_load(30084, "/cpu/20", 4, Duration::from_secs(300));
+    load.wait_progress_or(10, WAIT, || node.service_report(ns, "mysite"));
+    let step = std::time::Instant::now();
+    let mut filled = None;
+    // Replicas read before workers: a second replica seen while the pod
+    // was not yet full would be the replica level getting ahead.
+    let raised = eventually_every("the pod filled, then a second replica", WAIT, EVERY, || {
+        let r = replicas(node, ns);
+        let w = workers(node, &first).desired;
+        if w == 2 {
+            filled.get_or_insert(step.elapsed());
+        }
+        assert!(
+            r == 1 || w == 2,
+            "{r} replicas while the pod had {w} workers"
+        );
+        if r == 2 {
+            Ok(step.elapsed())
+        } else {
+            Err(format!("{r} replicas, {w} workers"))
+        }
+    });
+    let filled = filled.unwrap();
+    let pods = ready_pods(node, ns, "app=mysite", 2);
+    let second = pods.iter().find(|p| name(p) != name(&first)).unwrap();
+    wait_workers(node, second, "the second pod at its share", |d| {
+        d.desired == 2
+    });
+    let served = step.elapsed();
+    let (_, columns) = node.kubectl(&["get", "wa", "mysite", "-n", ns]);
+    assert!(columns.contains("REPLICAS"), "{columns}");
+    let report = load.stop();
+    no_failures(node, ns, "the load step", &report);
+    node::report(&format!(
+        "two levels: pod full {:.1}s, second replica asked {:.1}s, serving at its share {:.1}s after the step; {} requests, 0 failed",
+        filled.as_secs_f64(),
+        raised.as_secs_f64(),
+        served.as_secs_f64(),
+        report.ok
+    ));
+
+    // The load drops to one client: workers fall within their 10 s
+    // window, then, after the replicas' 40 s, the Deployment loses a pod,
+    // without failing a request of the load still flowing.
+    let load = node.node_port_load(30084, "/cpu/20", 1, Duration::from_secs(300));
+    let drop = std::time::Instant::now();
+    let shrunk = eventually_every("both pods down to one worker", WAIT, EVERY, || {
+        let fleet = fleet_workers(node, ns);
+        match (replicas(node, ns), fleet.iter().all(|w| *w == 1)) {
+            (2, true) => Ok(drop.elapsed()),
+            (r, _) => Err(format!("{r} replicas, workers {fleet:?}")),
+        }
+    });
+    eventually_every(
+        "the Deployment back to one replica",
+        WAIT,
+        EVERY,
+        || match replicas(node, ns) {
+            1 => Ok(()),
+            r => Err(r),
+        },
+    );
+    let fell = drop.elapsed();
+    ready_pods(node, ns, "app=mysite", 1);
+    let report = load.stop();
+    no_failures(node, ns, "the scale-down", &report);
+    node::report(&format!(
+        "two levels down: workers {:.1}s, replicas {:.1}s after the drop; {} requests, 0 failed",
+        shrunk.as_secs_f64(),
+        fell.as_secs_f64(),
+        report.ok
+    ));
+
+    // An HPA on the same Deployment: the condition names it and the
+    // replicas are left to it, while workers still follow the load.
+    let hpa = json!({
+        "apiVersion": "autoscaling/v1",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": "mysite-hpa"},
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "mysite"},
+            "minReplicas": 1,
+            "maxReplicas": 3,
+            "targetCPUUtilizationPercentage": 80,
+        },
+    });
+    node.apply(ns, &hpa.to_string());
+    eventually_every("the HPA to be named", WAIT, EVERY, || {
+        let status = autoscaler(node, ns, "mysite")["status"].clone();
+        let named = status["conditions"].as_array().is_some_and(|cs| {
+            cs.iter().any(|c| {
+                c["type"] == "ScalingReplicas"
+                    && c["status"] == "False"
+                    && c["reason"] == "HPAControlsReplicas"
+                    && c["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains("mysite-hpa"))
+            })
+        });
+        if named { Ok(()) } else { Err(status) }
+    });
+    let (_, events) = node.kubectl(&["get", "events", "-n", ns]);
+    assert!(events.contains("HPAControlsReplicas"), "{events}");
+    let pod = ready_pods(node, ns, "app=mysite", 1).remove(0);
+    let load = node.node_port_load(30084, "/cpu/20", 4, Duration::from_secs(300));
+    wait_workers(node, &pod, "workers to rise beside the HPA", |d| {
+        d.desired == 2
+    });
+    // Full, and more asked: several passes later the replicas are the HPA's.
+    std::thread::sleep(Duration::from_secs(12));
+    assert_eq!(replicas(node, ns), 1);
+    let report = load.stop();
+    no_failures(node, ns, "the load beside the HPA", &report);
+}
