@@ -14,11 +14,10 @@ use nix::sys::signal::Signal;
 use support::*;
 
 fn corral_cmd(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .env_remove("WEB_CONCURRENCY")
-        .output()
-        .expect("run corral")
+    finish(
+        Command::new(BIN).args(args).env_remove("WEB_CONCURRENCY"),
+        COMMAND_LIMIT,
+    )
 }
 
 fn temp_dir(name: &str) -> std::path::PathBuf {
@@ -121,11 +120,12 @@ fn out_of_range_durations_sizes_and_counts_are_refused_not_panics() {
     refused(&["--memory-limit", "99Ei"], "--memory-limit");
     refused(&["-w", "100000"], "workers");
     refused(&["--max-workers", "4096"], "max-workers");
-    let out = Command::new(BIN)
-        .args(["run", "--check-config"])
-        .env("CORRAL_BOOT_TIMEOUT", "1e99")
-        .output()
-        .unwrap();
+    let out = finish(
+        Command::new(BIN)
+            .args(["run", "--check-config"])
+            .env("CORRAL_BOOT_TIMEOUT", "1e99"),
+        COMMAND_LIMIT,
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("boot-timeout"), "{stderr}");

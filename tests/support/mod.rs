@@ -1077,10 +1077,42 @@ pub fn stdout_of(cmd: &mut Command) -> Vec<u8> {
 }
 
 pub fn output_text(cmd: &mut Command) -> (bool, String) {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("start {cmd:?}: {e}"));
+    let out = finish(cmd, COMMAND_LIMIT);
     (out.status.success(), joined(&out))
+}
+
+/// How long a command run to its end by [`finish`] may take.
+pub const COMMAND_LIMIT: Duration = Duration::from_secs(120);
+
+/// `cmd.output()`, within `limit`, in a process group of its own that is
+/// killed once it ends. A corral expected to refuse to start that serves
+/// instead would otherwise hang the test rather than fail it, and leave
+/// its workers behind.
+pub fn finish(cmd: &mut Command, limit: Duration) -> std::process::Output {
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {cmd:?}: {e}"));
+    let group = Pid::from_raw(child.id() as i32);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let ended = rx.recv_timeout(limit);
+    let _ = killpg(group, Signal::SIGKILL);
+    match ended {
+        Ok(out) => out.unwrap_or_else(|e| panic!("{cmd:?}: {e}")),
+        Err(_) => {
+            let text = rx.recv().ok().and_then(Result::ok).map(|o| joined(&o));
+            panic!(
+                "{cmd:?} still running after {limit:?}; it printed:\n{}",
+                text.unwrap_or_default()
+            )
+        }
+    }
 }
 
 fn joined(out: &std::process::Output) -> String {
