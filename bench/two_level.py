@@ -68,9 +68,11 @@ CPU_TARGET, CONCURRENCY_TARGET = 0.25, 2.0
 MEET_FRACTION, MEET_P99_MS, HOLD_S = 0.95, 250.0, 5
 
 FULL = {"wrk_s": 20, "warm_s": 5, "rounds": 2, "fixed_s": 20, "base_s": 30, "high_s": 120,
-        "low_rps": 40, "high_rps": 300, "fixed_rps": 200}
+        "low_rps": 40, "steps": {"small": 150, "large": 300}, "fixed_rps": 200}
 SMOKE = {"wrk_s": 3, "warm_s": 1, "rounds": 1, "fixed_s": 3, "base_s": 5, "high_s": 40,
-         "low_rps": 20, "high_rps": 150, "fixed_rps": 40}
+         "low_rps": 20, "steps": {"large": 150}, "fixed_rps": 40}
+# The steps' sizes: "small" (~0.4-0.6 core of this load) is about what one two-level pod (2 workers, 500m) holds
+# and two or three one-worker pods; "large" (~0.75-1 core) needs more pods on both sides.
 
 
 # --- the node ------------------------------------------------------------------------------------------------
@@ -578,9 +580,9 @@ def first_time(samples, t_up, pred):
     return None
 
 
-def measure_step(node, key, cfg):
+def measure_step(node, key, cfg, size, high_rps):
     v = STEP[key]
-    log(f"step: {v['label']}")
+    log(f"step {size} ({cfg['low_rps']} -> {high_rps} req/s): {v['label']}")
     node.namespace(NS_STEP)
     node.apply(NS_STEP, step_objects(v))
     node.rollout(NS_STEP, "mysite")
@@ -591,9 +593,9 @@ def measure_step(node, key, cfg):
     t0 = time.monotonic() + 2.0
     sampler = Sampler(node, t0)
     sampler.start()
-    path = os.path.join(node.dir, f"step-{key}.json")
+    path = os.path.join(node.dir, f"step-{size}-{key}.json")
     try:
-        res = finish(open_loop(node, PORT_STEP, t0, [[base, cfg["low_rps"]], [high, cfg["high_rps"]]], path), path,
+        res = finish(open_loop(node, PORT_STEP, t0, [[base, cfg["low_rps"]], [high, high_rps]], path), path,
                      base + high + TIMEOUT + 40)
         time.sleep(1.5)
     finally:
@@ -604,10 +606,12 @@ def measure_step(node, key, cfg):
     seconds = per_second(res, end)
     met = capacity_met(seconds, base, end)
     workers0 = next((s["wa_workers"] for s in samples if s["t"] >= 0), None)
-    out = {"label": v["label"], "spec": {k: v[k] for k in ("max_workers", "max_replicas", "cpu_limit", "mem_limit")},
+    out = {"label": v["label"], "size": size, "high_rps": high_rps, "spec": {k: v[k] for k in ("max_workers", "max_replicas", "cpu_limit", "mem_limit")},
            "capacity_met_s": met,
            "baseline": summary(res, 0, base), "step": summary(res, base, end),
            "step_first_30s": summary(res, base, base + 30),
+           "after_met": summary(res, base + met, end) if met is not None else None,
+           "worst_second_p99_ms": max((s["p99_ms"] or 0 for s in seconds[base:end]), default=None),
            "first_worker_added_s": first_time(samples, base, lambda s: (s["wa_workers"] or 0) > (workers0 or 1)),
            "replicas_raised_s": first_time(samples, base, lambda s: s["replicas"] > 1),
            "second_pod_ready_s": first_time(samples, base, lambda s: sum(p["ready"] for p in s["pods"]) >= 2),
@@ -616,7 +620,7 @@ def measure_step(node, key, cfg):
                      "pod_workers": [p["workers"] for p in samples[-1]["pods"]] if samples else None},
            "used_step": integrate(samples, base, end), "used_baseline": integrate(samples, 0, base),
            "per_second": seconds, "samples": samples, "sampler_error": sampler.error}
-    log(f"step {key}: capacity met {met} s after the step, {out['step']['failed']} failed, "
+    log(f"step {size} {key}: capacity met {met} s after the step, {out['step']['failed']} failed, "
         f"p99 {out['step']['p99_ms']} ms, final {out['final']}")
     node.kubectl("delete", "namespace", NS_STEP, "--wait=true", "--timeout=180s")
     return out
@@ -648,7 +652,8 @@ def run(args):
                                                                                            "HEAD"]),
                               "src_dirty": bool(output(["git", "-C", ROOT, "status", "--porcelain", "src"])),
                               "cpus": os.cpu_count(), "loadavg_before": [round(x, 2) for x in os.getloadavg()],
-                              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}}
+                              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                              "built_from": args.built_from}}
     log(f"images from {binary}")
     built = images(binary, work)
     wall = time.monotonic()
@@ -674,8 +679,11 @@ def run(args):
             node.helm("install", "corral", "charts/corral", "--namespace", "corral-system", "--create-namespace",
                       "--set", "replicaCount=1", "--wait", "--timeout", "180s")
             result["static"] = measure_static(node, cfg)
-            order = ["two_level", "pods_only"]
-            result["step"] = {k: measure_step(node, k, cfg) for k in order}
+            # each side's runs in a list; the order alternates (ABBA), so a drift does not favour one side
+            result["step"] = {k: [] for k in STEP}
+            for i, (size, high_rps) in enumerate(cfg["steps"].items()):
+                for k in list(STEP) if i % 2 == 0 else list(reversed(STEP)):
+                    result["step"][k].append(measure_step(node, k, cfg, size, high_rps))
         finally:
             if node is not None:
                 log("node down")
@@ -703,6 +711,8 @@ def main(argv=None):
     lp.add_argument("--phases", required=True)
     lp.add_argument("--out", required=True)
     ap.add_argument("--corral", default="/tmp/two-level-corral")
+    ap.add_argument("--built-from", default=None,
+                    help="what the binary was built from (a commit, a dirty tree), recorded in the results")
     ap.add_argument("--out-dir", default=os.path.join(ROOT, "docs", "benchmarks", "two-level"))
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--hold-cargo-lock", action="store_true",

@@ -21,8 +21,32 @@ def dump(result):
     head = json.dumps({k: v for k, v in result.items() if k != "step"}, indent=1)
     if "step" not in result:
         return head + "\n"
-    steps = ",\n".join(f'  "{k}": ' + step_run(v).replace("\n", "\n  ") for k, v in result["step"].items())
+    steps = ",\n".join(f'  "{k}": [\n' + ",\n".join("  " + step_run(r).replace("\n", "\n  ") for r in runs) + "\n  ]"
+                        for k, runs in result["step"].items())
     return head[:-2] + ',\n "step": {\n' + steps + "\n }\n}\n"
+
+
+def rounds(result):
+    """result with each step side a list of runs, each with its size and rate (the first run of 2026-12-07 wrote
+    one run per side, the large step)."""
+    if "step" in result:
+        result["step"] = {k: v if isinstance(v, list) else [v] for k, v in result["step"].items()}
+        for runs in result["step"].values():
+            for r in runs:
+                r.setdefault("size", "large")
+                r.setdefault("high_rps", result["config"].get("high_rps"))
+    return result
+
+
+def sizes(result):
+    """[(size, high_rps, {side: [runs of that size]})...] in the order run."""
+    out = []
+    for runs in result["step"].values():
+        for r in runs:
+            if r["size"] not in [s for s, _, _ in out]:
+                out.append((r["size"], r["high_rps"], {k: [x for x in v if x["size"] == r["size"]]
+                                                       for k, v in result["step"].items()}))
+    return out
 
 
 def pair(a, b, spec=".0f"):
@@ -54,12 +78,13 @@ def static_rows(st):
     return table(["static, same total requests and limits", c["label"], u["label"]], "lrr", rows)
 
 
-def step_rows(sp):
+def step_rows(sp, title):
+    """A row per figure, a column per side; each cell the rounds' values in run order, joined by " ; "."""
     keys = list(sp)
     rows = []
 
     def row(what, f):
-        rows.append([what, *(f(sp[k]) for k in keys)])
+        rows.append([what, *(" ; ".join(str(f(r)) for r in sp[k]) for k in keys)])
 
     def secs(x):
         return "never" if x is None else f"{x:.0f} s"
@@ -69,8 +94,9 @@ def step_rows(sp):
     row("a second pod Ready, after the step", lambda v: secs(v["second_pod_ready_s"]))
     row("failed requests in the step (of sent)", lambda v: f"{v['step']['failed']} of {v['step']['sent']}")
     row("p50 / p99 ms of the step (answered)", lambda v: pair(v["step"]["p50_ms"], v["step"]["p99_ms"], ".0f"))
-    row("p99 ms of the step's first 30 s (failures as infinite)",
-        lambda v: fmt(v["step_first_30s"]["p99_all_ms"], ".0f", "inf"))
+    row("p99 ms of the step's first 30 s (answered)", lambda v: fmt(v["step_first_30s"]["p99_ms"], ".0f"))
+    row("worst second's p99 ms (a failure as 100 s)", lambda v: fmt(v.get("worst_second_p99_ms"), ".0f"))
+    row("p99 ms from capacity met to the end", lambda v: fmt((v.get("after_met") or {}).get("p99_ms"), ".0f"))
     row("p99 ms of the baseline", lambda v: fmt(v["baseline"]["p99_ms"], ".0f"))
     row("pods' CPU over the step: core x s (mean cores)",
         lambda v: f"{fmt(v['used_step'].get('pod_cpu_s'))} ({fmt(v['used_step'].get('pod_cpu_cores'), '.2f')})")
@@ -84,23 +110,26 @@ def step_rows(sp):
     row("machine busy over the step, cores of 2 (outside the node: load generator, sampler)",
         lambda v: f"{fmt(v['used_step'].get('machine_busy_cores'), '.2f')} "
                   f"({fmt(v['used_step'].get('outside_node_cores'), '.2f')})")
-    return table(["load step", *(sp[k]["label"] for k in keys)], "l" + "r" * len(keys), rows)
+    return table([title, *(sp[k][0]["label"] for k in keys)],
+                 "l" + "r" * len(keys), rows)
 
 
 def tables(result):
+    rounds(result)
     cfg = result["config"]
+    env = result["environment"]
+    built = env.get("built_from") or (f"the tree at {env['commit']}" + (", src/ modified" if env["src_dirty"] else ""))
     out = [f"two-level benchmark{' (SMOKE RUN: numbers meaningless)' if result['smoke'] else ''}, "
-           f"{result['environment']['date']}, corral {result['environment']['corral']} "
-           f"(commit {result['environment']['commit']}{', src/ modified' if result['environment']['src_dirty'] else ''})",
-           ""]
+           f"{env['date']}, {env['corral']} built from {built}"
+           + ("; no cargo build ran meanwhile (--hold-cargo-lock)" if env.get("held_cargo_lock") else ""), ""]
     if "static" in result:
         out += static_rows(result["static"])
         out += ["", f"(wrk {cfg['wrk_s']} s x {cfg['rounds']} rounds each, alternating; open loop "
                 f"{cfg['fixed_rps']} req/s for {cfg['fixed_s']} s)", ""]
-    if "step" in result:
-        out += step_rows(result["step"])
+    for size, rate, sp in sizes(result) if "step" in result else []:
+        out += step_rows(sp, f"load step, {size}: {cfg['low_rps']} -> {rate} req/s")
         out += ["", f"(open loop, new connection per request: {cfg['low_rps']} req/s for {cfg['base_s']} s, then "
-                f"{cfg['high_rps']} req/s for {cfg['high_s']} s)"]
+                f"{rate} req/s for {cfg['high_s']} s)", ""]
     return out
 
 
@@ -114,10 +143,12 @@ def write(result, out_dir):
 
 
 def chart(result, path):
+    rounds(result)
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(2, 2, figsize=(15, 10))
+    steps = sizes(result) if "step" in result else []
+    fig, ax = plt.subplots(1 + len(steps), 2, figsize=(15, 5 * (1 + len(steps))), squeeze=False)
     fig.suptitle("corral: several workers per pod against one worker per pod, single-node cluster (2 cores)"
                  + (" SMOKE RUN" if result["smoke"] else ""))
     colors = {"corral": "#2a7ab0", "uvicorn": "#c9a227", "two_level": "#2a7ab0", "pods_only": "#b5533c"}
@@ -142,43 +173,45 @@ def chart(result, path):
         a.set_xticks(list(x), labels)
         a.set_ylabel("MiB, sum of the pods' cgroups' working set")
         a.set_title("static: memory (light: idle, dark: after the loads)", fontsize=10)
-    sp = result.get("step")
-    if sp:
+    for row, (size, rate, sp) in enumerate(steps, start=1):
         base = result["config"]["base_s"]
-        a, b = ax[1][0], ax[1][1]
+        a, b = ax[row][0], ax[row][1]
         a2 = a.twinx()
-        for k, v in sp.items():
+        for k, v, lw in ((k, r, 1.2 if i == 0 else 0.6) for k, runs in sp.items() for i, r in enumerate(runs)):
             ps = v["per_second"]
             t = [s["t"] - base + 0.5 for s in ps]
-            a.plot(t, [s["ok"] for s in ps], color=colors[k], lw=1.2, label=f"{v['label']}: answered 200/s")
+            a.plot(t, [s["ok"] for s in ps], color=colors[k], lw=lw,
+                   label=None if lw < 1 else f"{v['label']}: answered 200/s")
             a2.plot(t, [min(s["p99_ms"] or 0, 1e5) if s["p99_ms"] is not None else None for s in ps],
-                    color=colors[k], lw=0.7, ls=":", label=f"{v['label']}: p99")
+                    color=colors[k], lw=0.7, ls=":", label=None if lw < 1 else f"{v['label']}: p99")
             if v["capacity_met_s"] is not None:
-                a.axvline(v["capacity_met_s"], color=colors[k], ls="--", lw=1)
+                a.axvline(v["capacity_met_s"], color=colors[k], ls="--", lw=lw)
             sm = v["samples"]
             ts = [s["t"] - base for s in sm]
             b.step(ts, [sum(p["workers"] or 0 for p in s["pods"]) for s in sm], where="post", color=colors[k],
-                   label=f"{v['label']}: worker processes")
+                   label=None if lw < 1 else f"{v['label']}: worker processes")
             b.step(ts, [sum(p["ready"] for p in s["pods"]) for s in sm], where="post", color=colors[k], ls="--",
-                   label=f"{v['label']}: Ready pods")
+                   label=None if lw < 1 else f"{v['label']}: Ready pods")
             b.step(ts, [s["replicas"] for s in sm], where="post", color=colors[k], ls=":", lw=0.8,
-                   label=f"{v['label']}: spec.replicas")
+                   label=None if lw < 1 else f"{v['label']}: spec.replicas")
         cfg = result["config"]
-        a.step([-base, 0, cfg["high_s"]], [cfg["low_rps"], cfg["high_rps"], cfg["high_rps"]], where="post",
+        a.step([-base, 0, cfg["high_s"]], [cfg["low_rps"], rate, rate], where="post",
                color="grey", lw=1, label="offered req/s")
-        a.set_xlabel("seconds from the step (dashed: capacity meets the load)")
+        a.set_xlabel("seconds from the step, the first 60 of 120 (dashed: capacity meets the load)")
         a.set_ylabel("requests/s answered 200 (by the second they were sent)")
         a2.set_yscale("log")
         a2.set_ylabel("p99 ms (dotted; failures as 100 s)")
         h1, l1 = a.get_legend_handles_labels()
         h2, l2 = a2.get_legend_handles_labels()
         a.legend(h1 + h2, l1 + l2, fontsize=7, loc="lower right")
-        a.set_title("load step: open loop, a new connection per request", fontsize=10)
+        a.set_title(f"load step, {size}: {cfg['low_rps']} -> {rate} req/s, open loop, a new connection per request",
+                    fontsize=10)
         b.set_xlabel("seconds from the step")
         b.set_ylabel("count")
         b.legend(fontsize=7, loc="upper left")
-        b.set_title("load step: workers (cgroups' processes), Ready pods, replicas", fontsize=10)
+        b.set_title(f"load step, {size}: workers (the pods' cgroups' processes), Ready pods, replicas", fontsize=10)
         for x in (a, b):
+            x.set_xlim(-10, 60)
             x.axvline(0, color="grey", lw=0.8)
             x.grid(alpha=0.3)
     fig.tight_layout()
