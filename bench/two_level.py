@@ -63,6 +63,7 @@ STEP = {
 # CPU per worker (so each pod's ceiling is its CPU limit over 0.25: 2 and 1 workers) and requests in flight per
 # worker, which sees the load a CPU-capped pod cannot (docs/crd.md, "Two levels").
 CPU_TARGET, CONCURRENCY_TARGET = 0.25, 2.0
+REPLICA_UP_WINDOW = [None]  # --replica-up-window: replicaBehavior.scaleUp.stabilizationWindowSeconds (default 0)
 # "Capacity meets the load": the first second from which, for HOLD_S seconds running, the requests sent in each
 # second were >= MEET_FRACTION answered 200 and their p99 (failures counted as infinitely slow) <= MEET_P99_MS.
 MEET_FRACTION, MEET_P99_MS, HOLD_S = 0.95, 250.0, 5
@@ -82,7 +83,7 @@ def tool(name):
 
 
 class Node:
-    """The node of .ci/kube-node.sh (up in __init__, down() always), its API (the admin token, Python's HTTP
+    """The node of .ci/kube-node.sh (up in __init__; node_down() always), its API (the admin token, Python's HTTP
     client: no kubectl process per sample), the client namespace and the pods' cgroups."""
 
     def __init__(self, dir_):
@@ -107,10 +108,6 @@ class Node:
         self.cgroup = self.env["NODE_CGROUP"].strip("/")
         self.client = ["nsenter", f"--net=/run/netns/{self.env['CLIENT_NETNS']}"]
         self.cg_dirs = {}
-
-    def down(self):
-        subprocess.run(["bash", os.path.join(ROOT, ".ci", "kube-node.sh"), "down", self.dir], env=self.script_env,
-                       stdout=subprocess.DEVNULL, stderr=open(self.dir + ".down.log", "w"), check=False)
 
     def kubectl(self, *args, stdin=None, check=True):
         r = subprocess.run([tool("kubectl"), "--kubeconfig", self.kubeconfig, *args], input=stdin,
@@ -201,6 +198,12 @@ class Node:
             return int(open(f"/sys/fs/cgroup/cpuacct/{self.cgroup}/cpuacct.usage").read()) / 1e9
         except OSError:
             return None
+
+
+def node_down(dir_):
+    """kube-node.sh down: ends whatever the records in dir_/env name, also after a failed or interrupted up."""
+    subprocess.run(["bash", os.path.join(ROOT, ".ci", "kube-node.sh"), "down", dir_], env=dict(os.environ),
+                   stdout=subprocess.DEVNULL, stderr=open(dir_ + ".down.log", "w"), check=False)
 
 
 def wait(what, limit, fn, every=0.5):
@@ -299,7 +302,9 @@ def step_objects(v):
                                {"type": "Concurrency", "target": CONCURRENCY_TARGET}],
                    # scale-up as the defaults; no scale-down within the run
                    "behavior": {"scaleDown": {"stabilizationWindowSeconds": 600}},
-                   "replicaBehavior": {"scaleDown": {"stabilizationWindowSeconds": 600}},
+                   "replicaBehavior": {"scaleDown": {"stabilizationWindowSeconds": 600},
+                                       **({"scaleUp": {"stabilizationWindowSeconds": REPLICA_UP_WINDOW[0]}}
+                                          if REPLICA_UP_WINDOW[0] is not None else {})},
                    "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "mysite"},
                    "minReplicas": 1, "maxReplicas": v["max_replicas"], "pollIntervalSeconds": 1}}
     return [secret, app, service("mysite", PORT_STEP), wa]
@@ -646,6 +651,7 @@ def run(args):
     result = {"smoke": args.smoke, "config": cfg, "static_shape": STATIC, "step_shape": STEP,
               "method": {"fast": FAST, "slow": SLOW, "slow_every": SLOW_EVERY, "timeout_s": TIMEOUT,
                          "cpu_target": CPU_TARGET, "concurrency_target": CONCURRENCY_TARGET,
+                         "replica_up_window_s": args.replica_up_window,
                          "meet_fraction": MEET_FRACTION, "meet_p99_ms": MEET_P99_MS, "hold_s": HOLD_S},
               "environment": {"corral": output([binary, "--version"]), "commit": output(["git", "-C", ROOT,
                                                                                            "rev-parse", "--short",
@@ -668,7 +674,6 @@ def run(args):
         fcntl.flock(lock, fcntl.LOCK_EX)
         node_dir = os.path.join(work, "node")
         os.makedirs(node_dir)
-        node = None
         try:
             log("node up")
             node = Node(node_dir)
@@ -678,18 +683,16 @@ def run(args):
             log("the operator (helm install, one replica)")
             node.helm("install", "corral", "charts/corral", "--namespace", "corral-system", "--create-namespace",
                       "--set", "replicaCount=1", "--wait", "--timeout", "180s")
-            result["static"] = measure_static(node, cfg)
+            if not args.skip_static:
+                result["static"] = measure_static(node, cfg)
             # each side's runs in a list; the order alternates (ABBA), so a drift does not favour one side
             result["step"] = {k: [] for k in STEP}
             for i, (size, high_rps) in enumerate(cfg["steps"].items()):
                 for k in list(STEP) if i % 2 == 0 else list(reversed(STEP)):
                     result["step"][k].append(measure_step(node, k, cfg, size, high_rps))
         finally:
-            if node is not None:
-                log("node down")
-                node.down()
-            else:
-                Node.down(type("N", (), {"dir": node_dir, "script_env": dict(os.environ)})())
+            log("node down")
+            node_down(node_dir)
     if quiet:
         quiet.close()
     result["environment"]["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
@@ -717,11 +720,15 @@ def main(argv=None):
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--hold-cargo-lock", action="store_true",
                     help=f"also hold {CARGO_LOCK} while the node is up, so that no cargo build shares the cores")
+    ap.add_argument("--skip-static", action="store_true", help="the load steps only")
+    ap.add_argument("--replica-up-window", type=int, default=None, metavar="S",
+                    help="replicaBehavior.scaleUp.stabilizationWindowSeconds on both sides (default: the operator's, 0)")
     ap.add_argument("--keep", action="store_true", help="keep the node's directory (logs) in /tmp")
     ap.add_argument("--report-only", action="store_true", help="results.md and the chart again from results.json")
     args = ap.parse_args(argv)
     if args.cmd == "load":
         return generator(args)
+    REPLICA_UP_WINDOW[0] = args.replica_up_window
     import two_level_report as report
     if args.report_only:
         with open(os.path.join(args.out_dir, "results.json")) as f:

@@ -121,7 +121,9 @@ def tables(result):
     built = env.get("built_from") or (f"the tree at {env['commit']}" + (", src/ modified" if env["src_dirty"] else ""))
     out = [f"two-level benchmark{' (SMOKE RUN: numbers meaningless)' if result['smoke'] else ''}, "
            f"{env['date']}, {env['corral']} built from {built}"
-           + ("; no cargo build ran meanwhile (--hold-cargo-lock)" if env.get("held_cargo_lock") else ""), ""]
+           + ("; no cargo build ran meanwhile (--hold-cargo-lock)" if env.get("held_cargo_lock") else "")
+           + (f"; replicaBehavior.scaleUp.stabilizationWindowSeconds {result['method']['replica_up_window_s']}"
+              if result["method"].get("replica_up_window_s") is not None else ""), ""]
     if "static" in result:
         out += static_rows(result["static"])
         out += ["", f"(wrk {cfg['wrk_s']} s x {cfg['rounds']} rounds each, alternating; open loop "
