@@ -150,11 +150,12 @@ def chart(result, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     steps = sizes(result) if "step" in result else []
-    fig, ax = plt.subplots(1 + len(steps), 2, figsize=(15, 5 * (1 + len(steps))), squeeze=False)
+    st = result.get("static")
+    top = 1 if st else 0  # the static row, when measured
+    fig, ax = plt.subplots(top + len(steps), 2, figsize=(15, 5 * (top + len(steps))), squeeze=False)
     fig.suptitle("corral: several workers per pod against one worker per pod, single-node cluster (2 cores)"
                  + (" SMOKE RUN" if result["smoke"] else ""))
     colors = {"corral": "#2a7ab0", "uvicorn": "#c9a227", "two_level": "#2a7ab0", "pods_only": "#b5533c"}
-    st = result.get("static")
     if st:
         keys = list(st)
         labels = [st[k]["label"].replace(", ", "\n") for k in keys]
@@ -175,7 +176,7 @@ def chart(result, path):
         a.set_xticks(list(x), labels)
         a.set_ylabel("MiB, sum of the pods' cgroups' working set")
         a.set_title("static: memory (light: idle, dark: after the loads)", fontsize=10)
-    for row, (size, rate, sp) in enumerate(steps, start=1):
+    for row, (size, rate, sp) in enumerate(steps, start=top):
         base = result["config"]["base_s"]
         a, b = ax[row][0], ax[row][1]
         a2 = a.twinx()
