@@ -645,9 +645,21 @@ def images(binary, out):
 
 
 def run(args):
+    """The whole run in a directory of its own (images, the node's directory and logs, the loads' results),
+    removed at the end however the run ends, unless --keep."""
+    work = tempfile.mkdtemp(prefix="corral-two-level-")
+    try:
+        return run_in(args, work)
+    finally:
+        if args.keep:
+            log(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def run_in(args, work):
     cfg = SMOKE if args.smoke else FULL
     binary = os.path.abspath(args.corral)
-    work = tempfile.mkdtemp(prefix="corral-two-level-")
     result = {"smoke": args.smoke, "config": cfg, "static_shape": STATIC, "step_shape": STEP,
               "method": {"fast": FAST, "slow": SLOW, "slow_every": SLOW_EVERY, "timeout_s": TIMEOUT,
                          "cpu_target": CPU_TARGET, "concurrency_target": CONCURRENCY_TARGET,
@@ -697,10 +709,6 @@ def run(args):
         quiet.close()
     result["environment"]["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
     result["wall_s"] = round(time.monotonic() - wall)
-    if not args.keep:
-        shutil.rmtree(work, ignore_errors=True)
-    else:
-        log(f"kept {work}")
     return result
 
 
