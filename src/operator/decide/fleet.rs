@@ -145,8 +145,9 @@ pub fn decide(
         limited_by = Some(ReplicaLimit::MinReplicas);
     }
     let (desired, held) = behave(replicas, recommendation, history, behavior, now);
+    // What held the count last is named: a window that holds replicas
+    // below maxReplicas is the stabilization, not maxReplicas.
     match held {
-        Some(Limit::Stabilization) if limited_by.is_some() => {}
         Some(Limit::ScaleUpPolicy) => limited_by = Some(ReplicaLimit::ScaleUpPolicy),
         Some(Limit::ScaleDownPolicy) => limited_by = Some(ReplicaLimit::ScaleDownPolicy),
         Some(_) => limited_by = Some(ReplicaLimit::Stabilization),

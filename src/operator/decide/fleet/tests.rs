@@ -121,6 +121,15 @@ fn min_max_and_policies_bound_replicas() {
         (d.desired, d.limited_by),
         (3, Some(ReplicaLimit::ScaleUpPolicy))
     );
+    // A scale-up window holding replicas below maxReplicas is what the
+    // status names.
+    let mut waiting = open();
+    waiting.up.window = 10;
+    let d = decide(&big, &History::starting_at(2, 0.0, 5), &waiting, 0.0).unwrap();
+    assert_eq!(
+        (d.desired, d.limited_by),
+        (2, Some(ReplicaLimit::Stabilization))
+    );
 }
 
 #[test]
