@@ -284,10 +284,14 @@ def wrk(addr, path, connections, threads, seconds, script=None, cpus=None):
                                                       "--timeout", "5s", "--latency"]
     argv += (["-s", script] if script else []) + [f"http://{addr[0]}:{addr[1]}{path}"]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30).stdout
-    res = parse(out, {"rps": None, "p50_ms": None, "p90_ms": None, "p99_ms": None, "errors": 0, "non_2xx": 0,
+    return wrk_result(out)
+
+def wrk_result(out, pcts=(50, 90, 99)):
+    """What `wrk --latency` printed, as numbers: rate, percentiles, errors."""
+    res = parse(out, {"rps": None, **{f"p{pct}_ms": None for pct in pcts}, "errors": 0, "non_2xx": 0,
                       "requests": None}, [
         ("rps", r"Requests/sec:\s+([\d.]+)", float),
-        *((f"p{pct}_ms", rf"^\s+{pct}(?:\.000)?%\s+(\S+)", ms) for pct in (50, 90, 99)),
+        *((f"p{pct}_ms", rf"^\s+{pct}(?:\.000)?%\s+(\S+)", ms) for pct in pcts),
         ("requests", r"(\d+) requests in", int),
         ("errors", r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", summed),
         ("non_2xx", r"Non-2xx or 3xx responses: (\d+)", int)])

@@ -32,7 +32,7 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from load import ms, parse, summed  # noqa: E402
+from load import wrk_result  # noqa: E402
 from procs import ROOT, RunFailed, Stopped, kill_group, log, output, stop_on_signals, template  # noqa: E402
 from sampling import percentile  # noqa: E402
 
@@ -322,14 +322,7 @@ def wrk(node, port, connections, seconds):
                              capture_output=True, text=True, timeout=seconds + 30).stdout
     finally:
         os.unlink(f.name)
-    res = parse(out, {"rps": None, "p50_ms": None, "p99_ms": None, "errors": 0, "non_2xx": 0}, [
-        ("rps", r"Requests/sec:\s+([\d.]+)", float),
-        *((f"p{pct}_ms", rf"^\s+{pct}(?:\.000)?%\s+(\S+)", ms) for pct in (50, 99)),
-        ("errors", r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", summed),
-        ("non_2xx", r"Non-2xx or 3xx responses: (\d+)", int)])
-    if res["rps"] is None:
-        raise RunFailed(f"wrk gave no result: {out[-500:]}")
-    return res
+    return wrk_result(out, (50, 99))
 
 
 def open_loop(node, port, t0, phases, out_path):
