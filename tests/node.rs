@@ -671,6 +671,20 @@ fn ready_pods(node: &Node, ns: &str, selector: &str, n: usize) -> Vec<Value> {
     )
 }
 
+/// The example as one pod (a CPU limit of 1, 1Gi) behind NodePort `port`,
+/// its autoscaler polling every 2 s between 1 and `max_workers` workers.
+fn one_pod_autoscaled(port: u16, max_workers: u32) -> Vec<Value> {
+    let mut docs = example();
+    node_port(&mut docs, port);
+    kind(&mut docs, "Deployment")["spec"]["replicas"] = 1.into();
+    app_container(&mut docs)["resources"]["limits"] = json!({"cpu": "1", "memory": "1Gi"});
+    let wa = kind(&mut docs, "WorkerAutoscaler");
+    wa["spec"]["minWorkers"] = 1.into();
+    wa["spec"]["maxWorkers"] = max_workers.into();
+    wa["spec"]["pollIntervalSeconds"] = 2.into();
+    docs
+}
+
 fn autoscaler(node: &Node, ns: &str, name: &str) -> Value {
     node.get_json(&["workerautoscaler", name, "-n", ns])
 }
@@ -988,14 +1002,8 @@ fn a_cpu_load_step_through_the_node_port_makes_the_operator_add_workers() {
     operator(node);
     let ns = "e2e-cpu";
     let _ns = node.namespace(ns);
-    let mut docs = example();
-    node_port(&mut docs, 30083);
-    kind(&mut docs, "Deployment")["spec"]["replicas"] = 1.into();
-    app_container(&mut docs)["resources"]["limits"] = json!({"cpu": "1", "memory": "1Gi"});
+    let mut docs = one_pod_autoscaled(30083, 4);
     let wa = kind(&mut docs, "WorkerAutoscaler");
-    wa["spec"]["minWorkers"] = 1.into();
-    wa["spec"]["maxWorkers"] = 4.into();
-    wa["spec"]["pollIntervalSeconds"] = 2.into();
     wa["spec"]["metrics"] = json!([{"type": "CPU", "target": 0.4}]);
     wa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] = 600.into();
     let all: Vec<&Value> = docs.iter().collect();
@@ -1037,22 +1045,7 @@ fn a_cpu_load_step_through_the_node_port_makes_the_operator_add_workers() {
         started.elapsed().as_secs_f64()
     ));
     let report = load.stop();
-    if report.failures() > 0 {
-        // What the failures were, and what the pod and the cluster saw.
-        let pod = node.get_json(&["pod", &name(&pod), "-n", ns]);
-        let log = node.container_log(&pod, "app");
-        let tail: Vec<&str> = log.lines().rev().take(40).collect();
-        let (_, events) = node.kubectl(&["get", "events", "-n", ns]);
-        panic!(
-            "{} of {} requests failed through the NodePort: {:?}\n{}\n--- events ---\n{events}\n\
-             --- app log (last lines) ---\n{}",
-            report.failures(),
-            report.ok + report.failures(),
-            report.errors,
-            node.service_report(ns, "mysite"),
-            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-        );
-    }
+    no_failures(node, ns, "the CPU load step", &report);
 
     // Deleting the autoscaler hands the pod back to its default (one worker).
     node.kubectl_ok(&[
@@ -1230,18 +1223,35 @@ fn fleet_workers(node: &Node, ns: &str) -> Vec<u32> {
         .collect()
 }
 
-/// Panics with what the load's failures were and what the cluster saw.
+/// Panics with what the load's failures were, and what the cluster and
+/// each app pod's log (its last lines) saw.
 fn no_failures(node: &Node, ns: &str, what: &str, report: &support::Report) {
-    if report.failures() > 0 {
-        let (_, events) = node.kubectl(&["get", "events", "-n", ns]);
-        panic!(
-            "{what}: {} of {} requests failed through the NodePort: {:?}\n{}\n--- events ---\n{events}",
-            report.failures(),
-            report.ok + report.failures(),
-            report.errors,
-            node.service_report(ns, "mysite"),
-        );
+    if report.failures() == 0 {
+        return;
     }
+    let (_, events) = node.kubectl(&["get", "events", "-n", ns]);
+    let logs: Vec<String> = node
+        .pods(ns, "app=mysite")
+        .iter()
+        .map(|pod| {
+            let log = node.container_log(pod, "app");
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            format!(
+                "--- {} app log (last lines) ---\n{}",
+                name(pod),
+                tail.join("\n")
+            )
+        })
+        .collect();
+    panic!(
+        "{what}: {} of {} requests failed through the NodePort: {:?}\n{}\n--- events ---\n{events}\n{}",
+        report.failures(),
+        report.ok + report.failures(),
+        report.errors,
+        node.service_report(ns, "mysite"),
+        logs.join("\n")
+    );
 }
 
 #[test]
@@ -1251,17 +1261,11 @@ fn two_levels_fill_workers_then_add_replicas_and_leave_an_hpa_s_replicas_alone()
     operator(node);
     let ns = "e2e-replicas";
     let _ns = node.namespace(ns);
-    let mut docs = example();
-    node_port(&mut docs, 30084);
-    kind(&mut docs, "Deployment")["spec"]["replicas"] = 1.into();
-    app_container(&mut docs)["resources"]["limits"] = json!({"cpu": "1", "memory": "1Gi"});
     // Two workers a pod at most; requests in flight per worker as the signal
     // (the example runs --proxy), one per worker the target: four clients
     // ask for four workers, two pods' worth.
+    let mut docs = one_pod_autoscaled(30084, 2);
     let wa = kind(&mut docs, "WorkerAutoscaler");
-    wa["spec"]["minWorkers"] = 1.into();
-    wa["spec"]["maxWorkers"] = 2.into();
-    wa["spec"]["pollIntervalSeconds"] = 2.into();
     wa["spec"]["metrics"] = json!([{"type": "Concurrency", "target": 1}]);
     wa["spec"]["behavior"]["scaleDown"] = json!({
         "stabilizationWindowSeconds": 10,
