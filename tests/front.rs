@@ -845,7 +845,7 @@ fn ping_and_settings_floods_neither_grow_the_front_nor_starve_others() {
 const IDLE: usize = 1500;
 
 /// How long the tests give an idle connection to be parked: the front
-/// parks after 100 ms.
+/// parks after 50 ms.
 const PARKED: Duration = Duration::from_millis(600);
 
 /// `n` connections to `addr`, each after one answered request, opened

@@ -12,12 +12,12 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use futures::future::Either;
 use futures::stream::FuturesUnordered;
 use hyper::body::{Body, Incoming};
 use hyper::server::conn::{http1, http2};
@@ -83,10 +83,11 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// How long an HTTP/1.1 connection stays with hyper after its last
 /// request before it is parked, holding only its socket (see
-/// [`session`]): long past the gap between the requests of a busy client,
-/// so that those never pay for it, and short enough that a burst of new
-/// clients does not hold hyper's buffers for all of them at once.
-const PARK_AFTER: Duration = Duration::from_millis(100);
+/// [`session`]): long past the gap between the requests of a busy client
+/// in the same network, so that those never pay for it, and short enough
+/// that a burst of new clients does not hold hyper's buffers for all of
+/// them at once (memory that the allocator keeps once it is freed).
+const PARK_AFTER: Duration = Duration::from_millis(50);
 
 /// corral's admin-style servers: a handful of probes, scrapes and operator
 /// calls at a time, never a flood.
@@ -479,15 +480,18 @@ where
     // lock in tokio's Notify) cost more than hyper's parse. Beside them,
     // once hyper serves HTTP/1.1 again, the timer that parks it once quiet:
     // only where the framing reader tells where requests end.
-    let guards = async {
+    // Boxed, as FuturesUnordered keeps a spare node as large as its
+    // future for the connection's life.
+    let guards: Pin<Box<dyn Future<Output = Guard> + Send>> = Box::pin(async {
         tokio::select! {
             _ = activity.stalled_past(limits.send_timeout) => Guard::Stalled,
             why = closing(&activity, &limits) => Guard::Closing(why),
             _ = stopped(&mut shutdown) => Guard::Stopped,
         }
-    };
-    let mut guards = FuturesUnordered::from_iter([Either::Left(guards)]);
-    let park_timer = || Either::Right(quiet(&activity));
+    });
+    let mut guards = FuturesUnordered::from_iter([guards]);
+    let park_timer =
+        || -> Pin<Box<dyn Future<Output = Guard> + Send>> { Box::pin(quiet(&activity)) };
     let mut head_past = heads.head_past(limits.header_read_timeout);
     let result = loop {
         tokio::select! {
@@ -542,11 +546,9 @@ where
 }
 
 /// Resolves once a connection has been quiet for [`PARK_AFTER`].
-fn quiet(activity: &Activity) -> impl Future<Output = Guard> + '_ {
-    async move {
-        activity.quiet_for(PARK_AFTER).await;
-        Guard::Quiet
-    }
+async fn quiet(activity: &Activity) -> Guard {
+    activity.quiet_for(PARK_AFTER).await;
+    Guard::Quiet
 }
 
 /// Why the server acts on a connection rather than its client.
