@@ -276,3 +276,72 @@ fn read_ahead(a: &[u8], b: &[u8]) -> Bytes {
     both.extend_from_slice(b);
     both.freeze()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::Full;
+    use hyper_util::rt::TokioTimer;
+    use std::convert::Infallible;
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+    /// Drives `session` until the client reads an answer ending with `end`.
+    async fn answer<Svc, B>(
+        session: &mut Session<DuplexStream, Svc>,
+        client: &mut DuplexStream,
+        end: &str,
+    ) where
+        Svc: HttpService<Incoming, ResBody = B> + Clone + Unpin + Send + 'static,
+        Svc::Future: Send + 'static,
+        Svc::Error: Into<BoxError>,
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        let mut got = Vec::new();
+        while !String::from_utf8_lossy(&got).ends_with(end) {
+            let mut buf = [0u8; 1024];
+            tokio::select! {
+                event = session.next_event() => assert!(
+                    matches!(event, Event::Resumed),
+                    "the connection ended with {:?} read",
+                    String::from_utf8_lossy(&got)
+                ),
+                n = client.read(&mut buf) => got.extend_from_slice(&buf[..n.unwrap()]),
+            }
+        }
+    }
+
+    /// A parked connection keeps its socket open, and the bytes that wake
+    /// it (here half a request head) reach the fresh hyper connection.
+    #[tokio::test]
+    async fn a_parked_connection_is_served_again_from_the_bytes_that_woke_it() {
+        let (near, mut client) = tokio::io::duplex(4096);
+        let service = hyper::service::service_fn(|req: hyper::Request<Incoming>| async move {
+            let path = req.uri().path().to_string();
+            Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from(path))))
+        });
+        let mut http1 = http1::Builder::new();
+        http1.timer(TokioTimer::new());
+        let protocols = Arc::new(Protocols { http1, http2: None });
+        let mut session = Session::new(near, service, protocols);
+        client
+            .write_all(b"GET /one HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        answer(&mut session, &mut client, "/one").await;
+        assert!(session.park());
+        let waiting = tokio::time::timeout(Duration::from_millis(100), session.next_event());
+        assert!(waiting.await.is_err(), "parked, waiting for bytes");
+        client.write_all(b"GET /tw").await.unwrap();
+        assert!(matches!(session.next_event().await, Event::Resumed));
+        client
+            .write_all(b"o HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        answer(&mut session, &mut client, "/two").await;
+        drop(client);
+        assert!(matches!(session.ended().await, Ok(())));
+    }
+}
