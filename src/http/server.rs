@@ -7,7 +7,9 @@
 //! accepted, let answers in progress finish (HTTP/2 connections get a
 //! GOAWAY and their open streams finish). Servers that allow it speak
 //! HTTP/2 as well: with prior knowledge on plain listeners (h2c), and by
-//! ALPN on TLS ones.
+//! ALPN on TLS ones. Where the framing reader tells where requests end (the
+//! front), an HTTP/1.1 connection waiting for its next request holds only
+//! its socket (the `session` module).
 
 use std::convert::Infallible;
 use std::future::Future;

@@ -1,6 +1,6 @@
 //! One client connection's HTTP, including the time it waits between
 //! requests. Its first bytes choose the protocol: HTTP/2's preface, else
-//! HTTP/1.1. hyper holds some 20 KB per HTTP/1.1 connection whatever the
+//! HTTP/1.1. hyper holds some 25 KB per HTTP/1.1 connection whatever the
 //! connection does (its read and write buffers, its state, the slot for
 //! the handler's future), so an HTTP/1.1 connection that its server finds
 //! quiet is handed back by hyper ([`Session::park`]): only the socket is
