@@ -250,6 +250,26 @@ impl Activity {
         }
     }
 
+    /// Resolves once no request has been in flight for `quiet`, looking
+    /// first `quiet` from now. Like [`Activity::idle_past`], requests
+    /// neither wake nor notify it.
+    pub async fn quiet_for(&self, quiet: Duration) {
+        let mut look = Instant::now() + quiet;
+        loop {
+            tokio::time::sleep_until(look).await;
+            let now = Instant::now();
+            look = if self.in_flight.load(Ordering::SeqCst) > 0 {
+                now + quiet
+            } else {
+                let quiet_at = self.idle_since.at() + quiet;
+                if now >= quiet_at {
+                    return;
+                }
+                quiet_at
+            };
+        }
+    }
+
     /// Resolves once a response has waited for its client past `limit`.
     pub async fn stalled_past(&self, limit: Duration) {
         loop {
@@ -391,6 +411,28 @@ mod tests {
         let t1 = Instant::now();
         a.idle_past(first, keep).await;
         assert_eq!(t1.elapsed(), keep, "after a request: keep-alive");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_is_quiet_a_while_after_its_last_request() {
+        let registry = Registry::new();
+        let (a, _r) = registry.register(-1);
+        let quiet = Duration::from_millis(100);
+        let t0 = Instant::now();
+        a.quiet_for(quiet).await;
+        assert_eq!(t0.elapsed(), quiet, "never busy: quiet from the start");
+        let request = a.begin();
+        let busy = tokio::time::timeout(Duration::from_secs(600), a.quiet_for(quiet));
+        assert!(busy.await.is_err(), "a request in flight is never quiet");
+        let t1 = Instant::now();
+        let quiet_then = tokio::spawn({
+            let a = a.clone();
+            async move { a.quiet_for(quiet).await }
+        });
+        tokio::time::advance(quiet / 2).await;
+        drop(request);
+        quiet_then.await.unwrap();
+        assert_eq!(t1.elapsed(), quiet / 2 + quiet, "counted from its end");
     }
 
     #[tokio::test(start_paused = true)]

@@ -166,6 +166,12 @@ impl Reader {
         }
     }
 
+    /// Between requests: every byte read so far belongs to a request
+    /// whose head and body are whole, and none is left for another.
+    pub fn at_rest(&self) -> bool {
+        matches!(&self.state, State::Head(buf) if buf.is_empty())
+    }
+
     /// Takes the next bytes the client sent.
     pub fn feed(&mut self, mut bytes: &[u8]) {
         while !bytes.is_empty() {
@@ -320,6 +326,14 @@ impl Verdicts {
     /// the next request's.
     pub fn next_is_ambiguous(&self) -> bool {
         lock(&self.0).reader.verdicts.pop_front() == Some(true)
+    }
+
+    /// Whether the connection is between requests, with every request
+    /// read taken by the server: nothing of one is left to read or hand
+    /// over.
+    pub fn at_rest(&self) -> bool {
+        let seen = lock(&self.0);
+        seen.reader.at_rest() && seen.reader.verdicts.is_empty()
     }
 
     /// Resolves once a request head has been arriving for `limit` and is
@@ -477,6 +491,22 @@ mod tests {
         assert_eq!(r.head_in_progress(), None, "in a body");
         r.feed(b"cG");
         assert_eq!(r.head_in_progress(), Some(3));
+    }
+
+    #[test]
+    fn at_rest_only_between_whole_requests() {
+        let mut r = Reader::default();
+        assert!(r.at_rest());
+        r.feed(b"\r\n");
+        assert!(r.at_rest(), "blank lines begin nothing");
+        r.feed(b"POST / HTTP/1.1\r\nContent-Length: 3\r\n");
+        assert!(!r.at_rest(), "a head in progress");
+        r.feed(b"\r\nab");
+        assert!(!r.at_rest(), "a body in progress");
+        r.feed(b"c");
+        assert!(r.at_rest());
+        r.feed(b"PRI * HTTP/2.0\r\n\r\n");
+        assert!(!r.at_rest(), "no longer HTTP/1.1 requests");
     }
 
     #[test]

@@ -7,11 +7,14 @@
 //! accepted, let answers in progress finish (HTTP/2 connections get a
 //! GOAWAY and their open streams finish). Servers that allow it speak
 //! HTTP/2 as well: with prior knowledge on plain listeners (h2c), and by
-//! ALPN on TLS ones.
+//! ALPN on TLS ones. Where the framing reader tells where requests end (the
+//! front), an HTTP/1.1 connection waiting for its next request holds only
+//! its socket (the `session` module).
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,9 +22,9 @@ use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use hyper::body::{Body, Incoming};
+use hyper::server::conn::{http1, http2};
 use hyper::{Request, Response};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
@@ -30,6 +33,10 @@ use tracing::{debug, warn};
 use super::activity::{Activity, Registration, Registry, Tracked};
 use super::framing::{self, MAX_HEAD_BYTES, MAX_HEADERS};
 use super::tls::Certs;
+use session::{Event, Protocols, Session};
+
+mod lent;
+mod session;
 
 /// How much one server takes on, and how it lets go.
 #[derive(Debug, Clone, Copy)]
@@ -75,6 +82,14 @@ const EVICT_RETRY: Duration = Duration::from_millis(50);
 /// How long an idle connection being closed gets: HTTP/1.1 closes at
 /// once, HTTP/2 sends its GOAWAY.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// How long an HTTP/1.1 connection stays with hyper after its last
+/// request before it is parked, holding only its socket (see
+/// [`session`]): long past the gap between the requests of a busy client
+/// in the same network, so that those never pay for it, and short enough
+/// that a burst of new clients does not hold hyper's buffers for all of
+/// them at once (memory that the allocator keeps once it is freed).
+const PARK_AFTER: Duration = Duration::from_millis(50);
 
 /// corral's admin-style servers: a handful of probes, scrapes and operator
 /// calls at a time, never a flood.
@@ -151,7 +166,7 @@ pub async fn serve<F, Fut, B>(
     handle: F,
     mut shutdown: watch::Receiver<bool>,
 ) where
-    F: Fn(Request<Incoming>, Peer) -> Fut + Clone + Send + Sync + 'static,
+    F: Fn(Request<Incoming>, Peer) -> Fut + Clone + Unpin + Send + Sync + 'static,
     Fut: Future<Output = Response<B>> + Send + 'static,
     B: ResponseBody,
     B::Data: Send,
@@ -174,8 +189,15 @@ pub async fn serve<F, Fut, B>(
     drop(accepted_tx);
     let mut connections = JoinSet::new();
     let told = shutdown.clone();
+    let protocols = Arc::new(protocols(&limits));
     let spawn = |connections: &mut JoinSet<()>, accepted: Accepted| {
-        connections.spawn(connection(accepted, handle.clone(), limits, told.clone()));
+        connections.spawn(connection(
+            accepted,
+            handle.clone(),
+            limits,
+            protocols.clone(),
+            told.clone(),
+        ));
     };
     loop {
         tokio::select! {
@@ -304,13 +326,45 @@ async fn accept(
     }
 }
 
+/// The HTTP/1.1 and HTTP/2 settings of a server with `limits`.
+fn protocols(limits: &Limits) -> Protocols {
+    let mut http1 = http1::Builder::new();
+    http1
+        .timer(TokioTimer::new())
+        // hyper's own head timer bounds a trickled head on servers without
+        // the framing reader's (the admin API, the built-in worker). It
+        // also runs while a keep-alive connection waits for its next
+        // request, so never before ours (the header timeout counted from
+        // the connection, keep-alive after a request) would. With the
+        // framing reader's timer it would only add a timer per request.
+        .header_read_timeout(
+            (!limits.strict_framing).then_some(limits.header_read_timeout.max(limits.keep_alive)),
+        )
+        .max_buf_size(MAX_HEAD_BYTES)
+        .max_headers(limits.max_headers);
+    let http2 = limits.http2.then(|| {
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        http2
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(H2_MAX_STREAMS)
+            .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
+            .max_local_error_reset_streams(H2_MAX_LOCAL_RESETS)
+            .max_header_list_size(H2_MAX_HEADER_LIST)
+            .keep_alive_interval(Some(Duration::from_secs(30)))
+            .keep_alive_timeout(Duration::from_secs(20));
+        http2
+    });
+    Protocols { http1, http2 }
+}
+
 async fn connection<F, Fut, B>(
     accepted: Accepted,
     handle: F,
     limits: Limits,
+    protocols: Arc<Protocols>,
     shutdown: watch::Receiver<bool>,
 ) where
-    F: Fn(Request<Incoming>, Peer) -> Fut + Send + Sync + 'static,
+    F: Fn(Request<Incoming>, Peer) -> Fut + Clone + Unpin + Send + Sync + 'static,
     Fut: Future<Output = Response<B>> + Send + 'static,
     B: ResponseBody,
 {
@@ -323,61 +377,86 @@ async fn connection<F, Fut, B>(
     let place = ConnectionPlace {
         _permit: Arc::new(permit),
     };
+    let served = Served {
+        place: &place,
+        activity,
+        limits,
+        protocols,
+        shutdown,
+    };
     match conn {
         Conn::Tcp(s) => {
             let peer = Peer {
                 addr: s.peer_addr().ok(),
                 tls: false,
             };
-            serve_io(s, peer, &place, activity, handle, limits, shutdown).await
+            serve_io(s, peer, handle, served).await
         }
-        Conn::Tls(s, certs) => {
-            let peer = Peer {
-                addr: s.peer_addr().ok(),
-                tls: true,
-            };
-            // The handshake counts against the header-read timeout, and
-            // the connection may be evicted meanwhile: a client that opens
-            // and stays silent is cut off all the same.
-            let acceptor = tokio_rustls::TlsAcceptor::from(certs.current());
-            tokio::select! {
-                handshake = acceptor.accept(s) => match handshake {
-                    Ok(tls) => serve_io(tls, peer, &place, activity, handle, limits, shutdown).await,
-                    Err(e) => debug!(error = %e, peer = ?peer.addr, "TLS handshake"),
-                },
-                why = closing(&activity, &limits) => debug!(peer = ?peer.addr, why, "TLS handshake cut off"),
-            }
-        }
+        // Boxed: a TLS stream is large, and a task is as large as its
+        // largest state, which plain connections would pay for too.
+        Conn::Tls(s, certs) => Box::pin(serve_tls(s, certs, handle, served)).await,
         Conn::Unix(s) => {
             let peer = Peer {
                 addr: None,
                 tls: false,
             };
-            serve_io(s, peer, &place, activity, handle, limits, shutdown).await
+            serve_io(s, peer, handle, served).await
         }
     }
     drop(registration);
     drop(place);
 }
 
-async fn serve_io<S, F, Fut, B>(
-    stream: S,
-    peer: Peer,
-    place: &ConnectionPlace,
+/// What every connection is served with, besides its stream and handler.
+struct Served<'a> {
+    place: &'a ConnectionPlace,
     activity: Arc<Activity>,
-    handle: F,
     limits: Limits,
-    mut shutdown: watch::Receiver<bool>,
-) where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    F: Fn(Request<Incoming>, Peer) -> Fut + Send + Sync + 'static,
+    protocols: Arc<Protocols>,
+    shutdown: watch::Receiver<bool>,
+}
+
+async fn serve_tls<F, Fut, B>(s: TcpStream, certs: Arc<Certs>, handle: F, served: Served<'_>)
+where
+    F: Fn(Request<Incoming>, Peer) -> Fut + Clone + Unpin + Send + Sync + 'static,
     Fut: Future<Output = Response<B>> + Send + 'static,
     B: ResponseBody,
 {
+    let peer = Peer {
+        addr: s.peer_addr().ok(),
+        tls: true,
+    };
+    // The handshake counts against the header-read timeout, and
+    // the connection may be evicted meanwhile: a client that opens
+    // and stays silent is cut off all the same.
+    let acceptor = tokio_rustls::TlsAcceptor::from(certs.current());
+    let (activity, limits) = (served.activity.clone(), served.limits);
+    tokio::select! {
+        handshake = acceptor.accept(s) => match handshake {
+            Ok(tls) => serve_io(tls, peer, handle, served).await,
+            Err(e) => debug!(error = %e, peer = ?peer.addr, "TLS handshake"),
+        },
+        why = closing(&activity, &limits) => debug!(peer = ?peer.addr, why, "TLS handshake cut off"),
+    }
+}
+
+async fn serve_io<S, F, Fut, B>(stream: S, peer: Peer, handle: F, served: Served<'_>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    F: Fn(Request<Incoming>, Peer) -> Fut + Clone + Unpin + Send + Sync + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: ResponseBody,
+{
+    let Served {
+        place,
+        activity,
+        limits,
+        protocols,
+        mut shutdown,
+    } = served;
     let strict = limits.strict_framing;
     let (stream, verdicts) = framing::Watch::new(stream, strict);
     let heads = verdicts.clone();
-    let io = TokioIo::new(stream);
     let requested = Arc::new(Notify::new());
     let service = {
         let requested = requested.clone();
@@ -396,76 +475,69 @@ async fn serve_io<S, F, Fut, B>(
             async move { Ok::<_, Infallible>(answer.await.map(|b| Tracked::new(b, in_flight))) }
         })
     };
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        // hyper's own head timer bounds a trickled head on servers without
-        // the framing reader's (the admin API, the built-in worker). It
-        // also runs while a keep-alive connection waits for its next
-        // request, so never before ours (the header timeout counted from
-        // the connection, keep-alive after a request) would. With the
-        // framing reader's timer it would only add a timer per request.
-        .header_read_timeout((!strict).then_some(limits.header_read_timeout.max(limits.keep_alive)))
-        .max_buf_size(MAX_HEAD_BYTES)
-        .max_headers(limits.max_headers);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(H2_MAX_STREAMS)
-        .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
-        .max_local_error_reset_streams(H2_MAX_LOCAL_RESETS)
-        .max_header_list_size(H2_MAX_HEADER_LIST)
-        .keep_alive_interval(Some(Duration::from_secs(30)))
-        .keep_alive_timeout(Duration::from_secs(20));
-    if !limits.http2 {
-        builder = builder.http1_only();
-    }
-    let conn = builder.serve_connection_with_upgrades(io, service);
-    tokio::pin!(conn);
+    let mut session = Session::new(stream, service, protocols);
     // What ends a connection besides its client, polled only when one of
     // its own timers or notifications fires: a connection's task wakes
     // several times per request, and polling these on every wake (each a
-    // lock in tokio's Notify) cost more than hyper's parse.
-    let guards = async {
+    // lock in tokio's Notify) cost more than hyper's parse. Beside them,
+    // once hyper serves HTTP/1.1 again, the timer that parks it once quiet:
+    // only where the framing reader tells where requests end.
+    // Boxed, as FuturesUnordered keeps a spare node as large as its
+    // future for the connection's life.
+    let guards: Pin<Box<dyn Future<Output = Guard> + Send>> = Box::pin(async {
         tokio::select! {
             _ = activity.stalled_past(limits.send_timeout) => Guard::Stalled,
             why = closing(&activity, &limits) => Guard::Closing(why),
             _ = stopped(&mut shutdown) => Guard::Stopped,
         }
-    };
+    });
     let mut guards = FuturesUnordered::from_iter([guards]);
-    let result = tokio::select! {
-        // The connection first: it reads the bytes the head timer looks at,
-        // so the head timer is polled after it on every wake.
-        biased;
-        result = conn.as_mut() => result,
-        _ = heads.head_past(limits.header_read_timeout), if strict => {
-            debug!(peer = ?peer.addr, "connection closed: a request head took longer than its timeout");
-            Ok(())
-        }
-        Some(guard) = guards.next() => match guard {
-            Guard::Stalled => {
-                // Reset, as nginx's reset_timedout_connection: a close would
-                // leave the response queued in the kernel for a client that
-                // does not read it.
-                debug!(peer = ?peer.addr, "connection reset: its client stopped taking its response");
-                activity.reset_on_close();
-                Ok(())
+    let park_timer =
+        || -> Pin<Box<dyn Future<Output = Guard> + Send>> { Box::pin(quiet(&activity)) };
+    let mut head_past = heads.head_past(limits.header_read_timeout);
+    let result = loop {
+        tokio::select! {
+            // The connection first: it reads the bytes the head timer looks at,
+            // so the head timer is polled after it on every wake.
+            biased;
+            event = session.next_event() => match event {
+                Event::Resumed => if strict {
+                    guards.push(park_timer());
+                },
+                Event::Ended(result) => break result,
+            },
+            _ = &mut head_past, if strict => {
+                debug!(peer = ?peer.addr, "connection closed: a request head took longer than its timeout");
+                break Ok(());
             }
-            Guard::Closing(why) => {
-                debug!(peer = ?peer.addr, why, "connection closed");
-                conn.as_mut().graceful_shutdown();
-                tokio::time::timeout(CLOSE_GRACE, conn.as_mut()).await.unwrap_or(Ok(()))
-            }
-            Guard::Stopped => {
-                // A request already seen left a permit: no wait then.
-                tokio::select! {
-                    result = conn.as_mut() => result,
-                    _ = tokio::time::timeout(limits.first_request_grace, requested.notified()) => {
-                        conn.as_mut().graceful_shutdown();
-                        conn.await
+            Some(guard) = guards.next() => match guard {
+                Guard::Quiet => {
+                    if !(heads.at_rest() && session.park()) {
+                        guards.push(park_timer());
                     }
+                }
+                Guard::Stalled => {
+                    // Reset, as nginx's reset_timedout_connection: a close would
+                    // leave the response queued in the kernel for a client that
+                    // does not read it.
+                    debug!(peer = ?peer.addr, "connection reset: its client stopped taking its response");
+                    activity.reset_on_close();
+                    break Ok(());
+                }
+                Guard::Closing(why) => {
+                    debug!(peer = ?peer.addr, why, "connection closed");
+                    session.graceful_shutdown();
+                    break tokio::time::timeout(CLOSE_GRACE, session.ended()).await.unwrap_or(Ok(()));
+                }
+                Guard::Stopped => {
+                    // A request already seen left a permit: no wait then.
+                    break tokio::select! {
+                        result = session.ended() => result,
+                        _ = tokio::time::timeout(limits.first_request_grace, requested.notified()) => {
+                            session.graceful_shutdown();
+                            session.ended().await
+                        }
+                    };
                 }
             }
         }
@@ -475,8 +547,16 @@ async fn serve_io<S, F, Fut, B>(
     }
 }
 
-/// Why a connection is ended by the server rather than by its client.
+/// Resolves once a connection has been quiet for [`PARK_AFTER`].
+async fn quiet(activity: &Activity) -> Guard {
+    activity.quiet_for(PARK_AFTER).await;
+    Guard::Quiet
+}
+
+/// Why the server acts on a connection rather than its client.
 enum Guard {
+    /// No request for a while: park it.
+    Quiet,
     /// Its client stopped taking its response past the send timeout.
     Stalled,
     /// Idle, evicted or abandoning (see [`closing`]).
