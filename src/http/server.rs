@@ -429,8 +429,12 @@ where
     // The handshake counts against the header-read timeout, and
     // the connection may be evicted meanwhile: a client that opens
     // and stays silent is cut off all the same.
-    let acceptor = tokio_rustls::TlsAcceptor::from(certs.current());
     let (activity, limits) = (served.activity.clone(), served.limits);
+    let config = match limits.http2 {
+        true => certs.current(),
+        false => super::tls::http1_only(&certs.current()),
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
     tokio::select! {
         handshake = acceptor.accept(s) => match handshake {
             Ok(tls) => serve_io(tls, peer, handle, served).await,

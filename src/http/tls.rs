@@ -116,6 +116,15 @@ pub fn load(files: &TlsFiles) -> Result<ServerConfig, TlsError> {
     Ok(config)
 }
 
+/// `config` for a server that speaks HTTP/1.1 only (the admin API, the
+/// operator's metrics): offered h2 by ALPN, a client would send a preface
+/// such a server cannot read.
+pub fn http1_only(config: &ServerConfig) -> Arc<ServerConfig> {
+    let mut config = config.clone();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(config)
+}
+
 fn stamp(files: &TlsFiles) -> Stamp {
     [
         Some(&files.certfile),
