@@ -11,6 +11,7 @@
 pub mod backends;
 mod dispatched;
 pub mod headers;
+mod link;
 pub mod metrics;
 pub mod pool;
 pub mod request_body;
@@ -22,6 +23,7 @@ mod tunnel;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
@@ -35,11 +37,12 @@ use crate::http::server::{self, ConnectionPlace, Limits, Listener, Peer};
 pub use backends::{Backends, Key, Load};
 use backends::{Place, Refusal};
 use dispatched::Dispatched;
+use link::LinkError;
 pub use metrics::Metrics;
 use metrics::Retry;
 use pool::{ConnectError, Pool};
 use request_body::{BodyError, BodyLimits, Held, Outgoing};
-use response_body::{Ahead, Done, FrontBody};
+use response_body::{Ahead, Done, FrontBody, WorkerBody};
 pub use threads::FrontThreads;
 
 /// The front's server limits: clients, keep-alive and the header
@@ -70,6 +73,8 @@ const CLIENT_GONE: StatusCode = match StatusCode::from_u16(499) {
     Ok(code) => code,
     Err(_) => StatusCode::BAD_REQUEST,
 };
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// What every request handler shares.
 struct Shared {
@@ -306,6 +311,9 @@ impl Shared {
                 return body_refused(&e);
             }
         };
+        if let (Held::Whole(whole), false) = (&body, upgrade) {
+            return self.forward_whole(head, whole.clone(), started).await;
+        }
         let retry_ok = idempotent(&head.method) && body.replayable() && !upgrade;
         let mut avoid = None;
         let mut retried = false;
@@ -320,12 +328,7 @@ impl Shared {
             let mut sender = match self.pool.checkout(key, &place.socket).await {
                 Ok(s) => s,
                 Err(e) => {
-                    if matches!(e, ConnectError::Refused(_)) {
-                        self.backends.mark_broken(key);
-                    }
-                    debug!(worker = key.id, error = %e, "retrying on another worker");
-                    self.metrics.retried(Retry::Connect);
-                    avoid = Some(key);
+                    avoid = Some(self.connect_failed(key, &e));
                     continue;
                 }
             };
@@ -391,21 +394,114 @@ impl Shared {
                     warn!(worker = key.id, error = %error, method = %head.method, path = %head.uri, "worker failed the request");
                     return answer(StatusCode::BAD_GATEWAY, "the worker failed to answer\n");
                 }
-                Err(_elapsed) => {
-                    warn!(worker = key.id, method = %head.method, path = %head.uri, "request timed out");
-                    if self.config.kill_stuck {
-                        self.backends.mark_stuck(key);
-                    }
-                    return answer(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        "the worker did not answer in time\n",
-                    );
-                }
+                Err(_elapsed) => return self.timed_out(key, &head),
             }
         }
         answer(
             StatusCode::BAD_GATEWAY,
             "no worker could take the request\n",
+        )
+    }
+
+    /// A request whose body is in hand (none, or held whole), over
+    /// corral's own exchange ([`link`]): sent again, to another worker,
+    /// while no worker has seen it, and once more after a failure that left
+    /// it unanswered if its method is idempotent.
+    async fn forward_whole(
+        &self,
+        head: Head,
+        body: Bytes,
+        started: Instant,
+    ) -> Response<FrontBody> {
+        let retry_ok = idempotent(&head.method);
+        let target = head.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        let mut avoid = None;
+        let mut retried = false;
+        for _ in 0..MAX_ATTEMPTS {
+            let waited = Instant::now();
+            let place = match self.backends.acquire(avoid).await {
+                Ok(p) => p,
+                Err(refusal) => return refused(refusal),
+            };
+            self.metrics.observe_queue_wait(waited.elapsed());
+            let key = place.key;
+            let mut link = match self.pool.checkout_link(key, &place.socket).await {
+                Ok(link) => link,
+                Err(e) => {
+                    avoid = Some(self.connect_failed(key, &e));
+                    continue;
+                }
+            };
+            link.encode(&head.method, target, &head.headers, &body);
+            let limit = self.config.request_timeout;
+            let (method, home) = (head.method.clone(), (self.pool.clone(), key));
+            let (result, place) = Dispatched::new(
+                async move {
+                    let exchange = link.exchange(&method, home);
+                    match limit {
+                        None => Ok(exchange.await),
+                        Some(limit) => tokio::time::timeout(limit, exchange).await,
+                    }
+                },
+                place,
+            )
+            .await;
+            let error: BoxError = match result {
+                Ok(Ok((parts, body))) => {
+                    match self
+                        .relay(parts, WorkerBody::Link(body), place, None, started)
+                        .await
+                    {
+                        Ok(response) => return response,
+                        Err(error) => error,
+                    }
+                }
+                Ok(Err(LinkError::Unsent(e))) => {
+                    debug!(worker = key.id, error = %e, "unsent: retrying on another worker");
+                    self.metrics.retried(Retry::Unsent);
+                    avoid = Some(key);
+                    continue;
+                }
+                Ok(Err(error)) => error.into(),
+                Err(_elapsed) => return self.timed_out(key, &head),
+            };
+            if retry_ok && !retried {
+                retried = true;
+                debug!(worker = key.id, error = %error, "no answer: retrying once");
+                self.metrics.retried(Retry::NoResponse);
+                avoid = Some(key);
+                continue;
+            }
+            warn!(worker = key.id, error = %error, method = %head.method, path = %head.uri, "worker failed the request");
+            return answer(StatusCode::BAD_GATEWAY, "the worker failed to answer\n");
+        }
+        answer(
+            StatusCode::BAD_GATEWAY,
+            "no worker could take the request\n",
+        )
+    }
+
+    /// A worker's socket that refused a connection is marked broken; the
+    /// request goes to another worker (the key to avoid).
+    fn connect_failed(&self, key: Key, e: &ConnectError) -> Key {
+        if matches!(e, ConnectError::Refused(_)) {
+            self.backends.mark_broken(key);
+        }
+        debug!(worker = key.id, error = %e, "retrying on another worker");
+        self.metrics.retried(Retry::Connect);
+        key
+    }
+
+    /// No answer within `--request-timeout`: 504, and with
+    /// `--kill-stuck` the worker is replaced.
+    fn timed_out(&self, key: Key, head: &Head) -> Response<FrontBody> {
+        warn!(worker = key.id, method = %head.method, path = %head.uri, "request timed out");
+        if self.config.kill_stuck {
+            self.backends.mark_stuck(key);
+        }
+        answer(
+            StatusCode::GATEWAY_TIMEOUT,
+            "the worker did not answer in time\n",
         )
     }
 
@@ -416,15 +512,13 @@ impl Shared {
         sender: pool::Sender,
         started: Instant,
         client_side: Option<(hyper::upgrade::OnUpgrade, Option<ConnectionPlace>)>,
-    ) -> Result<Response<FrontBody>, hyper::Error> {
+    ) -> Result<Response<FrontBody>, BoxError> {
         let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
         let worker_side = switching.then(|| hyper::upgrade::on(&mut response));
-        let (mut parts, mut body) = response.into_parts();
-        // The client gets the front's HTTP version, as from nginx: a worker
-        // answering HTTP/1.0 would otherwise close every client connection.
-        parts.version = Version::HTTP_11;
-        headers::strip_hop_by_hop(&mut parts.headers, switching);
+        let (mut parts, body) = response.into_parts();
         if let (Some((client_side, connection)), Some(worker_side)) = (client_side, worker_side) {
+            parts.version = Version::HTTP_11;
+            headers::strip_hop_by_hop(&mut parts.headers, true);
             tokio::spawn(tunnel::run(
                 client_side,
                 worker_side,
@@ -434,9 +528,27 @@ impl Shared {
             drop(sender);
             return Ok(Response::from_parts(parts, FrontBody::empty()));
         }
+        self.relay(parts, WorkerBody::Hyper(body), place, Some(sender), started)
+            .await
+    }
+
+    /// A worker's answer on its way to the client, its body read ahead
+    /// (`response_body::read_ahead`).
+    async fn relay(
+        &self,
+        mut parts: hyper::http::response::Parts,
+        mut body: WorkerBody,
+        place: Place,
+        sender: Option<pool::Sender>,
+        started: Instant,
+    ) -> Result<Response<FrontBody>, BoxError> {
+        // The client gets the front's HTTP version, as from nginx: a worker
+        // answering HTTP/1.0 would otherwise close every client connection.
+        parts.version = Version::HTTP_11;
+        headers::strip_hop_by_hop(&mut parts.headers, false);
         let done = Done {
             place,
-            sender: Some(sender),
+            sender,
             pool: self.pool.clone(),
             metrics: self.metrics.clone(),
             started,

@@ -15,6 +15,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use super::backends::Place;
+use super::link::LinkBody;
 use super::metrics::Metrics;
 use super::pool::{Pool, Sender};
 use super::request_body::{full_frame, plus};
@@ -37,13 +38,52 @@ impl Done {
     }
 }
 
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A worker's answer body, as whichever way of speaking to it read it.
+pub enum WorkerBody {
+    Hyper(Incoming),
+    Link(LinkBody),
+}
+
+impl Body for WorkerBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            WorkerBody::Hyper(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(Into::into))),
+            WorkerBody::Link(body) => Pin::new(body).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            WorkerBody::Hyper(body) => body.is_end_stream(),
+            WorkerBody::Link(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            WorkerBody::Hyper(body) => body.size_hint(),
+            WorkerBody::Link(body) => body.size_hint(),
+        }
+    }
+}
+
 /// A response body on its way to the client.
 pub enum FrontBody {
     Full(Full<Bytes>),
     /// Frames already read from the worker, then the rest of its body.
     Proxied {
         ahead: VecDeque<Frame<Bytes>>,
-        body: Incoming,
+        body: WorkerBody,
         done: Option<Done>,
     },
 }
@@ -82,7 +122,7 @@ pub enum Ahead {
 /// read whole however long it takes to come, so a worker that dies
 /// before it has sent it has sent the client nothing, and the request
 /// can go elsewhere.
-pub async fn read_ahead(body: &mut Incoming) -> Result<Ahead, hyper::Error> {
+pub async fn read_ahead(body: &mut WorkerBody) -> Result<Ahead, BoxError> {
     let small = body
         .size_hint()
         .exact()
@@ -92,15 +132,14 @@ pub async fn read_ahead(body: &mut Incoming) -> Result<Ahead, hyper::Error> {
     // One wait for the whole read-ahead: a chunked body's last chunk
     // (Uvicorn writes it apart from the data) is taken in too, so the
     // client gets one write with a Content-Length.
-    let deadline = tokio::time::Instant::now() + READ_AHEAD_WAIT;
+    let deadline = (!small).then(|| tokio::time::Instant::now() + READ_AHEAD_WAIT);
     loop {
         if body.is_end_stream() {
             break;
         }
-        let next = if small {
-            Some(body.frame().await)
-        } else {
-            tokio::time::timeout_at(deadline, body.frame()).await.ok()
+        let next = match deadline {
+            None => Some(body.frame().await),
+            Some(deadline) => tokio::time::timeout_at(deadline, body.frame()).await.ok(),
         };
         match next {
             None => return Ok(Ahead::Partial(frames)),
@@ -115,6 +154,11 @@ pub async fn read_ahead(body: &mut Incoming) -> Result<Ahead, hyper::Error> {
                 }
             }
         }
+    }
+    // A body that came in one piece (most do) is sent on as it is.
+    if frames.len() <= 1 {
+        let data = frames.pop_front().and_then(|f| f.into_data().ok());
+        return Ok(Ahead::Whole(data.unwrap_or_default()));
     }
     let mut whole = bytes::BytesMut::with_capacity(size as usize);
     for frame in frames {
@@ -137,14 +181,14 @@ impl Done {
 
 impl Body for FrontBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
-            FrontBody::Full(full) => full_frame(full, cx),
+            FrontBody::Full(full) => full_frame(full, cx).map(|f| f.map(|r| r.map_err(Into::into))),
             FrontBody::Proxied { ahead, body, done } => {
                 if let Some(frame) = ahead.pop_front() {
                     return Poll::Ready(Some(Ok(frame)));
