@@ -41,7 +41,7 @@ use link::LinkError;
 pub use metrics::Metrics;
 use metrics::Retry;
 use pool::{ConnectError, Pool};
-use request_body::{BodyError, BodyLimits, Held, Outgoing};
+use request_body::{BodyError, BodyLimits, BoxError, Held, Outgoing};
 use response_body::{Ahead, Done, FrontBody, WorkerBody};
 pub use threads::FrontThreads;
 
@@ -73,8 +73,6 @@ const CLIENT_GONE: StatusCode = match StatusCode::from_u16(499) {
     Ok(code) => code,
     Err(_) => StatusCode::BAD_REQUEST,
 };
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// What every request handler shares.
 struct Shared {
@@ -318,12 +316,10 @@ impl Shared {
         let mut avoid = None;
         let mut retried = false;
         for _ in 0..MAX_ATTEMPTS {
-            let waited = Instant::now();
-            let place = match self.backends.acquire(avoid).await {
+            let place = match self.place(avoid).await {
                 Ok(p) => p,
-                Err(refusal) => return refused(refusal),
+                Err(no_place) => return no_place,
             };
-            self.metrics.observe_queue_wait(waited.elapsed());
             let key = place.key;
             let mut sender = match self.pool.checkout(key, &place.socket).await {
                 Ok(s) => s,
@@ -418,12 +414,10 @@ impl Shared {
         let mut avoid = None;
         let mut retried = false;
         for _ in 0..MAX_ATTEMPTS {
-            let waited = Instant::now();
-            let place = match self.backends.acquire(avoid).await {
+            let place = match self.place(avoid).await {
                 Ok(p) => p,
-                Err(refusal) => return refused(refusal),
+                Err(no_place) => return no_place,
             };
-            self.metrics.observe_queue_wait(waited.elapsed());
             let key = place.key;
             let mut link = match self.pool.checkout_link(key, &place.socket).await {
                 Ok(link) => link,
@@ -479,6 +473,15 @@ impl Shared {
             StatusCode::BAD_GATEWAY,
             "no worker could take the request\n",
         )
+    }
+
+    /// A worker's place for an attempt, the wait for it observed; the 503
+    /// when none comes.
+    async fn place(&self, avoid: Option<Key>) -> Result<Place, Response<FrontBody>> {
+        let waited = Instant::now();
+        let place = self.backends.acquire(avoid).await.map_err(refused)?;
+        self.metrics.observe_queue_wait(waited.elapsed());
+        Ok(place)
     }
 
     /// A worker's socket that refused a connection is marked broken; the

@@ -24,6 +24,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use super::backends::Key;
 use super::pool::Pool;
+use super::request_body::BoxError;
 
 /// A worker connection's socket, Unix or TCP.
 pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
@@ -331,8 +332,6 @@ fn encode(method: &Method, target: &str, headers: &HeaderMap, body: &[u8], out: 
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body);
 }
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A worker's answer body read from its [`Link`].
 pub struct LinkBody {

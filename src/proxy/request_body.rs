@@ -13,7 +13,8 @@ use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tower_http::timeout::{TimeoutBody, TimeoutError};
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// What a body on the request path fails with: each kind says its own.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// What a client may do with a request body.
 #[derive(Debug, Clone, Copy)]

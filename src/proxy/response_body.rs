@@ -18,7 +18,7 @@ use super::backends::Place;
 use super::link::LinkBody;
 use super::metrics::Metrics;
 use super::pool::{Pool, Sender};
-use super::request_body::{full_frame, plus};
+use super::request_body::{BoxError, full_frame, plus};
 
 /// What a finished exchange gives back.
 pub struct Done {
@@ -37,8 +37,6 @@ impl Done {
         self.metrics.observe_duration(self.started.elapsed());
     }
 }
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A worker's answer body, as whichever way of speaking to it read it.
 pub enum WorkerBody {
