@@ -8,8 +8,10 @@
 //! reset. The manager opens and closes workers in [`Backends`]; this
 //! module only moves requests.
 
+mod answers;
 pub mod backends;
 mod dispatched;
+mod head;
 pub mod headers;
 mod link;
 pub mod metrics;
@@ -26,7 +28,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
-use hyper::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper::{Method, Request, Response, StatusCode, Version};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
@@ -34,14 +36,16 @@ use tracing::{debug, warn};
 use crate::config::ProxyConfig;
 use crate::http::framing;
 use crate::http::server::{self, ConnectionPlace, Limits, Listener, Peer};
+use answers::{answer, body_refused, refused};
+use backends::Place;
 pub use backends::{Backends, Key, Load};
-use backends::{Place, Refusal};
 use dispatched::Dispatched;
+use head::Head;
 use link::LinkError;
 pub use metrics::Metrics;
 use metrics::Retry;
 use pool::{ConnectError, Pool};
-use request_body::{BodyError, BodyLimits, BoxError, Held, Outgoing};
+use request_body::{BodyError, BodyLimits, BoxError, Held};
 use response_body::{Ahead, Done, FrontBody, WorkerBody};
 pub use threads::FrontThreads;
 
@@ -162,16 +166,6 @@ impl Front {
     }
 }
 
-fn answer(status: StatusCode, text: &'static str) -> Response<FrontBody> {
-    let mut r = Response::new(FrontBody::full(text));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    r
-}
-
 /// RFC 9110's idempotent methods: sending one twice means what sending it
 /// once does.
 fn idempotent(method: &Method) -> bool {
@@ -179,68 +173,6 @@ fn idempotent(method: &Method) -> bool {
         *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
     )
-}
-
-/// The head of a request as it goes to a worker, kept to build each attempt.
-struct Head {
-    method: Method,
-    uri: Uri,
-    headers: hyper::HeaderMap,
-}
-
-impl Head {
-    /// A client's request head as a worker gets it: the target in origin
-    /// form, `Host` from an HTTP/2 request's authority, hop-by-hop fields
-    /// gone and the forwarded fields set.
-    fn for_worker(
-        mut parts: hyper::http::request::Parts,
-        peer: Peer,
-        upgrade: bool,
-        allow: &crate::values::AllowIps,
-    ) -> Head {
-        // The target's authority wins over Host: RFC 9112 3.2.2 for an
-        // absolute-form target, RFC 9113 8.3.1 for HTTP/2's :authority.
-        if let Some(authority) = parts.uri.authority()
-            && let Some(host) = authority.as_str().rsplit('@').next()
-            && let Ok(host) = HeaderValue::from_str(host)
-        {
-            parts.headers.insert(header::HOST, host);
-        }
-        if parts.version == Version::HTTP_2 {
-            headers::join_cookie_crumbs(&mut parts.headers);
-        }
-        let uri = if parts.uri.scheme().is_none() && parts.uri.authority().is_none() {
-            // Already in origin form, as HTTP/1.1 clients send it.
-            parts.uri
-        } else {
-            parts.uri.path_and_query().map_or_else(
-                || Uri::from_static("/"),
-                |pq| Uri::try_from(pq.as_str()).unwrap_or_else(|_| Uri::from_static("/")),
-            )
-        };
-        let mut head = Head {
-            method: parts.method,
-            uri,
-            headers: parts.headers,
-        };
-        headers::strip_hop_by_hop(&mut head.headers, upgrade);
-        headers::set_forwarded(
-            &mut head.headers,
-            peer.addr.map(|a| a.ip()),
-            peer.tls,
-            allow,
-        );
-        head
-    }
-
-    fn request(&self, body: Outgoing) -> Request<Outgoing> {
-        let mut req = Request::new(body);
-        *req.method_mut() = self.method.clone();
-        *req.uri_mut() = self.uri.clone();
-        *req.version_mut() = Version::HTTP_11;
-        *req.headers_mut() = self.headers.clone();
-        req
-    }
 }
 
 impl Shared {
@@ -576,30 +508,6 @@ impl Shared {
     }
 }
 
-/// The answer to a body the client got wrong: too large (413), too slow
-/// (408) or malformed (400); the connection is closed, as nginx does,
-/// since the rest of the body is not read.
-fn body_refused(e: &BodyError) -> Response<FrontBody> {
-    let (status, text) = match e {
-        BodyError::TooLarge => (
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "the request body is larger than this server takes\n",
-        ),
-        BodyError::TimedOut => (
-            StatusCode::REQUEST_TIMEOUT,
-            "the request body came too slowly\n",
-        ),
-        BodyError::Read(_) => (
-            StatusCode::BAD_REQUEST,
-            "the request body could not be read\n",
-        ),
-    };
-    let mut r = answer(status, text);
-    r.headers_mut()
-        .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    r
-}
-
 /// A failed exchange whose cause is the client's body (streamed past the
 /// read-ahead), not the worker.
 fn client_fault(e: &hyper::Error) -> Option<&BodyError> {
@@ -611,17 +519,4 @@ fn client_fault(e: &hyper::Error) -> Option<&BodyError> {
         source = s.source();
     }
     None
-}
-
-fn refused(refusal: Refusal) -> Response<FrontBody> {
-    let mut r = answer(
-        StatusCode::SERVICE_UNAVAILABLE,
-        match refusal {
-            Refusal::QueueFull => "too many requests are waiting for a worker\n",
-            Refusal::Timeout => "no worker was free in time\n",
-        },
-    );
-    r.headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-    r
 }

@@ -10,21 +10,24 @@
 //! still goes through hyper's client (`pool::Sender`), which writes a body
 //! as it comes and hands over the connection of a `101`.
 
+mod body;
+mod framing;
+
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker, ready};
+use std::task::{Context, Poll, Waker};
 
-use bytes::{Buf, Bytes, BytesMut};
-use hyper::body::{Body, Frame, SizeHint};
+use bytes::{Buf, BytesMut};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, StatusCode, Version, http::response};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use super::backends::Key;
 use super::pool::Pool;
-use super::request_body::BoxError;
+pub use body::LinkBody;
+use framing::{Framing, framing};
 
 /// A worker connection's socket, Unix or TCP.
 pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
@@ -52,6 +55,14 @@ pub struct Link {
     spans: Vec<[usize; 4]>,
     /// The request being sent, kept for the same reason.
     out: Vec<u8>,
+}
+
+/// An answer's head, with how its body ends and whether the connection
+/// can carry another request after it.
+struct Head {
+    parts: response::Parts,
+    framing: Framing,
+    keep_alive: bool,
 }
 
 /// Why an exchange failed.
@@ -121,15 +132,9 @@ impl Link {
     ) -> Result<(response::Parts, LinkBody), LinkError> {
         self.send().await?;
         loop {
-            if let Some((parts, framing, keep_alive)) = self.parse_head(method)? {
-                let mut body = LinkBody {
-                    link: Some(self),
-                    framing,
-                    keep_alive,
-                    home: Some(home),
-                };
-                body.finish_if_done();
-                return Ok((parts, body));
+            if let Some(head) = self.parse_head(method)? {
+                let body = LinkBody::new(self, head.framing, head.keep_alive, home);
+                return Ok((head.parts, body));
             }
             if self.buf.len() >= MAX_HEAD {
                 return Err(LinkError::Malformed("the answer's head is too large"));
@@ -159,11 +164,7 @@ impl Link {
 
     /// The answer's head if the buffer holds all of it; a `1xx` before
     /// it is passed over, as hyper's client does.
-    #[allow(clippy::type_complexity)]
-    fn parse_head(
-        &mut self,
-        method: &Method,
-    ) -> Result<Option<(response::Parts, Framing, bool)>, LinkError> {
+    fn parse_head(&mut self, method: &Method) -> Result<Option<Head>, LinkError> {
         loop {
             // Uninitialised: zeroing room for every field cost more than
             // the parse.
@@ -225,90 +226,13 @@ impl Link {
             parts.status = status;
             parts.version = version;
             parts.headers = headers;
-            return Ok(Some((parts, framing, keep_alive)));
+            return Ok(Some(Head {
+                parts,
+                framing,
+                keep_alive,
+            }));
         }
     }
-}
-
-/// How an answer's body ends (RFC 9112, 6.3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Framing {
-    /// No body, or all of it read.
-    Done,
-    /// This many bytes still to come.
-    Length(u64),
-    Chunked(Chunk),
-    /// Everything up to the close.
-    Close,
-}
-
-/// Where a chunked body's reading stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Chunk {
-    Size,
-    Data(u64),
-    DataEnd,
-    Trailers,
-}
-
-/// The framing of an answer to `method`, and whether the connection can
-/// carry another request after it.
-pub fn framing(
-    method: &Method,
-    status: StatusCode,
-    version: Version,
-    headers: &HeaderMap,
-) -> Result<(Framing, bool), &'static str> {
-    let mut keep_alive = version == Version::HTTP_11;
-    for value in headers.get_all(header::CONNECTION) {
-        for token in value.as_bytes().split(|&b| b == b',') {
-            let token = token.trim_ascii();
-            if token.eq_ignore_ascii_case(b"close") {
-                keep_alive = false;
-            } else if token.eq_ignore_ascii_case(b"keep-alive") && version == Version::HTTP_10 {
-                keep_alive = true;
-            }
-        }
-    }
-    if *method == Method::HEAD
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-    {
-        return Ok((Framing::Done, keep_alive));
-    }
-    let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter().peekable();
-    if codings.peek().is_some() {
-        let chunked = codings
-            .last()
-            .and_then(|v| v.as_bytes().rsplit(|&b| b == b',').next())
-            .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        // With a Content-Length beside it, the length is ignored and the
-        // connection not reused (RFC 9112, 6.3, 3).
-        let reuse = keep_alive && !headers.contains_key(header::CONTENT_LENGTH);
-        return Ok(if chunked {
-            (Framing::Chunked(Chunk::Size), reuse)
-        } else {
-            (Framing::Close, false)
-        });
-    }
-    let mut length = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        for part in value.as_bytes().split(|&b| b == b',') {
-            let n = std::str::from_utf8(part.trim_ascii())
-                .ok()
-                .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|s| s.parse::<u64>().ok())
-                .ok_or("the Content-Length is not a number")?;
-            if length.is_some_and(|l| l != n) {
-                return Err("two different Content-Lengths");
-            }
-            length = Some(n);
-        }
-    }
-    Ok(match length {
-        Some(n) => (Framing::Length(n), keep_alive),
-        None => (Framing::Close, false),
-    })
 }
 
 fn encode(method: &Method, target: &str, headers: &HeaderMap, body: &[u8], out: &mut Vec<u8>) {
@@ -333,199 +257,12 @@ fn encode(method: &Method, target: &str, headers: &HeaderMap, body: &[u8], out: 
     out.extend_from_slice(body);
 }
 
-/// A worker's answer body read from its [`Link`].
-pub struct LinkBody {
-    /// Boxed: a connection lives longer than any one answer, and the
-    /// answer's body is moved on its way to the client.
-    link: Option<Box<Link>>,
-    framing: Framing,
-    keep_alive: bool,
-    home: Option<(Arc<Pool>, Key)>,
-}
-
-impl LinkBody {
-    /// Gives the connection back once the body is all read, so that the
-    /// one that reads the last byte does not also have to ask for the end.
-    fn finish_if_done(&mut self) {
-        if self.framing != Framing::Done {
-            return;
-        }
-        if let (Some(link), Some((pool, key))) = (self.link.take(), self.home.take())
-            && self.keep_alive
-            && link.buf.is_empty()
-        {
-            pool.checkin_link(key, link);
-        }
-    }
-
-    fn data(&mut self, n: usize) -> Frame<Bytes> {
-        let link = self
-            .link
-            .as_mut()
-            .expect("a body being read holds its link");
-        Frame::data(link.buf.split_to(n).freeze())
-    }
-
-    /// The next step of the body: a frame, its end, or more to read.
-    fn step(&mut self) -> Result<Option<Frame<Bytes>>, &'static str> {
-        let Some(link) = self.link.as_mut() else {
-            return Ok(None);
-        };
-        let buffered = link.buf.len();
-        match self.framing {
-            Framing::Done => Ok(None),
-            Framing::Length(left) if buffered > 0 => {
-                let n = buffered.min(usize::try_from(left).unwrap_or(usize::MAX));
-                self.framing = Framing::Length(left - n as u64);
-                if left == n as u64 {
-                    self.framing = Framing::Done;
-                }
-                let frame = self.data(n);
-                self.finish_if_done();
-                Ok(Some(frame))
-            }
-            Framing::Close if buffered > 0 => Ok(Some(self.data(buffered))),
-            Framing::Chunked(chunk) => self.chunk_step(chunk),
-            Framing::Length(_) | Framing::Close => Ok(None),
-        }
-    }
-
-    fn chunk_step(&mut self, chunk: Chunk) -> Result<Option<Frame<Bytes>>, &'static str> {
-        let link = self
-            .link
-            .as_mut()
-            .expect("a body being read holds its link");
-        let buf = &mut link.buf;
-        match chunk {
-            Chunk::Size | Chunk::Trailers => {
-                let Some(end) = buf.windows(2).position(|w| w == b"\r\n") else {
-                    if buf.len() > MAX_CHUNK_LINE {
-                        return Err("a chunk line is too long");
-                    }
-                    return Ok(None);
-                };
-                let line = buf.split_to(end + 2);
-                let line = &line[..end];
-                self.framing = if chunk == Chunk::Trailers {
-                    // Trailer fields end here, as nginx drops them.
-                    if line.is_empty() {
-                        Framing::Done
-                    } else {
-                        Framing::Chunked(Chunk::Trailers)
-                    }
-                } else {
-                    match chunk_size(line)? {
-                        0 => Framing::Chunked(Chunk::Trailers),
-                        n => Framing::Chunked(Chunk::Data(n)),
-                    }
-                };
-                self.finish_if_done();
-                self.step()
-            }
-            Chunk::Data(left) => {
-                if buf.is_empty() {
-                    return Ok(None);
-                }
-                let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-                self.framing = Framing::Chunked(if left == n as u64 {
-                    Chunk::DataEnd
-                } else {
-                    Chunk::Data(left - n as u64)
-                });
-                Ok(Some(self.data(n)))
-            }
-            Chunk::DataEnd => {
-                if buf.len() < 2 {
-                    return Ok(None);
-                }
-                if &buf[..2] != b"\r\n" {
-                    return Err("a chunk does not end with CRLF");
-                }
-                buf.advance(2);
-                self.framing = Framing::Chunked(Chunk::Size);
-                self.step()
-            }
-        }
-    }
-}
-
-/// A chunk-size line's size: hex digits, then extensions after `;`.
-fn chunk_size(line: &[u8]) -> Result<u64, &'static str> {
-    let digits = line
-        .split(|&b| b == b';')
-        .next()
-        .unwrap_or_default()
-        .trim_ascii();
-    if digits.is_empty() || digits.len() > 16 || !digits.iter().all(u8::is_ascii_hexdigit) {
-        return Err("a chunk size is not hexadecimal");
-    }
-    let text = std::str::from_utf8(digits).map_err(|_| "a chunk size is not hexadecimal")?;
-    u64::from_str_radix(text, 16).map_err(|_| "a chunk size is not hexadecimal")
-}
-
-impl Body for LinkBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.get_mut();
-        loop {
-            match this.step() {
-                Ok(Some(frame)) => return Poll::Ready(Some(Ok(frame))),
-                Err(why) => {
-                    this.link = None;
-                    return Poll::Ready(Some(Err(LinkError::Malformed(why).into())));
-                }
-                Ok(None) => {}
-            }
-            let Some(link) = this.link.as_mut() else {
-                return Poll::Ready(None);
-            };
-            if this.framing == Framing::Done {
-                return Poll::Ready(None);
-            }
-            match ready!(link.poll_fill(cx)) {
-                Ok(0) if this.framing == Framing::Close => {
-                    this.framing = Framing::Done;
-                    this.link = None;
-                    return Poll::Ready(None);
-                }
-                Ok(0) => {
-                    this.link = None;
-                    let eof = io::Error::from(io::ErrorKind::UnexpectedEof);
-                    return Poll::Ready(Some(Err(LinkError::NoAnswer(eof).into())));
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    this.link = None;
-                    return Poll::Ready(Some(Err(LinkError::NoAnswer(e).into())));
-                }
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.framing == Framing::Done
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self.framing {
-            Framing::Done => SizeHint::with_exact(0),
-            Framing::Length(n) => SizeHint::with_exact(n),
-            _ => SizeHint::default(),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use tokio::io::AsyncReadExt;
 
-    fn fields(pairs: &[(&str, &str)]) -> HeaderMap {
+    pub(super) fn fields(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut map = HeaderMap::new();
         for (k, v) in pairs {
             map.append(
@@ -537,102 +274,10 @@ mod tests {
     }
 
     #[test]
-    fn framing_follows_rfc_9112() {
-        let get = Method::GET;
-        let ok = StatusCode::OK;
-        let v11 = Version::HTTP_11;
-        let f = |m: &Method, s: StatusCode, v: Version, h: &[(&str, &str)]| {
-            framing(m, s, v, &fields(h))
-        };
-        assert_eq!(
-            f(&get, ok, v11, &[("content-length", "5")]),
-            Ok((Framing::Length(5), true))
-        );
-        assert_eq!(
-            f(&get, ok, v11, &[("content-length", "5, 5")]),
-            Ok((Framing::Length(5), true))
-        );
-        assert!(
-            f(
-                &get,
-                ok,
-                v11,
-                &[("content-length", "5"), ("content-length", "6")]
-            )
-            .is_err()
-        );
-        assert!(f(&get, ok, v11, &[("content-length", "+5")]).is_err());
-        assert_eq!(
-            f(&Method::HEAD, ok, v11, &[("content-length", "5")]),
-            Ok((Framing::Done, true))
-        );
-        assert_eq!(
-            f(&get, StatusCode::NO_CONTENT, v11, &[]),
-            Ok((Framing::Done, true))
-        );
-        assert_eq!(
-            f(
-                &get,
-                StatusCode::NOT_MODIFIED,
-                v11,
-                &[("content-length", "9")]
-            ),
-            Ok((Framing::Done, true))
-        );
-        assert_eq!(
-            f(&get, ok, v11, &[("transfer-encoding", "gzip, chunked")]),
-            Ok((Framing::Chunked(Chunk::Size), true))
-        );
-        assert_eq!(
-            f(
-                &get,
-                ok,
-                v11,
-                &[("transfer-encoding", "chunked"), ("content-length", "3")]
-            ),
-            Ok((Framing::Chunked(Chunk::Size), false)),
-            "a length beside chunked is ignored, and the connection not reused"
-        );
-        assert_eq!(
-            f(&get, ok, v11, &[("transfer-encoding", "gzip")]),
-            Ok((Framing::Close, false))
-        );
-        assert_eq!(f(&get, ok, v11, &[]), Ok((Framing::Close, false)));
-        assert_eq!(
-            f(
-                &get,
-                ok,
-                v11,
-                &[("connection", "close"), ("content-length", "1")]
-            ),
-            Ok((Framing::Length(1), false))
-        );
-        assert_eq!(
-            f(&get, ok, Version::HTTP_10, &[("content-length", "1")]),
-            Ok((Framing::Length(1), false))
-        );
-        assert_eq!(
-            f(
-                &get,
-                ok,
-                Version::HTTP_10,
-                &[("connection", "Keep-Alive"), ("content-length", "1")]
-            ),
-            Ok((Framing::Length(1), true))
-        );
-    }
-
-    #[test]
     fn a_request_gets_a_length_for_its_body_unless_it_has_one() {
         let mut out = Vec::new();
         let h = fields(&[("host", "a")]);
-        encode(
-            &Method::POST,
-            "/x?y",
-            &h,
-            &Bytes::from_static(b"hi"),
-            &mut out,
-        );
+        encode(&Method::POST, "/x?y", &h, b"hi", &mut out);
         assert_eq!(
             out,
             b"POST /x?y HTTP/1.1\r\nhost: a\r\ncontent-length: 2\r\n\r\nhi"
