@@ -114,12 +114,10 @@ impl Body for Outgoing {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
-            Outgoing::Full(full) => full_frame(full, cx).map(|f| f.map(|r| r.map_err(Into::into))),
+            Outgoing::Full(full) => boxed_frame(full, cx),
             Outgoing::Stream(ahead, body) => match ahead.take() {
                 Some(b) => Poll::Ready(Some(Ok(Frame::data(b)))),
-                None => Pin::new(body)
-                    .poll_frame(cx)
-                    .map(|f| f.map(|r| r.map_err(Into::into))),
+                None => boxed_frame(body, cx),
             },
         }
     }
@@ -142,14 +140,18 @@ impl Body for Outgoing {
     }
 }
 
-/// A whole body's next frame: `Full` cannot fail.
-pub(super) fn full_frame(
-    full: &mut Full<Bytes>,
+/// A body's next frame, its error boxed: the bodies on the request path
+/// each fail their own way, and hyper takes any boxed error.
+pub(super) fn boxed_frame<B>(
+    body: &mut B,
     cx: &mut Context<'_>,
-) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-    Pin::new(full)
+) -> Poll<Option<Result<Frame<Bytes>, BoxError>>>
+where
+    B: Body<Data = Bytes, Error: Into<BoxError>> + Unpin,
+{
+    Pin::new(body)
         .poll_frame(cx)
-        .map(|frame| frame.map(|f| f.map_err(|never| match never {})))
+        .map(|frame| frame.map(|f| f.map_err(Into::into)))
 }
 
 /// `hint` with `extra` bytes read ahead put back in front.

@@ -18,7 +18,7 @@ use super::backends::Place;
 use super::link::LinkBody;
 use super::metrics::Metrics;
 use super::pool::{Pool, Sender};
-use super::request_body::{BoxError, full_frame, plus};
+use super::request_body::{BoxError, boxed_frame, plus};
 
 /// What a finished exchange gives back.
 pub struct Done {
@@ -53,9 +53,7 @@ impl Body for WorkerBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
-            WorkerBody::Hyper(body) => Pin::new(body)
-                .poll_frame(cx)
-                .map(|f| f.map(|r| r.map_err(Into::into))),
+            WorkerBody::Hyper(body) => boxed_frame(body, cx),
             WorkerBody::Link(body) => Pin::new(body).poll_frame(cx),
         }
     }
@@ -186,7 +184,7 @@ impl Body for FrontBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
-            FrontBody::Full(full) => full_frame(full, cx).map(|f| f.map(|r| r.map_err(Into::into))),
+            FrontBody::Full(full) => boxed_frame(full, cx),
             FrontBody::Proxied { ahead, body, done } => {
                 if let Some(frame) = ahead.pop_front() {
                     return Poll::Ready(Some(Ok(frame)));
