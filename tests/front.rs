@@ -947,14 +947,20 @@ fn idle_keep_alive_connections_cost_the_front_at_most_12_kb_each() {
     drop(idle_connections(c.http, 1));
     let before = rss_kib(pid);
     let mut held = idle_connections(c.http, IDLE);
-    std::thread::sleep(PARKED);
-    let after = rss_kib(pid);
-    let kb_each = after.saturating_sub(before) as f64 * 1024.0 / IDLE as f64 / 1000.0;
-    eprintln!("{IDLE} idle connections: {before} KiB -> {after} KiB, {kb_each:.1} KB each");
-    assert!(
-        kb_each <= 12.0,
-        "{kb_each:.1} KB per idle connection ({before} KiB -> {after} KiB)"
-    );
+    // The last connections opened are parked 50 ms after their answer:
+    // their buffers count until then, however slow the machine.
+    eventually("12 KB or less per idle connection", SETTLE, || {
+        let after = rss_kib(pid);
+        let kb_each = after.saturating_sub(before) as f64 * 1024.0 / IDLE as f64 / 1000.0;
+        eprintln!("{IDLE} idle connections: {before} KiB -> {after} KiB, {kb_each:.1} KB each");
+        if kb_each <= 12.0 {
+            Ok(())
+        } else {
+            Err(format!(
+                "{kb_each:.1} KB each ({before} KiB -> {after} KiB)"
+            ))
+        }
+    });
     for (i, s) in held.iter_mut().take(3).enumerate() {
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         served_after_parking(s, &format!("connection {i}"));
