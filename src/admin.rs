@@ -10,9 +10,9 @@ pub mod openapi;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::http::server::RequestBody;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
 use hyper::header::{ALLOW, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use hyper::{Request, Response, StatusCode};
 use serde::Serialize;
@@ -90,7 +90,7 @@ const ROUTES: &[(&str, &str, Route)] = &[
     ("/openapi.json", "GET", Route::OpenApi),
 ];
 
-async fn handle(state: Arc<AdminState>, req: Request<Incoming>) -> Resp {
+async fn handle(state: Arc<AdminState>, req: Request<RequestBody>) -> Resp {
     let path = req.uri().path().trim_end_matches('/').to_string();
     let method = req.method().clone();
     let route = ROUTES
@@ -206,7 +206,7 @@ fn readyz(state: &AdminState) -> Resp {
     clippy::result_large_err,
     reason = "the error is the reply, built once per request"
 )]
-fn authorize(state: &AdminState, req: &Request<Incoming>) -> Result<(), Resp> {
+fn authorize(state: &AdminState, req: &Request<RequestBody>) -> Result<(), Resp> {
     let Some(token) = &state.token else {
         return Err(error(
             StatusCode::FORBIDDEN,
@@ -236,7 +236,7 @@ fn authorize(state: &AdminState, req: &Request<Incoming>) -> Result<(), Resp> {
     clippy::result_large_err,
     reason = "the error is the reply, built once per request"
 )]
-async fn read_body(req: Request<Incoming>) -> Result<Bytes, Resp> {
+async fn read_body(req: Request<RequestBody>) -> Result<Bytes, Resp> {
     match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(b) => Ok(b.to_bytes()),
         Err(_) => Err(error(
@@ -283,7 +283,7 @@ async fn ask(
     }
 }
 
-async fn scale(state: &AdminState, req: Request<Incoming>) -> Resp {
+async fn scale(state: &AdminState, req: Request<RequestBody>) -> Resp {
     if let Err(r) = authorize(state, &req) {
         return r;
     }
@@ -320,7 +320,7 @@ fn parse_scale_request(body: &[u8]) -> Result<ScaleRequest, (StatusCode, String)
         })
 }
 
-async fn restart(state: &AdminState, req: Request<Incoming>) -> Resp {
+async fn restart(state: &AdminState, req: Request<RequestBody>) -> Resp {
     if let Err(r) = authorize(state, &req) {
         return r;
     }

@@ -122,7 +122,7 @@ async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
     let (stop_http, http_stopped) = tokio::sync::watch::channel(false);
     let server = {
         let (health, metrics) = (health.clone(), metrics.clone());
-        let handle = move |req: Request<hyper::body::Incoming>, _| {
+        let handle = move |req: Request<crate::http::server::RequestBody>, _| {
             let answer = route(req.uri().path(), &health, &metrics);
             async move { answer }
         };

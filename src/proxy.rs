@@ -35,7 +35,7 @@ use tracing::{debug, warn};
 
 use crate::config::ProxyConfig;
 use crate::http::framing;
-use crate::http::server::{self, ConnectionPlace, Limits, Listener, Peer};
+use crate::http::server::{self, ConnectionPlace, Limits, Listener, Peer, RequestBody};
 use answers::{answer, body_refused, refused};
 use backends::Place;
 pub use backends::{Backends, Key, Load};
@@ -183,7 +183,7 @@ impl Shared {
         }
     }
 
-    async fn handle(&self, req: Request<Incoming>, peer: Peer) -> Response<FrontBody> {
+    async fn handle(&self, req: Request<RequestBody>, peer: Peer) -> Response<FrontBody> {
         let started = Instant::now();
         let mut counted = Counted {
             metrics: &self.metrics,
@@ -204,7 +204,7 @@ impl Shared {
 
     async fn forward(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<RequestBody>,
         peer: Peer,
         started: Instant,
     ) -> Response<FrontBody> {

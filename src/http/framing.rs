@@ -4,22 +4,22 @@
 //! refuses differing duplicate `Content-Length`s, bad chunk sizes and
 //! obsolete line folding; it accepts `Content-Length` together with
 //! `Transfer-Encoding` (the chunked framing wins, as RFC 9112 allows) and
-//! identical duplicate `Content-Length`s. [`Watch`] reads the bytes as they
-//! pass (heads, then body lengths, chunk by chunk, to find the next head)
-//! and records a verdict per request in order; the server hands each
-//! request its verdict, and the front answers an ambiguous one 400 without
-//! forwarding it. The same reading tells when each request head began, for
-//! the header timeout of a keep-alive connection's later requests.
+//! identical duplicate `Content-Length`s. A [`Feed`] reads the bytes as
+//! they pass to hyper (heads, then body lengths, chunk by chunk, to find
+//! the next head) and records a verdict per request in order; the server
+//! hands each request hyper parses its verdict, and the front answers an
+//! ambiguous one 400 without forwarding it. The same reading tells when
+//! each request head began, for the header timeout of a keep-alive
+//! connection's later requests. (A request the server parses itself came
+//! whole in one read, with no duplicate length and no chunked body.)
 
 use std::collections::VecDeque;
 use std::future::Future;
-use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 /// The largest request head (request line and headers) taken, in bytes;
@@ -280,7 +280,7 @@ impl Reader {
     }
 }
 
-/// What a [`Watch`] shares with its [`Verdicts`].
+/// What a [`Feed`] shares with its [`Verdicts`].
 #[derive(Default)]
 struct Seen {
     reader: Reader,
@@ -289,25 +289,31 @@ struct Seen {
     head: Option<(u64, Instant)>,
 }
 
-/// A connection's read side, watched by a [`Reader`] when `active`
-/// (servers that are not a front pass their bytes straight through).
-pub struct Watch<T> {
-    inner: T,
-    seen: Arc<Mutex<Seen>>,
-    active: bool,
+/// Where a connection's bytes for hyper are read by a [`Reader`]: the
+/// server's own plain requests are parsed whole and judged where they are
+/// parsed (see `server::plain`), so only what hyper reads is fed here.
+#[derive(Clone)]
+pub struct Feed(Arc<Mutex<Seen>>);
+
+/// A connection's [`Feed`] and its [`Verdicts`].
+pub fn watch() -> (Feed, Verdicts) {
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    (Feed(seen.clone()), Verdicts(seen))
 }
 
-impl<T> Watch<T> {
-    pub fn new(inner: T, active: bool) -> (Watch<T>, Verdicts) {
-        let seen = Arc::new(Mutex::new(Seen::default()));
-        (
-            Watch {
-                inner,
-                seen: seen.clone(),
-                active,
-            },
-            Verdicts(seen),
-        )
+impl Feed {
+    /// Takes the next bytes hyper reads.
+    pub fn bytes(&self, new: &[u8]) {
+        if new.is_empty() {
+            return;
+        }
+        let mut seen = lock(&self.0);
+        seen.reader.feed(new);
+        seen.head = match (seen.reader.head_in_progress(), seen.head) {
+            (Some(n), Some((m, since))) if n == m => Some((m, since)),
+            (Some(n), _) => Some((n, Instant::now())),
+            (None, _) => None,
+        };
     }
 }
 
@@ -375,62 +381,6 @@ impl Future for HeadPast<'_> {
             sleep.as_mut().reset(deadline);
         }
         sleep.as_mut().poll(cx)
-    }
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Watch<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if self.active
-            && let Poll::Ready(Ok(())) = polled
-        {
-            let new = &buf.filled()[before..];
-            if !new.is_empty() {
-                let mut seen = lock(&self.seen);
-                seen.reader.feed(new);
-                seen.head = match (seen.reader.head_in_progress(), seen.head) {
-                    (Some(n), Some((m, since))) if n == m => Some((m, since)),
-                    (Some(n), _) => Some((n, Instant::now())),
-                    (None, _) => None,
-                };
-            }
-        }
-        polled
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Watch<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
     }
 }
 

@@ -11,7 +11,6 @@
 //! front), an HTTP/1.1 connection waiting for its next request holds only
 //! its socket (the `session` module).
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -21,7 +20,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use hyper::body::{Body, Incoming};
+use hyper::body::Body;
 use hyper::server::conn::{http1, http2};
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -33,9 +32,12 @@ use tracing::{debug, warn};
 use super::activity::{Activity, Registration, Registry, Tracked};
 use super::framing::{self, MAX_HEAD_BYTES, MAX_HEADERS};
 use super::tls::Certs;
+pub use body::RequestBody;
 use session::{Event, Protocols, Session};
 
+mod body;
 mod lent;
+mod plain;
 mod session;
 
 /// How much one server takes on, and how it lets go.
@@ -148,9 +150,10 @@ pub struct ConnectionPlace {
 }
 
 /// What a handler may answer with: any body of bytes (a full one, or the
-/// proxy's stream from a worker).
-pub trait ResponseBody: Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static {}
-impl<B: Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static> ResponseBody for B {}
+/// proxy's stream from a worker). Unpin, so that the server holds it
+/// where it is rather than in a box of its own.
+pub trait ResponseBody: Body<Data = Bytes, Error: Into<BoxError>> + Send + Unpin + 'static {}
+impl<B: Body<Data = Bytes, Error: Into<BoxError>> + Send + Unpin + 'static> ResponseBody for B {}
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -166,7 +169,7 @@ pub async fn serve<F, Fut, B>(
     handle: F,
     mut shutdown: watch::Receiver<bool>,
 ) where
-    F: Fn(Request<Incoming>, Peer) -> Fut + Clone + Unpin + Send + Sync + 'static,
+    F: Fn(Request<RequestBody>, Peer) -> Fut + Clone + Unpin + Send + Sync + 'static,
     Fut: Future<Output = Response<B>> + Send + 'static,
     B: ResponseBody,
     B::Data: Send,
@@ -354,7 +357,14 @@ fn protocols(limits: &Limits) -> Protocols {
             .keep_alive_timeout(Duration::from_secs(20));
         http2
     });
-    Protocols { http1, http2 }
+    // The framing reader times a head out and refuses an ambiguous one,
+    // whichever answers the request: with it, plain requests need no hyper.
+    let plain = limits.strict_framing.then_some(limits.max_headers);
+    Protocols {
+        http1,
+        plain,
+        http2,
+    }
 }
 
 async fn connection<F, Fut, B>(
@@ -364,7 +374,7 @@ async fn connection<F, Fut, B>(
     protocols: Arc<Protocols>,
     shutdown: watch::Receiver<bool>,
 ) where
-    F: Fn(Request<Incoming>, Peer) -> Fut + Clone + Unpin + Send + Sync + 'static,
+    F: Fn(Request<RequestBody>, Peer) -> Fut + Clone + Unpin + Send + Sync + 'static,
     Fut: Future<Output = Response<B>> + Send + 'static,
     B: ResponseBody,
 {
@@ -418,7 +428,7 @@ struct Served<'a> {
 
 async fn serve_tls<F, Fut, B>(s: TcpStream, certs: Arc<Certs>, handle: F, served: Served<'_>)
 where
-    F: Fn(Request<Incoming>, Peer) -> Fut + Clone + Unpin + Send + Sync + 'static,
+    F: Fn(Request<RequestBody>, Peer) -> Fut + Clone + Unpin + Send + Sync + 'static,
     Fut: Future<Output = Response<B>> + Send + 'static,
     B: ResponseBody,
 {
@@ -447,7 +457,7 @@ where
 async fn serve_io<S, F, Fut, B>(stream: S, peer: Peer, handle: F, served: Served<'_>)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    F: Fn(Request<Incoming>, Peer) -> Fut + Clone + Unpin + Send + Sync + 'static,
+    F: Fn(Request<RequestBody>, Peer) -> Fut + Clone + Unpin + Send + Sync + 'static,
     Fut: Future<Output = Response<B>> + Send + 'static,
     B: ResponseBody,
 {
@@ -459,27 +469,34 @@ where
         mut shutdown,
     } = served;
     let strict = limits.strict_framing;
-    let (stream, verdicts) = framing::Watch::new(stream, strict);
+    let (feed, verdicts) = framing::watch();
     let heads = verdicts.clone();
     let requested = Arc::new(Notify::new());
     let service = {
         let requested = requested.clone();
         let activity = activity.clone();
         let place = place.clone();
-        hyper::service::service_fn(move |mut req: Request<Incoming>| {
+        move |mut req: Request<RequestBody>| {
             requested.notify_one();
             let in_flight = activity.begin();
             if req.headers().contains_key(hyper::header::UPGRADE) {
                 req.extensions_mut().insert(place.clone());
             }
-            if strict && req.version() != hyper::Version::HTTP_2 && verdicts.next_is_ambiguous() {
+            // Only what hyper parsed has a verdict: a plain request is
+            // never ambiguous.
+            let parsed_by_hyper = matches!(req.body(), RequestBody::Incoming(_));
+            if strict
+                && parsed_by_hyper
+                && req.version() != hyper::Version::HTTP_2
+                && verdicts.next_is_ambiguous()
+            {
                 req.extensions_mut().insert(framing::Ambiguous);
             }
             let answer = handle(req, peer);
-            async move { Ok::<_, Infallible>(answer.await.map(|b| Tracked::new(b, in_flight))) }
-        })
+            async move { answer.await.map(|b| Tracked::new(b, in_flight)) }
+        }
     };
-    let mut session = Session::new(stream, service, protocols);
+    let mut session = Session::new(stream, service, protocols, strict.then_some(feed));
     // What ends a connection besides its client, polled only when one of
     // its own timers or notifications fires: a connection's task wakes
     // several times per request, and polling these on every wake (each a

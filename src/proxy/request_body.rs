@@ -10,8 +10,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Frame, SizeHint};
 use tower_http::timeout::{TimeoutBody, TimeoutError};
+
+use crate::http::server::RequestBody;
 
 /// What a body on the request path fails with: each kind says its own.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -40,13 +42,13 @@ pub enum BodyError {
 /// between two frames over http-body-util's size limit, their errors
 /// named as [`BodyError`] for the answer the client gets (408, 413).
 pub struct ClientBody {
-    body: Pin<Box<TimeoutBody<Limited<Incoming>>>>,
+    body: Pin<Box<TimeoutBody<Limited<RequestBody>>>>,
     /// The length the client declared exceeds the limit.
     declared_too_large: bool,
 }
 
 impl ClientBody {
-    pub fn new(body: Incoming, limits: BodyLimits) -> ClientBody {
+    pub fn new(body: RequestBody, limits: BodyLimits) -> ClientBody {
         let max = limits.max_size.unwrap_or(u64::MAX);
         ClientBody {
             declared_too_large: body.size_hint().lower() > max,
@@ -178,7 +180,15 @@ impl Held {
     /// a worker, so that it can be sent again and a broken one (a bad
     /// chunk size, too large, too slow) is refused before it is forwarded;
     /// a larger one streams from what was read ahead on.
-    pub async fn read(body: Incoming, limits: BodyLimits) -> Result<Held, BodyError> {
+    pub async fn read(body: RequestBody, limits: BodyLimits) -> Result<Held, BodyError> {
+        if let RequestBody::Whole(whole) = body {
+            // Read with its head, so already in memory whatever its size.
+            let whole = whole.unwrap_or_default();
+            if limits.max_size.is_some_and(|max| whole.len() as u64 > max) {
+                return Err(BodyError::TooLarge);
+            }
+            return Ok(Held::Whole(whole));
+        }
         if body.is_end_stream() {
             return Ok(Held::Whole(Bytes::new()));
         }

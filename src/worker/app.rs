@@ -5,9 +5,9 @@
 
 use std::time::{Duration, Instant};
 
+use crate::http::server::RequestBody;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
 use hyper::header::CONTENT_TYPE;
 use hyper::{Method, Request, Response, StatusCode};
 
@@ -37,7 +37,7 @@ fn millis(raw: &str) -> Result<u64, Response<Full<Bytes>>> {
     }
 }
 
-pub async fn handle(req: Request<Incoming>) -> Response<Full<Bytes>> {
+pub async fn handle(req: Request<RequestBody>) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_string();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let id = std::env::var("CORRAL_WORKER_ID").unwrap_or_else(|_| "-".into());

@@ -3,7 +3,8 @@
 //! the bytes read before hyper had it (a parked connection's first bytes,
 //! or what hyper had read ahead when it last gave the socket back) are
 //! replayed first, and hyper's shutdown at the end of a connection that is
-//! being handed back is held back, so the socket stays open.
+//! being handed back is held back, so the socket stays open. What hyper
+//! reads goes past the connection's framing reader, where there is one.
 
 use std::io;
 use std::pin::Pin;
@@ -14,6 +15,8 @@ use std::task::{Context, Poll};
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::http::framing::Feed;
+
 /// The socket lent to hyper.
 pub struct Lent<S> {
     inner: S,
@@ -22,14 +25,21 @@ pub struct Lent<S> {
     /// Set while the socket is being handed back: hyper's shutdown then
     /// only flushes.
     handing_back: Arc<AtomicBool>,
+    feed: Option<Feed>,
 }
 
 impl<S> Lent<S> {
-    pub fn new(inner: S, replay: Bytes, handing_back: Arc<AtomicBool>) -> Lent<S> {
+    pub fn new(
+        inner: S,
+        replay: Bytes,
+        handing_back: Arc<AtomicBool>,
+        feed: Option<Feed>,
+    ) -> Lent<S> {
         Lent {
             inner,
             replay,
             handing_back,
+            feed,
         }
     }
 
@@ -45,15 +55,20 @@ impl<S: AsyncRead + Unpin> AsyncRead for Lent<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
         if self.replay.is_empty() {
-            return Pin::new(&mut self.inner).poll_read(cx, buf);
+            std::task::ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
+        } else {
+            let n = self.replay.len().min(buf.remaining());
+            buf.put_slice(&self.replay[..n]);
+            self.replay.advance(n);
+            if self.replay.is_empty() {
+                // Its buffer goes now, not when hyper lets go of the socket.
+                self.replay = Bytes::new();
+            }
         }
-        let n = self.replay.len().min(buf.remaining());
-        buf.put_slice(&self.replay[..n]);
-        self.replay.advance(n);
-        if self.replay.is_empty() {
-            // Its buffer goes now, not when hyper lets go of the socket.
-            self.replay = Bytes::new();
+        if let Some(feed) = &self.feed {
+            feed.bytes(&buf.filled()[before..]);
         }
         Poll::Ready(Ok(()))
     }
@@ -101,11 +116,14 @@ mod tests {
     async fn replayed_bytes_come_first_and_a_handed_back_socket_stays_open() {
         let (near, mut far) = tokio::io::duplex(64);
         let handing_back = Arc::new(AtomicBool::new(false));
-        let mut lent = Lent::new(near, Bytes::from_static(b"GET "), handing_back.clone());
+        let (feed, verdicts) = crate::http::framing::watch();
+        let replay = Bytes::from_static(b"GET ");
+        let mut lent = Lent::new(near, replay, handing_back.clone(), Some(feed));
         far.write_all(b"/ HTTP/1.1").await.unwrap();
         let mut got = [0u8; 14];
         lent.read_exact(&mut got).await.unwrap();
         assert_eq!(&got, b"GET / HTTP/1.1");
+        assert!(!verdicts.at_rest(), "the framing reader saw both parts");
         handing_back.store(true, Ordering::Relaxed);
         lent.shutdown().await.unwrap();
         let (mut near, replay) = lent.into_parts();

@@ -1,14 +1,17 @@
 //! One client connection's HTTP, including the time it waits between
 //! requests. Its first bytes choose the protocol: HTTP/2's preface, else
-//! HTTP/1.1. hyper holds some 25 KB per HTTP/1.1 connection whatever the
-//! connection does (its read and write buffers, its state, the slot for
-//! the handler's future), so an HTTP/1.1 connection that its server finds
-//! quiet is handed back by hyper ([`Session::park`]): only the socket is
-//! held while it waits, and a fresh hyper connection takes it up, with
-//! the bytes already read, when the client sends again. HTTP/2 keeps its
-//! connection state (stream ids, header tables, settings) for the
-//! connection's life, so it is never handed back.
+//! HTTP/1.1. A plain HTTP/1.1 request read whole is answered by the
+//! session itself where the server allows it (see [`super::plain`]);
+//! hyper serves the rest. hyper holds some 25 KB per HTTP/1.1 connection
+//! whatever the connection does (its read and write buffers, its state,
+//! the slot for the handler's future), so an HTTP/1.1 connection that its
+//! server finds quiet is handed back by hyper ([`Session::park`]): only
+//! the socket is held while it waits, and the next request is read afresh
+//! when the client sends again. HTTP/2 keeps its connection state (stream
+//! ids, header tables, settings) for the connection's life, so it is
+//! never handed back.
 
+use std::convert::Infallible;
 use std::error::Error as StdError;
 use std::future::Future;
 use std::mem::MaybeUninit;
@@ -18,17 +21,25 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
+use futures::FutureExt;
+use futures::future::Map;
 use hyper::body::{Body, Incoming};
 use hyper::server::conn::{http1, http2};
-use hyper::service::HttpService;
+use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use super::body::RequestBody;
 use super::lent::Lent;
+use super::plain;
+use crate::http::framing::Feed;
 
 /// How a server speaks each protocol, made once per server.
 pub struct Protocols {
     pub http1: http1::Builder,
+    /// Plain HTTP/1.1 requests with at most this many header fields are
+    /// answered without hyper; `None`: hyper serves every request.
+    pub plain: Option<usize>,
     /// `None` where HTTP/2 is not served.
     pub http2: Option<http2::Builder<TokioExecutor>>,
 }
@@ -41,19 +52,67 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// so a waiting connection holds no buffer.
 const FIRST_READ: usize = 4096;
 
-type Io<S> = TokioIo<Lent<S>>;
-type Http1<S, Svc> = Pin<Box<http1::UpgradeableConnection<Io<S>, Svc>>>;
+type BoxError = Box<dyn StdError + Send + Sync>;
 
-enum State<S, Svc: HttpService<Incoming>> {
+/// What answers a connection's requests, whichever way they came.
+pub trait Service: Clone + Unpin + Send + 'static {
+    type Body: Body<Data = Bytes, Error: Into<BoxError>> + Send + Unpin + 'static;
+    type Future: Future<Output = Response<Self::Body>> + Send + 'static;
+    fn call(&self, request: Request<RequestBody>) -> Self::Future;
+}
+
+impl<F, Fut, B> Service for F
+where
+    F: Fn(Request<RequestBody>) -> Fut + Clone + Unpin + Send + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: Body<Data = Bytes, Error: Into<BoxError>> + Send + Unpin + 'static,
+{
+    type Body = B;
+    type Future = Fut;
+    fn call(&self, request: Request<RequestBody>) -> Fut {
+        self(request)
+    }
+}
+
+/// A [`Service`] as hyper calls it.
+#[derive(Clone)]
+pub struct Hyper<Svc>(Svc);
+
+type Answer<B> = Response<B>;
+type Infallibly<B> = fn(Answer<B>) -> Result<Answer<B>, Infallible>;
+
+impl<Svc: Service> hyper::service::Service<Request<Incoming>> for Hyper<Svc> {
+    type Response = Answer<Svc::Body>;
+    type Error = Infallible;
+    type Future = Map<Svc::Future, Infallibly<Svc::Body>>;
+
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
+        self.0.call(request.map(RequestBody::Incoming)).map(Ok)
+    }
+}
+
+type Io<S> = TokioIo<Lent<S>>;
+type Http1<S, Svc> = Pin<Box<http1::UpgradeableConnection<Io<S>, Hyper<Svc>>>>;
+type Http2<S, Svc> = Pin<Box<http2::Connection<Io<S>, Hyper<Svc>, TokioExecutor>>>;
+
+enum State<S, Svc: Service> {
     /// Waiting for the client's next bytes, with those read so far.
     Waiting {
         io: S,
         read: Bytes,
     },
+    /// Answering a plain request itself, with what the client sent after.
+    Plain {
+        io: S,
+        rest: Bytes,
+        exchange: plain::Exchange<Svc::Future, Svc::Body>,
+    },
+    /// Closing after a plain answer.
+    Closing(S),
     Http1(Http1<S, Svc>),
     /// Parked: hyper finishes and gives the socket back.
     HandingBack(Http1<S, Svc>),
-    Http2(Pin<Box<http2::Connection<Io<S>, Svc, TokioExecutor>>>),
+    Http2(Http2<S, Svc>),
     Ended,
 }
 
@@ -72,45 +131,43 @@ pub enum Error {
     Http(#[from] hyper::Error),
     #[error("waiting for a request: {0}")]
     Read(#[from] std::io::Error),
+    #[error(transparent)]
+    Plain(#[from] plain::Error),
 }
 
-/// A client connection, served by hyper or parked.
-pub struct Session<S, Svc: HttpService<Incoming>> {
+/// A client connection, served by hyper or by itself, or parked.
+pub struct Session<S, Svc: Service> {
     state: State<S, Svc>,
     protocols: Arc<Protocols>,
     /// Cloned for each hyper connection.
-    service: Svc,
+    service: Hyper<Svc>,
     handing_back: Arc<AtomicBool>,
     /// No protocol chosen yet: the first bytes may be HTTP/2's preface.
     fresh: bool,
     /// Asked to end: a parked connection is closed, not waited on.
     closing: bool,
+    /// Where the bytes hyper reads go, on a front.
+    feed: Option<Feed>,
 }
 
-type BoxError = Box<dyn StdError + Send + Sync>;
-
-impl<S, Svc, B> Session<S, Svc>
+impl<S, Svc> Session<S, Svc>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    Svc: HttpService<Incoming, ResBody = B> + Clone + Unpin + Send + 'static,
-    Svc::Future: Send + 'static,
-    Svc::Error: Into<BoxError>,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
+    Svc: Service,
 {
     /// A new connection, waiting for its first bytes.
-    pub fn new(io: S, service: Svc, protocols: Arc<Protocols>) -> Self {
+    pub fn new(io: S, service: Svc, protocols: Arc<Protocols>, feed: Option<Feed>) -> Self {
         Session {
             state: State::Waiting {
                 io,
                 read: Bytes::new(),
             },
             protocols,
-            service,
+            service: Hyper(service),
             handing_back: Arc::new(AtomicBool::new(false)),
             fresh: true,
             closing: false,
+            feed,
         }
     }
 
@@ -152,6 +209,8 @@ where
         self.closing = true;
         match &mut self.state {
             State::Waiting { .. } => self.state = State::Ended,
+            // Said in the answer's head, or after it.
+            State::Plain { .. } | State::Closing(_) => {}
             State::Http1(conn) | State::HandingBack(conn) => conn.as_mut().graceful_shutdown(),
             State::Http2(conn) => conn.as_mut().graceful_shutdown(),
             State::Ended => {}
@@ -174,9 +233,34 @@ where
                     }
                     let h2 = h2 && read.starts_with(H2_PREFACE);
                     self.fresh = false;
+                    if !h2 && self.answer_plain() {
+                        continue;
+                    }
                     if self.resume(h2) {
                         return Poll::Ready(Event::Resumed);
                     }
+                }
+                State::Plain { io, exchange, .. } => {
+                    match std::task::ready!(exchange.poll(io, self.closing, cx)) {
+                        Err(e) => return self.end(Err(e.into())),
+                        Ok(done) => {
+                            let State::Plain { io, rest, .. } =
+                                std::mem::replace(&mut self.state, State::Ended)
+                            else {
+                                unreachable!("matched above")
+                            };
+                            self.state = match (done, self.closing) {
+                                (plain::Done::KeepAlive, false) => {
+                                    State::Waiting { io, read: rest }
+                                }
+                                _ => State::Closing(io),
+                            };
+                        }
+                    }
+                }
+                State::Closing(io) => {
+                    let closed = std::task::ready!(Pin::new(io).poll_shutdown(cx));
+                    return self.end(closed.map_err(Error::from));
                 }
                 State::Http1(conn) => return conn.as_mut().poll(cx).map(|r| self.ended_with(r)),
                 State::Http2(conn) => return conn.as_mut().poll(cx).map(|r| self.ended_with(r)),
@@ -208,13 +292,38 @@ where
         }
     }
 
+    /// Begins answering what was read as a plain request, if it is one.
+    fn answer_plain(&mut self) -> bool {
+        let State::Waiting { read, .. } = &self.state else {
+            unreachable!("called while waiting")
+        };
+        let Some(plain::Parsed {
+            request,
+            asked,
+            rest,
+        }) = self
+            .protocols
+            .plain
+            .and_then(|most| plain::parse(read, most))
+        else {
+            return false;
+        };
+        let State::Waiting { io, .. } = std::mem::replace(&mut self.state, State::Ended) else {
+            unreachable!("matched above")
+        };
+        let exchange = plain::Exchange::new(self.service.0.call(request), asked);
+        self.state = State::Plain { io, rest, exchange };
+        true
+    }
+
     /// Hands the waiting socket to a fresh hyper connection; true for
     /// HTTP/1.1.
     fn resume(&mut self, h2: bool) -> bool {
         let State::Waiting { io, read } = std::mem::replace(&mut self.state, State::Ended) else {
             unreachable!("called while waiting")
         };
-        let io = TokioIo::new(Lent::new(io, read, self.handing_back.clone()));
+        let lent = Lent::new(io, read, self.handing_back.clone(), self.feed.clone());
+        let io = TokioIo::new(lent);
         let service = self.service.clone();
         let protocols = self.protocols.clone();
         let http2 = protocols.http2.as_ref().filter(|_| h2);
@@ -282,23 +391,15 @@ mod tests {
     use super::*;
     use http_body_util::Full;
     use hyper_util::rt::TokioTimer;
-    use std::convert::Infallible;
     use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
     /// Drives `session` until the client reads an answer ending with `end`.
-    async fn answer<Svc, B>(
+    async fn answer<Svc: Service>(
         session: &mut Session<DuplexStream, Svc>,
         client: &mut DuplexStream,
         end: &str,
-    ) where
-        Svc: HttpService<Incoming, ResBody = B> + Clone + Unpin + Send + 'static,
-        Svc::Future: Send + 'static,
-        Svc::Error: Into<BoxError>,
-        B: Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<BoxError>,
-    {
+    ) {
         let mut got = Vec::new();
         while !String::from_utf8_lossy(&got).ends_with(end) {
             let mut buf = [0u8; 1024];
@@ -315,17 +416,28 @@ mod tests {
 
     /// A parked connection keeps its socket open, and the bytes that wake
     /// it (here half a request head) reach the fresh hyper connection.
-    #[tokio::test]
-    async fn a_parked_connection_is_served_again_from_the_bytes_that_woke_it() {
-        let (near, mut client) = tokio::io::duplex(4096);
-        let service = hyper::service::service_fn(|req: hyper::Request<Incoming>| async move {
+    fn session(plain: Option<usize>) -> (Session<DuplexStream, impl Service>, DuplexStream) {
+        let (near, client) = tokio::io::duplex(4096);
+        let service = |req: Request<RequestBody>| async move {
             let path = req.uri().path().to_string();
-            Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from(path))))
-        });
+            Response::new(Full::new(Bytes::from(path)))
+        };
         let mut http1 = http1::Builder::new();
         http1.timer(TokioTimer::new());
-        let protocols = Arc::new(Protocols { http1, http2: None });
-        let mut session = Session::new(near, service, protocols);
+        let protocols = Protocols {
+            http1,
+            plain,
+            http2: None,
+        };
+        (
+            Session::new(near, service, Arc::new(protocols), None),
+            client,
+        )
+    }
+
+    #[tokio::test]
+    async fn a_parked_connection_is_served_again_from_the_bytes_that_woke_it() {
+        let (mut session, mut client) = session(None);
         client
             .write_all(b"GET /one HTTP/1.1\r\nHost: x\r\n\r\n")
             .await
@@ -343,5 +455,37 @@ mod tests {
         answer(&mut session, &mut client, "/two").await;
         drop(client);
         assert!(matches!(session.ended().await, Ok(())));
+    }
+
+    /// Plain requests are answered without hyper, pipelined ones in order;
+    /// a head split across reads goes to hyper, and once hyper hands the
+    /// connection back, plain requests are answered again.
+    #[tokio::test]
+    async fn plain_requests_are_answered_by_the_session_and_the_rest_by_hyper() {
+        let (mut session, mut client) = session(Some(10));
+        client
+            .write_all(b"GET /one HTTP/1.1\r\n\r\nGET /two HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
+        answer(&mut session, &mut client, "/two").await;
+        client.write_all(b"GET /thr").await.unwrap();
+        assert!(
+            matches!(session.next_event().await, Event::Resumed),
+            "hyper reads the rest"
+        );
+        client.write_all(b"ee HTTP/1.1\r\n\r\n").await.unwrap();
+        answer(&mut session, &mut client, "/three").await;
+        assert!(session.park());
+        client
+            .write_all(b"GET /four HTTP/1.1\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut rest = String::new();
+        let (ended, _) = tokio::join!(session.ended(), client.read_to_string(&mut rest));
+        assert!(ended.is_ok());
+        assert!(
+            rest.contains("connection: close\r\n") && rest.ends_with("/four"),
+            "{rest}"
+        );
     }
 }
