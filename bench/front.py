@@ -3,9 +3,10 @@
 the app costs little), each front pinned to CPU 0 and everything else (workers, wrk) to CPU 1: the front's CPU per
 request and its requests per second on one core, 3 rounds in alternating order. Then corral's front on 1 and 2
 threads with nothing pinned, and what N cores would give, computed from the per-core figure (labelled computed).
-Then the instructions each front executes per request, counted by valgrind's callgrind (HTTP/1.1, and h2 for
-corral): counts that repeat run to run, where times do not. Last, each front's resident memory per idle keep-alive
-connection, 5,000 of them each after one request.
+Then each front's CPU per request at a paced load, as Django's rates are (each request wakes the front on its own),
+corral on 1 thread and on 2. Then the instructions each front executes per request, counted by valgrind's
+callgrind (HTTP/1.1, and h2 for corral): counts that repeat run to run, where times do not. Last, each front's
+resident memory per idle keep-alive connection, 5,000 of them each after one request.
 
     python3 bench/front.py [--corral target/release/corral] [--rounds 3] [--seconds 8] [--out-dir DIR] [--smoke]
 
@@ -15,6 +16,7 @@ import argparse
 import glob
 import json
 import os
+import re
 import resource
 import socket
 import statistics
@@ -30,6 +32,8 @@ from sampling import children, stat_fields, status_kib  # noqa: E402
 from stacks import free_port, nginx_binary, nginx_conf  # noqa: E402
 
 FRONT_CPU, REST_CPU = "0", "1"
+# The paced load: 8 connections, 100 requests per second each.
+PACED_CLIENTS, PACED_RPS = 8, 100
 CALLGRIND = ["valgrind", "--tool=callgrind"]
 
 def user_system(pids):
@@ -88,6 +92,24 @@ def measure(port, pids, seconds, connections=64, threads=1, wrk_cpu=REST_CPU):
             "us_per_request": (user1 - user0 + sys1 - sys0) / n * 1e6,
             "user_us_per_request": (user1 - user0) / n * 1e6, "system_us_per_request": (sys1 - sys0) / n * 1e6}
 
+def paced(port, pids, seconds):
+    """h2load at a steady PACED_CLIENTS x PACED_RPS requests per second for `seconds`, after a second's warm-up:
+    where wrk's saturating load lets a front batch many requests per wakeup, here each request wakes it alone, as
+    at an app's rates (Django's: hundreds to a few thousand per second). The front's CPU microseconds per request."""
+    send = ["taskset", "-c", REST_CPU, load.H2LOAD, "--h1", "-c", str(PACED_CLIENTS), "--rps", str(PACED_RPS),
+            f"http://127.0.0.1:{port}/"]
+    subprocess.run(send + ["-D", "1"], capture_output=True, check=True, timeout=60)
+    (user0, sys0) = user_system(pids)
+    out = subprocess.run(send + ["-D", str(seconds)], capture_output=True, text=True, timeout=seconds + 60).stdout
+    (user1, sys1) = user_system(pids)
+    counts = re.search(r"(\d+) succeeded, (\d+) failed, (\d+) errored", out)
+    if not counts or not int(counts[1]):
+        raise procs.RunFailed(f"h2load gave no result: {out[-300:]}")
+    n = int(counts[1])
+    return {"requests": n, "errors": int(counts[2]) + int(counts[3]),
+            "us_per_request": (user1 - user0 + sys1 - sys0) / n * 1e6,
+            "user_us_per_request": (user1 - user0) / n * 1e6, "system_us_per_request": (sys1 - sys0) / n * 1e6}
+
 def instructions(run, start, requests, h2=False):
     """Instructions per request of the front started by `start(run, port, wrap)` under callgrind: counters zeroed
     after a warm-up, then `requests` sent one at a time on one connection by h2load, then dumped. Every
@@ -143,10 +165,10 @@ class Run:
         self.corral, self.dir, self.procs = corral, tempfile.mkdtemp(prefix="corral-bench-front-"), procs.Procs()
         os.chmod(self.dir, 0o711)  # nginx's unprivileged worker reaches the backend's socket
 
-    def one(self, start, seconds, **measure_args):
+    def one(self, start, seconds, how=measure, **measure_args):
         port = free_port()
         try:
-            return measure(port, start(self, port), seconds, **measure_args)
+            return how(port, start(self, port), seconds, **measure_args)
         finally:
             self.procs.stop_all()
             self.procs.clear()
@@ -165,6 +187,12 @@ def run(corral, rounds, seconds, workers=2):
         procs.log(f"figure 10: corral on {threads} front thread(s), unpinned")
         scaling[threads] = r.one(lambda run, port: corral_front(run, workers, port, threads, pinned=False),
                                  seconds, connections=128, threads=2, wrk_cpu=None)
+    paced_fronts = {**fronts, "corral_2_threads": lambda run, port: corral_front(run, workers, port, 2, pinned=False)}
+    at_pace = {k: [] for k in paced_fronts}
+    for i in range(rounds):
+        for name in (list(paced_fronts) if i % 2 == 0 else list(reversed(paced_fronts))):
+            procs.log(f"figure 10: {name} at a paced load, round {i + 1}/{rounds}")
+            at_pace[name].append(r.one(paced_fronts[name], seconds, how=paced))
     n = 200 if rounds == 1 else 2000
     procs.log(f"figure 10: instructions per request under callgrind, {n} requests")
     counted = {"nginx": instructions(r, lambda run, port, wrap: nginx_front(run, workers, port, wrap), n),
@@ -176,17 +204,22 @@ def run(corral, rounds, seconds, workers=2):
     memory = {"nginx": idle_memory(r, lambda run, port: nginx_front(run, workers, port), idle),
               "corral": idle_memory(r, lambda run, port: corral_front(run, workers, port, 1, False), idle)}
     return {"workers": workers, "seconds": seconds, "rounds": rounds, "per_core": per_core, "scaling": scaling,
-            "instructions_per_request": counted, "idle_connections": idle, "kb_per_idle_connection": memory}
+            "paced": at_pace, "instructions_per_request": counted, "idle_connections": idle,
+            "kb_per_idle_connection": memory}
+
+def medians(runs_by_front, measures=("us_per_request", "user_us_per_request", "system_us_per_request")):
+    return {k: {m: statistics.median(x[m] for x in runs) for m in measures} for k, runs in runs_by_front.items()}
 
 def summary(res):
-    med = {k: {m: statistics.median(x[m] for x in runs)
-               for m in ("rps", "us_per_request", "user_us_per_request", "system_us_per_request")}
-           for k, runs in res["per_core"].items()}
+    med = medians(res["per_core"], ("rps", "us_per_request", "user_us_per_request", "system_us_per_request"))
     per_core_rps = 1e6 / med["corral"]["us_per_request"]
+    pace = medians(res["paced"])
     return {"median": med, "cpu_vs_nginx": med["corral"]["us_per_request"] / med["nginx"]["us_per_request"],
+            "paced": pace,
+            "paced_vs_nginx": {k: v["us_per_request"] / pace["nginx"]["us_per_request"] for k, v in pace.items()},
             "two_threads_vs_one": res["scaling"][2]["rps"] / res["scaling"][1]["rps"],
             "computed_capacity": {n: n * per_core_rps for n in (1, 2, 4, 8)},
-            "errors": sum(x["errors"] for runs in res["per_core"].values() for x in runs)
+            "errors": sum(x["errors"] for runs in [*res["per_core"].values(), *res["paced"].values()] for x in runs)
             + sum(x["errors"] for x in res["scaling"].values())}
 
 def markdown(res, s):
@@ -203,11 +236,17 @@ def markdown(res, s):
     out += ["", f"2 threads: {s['two_threads_vs_one']:.2f}x one (wrk and the workers share the same 2 cores).", "",
             "Computed, not measured: N cores given to the front alone at the per-core rate: "
             + ", ".join(f"{n}: {v:.0f} req/s" for n, v in s["computed_capacity"].items()) + ".",
-            "", "| front | instructions per request (callgrind) |", "|---|---|"]
+            "", f"| front, paced ({PACED_CLIENTS} x {PACED_RPS} req/s) | CPU per request, us | of which user / kernel "
+            "| vs nginx | rounds (us) |", "|---|---|---|---|---|"]
+    for k, m in s["paced"].items():
+        rounds = ", ".join(f"{x['us_per_request']:.1f}" for x in res["paced"][k])
+        out.append(f"| {k.replace('_', ' ')} | {m['us_per_request']:.1f} | {m['user_us_per_request']:.1f} / "
+                   f"{m['system_us_per_request']:.1f} | {s['paced_vs_nginx'][k]:.2f}x | {rounds} |")
+    out += ["", "| front | instructions per request (callgrind) |", "|---|---|"]
     out += [f"| {k.replace('_', ' ')} | {v:.0f} |" for k, v in res["instructions_per_request"].items()]
     out += ["", f"| front | KB per idle keep-alive connection ({res['idle_connections']} held) |", "|---|---|"]
     out += [f"| {k} | {v:.1f} |" for k, v in res["kb_per_idle_connection"].items()]
-    out += ["", f"Errors (wrk socket errors and non-2xx): {s['errors']}."]
+    out += ["", f"Errors (wrk socket errors and non-2xx, h2load failures): {s['errors']}."]
     return "\n".join(out)
 
 def main():
