@@ -516,6 +516,78 @@ fn server_sent_events_stream_through_and_keep_the_worker_busy() {
     until_in_flight(&c, 0, "the worker idle again");
 }
 
+/// Reads from `s` until what was read ends with `end` (one answer at a
+/// time: the next request is sent only after it).
+fn read_until_end(s: &mut TcpStream, end: &str) -> String {
+    let mut got = Vec::new();
+    while !got.ends_with(end.as_bytes()) {
+        let mut buf = [0u8; 4096];
+        let n = match s.read(&mut buf) {
+            Ok(n) => n,
+            Err(e) => panic!("{e} after {:?}", String::from_utf8_lossy(&got)),
+        };
+        assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&got).to_lowercase()
+}
+
+/// A whole request read at once is answered by the front itself, not by
+/// hyper's server: what the client gets keeps the framing it expects. On
+/// one HTTP/1.1 connection: a HEAD (a head, no body), a streamed answer
+/// (chunked), then `Connection: close` (said, then the close). HTTP/1.0:
+/// kept alive when asked (a HEAD), and a streamed answer ends with the
+/// connection.
+#[test]
+fn plain_requests_are_framed_as_their_clients_expect() {
+    let c = proxied_ready("-w 1", 1);
+    let mut s = TcpStream::connect(c.http).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let head = read_until_end(&mut s, "\r\n\r\n");
+    assert!(
+        head.starts_with("http/1.1 200") && head.contains("date: "),
+        "{head}"
+    );
+    s.write_all(b"GET /events/3 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let streamed = read_until_end(&mut s, "\r\n0\r\n\r\n");
+    assert!(
+        streamed.starts_with("http/1.1 200"),
+        "no body after the HEAD: {streamed}"
+    );
+    assert!(
+        streamed.contains("transfer-encoding: chunked\r\n"),
+        "{streamed}"
+    );
+    assert!(
+        streamed.contains("data: 0") && streamed.contains("data: 2"),
+        "{streamed}"
+    );
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let last = read_all(&mut s).unwrap().to_lowercase();
+    assert!(
+        last.starts_with("http/1.1 200") && last.contains("connection: close\r\n"),
+        "{last}"
+    );
+
+    let mut old = TcpStream::connect(c.http).unwrap();
+    old.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    old.write_all(b"HEAD / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        .unwrap();
+    let kept = read_until_end(&mut old, "\r\n\r\n");
+    assert!(kept.contains("connection: keep-alive\r\n"), "{kept}");
+    old.write_all(b"GET /events/2 HTTP/1.0\r\n\r\n").unwrap();
+    let to_close = read_all(&mut old).unwrap().to_lowercase();
+    assert!(to_close.starts_with("http/1.1 200"), "{to_close}");
+    assert!(!to_close.contains("transfer-encoding"), "{to_close}");
+    assert!(
+        to_close.contains("connection: close\r\n") && to_close.contains("data: 1"),
+        "{to_close}"
+    );
+}
+
 /// A WebSocket in which nothing moves for --tunnel-idle-timeout is
 /// closed, and its worker's place freed; one in use is not.
 #[test]

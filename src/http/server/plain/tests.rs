@@ -200,3 +200,31 @@ async fn a_body_longer_or_shorter_than_its_length_fails_the_exchange() {
         assert!(matches!(done, Err(Error::Length)));
     }
 }
+
+proptest::proptest! {
+    /// Whatever the bytes, parsing them does not panic, and what it takes
+    /// (a head, a body) is never more than was read.
+    #[test]
+    fn any_bytes_parse_without_panic(input in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600)) {
+        let read = Bytes::from(input);
+        if let Some(p) = parse(&read, MAX_HEADERS) {
+            let body = p.request.body().size_hint().exact().unwrap_or(u64::MAX);
+            proptest::prop_assert!(body as usize + p.rest.len() < read.len());
+        }
+    }
+
+    /// Request-like bytes: a plain request's body is exactly its
+    /// Content-Length, and what follows it is left whole.
+    #[test]
+    fn a_body_is_its_declared_length(
+        input in "(GET|POST|HEAD|PUT) /[a-z]{0,5} HTTP/1\\.[01]\r\n((Content-Length|Connection|Host|Expect|Upgrade): [0-9a-z, -]{0,6}\r\n){0,4}\r\n[a-z]{0,12}",
+    ) {
+        let read = Bytes::from(input);
+        if let Some(p) = parse(&read, MAX_HEADERS) {
+            let declared = p.request.headers().get(header::CONTENT_LENGTH)
+                .map_or(0, |v| v.to_str().unwrap().parse::<u64>().unwrap());
+            proptest::prop_assert_eq!(p.request.body().size_hint().exact(), Some(declared));
+            proptest::prop_assert!(read.ends_with(&p.rest));
+        }
+    }
+}
