@@ -390,12 +390,12 @@ where
         move |mut req: Request<RequestBody>| {
             requested.notify_one();
             let in_flight = activity.begin();
-            if req.headers().contains_key(hyper::header::UPGRADE) {
+            // Only what hyper parsed has a verdict or an upgrade: a plain
+            // request is neither ambiguous nor an upgrade.
+            let parsed_by_hyper = matches!(req.body(), RequestBody::Incoming(_));
+            if parsed_by_hyper && req.headers().contains_key(hyper::header::UPGRADE) {
                 req.extensions_mut().insert(place.clone());
             }
-            // Only what hyper parsed has a verdict: a plain request is
-            // never ambiguous.
-            let parsed_by_hyper = matches!(req.body(), RequestBody::Incoming(_));
             if strict
                 && parsed_by_hyper
                 && req.version() != hyper::Version::HTTP_2

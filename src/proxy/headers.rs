@@ -118,21 +118,28 @@ fn is_forwarding(name: &str) -> bool {
 /// one in a framework's table. `tls`: the client reached corral over TLS.
 pub fn set_forwarded(headers: &mut HeaderMap, peer: Option<IpAddr>, tls: bool, allow: &AllowIps) {
     let trusted = peer.is_some_and(|p| allow.allows(p));
+    let mut sent_some = false;
     let spoofable: Vec<HeaderName> = headers
         .keys()
-        .filter(|k| is_forwarding(k.as_str()) && (!trusted || k.as_str().contains('_')))
+        .filter(|k| {
+            let forwarding = is_forwarding(k.as_str());
+            sent_some |= forwarding;
+            forwarding && (!trusted || k.as_str().contains('_'))
+        })
         .cloned()
         .collect();
     for name in spoofable {
         headers.remove(name);
     }
-    // From an untrusted peer every forwarding field is gone by now: no
-    // need to look for the client's own.
-    let kept = |headers: &HeaderMap, name: &HeaderName| trusted && headers.contains_key(name);
+    // From an untrusted peer every forwarding field is gone by now, and a
+    // client that sent none has none: no need to look for the client's own
+    // (each look is a hash).
+    let look = trusted && sent_some;
+    let kept = |headers: &HeaderMap, name: &HeaderName| look && headers.contains_key(name);
     let proto = if tls { "https" } else { "http" };
     let host = headers.get(header::HOST).cloned();
     let peer_text = peer.map(ip_text);
-    let before = if trusted {
+    let before = if look {
         joined(headers, &FORWARDED)
     } else {
         String::new()
@@ -145,7 +152,7 @@ pub fn set_forwarded(headers: &mut HeaderMap, peer: Option<IpAddr>, tls: bool, a
         proto,
         host.as_ref(),
     );
-    let chain = if trusted {
+    let chain = if look {
         joined(headers, &X_FORWARDED_FOR)
     } else {
         String::new()
