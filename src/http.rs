@@ -9,6 +9,7 @@
 
 pub mod activity;
 pub mod client;
+pub mod fields;
 pub mod framing;
 pub mod head_limits;
 pub mod server;

@@ -22,6 +22,8 @@ use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
 
+use super::fields;
+
 /// The largest request head (request line and headers) taken, in bytes;
 /// a larger one is answered 431. Gunicorn allows 4 KiB per line and 8 KiB
 /// per field, nginx 4 x 8 KiB by default: 64 KiB is above what any of
@@ -124,29 +126,17 @@ fn judge_parsed(req: &httparse::Request<'_, '_>) -> (bool, Body) {
         return (false, Body::Stop);
     }
     if let Some(last) = te.last() {
-        let chunked = std::str::from_utf8(last).is_ok_and(|v| {
-            v.rsplit(',')
-                .next()
-                .is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"))
-        });
+        let chunked = fields::ends_chunked(last);
         return (false, if chunked { Body::Chunked } else { Body::Stop });
     }
     match lengths.first() {
         None => (false, Body::None),
-        Some(v) => match std::str::from_utf8(v)
-            .ok()
-            .and_then(|v| v.trim().parse().ok())
-        {
+        Some(v) => match fields::content_length(v.trim_ascii()) {
             Some(0) => (false, Body::None),
             Some(n) => (false, Body::Length(n)),
             None => (false, Body::Stop),
         },
     }
-}
-
-/// The first CRLF-terminated line in `buf` from `from`, if whole.
-fn line_end(buf: &[u8]) -> Option<usize> {
-    buf.windows(2).position(|w| w == b"\r\n")
 }
 
 /// Passes over up to `left` of `bytes`; true once `left` is used up.
@@ -228,7 +218,7 @@ impl Reader {
                 State::ChunkSize(line) => {
                     let before = line.len();
                     line.extend_from_slice(bytes);
-                    let Some(end) = line_end(&line[before.saturating_sub(1)..])
+                    let Some(end) = fields::line_end(&line[before.saturating_sub(1)..])
                         .map(|p| before.saturating_sub(1) + p)
                     else {
                         if line.len() > 4096 {
@@ -236,10 +226,7 @@ impl Reader {
                         }
                         return;
                     };
-                    let size = std::str::from_utf8(&line[..end]).ok().and_then(|l| {
-                        let digits = l.split(';').next()?.trim();
-                        u64::from_str_radix(digits, 16).ok()
-                    });
+                    let size = fields::chunk_size(&line[..end]);
                     bytes = &bytes[end + 2 - before..];
                     self.state = match size {
                         None => State::Done,

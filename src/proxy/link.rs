@@ -26,6 +26,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use super::backends::Key;
 use super::pool::Pool;
+use crate::http::fields;
 pub use body::LinkBody;
 use framing::{Framing, framing};
 
@@ -208,9 +209,9 @@ impl Link {
                 ]
             }));
             let head = self.buf.split_to(len).freeze();
-            // Room for a request's fields too: hyper's server reuses the
-            // map of the answer it wrote for the next request it reads,
-            // and the forwarded fields are added to that one.
+            // Room for a request's fields too: when hyper's server answers,
+            // it reuses the map of the answer it wrote for the next request
+            // it reads, and the forwarded fields are added to that one.
             let mut headers = HeaderMap::with_capacity(self.spans.len().max(12));
             for &[name_at, name_len, value_at, value_len] in &self.spans {
                 let name = HeaderName::from_bytes(&head[name_at..name_at + name_len])
@@ -243,15 +244,10 @@ fn encode(method: &Method, target: &str, headers: &HeaderMap, body: &[u8], out: 
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in headers {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        fields::put(out, name.as_str().as_bytes(), value.as_bytes());
     }
     if !body.is_empty() && !headers.contains_key(header::CONTENT_LENGTH) {
-        out.extend_from_slice(b"content-length: ");
-        out.extend_from_slice(body.len().to_string().as_bytes());
-        out.extend_from_slice(b"\r\n");
+        fields::put(out, b"content-length", body.len().to_string().as_bytes());
     }
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body);

@@ -24,6 +24,7 @@ use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use tokio::io::AsyncWrite;
 
 use super::body::RequestBody;
+use crate::http::fields;
 use crate::http::framing::MAX_HEADERS;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -107,18 +108,18 @@ pub fn parse(read: &Bytes, max_headers: usize) -> Option<Parsed> {
             if length.is_some() {
                 return None;
             }
-            length = Some(content_length(field.value)?);
+            length = Some(fields::content_length(field.value)?);
         } else if name == header::TRANSFER_ENCODING
             || name == header::UPGRADE
             || name == header::EXPECT
         {
             return None;
         } else if name == header::CONNECTION {
-            if has_token(field.value, b"upgrade") {
+            if fields::has_token(field.value, b"upgrade") {
                 return None;
             }
-            close |= has_token(field.value, b"close");
-            keep_alive |= has_token(field.value, b"keep-alive");
+            close |= fields::has_token(field.value, b"close");
+            keep_alive |= fields::has_token(field.value, b"keep-alive");
         }
         let value = HeaderValue::from_maybe_shared(read.slice_ref(field.value)).ok()?;
         headers.append(name, value);
@@ -149,18 +150,6 @@ pub fn parse(read: &Bytes, max_headers: usize) -> Option<Parsed> {
     })
 }
 
-/// A Content-Length's value: digits only (no sign, no list), as RFC 9110
-/// 8.6 has it.
-fn content_length(value: &[u8]) -> Option<u64> {
-    // 19 digits cannot overflow a u64.
-    if value.is_empty() || value.len() > 19 {
-        return None;
-    }
-    value.iter().try_fold(0u64, |n, b| {
-        b.is_ascii_digit().then(|| n * 10 + u64::from(b - b'0'))
-    })
-}
-
 /// Writes an answer's head onto `out`, with the framing its body gets and
 /// whether the connection closes after it. The handler's own framing
 /// fields are replaced by the server's, as hyper's server does: a known
@@ -184,14 +173,14 @@ fn encode_head<B: Body>(
         if name == header::TRANSFER_ENCODING {
             continue;
         } else if name == header::CONNECTION {
-            says_close |= has_token(value.as_bytes(), b"close");
+            says_close |= fields::has_token(value.as_bytes(), b"close");
             continue;
         } else if name == header::CONTENT_LENGTH {
-            declared = content_length(value.as_bytes());
+            declared = fields::content_length(value.as_bytes());
         } else if name == header::DATE {
             dated = true;
         }
-        field(out, name.as_str().as_bytes(), value.as_bytes());
+        fields::put(out, name.as_str().as_bytes(), value.as_bytes());
     }
     let bodiless = asked.head
         || status.is_informational()
@@ -201,40 +190,26 @@ fn encode_head<B: Body>(
         (true, _, _) => Framing::None,
         (false, Some(n), _) => Framing::Length(n),
         (false, None, Some(n)) => {
-            field(out, b"content-length", n.to_string().as_bytes());
+            fields::put(out, b"content-length", n.to_string().as_bytes());
             Framing::Length(n)
         }
         (false, None, None) if asked.http10 => Framing::Close,
         (false, None, None) => {
-            field(out, b"transfer-encoding", b"chunked");
+            fields::put(out, b"transfer-encoding", b"chunked");
             Framing::Chunked
         }
     };
     let close = closing || !asked.keep_alive || says_close || framing == Framing::Close;
     if close {
-        field(out, b"connection", b"close");
+        fields::put(out, b"connection", b"close");
     } else if asked.http10 {
-        field(out, b"connection", b"keep-alive");
+        fields::put(out, b"connection", b"keep-alive");
     }
     if !dated {
-        DATE.with_borrow_mut(|date| field(out, b"date", date.now()));
+        DATE.with_borrow_mut(|date| fields::put(out, b"date", date.now()));
     }
     out.extend_from_slice(b"\r\n");
     (framing, close)
-}
-
-/// Whether a comma-separated field value has `token`, in any case.
-fn has_token(value: &[u8], token: &[u8]) -> bool {
-    value
-        .split(|b| *b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
-}
-
-fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
 }
 
 /// The Date field's value (RFC 9110 6.6.1), formatted once a second.

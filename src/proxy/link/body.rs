@@ -13,6 +13,7 @@ use hyper::body::{Body, Frame, SizeHint};
 
 use super::framing::{Chunk, Framing};
 use super::{Link, LinkError, MAX_CHUNK_LINE};
+use crate::http::fields;
 use crate::proxy::backends::Key;
 use crate::proxy::pool::Pool;
 use crate::proxy::request_body::BoxError;
@@ -100,7 +101,7 @@ impl LinkBody {
         let buf = &mut link.buf;
         match chunk {
             Chunk::Size | Chunk::Trailers => {
-                let Some(end) = buf.windows(2).position(|w| w == b"\r\n") else {
+                let Some(end) = fields::line_end(buf) else {
                     if buf.len() > MAX_CHUNK_LINE {
                         return Err("a chunk line is too long");
                     }
@@ -116,7 +117,7 @@ impl LinkBody {
                         Framing::Chunked(Chunk::Trailers)
                     }
                 } else {
-                    match chunk_size(line)? {
+                    match fields::chunk_size(line).ok_or("a chunk size is not hexadecimal")? {
                         0 => Framing::Chunked(Chunk::Trailers),
                         n => Framing::Chunked(Chunk::Data(n)),
                     }
@@ -149,20 +150,6 @@ impl LinkBody {
             }
         }
     }
-}
-
-/// A chunk-size line's size: hex digits, then extensions after `;`.
-fn chunk_size(line: &[u8]) -> Result<u64, &'static str> {
-    let digits = line
-        .split(|&b| b == b';')
-        .next()
-        .unwrap_or_default()
-        .trim_ascii();
-    if digits.is_empty() || digits.len() > 16 || !digits.iter().all(u8::is_ascii_hexdigit) {
-        return Err("a chunk size is not hexadecimal");
-    }
-    let text = std::str::from_utf8(digits).map_err(|_| "a chunk size is not hexadecimal")?;
-    u64::from_str_radix(text, 16).map_err(|_| "a chunk size is not hexadecimal")
 }
 
 impl Body for LinkBody {

@@ -5,6 +5,8 @@
 use hyper::header::{self, HeaderMap};
 use hyper::{Method, StatusCode, Version};
 
+use crate::http::fields;
+
 /// How an answer's body ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Framing {
@@ -36,8 +38,7 @@ pub fn framing(
 ) -> Result<(Framing, bool), &'static str> {
     let mut keep_alive = version == Version::HTTP_11;
     for value in headers.get_all(header::CONNECTION) {
-        for token in value.as_bytes().split(|&b| b == b',') {
-            let token = token.trim_ascii();
+        for token in fields::tokens(value.as_bytes()) {
             if token.eq_ignore_ascii_case(b"close") {
                 keep_alive = false;
             } else if token.eq_ignore_ascii_case(b"keep-alive") && version == Version::HTTP_10 {
@@ -55,8 +56,7 @@ pub fn framing(
     if codings.peek().is_some() {
         let chunked = codings
             .last()
-            .and_then(|v| v.as_bytes().rsplit(|&b| b == b',').next())
-            .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            .is_some_and(|v| fields::ends_chunked(v.as_bytes()));
         // With a Content-Length beside it, the length is ignored and the
         // connection not reused (RFC 9112, 6.3, 3).
         let reuse = keep_alive && !headers.contains_key(header::CONTENT_LENGTH);
@@ -68,12 +68,8 @@ pub fn framing(
     }
     let mut length = None;
     for value in headers.get_all(header::CONTENT_LENGTH) {
-        for part in value.as_bytes().split(|&b| b == b',') {
-            let n = std::str::from_utf8(part.trim_ascii())
-                .ok()
-                .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|s| s.parse::<u64>().ok())
-                .ok_or("the Content-Length is not a number")?;
+        for part in fields::tokens(value.as_bytes()) {
+            let n = fields::content_length(part).ok_or("the Content-Length is not a number")?;
             if length.is_some_and(|l| l != n) {
                 return Err("two different Content-Lengths");
             }
