@@ -78,11 +78,10 @@ where
 #[derive(Clone)]
 pub struct Hyper<Svc>(Svc);
 
-type Answer<B> = Response<B>;
-type Infallibly<B> = fn(Answer<B>) -> Result<Answer<B>, Infallible>;
+type Infallibly<B> = fn(Response<B>) -> Result<Response<B>, Infallible>;
 
 impl<Svc: Service> hyper::service::Service<Request<Incoming>> for Hyper<Svc> {
-    type Response = Answer<Svc::Body>;
+    type Response = Response<Svc::Body>;
     type Error = Infallible;
     type Future = Map<Svc::Future, Infallibly<Svc::Body>>;
 
@@ -260,7 +259,7 @@ where
                 }
                 State::Closing(io) => {
                     let closed = std::task::ready!(Pin::new(io).poll_shutdown(cx));
-                    return self.end(closed.map_err(Error::from));
+                    return self.end(closed.map_err(|e| plain::Error::Write(e).into()));
                 }
                 State::Http1(conn) => return conn.as_mut().poll(cx).map(|r| self.ended_with(r)),
                 State::Http2(conn) => return conn.as_mut().poll(cx).map(|r| self.ended_with(r)),
