@@ -44,8 +44,6 @@ pub enum OperatorError {
     Kube(#[from] kube::Error),
     #[error("kubeconfig: {0}")]
     Config(#[from] kube::config::InferConfigError),
-    #[error("leader election: {0}")]
-    Lease(#[from] kube_lease_manager::LeaseManagerError),
     #[error("cannot bind {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -70,7 +68,9 @@ pub fn crd_yaml() -> String {
 }
 
 struct Health {
-    /// The API server has answered once (until then the operator retries).
+    /// The API server has answered and let this replica read the Lease
+    /// (until then the operator retries): a standby that cannot read the
+    /// Lease could never take over.
     connected: AtomicBool,
     /// This replica holds the lease and runs the controller.
     leading: AtomicBool,
@@ -156,7 +156,6 @@ async fn operate(
         version = connect(&client) => version,
         _ = &mut shutdown => return Ok(()),
     };
-    health.connected.store(true, Ordering::Relaxed);
     let identity = args.identity.clone().unwrap_or_else(|| {
         format!(
             "{}-{}",
@@ -168,13 +167,22 @@ async fn operate(
     });
     info!(server = %version.git_version, %identity, "operator starting");
 
-    let lease = LeaseManagerBuilder::new(client.clone(), &args.lease_name)
-        .with_namespace(&args.lease_namespace)
-        .with_identity(&identity)
-        .with_duration(args.lease_duration_seconds)
-        .with_grace(args.lease_grace_seconds)
-        .build()
-        .await?;
+    // Building the manager reads or creates the Lease. An API server that
+    // has just started can refuse that for a moment (its RBAC cache not yet
+    // filled gives a 403), so it is retried like the first connection.
+    let build_lease = || {
+        LeaseManagerBuilder::new(client.clone(), &args.lease_name)
+            .with_namespace(&args.lease_namespace)
+            .with_identity(&identity)
+            .with_duration(args.lease_duration_seconds)
+            .with_grace(args.lease_grace_seconds)
+            .build()
+    };
+    let lease = tokio::select! {
+        lease = until_ok("cannot take part in leader election", build_lease) => lease,
+        _ = &mut shutdown => return Ok(()),
+    };
+    health.connected.store(true, Ordering::Relaxed);
     let (mut leader, lease_task) = lease.watch().await;
     let recorder = Recorder::new(
         client.clone(),
@@ -237,10 +245,21 @@ const CONNECT_BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 /// Asks the API server for its version until it answers.
 async fn connect(client: &Client) -> k8s_openapi::apimachinery::pkg::version::Info {
+    until_ok("cannot reach the API server", || client.apiserver_version()).await
+}
+
+/// Runs `attempt` until it succeeds, with a warning per failure and the
+/// connection's backoff between attempts.
+async fn until_ok<T, E, F, Fut>(what: &'static str, mut attempt: F) -> T
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
     let mut failures = 0u32;
     loop {
-        match client.apiserver_version().await {
-            Ok(version) => return version,
+        match attempt().await {
+            Ok(value) => return value,
             Err(e) => {
                 failures = failures.saturating_add(1);
                 let wait =
@@ -249,7 +268,7 @@ async fn connect(client: &Client) -> k8s_openapi::apimachinery::pkg::version::In
                     error = %e,
                     attempt = failures,
                     retry_in_ms = wait.as_millis() as u64,
-                    "cannot reach the API server"
+                    "{what}"
                 );
                 tokio::time::sleep(wait).await;
             }
@@ -344,7 +363,7 @@ fn route(path: &str, health: &Health, metrics: &OperatorMetrics) -> Response<Ful
         }
         "/readyz" => text(
             StatusCode::SERVICE_UNAVAILABLE,
-            "not connected to the API server\n".into(),
+            "not connected to the API server or its Lease\n".into(),
         ),
         "/metrics" => text(StatusCode::OK, metrics.render()),
         _ => text(StatusCode::NOT_FOUND, "not found\n".into()),

@@ -10,6 +10,7 @@ use std::time::Duration;
 use corral::contract::WorkersDoc;
 use corral::operator::crd::WorkerAutoscaler;
 use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::api::rbac::v1::Role;
 use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use nix::sys::signal::{Signal, kill};
@@ -706,6 +707,13 @@ async fn the_operator_recovers_from_an_api_server_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_started_before_its_api_server_waits_and_then_reconciles() {
     let (mut cluster, env, m) = own_cluster("late", "127.0.0.12").await;
+    // Without its Role the Lease is forbidden, as it is for a moment on an
+    // API server that has just started (its RBAC cache still empty).
+    let roles: Api<Role> = Api::namespaced(env.admin.clone(), "corral-system");
+    roles
+        .delete("corral-leader-election", &DeleteParams::default())
+        .await
+        .unwrap();
     cluster.stop_apiserver();
     let mut op = Operator::start(&env.kubeconfig, &env.ns, "op-late", "lease-late", &[]);
     // Retrying with a log line per attempt, alive but not ready meanwhile.
@@ -721,12 +729,23 @@ async fn an_operator_started_before_its_api_server_waits_and_then_reconciles() {
     let (code, body) = get(op.metrics, "/readyz").unwrap();
     assert_eq!(
         (code, body.trim()),
-        (503, "not connected to the API server")
+        (503, "not connected to the API server or its Lease")
     );
     assert_eq!(m.workers().unwrap().desired, 1, "nothing changed yet");
 
     cluster.start_apiserver();
-    until_workers(&m, "the change once connected", |d| d.desired == 2).await;
+    eventually("a forbidden Lease retried", WAIT, || {
+        let log = op.log();
+        match log.contains("cannot take part in leader election") {
+            true => Ok(()),
+            false => Err(Text(log)),
+        }
+    });
+    assert!(op.is_running(), "{}", op.log());
+    assert_eq!(get(op.metrics, "/readyz").unwrap().0, 503);
+    assert_eq!(m.workers().unwrap().desired, 1, "nothing changed yet");
+    k::install(&cluster.admin().await).await;
+    until_workers(&m, "the change once allowed", |d| d.desired == 2).await;
     let (code, body) = get(op.metrics, "/readyz").unwrap();
     assert_eq!((code, body.trim()), (200, "ready (leader)"));
     assert!(op.is_running(), "{}", op.log());
