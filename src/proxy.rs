@@ -358,7 +358,7 @@ impl Shared {
                     continue;
                 }
             };
-            link.encode(&head.method, target, &head.headers, &body);
+            link.encode(&head, target, &body);
             let limit = self.config.request_timeout;
             let (method, home) = (head.method.clone(), (self.pool.clone(), key));
             let (result, place) = Dispatched::new(

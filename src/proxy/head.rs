@@ -4,7 +4,7 @@
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Uri, Version};
 
-use super::headers;
+use super::headers::{self, Forwarding};
 use super::request_body::Outgoing;
 use crate::http::server::Peer;
 
@@ -13,6 +13,8 @@ pub struct Head {
     pub method: Method,
     pub uri: Uri,
     pub headers: hyper::HeaderMap,
+    /// What the worker is told of the client, added as the head is sent.
+    pub forwarding: Forwarding,
 }
 
 impl Head {
@@ -45,19 +47,15 @@ impl Head {
                 |pq| Uri::try_from(pq.as_str()).unwrap_or_else(|_| Uri::from_static("/")),
             )
         };
-        let mut head = Head {
+        let mut headers = parts.headers;
+        headers::strip_hop_by_hop(&mut headers, upgrade);
+        let forwarding = Forwarding::new(&mut headers, peer.addr.map(|a| a.ip()), peer.tls, allow);
+        Head {
             method: parts.method,
             uri,
-            headers: parts.headers,
-        };
-        headers::strip_hop_by_hop(&mut head.headers, upgrade);
-        headers::set_forwarded(
-            &mut head.headers,
-            peer.addr.map(|a| a.ip()),
-            peer.tls,
-            allow,
-        );
-        head
+            headers,
+            forwarding,
+        }
     }
 
     pub fn request(&self, body: Outgoing) -> Request<Outgoing> {
@@ -66,6 +64,7 @@ impl Head {
         *req.uri_mut() = self.uri.clone();
         *req.version_mut() = Version::HTTP_11;
         *req.headers_mut() = self.headers.clone();
+        self.forwarding.insert_into(req.headers_mut());
         req
     }
 }

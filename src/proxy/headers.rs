@@ -110,70 +110,152 @@ fn is_forwarding(name: &str) -> bool {
         || FORWARDING.iter().any(|f| f.len() == name.len() && spelt(f))
 }
 
-/// Sets X-Forwarded-For, -Proto and -Host and `Forwarded` (RFC 7239) for
-/// the worker. From a trusted peer the incoming ones are kept (its own
-/// hop appended to the `For` chain and to `Forwarded`); from anyone else
-/// every forwarding field is dropped and corral's own set. A forwarding
-/// name spelt with `_` is dropped from anyone: it would shadow the real
-/// one in a framework's table. `tls`: the client reached corral over TLS.
-pub fn set_forwarded(headers: &mut HeaderMap, peer: Option<IpAddr>, tls: bool, allow: &AllowIps) {
-    let trusted = peer.is_some_and(|p| allow.allows(p));
-    let mut sent_some = false;
-    let spoofable: Vec<HeaderName> = headers
-        .keys()
-        .filter(|k| {
-            let forwarding = is_forwarding(k.as_str());
-            sent_some |= forwarding;
-            forwarding && (!trusted || k.as_str().contains('_'))
-        })
-        .cloned()
-        .collect();
-    for name in spoofable {
-        headers.remove(name);
+/// What a worker is told of the client: X-Forwarded-For, -Proto and
+/// -Host and `Forwarded` (RFC 7239). Decided once per request
+/// ([`Forwarding::new`]) and written by whichever encoder sends it: as
+/// field lines after the client's own by the worker exchange, into a
+/// header map for hyper's client. No field is inserted into the client's
+/// map for it (each insert is a hash), nor text allocated.
+#[derive(Debug, Clone)]
+pub struct Forwarding {
+    peer: Option<IpAddr>,
+    proto: &'static str,
+    host: Option<HeaderValue>,
+    /// A trusted peer's own `Forwarded`, joined: this hop goes after it.
+    forwarded_before: String,
+    /// A trusted peer's own `X-Forwarded-For` chain, joined.
+    chain: String,
+    /// A trusted peer's own X-Forwarded-Proto and -Host stay as they are.
+    keep_proto: bool,
+    keep_host: bool,
+}
+
+impl Forwarding {
+    /// From a trusted peer the incoming forwarding fields are believed (its
+    /// own hop is appended to the `For` chain and to `Forwarded`); from
+    /// anyone else every forwarding field is dropped from `headers` and
+    /// corral's own sent. A forwarding name spelt with `_` is dropped from
+    /// anyone: it would shadow the real one in a framework's table. `tls`:
+    /// the client reached corral over TLS.
+    pub fn new(
+        headers: &mut HeaderMap,
+        peer: Option<IpAddr>,
+        tls: bool,
+        allow: &AllowIps,
+    ) -> Forwarding {
+        let trusted = peer.is_some_and(|p| allow.allows(p));
+        let mut sent_some = false;
+        let spoofable: Vec<HeaderName> = headers
+            .keys()
+            .filter(|k| {
+                let forwarding = is_forwarding(k.as_str());
+                sent_some |= forwarding;
+                forwarding && (!trusted || k.as_str().contains('_'))
+            })
+            .cloned()
+            .collect();
+        for name in spoofable {
+            headers.remove(name);
+        }
+        let mut forwarding = Forwarding {
+            peer,
+            proto: if tls { "https" } else { "http" },
+            host: headers.get(header::HOST).cloned(),
+            forwarded_before: String::new(),
+            chain: String::new(),
+            keep_proto: false,
+            keep_host: false,
+        };
+        // From an untrusted peer every forwarding field is gone by now, and
+        // a client that sent none has none: no need to look for the
+        // client's own (each look is a hash).
+        if trusted && sent_some {
+            forwarding.forwarded_before = joined(headers, &FORWARDED);
+            forwarding.chain = joined(headers, &X_FORWARDED_FOR);
+            headers.remove(FORWARDED);
+            headers.remove(X_FORWARDED_FOR);
+            forwarding.keep_proto = headers.contains_key(X_FORWARDED_PROTO);
+            forwarding.keep_host = headers.contains_key(X_FORWARDED_HOST);
+        }
+        forwarding
     }
-    // From an untrusted peer every forwarding field is gone by now, and a
-    // client that sent none has none: no need to look for the client's own
-    // (each look is a hash).
-    let look = trusted && sent_some;
-    let kept = |headers: &HeaderMap, name: &HeaderName| look && headers.contains_key(name);
-    let proto = if tls { "https" } else { "http" };
-    let host = headers.get(header::HOST).cloned();
-    let peer_text = peer.map(ip_text);
-    let before = if look {
-        joined(headers, &FORWARDED)
-    } else {
-        String::new()
-    };
-    set_rfc7239(
-        headers,
-        before,
-        peer,
-        peer_text.as_deref(),
-        proto,
-        host.as_ref(),
-    );
-    let chain = if look {
-        joined(headers, &X_FORWARDED_FOR)
-    } else {
-        String::new()
-    };
-    let value = match (peer_text, chain.is_empty()) {
-        (Some(p), true) => p,
-        (Some(p), false) => format!("{chain}, {p}"),
-        (None, _) => chain,
-    };
-    if !value.is_empty()
-        && let Ok(v) = HeaderValue::try_from(value)
-    {
-        headers.insert(X_FORWARDED_FOR, v);
+
+    /// Each field, its value in pieces (written one after the other, so
+    /// nothing is joined to send them).
+    fn each(&self, mut field: impl FnMut(&HeaderName, &[&[u8]])) {
+        let peer = self.peer.map(IpText::new);
+        let peer = peer.as_ref().map(IpText::as_bytes);
+        let host = self.host.as_ref().map(HeaderValue::as_bytes);
+        // `Forwarded` (RFC 7239 section 4): `for` the peer (`unknown` on a
+        // Unix socket; an IPv6 address quoted in brackets), `proto`, and
+        // `host` as the client asked, unless it cannot be quoted.
+        let (open, close): (&[u8], &[u8]) = match self.peer {
+            Some(IpAddr::V6(_)) => (b"\"[", b"]\""),
+            _ => (b"", b""),
+        };
+        let quotable = host.filter(|h| {
+            h.iter()
+                .all(|&b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\')
+        });
+        let (host_open, host_close): (&[u8], &[u8]) = match quotable {
+            Some(_) => (b";host=\"", b"\""),
+            None => (b"", b""),
+        };
+        let before = self.forwarded_before.as_bytes();
+        field(
+            &FORWARDED,
+            &[
+                before,
+                if before.is_empty() { b"" } else { b", " },
+                b"for=",
+                open,
+                peer.unwrap_or(b"unknown"),
+                close,
+                b";proto=",
+                self.proto.as_bytes(),
+                host_open,
+                quotable.unwrap_or_default(),
+                host_close,
+            ],
+        );
+        let chain = self.chain.as_bytes();
+        let comma: &[u8] = if chain.is_empty() || peer.is_none() {
+            b""
+        } else {
+            b", "
+        };
+        if !chain.is_empty() || peer.is_some() {
+            field(&X_FORWARDED_FOR, &[chain, comma, peer.unwrap_or_default()]);
+        }
+        if !self.keep_proto {
+            field(&X_FORWARDED_PROTO, &[self.proto.as_bytes()]);
+        }
+        if let Some(host) = host
+            && !self.keep_host
+        {
+            field(&X_FORWARDED_HOST, &[host]);
+        }
     }
-    if !kept(headers, &X_FORWARDED_PROTO) {
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+
+    /// The fields as HTTP/1.1 field lines.
+    pub fn write(&self, out: &mut Vec<u8>) {
+        self.each(|name, value| {
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            for piece in value {
+                out.extend_from_slice(piece);
+            }
+            out.extend_from_slice(b"\r\n");
+        });
     }
-    if let Some(host) = host
-        && !kept(headers, &X_FORWARDED_HOST)
-    {
-        headers.insert(X_FORWARDED_HOST, host);
+
+    /// The fields set in `headers`.
+    pub fn insert_into(&self, headers: &mut HeaderMap) {
+        self.each(|name, value| {
+            if let Ok(v) = HeaderValue::from_bytes(&value.concat()) {
+                headers.insert(name.clone(), v);
+            }
+        });
     }
 }
 
@@ -187,26 +269,54 @@ fn joined(headers: &HeaderMap, name: &HeaderName) -> String {
         .join(", ")
 }
 
-/// An address as text. IPv4 is written digit by digit: every request
-/// needs its peer's, and `Display` costs more than the rest of the rule.
-fn ip_text(ip: IpAddr) -> String {
-    let IpAddr::V4(v4) = ip else {
-        return ip.to_string();
-    };
-    let mut text = String::with_capacity(15);
-    for (i, octet) in v4.octets().into_iter().enumerate() {
-        if i > 0 {
-            text.push('.');
+/// An address as text, on the stack. IPv4 is written digit by digit:
+/// every request needs its peer's, and `Display` costs more than the rest
+/// of the rule.
+struct IpText {
+    text: [u8; 45],
+    len: usize,
+}
+
+impl IpText {
+    fn new(ip: IpAddr) -> IpText {
+        let mut out = IpText {
+            text: [0; 45],
+            len: 0,
+        };
+        match ip {
+            IpAddr::V4(v4) => {
+                for (i, octet) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        out.push(b'.');
+                    }
+                    if octet >= 100 {
+                        out.push(b'0' + octet / 100);
+                    }
+                    if octet >= 10 {
+                        out.push(b'0' + octet / 10 % 10);
+                    }
+                    out.push(b'0' + octet % 10);
+                }
+            }
+            IpAddr::V6(v6) => {
+                use std::io::Write;
+                let mut room = &mut out.text[..];
+                // 45 bytes hold the longest form (`::ffff:` and an IPv4).
+                let _ = write!(room, "{v6}");
+                out.len = 45 - room.len();
+            }
         }
-        if octet >= 100 {
-            text.push(char::from(b'0' + octet / 100));
-        }
-        if octet >= 10 {
-            text.push(char::from(b'0' + octet / 10 % 10));
-        }
-        text.push(char::from(b'0' + octet % 10));
+        out
     }
-    text
+
+    fn push(&mut self, b: u8) {
+        self.text[self.len] = b;
+        self.len += 1;
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.text[..self.len]
+    }
 }
 
 /// HTTP/2 lets a client split `cookie` into several fields ("crumbs", RFC
@@ -223,46 +333,6 @@ pub fn join_cookie_crumbs(headers: &mut HeaderMap) {
     }
     if let Ok(v) = HeaderValue::from_str(&crumbs.join("; ")) {
         headers.insert(header::COOKIE, v);
-    }
-}
-
-/// Appends this hop to `Forwarded` (RFC 7239 section 4): `for` the peer
-/// (`unknown` on a Unix socket; an IPv6 address quoted in brackets),
-/// `proto`, and `host` as the client asked.
-fn set_rfc7239(
-    headers: &mut HeaderMap,
-    before: String,
-    peer: Option<IpAddr>,
-    peer_text: Option<&str>,
-    proto: &str,
-    host: Option<&HeaderValue>,
-) {
-    let mut hop = String::with_capacity(before.len() + 64);
-    if !before.is_empty() {
-        hop.push_str(&before);
-        hop.push_str(", ");
-    }
-    hop.push_str("for=");
-    match (peer, peer_text) {
-        (Some(IpAddr::V6(_)), Some(text)) => {
-            hop.push_str("\"[");
-            hop.push_str(text);
-            hop.push_str("]\"");
-        }
-        (_, Some(text)) => hop.push_str(text),
-        (_, None) => hop.push_str("unknown"),
-    }
-    hop.push_str(";proto=");
-    hop.push_str(proto);
-    if let Some(host) = host.and_then(|h| h.to_str().ok())
-        && !host.contains(['"', '\\'])
-    {
-        hop.push_str(";host=\"");
-        hop.push_str(host);
-        hop.push('"');
-    }
-    if let Ok(v) = HeaderValue::try_from(hop) {
-        headers.insert(FORWARDED, v);
     }
 }
 
@@ -291,11 +361,44 @@ mod tests {
                 IpAddr::from([255, 9, octet, 0]),
                 IpAddr::from([127, 0, 0, octet]),
             ] {
-                assert_eq!(ip_text(ip), ip.to_string());
+                assert_eq!(IpText::new(ip).as_bytes(), ip.to_string().as_bytes());
             }
         }
-        let v6: IpAddr = "2001:db8::1".parse().unwrap();
-        assert_eq!(ip_text(v6), "2001:db8::1");
+        for v6 in [
+            "2001:db8::1",
+            "::ffff:255.255.255.255",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+        ] {
+            let ip: IpAddr = v6.parse().unwrap();
+            assert_eq!(IpText::new(ip).as_bytes(), ip.to_string().as_bytes());
+        }
+    }
+
+    /// The forwarding fields of a request with fields `h`, set in `h` as
+    /// hyper's client gets them; the field lines the worker exchange
+    /// writes must say the same.
+    fn set_forwarded(h: &mut HeaderMap, peer: Option<IpAddr>, tls: bool, allow: &AllowIps) {
+        let forwarding = Forwarding::new(h, peer, tls, allow);
+        let mut lines = Vec::new();
+        forwarding.write(&mut lines);
+        forwarding.insert_into(h);
+        let mut from_map = Vec::new();
+        for name in [
+            &FORWARDED,
+            &X_FORWARDED_FOR,
+            &X_FORWARDED_PROTO,
+            &X_FORWARDED_HOST,
+        ] {
+            for value in h.get_all(name) {
+                crate::http::fields::put(&mut from_map, name.as_str().as_bytes(), value.as_bytes());
+            }
+        }
+        // The map holds the kept fields too; the lines hold only corral's.
+        let lines = String::from_utf8(lines).unwrap();
+        let from_map = String::from_utf8(from_map).unwrap();
+        for line in lines.split_inclusive("\r\n") {
+            assert!(from_map.contains(line), "{line:?} not in {from_map:?}");
+        }
     }
 
     fn get<'a>(h: &'a HeaderMap, k: &str) -> Option<&'a str> {

@@ -25,6 +25,7 @@ use hyper::{Method, StatusCode, Version, http::response};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use super::backends::Key;
+use super::head::Head as RequestHead;
 use super::pool::Pool;
 use crate::http::fields;
 pub use body::LinkBody;
@@ -119,8 +120,8 @@ impl Link {
 
     /// Takes the request to send next: `method target HTTP/1.1`, the
     /// fields, and the body with a Content-Length if it has none.
-    pub fn encode(&mut self, method: &Method, target: &str, headers: &HeaderMap, body: &[u8]) {
-        encode(method, target, headers, body, &mut self.out);
+    pub fn encode(&mut self, head: &RequestHead, target: &str, body: &[u8]) {
+        encode(head, target, body, &mut self.out);
     }
 
     /// Sends the request given to [`Link::encode`] and reads the answer's
@@ -209,10 +210,7 @@ impl Link {
                 ]
             }));
             let head = self.buf.split_to(len).freeze();
-            // Room for a request's fields too: when hyper's server answers,
-            // it reuses the map of the answer it wrote for the next request
-            // it reads, and the forwarded fields are added to that one.
-            let mut headers = HeaderMap::with_capacity(self.spans.len().max(12));
+            let mut headers = HeaderMap::with_capacity(self.spans.len());
             for &[name_at, name_len, value_at, value_len] in &self.spans {
                 let name = HeaderName::from_bytes(&head[name_at..name_at + name_len])
                     .map_err(|_| LinkError::Malformed("a field name is not valid"))?;
@@ -236,7 +234,13 @@ impl Link {
     }
 }
 
-fn encode(method: &Method, target: &str, headers: &HeaderMap, body: &[u8], out: &mut Vec<u8>) {
+fn encode(head: &RequestHead, target: &str, body: &[u8], out: &mut Vec<u8>) {
+    let RequestHead {
+        method,
+        headers,
+        forwarding,
+        ..
+    } = head;
     out.clear();
     out.reserve(256 + body.len());
     out.extend_from_slice(method.as_str().as_bytes());
@@ -246,6 +250,7 @@ fn encode(method: &Method, target: &str, headers: &HeaderMap, body: &[u8], out: 
     for (name, value) in headers {
         fields::put(out, name.as_str().as_bytes(), value.as_bytes());
     }
+    forwarding.write(out);
     if !body.is_empty() && !headers.contains_key(header::CONTENT_LENGTH) {
         fields::put(out, b"content-length", body.len().to_string().as_bytes());
     }
@@ -256,6 +261,7 @@ fn encode(method: &Method, target: &str, headers: &HeaderMap, body: &[u8], out: 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proxy::headers::Forwarding;
     use tokio::io::AsyncReadExt;
 
     pub(super) fn fields(pairs: &[(&str, &str)]) -> HeaderMap {
@@ -269,20 +275,45 @@ mod tests {
         map
     }
 
+    /// A request's head as the front makes it, from a client at 10.0.0.1.
+    fn head(method: Method, pairs: &[(&str, &str)]) -> RequestHead {
+        let mut headers = fields(pairs);
+        let allow: crate::values::AllowIps = "127.0.0.1".parse().unwrap();
+        let peer = Some("10.0.0.1".parse().unwrap());
+        let forwarding = Forwarding::new(&mut headers, peer, false, &allow);
+        RequestHead {
+            method,
+            uri: hyper::Uri::from_static("/"),
+            headers,
+            forwarding,
+        }
+    }
+
+    const FORWARDED: &str = "forwarded: for=10.0.0.1;proto=http\r\n\
+        x-forwarded-for: 10.0.0.1\r\nx-forwarded-proto: http\r\n";
+
     #[test]
-    fn a_request_gets_a_length_for_its_body_unless_it_has_one() {
+    fn a_request_gets_the_forwarded_fields_and_a_length_for_its_body_unless_it_has_one() {
         let mut out = Vec::new();
-        let h = fields(&[("host", "a")]);
-        encode(&Method::POST, "/x?y", &h, b"hi", &mut out);
+        let mut link_head = |method, pairs: &[(&str, &str)], target, body: &[u8]| {
+            let head = head(method, pairs);
+            encode(&head, target, body, &mut out);
+            String::from_utf8(out.clone()).unwrap()
+        };
         assert_eq!(
-            out,
-            b"POST /x?y HTTP/1.1\r\nhost: a\r\ncontent-length: 2\r\n\r\nhi"
+            link_head(Method::POST, &[("host", "a")], "/x?y", b"hi"),
+            "POST /x?y HTTP/1.1\r\nhost: a\r\nforwarded: for=10.0.0.1;proto=http;host=\"a\"\r\n\
+             x-forwarded-for: 10.0.0.1\r\nx-forwarded-proto: http\r\nx-forwarded-host: a\r\n\
+             content-length: 2\r\n\r\nhi"
         );
-        encode(&Method::GET, "/", &h, b"", &mut out);
-        assert_eq!(out, b"GET / HTTP/1.1\r\nhost: a\r\n\r\n");
-        let h = fields(&[("content-length", "2")]);
-        encode(&Method::PUT, "/", &h, b"hi", &mut out);
-        assert_eq!(out, b"PUT / HTTP/1.1\r\ncontent-length: 2\r\n\r\nhi");
+        assert_eq!(
+            link_head(Method::GET, &[], "/", b""),
+            format!("GET / HTTP/1.1\r\n{FORWARDED}\r\n")
+        );
+        assert_eq!(
+            link_head(Method::PUT, &[("content-length", "2")], "/", b"hi"),
+            format!("PUT / HTTP/1.1\r\ncontent-length: 2\r\n{FORWARDED}\r\nhi")
+        );
     }
 
     /// The worker's side of a socket pair: what it read, after writing `answer`.
@@ -293,19 +324,23 @@ mod tests {
         let (ours, mut theirs) = tokio::io::duplex(64);
         let pool = Arc::new(Pool::default());
         let worker = tokio::spawn(async move {
-            let mut got = vec![0u8; 1024];
-            let n = theirs.read(&mut got).await.unwrap();
+            let mut got = Vec::new();
+            while !got.ends_with(b"\r\n\r\n") {
+                let mut room = [0u8; 64];
+                let n = theirs.read(&mut room).await.unwrap();
+                assert!(n > 0, "closed before the head ended");
+                got.extend_from_slice(&room[..n]);
+            }
             // A byte at a time: every state of the parser sees a split.
             for b in answer {
                 theirs.write_all(std::slice::from_ref(b)).await.unwrap();
             }
-            got.truncate(n);
             got
         });
         let link = Link::new(Box::new(ours));
         let key = Key { id: 1, pid: 1 };
         let mut link = link;
-        link.encode(&Method::GET, "/", &HeaderMap::new(), b"");
+        link.encode(&head(Method::GET, &[]), "/", b"");
         let result = match link.exchange(&method, (pool.clone(), key)).await {
             Ok((parts, body)) => {
                 use http_body_util::BodyExt;
@@ -317,7 +352,10 @@ mod tests {
             Err(e) => Err(e.to_string()),
         };
         let sent = worker.await.unwrap();
-        assert_eq!(sent, b"GET / HTTP/1.1\r\n\r\n");
+        assert_eq!(
+            sent,
+            format!("GET / HTTP/1.1\r\n{FORWARDED}\r\n").as_bytes()
+        );
         (result, pool)
     }
 

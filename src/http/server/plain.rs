@@ -99,9 +99,7 @@ pub fn parse(read: &Bytes, max_headers: usize) -> Option<Parsed> {
         return None;
     }
     let (mut length, mut close, mut keep_alive) = (None, false, false);
-    // Room for the fields a front adds (X-Forwarded-*): growing the map
-    // after would rehash it.
-    let mut headers = HeaderMap::with_capacity(req.headers.len() + 8);
+    let mut headers = HeaderMap::with_capacity(req.headers.len());
     for field in req.headers.iter() {
         let name = HeaderName::from_bytes(field.name.as_bytes()).ok()?;
         if name == header::CONTENT_LENGTH {
