@@ -139,10 +139,7 @@ impl Front {
         let task = threads.handle().spawn(server::serve(
             listeners,
             limits(config),
-            move |req, peer| {
-                let shared = shared.clone();
-                async move { shared.handle(req, peer).await }
-            },
+            move |req, peer| Shared::handle(shared.clone(), req, peer),
             stopped,
         ));
         Front {
@@ -183,23 +180,34 @@ impl Shared {
         }
     }
 
-    async fn handle(&self, req: Request<RequestBody>, peer: Peer) -> Response<FrontBody> {
+    /// The exchange is boxed here, before any future holds it: hyper keeps
+    /// the space of a connection's request future for as long as the
+    /// connection lives, and the exchange's is large (boxed, an idle
+    /// keep-alive connection holds a pointer's worth of it); and the small
+    /// future returned is what gets moved on its way to the connection.
+    fn handle(
+        self: Arc<Self>,
+        req: Request<RequestBody>,
+        peer: Peer,
+    ) -> impl Future<Output = Response<FrontBody>> + Send + 'static {
         let started = Instant::now();
-        let mut counted = Counted {
-            metrics: &self.metrics,
-            method: req.method().clone(),
-            version: req.version(),
-            status: CLIENT_GONE,
-        };
-        // Boxed: hyper keeps the space of a connection's request future for
-        // as long as the connection lives, and this one is large; boxed, an
-        // idle keep-alive connection holds a pointer's worth of it.
-        let response = Box::pin(self.forward(req, peer, started)).await;
-        counted.status = response.status();
-        if !matches!(response.body(), FrontBody::Proxied { .. }) {
-            self.metrics.observe_duration(started.elapsed());
+        let (method, version) = (req.method().clone(), req.version());
+        let shared = self.clone();
+        let forward = Box::pin(async move { self.forward(req, peer, started).await });
+        async move {
+            let mut counted = Counted {
+                metrics: &shared.metrics,
+                method,
+                version,
+                status: CLIENT_GONE,
+            };
+            let response = forward.await;
+            counted.status = response.status();
+            if !matches!(response.body(), FrontBody::Proxied { .. }) {
+                shared.metrics.observe_duration(started.elapsed());
+            }
+            response
         }
-        response
     }
 
     async fn forward(

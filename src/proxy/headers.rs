@@ -242,7 +242,7 @@ impl Forwarding {
         self.each(|name, value| {
             out.extend_from_slice(name.as_str().as_bytes());
             out.extend_from_slice(b": ");
-            for piece in value {
+            for piece in value.iter().filter(|p| !p.is_empty()) {
                 out.extend_from_slice(piece);
             }
             out.extend_from_slice(b"\r\n");
