@@ -112,6 +112,14 @@ impl Backends {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// A place now, on the least busy open worker with room, if there is
+    /// one; as [`Backends::acquire`] but never queued.
+    pub fn try_acquire(self: &Arc<Self>, avoid: Option<Key>) -> Option<Place> {
+        let mut state = self.lock();
+        let i = self.pick(&state, avoid)?;
+        Some(self.grant(&mut state, i))
+    }
+
     /// A place on the least busy open worker, waiting in the queue if none
     /// has room. `avoid` is the worker a retry must not go back to, unless
     /// it is the only one open.
@@ -317,6 +325,18 @@ mod tests {
         let next = b.acquire(None).await.unwrap();
         let after = b.acquire(None).await.unwrap();
         assert_eq!((next.key.id, after.key.id), (2, 3));
+    }
+
+    #[tokio::test]
+    async fn a_place_is_taken_at_once_only_when_a_worker_has_room() {
+        let b = with(2, Some(1), 10);
+        let first = b.try_acquire(None).expect("room on 1");
+        let second = b.try_acquire(None).expect("room on 2");
+        assert_eq!((first.key.id, second.key.id), (1, 2));
+        assert!(b.try_acquire(None).is_none(), "both full: never queued");
+        assert_eq!(b.lock().waiters.len(), 0);
+        drop(second);
+        assert_eq!(b.try_acquire(Some(key(1))).map(|p| p.key.id), Some(2));
     }
 
     #[tokio::test]

@@ -29,7 +29,8 @@ pub enum Chunk {
 }
 
 /// The framing of an answer to `method`, and whether the connection can
-/// carry another request after it.
+/// carry another request after it. One pass over the fields in order: a
+/// look-up by name is a hash, three per answer.
 pub fn framing(
     method: &Method,
     status: StatusCode,
@@ -37,12 +38,33 @@ pub fn framing(
     headers: &HeaderMap,
 ) -> Result<(Framing, bool), &'static str> {
     let mut keep_alive = version == Version::HTTP_11;
-    for value in headers.get_all(header::CONNECTION) {
-        for token in fields::tokens(value.as_bytes()) {
-            if token.eq_ignore_ascii_case(b"close") {
-                keep_alive = false;
-            } else if token.eq_ignore_ascii_case(b"keep-alive") && version == Version::HTTP_10 {
-                keep_alive = true;
+    let mut last_coding = None;
+    let (mut length, mut has_length, mut bad_length) = (None, false, None);
+    for (name, value) in headers {
+        let value = value.as_bytes();
+        if name == header::CONNECTION {
+            for token in fields::tokens(value) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    keep_alive = false;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") && version == Version::HTTP_10 {
+                    keep_alive = true;
+                }
+            }
+        } else if name == header::TRANSFER_ENCODING {
+            last_coding = Some(value);
+        } else if name == header::CONTENT_LENGTH {
+            has_length = true;
+            for part in fields::tokens(value) {
+                if bad_length.is_some() {
+                    break;
+                }
+                match fields::content_length(part) {
+                    None => bad_length = Some("the Content-Length is not a number"),
+                    Some(n) if length.is_some_and(|l| l != n) => {
+                        bad_length = Some("two different Content-Lengths");
+                    }
+                    Some(n) => length = Some(n),
+                }
             }
         }
     }
@@ -52,29 +74,17 @@ pub fn framing(
     {
         return Ok((Framing::Done, keep_alive));
     }
-    let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter().peekable();
-    if codings.peek().is_some() {
-        let chunked = codings
-            .last()
-            .is_some_and(|v| fields::ends_chunked(v.as_bytes()));
+    if let Some(coding) = last_coding {
         // With a Content-Length beside it, the length is ignored and the
         // connection not reused (RFC 9112, 6.3, 3).
-        let reuse = keep_alive && !headers.contains_key(header::CONTENT_LENGTH);
-        return Ok(if chunked {
-            (Framing::Chunked(Chunk::Size), reuse)
+        return Ok(if fields::ends_chunked(coding) {
+            (Framing::Chunked(Chunk::Size), keep_alive && !has_length)
         } else {
             (Framing::Close, false)
         });
     }
-    let mut length = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        for part in fields::tokens(value.as_bytes()) {
-            let n = fields::content_length(part).ok_or("the Content-Length is not a number")?;
-            if length.is_some_and(|l| l != n) {
-                return Err("two different Content-Lengths");
-            }
-            length = Some(n);
-        }
+    if let Some(why) = bad_length {
+        return Err(why);
     }
     Ok(match length {
         Some(n) => (Framing::Length(n), keep_alive),
