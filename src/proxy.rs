@@ -193,7 +193,7 @@ impl Shared {
         let started = Instant::now();
         let (method, version) = (req.method().clone(), req.version());
         let shared = self.clone();
-        let forward = Box::pin(async move { self.forward(req, peer, started).await });
+        let forward = Box::pin(Self::forward(self, req, peer, started));
         async move {
             let mut counted = Counted {
                 metrics: &shared.metrics,
@@ -211,7 +211,7 @@ impl Shared {
     }
 
     async fn forward(
-        &self,
+        self: Arc<Self>,
         mut req: Request<RequestBody>,
         peer: Peer,
         started: Instant,
