@@ -49,9 +49,52 @@ def pin(pid, cpu):
 def answering(port):
     return load.get(("127.0.0.1", port), "/")[0] == 200
 
-def nginx_front(run, workers, port, wrap=()):
+# HTTP/2 by prior knowledge (RFC 9113 3.3), by hand: the preface, an empty SETTINGS, and GET / on stream 1 that
+# ends it (HPACK: :method GET, :scheme http, :path / from the static table, :authority "x" as a literal).
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+H2_GET = b"\x00\x00\x06\x01\x05\x00\x00\x00\x01" + b"\x82\x86\x84\x01\x01x"
+H2_SETTINGS_ACK = b"\x00\x00\x00\x04\x01\x00\x00\x00\x00"
+
+def h2_get(s):
+    """One h2c GET / on the new connection `s`, its server's SETTINGS acknowledged: True once stream 1 has ended
+    with a 200 (HPACK's indexed :status 200)."""
+    s.sendall(H2_PREFACE + H2_GET)
+    buf, ok = b"", False
+    def fill(n):
+        nonlocal buf
+        while len(buf) < n:
+            chunk = s.recv(65536)
+            if not chunk:
+                return False
+            buf += chunk
+        return True
+    while fill(9):
+        length, kind, flags = int.from_bytes(buf[:3], "big"), buf[3], buf[4]
+        stream = int.from_bytes(buf[5:9], "big") & 0x7FFFFFFF
+        if not fill(9 + length):
+            return False
+        payload, buf = buf[9:9 + length], buf[9 + length:]
+        if kind == 0x4 and not flags & 0x1:
+            s.sendall(H2_SETTINGS_ACK)
+        elif kind == 0x7:  # GOAWAY
+            return False
+        elif stream == 1 and kind == 0x1:
+            ok = payload[:1] == b"\x88"
+        if stream == 1 and kind in (0x0, 0x1) and flags & 0x1:
+            return ok
+    return False
+
+def h2_answering(port):
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            return h2_get(s)
+    except OSError:
+        return False
+
+def nginx_front(run, workers, port, wrap=(), h2c=False):
     """nginx (1 worker process) before `corral run -w N` on a Unix socket: pids whose CPU is the front's. Under
-    `wrap` (callgrind), nginx is one process: its master does the worker's job."""
+    `wrap` (callgrind), nginx is one process: its master does the worker's job. With `h2c`, it serves HTTP/2 by
+    prior knowledge only."""
     sock = os.path.join(run.dir, "backend.sock")
     backend = run.procs.start(["taskset", "-c", REST_CPU, run.corral, "run", "-w", str(workers), "-b",
                                f"unix:{sock}", "--socket-mode", "666", "--admin-bind", f"127.0.0.1:{free_port()}"],
@@ -61,11 +104,11 @@ def nginx_front(run, workers, port, wrap=()):
     os.makedirs(prefix, exist_ok=True)
     conf = os.path.join(prefix, "nginx.conf")
     with open(conf, "w") as f:
-        f.write(nginx_conf(prefix, port, sock, 1))
+        f.write(nginx_conf(prefix, port, sock, 1, h2c=h2c))
     single = " master_process off;" if wrap else ""
     nginx = run.procs.start(["taskset", "-c", FRONT_CPU, *wrap, nginx_binary(), "-p", prefix, "-c", conf, "-g",
                              f"daemon off;{single}"], os.path.join(run.dir, "nginx.log"))
-    procs.wait_until("nginx answering", 30, lambda: answering(port), proc=nginx)
+    procs.wait_until("nginx answering", 30, lambda: (h2_answering if h2c else answering)(port), proc=nginx)
     return [nginx.pid] + children(nginx.pid)
 
 def corral_front(run, workers, port, threads, pinned=True, wrap=()):
@@ -133,9 +176,10 @@ def instructions(run, start, requests, h2=False):
         run.procs.stop_all()
         run.procs.clear()
 
-def idle_memory(run, start, connections):
+def idle_memory(run, start, connections, h2=False):
     """KB of the front's resident memory per idle keep-alive connection: `connections` clients each send one
-    request, read its answer and stay connected; the front's RSS (all its processes) before and after."""
+    request (with `h2`, over HTTP/2 by prior knowledge), read its answer and stay connected; the front's RSS
+    (all its processes) before and after."""
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     port = free_port()
@@ -146,10 +190,14 @@ def idle_memory(run, start, connections):
         for i in range(0, connections, 200):
             batch = [socket.create_connection(("127.0.0.1", port)) for _ in range(min(200, connections - i))]
             for s in batch:
+                s.settimeout(10)
+                if h2:
+                    if not h2_get(s):
+                        raise procs.RunFailed("an idle h2 connection's one request was not answered 200")
+                    continue
                 s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
             for s in batch:
-                s.settimeout(10)
-                if not s.recv(4096).startswith(b"HTTP/1.1 200"):
+                if not h2 and not s.recv(4096).startswith(b"HTTP/1.1 200"):
                     raise procs.RunFailed("an idle connection's one request was not answered 200")
             held += batch
         time.sleep(1)
@@ -202,7 +250,10 @@ def run(corral, rounds, seconds, workers=2):
     idle = 200 if rounds == 1 else 5000
     procs.log(f"figure 10: memory per idle keep-alive connection, {idle} connections")
     memory = {"nginx": idle_memory(r, lambda run, port: nginx_front(run, workers, port), idle),
-              "corral": idle_memory(r, lambda run, port: corral_front(run, workers, port, 1, False), idle)}
+              "corral": idle_memory(r, lambda run, port: corral_front(run, workers, port, 1, False), idle),
+              "nginx_h2": idle_memory(r, lambda run, port: nginx_front(run, workers, port, h2c=True), idle, h2=True),
+              "corral_h2": idle_memory(r, lambda run, port: corral_front(run, workers, port, 1, False), idle,
+                                       h2=True)}
     return {"workers": workers, "seconds": seconds, "rounds": rounds, "per_core": per_core, "scaling": scaling,
             "paced": at_pace, "instructions_per_request": counted, "idle_connections": idle,
             "kb_per_idle_connection": memory}

@@ -115,10 +115,11 @@ def make_certs(dir_):
     return types.SimpleNamespace(dir=dir_, ca=os.path.join(dir_, "ca.pem"), cert=os.path.join(dir_, "server.pem"),
                                  key=os.path.join(dir_, "server.key"))
 
-def nginx_conf(prefix, port, upstream_sock, worker_processes, tls=None):
+def nginx_conf(prefix, port, upstream_sock, worker_processes, tls=None, h2c=False):
     """templates/nginx.conf ($$ is nginx's $). With `tls`, HTTP/2 and HTTP/1.1 by ALPN (nginx 1.22's `listen
-    ... ssl http2`), TLS 1.2 and 1.3 as corral, nginx's defaults otherwise (no session cache, tickets on)."""
-    listen = f"listen 127.0.0.1:{port} backlog=2048;"
+    ... ssl http2`), TLS 1.2 and 1.3 as corral, nginx's defaults otherwise (no session cache, tickets on). With
+    `h2c`, cleartext HTTP/2 by prior knowledge only (nginx 1.22 cannot offer both on one plain port)."""
+    listen = f"listen 127.0.0.1:{port}{' http2' if h2c else ''} backlog=2048;"
     if tls is not None:
         listen = (f"listen 127.0.0.1:{port} ssl http2 backlog=2048;\n"
                   f"        ssl_certificate {tls.cert};\n"
