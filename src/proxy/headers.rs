@@ -14,6 +14,7 @@ use std::net::IpAddr;
 use hyper::HeaderMap;
 use hyper::header::{self, HeaderName, HeaderValue};
 
+use crate::http::fields;
 use crate::values::AllowIps;
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -26,17 +27,16 @@ const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection")
 /// Whether the request asks to switch protocols (`Connection: upgrade`
 /// with an `Upgrade` field), as a WebSocket handshake does.
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE) && connection_tokens(headers).any(|t| t == "upgrade")
+    headers.contains_key(header::UPGRADE)
+        && connection_values(headers).any(|v| fields::has_token(v.as_bytes(), b"upgrade"))
 }
 
-fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = String> + '_ {
+/// The `Connection` values, those of visible ASCII only.
+fn connection_values(headers: &HeaderMap) -> impl Iterator<Item = &str> {
     headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|t| t.trim().to_ascii_lowercase())
-        .filter(|t| !t.is_empty())
 }
 
 /// The fields that stop at every hop whether or not `Connection` names them.
@@ -58,12 +58,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
         return;
     }
     let upgrade_to = headers.get(header::UPGRADE).cloned();
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+    let named: Vec<HeaderName> = connection_values(headers)
+        .flat_map(|v| fields::tokens(v.as_bytes()))
+        .filter_map(|t| HeaderName::from_bytes(t).ok())
         .collect();
     for name in named.into_iter().chain(HOP_BY_HOP) {
         headers.remove(name);
