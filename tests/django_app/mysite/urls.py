@@ -4,6 +4,7 @@ from . import views
 
 urlpatterns = [
     path("", views.index),
+    path("sized", views.sized),
     path("healthz", views.healthz),
     path("delay/<int:ms>", views.delay),
     path("cpu/<int:ms>", views.cpu),

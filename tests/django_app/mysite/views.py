@@ -11,6 +11,14 @@ def index(request):
     return HttpResponse("hello from django\n", content_type=TEXT)
 
 
+def sized(request):
+    # index with its Content-Length, as Django's CommonMiddleware sets it
+    # (this project has no middleware, so Uvicorn answers it chunked).
+    response = HttpResponse("hello from django\n", content_type=TEXT)
+    response["Content-Length"] = str(len(response.content))
+    return response
+
+
 def healthz(request):
     return HttpResponse("ok", content_type=TEXT)
 
