@@ -130,6 +130,23 @@ fn the_dockerfile_builds_a_non_root_image_whose_command_the_binary_accepts() {
     );
     let ignore = std::fs::read_to_string(root().join(".dockerignore")).unwrap();
     assert!(ignore.lines().any(|l| l.trim() == "target/"));
+    // The crates Cargo.toml patches in from vendor/ reach the build stage
+    // before its first `cargo build --locked`.
+    let manifest = std::fs::read_to_string(root().join("Cargo.toml")).unwrap();
+    if manifest.contains("path = \"vendor/") {
+        let lines = &file.0;
+        let copied = lines.iter().position(|l| l == "COPY vendor ./vendor");
+        let built = lines.iter().position(|l| l.contains("cargo build"));
+        assert!(
+            matches!((copied, built), (Some(c), Some(b)) if c < b),
+            "vendor/ copied before the first build: {lines:?}"
+        );
+        assert!(
+            !ignore
+                .lines()
+                .any(|l| l.trim().trim_end_matches('/') == "vendor")
+        );
+    }
 }
 
 /// The Django example's image: corral copied from corral's own image (of
