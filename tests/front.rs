@@ -967,6 +967,92 @@ fn idle_keep_alive_connections_cost_the_front_at_most_12_kb_each() {
     }
 }
 
+/// `GET /` on h2c `stream` of `s` (HPACK: :method GET, :scheme http, :path
+/// / from the static table, :authority x as a literal without indexing),
+/// the server's SETTINGS acknowledged: true once the stream has ended with
+/// a 200 (`:status 200` indexed).
+fn h2_get(s: &mut TcpStream, stream: u32) -> bool {
+    s.write_all(&frame(
+        0x1,
+        0x5,
+        stream,
+        &[0x82, 0x86, 0x84, 0x01, 0x01, b'x'],
+    ))
+    .unwrap();
+    let (mut got, mut buf, mut ok) = (Vec::new(), [0u8; 4096], false);
+    loop {
+        while got.len() >= 9 {
+            let len =
+                (usize::from(got[0]) << 16) | (usize::from(got[1]) << 8) | usize::from(got[2]);
+            if got.len() < 9 + len {
+                break;
+            }
+            let (kind, flags) = (got[3], got[4]);
+            let id = u32::from_be_bytes([got[5], got[6], got[7], got[8]]) & 0x7fff_ffff;
+            if kind == 0x4 && flags & 0x1 == 0 {
+                s.write_all(&frame(0x4, 0x1, 0, &[])).unwrap();
+            }
+            if id == stream && kind == 0x1 {
+                ok = got.get(9) == Some(&0x88);
+            }
+            if id == stream && matches!(kind, 0x0 | 0x1) && flags & 0x1 != 0 {
+                return ok;
+            }
+            got.drain(..9 + len);
+        }
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// The same over h2c by prior knowledge: h2 lets its connection buffers
+/// (16 KiB to write, 8 KiB to read, 4 KiB for HPACK) go while a connection
+/// waits (vendor/h2/CORRAL.md), and each connection serves a second stream
+/// after the measure.
+#[test]
+fn idle_h2c_connections_cost_the_front_at_most_12_kb_each() {
+    let _heavy = heavy();
+    let c = corral().flags("--proxy -w 1 --front-threads 1").start();
+    c.wait_settled(1, SETTLE);
+    let pid = c.child.id();
+    let open = |n: usize| -> Vec<TcpStream> {
+        (0..n)
+            .map(|_| {
+                let mut s = TcpStream::connect(c.http).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                let mut preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+                preface.extend(frame(0x4, 0, 0, &[]));
+                s.write_all(&preface).unwrap();
+                assert!(h2_get(&mut s, 1), "an h2c GET / was not answered 200");
+                s
+            })
+            .collect()
+    };
+    drop(open(1));
+    let before = rss_kib(pid);
+    let mut held = open(IDLE);
+    eventually("12 KB or less per idle h2c connection", SETTLE, || {
+        let after = rss_kib(pid);
+        let kb_each = after.saturating_sub(before) as f64 * 1024.0 / IDLE as f64 / 1000.0;
+        eprintln!("{IDLE} idle h2c connections: {before} KiB -> {after} KiB, {kb_each:.1} KB each");
+        if kb_each <= 12.0 {
+            Ok(())
+        } else {
+            Err(format!(
+                "{kb_each:.1} KB each ({before} KiB -> {after} KiB)"
+            ))
+        }
+    });
+    for (i, s) in held.iter_mut().enumerate().step_by(100) {
+        assert!(
+            h2_get(s, 3),
+            "connection {i}: a second stream after the measure"
+        );
+    }
+}
+
 /// The same over TLS (HTTP/1.1 by ALPN): the TLS stream is parked as a
 /// plain socket is.
 #[test]

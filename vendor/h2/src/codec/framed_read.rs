@@ -68,6 +68,15 @@ impl<T> FramedRead<T> {
         self.inner.get_ref()
     }
 
+    /// corral: lets the read buffer and the HPACK scratch buffer go when
+    /// nothing is buffered (no partial frame, no partial header block).
+    pub fn release_buffers(&mut self) {
+        if self.inner.read_buffer().is_empty() && self.decoder.partial.is_none() {
+            super::pool::give(std::mem::take(self.inner.read_buffer_mut()));
+            self.decoder.hpack.release_buffer();
+        }
+    }
+
     pub fn get_mut(&mut self) -> &mut T {
         self.inner.get_mut()
     }
@@ -421,6 +430,10 @@ where
         let _e = span.enter();
         loop {
             tracing::trace!("poll");
+            // corral: a buffer let go while idle is reserved again here.
+            if self.inner.read_buffer().capacity() == 0 {
+                *self.inner.read_buffer_mut() = super::pool::take();
+            }
             let bytes = match ready!(Pin::new(&mut self.inner).poll_next(cx)) {
                 Some(Ok(bytes)) => bytes,
                 Some(Err(e)) => return Poll::Ready(Some(Err(map_err(e)))),

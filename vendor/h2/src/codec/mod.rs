@@ -1,6 +1,7 @@
 mod error;
 mod framed_read;
 mod framed_write;
+pub(crate) mod pool;
 
 pub use self::error::{SendError, UserError};
 
@@ -59,6 +60,13 @@ where
 }
 
 impl<T, B> Codec<T, B> {
+    /// corral: lets the connection's buffers (read, write, HPACK scratch) go
+    /// while it is idle; each is allocated again when next needed.
+    pub fn release_buffers(&mut self) {
+        self.inner.release_buffers();
+        self.inner.get_mut().release_buffer();
+    }
+
     /// Updates the max received frame size.
     ///
     /// The change takes effect the next time a frame is decoded. In other

@@ -158,8 +158,16 @@ impl Decoder {
             max_size_update: None,
             last_max_update: size,
             table: Table::new(size),
-            buffer: BytesMut::with_capacity(4096),
+            // corral: allocated by the first Huffman string decoded and let
+            // go while the connection is idle (`release_buffer`).
+            buffer: BytesMut::new(),
         }
+    }
+
+    /// corral: lets the scratch buffer go; the strings decoded into it keep
+    /// their share of it.
+    pub fn release_buffer(&mut self) {
+        crate::codec::pool::give(std::mem::take(&mut self.buffer));
     }
 
     /// Queues a potential size update
@@ -335,6 +343,9 @@ impl Decoder {
         if huff {
             let ret = {
                 let raw = &buf.chunk()[..len];
+                if self.buffer.capacity() == 0 {
+                    self.buffer = crate::codec::pool::take();
+                }
                 huffman::decode(raw, &mut self.buffer).map(|buf| StringMarker {
                     offset,
                     len,

@@ -324,6 +324,13 @@ where
                             // This will also handle flushing `self.codec`
                             ready!(self.inner.streams.poll_complete(cx, &mut self.codec))?;
 
+                            // corral: nothing to read, everything written and
+                            // no stream open: the connection is idle, and
+                            // holds no buffer while it waits.
+                            if self.inner.streams.release_if_idle() {
+                                self.codec.release_buffers();
+                            }
+
                             if (self.inner.error.is_some()
                                 || self.inner.go_away.should_close_on_idle())
                                 && !self.inner.streams.has_streams()

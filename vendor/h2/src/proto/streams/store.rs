@@ -101,6 +101,14 @@ impl Store {
         })
     }
 
+    /// corral: lets the slots go (a few hundred bytes each) once no stream
+    /// is left.
+    pub fn release_if_empty(&mut self) {
+        if self.slab.is_empty() {
+            self.slab = slab::Slab::new();
+        }
+    }
+
     pub fn insert(&mut self, id: StreamId, val: Stream) -> Ptr<'_> {
         let index = SlabIndex(self.slab.insert(val) as u32);
         assert!(self.ids.insert(id, index).is_none());

@@ -1149,6 +1149,21 @@ where
         me.counts.has_streams() || me.refs > 1
     }
 
+    /// corral: lets the stream and frame slots go when no stream is left,
+    /// so a connection waiting for its next request holds none of them;
+    /// whether none was.
+    pub fn release_if_idle(&self) -> bool {
+        let mut me = self.inner.lock().unwrap();
+        if me.counts.has_streams() {
+            return false;
+        }
+        me.store.release_if_empty();
+        me.actions.recv.release_if_empty();
+        drop(me);
+        self.send_buffer.inner.lock().unwrap().release_if_empty();
+        true
+    }
+
     #[cfg(feature = "unstable")]
     pub fn num_wired_streams(&self) -> usize {
         let me = self.inner.lock().unwrap();
