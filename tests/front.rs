@@ -933,6 +933,30 @@ fn served_after_parking(s: &mut (impl Read + Write), what: &str) {
     assert!(answers[1].ends_with("\r\n\r\nhello"), "{what}: {answers:?}");
 }
 
+/// Waits until the front `pid`, at `before` KiB of resident memory before
+/// [`IDLE`] idle `protocol` connections were opened, holds at most 12 KB
+/// more per connection (issue 22's ceiling).
+fn until_at_most_12_kb_each(pid: u32, before: u64, protocol: &str) {
+    eventually(
+        &format!("12 KB or less per idle {protocol} connection"),
+        SETTLE,
+        || {
+            let after = rss_kib(pid);
+            let kb_each = after.saturating_sub(before) as f64 * 1024.0 / IDLE as f64 / 1000.0;
+            eprintln!(
+                "{IDLE} idle {protocol} connections: {before} KiB -> {after} KiB, {kb_each:.1} KB each"
+            );
+            if kb_each <= 12.0 {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{kb_each:.1} KB each ({before} KiB -> {after} KiB)"
+                ))
+            }
+        },
+    );
+}
+
 /// Issue 22: an idle keep-alive connection costs the front at most 12 KB
 /// (nginx: under 1), as bench/front.py measures it: the front's resident
 /// memory before and after connections each answered once and left open.
@@ -949,18 +973,7 @@ fn idle_keep_alive_connections_cost_the_front_at_most_12_kb_each() {
     let mut held = idle_connections(c.http, IDLE);
     // The last connections opened are parked 50 ms after their answer:
     // their buffers count until then, however slow the machine.
-    eventually("12 KB or less per idle connection", SETTLE, || {
-        let after = rss_kib(pid);
-        let kb_each = after.saturating_sub(before) as f64 * 1024.0 / IDLE as f64 / 1000.0;
-        eprintln!("{IDLE} idle connections: {before} KiB -> {after} KiB, {kb_each:.1} KB each");
-        if kb_each <= 12.0 {
-            Ok(())
-        } else {
-            Err(format!(
-                "{kb_each:.1} KB each ({before} KiB -> {after} KiB)"
-            ))
-        }
-    });
+    until_at_most_12_kb_each(pid, before, "HTTP/1.1");
     for (i, s) in held.iter_mut().take(3).enumerate() {
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         served_after_parking(s, &format!("connection {i}"));
@@ -1033,18 +1046,7 @@ fn idle_h2c_connections_cost_the_front_at_most_12_kb_each() {
     drop(open(1));
     let before = rss_kib(pid);
     let mut held = open(IDLE);
-    eventually("12 KB or less per idle h2c connection", SETTLE, || {
-        let after = rss_kib(pid);
-        let kb_each = after.saturating_sub(before) as f64 * 1024.0 / IDLE as f64 / 1000.0;
-        eprintln!("{IDLE} idle h2c connections: {before} KiB -> {after} KiB, {kb_each:.1} KB each");
-        if kb_each <= 12.0 {
-            Ok(())
-        } else {
-            Err(format!(
-                "{kb_each:.1} KB each ({before} KiB -> {after} KiB)"
-            ))
-        }
-    });
+    until_at_most_12_kb_each(pid, before, "h2c");
     for (i, s) in held.iter_mut().enumerate().step_by(100) {
         assert!(
             h2_get(s, 3),
