@@ -356,13 +356,23 @@ where
         false => super::tls::http1_only(&certs.current()),
     };
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    tokio::select! {
+    // The handshake's futures end before the connection is served, so the
+    // task's two states share their room: served inside the `select!`, the
+    // connection kept the finished handshake's TLS state beside its own.
+    let tls = tokio::select! {
         handshake = acceptor.accept(s) => match handshake {
-            Ok(tls) => serve_io(tls, peer, handle, served).await,
-            Err(e) => debug!(error = %e, peer = ?peer.addr, "TLS handshake"),
+            Ok(tls) => tls,
+            Err(e) => {
+                debug!(error = %e, peer = ?peer.addr, "TLS handshake");
+                return;
+            }
         },
-        why = closing(&activity, &limits) => debug!(peer = ?peer.addr, why, "TLS handshake cut off"),
-    }
+        why = closing(&activity, &limits) => {
+            debug!(peer = ?peer.addr, why, "TLS handshake cut off");
+            return;
+        }
+    };
+    serve_io(tls, peer, handle, served).await
 }
 
 async fn serve_io<S, F, Fut, B>(stream: S, peer: Peer, handle: F, served: Served<'_>)
