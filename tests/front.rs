@@ -568,6 +568,14 @@ fn slowhttptest_slow_read_is_cut_off_at_the_send_timeout() {
 }
 
 /// One HTTP/2 frame: length, type, flags, stream id, payload.
+/// What an h2c client by prior knowledge sends first: the preface and an
+/// empty SETTINGS.
+fn h2_preface() -> Vec<u8> {
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(0x4, 0, 0, &[]));
+    out
+}
+
 fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     let len = payload.len() as u32;
     let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
@@ -581,8 +589,7 @@ fn a_rapid_reset_client_is_cut_off_while_others_are_served() {
     let c = django_front("--proxy -w 1", 1);
     let mut s = TcpStream::connect(c.http).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    out.extend(frame(0x4, 0, 0, &[]));
+    let mut out = h2_preface();
     // GET / (HPACK: :method GET, :scheme http, :path /, :authority x),
     // then RST_STREAM CANCEL at once, a thousand times.
     let headers = [0x82, 0x86, 0x84, 0x41, 0x01, b'x'];
@@ -621,9 +628,7 @@ fn a_rapid_reset_client_is_cut_off_while_others_are_served() {
 /// literal without indexing, :authority x).
 fn h2_delay_client(addr: SocketAddr) -> (TcpStream, Vec<u8>) {
     let mut s = TcpStream::connect(addr).unwrap();
-    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    out.extend(frame(0x4, 0, 0, &[]));
-    s.write_all(&out).unwrap();
+    s.write_all(&h2_preface()).unwrap();
     let mut headers = vec![0x82, 0x86, 0x04, 11];
     headers.extend_from_slice(b"/delay/1500");
     headers.extend_from_slice(&[0x41, 0x01, b'x']);
@@ -810,8 +815,7 @@ fn ping_and_settings_floods_neither_grow_the_front_nor_starve_others() {
     let mut s = TcpStream::connect(c.http).unwrap();
     s.set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
-    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
-    s.write_all(&frame(0x4, 0, 0, &[])).unwrap();
+    s.write_all(&h2_preface()).unwrap();
     let mut flood = Vec::new();
     for i in 0..20_000u64 {
         flood.extend(frame(0x6, 0, 0, &i.to_be_bytes()));
@@ -1035,9 +1039,7 @@ fn idle_h2c_connections_cost_the_front_at_most_12_kb_each() {
             .map(|_| {
                 let mut s = TcpStream::connect(c.http).unwrap();
                 s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-                let mut preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-                preface.extend(frame(0x4, 0, 0, &[]));
-                s.write_all(&preface).unwrap();
+                s.write_all(&h2_preface()).unwrap();
                 assert!(h2_get(&mut s, 1), "an h2c GET / was not answered 200");
                 s
             })
